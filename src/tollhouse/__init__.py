@@ -1,0 +1,3 @@
+"""Tollhouse: an AI usage governance gateway."""
+
+__version__ = "0.1.0"

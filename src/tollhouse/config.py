@@ -1,0 +1,339 @@
+"""The configuration file: one validated, frozen model.
+
+Errors name the file, the key path and the problem; nothing else in the package reads raw
+config dictionaries.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tollhouse.providers.family import Family
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix; the message says where and how."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _http_url(value: str) -> str:
+    if not (value.startswith("http://") or value.startswith("https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+class Enforcement(StrEnum):
+    off = "off"
+    on = "on"
+
+
+class CaptureMode(StrEnum):
+    telemetry = "telemetry"
+    enterprise = "enterprise"
+
+
+_DEFAULT_UPSTREAMS: dict[str, tuple[str, Family]] = {
+    "openai": ("https://api.openai.com", Family.openai),
+    "anthropic": ("https://api.anthropic.com", Family.anthropic),
+    "gemini": ("https://generativelanguage.googleapis.com", Family.gemini),
+}
+
+# genai-prices names some providers differently from the route prefix.
+_PRICE_PROVIDER_IDS = {"gemini": "google", "xai": "x-ai", "azure-openai": "azure"}
+
+
+class ProviderConfig(_Frozen):
+    upstream: HttpUrl
+    family: Family = Family.openai
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    price_provider: str | None = None
+    timeout_s: float = Field(default=600.0, gt=0)
+
+    def resolve_api_key(self) -> str | None:
+        """The real provider key swapped in for gateway virtual keys (config, then env)."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class IdentityConfig(_Frozen):
+    trust_user_header: bool = False
+
+
+class Team(_Frozen):
+    id: str
+    parent: str | None = None
+    cost_centre: str | None = None
+
+
+class Project(_Frozen):
+    id: str
+    team: str | None = None
+    cost_centre: str | None = None
+
+
+class Person(_Frozen):
+    id: str
+    team: str | None = None
+    projects: tuple[str, ...] = ()
+    kind: Literal["employee", "contractor"] = "employee"
+    cost_centre: str | None = None
+    provider_key_sha256: tuple[str, ...] = ()
+
+    @field_validator("provider_key_sha256")
+    @classmethod
+    def _hex(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for digest in value:
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+                raise ValueError(f"{digest!r} is not a SHA-256 hex digest (64 hex characters)")
+        return tuple(d.lower() for d in value)
+
+
+class Service(_Frozen):
+    id: str
+    team: str | None = None
+    project: str | None = None
+    cost_centre: str | None = None
+
+
+class DirectoryConfig(_Frozen):
+    org: str = "default"
+    teams: tuple[Team, ...] = ()
+    projects: tuple[Project, ...] = ()
+    people: tuple[Person, ...] = ()
+    services: tuple[Service, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> DirectoryConfig:
+        team_ids = [t.id for t in self.teams]
+        _unique("teams", team_ids)
+        _unique("projects", [p.id for p in self.projects])
+        _unique("people", [p.id for p in self.people])
+        _unique("services", [s.id for s in self.services])
+        teams = set(team_ids)
+        projects = {p.id for p in self.projects}
+        for i, t in enumerate(self.teams):
+            if t.parent is not None and t.parent not in teams:
+                raise ValueError(f"teams[{i}] ({t.id}): parent {t.parent!r} is not a team in directory.teams")
+        for i, p in enumerate(self.projects):
+            if p.team is not None and p.team not in teams:
+                raise ValueError(f"projects[{i}] ({p.id}): team {p.team!r} is not a team in directory.teams")
+        for i, person in enumerate(self.people):
+            if person.team is not None and person.team not in teams:
+                raise ValueError(f"people[{i}] ({person.id}): team {person.team!r} is not in directory.teams")
+            for proj in person.projects:
+                if proj not in projects:
+                    raise ValueError(f"people[{i}] ({person.id}): project {proj!r} is not in directory.projects")
+        for i, s in enumerate(self.services):
+            if s.team is not None and s.team not in teams:
+                raise ValueError(f"services[{i}] ({s.id}): team {s.team!r} is not in directory.teams")
+        # A cycle in the team tree would make ancestor walks loop forever.
+        parents = {t.id: t.parent for t in self.teams}
+        for start in parents:
+            seen: set[str] = set()
+            node: str | None = start
+            while node is not None:
+                if node in seen:
+                    raise ValueError(f"teams: the parent chain of {start!r} loops back to {node!r}")
+                seen.add(node)
+                node = parents.get(node)
+        return self
+
+
+def _unique(what: str, ids: list[str]) -> None:
+    seen: set[str] = set()
+    for ident in ids:
+        if ident in seen:
+            raise ValueError(f"{what}: id {ident!r} appears more than once")
+        seen.add(ident)
+
+
+class PriceOverride(_Frozen):
+    """USD per million tokens; overrides or adds to the genai-prices table."""
+
+    provider: str
+    model: str
+    input_mtok: Decimal = Field(ge=0)
+    output_mtok: Decimal = Field(ge=0)
+    cache_read_mtok: Decimal | None = Field(default=None, ge=0)
+    cache_write_mtok: Decimal | None = Field(default=None, ge=0)
+
+
+class PricingConfig(_Frozen):
+    overrides: tuple[PriceOverride, ...] = ()
+
+
+class StoreConfig(_Frozen):
+    url: str = ""  # empty: sqlite:///DATA_DIR/tollhouse.db
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
+        if value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("PostgreSQL stores are not available in this version; use sqlite:///PATH")
+        return value
+
+
+class CountersConfig(_Frozen):
+    url: str = "local://"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if value != "local://":
+            raise ValueError("only local:// (in-process counters) is available in this version")
+        return value
+
+
+class LimitsConfig(_Frozen):
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+
+
+class EventsConfig(_Frozen):
+    flush_interval_s: float = Field(default=0.2, gt=0)
+    batch_size: int = Field(default=500, gt=0)
+
+
+class PolicyConfig(_Frozen):
+    rules: tuple[dict[str, Any], ...] = ()
+    rules_file: str | None = None
+
+
+class Settings(_Frozen):
+    enforcement: Enforcement = Enforcement.off
+
+    @field_validator("enforcement", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `on` / `off` as a boolean.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
+    capture_mode: CaptureMode = CaptureMode.telemetry
+    admin_token: SecretStr | None = None
+    policy_url: str | None = None
+    exemption_instructions: str = (
+        "To request an exemption, follow the exemption link or contact your AI policy owner."
+    )
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    upstream_proxy: HttpUrl | None = None
+    identity: IdentityConfig = IdentityConfig()
+    directory: DirectoryConfig = DirectoryConfig()
+    policy: PolicyConfig = PolicyConfig()
+    pricing: PricingConfig = PricingConfig()
+    store: StoreConfig = StoreConfig()
+    counters: CountersConfig = CountersConfig()
+    limits: LimitsConfig = LimitsConfig()
+    events: EventsConfig = EventsConfig()
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _provider_defaults(cls, value: Any) -> Any:
+        """Fill in family and upstream for the three well-known ids; keep the rest as given."""
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {}
+        for pid, (upstream, family) in _DEFAULT_UPSTREAMS.items():
+            merged[pid] = {"upstream": upstream, "family": family.value, "api_key_env": f"{pid.upper()}_API_KEY"}
+        if "gemini" in merged:
+            merged["gemini"]["api_key_env"] = "GEMINI_API_KEY"
+        for pid, entry in value.items():
+            if not isinstance(pid, str) or not pid or "/" in pid:
+                raise ValueError(f"provider id {pid!r} must be a non-empty name without '/'")
+            if isinstance(entry, dict):
+                base = dict(merged.get(pid, {}))
+                base.update(entry)
+                merged[pid] = base
+            else:
+                merged[pid] = entry
+        return merged
+
+    def price_provider_id(self, provider: str) -> str:
+        cfg = self.providers[provider]
+        if cfg.price_provider:
+            return cfg.price_provider
+        return _PRICE_PROVIDER_IDS.get(provider, provider)
+
+    def resolved_admin_token(self) -> str | None:
+        env = os.environ.get("TOLLHOUSE_ADMIN_TOKEN")
+        if env:
+            return env
+        return self.admin_token.get_secret_value() if self.admin_token else None
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        loc = _format_loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the Configuration section of the README)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: Any, source: str) -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load and validate the config file; no file means the embedded defaults."""
+    if path is None:
+        return parse_settings({}, "(defaults)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        data = orjson.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
+    return parse_settings(data, str(path))

@@ -1,0 +1,1 @@
+"""Call events: what every call through the gateway leaves behind."""

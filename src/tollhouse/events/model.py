@@ -1,0 +1,90 @@
+"""The call event record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tollhouse.pricing import nusd_to_usd
+
+# Public field order of GET /api/v1/events (DESIGN.md), then the extras.
+PUBLIC_FIELDS = (
+    "id", "ts", "subject", "team", "project", "provider", "model", "requested_model", "stream", "status",
+    "input_tokens", "output_tokens", "cost_usd", "decision", "rule_id",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    id: str
+    ts_ms: int  # wall clock, Unix milliseconds (UTC)
+    subject: str
+    subject_kind: str
+    team: str | None
+    project: str | None
+    cost_centre: str | None
+    provider: str
+    endpoint: str
+    path: str
+    metered: bool
+    model: str | None
+    requested_model: str | None
+    stream: bool
+    status: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_nusd: int | None
+    usage_source: str
+    decision: str
+    rule_id: str | None
+    would: str | None
+    latency_ms: float
+    ttfb_ms: float | None
+    client_disconnected: bool
+    error: str | None
+
+
+COLUMNS = tuple(CallEvent.__dataclass_fields__)
+
+
+def iso_ts(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of one stored event: the public fields first, the rest after."""
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "ts": iso_ts(row["ts_ms"]),
+        "subject": row["subject"],
+        "team": row["team"],
+        "project": row["project"],
+        "provider": row["provider"],
+        "model": row["model"],
+        "requested_model": row["requested_model"],
+        "stream": bool(row["stream"]),
+        "status": row["status"],
+        "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"],
+        "cost_usd": nusd_to_usd(row["cost_nusd"]),
+        "decision": row["decision"],
+        "rule_id": row["rule_id"],
+        "would": row["would"],
+        "subject_kind": row["subject_kind"],
+        "cost_centre": row["cost_centre"],
+        "endpoint": row["endpoint"],
+        "path": row["path"],
+        "metered": bool(row["metered"]),
+        "cache_read_tokens": row["cache_read_tokens"],
+        "cache_write_tokens": row["cache_write_tokens"],
+        "cost_nusd": row["cost_nusd"],
+        "usage_source": row["usage_source"],
+        "latency_ms": row["latency_ms"],
+        "ttfb_ms": row["ttfb_ms"],
+        "client_disconnected": bool(row["client_disconnected"]),
+        "error": row["error"],
+    }
+    return out

@@ -1,0 +1,153 @@
+"""The embedded store: SQLite (WAL) for events and gateway keys.
+
+All methods are synchronous and run on the store's own thread (see `StoreRunner`), so the event
+loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tollhouse.events.model import COLUMNS, CallEvent
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 1: events and gateway keys
+    f"""
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        {", ".join(f"{c} {'TEXT UNIQUE NOT NULL' if c == 'id' else ''}" for c in COLUMNS)}
+    );
+    CREATE INDEX events_ts ON events (ts_ms);
+    CREATE INDEX events_subject_ts ON events (subject, ts_ms);
+    CREATE TABLE gateway_keys (
+        key_hash TEXT PRIMARY KEY,
+        prefix TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        label TEXT,
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    """,
+)
+
+
+class StoreError(Exception):
+    """The store could not be opened or used; the message says which file and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_hash: str
+    prefix: str
+    subject: str
+    label: str | None
+    created_ms: int
+    revoked_ms: int | None
+
+
+def sqlite_path(url: str, data_dir: Path) -> Path:
+    if not url:
+        return data_dir / "tollhouse.db"
+    return Path(url.removeprefix("sqlite:///").replace("DATA_DIR", str(data_dir)))
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store at {path}: {exc}") from None
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        self._insert_sql = (
+            f"INSERT OR IGNORE INTO events ({', '.join(COLUMNS)}) VALUES ({placeholders})"
+        )
+
+    def _migrate(self) -> None:
+        self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        version = row[0] if row else 0
+        if row is None:
+            self._db.execute("INSERT INTO schema_version VALUES (0)")
+        for i, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in script.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.execute("UPDATE schema_version SET version = ?", (i,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    # events
+
+    def insert_events(self, events: Sequence[CallEvent]) -> None:
+        rows = [tuple(getattr(e, c) for c in COLUMNS) for e in events]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(self._insert_sql, rows)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def list_events(self, limit: int, subject: str | None = None, before_seq: int | None = None
+                    ) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if subject is not None:
+            where.append("subject = ?")
+            args.append(subject)
+        if before_seq is not None:
+            where.append("seq < ?")
+            args.append(before_seq)
+        sql = "SELECT * FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def count_events(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    # gateway keys
+
+    def add_key(self, key_hash: str, prefix: str, subject: str, label: str | None) -> KeyRecord:
+        now = int(time.time() * 1000)
+        self._db.execute(
+            "INSERT INTO gateway_keys (key_hash, prefix, subject, label, created_ms) VALUES (?, ?, ?, ?, ?)",
+            (key_hash, prefix, subject, label, now),
+        )
+        return KeyRecord(key_hash, prefix, subject, label, now, None)
+
+    def find_key(self, key_hash: str) -> KeyRecord | None:
+        row = self._db.execute("SELECT * FROM gateway_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return KeyRecord(**dict(row)) if row else None
+
+    def list_keys(self) -> list[KeyRecord]:
+        rows = self._db.execute("SELECT * FROM gateway_keys ORDER BY created_ms").fetchall()
+        return [KeyRecord(**dict(r)) for r in rows]
+
+    def revoke_key(self, prefix: str) -> int:
+        cur = self._db.execute(
+            "UPDATE gateway_keys SET revoked_ms = ? WHERE prefix = ? AND revoked_ms IS NULL",
+            (int(time.time() * 1000), prefix),
+        )
+        return cur.rowcount

@@ -1,0 +1,109 @@
+"""Batched event writing off the request path.
+
+`record()` is a list append; a background task hands batches to the store thread. A batch that
+fails to write stays queued and is retried (nothing is dropped); `close()` drains everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from tollhouse.events.model import CallEvent
+from tollhouse.events.store import SqliteStore
+
+log = logging.getLogger("tollhouse.events")
+
+T = TypeVar("T")
+
+
+class StoreRunner:
+    """Runs store calls on one dedicated thread (SQLite connections are not shared across threads)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollhouse-store")
+
+    async def run(self, fn: Callable[[SqliteStore], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, self.store)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.store.close()
+
+
+class EventWriter:
+    def __init__(self, runner: StoreRunner, flush_interval_s: float, batch_size: int,
+                 on_write_error: Callable[[], None] = lambda: None) -> None:
+        self._runner = runner
+        self._interval = flush_interval_s
+        self._batch = batch_size
+        self._pending: list[CallEvent] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._on_error = on_write_error
+        self.written = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="tollhouse-event-writer")
+
+    def record(self, event: CallEvent) -> None:
+        self._pending.append(event)
+        self._idle.clear()
+        if len(self._pending) >= self._batch:
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is in the store."""
+        if self._pending:
+            self._wake.set()
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._pending:  # the loop gave up (store dead): say so rather than drop silently
+            log.error("shutdown with %d events that could not be written to the store", len(self._pending))
+
+    async def _loop(self) -> None:
+        failures = 0
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+            self._wake.clear()
+            if not self._pending:
+                continue
+            batch = self._pending
+            self._pending = []
+            try:
+                await self._runner.run(lambda s, b=batch: s.insert_events(b))  # type: ignore[misc]
+            except Exception as exc:  # disk full, locked database, ...: keep the batch and retry
+                self._pending = batch + self._pending
+                failures += 1
+                self._on_error()
+                log.error("writing %d events failed (attempt %d), will retry: %s", len(batch), failures, exc)
+                if self._closing and failures >= 5:
+                    return
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                continue
+            failures = 0
+            self.written += len(batch)

@@ -1,0 +1,113 @@
+"""Control-plane API under /api/v1 (admin token), health and metrics."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tollhouse import __version__
+from tollhouse.events.model import event_json
+from tollhouse.gateway.openapi import OPENAPI
+from tollhouse.gateway.state import GatewayState
+from tollhouse.keys import create_key
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def api_error(status: int, message: str, code: str) -> web.Response:
+    return json_response({"error": {"message": message, "code": code}}, status)
+
+
+def authorized(request: web.Request, state: GatewayState) -> bool:
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    return bool(token) and hmac.compare_digest(token.encode(), state.admin_token.encode())
+
+
+def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"message": f"query parameter {name!r} must be an integer, got "
+                                                    f"{raw!r}", "code": "bad_parameter"}}),
+            content_type="application/json") from None
+    if not lo <= value <= hi:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": {"message": f"query parameter {name!r} must be between {lo} and {hi}",
+                                         "code": "bad_parameter"}}),
+            content_type="application/json")
+    return value
+
+
+async def list_events(request: web.Request, state: GatewayState) -> web.Response:
+    limit = _int_param(request, "limit", 100, 1, 10_000) or 100
+    before = _int_param(request, "before", None, 0, 2**62)
+    subject = request.query.get("subject")
+    await state.writer.flush()  # read your own writes
+    rows = await state.runner.run(lambda s: s.list_events(limit, subject, before))
+    events = [event_json(r) for r in rows]
+    body: dict[str, Any] = {"events": events}
+    if rows and len(rows) == limit:
+        body["next"] = f"/api/v1/events?limit={limit}&before={rows[-1]['seq']}"
+    return json_response(body)
+
+
+async def create_gateway_key(request: web.Request, state: GatewayState) -> web.Response:
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        return api_error(400, f"request body is not valid JSON: {exc}", "malformed_json")
+    user = data.get("user") if isinstance(data, dict) else None
+    if not isinstance(user, str) or not user:
+        return api_error(400, 'body must be {"user": "NAME", "label": "optional text"}', "bad_request")
+    label = data.get("label") if isinstance(data.get("label"), str) else None
+    key, record = await state.runner.run(lambda s: create_key(s, user, label))
+    return json_response({"key": key, "prefix": record.prefix, "user": record.subject, "label": record.label},
+                         201)
+
+
+async def list_gateway_keys(request: web.Request, state: GatewayState) -> web.Response:
+    records = await state.runner.run(lambda s: s.list_keys())
+    return json_response({"keys": [
+        {"prefix": r.prefix, "user": r.subject, "label": r.label, "created_ms": r.created_ms,
+         "revoked": r.revoked_ms is not None} for r in records]})
+
+
+async def revoke_gateway_key(request: web.Request, state: GatewayState) -> web.Response:
+    prefix = request.match_info["prefix"]
+    count = await state.runner.run(lambda s: s.revoke_key(prefix))
+    if not count:
+        return api_error(404, f"no active gateway key with prefix {prefix!r}", "not_found")
+    state.keys.forget()
+    return json_response({"revoked": prefix})
+
+
+async def openapi(request: web.Request, state: GatewayState) -> web.Response:
+    return json_response(OPENAPI)
+
+
+async def healthz(request: web.Request, state: GatewayState) -> web.Response:
+    return json_response({
+        "status": "ok",
+        "version": __version__,
+        "enforcement": state.settings.enforcement.value,
+        "events_pending": state.writer.pending,
+        "events_written": state.writer.written,
+        "providers": sorted(state.providers),
+    })
+
+
+async def metrics(request: web.Request, state: GatewayState) -> web.Response:
+    state.metrics.events_pending.set(state.writer.pending)
+    body = generate_latest(state.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

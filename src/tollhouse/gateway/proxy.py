@@ -1,0 +1,359 @@
+"""The data plane: identify → forward → account → record, for `/{provider}/...`.
+
+Observe mode: every request is forwarded unchanged (apart from the API key swap for gateway keys
+and asking OpenAI streams for their usage), every response reaches the client byte for byte as the
+upstream sent it, and every call leaves one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from tollhouse.directory import Subject
+from tollhouse.events.model import CallEvent
+from tollhouse.gateway.errors import DECISION_HEADER, error_response
+from tollhouse.gateway.state import GatewayState, ProviderRoute
+from tollhouse.keys import KEY_PREFIX, sha256_hex
+from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
+from tollhouse.providers.family import Family
+from tollhouse.providers.usage import Usage, UsageSource
+
+log = logging.getLogger("tollhouse.proxy")
+
+# Never forwarded in either direction (RFC 9110 §7.6.1), plus what we recompute.
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+    "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+})
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, ConnectionError)
+_USER_HEADER = "X-Tollhouse-User"
+_PROJECT_HEADER = "X-Tollhouse-Project"
+
+
+@dataclass(slots=True)
+class _Identity:
+    subject: Subject
+    upstream_key: str | None  # replaces the client's key (gateway keys); None: forward as sent
+
+
+class _Outcome:
+    """What happened to a call, filled in as it goes; becomes the event."""
+
+    __slots__ = ("client_disconnected", "error", "model", "status", "ttfb", "usage", "usage_source")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.usage: Usage | None = None
+        self.usage_source = UsageSource.none
+        self.model: str | None = None
+        self.ttfb: float | None = None
+        self.client_disconnected = False
+        self.error: str | None = None
+
+
+async def handle(request: web.Request, state: GatewayState) -> web.StreamResponse:
+    started = time.perf_counter()
+    ts_ms = int(time.time() * 1000)
+    provider_id = request.match_info["provider"]
+    route = state.providers.get(provider_id)
+    if route is None:
+        known = ", ".join(f"/{p}/" for p in sorted(state.providers))
+        return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
+                              f"Configured prefixes: {known}. Add it under `providers:` in the config.",
+                              "unknown_provider")
+    path = "/" + request.match_info["tail"]
+    proto = route.protocol
+    endpoint = proto.classify(path) if request.method == "POST" else Endpoint.passthrough
+
+    limit = state.settings.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(route, request.content_length, limit)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(route, None, limit)
+
+    facts = RequestFacts(model=None, stream=False, max_output_tokens=None)
+    parsed: dict[str, Any] | None = None
+    hide_usage = False
+    metered = endpoint is not Endpoint.passthrough
+    query = dict(request.query) if route.family is Family.gemini else {}
+    if metered:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            parsed = obj
+            facts = proto.facts(endpoint, path, query, parsed)
+            if facts.stream and proto.prepare(endpoint, parsed):
+                hide_usage = True
+                body = orjson.dumps(parsed)
+        else:
+            state.metrics.unparsed.labels(route.id).inc()
+            facts = proto.facts(endpoint, path, query, {})
+
+    ident = await _identify(request, state, route, query)
+    if isinstance(ident, web.Response):
+        return ident
+
+    out = _Outcome()
+    out.model = facts.model
+    try:
+        return await _forward(request, state, route, path, endpoint, body, facts, ident, hide_usage, out,
+                              started)
+    finally:
+        if metered and parsed is None:
+            out.usage_source = UsageSource.unparsed
+        _record(state, route, request, path, endpoint, metered, facts, ident, out, ts_ms, started, len(body))
+
+
+def _too_large(route: ProviderRoute, size: int | None, limit: int) -> web.Response:
+    got = f" ({size} bytes)" if size is not None else ""
+    return error_response(route.family, 413, f"Request body too large{got}: this gateway accepts at most "
+                          f"{limit} bytes (limits.max_body_bytes in the Tollhouse config).",
+                          "request_too_large")
+
+
+async def _identify(request: web.Request, state: GatewayState, route: ProviderRoute,
+                    query: dict[str, str]) -> _Identity | web.Response:
+    project = request.headers.get(_PROJECT_HEADER) or None
+    key = route.protocol.client_key(request.headers, query)
+    if key is not None and key.startswith(KEY_PREFIX):
+        subject_id = await state.keys.subject_for(key)
+        if subject_id is None:
+            return error_response(route.family, 401, "This Tollhouse gateway key is unknown or revoked. "
+                                  "Ask your administrator for a new one (tollhouse keys create --user NAME).",
+                                  "invalid_gateway_key", {"type": "authentication_error"})
+        if route.api_key is None:
+            return error_response(route.family, 502, f"Tollhouse has no real API key for provider "
+                                  f"'{route.id}' to use with gateway keys. Set providers.{route.id}.api_key "
+                                  "or its api_key_env variable on the gateway.", "provider_key_missing")
+        return _Identity(state.directory.subject(subject_id, project), route.api_key)
+    user = request.headers.get(_USER_HEADER) if state.settings.identity.trust_user_header else None
+    if user:
+        return _Identity(state.directory.subject(user, project), None)
+    if key is None:
+        return _Identity(state.directory.subject("anonymous", project), None)
+    digest = sha256_hex(key)
+    person = state.directory.people_by_key_hash.get(digest)
+    return _Identity(state.directory.subject(person or f"key:{digest[:12]}", project), None)
+
+
+def _upstream_headers(request: web.Request, route: ProviderRoute, ident: _Identity) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in _HOP_BY_HOP or lower.startswith("x-tollhouse-") or lower == "accept-encoding":
+            continue
+        headers.add(name, value)
+    if ident.upstream_key is not None:
+        for name in route.protocol.auth_header_names():
+            headers.popall(name, None)
+        headers.update(route.protocol.auth_headers(ident.upstream_key))
+    # Usage must be readable: ask for an uncompressed body (the client still gets the same content).
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def _client_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in _HOP_BY_HOP:
+            headers.add(name, value)
+    headers[DECISION_HEADER] = "allow"
+    return headers
+
+
+def _upstream_query(request: web.Request, route: ProviderRoute, ident: _Identity) -> str:
+    qs = request.query_string
+    if ident.upstream_key is not None and route.family is Family.gemini and "key=" in qs:
+        # Gemini also takes the key as ?key=; a gateway key there must not reach the provider.
+        pairs = [(k, v) for k, v in request.query.items() if k != "key"]
+        return "&".join(f"{k}={v}" for k, v in pairs)
+    return qs
+
+
+async def _forward(request: web.Request, state: GatewayState, route: ProviderRoute, path: str,
+                   endpoint: Endpoint, body: bytes, facts: RequestFacts, ident: _Identity, hide_usage: bool,
+                   out: _Outcome, started: float) -> web.StreamResponse:
+    qs = _upstream_query(request, route, ident)
+    url = route.upstream + path + ("?" + qs if qs else "")
+    try:
+        upstream = await state.session.request(
+            request.method, url, data=body if body else None, headers=_upstream_headers(request, route, ident),
+            allow_redirects=False, timeout=route.timeout, proxy=state.settings.upstream_proxy,
+        )
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        return _upstream_failed(state, route, out, exc)
+    except TimeoutError:
+        return _upstream_failed(state, route, out, TimeoutError())
+    try:
+        out.ttfb = time.perf_counter() - started
+        out.status = upstream.status
+        state.metrics.ttfb.labels(route.id).observe(out.ttfb)
+        ctype = upstream.headers.get("Content-Type", "")
+        if facts.stream or ctype.startswith("text/event-stream"):
+            return await _stream(request, state, route, endpoint, upstream, hide_usage, out)
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return _upstream_failed(state, route, out, exc)
+        if endpoint is not Endpoint.passthrough and upstream.status < 400:
+            _read_usage(route, endpoint, data, out)
+        return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream.headers))
+    finally:
+        upstream.release()
+
+
+def _read_usage(route: ProviderRoute, endpoint: Endpoint, data: bytes, out: _Outcome) -> None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        out.usage_source = UsageSource.unparsed
+        return
+    usage, model = route.protocol.usage(endpoint, obj)
+    if usage is not None:
+        out.usage, out.usage_source = usage, UsageSource.response
+    if model:
+        out.model = model
+
+
+async def _stream(request: web.Request, state: GatewayState, route: ProviderRoute, endpoint: Endpoint,
+                  upstream: aiohttp.ClientResponse, hide_usage: bool, out: _Outcome) -> web.StreamResponse:
+    metered = endpoint is not Endpoint.passthrough and upstream.status < 400
+    meter: StreamMeter | None = route.protocol.stream_meter(endpoint, hide_usage) if metered else None
+    response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream.headers))
+    complete = False
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            data = meter.feed(chunk) if meter is not None else chunk
+            if data:
+                await response.write(data)
+        if meter is not None:
+            tail = meter.finish()
+            if tail:
+                await response.write(tail)
+        complete = True
+        await response.write_eof()
+    except _CLIENT_GONE:
+        out.client_disconnected = True
+        state.metrics.disconnects.labels(route.id).inc()
+    except asyncio.CancelledError:
+        out.client_disconnected = True
+        state.metrics.disconnects.labels(route.id).inc()
+        raise
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        out.error = f"upstream stream ended abnormally: {type(exc).__name__}"
+        state.metrics.upstream_errors.labels(route.id, "stream").inc()
+    finally:
+        if meter is not None:
+            _settle_stream(meter, out, complete)
+    return response
+
+
+def _settle_stream(meter: StreamMeter, out: _Outcome, complete: bool) -> None:
+    if meter.model:
+        out.model = meter.model
+    if meter.usage is not None:
+        if complete:
+            out.usage, out.usage_source = meter.usage, UsageSource.response
+        else:
+            u = meter.usage
+            out.usage = Usage(u.input_tokens, max(u.output_tokens, meter.delta_events), u.cache_read_tokens,
+                              u.cache_write_tokens)
+            out.usage_source = UsageSource.partial
+    elif meter.delta_events or not complete:
+        out.usage = Usage(0, meter.delta_events)
+        out.usage_source = UsageSource.estimate
+
+
+def _upstream_failed(state: GatewayState, route: ProviderRoute, out: _Outcome, exc: BaseException
+                     ) -> web.Response:
+    timeout = isinstance(exc, TimeoutError)
+    status = 504 if timeout else 502
+    kind = "timeout" if timeout else "unreachable"
+    state.metrics.upstream_errors.labels(route.id, kind).inc()
+    detail = "timed out" if timeout else (str(exc) or type(exc).__name__)
+    out.status = status
+    out.error = f"upstream {kind}: {detail}"
+    return error_response(
+        route.family, status,
+        f"Tollhouse could not get an answer from provider '{route.id}' at {route.upstream} ({detail}). "
+        f"The request was not processed by the provider. Check that the provider is reachable from the "
+        f"gateway and that providers.{route.id}.upstream is right.",
+        "upstream_timeout" if timeout else "upstream_unreachable",
+    )
+
+
+def _record(state: GatewayState, route: ProviderRoute, request: web.Request, path: str, endpoint: Endpoint,
+            metered: bool, facts: RequestFacts, ident: _Identity, out: _Outcome, ts_ms: int, started: float,
+            request_bytes: int) -> None:
+    """Turn the outcome into an event and metrics. Runs in `finally`: every call is recorded."""
+    elapsed = time.perf_counter() - started
+    usage = out.usage
+    if usage is not None and out.usage_source is UsageSource.estimate and usage.input_tokens == 0:
+        # No usage report at all: about four bytes of prompt JSON per token.
+        usage = Usage(max(request_bytes // 4, 1), usage.output_tokens)
+    if usage is None:
+        usage = Usage()
+    model = out.model
+    cost: int | None = None
+    m = state.metrics
+    model_label = m.model_label(model)
+    if metered and model and out.usage_source in (UsageSource.response, UsageSource.partial,
+                                                  UsageSource.estimate):
+        cost = state.prices.cost_nusd(route.price_provider, model, usage)
+        if cost is None:
+            m.unpriced.labels(route.id, model_label).inc()
+    subject = ident.subject
+    event = CallEvent(
+        id=uuid.uuid4().hex,
+        ts_ms=ts_ms,
+        subject=subject.id,
+        subject_kind=subject.kind,
+        team=subject.team,
+        project=subject.project,
+        cost_centre=subject.cost_centre,
+        provider=route.id,
+        endpoint=endpoint.value,
+        path=path,
+        metered=metered,
+        model=model,
+        requested_model=facts.model,
+        stream=facts.stream,
+        status=out.status if out.status else 499,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cost_nusd=cost,
+        usage_source=out.usage_source.value,
+        decision="allow",
+        rule_id=None,
+        would=None,
+        latency_ms=round(elapsed * 1000, 3),
+        ttfb_ms=round(out.ttfb * 1000, 3) if out.ttfb is not None else None,
+        client_disconnected=out.client_disconnected,
+        error=out.error,
+    )
+    state.writer.record(event)
+    m.calls.labels(route.id, model_label, "allow", str(event.status)).inc()
+    if usage.input_tokens:
+        m.tokens.labels(route.id, model_label, "input").inc(usage.input_tokens)
+    if usage.output_tokens:
+        m.tokens.labels(route.id, model_label, "output").inc(usage.output_tokens)
+    if cost:
+        m.cost.labels(route.id, model_label).inc(cost / 1e9)
+    m.latency.labels(route.id, model_label, "allow").observe(elapsed)

@@ -1,0 +1,114 @@
+"""The one state object, built at start-up and passed down (frozen)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from tollhouse.config import Settings
+from tollhouse.directory import Directory
+from tollhouse.events.store import SqliteStore, sqlite_path
+from tollhouse.events.writer import EventWriter, StoreRunner
+from tollhouse.gateway.metrics import GatewayMetrics
+from tollhouse.keys import KeyCache
+from tollhouse.pricing import PriceBook
+from tollhouse.providers.base import ProviderProtocol
+from tollhouse.providers.family import Family
+from tollhouse.providers.protocols import protocol_for
+
+log = logging.getLogger("tollhouse")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRoute:
+    id: str
+    family: Family
+    protocol: ProviderProtocol
+    upstream: str
+    api_key: str | None
+    price_provider: str
+    timeout: aiohttp.ClientTimeout
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    settings: Settings
+    data_dir: Path
+    admin_token: str
+    providers: Mapping[str, ProviderRoute]
+    directory: Directory
+    prices: PriceBook
+    metrics: GatewayMetrics
+    runner: StoreRunner
+    writer: EventWriter
+    keys: KeyCache
+    session: aiohttp.ClientSession
+    console_url: str
+
+    async def close(self) -> None:
+        await self.writer.close()
+        await self.session.close()
+        self.runner.close()
+
+
+def admin_token_for(settings: Settings, data_dir: Path) -> str:
+    """Configured token, else one generated once and kept in the data dir (mode 0600)."""
+    token = settings.resolved_admin_token()
+    if token:
+        return token
+    path = data_dir / "admin_token"
+    if path.exists():
+        return path.read_text().strip()
+    token = "tha-" + secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    log.warning("no admin_token configured: generated one, stored in %s", path)
+    return token
+
+
+async def build_state(settings: Settings, data_dir: Path, public_url: str) -> GatewayState:
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
+    store = SqliteStore(sqlite_path(settings.store.url, data_dir))
+    runner = StoreRunner(store)
+    metrics = GatewayMetrics()
+    writer = EventWriter(runner, settings.events.flush_interval_s, settings.events.batch_size,
+                         on_write_error=metrics.event_write_errors.inc)
+    providers = {
+        pid: ProviderRoute(
+            id=pid,
+            family=cfg.family,
+            protocol=protocol_for(cfg.family),
+            upstream=cfg.upstream,
+            api_key=cfg.resolve_api_key(),
+            price_provider=settings.price_provider_id(pid),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=cfg.timeout_s),
+        )
+        for pid, cfg in settings.providers.items()
+    }
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        trust_env=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+    return GatewayState(
+        settings=settings,
+        data_dir=data_dir,
+        admin_token=admin_token_for(settings, data_dir),
+        providers=providers,
+        directory=Directory(settings.directory),
+        prices=PriceBook(settings.pricing.overrides),
+        metrics=metrics,
+        runner=runner,
+        writer=writer,
+        keys=KeyCache(runner),
+        session=session,
+        console_url=public_url.rstrip("/") + "/console/",
+    )

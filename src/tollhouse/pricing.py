@@ -1,0 +1,120 @@
+"""Prices from the genai-prices table (bundled, offline) with per-model overrides from config.
+
+Costs are exact: Decimal arithmetic, then whole nano-dollars (1e-9 USD) for storage and sums.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from genai_prices import Usage as PriceUsage
+from genai_prices import data_snapshot
+
+from tollhouse.config import PriceOverride
+from tollhouse.providers.usage import Usage
+
+NANO = Decimal(1_000_000_000)
+_MTOK = Decimal(1_000_000)
+# cache_write_1h_mtok: one-hour cache writes are not told apart in usage; they are priced as writes.
+_LINEAR_KEYS = {"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok"}
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """USD per million tokens, for prices that do not depend on volume."""
+
+    input_mtok: Decimal
+    output_mtok: Decimal
+    cache_read_mtok: Decimal | None
+    cache_write_mtok: Decimal | None
+
+    def cost(self, u: Usage) -> Decimal:
+        fresh = u.input_tokens - u.cache_read_tokens - u.cache_write_tokens
+        total = Decimal(max(fresh, 0)) * self.input_mtok + Decimal(u.output_tokens) * self.output_mtok
+        total += Decimal(u.cache_read_tokens) * (self.cache_read_mtok if self.cache_read_mtok is not None
+                                                 else self.input_mtok)
+        total += Decimal(u.cache_write_tokens) * (self.cache_write_mtok if self.cache_write_mtok is not None
+                                                  else self.input_mtok)
+        return total / _MTOK
+
+
+class _Priced:
+    """A genai-prices model entry whose price needs the library's own calculation (tiers etc.)."""
+
+    __slots__ = ("_info",)
+
+    def __init__(self, info: Any) -> None:
+        self._info = info
+
+    def cost(self, u: Usage) -> Decimal:
+        usage = PriceUsage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                           cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens)
+        price = self._info.get_prices(datetime.now(UTC)).calc_price(usage)
+        return Decimal(price["total_price"])
+
+
+class PriceBook:
+    def __init__(self, overrides: tuple[PriceOverride, ...]) -> None:
+        self._snapshot = data_snapshot.get_snapshot()
+        self._overrides = {
+            (o.provider, o.model): Rates(o.input_mtok, o.output_mtok, o.cache_read_mtok, o.cache_write_mtok)
+            for o in overrides
+        }
+        self._cache: dict[tuple[str, str], Rates | _Priced | None] = {}
+        self._cache_day = int(time.time() // 86400)
+
+    def _lookup(self, provider: str, model: str) -> Rates | _Priced | None:
+        key = (provider, model)
+        day = int(time.time() // 86400)
+        if day != self._cache_day:
+            # Dated price changes in the table take effect without a restart.
+            self._cache.clear()
+            self._cache_day = day
+        if key in self._cache:
+            return self._cache[key]
+        found: Rates | _Priced | None = self._overrides.get(key)
+        if found is None:
+            try:
+                _, info = self._snapshot.find_provider_model(model, None, provider, None)
+            except LookupError:
+                info = None
+            if info is not None:
+                found = _linear(info) or _Priced(info)
+        if len(self._cache) < 50_000:
+            self._cache[key] = found
+        return found
+
+    def known(self, price_provider: str, model: str) -> bool:
+        return self._lookup(price_provider, model) is not None
+
+    def cost_nusd(self, price_provider: str, model: str, usage: Usage) -> int | None:
+        """Cost in whole nano-dollars, or None when the model has no known price."""
+        entry = self._lookup(price_provider, model)
+        if entry is None:
+            return None
+        return int((entry.cost(usage) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _linear(info: Any) -> Rates | None:
+    # Standard prices as of now (price variants such as priority tiers need a context we do not pass).
+    prices = info.get_prices(datetime.now(UTC))
+    # Per-request prices (web searches, ...) are not metered here; token prices must be flat.
+    token_values = {k: v for k, v in prices.__dict__.items() if v is not None and k.endswith("_mtok")}
+    if not token_values.keys() <= _LINEAR_KEYS or not all(isinstance(v, Decimal) for v in token_values.values()):
+        return None
+    if "input_mtok" not in token_values:
+        return None
+    return Rates(
+        input_mtok=token_values["input_mtok"],
+        output_mtok=token_values.get("output_mtok", Decimal(0)),
+        cache_read_mtok=token_values.get("cache_read_mtok"),
+        cache_write_mtok=token_values.get("cache_write_mtok"),
+    )
+
+
+def nusd_to_usd(nusd: int | None) -> float | None:
+    return None if nusd is None else float(Decimal(nusd) / NANO)

@@ -1,0 +1,1 @@
+"""Provider protocol layers: parse requests, read usage, shape errors. No I/O here."""

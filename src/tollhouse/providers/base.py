@@ -1,0 +1,87 @@
+"""What every provider family implements: a pure protocol layer (no I/O, no clock)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from tollhouse.providers.usage import Usage
+
+
+class Endpoint(StrEnum):
+    chat = "chat"
+    completions = "completions"
+    embeddings = "embeddings"
+    responses = "responses"
+    messages = "messages"
+    generate = "generate"
+    stream_generate = "stream_generate"
+    passthrough = "passthrough"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the gateway needs to know about a request, read from its path and JSON body."""
+
+    model: str | None
+    stream: bool
+    max_output_tokens: int | None
+
+
+class StreamMeter(Protocol):
+    """Watches a streamed response: reads usage, and may filter what the client gets."""
+
+    usage: Usage | None
+    model: str | None
+    delta_events: int
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes of the upstream stream in, bytes to hand the client out (usually the same)."""
+        ...
+
+    def finish(self) -> bytes:
+        """The stream ended: return any held bytes for the client."""
+        ...
+
+
+class ProviderProtocol(Protocol):
+    def classify(self, path: str) -> Endpoint: ...
+
+    def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
+        ...
+
+    def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> bool:
+        """Adjust the upstream body in place (e.g. ask for stream usage); True if it changed."""
+        ...
+
+    def usage(self, endpoint: Endpoint, body: Any) -> tuple[Usage | None, str | None]:
+        """Usage and the model the provider reports, from a whole (non-stream) response body."""
+        ...
+
+    def stream_meter(self, endpoint: Endpoint, hide_usage: bool) -> StreamMeter: ...
+
+    def client_key(self, headers: Any, query: dict[str, str]) -> str | None:
+        """The API key the client sent, wherever this family carries it."""
+        ...
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """Headers that carry a real provider key upstream."""
+        ...
+
+    def auth_header_names(self) -> tuple[str, ...]: ...
+
+    def error_body(self, status: int, message: str, code: str, extra: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def int_or_none(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def bearer(headers: Any) -> str | None:
+    auth = headers.get("Authorization")
+    if isinstance(auth, str) and auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
