@@ -63,7 +63,10 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     """Run the gateway until `stop` is set (or forever); flush events on the way out."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}")
     app = build_app(state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+    # handler_cancellation: a client that goes away cancels its handler, even while the upstream is
+    # silent, so the call is recorded (and the upstream released) at once.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5,
+                           handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
     await site.start()

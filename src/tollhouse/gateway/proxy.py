@@ -112,6 +112,11 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
     try:
         return await _forward(request, state, route, path, endpoint, body, facts, ident, hide_usage, out,
                               started)
+    except asyncio.CancelledError:
+        if not out.client_disconnected:
+            out.client_disconnected = True
+            state.metrics.disconnects.labels(route.id).inc()
+        raise
     finally:
         if metered and parsed is None:
             out.usage_source = UsageSource.unparsed
@@ -250,13 +255,12 @@ async def _stream(request: web.Request, state: GatewayState, route: ProviderRout
     except _CLIENT_GONE:
         out.client_disconnected = True
         state.metrics.disconnects.labels(route.id).inc()
-    except asyncio.CancelledError:
-        out.client_disconnected = True
-        state.metrics.disconnects.labels(route.id).inc()
-        raise
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         out.error = f"upstream stream ended abnormally: {type(exc).__name__}"
         state.metrics.upstream_errors.labels(route.id, "stream").inc()
+        # Hand the client the same truncated stream it would see going direct, not a clean end.
+        if request.transport is not None:
+            request.transport.abort()
     finally:
         if meter is not None:
             _settle_stream(meter, out, complete)

@@ -134,8 +134,10 @@ class OpenAIStreamMeter:
         """Read one event; True if it is a usage-only chunk."""
         if not data or data == b"[DONE]":
             return False
-        self.delta_events += 1
         if self._endpoint is Endpoint.responses:
+            if event == "response.output_text.delta":
+                self.delta_events += 1
+                return False
             if event in ("response.completed", "response.incomplete", "response.failed") or (
                 not event and b'"response.completed"' in data
             ):
@@ -149,6 +151,7 @@ class OpenAIStreamMeter:
                     if isinstance(resp.get("model"), str):
                         self.model = resp["model"]
             return False
+        self.delta_events += 1
         if b'"usage"' not in data or (_USAGE_NULL in data and b'"choices":[]' not in data):
             if self.model is None:
                 self._read_model(data)

@@ -1,0 +1,145 @@
+"""Shared fixtures: the mock provider and a gateway, each on a real loopback socket in its own thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tollhouse.config import parse_settings
+from tollhouse.gateway.app import serve
+from tollhouse.gateway.state import GatewayState
+from tollhouse.mock.provider import MOCK_STATS, MockSettings, MockStats, build_mock_app
+from tollhouse.mock.serve_thread import ThreadedServer
+
+ADMIN = "test-admin-token"
+
+
+@dataclass
+class Mock:
+    url: str
+    server: ThreadedServer
+
+    @property
+    def stats(self) -> MockStats:
+        return self.server.app[MOCK_STATS]
+
+
+@pytest.fixture
+def mock() -> Iterator[Mock]:
+    server = ThreadedServer(lambda: build_mock_app(MockSettings()))
+    url = server.start()
+    try:
+        yield Mock(url, server)
+    finally:
+        server.stop()
+
+
+class Gateway:
+    """A gateway served from a background thread, stopped (and its events flushed) on `stop()`."""
+
+    def __init__(self, config: dict[str, Any], data_dir: Path) -> None:
+        config = {"admin_token": ADMIN, **config}
+        self.settings = parse_settings(config, "(test)")
+        self.data_dir = data_dir
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.state: GatewayState | None = None
+        self.port = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(state: GatewayState, port: int) -> None:
+                self.state, self.port = state, port
+                self._ready.set()
+
+            await serve(self.settings, self.data_dir, "127.0.0.1", 0, ready, self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> Gateway:
+        self._thread.start()
+        self._ready.wait(15)
+        if self._error is not None:
+            raise RuntimeError("gateway failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(15)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def get(self, path: str, token: str | None = ADMIN) -> tuple[int, bytes, dict[str, str]]:
+        req = urllib.request.Request(self.url + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), dict(err.headers)
+
+    def events(self, limit: int = 100) -> list[dict[str, Any]]:
+        status, body, _ = self.get(f"/api/v1/events?limit={limit}")
+        assert status == 200, body
+        events: list[dict[str, Any]] = json.loads(body)["events"]
+        return events
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[Gateway] = []
+
+    def make(config: dict[str, Any], data_dir: Path | None = None) -> Gateway:
+        gw = Gateway(config, data_dir or tmp_path / f"gw{len(started)}")
+        started.append(gw.start())
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
+
+def upstreams(url: str, **extra: Any) -> dict[str, Any]:
+    return {"openai": {"upstream": url, **extra}, "anthropic": {"upstream": url, **extra},
+            "gemini": {"upstream": url, **extra}}
+
+
+@pytest.fixture
+def gateway(mock: Mock, gateway_factory: Any) -> Gateway:
+    """A gateway in observe mode in front of the mock, trusting X-Tollhouse-User, with a small directory."""
+    gw: Gateway = gateway_factory({
+        "identity": {"trust_user_header": True},
+        "providers": upstreams(mock.url, api_key="sk-real-provider-key"),
+        "directory": {
+            "org": "acme",
+            "teams": [{"id": "engineering"}, {"id": "platform", "parent": "engineering", "cost_centre": "CC-100"}],
+            "projects": [{"id": "checkout", "team": "platform", "cost_centre": "CC-200"}],
+            "people": [{"id": "alice", "team": "platform", "projects": ["checkout"]},
+                       {"id": "bob", "team": "platform"}],
+            "services": [{"id": "support-bot", "team": "platform"}],
+        },
+    })
+    return gw
