@@ -30,6 +30,10 @@ def authorized(request: web.Request, state: GatewayState) -> bool:
     return bool(token) and hmac.compare_digest(token.encode(), state.admin_token.encode())
 
 
+class BadParameter(ValueError):
+    """A query parameter a user got wrong; the message says which and what is allowed."""
+
+
 def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.query.get(name)
     if raw is None:
@@ -37,21 +41,18 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi
     try:
         value = int(raw)
     except ValueError:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"message": f"query parameter {name!r} must be an integer, got "
-                                                    f"{raw!r}", "code": "bad_parameter"}}),
-            content_type="application/json") from None
+        raise BadParameter(f"query parameter {name!r} must be an integer, got {raw!r}") from None
     if not lo <= value <= hi:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": {"message": f"query parameter {name!r} must be between {lo} and {hi}",
-                                         "code": "bad_parameter"}}),
-            content_type="application/json")
+        raise BadParameter(f"query parameter {name!r} must be between {lo} and {hi}, got {value}")
     return value
 
 
 async def list_events(request: web.Request, state: GatewayState) -> web.Response:
-    limit = _int_param(request, "limit", 100, 1, 10_000) or 100
-    before = _int_param(request, "before", None, 0, 2**62)
+    try:
+        limit = _int_param(request, "limit", 100, 1, 10_000) or 100
+        before = _int_param(request, "before", None, 0, 2**62)
+    except BadParameter as exc:
+        return api_error(400, str(exc), "bad_parameter")
     subject = request.query.get("subject")
     await state.writer.flush()  # read your own writes
     rows = await state.runner.run(lambda s: s.list_events(limit, subject, before))
