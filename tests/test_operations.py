@@ -53,7 +53,7 @@ def test_events_page_newest_first(gateway: Gateway) -> None:
     status, body, _ = gateway.get("/api/v1/events?limit=2")
     page = json.loads(body)
     assert [e["requested_model"] for e in page["events"]] == ["gpt-4.1", "gpt-4o"]
-    status, body, _ = gateway.get(page["next"])
+    _, body, _ = gateway.get(page["next"])
     assert [e["requested_model"] for e in json.loads(body)["events"]] == ["gpt-4o-mini"]
     required = {"id", "ts", "subject", "team", "project", "provider", "model", "requested_model", "stream",
                 "status", "input_tokens", "output_tokens", "cost_usd", "decision", "rule_id"}

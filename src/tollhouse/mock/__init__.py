@@ -1,0 +1,1 @@
+"""Local fakes of the LLM provider HTTP APIs, for tests, demos and benchmarks."""
