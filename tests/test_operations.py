@@ -50,7 +50,7 @@ def test_events_page_newest_first(gateway: Gateway) -> None:
     client = oai(gateway)
     for model in ("gpt-4o-mini", "gpt-4o", "gpt-4.1"):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
-    status, body, _ = gateway.get("/api/v1/events?limit=2")
+    _, body, _ = gateway.get("/api/v1/events?limit=2")
     page = json.loads(body)
     assert [e["requested_model"] for e in page["events"]] == ["gpt-4.1", "gpt-4o"]
     _, body, _ = gateway.get(page["next"])
