@@ -153,6 +153,8 @@ class DirectoryConfig(_Frozen):
         for i, s in enumerate(self.services):
             if s.team is not None and s.team not in teams:
                 raise ValueError(f"services[{i}] ({s.id}): team {s.team!r} is not in directory.teams")
+            if s.project is not None and s.project not in projects:
+                raise ValueError(f"services[{i}] ({s.id}): project {s.project!r} is not in directory.projects")
         # A cycle in the team tree would make ancestor walks loop forever.
         parents = {t.id: t.parent for t in self.teams}
         for start in parents:
@@ -244,7 +246,7 @@ class Settings(_Frozen):
     exemption_instructions: str = (
         "To request an exemption, follow the exemption link or contact your AI policy owner."
     )
-    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict, validate_default=True)
     upstream_proxy: HttpUrl | None = None
     identity: IdentityConfig = IdentityConfig()
     directory: DirectoryConfig = DirectoryConfig()

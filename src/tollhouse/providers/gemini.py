@@ -94,12 +94,14 @@ def usage_from(raw: Any) -> Usage | None:
 class GeminiStreamMeter:
     """SSE (alt=sse): each chunk carries cumulative usageMetadata. Otherwise a streamed JSON array."""
 
-    __slots__ = ("_array", "_mode", "_parser", "_proto", "delta_events", "model", "usage")
+    __slots__ = ("_array", "_kept", "_mode", "_parser", "_proto", "_tail", "delta_events", "model", "usage")
 
     def __init__(self, proto: GeminiProtocol) -> None:
         self._proto = proto
         self._parser = SseParser()
         self._array: list[bytes] = []
+        self._kept = 0
+        self._tail = b""
         self._mode = ""
         self.usage: Usage | None = None
         self.model: str | None = None
@@ -112,9 +114,14 @@ class GeminiStreamMeter:
                 return chunk
             self._mode = "array" if head[:1] == b"[" else "sse"
         if self._mode == "array":
-            if sum(len(c) for c in self._array) < _MAX_ARRAY_BYTES:
+            # Count array items as they complete (a key split across chunks must not be missed):
+            # keep a short tail of the previous chunk to search across the boundary.
+            joined = self._tail + chunk
+            self.delta_events += joined.count(b'"candidates"') - self._tail.count(b'"candidates"')
+            self._tail = joined[-16:]
+            if self._kept < _MAX_ARRAY_BYTES:
                 self._array.append(chunk)
-            self.delta_events += chunk.count(b'"candidates"')
+                self._kept += len(chunk)
             return chunk
         for ev in self._parser.feed(chunk):
             if not ev.data:

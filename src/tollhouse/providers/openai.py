@@ -62,7 +62,7 @@ class OpenAIProtocol:
         return OpenAIStreamMeter(endpoint, hide_usage)
 
     def client_key(self, headers: Any, query: dict[str, str]) -> str | None:
-        return bearer(headers) or headers.get("api-key")
+        return bearer(headers) or headers.get("api-key") or None
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
