@@ -8,20 +8,26 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import platformdirs
 import typer
 
 from tollhouse import __version__
-from tollhouse.config import ConfigError, Settings, load_settings
+from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
+from tollhouse.directory import Directory
 from tollhouse.events.store import SqliteStore, StoreError, sqlite_path
 from tollhouse.gateway.app import serve as serve_gateway
+from tollhouse.gateway.enforce import enforced_for
+from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
+from tollhouse.policy.engine import CallFacts
 
 try:
     import uvloop
@@ -32,6 +38,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Tollhouse: AI usage governance gateway.")
 keys_app = typer.Typer(no_args_is_help=True, help="Gateway virtual keys (th-...).")
 app.add_typer(keys_app, name="keys")
+policy_app = typer.Typer(no_args_is_help=True, help="Validate and explain the AI policy.")
+app.add_typer(policy_app, name="policy")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the store and state live.")]
@@ -103,7 +111,7 @@ def serve(
 
     try:
         _run(lambda stop: serve_gateway(settings, ddir, host, port, ready, stop))
-    except StoreError as exc:
+    except (StoreError, RulesFileError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
@@ -196,6 +204,84 @@ def _open_store(settings: Settings, data_dir: Path | None) -> SqliteStore:
     except StoreError as exc:
         _fail(str(exc))
         raise AssertionError from exc
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[Path, typer.Argument(help="Rules file (list or {rules: [...]}) or a config file.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Config whose directory the rules "
+                                                "target (default: FILE itself when it is a config).")] = None,
+) -> None:
+    """Validate rules: exit 0, or print every problem with its rule id and field and exit 1."""
+    try:
+        raw = read_rules_file(file)
+    except RulesFileError as exc:
+        _fail(str(exc), 1)
+    directory = _settings(config).directory if config else _directory_of(file)
+    timezone = _settings(config).policy.timezone if config else "UTC"
+    try:
+        compiled = compile_rules(raw, timezone, directory, 1, str(file))
+    except RulesFileError as exc:
+        for line in exc.problems:
+            typer.echo(line, err=True)
+        typer.echo(f"{file}: {len(exc.problems)} problem(s); nothing was changed.", err=True)
+        raise typer.Exit(1) from None
+    enabled = sum(1 for r in compiled.rules if r.enabled)
+    typer.echo(f"{file}: OK, {len(compiled.rules)} rules ({enabled} enabled)")
+
+
+def _directory_of(file: Path) -> DirectoryConfig:
+    """The directory in FILE when it is a whole config; otherwise none (targets are not checked)."""
+    try:
+        settings = load_settings(file)
+    except ConfigError:
+        return DirectoryConfig()
+    return settings.directory
+
+
+@policy_app.command("explain")
+def policy_explain(
+    user: Annotated[str, typer.Option("--user", help="The subject (person or service id).")],
+    model: Annotated[str, typer.Option("--model", help="The model requested.")],
+    provider: Annotated[str, typer.Option(help="Provider route id.")] = "openai",
+    project: Annotated[str | None, typer.Option(help="Project named with X-Tollhouse-Project.")] = None,
+    at: Annotated[str | None, typer.Option(help="Judge at this ISO time (default: now).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Show which rules apply to a call, at which scope, and why; and the decision."""
+    settings = _settings(config)
+    p = settings.policy
+    try:
+        holder = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
+    except RulesFileError as exc:
+        _fail(str(exc), 1)
+        raise AssertionError from exc
+    if provider not in settings.providers:
+        _fail(f"no provider {provider!r}; configured: {', '.join(sorted(settings.providers))}", 1)
+    try:
+        now = datetime.fromisoformat(at) if at else datetime.now(UTC)
+    except ValueError:
+        _fail(f"--at {at!r} is not an ISO time such as 2026-11-23T14:00:00+00:00", 1)
+        raise AssertionError from None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    subject = Directory(settings.directory).subject(user, project)
+    host = urlsplit(settings.providers[provider].upstream).hostname or ""
+    decision = holder.current.evaluate(CallFacts(provider, host, model), subject, now, explain=True)
+    typer.echo(f"subject {subject.id} ({subject.kind}); team chain: {' > '.join(subject.teams) or '-'}; "
+               f"project {subject.project or '-'}; cost centre {subject.cost_centre or '-'}")
+    typer.echo(f"call: {provider} ({host}) model {model} at {now.isoformat(timespec='minutes')}")
+    levels = [lv.label for lv in holder.current.levels(subject)]
+    typer.echo(f"scopes, most specific first: {', '.join(levels)}")
+    for line in decision.trace or ("(no rule applies)",):
+        typer.echo("  " + line)
+    enforced = enforced_for(settings, subject)
+    top = decision.top
+    verdict = decision.action.upper()
+    if decision.redirect is not None:
+        typer.echo(f"model after redirect: {decision.model}")
+    typer.echo(f"decision: {verdict}" + (f" by rule {top.rule.id}: {top.reason}" if top else "")
+               + ("" if enforced else "  (observe mode: recorded as would-" + decision.action + ", not applied)"))
 
 
 @app.command()

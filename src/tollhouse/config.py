@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from tollhouse.policy.rules import PolicyError, Rule, ScopeKind, parse_rules
+from tollhouse.policy.timewindow import zone
 from tollhouse.providers.family import Family
 
 
@@ -226,7 +228,20 @@ class EventsConfig(_Frozen):
 
 class PolicyConfig(_Frozen):
     rules: tuple[dict[str, Any], ...] = ()
-    rules_file: str | None = None
+    rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
+    timezone: str = "UTC"  # default IANA zone for time windows
+    enforce_teams: tuple[str, ...] = ()  # phased rollout: enforce for these teams (and below) while off
+
+    @model_validator(mode="after")
+    def _valid(self) -> PolicyConfig:
+        zone(self.timezone)
+        if self.rules and self.rules_file:
+            raise ValueError("give either rules or rules_file, not both")
+        try:
+            parse_rules(list(self.rules), self.timezone)
+        except PolicyError as exc:
+            raise ValueError("invalid rules:\n    " + "\n    ".join(exc.problems)) from None
+        return self
 
 
 class Settings(_Frozen):
@@ -281,6 +296,18 @@ class Settings(_Frozen):
                 merged[pid] = entry
         return merged
 
+    @model_validator(mode="after")
+    def _policy_targets(self) -> Settings:
+        teams = {t.id for t in self.directory.teams}
+        for team in self.policy.enforce_teams:
+            if team not in teams:
+                raise ValueError(f"policy.enforce_teams: {team!r} is not a team in directory.teams")
+        if self.policy.rules:
+            problems = target_problems(parse_rules(list(self.policy.rules), self.policy.timezone), self.directory)
+            if problems:
+                raise ValueError("invalid rules:\n    " + "\n    ".join(problems))
+        return self
+
     def price_provider_id(self, provider: str) -> str:
         cfg = self.providers[provider]
         if cfg.price_provider:
@@ -292,6 +319,23 @@ class Settings(_Frozen):
         if env:
             return env
         return self.admin_token.get_secret_value() if self.admin_token else None
+
+
+def target_problems(rules: tuple[Rule, ...], directory: DirectoryConfig) -> list[str]:
+    """Rules that target a team, project or service the directory does not have."""
+    known = {
+        ScopeKind.team: {t.id for t in directory.teams},
+        ScopeKind.project: {p.id for p in directory.projects},
+        ScopeKind.service: {s.id for s in directory.services},
+    }
+    out = []
+    for rule in rules:
+        ids = known.get(rule.scope)
+        if ids is not None and rule.target is not None and rule.target not in ids:
+            field = "service" if rule.scope is ScopeKind.service else rule.scope.value
+            out.append(f"rule {rule.id}: {field}: {rule.target!r} is not in directory.{rule.scope.value}s "
+                       f"(known: {', '.join(sorted(ids)) or 'none'})")
+    return out
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

@@ -48,6 +48,7 @@ def build_app(state: GatewayState) -> web.Application:
 
     async def start(app: web.Application) -> None:
         state.writer.start()
+        state.policy.start()
 
     async def stop(app: web.Application) -> None:
         await state.close()

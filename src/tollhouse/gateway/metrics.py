@@ -51,4 +51,6 @@ class GatewayMetrics:
                                    ["provider"], registry=r)
         self.event_write_errors = Counter("tollhouse_event_write_errors",
                                           "Failed event batch writes (retried)", registry=r)
+        self.violations = Counter("tollhouse_policy_violations", "Rule violations (enforced or observed)",
+                                  ["rule", "severity", "enforced"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)

@@ -21,6 +21,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent
+from tollhouse.gateway import enforce
+from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.keys import KEY_PREFIX, sha256_hex
@@ -61,6 +63,31 @@ class _Outcome:
         self.error: str | None = None
 
 
+@dataclass(slots=True)
+class _Call:
+    """Everything known about one call on its way through."""
+
+    route: ProviderRoute
+    path: str
+    endpoint: Endpoint
+    facts: RequestFacts
+    ident: _Identity
+    verdict: Verdict | None
+    hide_usage: bool
+    request_bytes: int
+    started: float
+    ts_ms: int
+    out: _Outcome
+
+    @property
+    def metered(self) -> bool:
+        return self.endpoint is not Endpoint.passthrough
+
+    @property
+    def decision(self) -> str:
+        return self.verdict.applied if self.verdict is not None else "allow"
+
+
 async def handle(request: web.Request, state: GatewayState) -> web.StreamResponse:
     started = time.perf_counter()
     ts_ms = int(time.time() * 1000)
@@ -85,7 +112,6 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
 
     facts = RequestFacts(model=None, stream=False, max_output_tokens=None)
     parsed: dict[str, Any] | None = None
-    hide_usage = False
     metered = endpoint is not Endpoint.passthrough
     query = dict(request.query) if route.family is Family.gemini else {}
     if metered:
@@ -96,9 +122,6 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
         if isinstance(obj, dict):
             parsed = obj
             facts = proto.facts(endpoint, path, query, parsed)
-            if facts.stream and proto.prepare(endpoint, parsed):
-                hide_usage = True
-                body = orjson.dumps(parsed)
         else:
             state.metrics.unparsed.labels(route.id).inc()
             facts = proto.facts(endpoint, path, query, {})
@@ -107,20 +130,49 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
     if isinstance(ident, web.Response):
         return ident
 
-    out = _Outcome()
-    out.model = facts.model
+    verdict: Verdict | None = None
+    if metered:
+        verdict = enforce.judge(state, route, facts, parsed, ident.subject, enforce.now_utc())
+    call = _Call(route, path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome())
+    call.out.model = facts.model
+    if metered and parsed is None:
+        call.out.usage_source = UsageSource.unparsed
     try:
-        return await _forward(request, state, route, path, endpoint, body, facts, ident, hide_usage, out,
-                              started)
+        if verdict is not None and verdict.enforced:
+            if parsed is None:
+                call.out.status = 400
+                return _unparsed_enforced(route)
+            if verdict.decision.action == "block":
+                call.out.status = 403
+                resp = enforce.block_response(state, route, verdict, ident.subject, facts.model,
+                                              enforce.now_utc())
+                call.out.status = resp.status
+                return resp
+            if verdict.decision.redirect is not None:
+                call.path, changed = enforce.redirect_request(route, endpoint, path, parsed, verdict.decision)
+                call.out.model = verdict.decision.model
+                if changed:
+                    body = b""  # re-serialised below
+        if parsed is not None and facts.stream and proto.prepare(endpoint, parsed):
+            call.hide_usage = True
+            body = b""
+        if parsed is not None and not body:
+            body = orjson.dumps(parsed)
+        return await _forward(request, state, call, body)
     except asyncio.CancelledError:
-        if not out.client_disconnected:
-            out.client_disconnected = True
+        if not call.out.client_disconnected:
+            call.out.client_disconnected = True
             state.metrics.disconnects.labels(route.id).inc()
         raise
     finally:
-        if metered and parsed is None:
-            out.usage_source = UsageSource.unparsed
-        _record(state, route, request, path, endpoint, metered, facts, ident, out, ts_ms, started, len(body))
+        _record(state, call)
+
+
+def _unparsed_enforced(route: ProviderRoute) -> web.Response:
+    return error_response(route.family, 400, "Tollhouse could not read this request body as a JSON object, so "
+                          "it cannot check it against the AI policy; with enforcement on it is not forwarded. "
+                          "Send valid JSON with a model field.", "unparseable_request",
+                          {"type": "invalid_request_error"}, decision="block")
 
 
 def _too_large(route: ProviderRoute, size: int | None, limit: int) -> web.Response:
@@ -171,12 +223,14 @@ def _upstream_headers(request: web.Request, route: ProviderRoute, ident: _Identi
     return headers
 
 
-def _client_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def _client_headers(upstream: CIMultiDictProxy[str], call: _Call) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in _HOP_BY_HOP:
             headers.add(name, value)
-    headers[DECISION_HEADER] = "allow"
+    headers[DECISION_HEADER] = call.decision
+    if call.verdict is not None:
+        headers.update(enforce.client_headers(call.verdict))
     return headers
 
 
@@ -189,14 +243,14 @@ def _upstream_query(request: web.Request, route: ProviderRoute, ident: _Identity
     return qs
 
 
-async def _forward(request: web.Request, state: GatewayState, route: ProviderRoute, path: str,
-                   endpoint: Endpoint, body: bytes, facts: RequestFacts, ident: _Identity, hide_usage: bool,
-                   out: _Outcome, started: float) -> web.StreamResponse:
-    qs = _upstream_query(request, route, ident)
-    url = route.upstream + path + ("?" + qs if qs else "")
+async def _forward(request: web.Request, state: GatewayState, call: _Call, body: bytes) -> web.StreamResponse:
+    route, out = call.route, call.out
+    qs = _upstream_query(request, route, call.ident)
+    url = route.upstream + call.path + ("?" + qs if qs else "")
     try:
         upstream = await state.session.request(
-            request.method, url, data=body if body else None, headers=_upstream_headers(request, route, ident),
+            request.method, url, data=body if body else None,
+            headers=_upstream_headers(request, route, call.ident),
             allow_redirects=False, timeout=route.timeout, proxy=state.settings.upstream_proxy,
         )
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
@@ -204,19 +258,19 @@ async def _forward(request: web.Request, state: GatewayState, route: ProviderRou
     except TimeoutError:
         return _upstream_failed(state, route, out, TimeoutError())
     try:
-        out.ttfb = time.perf_counter() - started
+        out.ttfb = time.perf_counter() - call.started
         out.status = upstream.status
         state.metrics.ttfb.labels(route.id).observe(out.ttfb)
         ctype = upstream.headers.get("Content-Type", "")
-        if facts.stream or ctype.startswith("text/event-stream"):
-            return await _stream(request, state, route, endpoint, upstream, hide_usage, out)
+        if call.facts.stream or ctype.startswith("text/event-stream"):
+            return await _stream(request, state, call, upstream)
         try:
             data = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return _upstream_failed(state, route, out, exc)
-        if endpoint is not Endpoint.passthrough and upstream.status < 400:
-            _read_usage(route, endpoint, data, out)
-        return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream.headers))
+        if call.metered and upstream.status < 400:
+            _read_usage(route, call.endpoint, data, out)
+        return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream.headers, call))
     finally:
         upstream.release()
 
@@ -234,11 +288,13 @@ def _read_usage(route: ProviderRoute, endpoint: Endpoint, data: bytes, out: _Out
         out.model = model
 
 
-async def _stream(request: web.Request, state: GatewayState, route: ProviderRoute, endpoint: Endpoint,
-                  upstream: aiohttp.ClientResponse, hide_usage: bool, out: _Outcome) -> web.StreamResponse:
-    metered = endpoint is not Endpoint.passthrough and upstream.status < 400
-    meter: StreamMeter | None = route.protocol.stream_meter(endpoint, hide_usage) if metered else None
-    response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream.headers))
+async def _stream(request: web.Request, state: GatewayState, call: _Call, upstream: aiohttp.ClientResponse
+                  ) -> web.StreamResponse:
+    route, out = call.route, call.out
+    meter: StreamMeter | None = None
+    if call.metered and upstream.status < 400:
+        meter = route.protocol.stream_meter(call.endpoint, call.hide_usage)
+    response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream.headers, call))
     complete = False
     try:
         await response.prepare(request)
@@ -301,42 +357,43 @@ def _upstream_failed(state: GatewayState, route: ProviderRoute, out: _Outcome, e
     )
 
 
-def _record(state: GatewayState, route: ProviderRoute, request: web.Request, path: str, endpoint: Endpoint,
-            metered: bool, facts: RequestFacts, ident: _Identity, out: _Outcome, ts_ms: int, started: float,
-            request_bytes: int) -> None:
+def _record(state: GatewayState, call: _Call) -> None:
     """Turn the outcome into an event and metrics. Runs in `finally`: every call is recorded."""
-    elapsed = time.perf_counter() - started
+    out, route = call.out, call.route
+    elapsed = time.perf_counter() - call.started
     usage = out.usage
     if usage is not None and out.usage_source is UsageSource.estimate and usage.input_tokens == 0:
         # No usage report at all: about four bytes of prompt JSON per token.
-        usage = Usage(max(request_bytes // 4, 1), usage.output_tokens)
+        usage = Usage(max(call.request_bytes // 4, 1), usage.output_tokens)
     if usage is None:
         usage = Usage()
     model = out.model
     cost: int | None = None
     m = state.metrics
     model_label = m.model_label(model)
-    if metered and model and out.usage_source in (UsageSource.response, UsageSource.partial,
-                                                  UsageSource.estimate):
+    if call.metered and model and out.usage_source in (UsageSource.response, UsageSource.partial,
+                                                       UsageSource.estimate):
         cost = state.prices.cost_nusd(route.price_provider, model, usage)
         if cost is None:
             m.unpriced.labels(route.id, model_label).inc()
-    subject = ident.subject
+    subject = call.ident.subject
+    verdict = call.verdict
+    decision = call.decision
     event = CallEvent(
         id=uuid.uuid4().hex,
-        ts_ms=ts_ms,
+        ts_ms=call.ts_ms,
         subject=subject.id,
         subject_kind=subject.kind,
         team=subject.team,
         project=subject.project,
         cost_centre=subject.cost_centre,
         provider=route.id,
-        endpoint=endpoint.value,
-        path=path,
-        metered=metered,
+        endpoint=call.endpoint.value,
+        path=call.path,
+        metered=call.metered,
         model=model,
-        requested_model=facts.model,
-        stream=facts.stream,
+        requested_model=call.facts.model,
+        stream=call.facts.stream,
         status=out.status if out.status else 499,
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
@@ -344,20 +401,20 @@ def _record(state: GatewayState, route: ProviderRoute, request: web.Request, pat
         cache_write_tokens=usage.cache_write_tokens,
         cost_nusd=cost,
         usage_source=out.usage_source.value,
-        decision="allow",
-        rule_id=None,
-        would=None,
+        decision=decision,
+        rule_id=verdict.rule_id if verdict is not None else None,
+        would=verdict.would if verdict is not None else None,
         latency_ms=round(elapsed * 1000, 3),
         ttfb_ms=round(out.ttfb * 1000, 3) if out.ttfb is not None else None,
         client_disconnected=out.client_disconnected,
         error=out.error,
     )
     state.writer.record(event)
-    m.calls.labels(route.id, model_label, "allow", str(event.status)).inc()
+    m.calls.labels(route.id, model_label, decision, str(event.status)).inc()
     if usage.input_tokens:
         m.tokens.labels(route.id, model_label, "input").inc(usage.input_tokens)
     if usage.output_tokens:
         m.tokens.labels(route.id, model_label, "output").inc(usage.output_tokens)
     if cost:
         m.cost.labels(route.id, model_label).inc(cost / 1e9)
-    m.latency.labels(route.id, model_label, "allow").observe(elapsed)
+    m.latency.labels(route.id, model_label, decision).observe(elapsed)

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -15,6 +16,7 @@ from tollhouse.directory import Directory
 from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.metrics import GatewayMetrics
+from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.keys import KeyCache
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.base import ProviderProtocol
@@ -33,6 +35,7 @@ class ProviderRoute:
     api_key: str | None
     price_provider: str
     timeout: aiohttp.ClientTimeout
+    host: str  # the upstream's hostname, for provider rules written by hostname
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +52,10 @@ class GatewayState:
     keys: KeyCache
     session: aiohttp.ClientSession
     console_url: str
+    policy: PolicyHolder
 
     async def close(self) -> None:
+        await self.policy.stop()
         await self.writer.close()
         await self.session.close()
         self.runner.close()
@@ -72,6 +77,9 @@ def admin_token_for(settings: Settings, data_dir: Path) -> str:
 
 
 async def build_state(settings: Settings, data_dir: Path, public_url: str) -> GatewayState:
+    """Raises RulesFileError (bad rules file) or StoreError (store unusable) before anything listens."""
+    p = settings.policy
+    policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
     store = SqliteStore(sqlite_path(settings.store.url, data_dir))
     runner = StoreRunner(store)
@@ -87,6 +95,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str) -> Ga
             api_key=cfg.resolve_api_key(),
             price_provider=settings.price_provider_id(pid),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=cfg.timeout_s),
+            host=urlsplit(cfg.upstream).hostname or "",
         )
         for pid, cfg in settings.providers.items()
     }
@@ -111,4 +120,5 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str) -> Ga
         keys=KeyCache(runner),
         session=session,
         console_url=public_url.rstrip("/") + "/console/",
+        policy=policy,
     )

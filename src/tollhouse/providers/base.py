@@ -85,3 +85,24 @@ def bearer(headers: Any) -> str | None:
     if isinstance(auth, str) and auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None
+
+
+_TEXT_KEYS = frozenset({"content", "text", "input", "prompt", "system", "instructions", "contents", "messages",
+                        "parts"})
+
+
+def prompt_text(body: dict[str, Any], limit: int = 1_000_000) -> str:
+    """All prompt text in a request body, any family (for content rules), joined by newlines."""
+    out: list[str] = []
+    size = 0
+    stack: list[Any] = [v for k, v in body.items() if k in _TEXT_KEYS]
+    while stack and size < limit:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item)
+            size += len(item)
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, dict):
+            stack.extend(v for k, v in item.items() if k in _TEXT_KEYS)
+    return "\n".join(out)

@@ -1,0 +1,305 @@
+"""Compile rules into indexes by scope and kind; evaluate a call against them.
+
+Precedence (see README "Policy precedence"):
+- Scope levels for a subject, most specific first: the subject itself (an individual or service rule
+  naming them), every individual / every service (untargeted), the call's project, the subject's team,
+  then each ancestor team, nearest first, then the org.
+- Override kinds (model lists, provider lists, time windows, redirects): only the most specific level
+  that has rules of that kind applies; broader levels' rules of that kind are superseded.
+- Cumulative kinds (spend caps, token rates, cost-centre attribution, content DLP): every level applies.
+- A redirect is applied first; the rest of the policy is judged on the substitute model.
+- The decision is the most severe violation: block > soft_cap > warn > log (INFO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from tollhouse.directory import Subject
+from tollhouse.policy.rules import OVERRIDE_KINDS, Kind, Rule, ScopeKind, Severity, Window
+
+_SCOPE_ORDER = {ScopeKind.individual: 0, ScopeKind.service: 0}
+
+
+@dataclass(frozen=True, slots=True)
+class CallFacts:
+    """What the policy looks at. `prompt` is only set when content capture is on (enterprise mode)."""
+
+    provider: str
+    provider_host: str
+    model: str | None
+    prompt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    rank: int
+    scope: ScopeKind
+    target: str | None
+
+    @property
+    def label(self) -> str:
+        if self.scope is ScopeKind.org:
+            return "org"
+        if self.target is None:
+            return f"every {self.scope.value}"
+        return f"{self.scope.value} {self.target}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """A spend or token cap that applies to the call; the ledger counts and enforces it."""
+
+    rule: Rule
+    level: Level
+    counter: tuple[str, str]  # (scope kind, id) whose usage is counted
+    window: Window
+    providers: frozenset[str] | None
+    metric: str  # spend | tokens | input_tokens | output_tokens | requests
+    limit: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rule: Rule
+    level: Level
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: str  # allow | warn | redirect | block  (the X-Tollhouse-Decision value)
+    model: str | None  # the model the upstream gets
+    requested_model: str | None
+    redirect: Violation | None = None
+    violations: tuple[Violation, ...] = ()
+    caps: tuple[Cap, ...] = ()
+    trace: tuple[str, ...] = ()
+
+    @property
+    def top(self) -> Violation | None:
+        """The violation that decided the outcome (most severe; first of equals)."""
+        best: Violation | None = None
+        for v in self.violations:
+            if best is None or v.rule.severity > best.rule.severity:
+                best = v
+        return best
+
+    @property
+    def severity(self) -> Severity | None:
+        top = self.top
+        return top.rule.severity if top else None
+
+    @property
+    def rule_id(self) -> str | None:
+        top = self.top
+        if top is not None:
+            return top.rule.id
+        return self.redirect.rule.id if self.redirect else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Applicable:
+    """Rules that apply to one (subject, project), precedence already resolved."""
+
+    redirects: tuple[tuple[Rule, Level], ...]
+    checks: tuple[tuple[Rule, Level], ...]  # model / provider / time / cost centre / content
+    caps: tuple[tuple[Rule, Level], ...]
+    superseded: tuple[tuple[Rule, Level, Level], ...]  # (rule, its level, the level that overrode it)
+
+
+@dataclass
+class CompiledPolicy:
+    rules: tuple[Rule, ...]
+    version: int = 0
+    _index: dict[tuple[ScopeKind, str | None], dict[Kind, list[Rule]]] = field(default_factory=dict)
+    _cache: dict[tuple[str, str | None, str, tuple[str, ...]], _Applicable] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for rule in self.rules:
+            if rule.enabled:
+                self._index.setdefault((rule.scope, rule.target), {}).setdefault(rule.kind, []).append(rule)
+
+    @property
+    def empty(self) -> bool:
+        return not self._index
+
+    def levels(self, subject: Subject) -> list[Level]:
+        out: list[Level] = []
+        if subject.kind == "service":
+            out += [Level(0, ScopeKind.service, subject.id), Level(1, ScopeKind.service, None)]
+        else:
+            out += [Level(0, ScopeKind.individual, subject.id), Level(1, ScopeKind.individual, None)]
+        if subject.project:
+            out += [Level(2, ScopeKind.project, subject.project), Level(3, ScopeKind.project, None)]
+        out += [Level(4 + depth, ScopeKind.team, team) for depth, team in enumerate(subject.teams)]
+        if subject.teams:
+            out.append(Level(900, ScopeKind.team, None))
+        out.append(Level(1000, ScopeKind.org, None))
+        return out
+
+    def _applicable(self, subject: Subject) -> _Applicable:
+        key = (subject.id, subject.project, subject.kind, subject.teams)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        redirects: list[tuple[Rule, Level]] = []
+        checks: list[tuple[Rule, Level]] = []
+        caps: list[tuple[Rule, Level]] = []
+        superseded: list[tuple[Rule, Level, Level]] = []
+        winner: dict[Kind, Level] = {}
+        for level in self.levels(subject):
+            by_kind = self._index.get((level.scope, level.target))
+            if not by_kind:
+                continue
+            for kind, rules in by_kind.items():
+                if kind in OVERRIDE_KINDS:
+                    won = winner.setdefault(kind, level)
+                    if won.rank != level.rank:
+                        superseded += [(r, level, won) for r in rules]
+                        continue
+                target = redirects if kind is Kind.redirect else caps if kind in (Kind.spend, Kind.tokens) \
+                    else checks
+                target += [(r, level) for r in rules]
+        found = _Applicable(tuple(redirects), tuple(checks), tuple(caps), tuple(superseded))
+        if len(self._cache) < 200_000:
+            self._cache[key] = found
+        return found
+
+    def evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool = False) -> Decision:
+        """Judge a call. Caps are returned for the ledger to count; they are not judged here."""
+        trace: list[str] | None = [] if explain else None
+        app = self._applicable(subject)
+        model = call.model
+        redirect: Violation | None = None
+        for rule, level in app.redirects:
+            if model is not None and _list_hit(rule, model):
+                redirect = Violation(rule, level, f"model {model} is redirected to {rule.redirect_to} "
+                                                  f"by rule {rule.id} ({level.label})")
+                if trace is not None:
+                    trace.append(f"redirect  {rule.id} [{level.label}]: {model} -> {rule.redirect_to}")
+                model = rule.redirect_to
+                break
+        violations: list[Violation] = []
+        for rule, level in app.checks:
+            reason = _check(rule, call, model, subject, now)
+            if trace is not None:
+                trace.append(f"{'VIOLATED' if reason else 'ok':9} {rule.id} [{level.label}] {rule.type_name}"
+                             f"{': ' + reason if reason else ''}")
+            if reason:
+                violations.append(Violation(rule, level, reason))
+        caps = tuple(_cap(rule, level, subject) for rule, level in app.caps
+                     if rule.providers is None or _provider_hit(rule.providers, call))
+        if trace is not None:
+            for cap in caps:
+                trace.append(f"cap       {cap.rule.id} [{cap.level.label}] {cap.rule.type_name}: {cap.metric} "
+                             f"of {cap.counter[0]} {cap.counter[1]} per {cap.window.label} <= {cap.limit}")
+            for rule, level, won in app.superseded:
+                trace.append(f"superseded {rule.id} [{level.label}]: {rule.kind.value} rules at {won.label} "
+                             "take precedence")
+        return _decide(call.model, model, redirect, violations, caps, tuple(trace or ()))
+
+    def judge_caps(self, decision: Decision, used: Mapping[Cap, Decimal], cost: Decimal,
+                   tokens: int) -> Decision:
+        """Add cap violations given counter values (the ledger's numbers) and this call's worst case."""
+        extra: list[Violation] = []
+        for cap in decision.caps:
+            have = used.get(cap, Decimal(0))
+            add = cost if cap.metric == "spend" else Decimal(1 if cap.metric == "requests" else tokens)
+            if have + add > cap.limit:
+                what = f"${have:.2f} spent" if cap.metric == "spend" else f"{have} {cap.metric} used"
+                extra.append(Violation(cap.rule, cap.level,
+                                       f"{cap.rule.type_name} cap of {_fmt_limit(cap)} per {cap.window.label} for "
+                                       f"{cap.counter[0]} {cap.counter[1]} would be exceeded ({what})"))
+        if not extra:
+            return decision
+        return _decide(decision.requested_model, decision.model, decision.redirect,
+                       [*decision.violations, *extra], decision.caps, decision.trace)
+
+
+def _fmt_limit(cap: Cap) -> str:
+    return f"${cap.limit}" if cap.metric == "spend" else f"{cap.limit} {cap.metric}"
+
+
+def _decide(requested: str | None, model: str | None, redirect: Violation | None,
+            violations: Sequence[Violation], caps: tuple[Cap, ...], trace: tuple[str, ...]) -> Decision:
+    worst = max((v.rule.severity for v in violations), default=None)
+    if worst is Severity.block:
+        action = "block"
+    elif redirect is not None:
+        action = "redirect"
+    elif worst is not None and worst >= Severity.warn:
+        action = "warn"
+    else:
+        action = "allow"
+    return Decision(action=action, model=model, requested_model=requested, redirect=redirect,
+                    violations=tuple(violations), caps=caps, trace=trace)
+
+
+def _list_hit(rule: Rule, model: str) -> bool:
+    """For a model-list rule: is this model a violation (or, for redirects, to be replaced)?"""
+    listed = model in rule.values
+    return not listed if rule.allow else listed
+
+
+def _provider_hit(values: Iterable[str], call: CallFacts) -> bool:
+    vals = values if isinstance(values, frozenset) else frozenset(values)
+    return call.provider in vals or call.provider_host in vals
+
+
+def _check(rule: Rule, call: CallFacts, model: str | None, subject: Subject, now: datetime) -> str:
+    """'' when the rule is satisfied, else the human reason it is violated."""
+    kind = rule.kind
+    if kind is Kind.model_allow or kind is Kind.model_deny:
+        if model is None:
+            return ""
+        if _list_hit(rule, model):
+            return (f"model {model} is not on the approved list" if rule.allow
+                    else f"model {model} is on the deny list")
+        return ""
+    if kind is Kind.provider_allow or kind is Kind.provider_deny:
+        listed = _provider_hit(rule.values, call)
+        if rule.allow and not listed:
+            return f"provider {call.provider} ({call.provider_host}) is not on the approved list"
+        if not rule.allow and listed:
+            return f"provider {call.provider} ({call.provider_host}) is on the deny list"
+        return ""
+    if kind is Kind.time:
+        assert rule.window is not None  # guaranteed by the parser for time rules
+        inside = rule.window.contains(now)
+        if inside == rule.inside:
+            local = now.astimezone(rule.window.tz).strftime("%a %H:%M %Z")
+            return f"AI use is not allowed {'inside' if rule.inside else 'outside'} the approved hours ({local})"
+        return ""
+    if kind is Kind.cost_centre:
+        if subject.cost_centre is None:
+            return (f"{subject.id} is not allocated to a project or team with a cost centre; name one with "
+                    "the X-Tollhouse-Project header")
+        return ""
+    if kind is Kind.content:
+        if call.prompt is None:
+            return ""
+        for pattern in rule.patterns:
+            if pattern.search(call.prompt):
+                return "the prompt matches a data-loss-prevention pattern"
+        return ""
+    return ""
+
+
+def _cap(rule: Rule, level: Level, subject: Subject) -> Cap:
+    """Whose usage a cap counts: a named target's, or (untargeted) each subject's / team's / project's own."""
+    scope = rule.scope
+    if rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT" or scope in (ScopeKind.individual, ScopeKind.service):
+        counter = ("subject", rule.target or subject.id)
+    elif scope is ScopeKind.org:
+        counter = ("org", "*")
+    elif scope is ScopeKind.team:
+        counter = ("team", rule.target or subject.team or "")
+    else:
+        counter = ("project", rule.target or subject.project or "")
+    metric = "spend" if rule.kind is Kind.spend else rule.metric
+    return Cap(rule=rule, level=level, counter=counter, window=rule.count_window, providers=rule.providers,
+               metric=metric, limit=rule.threshold)
