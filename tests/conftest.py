@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +21,12 @@ from tollhouse.mock.provider import MOCK_STATS, MockSettings, MockStats, build_m
 from tollhouse.mock.serve_thread import ThreadedServer
 
 ADMIN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -66,7 +73,7 @@ class Gateway:
                 self.state, self.port = state, port
                 self._ready.set()
 
-            await serve(self.settings, self.data_dir, "127.0.0.1", 0, ready, self._stop)
+            await serve(self.settings, self.data_dir, "127.0.0.1", free_port(), ready, self._stop)
 
         try:
             asyncio.run(main())
@@ -97,9 +104,9 @@ class Gateway:
             req.add_header("Authorization", f"Bearer {token}")
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, resp.read(), dict(resp.headers)
+                return resp.status, resp.read(), {k.lower(): v for k, v in resp.headers.items()}
         except urllib.error.HTTPError as err:
-            return err.code, err.read(), dict(err.headers)
+            return err.code, err.read(), {k.lower(): v for k, v in err.headers.items()}
 
     def events(self, limit: int = 100) -> list[dict[str, Any]]:
         status, body, _ = self.get(f"/api/v1/events?limit={limit}")

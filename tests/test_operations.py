@@ -35,7 +35,7 @@ def test_healthz_metrics_and_console(gateway: Gateway) -> None:
     assert status == 200 and json.loads(body)["status"] == "ok"
     status, body, headers = gateway.get("/metrics", token=None)
     text = body.decode()
-    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
     assert 'tollhouse_calls_total{decision="allow",model="gpt-4o-mini",provider="openai",status="200"} 1.0' in text
     assert 'tollhouse_tokens_total{direction="output",model="gpt-4o-mini",provider="openai"} 16.0' in text
     assert 'tollhouse_cost_usd_total{model="gpt-4o-mini",provider="openai"}' in text

@@ -32,6 +32,17 @@ class Rates:
     cache_read_mtok: Decimal | None
     cache_write_mtok: Decimal | None
 
+    def nano_rates(self) -> tuple[int, int, int, int] | None:
+        """Nano-dollars per token as integers, when the prices allow exact integer arithmetic."""
+        rates = [self.input_mtok, self.output_mtok,
+                 self.cache_read_mtok if self.cache_read_mtok is not None else self.input_mtok,
+                 self.cache_write_mtok if self.cache_write_mtok is not None else self.input_mtok]
+        scaled = [r * 1000 for r in rates]  # $/MTok * 1e9 nano / 1e6 tokens
+        if any(x != x.to_integral_value() for x in scaled):
+            return None
+        i, o, cr, cw = (int(x) for x in scaled)
+        return i, o, cr, cw
+
     def cost(self, u: Usage) -> Decimal:
         fresh = u.input_tokens - u.cache_read_tokens - u.cache_write_tokens
         total = Decimal(max(fresh, 0)) * self.input_mtok + Decimal(u.output_tokens) * self.output_mtok
@@ -65,6 +76,7 @@ class PriceBook:
             for o in overrides
         }
         self._cache: dict[tuple[str, str], Rates | _Priced | None] = {}
+        self._nano: dict[Rates, tuple[int, ...]] = {}
         self._cache_day = int(time.time() // 86400)
 
     def _lookup(self, provider: str, model: str) -> Rates | _Priced | None:
@@ -96,6 +108,15 @@ class PriceBook:
         entry = self._lookup(price_provider, model)
         if entry is None:
             return None
+        if isinstance(entry, Rates):
+            nano = self._nano.get(entry)
+            if nano is None:
+                nano = self._nano[entry] = entry.nano_rates() or ()
+            if nano:
+                u = usage
+                fresh = max(u.input_tokens - u.cache_read_tokens - u.cache_write_tokens, 0)
+                return (fresh * nano[0] + u.output_tokens * nano[1] + u.cache_read_tokens * nano[2]
+                        + u.cache_write_tokens * nano[3])
         return int((entry.cost(usage) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

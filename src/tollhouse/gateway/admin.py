@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tollhouse import __version__
 from tollhouse.events.model import event_json
+from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.openapi import OPENAPI
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import create_key
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
-
-
-def api_error(status: int, message: str, code: str) -> web.Response:
+def api_error(status: int, message: str, code: str) -> Response:
     return json_response({"error": {"message": message, "code": code}}, status)
 
 
-def authorized(request: web.Request, state: GatewayState) -> bool:
-    auth = request.headers.get("Authorization", "")
+def authorized(request: Request, state: GatewayState) -> bool:
+    auth = request.header("authorization") or ""
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
     return bool(token) and hmac.compare_digest(token.encode(), state.admin_token.encode())
 
@@ -34,8 +29,8 @@ class BadParameter(ValueError):
     """A query parameter a user got wrong; the message says which and what is allowed."""
 
 
-def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query.get(name)
+def _int_param(query: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = query.get(name)
     if raw is None:
         return default
     try:
@@ -47,25 +42,25 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi
     return value
 
 
-async def list_events(request: web.Request, state: GatewayState) -> web.Response:
+async def list_events(request: Request, state: GatewayState) -> Response:
+    query = request.query
     try:
-        limit = _int_param(request, "limit", 100, 1, 10_000) or 100
-        before = _int_param(request, "before", None, 0, 2**62)
+        limit = _int_param(query, "limit", 100, 1, 10_000) or 100
+        before = _int_param(query, "before", None, 0, 2**62)
     except BadParameter as exc:
         return api_error(400, str(exc), "bad_parameter")
-    subject = request.query.get("subject")
+    subject = query.get("subject")
     await state.writer.flush()  # read your own writes
     rows = await state.runner.run(lambda s: s.list_events(limit, subject, before))
-    events = [event_json(r) for r in rows]
-    body: dict[str, Any] = {"events": events}
+    body: dict[str, object] = {"events": [event_json(r) for r in rows]}
     if rows and len(rows) == limit:
         body["next"] = f"/api/v1/events?limit={limit}&before={rows[-1]['seq']}"
     return json_response(body)
 
 
-async def create_gateway_key(request: web.Request, state: GatewayState) -> web.Response:
+async def create_gateway_key(request: Request, state: GatewayState) -> Response:
     try:
-        data = orjson.loads(await request.read())
+        data = orjson.loads(await request.body(64 * 1024))
     except orjson.JSONDecodeError as exc:
         return api_error(400, f"request body is not valid JSON: {exc}", "malformed_json")
     user = data.get("user") if isinstance(data, dict) else None
@@ -77,15 +72,15 @@ async def create_gateway_key(request: web.Request, state: GatewayState) -> web.R
                          201)
 
 
-async def list_gateway_keys(request: web.Request, state: GatewayState) -> web.Response:
+async def list_gateway_keys(request: Request, state: GatewayState) -> Response:
     records = await state.runner.run(lambda s: s.list_keys())
     return json_response({"keys": [
         {"prefix": r.prefix, "user": r.subject, "label": r.label, "created_ms": r.created_ms,
          "revoked": r.revoked_ms is not None} for r in records]})
 
 
-async def revoke_gateway_key(request: web.Request, state: GatewayState) -> web.Response:
-    prefix = request.match_info["prefix"]
+async def revoke_gateway_key(request: Request, state: GatewayState) -> Response:
+    prefix = request.params["prefix"]
     count = await state.runner.run(lambda s: s.revoke_key(prefix))
     if not count:
         return api_error(404, f"no active gateway key with prefix {prefix!r}", "not_found")
@@ -93,11 +88,12 @@ async def revoke_gateway_key(request: web.Request, state: GatewayState) -> web.R
     return json_response({"revoked": prefix})
 
 
-async def openapi(request: web.Request, state: GatewayState) -> web.Response:
+async def openapi(request: Request, state: GatewayState) -> Response:
     return json_response(OPENAPI)
 
 
-async def healthz(request: web.Request, state: GatewayState) -> web.Response:
+async def healthz(request: Request, state: GatewayState) -> Response:
+    policy = state.policy.status()
     return json_response({
         "status": "ok",
         "version": __version__,
@@ -105,10 +101,11 @@ async def healthz(request: web.Request, state: GatewayState) -> web.Response:
         "events_pending": state.writer.pending,
         "events_written": state.writer.written,
         "providers": sorted(state.providers),
+        "policy": {"version": policy.version, "source": policy.source, "rules": policy.rules,
+                   "error": policy.error},
     })
 
 
-async def metrics(request: web.Request, state: GatewayState) -> web.Response:
+async def metrics(request: Request, state: GatewayState) -> Response:
     state.metrics.events_pending.set(state.writer.pending)
-    body = generate_latest(state.metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return Response(200, generate_latest(state.metrics.registry), [("content-type", CONTENT_TYPE_LATEST)])

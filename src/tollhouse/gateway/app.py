@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, admin auth, lifecycle."""
+"""The RSGI application: routing, admin auth, the error boundary, and the server lifecycle."""
 
 from __future__ import annotations
 
@@ -6,75 +6,147 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
+from granian.constants import Interfaces, TaskImpl
+from granian.server.embed import Server
 
 from tollhouse.config import Settings
 from tollhouse.gateway import admin, console, proxy
+from tollhouse.gateway.errors import error_response
+from tollhouse.gateway.http import HTTPProtocol, Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
+from tollhouse.providers.family import Family
 
 log = logging.getLogger("tollhouse")
 
-STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)
+Handler = Callable[[Request, GatewayState], Awaitable[Response | Streamed]]
 
-_Handler = Callable[[web.Request, GatewayState], Awaitable[web.StreamResponse]]
+# (method, path) → (handler, admin only)
+_API: dict[tuple[str, str], tuple[Handler, bool]] = {
+    ("GET", "/healthz"): (admin.healthz, False),
+    ("GET", "/metrics"): (admin.metrics, False),
+    ("GET", "/console/"): (console.console, False),
+    ("GET", "/api/v1/openapi.json"): (admin.openapi, False),
+    ("GET", "/api/v1/events"): (admin.list_events, True),
+    ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
+    ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
+}
+_API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
+    ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
+}
 
 
-def _bind(state: GatewayState, handler: _Handler, admin_only: bool = False
-          ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def bound(request: web.Request) -> web.StreamResponse:
-        if admin_only and not admin.authorized(request, state):
-            return admin.api_error(401, "missing or wrong admin token: send 'Authorization: Bearer "
-                                   "<admin_token>' (config admin_token or TOLLHOUSE_ADMIN_TOKEN)", "unauthorized")
-        return await handler(request, state)
+def _route(request: Request) -> tuple[Handler, bool] | Response:
+    path = request.path
+    found = _API.get((request.method, path))
+    if found is not None:
+        return found
+    if path.startswith("/api/v1/") or path in ("/healthz", "/metrics", "/console/"):
+        for (method, prefix), (handler, admin_only, param) in _API_PREFIXED.items():
+            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
+                if request.method != method:
+                    break
+                request.params[param] = path[len(prefix):]
+                return handler, admin_only
+        if any(p == path for _, p in _API):
+            return admin.api_error(405, f"{request.method} is not allowed on {path}", "method_not_allowed")
+        return admin.api_error(404, f"no such endpoint: {path}; see /api/v1/openapi.json", "not_found")
+    if path.count("/") < 2:
+        return json_response({"error": {"message": "Tollhouse proxies /{provider}/...; e.g. /openai/v1/chat/"
+                                        "completions. See /api/v1/openapi.json for the API.",
+                                        "code": "not_found"}}, 404)
+    return proxy.handle, False
 
-    return bound
+
+class GatewayApp:
+    """An RSGI application over one frozen GatewayState."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    async def __rsgi__(self, scope: Any, proto: HTTPProtocol) -> None:
+        if scope.proto != "http":
+            return
+        request = Request(scope.method, scope.path, scope.query_string, scope.headers, proto)
+        routed = _route(request)
+        if isinstance(routed, Response):
+            proto.response_bytes(routed.status, routed.headers, routed.body)
+            return
+        handler, admin_only = routed
+        if admin_only and not admin.authorized(request, self.state):
+            resp = admin.api_error(401, "missing or wrong admin token: send 'Authorization: Bearer <admin_token>' "
+                                   "(config admin_token or TOLLHOUSE_ADMIN_TOKEN)", "unauthorized")
+            proto.response_bytes(resp.status, resp.headers, resp.body)
+            return
+        try:
+            result = await handler(request, self.state)
+        except ProtocolClosed:
+            return  # the client went away; the handler has recorded what it must
+        except Exception:
+            # The one error boundary: log the details, answer in the caller's shape, never a traceback.
+            log.exception("internal error on %s %s", request.method, request.path)
+            result = _internal_error(request)
+        if isinstance(result, Response):
+            proto.response_bytes(result.status, result.headers, result.body)
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        return None
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        return None
 
 
-def build_app(state: GatewayState) -> web.Application:
-    # The body limit is enforced (with a provider-shaped 413) by the proxy itself.
-    app = web.Application(client_max_size=state.settings.limits.max_body_bytes + 1)
-    app[STATE] = state
-    r = app.router
-    r.add_get("/healthz", _bind(state, admin.healthz))
-    r.add_get("/metrics", _bind(state, admin.metrics))
-    r.add_get("/console/", _bind(state, console.console))
-    r.add_get("/api/v1/openapi.json", _bind(state, admin.openapi))
-    r.add_get("/api/v1/events", _bind(state, admin.list_events, admin_only=True))
-    r.add_get("/api/v1/keys", _bind(state, admin.list_gateway_keys, admin_only=True))
-    r.add_post("/api/v1/keys", _bind(state, admin.create_gateway_key, admin_only=True))
-    r.add_delete("/api/v1/keys/{prefix}", _bind(state, admin.revoke_gateway_key, admin_only=True))
-    r.add_route("*", "/{provider}/{tail:.*}", _bind(state, proxy.handle))
-
-    async def start(app: web.Application) -> None:
-        state.writer.start()
-        state.policy.start()
-
-    async def stop(app: web.Application) -> None:
-        await state.close()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(stop)
-    return app
+def _internal_error(request: Request) -> Response:
+    message = ("Tollhouse hit an internal error handling this call; it has been logged. The call may not have "
+               "reached the provider. Retry, and report it to your Tollhouse administrator if it persists.")
+    if request.path.startswith("/api/v1/"):
+        return admin.api_error(500, message, "internal_error")
+    family = Family.anthropic if request.path.startswith("/anthropic/") else (
+        Family.gemini if request.path.startswith("/gemini/") else Family.openai)
+    return error_response(family, 500, message, "internal_error")
 
 
 async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 ready: Callable[[GatewayState, int], None] | None = None,
                 stop: asyncio.Event | None = None) -> None:
-    """Run the gateway until `stop` is set (or forever); flush events on the way out."""
+    """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}")
-    app = build_app(state)
-    # handler_cancellation: a client that goes away cancels its handler, even while the upstream is
-    # silent, so the call is recorded (and the upstream released) at once.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5,
-                           handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    bound_port = int(runner.addresses[0][1]) if port == 0 else port
-    if ready is not None:
-        ready(state, bound_port)
+    state.writer.start()
+    state.policy.start()
+    server = Server(GatewayApp(state), address=host, port=port, interface=Interfaces.RSGI,
+                    task_impl=TaskImpl.asyncio, backlog=1024, log_enabled=False)
+    serving = asyncio.create_task(server.serve(), name="tollhouse-granian")
     try:
-        await (stop.wait() if stop is not None else asyncio.Event().wait())
+        await _wait_listening(host, port, serving)
+        if ready is not None:
+            ready(state, port)
+        waiter = asyncio.create_task((stop or asyncio.Event()).wait())
+        await asyncio.wait([serving, waiter], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if serving.done():
+            serving.result()  # the server failed: raise why
     finally:
-        await runner.cleanup()
+        if not serving.done():
+            server.stop()  # type: ignore[no-untyped-call]
+            await asyncio.wait([serving], timeout=10)
+        await state.close()
+
+
+async def _wait_listening(host: str, port: int, serving: asyncio.Task[None], timeout_s: float = 15.0) -> None:
+    """Granian binds in the background: wait until the port accepts connections (or the server failed)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        if serving.done():
+            serving.result()
+            raise OSError(f"the server on {host}:{port} stopped during start-up")
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise OSError(f"could not listen on {host}:{port}") from None
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from html import escape
 
-from aiohttp import web
-
 from tollhouse.events.model import event_json
+from tollhouse.gateway.http import Request, Response, text_response
 from tollhouse.gateway.state import GatewayState
 
 _STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
@@ -14,7 +13,7 @@ td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}th{background
 .num{text-align:right;font-variant-numeric:tabular-nums}"""
 
 
-async def console(request: web.Request, state: GatewayState) -> web.Response:
+async def console(request: Request, state: GatewayState) -> Response:
     await state.writer.flush()
     rows = await state.runner.run(lambda s: s.list_events(200))
     events = [event_json(r) for r in rows]
@@ -31,4 +30,4 @@ async def console(request: web.Request, state: GatewayState) -> web.Response:
             f"</head><body><h1>Tollhouse</h1><p>Org <b>{escape(state.directory.org)}</b> · enforcement "
             f"<b>{state.settings.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
             f"<table><tr>{head}</tr>{body}</table></body></html>")
-    return web.Response(text=html, content_type="text/html")
+    return text_response(html, "text/html; charset=utf-8")

@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from aiohttp import web
-
 from tollhouse.config import CaptureMode, Enforcement, Settings
 from tollhouse.directory import Subject
 from tollhouse.gateway.errors import error_response
+from tollhouse.gateway.http import Response
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.policy.engine import CallFacts, Decision
 from tollhouse.policy.rules import Severity
@@ -21,9 +20,9 @@ from tollhouse.providers.family import Family
 
 log = logging.getLogger("tollhouse.policy")
 
-RULE_HEADER = "X-Tollhouse-Rule"
-WARNING_HEADER = "X-Tollhouse-Warning"
-REDIRECTED_HEADER = "X-Tollhouse-Redirected-From"
+RULE_HEADER = "x-tollhouse-rule"
+WARNING_HEADER = "x-tollhouse-warning"
+REDIRECTED_HEADER = "x-tollhouse-redirected-from"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +73,7 @@ def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, parsed
 
 
 def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, subject: Subject,
-                   model: str | None, ts: datetime, retry_after_s: int | None = None) -> web.Response:
+                   model: str | None, ts: datetime, retry_after_s: int | None = None) -> Response:
     top = verdict.decision.top
     assert top is not None  # a block always has its rule
     rule = top.rule
@@ -113,7 +112,8 @@ def client_headers(verdict: Verdict | None) -> dict[str, str]:
         out[REDIRECTED_HEADER] = d.requested_model
     top = d.top
     if top is not None and top.rule.severity >= Severity.warn:
-        out[WARNING_HEADER] = f"{top.rule.id}: {top.reason}"[:500]
+        text = f"{top.rule.id}: {top.reason}"[:500]
+        out[WARNING_HEADER] = text.encode("ascii", "replace").decode("ascii")
     return out
 
 

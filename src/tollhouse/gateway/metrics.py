@@ -54,3 +54,31 @@ class GatewayMetrics:
         self.violations = Counter("tollhouse_policy_violations", "Rule violations (enforced or observed)",
                                   ["rule", "severity", "enforced"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)
+        self._per_call: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
+        self._per_model: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
+
+    def observe_call(self, provider: str, model: str | None, decision: str, status: int, input_tokens: int,
+                     output_tokens: int, cost_usd: float, seconds: float) -> None:
+        """Record one call. Label children are cached: `labels()` validates and locks on every use."""
+        model_label = self.model_label(model)
+        key = (provider, model_label, decision, str(status))
+        per_call = self._per_call.get(key)
+        if per_call is None:
+            per_call = (self.calls.labels(*key), self.latency.labels(provider, model_label, decision))
+            self._per_call[key] = per_call
+        per_call[0].inc()
+        per_call[1].observe(seconds)
+        if input_tokens or output_tokens or cost_usd:
+            mkey = (provider, model_label)
+            per_model = self._per_model.get(mkey)
+            if per_model is None:
+                per_model = (self.tokens.labels(provider, model_label, "input"),
+                             self.tokens.labels(provider, model_label, "output"),
+                             self.cost.labels(provider, model_label))
+                self._per_model[mkey] = per_model
+            if input_tokens:
+                per_model[0].inc(input_tokens)
+            if output_tokens:
+                per_model[1].inc(output_tokens)
+            if cost_usd:
+                per_model[2].inc(cost_usd)

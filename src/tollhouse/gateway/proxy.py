@@ -10,21 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
-import aiohttp
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from granian._granian import RSGIProtocolClosed as ProtocolClosed
+from pyreqwest.response import Response as UpstreamResponse
 
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent
 from tollhouse.gateway import enforce
 from tollhouse.gateway.enforce import Verdict
-from tollhouse.gateway.errors import DECISION_HEADER, error_response
+from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
+from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, Streamed
 from tollhouse.gateway.state import GatewayState, ProviderRoute
+from tollhouse.gateway.upstream import ConnectError, RequestError, RequestTimeoutError
 from tollhouse.keys import KEY_PREFIX, sha256_hex
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
@@ -37,9 +38,9 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
-_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, ConnectionError)
-_USER_HEADER = "X-Tollhouse-User"
-_PROJECT_HEADER = "X-Tollhouse-Project"
+_USER_HEADER = "x-tollhouse-user"
+_PROJECT_HEADER = "x-tollhouse-project"
+
 
 
 @dataclass(slots=True)
@@ -88,32 +89,30 @@ class _Call:
         return self.verdict.applied if self.verdict is not None else "allow"
 
 
-async def handle(request: web.Request, state: GatewayState) -> web.StreamResponse:
+async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     started = time.perf_counter()
     ts_ms = int(time.time() * 1000)
-    provider_id = request.match_info["provider"]
+    provider_id, _, tail = request.path[1:].partition("/")
     route = state.providers.get(provider_id)
     if route is None:
         known = ", ".join(f"/{p}/" for p in sorted(state.providers))
         return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
                               f"Configured prefixes: {known}. Add it under `providers:` in the config.",
                               "unknown_provider")
-    path = "/" + request.match_info["tail"]
+    path = "/" + tail
     proto = route.protocol
     endpoint = proto.classify(path) if request.method == "POST" else Endpoint.passthrough
 
     limit = state.settings.limits.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        return _too_large(route, request.content_length, limit)
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _too_large(route, None, limit)
+        body = await request.body(limit)
+    except BodyTooLarge as exc:
+        return _too_large(route, exc.size, limit)
 
     facts = RequestFacts(model=None, stream=False, max_output_tokens=None)
     parsed: dict[str, Any] | None = None
     metered = endpoint is not Endpoint.passthrough
-    query = dict(request.query) if route.family is Family.gemini else {}
+    query = request.query if route.family is Family.gemini else {}
     if metered:
         try:
             obj = orjson.loads(body)
@@ -127,7 +126,7 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
             facts = proto.facts(endpoint, path, query, {})
 
     ident = await _identify(request, state, route, query)
-    if isinstance(ident, web.Response):
+    if isinstance(ident, Response):
         return ident
 
     verdict: Verdict | None = None
@@ -143,7 +142,6 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
                 call.out.status = 400
                 return _unparsed_enforced(route)
             if verdict.decision.action == "block":
-                call.out.status = 403
                 resp = enforce.block_response(state, route, verdict, ident.subject, facts.model,
                                               enforce.now_utc())
                 call.out.status = resp.status
@@ -160,31 +158,35 @@ async def handle(request: web.Request, state: GatewayState) -> web.StreamRespons
             body = orjson.dumps(parsed)
         return await _forward(request, state, call, body)
     except asyncio.CancelledError:
-        if not call.out.client_disconnected:
-            call.out.client_disconnected = True
-            state.metrics.disconnects.labels(route.id).inc()
+        _client_gone(state, call)
         raise
     finally:
         _record(state, call)
 
 
-def _unparsed_enforced(route: ProviderRoute) -> web.Response:
+def _client_gone(state: GatewayState, call: _Call) -> None:
+    if not call.out.client_disconnected:
+        call.out.client_disconnected = True
+        state.metrics.disconnects.labels(call.route.id).inc()
+
+
+def _unparsed_enforced(route: ProviderRoute) -> Response:
     return error_response(route.family, 400, "Tollhouse could not read this request body as a JSON object, so "
                           "it cannot check it against the AI policy; with enforcement on it is not forwarded. "
                           "Send valid JSON with a model field.", "unparseable_request",
                           {"type": "invalid_request_error"}, decision="block")
 
 
-def _too_large(route: ProviderRoute, size: int | None, limit: int) -> web.Response:
+def _too_large(route: ProviderRoute, size: int | None, limit: int) -> Response:
     got = f" ({size} bytes)" if size is not None else ""
     return error_response(route.family, 413, f"Request body too large{got}: this gateway accepts at most "
                           f"{limit} bytes (limits.max_body_bytes in the Tollhouse config).",
                           "request_too_large")
 
 
-async def _identify(request: web.Request, state: GatewayState, route: ProviderRoute,
-                    query: dict[str, str]) -> _Identity | web.Response:
-    project = request.headers.get(_PROJECT_HEADER) or None
+async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
+                    query: dict[str, str]) -> _Identity | Response:
+    project = request.header(_PROJECT_HEADER) or None
     key = route.protocol.client_key(request.headers, query)
     if key is not None and key.startswith(KEY_PREFIX):
         subject_id = await state.keys.subject_for(key)
@@ -197,7 +199,7 @@ async def _identify(request: web.Request, state: GatewayState, route: ProviderRo
                                   f"'{route.id}' to use with gateway keys. Set providers.{route.id}.api_key "
                                   "or its api_key_env variable on the gateway.", "provider_key_missing")
         return _Identity(state.directory.subject(subject_id, project), route.api_key)
-    user = request.headers.get(_USER_HEADER) if state.settings.identity.trust_user_header else None
+    user = request.header(_USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
         return _Identity(state.directory.subject(user, project), None)
     if key is None:
@@ -207,72 +209,64 @@ async def _identify(request: web.Request, state: GatewayState, route: ProviderRo
     return _Identity(state.directory.subject(person or f"key:{digest[:12]}", project), None)
 
 
-def _upstream_headers(request: web.Request, route: ProviderRoute, ident: _Identity) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        lower = name.lower()
-        if lower in _HOP_BY_HOP or lower.startswith("x-tollhouse-") or lower == "accept-encoding":
-            continue
-        headers.add(name, value)
+def _upstream_headers(request: Request, route: ProviderRoute, ident: _Identity) -> list[tuple[str, str]]:
+    swap = ident.upstream_key is not None
+    auth_names = route.auth_names if swap else frozenset()
+    headers = [
+        (name, value) for name, value in request.headers.items()
+        if name not in _HOP_BY_HOP and not name.startswith("x-tollhouse-") and name != "accept-encoding"
+        and name not in auth_names
+    ]
     if ident.upstream_key is not None:
-        for name in route.protocol.auth_header_names():
-            headers.popall(name, None)
-        headers.update(route.protocol.auth_headers(ident.upstream_key))
+        headers += route.protocol.auth_headers(ident.upstream_key).items()
     # Usage must be readable: ask for an uncompressed body (the client still gets the same content).
-    headers["Accept-Encoding"] = "identity"
+    headers.append(("accept-encoding", "identity"))
     return headers
 
 
-def _client_headers(upstream: CIMultiDictProxy[str], call: _Call) -> CIMultiDict[str]:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if name.lower() not in _HOP_BY_HOP:
-            headers.add(name, value)
-    headers[DECISION_HEADER] = call.decision
+def _client_headers(upstream: UpstreamResponse, call: _Call) -> list[tuple[str, str]]:
+    headers = [(name, value) for name, value in upstream.headers.items() if name not in _HOP_BY_HOP]
+    headers.append((DECISION_HEADER, call.decision))
     if call.verdict is not None:
-        headers.update(enforce.client_headers(call.verdict))
+        headers += enforce.client_headers(call.verdict).items()
     return headers
 
 
-def _upstream_query(request: web.Request, route: ProviderRoute, ident: _Identity) -> str:
+def _upstream_query(request: Request, route: ProviderRoute, ident: _Identity) -> str:
     qs = request.query_string
     if ident.upstream_key is not None and route.family is Family.gemini and "key=" in qs:
         # Gemini also takes the key as ?key=; a gateway key there must not reach the provider.
-        pairs = [(k, v) for k, v in request.query.items() if k != "key"]
-        return "&".join(f"{k}={v}" for k, v in pairs)
+        return urlencode([(k, v) for k, v in parse_qsl(qs, keep_blank_values=True) if k != "key"])
     return qs
 
 
-async def _forward(request: web.Request, state: GatewayState, call: _Call, body: bytes) -> web.StreamResponse:
+async def _forward(request: Request, state: GatewayState, call: _Call, body: bytes) -> Response | Streamed:
     route, out = call.route, call.out
     qs = _upstream_query(request, route, call.ident)
     url = route.upstream + call.path + ("?" + qs if qs else "")
+    builder = route.client.request(request.method, url).headers(_upstream_headers(request, route, call.ident))
+    if body:
+        builder = builder.body_bytes(body)
     try:
-        upstream = await state.session.request(
-            request.method, url, data=body if body else None,
-            headers=_upstream_headers(request, route, call.ident),
-            allow_redirects=False, timeout=route.timeout, proxy=state.settings.upstream_proxy,
-        )
-    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+        if not call.facts.stream:
+            # One round trip into the client for the whole response (the common, non-stream case).
+            upstream = await builder.build().send()
+            out.ttfb = time.perf_counter() - call.started
+            out.status = upstream.status
+            data = bytes(await upstream.bytes())
+            if call.metered and upstream.status < 400:
+                _read_usage(route, call.endpoint, data, out)
+            return Response(upstream.status, data, _client_headers(upstream, call))
+        # No read-ahead buffer: each upstream chunk is handed over (and forwarded) the moment it arrives.
+        async with builder.streamed_read_buffer_limit(0).build_streamed() as streamed:
+            out.ttfb = time.perf_counter() - call.started
+            out.status = streamed.status
+            return await _stream(request, state, call, streamed)
+    except RequestError as exc:
         return _upstream_failed(state, route, out, exc)
-    except TimeoutError:
-        return _upstream_failed(state, route, out, TimeoutError())
-    try:
-        out.ttfb = time.perf_counter() - call.started
-        out.status = upstream.status
-        state.metrics.ttfb.labels(route.id).observe(out.ttfb)
-        ctype = upstream.headers.get("Content-Type", "")
-        if call.facts.stream or ctype.startswith("text/event-stream"):
-            return await _stream(request, state, call, upstream)
-        try:
-            data = await upstream.read()
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _upstream_failed(state, route, out, exc)
-        if call.metered and upstream.status < 400:
-            _read_usage(route, call.endpoint, data, out)
-        return web.Response(status=upstream.status, body=data, headers=_client_headers(upstream.headers, call))
     finally:
-        upstream.release()
+        if out.ttfb is not None:
+            state.metrics.ttfb.labels(route.id).observe(out.ttfb)
 
 
 def _read_usage(route: ProviderRoute, endpoint: Endpoint, data: bytes, out: _Outcome) -> None:
@@ -288,39 +282,55 @@ def _read_usage(route: ProviderRoute, endpoint: Endpoint, data: bytes, out: _Out
         out.model = model
 
 
-async def _stream(request: web.Request, state: GatewayState, call: _Call, upstream: aiohttp.ClientResponse
-                  ) -> web.StreamResponse:
+async def _stream(request: Request, state: GatewayState, call: _Call, upstream: UpstreamResponse) -> Streamed:
+    """Forward a stream chunk by chunk. A client that goes away cancels the upstream read at once."""
     route, out = call.route, call.out
     meter: StreamMeter | None = None
     if call.metered and upstream.status < 400:
         meter = route.protocol.stream_meter(call.endpoint, call.hide_usage)
-    response = web.StreamResponse(status=upstream.status, headers=_client_headers(upstream.headers, call))
-    complete = False
+    transport = request.proto.response_stream(upstream.status, _client_headers(upstream, call))
+    reader = upstream.body_reader
+    pump = asyncio.current_task()
+    finished = False
+
+    def on_disconnect(_: asyncio.Future[None]) -> None:
+        if not finished and pump is not None:
+            pump.cancel()
+
+    watcher = asyncio.ensure_future(request.proto.client_disconnect())
+    watcher.add_done_callback(on_disconnect)
     try:
-        await response.prepare(request)
-        async for chunk in upstream.content.iter_any():
-            data = meter.feed(chunk) if meter is not None else chunk
+        while (chunk := await reader.read_chunk()) is not None:
+            raw = bytes(chunk)
+            data = meter.feed(raw) if meter is not None else raw
             if data:
-                await response.write(data)
-        if meter is not None:
-            tail = meter.finish()
-            if tail:
-                await response.write(tail)
-        complete = True
-        await response.write_eof()
-    except _CLIENT_GONE:
-        out.client_disconnected = True
-        state.metrics.disconnects.labels(route.id).inc()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+                await transport.send_bytes(data)
+        if meter is not None and (tail := meter.finish()):
+            await transport.send_bytes(tail)
+        finished = True
+    except ProtocolClosed:
+        _client_gone(state, call)
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # cancelled for another reason (shutdown)
+        _client_gone(state, call)
+    except RequestError as exc:
         out.error = f"upstream stream ended abnormally: {type(exc).__name__}"
         state.metrics.upstream_errors.labels(route.id, "stream").inc()
-        # Hand the client the same truncated stream it would see going direct, not a clean end.
-        if request.transport is not None:
-            request.transport.abort()
+        # Tell the client in-band, in its SDK's own error form, rather than end the stream cleanly.
+        message = (f"Tollhouse: the stream from provider '{route.id}' ended abnormally "
+                   f"({type(exc).__name__}); the answer is incomplete.")
+        try:
+            await transport.send_bytes(stream_error_event(route.family, message, "upstream_stream_error"))
+        except ProtocolClosed:
+            _client_gone(state, call)
     finally:
+        complete = finished
+        finished = True  # from here on a disconnect must not cancel anything
+        watcher.cancel()
         if meter is not None:
             _settle_stream(meter, out, complete)
-    return response
+    return STREAMED
 
 
 def _settle_stream(meter: StreamMeter, out: _Outcome, complete: bool) -> None:
@@ -339,13 +349,12 @@ def _settle_stream(meter: StreamMeter, out: _Outcome, complete: bool) -> None:
         out.usage_source = UsageSource.estimate
 
 
-def _upstream_failed(state: GatewayState, route: ProviderRoute, out: _Outcome, exc: BaseException
-                     ) -> web.Response:
-    timeout = isinstance(exc, TimeoutError)
+def _upstream_failed(state: GatewayState, route: ProviderRoute, out: _Outcome, exc: RequestError) -> Response:
+    timeout = isinstance(exc, RequestTimeoutError)
     status = 504 if timeout else 502
-    kind = "timeout" if timeout else "unreachable"
+    kind = "timeout" if timeout else "unreachable" if isinstance(exc, ConnectError) else "failed"
     state.metrics.upstream_errors.labels(route.id, kind).inc()
-    detail = "timed out" if timeout else (str(exc) or type(exc).__name__)
+    detail = {"timeout": "timed out", "unreachable": "connection failed"}.get(kind, type(exc).__name__)
     out.status = status
     out.error = f"upstream {kind}: {detail}"
     return error_response(
@@ -380,7 +389,7 @@ def _record(state: GatewayState, call: _Call) -> None:
     verdict = call.verdict
     decision = call.decision
     event = CallEvent(
-        id=uuid.uuid4().hex,
+        id=state.writer.new_id(call.ts_ms),
         ts_ms=call.ts_ms,
         subject=subject.id,
         subject_kind=subject.kind,
@@ -410,11 +419,5 @@ def _record(state: GatewayState, call: _Call) -> None:
         error=out.error,
     )
     state.writer.record(event)
-    m.calls.labels(route.id, model_label, decision, str(event.status)).inc()
-    if usage.input_tokens:
-        m.tokens.labels(route.id, model_label, "input").inc(usage.input_tokens)
-    if usage.output_tokens:
-        m.tokens.labels(route.id, model_label, "output").inc(usage.output_tokens)
-    if cost:
-        m.cost.labels(route.id, model_label).inc(cost / 1e9)
-    m.latency.labels(route.id, model_label, decision).observe(elapsed)
+    m.observe_call(route.id, model, decision, event.status, usage.input_tokens, usage.output_tokens,
+                   cost / 1e9 if cost else 0.0, elapsed)

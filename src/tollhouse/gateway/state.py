@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import aiohttp
+from pyreqwest.client import Client
 
 from tollhouse.config import Settings
 from tollhouse.directory import Directory
@@ -17,6 +17,7 @@ from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
+from tollhouse.gateway.upstream import build_client
 from tollhouse.keys import KeyCache
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.base import ProviderProtocol
@@ -34,8 +35,9 @@ class ProviderRoute:
     upstream: str
     api_key: str | None
     price_provider: str
-    timeout: aiohttp.ClientTimeout
+    client: Client
     host: str  # the upstream's hostname, for provider rules written by hostname
+    auth_names: frozenset[str]  # lower-case names of the headers that carry this family's API key
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +52,14 @@ class GatewayState:
     runner: StoreRunner
     writer: EventWriter
     keys: KeyCache
-    session: aiohttp.ClientSession
     console_url: str
     policy: PolicyHolder
 
     async def close(self) -> None:
         await self.policy.stop()
         await self.writer.close()
-        await self.session.close()
+        for route in self.providers.values():
+            await route.client.close()
         self.runner.close()
 
 
@@ -94,19 +96,12 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str) -> Ga
             upstream=cfg.upstream,
             api_key=cfg.resolve_api_key(),
             price_provider=settings.price_provider_id(pid),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=cfg.timeout_s),
+            client=build_client(cfg.timeout_s, settings.upstream_proxy),
             host=urlsplit(cfg.upstream).hostname or "",
+            auth_names=frozenset(n.lower() for n in protocol_for(cfg.family).auth_header_names()),
         )
         for pid, cfg in settings.providers.items()
     }
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        trust_env=False,
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
     return GatewayState(
         settings=settings,
         data_dir=data_dir,
@@ -118,7 +113,6 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str) -> Ga
         runner=runner,
         writer=writer,
         keys=KeyCache(runner),
-        session=session,
         console_url=public_url.rstrip("/") + "/console/",
         policy=policy,
     )
