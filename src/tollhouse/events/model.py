@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from tollhouse.pricing import nusd_to_usd
 
@@ -15,8 +14,9 @@ PUBLIC_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class CallEvent:
+class CallEvent(NamedTuple):
+    """One call. A tuple in column order, so the store binds it as a row without conversion."""
+
     id: str
     ts_ms: int  # wall clock, Unix milliseconds (UTC)
     subject: str
@@ -47,7 +47,7 @@ class CallEvent:
     error: str | None
 
 
-COLUMNS = tuple(CallEvent.__dataclass_fields__)
+COLUMNS = CallEvent._fields
 
 
 def iso_ts(ts_ms: int) -> str:

@@ -98,10 +98,9 @@ class SqliteStore:
     # events
 
     def insert_events(self, events: Sequence[CallEvent]) -> None:
-        rows = [tuple(getattr(e, c) for c in COLUMNS) for e in events]
         self._db.execute("BEGIN")
         try:
-            self._db.executemany(self._insert_sql, rows)
+            self._db.executemany(self._insert_sql, events)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _MAX_LABEL_VALUES = 500
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -27,18 +32,76 @@ class LabelGuard:
         return value
 
 
+class CallStats:
+    """Per-call aggregates kept as plain numbers on the hot path and turned into Prometheus metrics
+    only when scraped (a custom collector): a call costs a few dict lookups, not a dozen locks."""
+
+    def __init__(self, buckets: tuple[float, ...] = _BUCKETS) -> None:
+        self.buckets = buckets
+        # (provider, model, decision, status) -> [count, seconds_sum, per-bucket counts...]
+        self.calls: dict[tuple[str, str, str, str], list[float]] = {}
+        # (provider, model) -> [input tokens, output tokens, cost in nano-dollars]
+        self.usage: dict[tuple[str, str], list[int]] = {}
+
+    def observe(self, key: tuple[str, str, str, str], seconds: float, input_tokens: int, output_tokens: int,
+                cost_nusd: int) -> None:
+        row = self.calls.get(key)
+        if row is None:
+            row = self.calls[key] = [0.0, 0.0] + [0.0] * (len(self.buckets) + 1)
+        row[0] += 1
+        row[1] += seconds
+        row[2 + bisect_left(self.buckets, seconds)] += 1
+        if input_tokens or output_tokens or cost_nusd:
+            ukey = (key[0], key[1])
+            u = self.usage.get(ukey)
+            if u is None:
+                u = self.usage[ukey] = [0, 0, 0]
+            u[0] += input_tokens
+            u[1] += output_tokens
+            u[2] += cost_nusd
+
+    def collect(self) -> Iterator[Metric]:
+        calls = CounterMetricFamily("tollhouse_calls", "Calls through the gateway",
+                                    labels=["provider", "model", "decision", "status"])
+        latency = HistogramMetricFamily("tollhouse_request_duration_seconds", "Time from request to last byte",
+                                        labels=["provider", "model", "decision"])
+        merged: dict[tuple[str, str, str], list[float]] = {}
+        for key, row in list(self.calls.items()):
+            calls.add_metric(list(key), row[0])
+            acc = merged.setdefault(key[:3], [0.0] * len(row))
+            for i, v in enumerate(row):
+                acc[i] += v
+        for key3, row in merged.items():
+            cumulative = 0.0
+            points: list[tuple[str, float]] = []
+            for le, count in zip([*map(str, self.buckets), "+Inf"], row[2:], strict=True):
+                cumulative += count
+                points.append((le, cumulative))
+            latency.add_metric(list(key3), points, row[1])
+        tokens = CounterMetricFamily("tollhouse_tokens", "Tokens metered", labels=["provider", "model", "direction"])
+        cost = CounterMetricFamily("tollhouse_cost_usd", "Cost metered, USD", labels=["provider", "model"])
+        for (provider, model), (inp, outp, nusd) in list(self.usage.items()):
+            tokens.add_metric([provider, model, "input"], inp)
+            tokens.add_metric([provider, model, "output"], outp)
+            cost.add_metric([provider, model], nusd / 1e9)
+        yield from (calls, latency, tokens, cost)
+
+
+class _StatsCollector(Collector):
+    def __init__(self, stats: CallStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        return self._stats.collect()
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.model_label = LabelGuard()
-        self.calls = Counter("tollhouse_calls", "Calls through the gateway",
-                             ["provider", "model", "decision", "status"], registry=r)
-        self.tokens = Counter("tollhouse_tokens", "Tokens metered", ["provider", "model", "direction"],
-                              registry=r)
-        self.cost = Counter("tollhouse_cost_usd", "Cost metered, USD", ["provider", "model"], registry=r)
-        self.latency = Histogram("tollhouse_request_duration_seconds", "Time from request to last byte",
-                                 ["provider", "model", "decision"], buckets=_BUCKETS, registry=r)
+        self.stats = CallStats()
+        r.register(_StatsCollector(self.stats))
         self.ttfb = Histogram("tollhouse_upstream_ttfb_seconds", "Time to the upstream's first byte",
                               ["provider"], buckets=_BUCKETS, registry=r)
         self.unpriced = Counter("tollhouse_unpriced_calls", "Metered calls whose model has no known price",
@@ -54,31 +117,8 @@ class GatewayMetrics:
         self.violations = Counter("tollhouse_policy_violations", "Rule violations (enforced or observed)",
                                   ["rule", "severity", "enforced"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)
-        self._per_call: dict[tuple[str, str, str, str], tuple[Counter, Histogram]] = {}
-        self._per_model: dict[tuple[str, str], tuple[Counter, Counter, Counter]] = {}
 
     def observe_call(self, provider: str, model: str | None, decision: str, status: int, input_tokens: int,
-                     output_tokens: int, cost_usd: float, seconds: float) -> None:
-        """Record one call. Label children are cached: `labels()` validates and locks on every use."""
-        model_label = self.model_label(model)
-        key = (provider, model_label, decision, str(status))
-        per_call = self._per_call.get(key)
-        if per_call is None:
-            per_call = (self.calls.labels(*key), self.latency.labels(provider, model_label, decision))
-            self._per_call[key] = per_call
-        per_call[0].inc()
-        per_call[1].observe(seconds)
-        if input_tokens or output_tokens or cost_usd:
-            mkey = (provider, model_label)
-            per_model = self._per_model.get(mkey)
-            if per_model is None:
-                per_model = (self.tokens.labels(provider, model_label, "input"),
-                             self.tokens.labels(provider, model_label, "output"),
-                             self.cost.labels(provider, model_label))
-                self._per_model[mkey] = per_model
-            if input_tokens:
-                per_model[0].inc(input_tokens)
-            if output_tokens:
-                per_model[1].inc(output_tokens)
-            if cost_usd:
-                per_model[2].inc(cost_usd)
+                     output_tokens: int, cost_nusd: int, seconds: float) -> None:
+        self.stats.observe((provider, self.model_label(model), decision, str(status)), seconds, input_tokens,
+                           output_tokens, cost_nusd)

@@ -419,5 +419,5 @@ def _record(state: GatewayState, call: _Call) -> None:
         error=out.error,
     )
     state.writer.record(event)
-    m.observe_call(route.id, model, decision, event.status, usage.input_tokens, usage.output_tokens,
-                   cost / 1e9 if cost else 0.0, elapsed)
+    m.observe_call(route.id, model, decision, event.status, usage.input_tokens, usage.output_tokens, cost or 0,
+                   elapsed)
