@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -42,15 +43,23 @@ class CallStats:
         self.calls: dict[tuple[str, str, str, str], list[float]] = {}
         # (provider, model) -> [input tokens, output tokens, cost in nano-dollars]
         self.usage: dict[tuple[str, str], list[int]] = {}
+        # provider -> [count, seconds_sum, per-bucket counts...] of the upstream's time to first byte
+        self.ttfb: dict[str, list[float]] = {}
 
-    def observe(self, key: tuple[str, str, str, str], seconds: float, input_tokens: int, output_tokens: int,
-                cost_nusd: int) -> None:
-        row = self.calls.get(key)
+    def _histogram_row(self, table: dict[Any, list[float]], key: Any, seconds: float) -> None:
+        row = table.get(key)
         if row is None:
-            row = self.calls[key] = [0.0, 0.0] + [0.0] * (len(self.buckets) + 1)
+            row = table[key] = [0.0, 0.0] + [0.0] * (len(self.buckets) + 1)
         row[0] += 1
         row[1] += seconds
         row[2 + bisect_left(self.buckets, seconds)] += 1
+
+    def observe_ttfb(self, provider: str, seconds: float) -> None:
+        self._histogram_row(self.ttfb, provider, seconds)
+
+    def observe(self, key: tuple[str, str, str, str], seconds: float, input_tokens: int, output_tokens: int,
+                cost_nusd: int) -> None:
+        self._histogram_row(self.calls, key, seconds)
         if input_tokens or output_tokens or cost_nusd:
             ukey = (key[0], key[1])
             u = self.usage.get(ukey)
@@ -72,19 +81,26 @@ class CallStats:
             for i, v in enumerate(row):
                 acc[i] += v
         for key3, row in merged.items():
-            cumulative = 0.0
-            points: list[tuple[str, float]] = []
-            for le, count in zip([*map(str, self.buckets), "+Inf"], row[2:], strict=True):
-                cumulative += count
-                points.append((le, cumulative))
-            latency.add_metric(list(key3), points, row[1])
+            latency.add_metric(list(key3), self._points(row), row[1])
+        ttfb = HistogramMetricFamily("tollhouse_upstream_ttfb_seconds", "Time to the upstream's first byte",
+                                     labels=["provider"])
+        for provider, row in list(self.ttfb.items()):
+            ttfb.add_metric([provider], self._points(row), row[1])
         tokens = CounterMetricFamily("tollhouse_tokens", "Tokens metered", labels=["provider", "model", "direction"])
         cost = CounterMetricFamily("tollhouse_cost_usd", "Cost metered, USD", labels=["provider", "model"])
         for (provider, model), (inp, outp, nusd) in list(self.usage.items()):
             tokens.add_metric([provider, model, "input"], inp)
             tokens.add_metric([provider, model, "output"], outp)
             cost.add_metric([provider, model], nusd / 1e9)
-        yield from (calls, latency, tokens, cost)
+        yield from (calls, latency, ttfb, tokens, cost)
+
+    def _points(self, row: list[float]) -> list[tuple[str, float]]:
+        cumulative = 0.0
+        points: list[tuple[str, float]] = []
+        for le, count in zip([*map(str, self.buckets), "+Inf"], row[2:], strict=True):
+            cumulative += count
+            points.append((le, cumulative))
+        return points
 
 
 class _StatsCollector(Collector):
@@ -102,8 +118,6 @@ class GatewayMetrics:
         self.model_label = LabelGuard()
         self.stats = CallStats()
         r.register(_StatsCollector(self.stats))
-        self.ttfb = Histogram("tollhouse_upstream_ttfb_seconds", "Time to the upstream's first byte",
-                              ["provider"], buckets=_BUCKETS, registry=r)
         self.unpriced = Counter("tollhouse_unpriced_calls", "Metered calls whose model has no known price",
                                 ["provider", "model"], registry=r)
         self.unparsed = Counter("tollhouse_unparsed_requests",

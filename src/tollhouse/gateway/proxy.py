@@ -266,7 +266,7 @@ async def _forward(request: Request, state: GatewayState, call: _Call, body: byt
         return _upstream_failed(state, route, out, exc)
     finally:
         if out.ttfb is not None:
-            state.metrics.ttfb.labels(route.id).observe(out.ttfb)
+            state.metrics.stats.observe_ttfb(route.id, out.ttfb)
 
 
 def _read_usage(route: ProviderRoute, endpoint: Endpoint, data: bytes, out: _Outcome) -> None:
