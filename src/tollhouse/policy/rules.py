@@ -105,7 +105,10 @@ MONTHLY = Window(monthly=True)
 class Rule:
     id: str
     kind: Kind
-    type_name: str  # the rule type as users know it (MODEL_DENYLIST, BUDGET_CROSS_PROVIDER, budget, ...)
+    # The canonical upper-case rule type (block errors' `code`): MODEL_ALLOWLIST, MODEL_DENYLIST,
+    # PROVIDER_ALLOWLIST, PROVIDER_DENYLIST, MODEL_REDIRECT, TIME_WINDOW, BUDGET,
+    # MONTHLY_SPEND_CAP_PER_SUBJECT, BUDGET_CROSS_PROVIDER, TOKEN_RATE_LIMIT, COST_CENTRE_REQUIRED, CONTENT_DLP.
+    type_name: str
     scope: ScopeKind
     target: str | None  # team / project / person / service id; None: every one at that scope
     severity: Severity
@@ -322,7 +325,7 @@ def _condition(c: dict[str, Any], base: dict[str, Any], redirect_to: str | None,
         if op not in ("outside", "inside", "not_in", "in"):
             raise ValueError("condition.operator|use 'outside' (violation outside the window) or 'inside'")
         window = parse_window(c.get("window"), str(c.get("timezone", tz)))
-        return Rule(kind=Kind.time, type_name="time", window=window, inside=op in ("inside", "in"), **base)
+        return Rule(kind=Kind.time, type_name="TIME_WINDOW", window=window, inside=op in ("inside", "in"), **base)
     if t == "COST_CENTRE_REQUIRED":
         return Rule(kind=Kind.cost_centre, type_name=t, **base)
     if t == "CONTENT_DLP":
@@ -373,7 +376,8 @@ def _list_rule(t: str, c: dict[str, Any], base: dict[str, Any], redirect_to: str
         raise ValueError("action.model|the substitute must be on the allowlist, or the redirect would loop")
     if redirect_to is not None and not allow and redirect_to in values:
         raise ValueError("action.model|the substitute is itself in the list it replaces")
-    return Rule(kind=kind, type_name=t, allow=allow, values=values, redirect_to=redirect_to, **base)
+    type_name = "MODEL_REDIRECT" if kind is Kind.redirect else kind.value.upper()
+    return Rule(kind=kind, type_name=type_name, allow=allow, values=values, redirect_to=redirect_to, **base)
 
 
 def _dlp_rule(c: dict[str, Any], base: dict[str, Any]) -> Rule:
@@ -412,7 +416,7 @@ def _usage_rule(c: dict[str, Any], base: dict[str, Any]) -> Rule:
         raise ValueError(f"condition.{field_name}|{exc}") from None
     if window.monthly:
         raise ValueError("condition.window|token rates use rolling windows: '1m', '1h', '24h', '7d', '30d'")
-    return Rule(kind=Kind.tokens, type_name="usage", metric=m.group(1), threshold=threshold,
+    return Rule(kind=Kind.tokens, type_name="TOKEN_RATE_LIMIT", metric=m.group(1), threshold=threshold,
                 count_window=window, **base)
 
 
@@ -449,5 +453,6 @@ def _spend_rule(t: str, c: dict[str, Any], base: dict[str, Any], scope: ScopeKin
         window = parse_count_window(c.get("window"), default_window)
     except ValueError as exc:
         raise ValueError(f"condition.window|{exc}") from None
-    return Rule(kind=Kind.spend, type_name=t, threshold=threshold, count_window=window, providers=providers,
+    return Rule(kind=Kind.spend, type_name="BUDGET" if t == "budget" else t, threshold=threshold,
+                count_window=window, providers=providers,
                 **base)
