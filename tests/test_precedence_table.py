@@ -15,7 +15,8 @@ from tollhouse.policy.rules import parse_rules
 DIRECTORY = Directory(DirectoryConfig.model_validate({
     "teams": [{"id": "engineering"}, {"id": "platform", "parent": "engineering"}, {"id": "research"}],
     "projects": [{"id": "checkout", "team": "platform", "cost_centre": "CC-200"}],
-    "people": [{"id": "alice", "team": "platform"}, {"id": "bob", "team": "platform"}, {"id": "rita", "team": "research"}],
+    "people": [{"id": "alice", "team": "platform"}, {"id": "bob", "team": "platform"},
+               {"id": "rita", "team": "research"}],
 }))
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
