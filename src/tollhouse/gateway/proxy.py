@@ -161,7 +161,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         _client_gone(state, call)
         raise
     finally:
-        _record(state, call)
+        # Recorded right after the response is on its way (Granian sends it when the handler returns).
+        asyncio.get_running_loop().call_soon(_record, state, call)
 
 
 def _client_gone(state: GatewayState, call: _Call) -> None:
