@@ -226,6 +226,19 @@ class EventsConfig(_Frozen):
     batch_size: int = Field(default=500, gt=0)
 
 
+class LedgerConfig(_Frozen):
+    billing_day: int = Field(default=1, ge=1, le=28)  # monthly budgets reset at 00:00 on this day
+    timezone: str = "UTC"  # ... in this IANA zone
+    default_max_output_tokens: int = Field(default=4096, gt=0)  # worst case when a call sets no limit
+    reservation_ttl_s: float = Field(default=900, gt=0)  # a reservation never settled is released then
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+
 class PolicyConfig(_Frozen):
     rules: tuple[dict[str, Any], ...] = ()
     rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
@@ -270,6 +283,7 @@ class Settings(_Frozen):
     store: StoreConfig = StoreConfig()
     counters: CountersConfig = CountersConfig()
     limits: LimitsConfig = LimitsConfig()
+    ledger: LedgerConfig = LedgerConfig()
     events: EventsConfig = EventsConfig()
 
     @field_validator("providers", mode="before")

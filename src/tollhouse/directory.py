@@ -40,6 +40,10 @@ class Directory:
             node = self._parents[node]
         return tuple(chain)
 
+    def descendants(self, team: str) -> tuple[str, ...]:
+        """The team and every team below it."""
+        return tuple(t for t in self._parents if team in self.team_chain(t))
+
     def has_project(self, project: str) -> bool:
         return project in self._projects
 

@@ -33,6 +33,11 @@ _MIGRATIONS: tuple[str, ...] = (
         revoked_ms INTEGER
     );
     """,
+    # 2: ledger counters load team and project history
+    """
+    CREATE INDEX events_team_ts ON events (team, ts_ms);
+    CREATE INDEX events_project_ts ON events (project, ts_ms);
+    """,
 )
 
 
@@ -122,6 +127,24 @@ class SqliteStore:
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def usage_history(self, scope: str, ids: Sequence[str], since_ms: int, bucket_ms: int
+                      ) -> list[tuple[int, str, int, int, int, int]]:
+        """Settled usage since `since_ms` in time buckets, per provider, for a ledger counter.
+
+        scope: subject (ids = [subject]), team (ids = the team and its descendants), project, or org.
+        """
+        where = "ts_ms >= ?"
+        args: list[Any] = [since_ms]
+        column = {"subject": "subject", "team": "team", "project": "project"}.get(scope)
+        if column is not None:
+            where += f" AND {column} IN ({', '.join('?' for _ in ids)})"
+            args += list(ids)
+        sql = (f"SELECT (ts_ms / ?) * ? AS b, provider, COALESCE(SUM(cost_nusd), 0), SUM(input_tokens), "
+               f"SUM(output_tokens), SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) FROM events WHERE {where} "
+               "AND decision != 'block' GROUP BY b, provider ORDER BY b")
+        rows = self._db.execute(sql, [bucket_ms, bucket_ms, *args]).fetchall()
+        return [(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
     def count_events(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])

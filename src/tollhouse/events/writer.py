@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from tollhouse.events.journal import Journal
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import SqliteStore
 
@@ -41,8 +42,9 @@ class StoreRunner:
 
 class EventWriter:
     def __init__(self, runner: StoreRunner, flush_interval_s: float, batch_size: int,
-                 on_write_error: Callable[[], None] = lambda: None) -> None:
+                 on_write_error: Callable[[], None] = lambda: None, journal: Journal | None = None) -> None:
         self._runner = runner
+        self._journal = journal
         self._interval = flush_interval_s
         self._batch = batch_size
         self._pending: list[CallEvent] = []
@@ -68,6 +70,8 @@ class EventWriter:
         self._task = asyncio.create_task(self._loop(), name="tollhouse-event-writer")
 
     def record(self, event: CallEvent) -> None:
+        if self._journal is not None:
+            self._journal.append(event)
         self._pending.append(event)
         self._idle.clear()
         if len(self._pending) >= self._batch:
@@ -86,7 +90,10 @@ class EventWriter:
         if self._task is not None:
             await self._task
         if self._pending:  # the loop gave up (store dead): say so rather than drop silently
-            log.error("shutdown with %d events that could not be written to the store", len(self._pending))
+            log.error("shutdown with %d events not yet in the store; they stay in the journal and are "
+                      "replayed at the next start", len(self._pending))
+        if self._journal is not None:
+            self._journal.close(drained=not self._pending)
 
     async def _loop(self) -> None:
         failures = 0
@@ -102,6 +109,8 @@ class EventWriter:
                 continue
             batch = self._pending
             self._pending = []
+            if self._journal is not None:
+                self._journal.rotate()
             try:
                 await self._runner.run(lambda s, b=batch: s.insert_events(b))  # type: ignore[misc]
             except Exception as exc:  # disk full, locked database, ...: keep the batch and retry
@@ -115,3 +124,5 @@ class EventWriter:
                 continue
             failures = 0
             self.written += len(batch)
+            if self._journal is not None:
+                self._journal.committed()  # the covered segments' events are all in this batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -110,11 +111,12 @@ def _internal_error(request: Request) -> Response:
 
 async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 ready: Callable[[GatewayState, int], None] | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time) -> None:
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
-    state = await build_state(settings, data_dir, f"http://{host}:{port}")
+    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock)
     state.writer.start()
     state.policy.start()
+    sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
     server = Server(GatewayApp(state), address=host, port=port, interface=Interfaces.RSGI,
                     task_impl=TaskImpl.asyncio, backlog=1024, log_enabled=False)
     serving = asyncio.create_task(server.serve(), name="tollhouse-granian")
@@ -131,7 +133,14 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         if not serving.done():
             server.stop()  # type: ignore[no-untyped-call]
             await asyncio.wait([serving], timeout=10)
+        sweeper.cancel()
         await state.close()
+
+
+async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        state.ledger.expire(int(state.clock() * 1000))
 
 
 async def _wait_listening(host: str, port: int, serving: asyncio.Task[None], timeout_s: float = 15.0) -> None:

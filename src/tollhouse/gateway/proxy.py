@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -27,6 +28,8 @@ from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, St
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.gateway.upstream import ConnectError, RequestError, RequestTimeoutError
 from tollhouse.keys import KEY_PREFIX, sha256_hex
+from tollhouse.ledger.local import NANO_PER_USD, Charge, Reservation, cap_reason
+from tollhouse.policy.engine import Violation, with_violations
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
 from tollhouse.providers.usage import Usage, UsageSource
@@ -39,6 +42,7 @@ _HOP_BY_HOP = frozenset({
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
 _USER_HEADER = "x-tollhouse-user"
+BUDGET_HEADER = "x-tollhouse-budget-remaining"
 _PROJECT_HEADER = "x-tollhouse-project"
 
 
@@ -79,6 +83,9 @@ class _Call:
     started: float
     ts_ms: int
     out: _Outcome
+    reservation: Reservation | None = None
+    budget_remaining_nusd: int | None = None
+    retry_after_s: int | None = None
 
     @property
     def metered(self) -> bool:
@@ -91,7 +98,8 @@ class _Call:
 
 async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     started = time.perf_counter()
-    ts_ms = int(time.time() * 1000)
+    now_s = state.clock()
+    ts_ms = int(now_s * 1000)
     provider_id, _, tail = request.path[1:].partition("/")
     route = state.providers.get(provider_id)
     if route is None:
@@ -131,8 +139,10 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
 
     verdict: Verdict | None = None
     if metered:
-        verdict = enforce.judge(state, route, facts, parsed, ident.subject, enforce.now_utc())
+        verdict = enforce.judge(state, route, facts, parsed, ident.subject, datetime.fromtimestamp(now_s, UTC))
     call = _Call(route, path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome())
+    if verdict is not None and verdict.decision.caps and not (verdict.enforced and verdict.applied == "block"):
+        verdict = call.verdict = await _reserve(state, call, verdict)
     call.out.model = facts.model
     if metered and parsed is None:
         call.out.usage_source = UsageSource.unparsed
@@ -143,7 +153,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                 return _unparsed_enforced(route)
             if verdict.decision.action == "block":
                 resp = enforce.block_response(state, route, verdict, ident.subject, facts.model,
-                                              enforce.now_utc())
+                                              datetime.fromtimestamp(now_s, UTC), call.retry_after_s)
                 call.out.status = resp.status
                 return resp
             if verdict.decision.redirect is not None:
@@ -163,6 +173,33 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     finally:
         # Recorded right after the response is on its way (Granian sends it when the handler returns).
         asyncio.get_running_loop().call_soon(_record, state, call)
+
+
+async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdict:
+    """Reserve the call's worst case against every cap that counts it; add any cap it would exceed."""
+    caps = verdict.decision.caps
+    await state.ledger.ensure_loaded(caps, call.ts_ms)
+    charge = _worst_case(state, call)
+    result = state.ledger.reserve(caps, charge, call.ts_ms, enforce=verdict.enforced)
+    call.reservation = result.reservation
+    spend = [s.remaining - charge.spend_nusd for s in result.states if s.cap.metric == "spend"]
+    if spend:
+        call.budget_remaining_nusd = max(min(spend), 0)
+    exceeded = [s for s in result.states if s.exceeded]
+    if result.refused_by is not None:
+        call.retry_after_s = result.refused_by.retry_after_s
+    return Verdict(with_violations(verdict.decision, [Violation(s.cap.rule, s.cap.level, cap_reason(s))
+                                                      for s in exceeded]), verdict.enforced)
+
+
+def _worst_case(state: GatewayState, call: _Call) -> Charge:
+    """Prompt estimate (about four bytes of request per token) plus the most the call may generate."""
+    route = call.route
+    input_est = max(call.request_bytes // 4, 1)
+    output_max = call.facts.max_output_tokens or state.settings.ledger.default_max_output_tokens
+    model = call.verdict.decision.model if call.verdict is not None else call.facts.model
+    cost = state.prices.cost_nusd(route.price_provider, model, Usage(input_est, output_max)) if model else None
+    return Charge(route.id, cost or 0, input_est, output_max)
 
 
 def _client_gone(state: GatewayState, call: _Call) -> None:
@@ -230,6 +267,8 @@ def _client_headers(upstream: UpstreamResponse, call: _Call) -> list[tuple[str, 
     headers.append((DECISION_HEADER, call.decision))
     if call.verdict is not None:
         headers += enforce.client_headers(call.verdict).items()
+    if call.budget_remaining_nusd is not None:
+        headers.append((BUDGET_HEADER, f"{call.budget_remaining_nusd / NANO_PER_USD:.6f}"))
     return headers
 
 
@@ -420,5 +459,8 @@ def _record(state: GatewayState, call: _Call) -> None:
         error=out.error,
     )
     state.writer.record(event)
+    if call.reservation is not None:
+        state.ledger.settle(call.reservation, Charge(route.id, cost or 0, usage.input_tokens, usage.output_tokens,
+                                                     1 if event.status < 400 else 0))
     m.observe_call(route.id, model, decision, event.status, usage.input_tokens, usage.output_tokens, cost or 0,
                    elapsed)

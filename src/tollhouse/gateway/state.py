@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -13,12 +14,15 @@ from pyreqwest.client import Client
 
 from tollhouse.config import Settings
 from tollhouse.directory import Directory
+from tollhouse.events.journal import Journal, leftover_events
 from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.upstream import build_client
 from tollhouse.keys import KeyCache
+from tollhouse.ledger.local import HistoryRow, LocalLedger
+from tollhouse.policy.timewindow import zone
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.base import ProviderProtocol
 from tollhouse.providers.family import Family
@@ -54,6 +58,8 @@ class GatewayState:
     keys: KeyCache
     console_url: str
     policy: PolicyHolder
+    ledger: LocalLedger
+    clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
 
     async def close(self) -> None:
         await self.policy.stop()
@@ -61,6 +67,18 @@ class GatewayState:
         for route in self.providers.values():
             await route.client.close()
         self.runner.close()
+
+
+def replay_journal(store: SqliteStore, journal_dir: Path) -> None:
+    """Events a killed process journaled but never stored go into the store before we serve."""
+    if not journal_dir.exists():
+        return
+    for path, events in leftover_events(journal_dir):
+        if events:
+            store.insert_events(events)
+            log.warning("recovered %d events from %s (the previous run did not shut down cleanly)",
+                        len(events), path.name)
+        path.unlink()
 
 
 def admin_token_for(settings: Settings, data_dir: Path) -> str:
@@ -78,16 +96,28 @@ def admin_token_for(settings: Settings, data_dir: Path) -> str:
     return token
 
 
-async def build_state(settings: Settings, data_dir: Path, public_url: str) -> GatewayState:
+async def build_state(settings: Settings, data_dir: Path, public_url: str,
+                      clock: Callable[[], float] = time.time) -> GatewayState:
     """Raises RulesFileError (bad rules file) or StoreError (store unusable) before anything listens."""
     p = settings.policy
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
     store = SqliteStore(sqlite_path(settings.store.url, data_dir))
+    journal_dir = data_dir / "journal"
+    replay_journal(store, journal_dir)
     runner = StoreRunner(store)
     metrics = GatewayMetrics()
     writer = EventWriter(runner, settings.events.flush_interval_s, settings.events.batch_size,
-                         on_write_error=metrics.event_write_errors.inc)
+                         on_write_error=metrics.event_write_errors.inc, journal=Journal(journal_dir))
+    directory = Directory(settings.directory)
+
+    async def load_history(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
+        await writer.flush()  # what is recorded but not yet stored counts too
+        ids = directory.descendants(ident) if scope == "team" else (ident,)
+        return await runner.run(lambda s: s.usage_history(scope, ids, since_ms, bucket_ms))
+
+    lc = settings.ledger
+    ledger = LocalLedger(load_history, lc.billing_day, zone(lc.timezone), lc.reservation_ttl_s)
     providers = {
         pid: ProviderRoute(
             id=pid,
@@ -107,7 +137,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str) -> Ga
         data_dir=data_dir,
         admin_token=admin_token_for(settings, data_dir),
         providers=providers,
-        directory=Directory(settings.directory),
+        directory=directory,
         prices=PriceBook(settings.pricing.overrides),
         metrics=metrics,
         runner=runner,
@@ -115,4 +145,6 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str) -> Ga
         keys=KeyCache(runner),
         console_url=public_url.rstrip("/") + "/console/",
         policy=policy,
+        ledger=ledger,
+        clock=clock,
     )

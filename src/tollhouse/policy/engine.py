@@ -220,6 +220,14 @@ class CompiledPolicy:
                        [*decision.violations, *extra], decision.caps, decision.trace)
 
 
+def with_violations(decision: Decision, extra: Sequence[Violation]) -> Decision:
+    """The decision once cap violations found by the ledger are added."""
+    if not extra:
+        return decision
+    return _decide(decision.requested_model, decision.model, decision.redirect,
+                   [*decision.violations, *extra], decision.caps, decision.trace)
+
+
 def _fmt_limit(cap: Cap) -> str:
     return f"${cap.limit}" if cap.metric == "spend" else f"{cap.limit} {cap.metric}"
 
@@ -292,8 +300,10 @@ def _check(rule: Rule, call: CallFacts, model: str | None, subject: Subject, now
 def _cap(rule: Rule, level: Level, subject: Subject) -> Cap:
     """Whose usage a cap counts: a named target's, or (untargeted) each subject's / team's / project's own."""
     scope = rule.scope
-    if rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT" or scope in (ScopeKind.individual, ScopeKind.service):
+    if scope in (ScopeKind.individual, ScopeKind.service):
         counter = ("subject", rule.target or subject.id)
+    elif rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT":  # per subject at any scope: each their own
+        counter = ("subject", subject.id)
     elif scope is ScopeKind.org:
         counter = ("org", "*")
     elif scope is ScopeKind.team:

@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from tollhouse.policy.timewindow import TimeWindow, WindowError, parse_window
+from tollhouse.policy.timewindow import TimeWindow, WindowError, parse_window, zone
 
 
 class PolicyError(ValueError):
@@ -209,9 +209,10 @@ def _parse_rule(item: object, label: str, default_tz: str, p: _Problems) -> Rule
     if not isinstance(item, dict):
         p.add(label, "(rule)", "must be an object with id, scope, condition, action")
         return None
-    unknown = sorted(set(item) - _TOP_KEYS)
+    unknown = sorted((str(k) for k in set(item) - _TOP_KEYS), key=str)
     if unknown:
-        p.add(label, ", ".join(unknown), f"unknown field; allowed: {', '.join(sorted(_TOP_KEYS))}")
+        names = ", ".join(k if k.isidentifier() else _quoted(k) for k in unknown)
+        p.add(label, names, f"unknown field; allowed: {', '.join(sorted(_TOP_KEYS))}")
     rid = item.get("id")
     if not isinstance(rid, str) or not rid.strip():
         p.add(label, "id", "required: a unique, human-readable rule name")
@@ -246,6 +247,11 @@ def _parse_rule(item: object, label: str, default_tz: str, p: _Problems) -> Rule
         p.add(label, "fail_open", "must be true or false")
         fail_open = False
     tz = item.get("timezone", cond.get("timezone", default_tz))
+    try:
+        zone(str(tz))
+    except WindowError as exc:
+        p.add(label, "timezone", str(exc))
+        return None
     base: dict[str, Any] = {
         "id": rid, "scope": scope, "target": target, "severity": severity, "message": message,
         "enabled": enabled, "fail_open": fail_open,
@@ -259,6 +265,12 @@ def _parse_rule(item: object, label: str, default_tz: str, p: _Problems) -> Rule
             where, what = "condition", where
         p.add(label, where, what)
         return None
+
+
+def _quoted(name: str) -> str:
+    """A field name that is not an identifier, quoted so the problem line stays unambiguous."""
+    escaped = name.encode("unicode_escape").decode("ascii").replace("'", "\\x27").replace(":", "\\x3a")
+    return f"'{escaped}'"
 
 
 def _target(item: dict[str, Any], scope: ScopeKind, label: str, p: _Problems) -> str | None:
@@ -381,16 +393,26 @@ def _list_rule(t: str, c: dict[str, Any], base: dict[str, Any], redirect_to: str
 
 
 def _dlp_rule(c: dict[str, Any], base: dict[str, Any]) -> Rule:
+    raw_patterns = c.get("patterns") or []
+    if isinstance(raw_patterns, str):
+        raw_patterns = [raw_patterns]
+    if not isinstance(raw_patterns, list):
+        raise ValueError("condition.patterns|must be a list of regular expressions")
     patterns: list[re.Pattern[str]] = []
-    for i, pat in enumerate(c.get("patterns", []) or []):
+    for i, pat in enumerate(raw_patterns):
         if not isinstance(pat, str):
             raise ValueError(f"condition.patterns[{i}]|must be a regular expression string")
         try:
             patterns.append(re.compile(pat))
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:
             raise ValueError(f"condition.patterns[{i}]|not a valid regular expression: {exc}") from None
-    for det in c.get("detectors", []) or []:
-        if det not in DETECTORS:
+    detectors = c.get("detectors") or []
+    if isinstance(detectors, str):
+        detectors = [detectors]
+    if not isinstance(detectors, list):
+        raise ValueError(f"condition.detectors|must be a list of names: {', '.join(sorted(DETECTORS))}")
+    for det in detectors:
+        if not isinstance(det, str) or det not in DETECTORS:
             raise ValueError(f"condition.detectors|{det!r} is not a detector; use {', '.join(sorted(DETECTORS))}")
         patterns.append(re.compile(DETECTORS[det]))
     if not patterns:

@@ -56,6 +56,8 @@ def zone(name: str) -> ZoneInfo:
 def parse_days(raw: object) -> frozenset[int]:
     if raw is None:
         return frozenset(range(1, 8))
+    if isinstance(raw, list) and not raw:
+        raise WindowError("days: an empty list matches no day; leave days out for every day")
     if isinstance(raw, list):
         days: set[int] = set()
         for d in raw:
@@ -78,7 +80,7 @@ def parse_days(raw: object) -> frozenset[int]:
 
 
 def _day(token: str) -> int:
-    if token.isdigit():
+    if token.isdecimal() and token.isascii() and len(token) <= 2:
         return _day_number(int(token))
     if token in _DAY_NAMES:
         return _DAY_NAMES[token]
@@ -120,9 +122,13 @@ def _range(start: int, end: int) -> tuple[int, int]:
     return (start, end)
 
 
+def _digits(text: str, most: int) -> bool:
+    return text.isascii() and text.isdecimal() and 0 < len(text) <= most
+
+
 def _minute(token: str) -> int:
     h, sep, m = token.partition(":")
-    if not h.isdigit() or (sep and not (m.isdigit() and len(m) == 2)):
+    if not _digits(h, 2) or ((sep and not _digits(m, 2)) or (sep and len(m) != 2)):
         raise WindowError(f"hours: {token!r} is not a time; use H, HH or HH:MM")
     hour, minute = int(h), int(m) if sep else 0
     if not (0 <= hour <= 24 and 0 <= minute < 60) or (hour == 24 and minute):

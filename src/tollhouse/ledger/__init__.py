@@ -1,0 +1,1 @@
+"""The spend and token ledger: reserve the worst case before forwarding, settle on actual usage."""

@@ -1,0 +1,284 @@
+"""The embedded ledger: in-process counters, loaded from the store on first use, never drifting.
+
+Every cap counts one (scope, id, window) counter. A counter holds settled usage (by month, or in
+rolling buckets) per provider, plus what in-flight calls have reserved. Check-and-reserve over all
+of a call's counters happens in one synchronous step on the event loop, so concurrent calls cannot
+both take the last dollar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
+from tollhouse.policy.engine import Cap
+from tollhouse.policy.rules import Severity, Window
+
+log = logging.getLogger("tollhouse.ledger")
+
+NANO_PER_USD = 1_000_000_000
+METRICS = ("spend", "input_tokens", "output_tokens", "requests")
+_SPEND, _IN, _OUT, _REQ = range(4)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one call adds to a counter: nano-dollars, tokens, one request."""
+
+    provider: str
+    spend_nusd: int
+    input_tokens: int
+    output_tokens: int
+    requests: int = 1
+
+    def vector(self) -> tuple[int, int, int, int]:
+        return (self.spend_nusd, self.input_tokens, self.output_tokens, self.requests)
+
+
+def metric_of(vec: Sequence[int], metric: str) -> int:
+    if metric == "spend":
+        return vec[_SPEND]
+    if metric == "tokens":
+        return vec[_IN] + vec[_OUT]
+    if metric == "input_tokens":
+        return vec[_IN]
+    if metric == "output_tokens":
+        return vec[_OUT]
+    return vec[_REQ]
+
+
+def limit_units(cap: Cap) -> int:
+    """A cap's limit in counter units (nano-dollars for spend)."""
+    return int(cap.limit * NANO_PER_USD) if cap.metric == "spend" else int(cap.limit)
+
+
+CounterId = tuple[str, str, str]  # (scope kind, id, window label)
+
+
+def counter_id(cap: Cap) -> CounterId:
+    return (cap.counter[0], cap.counter[1], cap.window.label)
+
+
+# A loader returns settled history: (bucket start ms, provider, spend, input, output, requests) rows.
+HistoryRow = tuple[int, str, int, int, int, int]
+Loader = Callable[[str, str, int, int], Awaitable[list[HistoryRow]]]
+
+
+def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int], sign: int = 1) -> None:
+    row = into.get(provider)
+    if row is None:
+        row = into[provider] = [0, 0, 0, 0]
+    for i, v in enumerate(vec):
+        row[i] += sign * v
+
+
+def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | None) -> int:
+    total = 0
+    for provider, vec in table.items():
+        if providers is None or provider in providers:
+            total += metric_of(vec, metric)
+    return total
+
+
+class Counter:
+    """Usage of one scope over one window, per provider: settled history plus in-flight reservations."""
+
+    def __init__(self, window: Window, billing_day: int, tz: ZoneInfo) -> None:
+        self.window = window
+        self._billing_day = billing_day
+        self._tz = tz
+        self.bucket_ms = bucket_ms(window) if not window.monthly else 0
+        self.months: dict[int, dict[str, list[int]]] = {}
+        self.buckets: deque[tuple[int, dict[str, list[int]]]] = deque()
+        self.reserved: dict[str, list[int]] = {}
+        self.loaded = False
+
+    def _expire(self, now_ms: int) -> None:
+        floor = now_ms - self.window.seconds * 1000
+        while self.buckets and self.buckets[0][0] + self.bucket_ms <= floor:
+            self.buckets.popleft()
+
+    def settled(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
+        if self.window.monthly:
+            table = self.months.get(month_id(now_ms, self._billing_day, self._tz))
+            return _sum(table, metric, providers) if table else 0
+        self._expire(now_ms)
+        return sum(_sum(table, metric, providers) for _, table in self.buckets)
+
+    def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
+        return self.settled(metric, providers, now_ms) + _sum(self.reserved, metric, providers)
+
+    def add_settled(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
+        if self.window.monthly:
+            mid = month_id(ts_ms, self._billing_day, self._tz)
+            _add(self.months.setdefault(mid, {}), provider, vec)
+            for old in [m for m in self.months if m < mid - 1]:
+                del self.months[old]
+            return
+        start = ts_ms - ts_ms % self.bucket_ms
+        for b_start, existing in reversed(self.buckets):  # newest first: almost always the last one
+            if b_start == start:
+                _add(existing, provider, vec)
+                return
+            if b_start < start:
+                break
+        fresh: dict[str, list[int]] = {}
+        _add(fresh, provider, vec)
+        if not self.buckets or self.buckets[-1][0] < start:
+            self.buckets.append((start, fresh))
+        else:  # a late settle of an older call: keep the buckets in time order
+            self.buckets = deque(sorted([*self.buckets, (start, fresh)], key=lambda b: b[0]))
+
+    def retry_after_s(self, metric: str, providers: frozenset[str] | None, need: int, limit: int,
+                      now_ms: int) -> int:
+        """Seconds until enough of the window has expired for `need` more to fit under `limit`."""
+        if self.window.monthly:
+            return month_seconds_left(now_ms, self._billing_day, self._tz)
+        used = self.used(metric, providers, now_ms)
+        for start, table in self.buckets:
+            used -= _sum(table, metric, providers)
+            if used + need <= limit:
+                free_at = start + self.bucket_ms + self.window.seconds * 1000
+                return max(1, (free_at - now_ms + 999) // 1000)
+        return max(1, self.window.seconds)
+
+
+@dataclass(slots=True)
+class Reservation:
+    rid: int
+    counters: list[Counter]
+    provider: str
+    vector: tuple[int, int, int, int]
+    ts_ms: int
+    expires_ms: int
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CapState:
+    cap: Cap
+    used: int  # before this call (settled + other calls' reservations), counter units
+    limit: int
+    exceeded: bool  # this call's worst case would go over
+    retry_after_s: int
+
+    @property
+    def remaining(self) -> int:
+        return self.limit - self.used
+
+
+def cap_reason(state: CapState) -> str:
+    cap = state.cap
+    who = "the org" if cap.counter[0] == "org" else f"{cap.counter[0]} {cap.counter[1]}"
+    if cap.metric == "spend":
+        have = f"${state.used / NANO_PER_USD:.4f} of ${cap.limit} used"
+    else:
+        have = f"{state.used} of {cap.limit} {cap.metric.replace('_', ' ')} used"
+    per = "this month" if cap.window.monthly else f"in the last {cap.window.label}"
+    return f"the {cap.rule.type_name} cap for {who} would be exceeded ({have} {per})"
+
+
+@dataclass(slots=True)
+class ReserveResult:
+    states: list[CapState]
+    reservation: Reservation | None  # None when refused
+    refused_by: CapState | None = None
+
+
+class LocalLedger:
+    def __init__(self, loader: Loader, billing_day: int, tz: ZoneInfo, reservation_ttl_s: float) -> None:
+        self._loader = loader
+        self._billing_day = billing_day
+        self._tz = tz
+        self._ttl_ms = int(reservation_ttl_s * 1000)
+        self._counters: dict[CounterId, Counter] = {}
+        self._loading: dict[CounterId, asyncio.Future[None]] = {}
+        self._reservations: dict[int, Reservation] = {}
+        self._next_id = 0
+
+    def counter(self, cid: CounterId, window: Window) -> Counter:
+        found = self._counters.get(cid)
+        if found is None:
+            found = self._counters[cid] = Counter(window, self._billing_day, self._tz)
+        return found
+
+    async def ensure_loaded(self, caps: Iterable[Cap], now_ms: int) -> None:
+        """Load settled history for counters used for the first time (one store query each)."""
+        for cap in caps:
+            cid = counter_id(cap)
+            counter = self.counter(cid, cap.window)
+            if counter.loaded:
+                continue
+            pending = self._loading.get(cid)
+            if pending is not None:
+                await pending
+                continue
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._loading[cid] = fut
+            try:
+                start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
+                rows = await self._loader(cap.counter[0], cap.counter[1], start, counter.bucket_ms or 1000)
+                for ts, provider, spend, inp, outp, reqs in rows:
+                    counter.add_settled(ts, provider, (spend, inp, outp, reqs))
+                counter.loaded = True
+                fut.set_result(None)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                raise
+            finally:
+                del self._loading[cid]
+
+    def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+        """Check every cap and reserve the worst case on all their counters, atomically (no await)."""
+        states: list[CapState] = []
+        refused: CapState | None = None
+        vec = charge.vector()
+        for cap in caps:
+            counter = self._counters[counter_id(cap)]
+            limit = limit_units(cap)
+            used = counter.used(cap.metric, cap.providers, now_ms)
+            need = metric_of(vec, cap.metric)
+            exceeded = used + need > limit
+            retry = counter.retry_after_s(cap.metric, cap.providers, need, limit, now_ms) if exceeded else 0
+            state = CapState(cap, used, limit, exceeded, retry)
+            states.append(state)
+            if exceeded and enforce and cap.rule.severity is Severity.block and refused is None:
+                refused = state
+        if refused is not None:
+            return ReserveResult(states, None, refused)
+        counters = list({id(c): c for c in (self._counters[counter_id(cap)] for cap in caps)}.values())
+        for counter in counters:
+            _add(counter.reserved, charge.provider, vec)
+        self._next_id += 1
+        res = Reservation(self._next_id, counters, charge.provider, vec, now_ms, now_ms + self._ttl_ms)
+        self._reservations[res.rid] = res
+        return ReserveResult(states, res)
+
+    def settle(self, res: Reservation, actual: Charge) -> None:
+        """Release the reservation and count what the call really used (at the call's start time)."""
+        if res.settled:
+            return
+        res.settled = True
+        self._reservations.pop(res.rid, None)
+        vec = actual.vector()
+        for counter in res.counters:
+            _add(counter.reserved, res.provider, res.vector, -1)
+            if any(vec):
+                counter.add_settled(res.ts_ms, actual.provider, vec)
+
+    def expire(self, now_ms: int) -> int:
+        """Release reservations whose call never settled (a crash in between): nothing leaks."""
+        stale = [res for res in self._reservations.values() if res.expires_ms <= now_ms]
+        for res in stale:
+            log.warning("releasing a reservation that was never settled (call started %d)", res.ts_ms)
+            self.settle(res, Charge(res.provider, 0, 0, 0, 0))
+        return len(stale)
+
+    @property
+    def open_reservations(self) -> int:
+        return len(self._reservations)
