@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ def mock() -> Iterator[Mock]:
 class Gateway:
     """A gateway served from a background thread, stopped (and its events flushed) on `stop()`."""
 
-    def __init__(self, config: dict[str, Any], data_dir: Path) -> None:
+    def __init__(self, config: dict[str, Any], data_dir: Path, clock: Any = time.time) -> None:
+        self._clock = clock
         config = {"admin_token": ADMIN, **config}
         self.settings = parse_settings(config, "(test)")
         self.data_dir = data_dir
@@ -73,7 +75,7 @@ class Gateway:
                 self.state, self.port = state, port
                 self._ready.set()
 
-            await serve(self.settings, self.data_dir, "127.0.0.1", free_port(), ready, self._stop)
+            await serve(self.settings, self.data_dir, "127.0.0.1", free_port(), ready, self._stop, self._clock)
 
         try:
             asyncio.run(main())

@@ -146,6 +146,19 @@ class SqliteStore:
         rows = self._db.execute(sql, [bucket_ms, bucket_ms, *args]).fetchall()
         return [(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
+    def usage_totals(self, scope: str, ids: Sequence[str], since_ms: int, until_ms: int
+                     ) -> dict[str, tuple[int, int, int, int]]:
+        """Settled (provider -> spend nano-USD, input tokens, output tokens, requests) in [since, until)."""
+        where = "ts_ms >= ? AND ts_ms < ? AND decision != 'block'"
+        args: list[Any] = [since_ms, until_ms]
+        column = {"subject": "subject", "team": "team", "project": "project"}.get(scope)
+        if column is not None:
+            where += f" AND {column} IN ({', '.join('?' for _ in ids)})"
+            args += list(ids)
+        sql = ("SELECT provider, COALESCE(SUM(cost_nusd), 0), SUM(input_tokens), SUM(output_tokens), "
+               f"SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) FROM events WHERE {where} GROUP BY provider")
+        return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in self._db.execute(sql, args)}
+
     def count_events(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 

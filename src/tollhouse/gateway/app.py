@@ -14,7 +14,7 @@ from granian.constants import Interfaces, TaskImpl
 from granian.server.embed import Server
 
 from tollhouse.config import Settings
-from tollhouse.gateway import admin, console, proxy
+from tollhouse.gateway import admin, console, proxy, spend
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import HTTPProtocol, Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
@@ -31,6 +31,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/console/"): (console.console, False),
     ("GET", "/api/v1/openapi.json"): (admin.openapi, False),
     ("GET", "/api/v1/events"): (admin.list_events, True),
+    ("GET", "/api/v1/spend"): (spend.spend, True),
     ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
     ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
 }

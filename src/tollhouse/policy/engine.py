@@ -169,6 +169,29 @@ class CompiledPolicy:
             self._cache[key] = found
         return found
 
+    def caps_counting(self, scope: str, ident: str, subject: Subject | None) -> list[Cap]:
+        """Every cap whose counter is (scope, ident), whatever the provider (for spend reports).
+        `subject` is the resolved subject when scope is "subject"."""
+        out: list[Cap] = []
+        if scope == "subject" and subject is not None:
+            for rule, level in self._applicable(subject).caps:
+                cap = _cap(rule, level, subject)
+                if cap.counter == ("subject", ident):
+                    out.append(cap)
+            return out
+        org = Level(1000, ScopeKind.org, None)
+        for rule in self.rules:
+            if not rule.enabled or rule.kind not in (Kind.spend, Kind.tokens):
+                continue
+            if rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT" or rule.scope.value != scope:
+                continue
+            if scope != "org" and rule.target not in (None, ident):
+                continue
+            level = org if scope == "org" else Level(4, rule.scope, rule.target)
+            out.append(Cap(rule, level, (scope, "*" if scope == "org" else ident), rule.count_window,
+                           rule.providers, "spend" if rule.kind is Kind.spend else rule.metric, rule.threshold))
+        return out
+
     def evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool = False) -> Decision:
         """Judge a call. Caps are returned for the ledger to count; they are not judged here."""
         trace: list[str] | None = [] if explain else None

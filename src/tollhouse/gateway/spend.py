@@ -1,0 +1,69 @@
+"""GET /api/v1/spend: what a person, team, project or the org has spent, and the headroom of each cap."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from tollhouse.gateway.admin import api_error
+from tollhouse.gateway.http import Request, Response, json_response
+from tollhouse.gateway.state import GatewayState
+from tollhouse.ledger.local import NANO_PER_USD, counter_id, limit_units
+from tollhouse.ledger.windows import window_bounds_ms
+from tollhouse.policy.rules import MONTHLY, parse_count_window
+from tollhouse.policy.timewindow import zone
+
+_SCOPES = {"person": "subject", "subject": "subject", "individual": "subject", "service": "subject",
+           "team": "team", "project": "project", "org": "org"}
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def spend(request: Request, state: GatewayState) -> Response:
+    q = request.query
+    scope = _SCOPES.get(q.get("scope", ""))
+    ident = q.get("id", "*" if scope == "org" else "")
+    if scope is None or not ident:
+        return api_error(400, "use ?scope=person|team|project|service|org&id=ID[&window=month|24h|7d|30d]"
+                         "[&provider=P]", "bad_parameter")
+    try:
+        window = parse_count_window(q.get("window", "month"), MONTHLY)
+    except ValueError as exc:
+        return api_error(400, f"window: {exc}", "bad_parameter")
+    provider = q.get("provider")
+    now_ms = int(state.clock() * 1000)
+    lc = state.settings.ledger
+    start, end = window_bounds_ms(window, now_ms, lc.billing_day, zone(lc.timezone))
+    ids = state.directory.descendants(ident) if scope == "team" else (ident,)
+    await state.writer.flush()
+    totals = await state.runner.run(lambda s: s.usage_totals(scope, ids, start, min(end, now_ms + 1)))
+    if provider:
+        totals = {p: v for p, v in totals.items() if p == provider}
+    subject = state.directory.subject(ident) if scope == "subject" else None
+    caps = state.policy.current.caps_counting(scope, ident, subject)
+    await state.ledger.ensure_loaded(caps, now_ms)
+    cap_rows = []
+    for cap in caps:
+        counter = state.ledger.counter(counter_id(cap), cap.window)
+        used = counter.used(cap.metric, cap.providers, now_ms)
+        limit = limit_units(cap)
+        scale = NANO_PER_USD if cap.metric == "spend" else 1
+        cap_rows.append({
+            "rule_id": cap.rule.id, "type": cap.rule.type_name, "metric": cap.metric,
+            "window": cap.window.label, "providers": sorted(cap.providers) if cap.providers else None,
+            "limit": limit / scale, "used": used / scale, "remaining": max(limit - used, 0) / scale,
+            "severity": cap.rule.severity.name,
+        })
+    spend_nusd = sum(v[0] for v in totals.values())
+    return json_response({
+        "scope": q.get("scope"), "id": ident, "window": window.label, "start": _iso(start),
+        "end": _iso(end if window.monthly else now_ms),
+        "spend_usd": spend_nusd / NANO_PER_USD,
+        "input_tokens": sum(v[1] for v in totals.values()),
+        "output_tokens": sum(v[2] for v in totals.values()),
+        "requests": sum(v[3] for v in totals.values()),
+        "by_provider": {p: {"spend_usd": v[0] / NANO_PER_USD, "input_tokens": v[1], "output_tokens": v[2],
+                            "requests": v[3]} for p, v in sorted(totals.items())},
+        "caps": cap_rows,
+    })
