@@ -133,3 +133,12 @@ def test_admin_api_needs_the_token(gateway: Gateway) -> None:
         assert status == 401 and b"admin token" in body
     status, body, _ = gateway.get("/api/v1/events?limit=abc")
     assert status == 400 and b"limit" in body
+
+
+def test_unknown_project_header_is_refused(gateway: Gateway, mock: Mock) -> None:
+    client = openai.OpenAI(base_url=gateway.url + "/openai/v1", api_key="sk-x", max_retries=0,
+                           default_headers={"X-Tollhouse-User": "alice", "X-Tollhouse-Project": "made-up"})
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert "made-up" in str(exc.value) and "checkout" in str(exc.value)
+    assert mock.stats.total == 0

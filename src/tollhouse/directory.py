@@ -47,6 +47,9 @@ class Directory:
     def has_project(self, project: str) -> bool:
         return project in self._projects
 
+    def project_ids(self) -> list[str]:
+        return sorted(self._projects)
+
     def subject(self, subject_id: str, project: str | None = None) -> Subject:
         """Resolve a subject (person, service or unknown) and the project the call is for."""
         key = (subject_id, project)

@@ -225,6 +225,13 @@ def _too_large(route: ProviderRoute, size: int | None, limit: int) -> Response:
 async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
                     query: dict[str, str]) -> _Identity | Response:
     project = request.header(_PROJECT_HEADER) or None
+    if project is not None and not state.directory.has_project(project):
+        # Only known projects: a made-up name must not open a fresh budget counter (or flood caches).
+        known = ", ".join(state.directory.project_ids()[:20]) or "none are configured"
+        return error_response(route.family, 400, f"X-Tollhouse-Project names {project!r}, which is not a project "
+                              f"in the Tollhouse directory (known: {known}). Use one of them, or leave the "
+                              "header out to use your default project.", "unknown_project",
+                              {"type": "invalid_request_error"})
     key = route.protocol.client_key(request.headers, query)
     if key is not None and key.startswith(KEY_PREFIX):
         subject_id = await state.keys.subject_for(key)

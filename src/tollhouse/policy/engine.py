@@ -107,7 +107,7 @@ class _Applicable:
 
     redirects: tuple[tuple[Rule, Level], ...]
     checks: tuple[tuple[Rule, Level], ...]  # model / provider / time / cost centre / content
-    caps: tuple[tuple[Rule, Level], ...]
+    caps: tuple[Cap, ...]  # built once per subject; filtered by provider per call
     superseded: tuple[tuple[Rule, Level, Level], ...]  # (rule, its level, the level that overrode it)
 
 
@@ -164,7 +164,8 @@ class CompiledPolicy:
                 target = redirects if kind is Kind.redirect else caps if kind in (Kind.spend, Kind.tokens) \
                     else checks
                 target += [(r, level) for r in rules]
-        found = _Applicable(tuple(redirects), tuple(checks), tuple(caps), tuple(superseded))
+        found = _Applicable(tuple(redirects), tuple(checks), tuple(_cap(r, lv, subject) for r, lv in caps),
+                            tuple(superseded))
         if len(self._cache) < 200_000:
             self._cache[key] = found
         return found
@@ -174,11 +175,7 @@ class CompiledPolicy:
         `subject` is the resolved subject when scope is "subject"."""
         out: list[Cap] = []
         if scope == "subject" and subject is not None:
-            for rule, level in self._applicable(subject).caps:
-                cap = _cap(rule, level, subject)
-                if cap.counter == ("subject", ident):
-                    out.append(cap)
-            return out
+            return [cap for cap in self._applicable(subject).caps if cap.counter == ("subject", ident)]
         org = Level(1000, ScopeKind.org, None)
         for rule in self.rules:
             if not rule.enabled or rule.kind not in (Kind.spend, Kind.tokens):
@@ -214,8 +211,7 @@ class CompiledPolicy:
                              f"{': ' + reason if reason else ''}")
             if reason:
                 violations.append(Violation(rule, level, reason))
-        caps = tuple(_cap(rule, level, subject) for rule, level in app.caps
-                     if rule.providers is None or _provider_hit(rule.providers, call))
+        caps = tuple(cap for cap in app.caps if cap.providers is None or _provider_hit(cap.providers, call))
         if trace is not None:
             for cap in caps:
                 trace.append(f"cap       {cap.rule.id} [{cap.level.label}] {cap.rule.type_name}: {cap.metric} "

@@ -71,7 +71,8 @@ _TOP_KEYS = {"id", "scope", "condition", "action", "enabled", "severity", "subje
 
 # Built-in DLP detectors (CONTENT_DLP "detectors": [...]).
 DETECTORS: dict[str, str] = {
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
+    # Bounded repeats keep every detector linear in the prompt's length (no catastrophic backtracking).
+    "email": r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b",
     "aws_access_key": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
     "private_key": r"-----BEGIN (?:RSA |EC |OPENSSH |DSA )?PRIVATE KEY-----",
     "credit_card": r"\b(?:\d[ -]?){13,16}\b",
