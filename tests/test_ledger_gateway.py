@@ -199,3 +199,23 @@ def test_kill_9_loses_no_settled_spend(mock: Mock, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert "recovered 3 events" in err
+
+
+def test_dead_counter_store_fails_closed_unless_the_rule_fails_open(mock: Mock, gateway_factory: Any) -> None:
+    strict = budget_rule()
+    lenient = {**budget_rule(threshold=2), "id": "lenient", "fail_open": True}
+    gw: Gateway = gateway_factory(_config(mock, [strict]))
+    gw2: Gateway = gateway_factory(_config(mock, [lenient]))
+    for g in (gw, gw2):
+        assert g.state is not None
+        g.state.runner.store.close()  # the store dies under the running gateway
+    client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="sk-x", max_retries=0,
+                           default_headers={"X-Tollhouse-User": "alice"})
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(model="budget-model", max_tokens=16,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 503 and "counter store is unavailable" in str(exc.value)
+    assert mock.stats.total == 0
+    assert _call(gw2.url) == 200  # fail_open: forwarded, and counted in the metric below
+    _, metrics, _ = gw2.get("/metrics", token=None)
+    assert b'tollhouse_ledger_unavailable_total{failed="open"} 1.0' in metrics

@@ -143,7 +143,10 @@ class SqliteStore:
         sql = (f"SELECT (ts_ms / ?) * ? AS b, provider, COALESCE(SUM(cost_nusd), 0), SUM(input_tokens), "
                f"SUM(output_tokens), SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) FROM events WHERE {where} "
                "AND decision != 'block' GROUP BY b, provider ORDER BY b")
-        rows = self._db.execute(sql, [bucket_ms, bucket_ms, *args]).fetchall()
+        try:
+            rows = self._db.execute(sql, [bucket_ms, bucket_ms, *args]).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading usage history from {self.path} failed: {exc}") from None
         return [(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
 
     def usage_totals(self, scope: str, ids: Sequence[str], since_ms: int, until_ms: int

@@ -130,6 +130,8 @@ class GatewayMetrics:
                                           "Failed event batch writes (retried)", registry=r)
         self.violations = Counter("tollhouse_policy_violations", "Rule violations (enforced or observed)",
                                   ["rule", "severity", "enforced"], registry=r)
+        self.ledger_unavailable = Counter("tollhouse_ledger_unavailable", "Calls whose budget counters could "
+                                          "not be read", ["failed"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)
 
     def observe_call(self, provider: str, model: str | None, decision: str, status: int, input_tokens: int,

@@ -21,6 +21,7 @@ from pyreqwest.response import Response as UpstreamResponse
 
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent
+from tollhouse.events.store import StoreError
 from tollhouse.gateway import enforce
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
@@ -141,12 +142,18 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     if metered:
         verdict = enforce.judge(state, route, facts, parsed, ident.subject, datetime.fromtimestamp(now_s, UTC))
     call = _Call(route, path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome())
-    if verdict is not None and verdict.decision.caps and not (verdict.enforced and verdict.applied == "block"):
-        verdict = call.verdict = await _reserve(state, call, verdict)
     call.out.model = facts.model
     if metered and parsed is None:
         call.out.usage_source = UsageSource.unparsed
     try:
+        if verdict is not None and verdict.decision.caps and not (verdict.enforced and verdict.applied == "block"):
+            try:
+                verdict = call.verdict = await _reserve(state, call, verdict)
+            except StoreError as exc:
+                unavailable = _counters_unavailable(state, call, verdict, exc)
+                if unavailable is not None:
+                    call.out.status = unavailable.status
+                    return unavailable
         if verdict is not None and verdict.enforced:
             if parsed is None:
                 call.out.status = 400
@@ -200,6 +207,24 @@ def _worst_case(state: GatewayState, call: _Call) -> Charge:
     model = call.verdict.decision.model if call.verdict is not None else call.facts.model
     cost = state.prices.cost_nusd(route.price_provider, model, Usage(input_est, output_max)) if model else None
     return Charge(route.id, cost or 0, input_est, output_max)
+
+
+def _counters_unavailable(state: GatewayState, call: _Call, verdict: Verdict, exc: Exception) -> Response | None:
+    """The budget counters cannot be read. Enforcing: fail closed (503) unless every cap that applies
+    is marked fail_open. Either way it is logged and counted."""
+    caps = verdict.decision.caps
+    fail_open = not verdict.enforced or all(cap.rule.fail_open for cap in caps)
+    state.metrics.ledger_unavailable.labels("open" if fail_open else "closed").inc()
+    log.error("budget counters unavailable (%s); failing %s for %s", exc, "open" if fail_open else "closed",
+              call.ident.subject.id)
+    if fail_open:
+        return None
+    rule_ids = ", ".join(sorted({cap.rule.id for cap in caps}))
+    return error_response(call.route.family, 503, f"Tollhouse cannot check this call against its budgets "
+                          f"(rules {rule_ids}) because the counter store is unavailable, so it was not forwarded. "
+                          "Retry shortly; if it persists, tell your Tollhouse administrator.",
+                          "budget_store_unavailable", {"type": "service_unavailable"},
+                          {"retry-after": "5"}, decision="block")
 
 
 def _client_gone(state: GatewayState, call: _Call) -> None:
