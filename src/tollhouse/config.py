@@ -207,13 +207,14 @@ class StoreConfig(_Frozen):
 
 
 class CountersConfig(_Frozen):
-    url: str = "local://"
+    url: str = "local://"  # in-process (rebuilt from the store at start) or redis://host:6379/0 (shared)
+    fail_open: bool = False  # counters unreachable while enforcing: refuse (default) or forward uncounted
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
-        if value != "local://":
-            raise ValueError("only local:// (in-process counters) is available in this version")
+        if value != "local://" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use local:// (in-process) or redis://HOST:PORT/DB to share counters across gateways")
         return value
 
 

@@ -29,7 +29,7 @@ from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, St
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.gateway.upstream import ConnectError, RequestError, RequestTimeoutError
 from tollhouse.keys import KEY_PREFIX, sha256_hex
-from tollhouse.ledger.local import NANO_PER_USD, Charge, Reservation, cap_reason
+from tollhouse.ledger.local import NANO_PER_USD, Charge, cap_reason
 from tollhouse.policy.engine import Violation, with_violations
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
@@ -84,9 +84,10 @@ class _Call:
     started: float
     ts_ms: int
     out: _Outcome
-    reservation: Reservation | None = None
+    reservation: object | None = None
     budget_remaining_nusd: int | None = None
     retry_after_s: int | None = None
+    refused: bool = False  # the gateway itself refused the call (unreadable body, counters down)
 
     @property
     def metered(self) -> bool:
@@ -94,6 +95,8 @@ class _Call:
 
     @property
     def decision(self) -> str:
+        if self.refused:
+            return "block"
         return self.verdict.applied if self.verdict is not None else "allow"
 
 
@@ -152,11 +155,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             except StoreError as exc:
                 unavailable = _counters_unavailable(state, call, verdict, exc)
                 if unavailable is not None:
-                    call.out.status = unavailable.status
+                    call.out.status, call.refused = unavailable.status, True
                     return unavailable
         if verdict is not None and verdict.enforced:
             if parsed is None:
-                call.out.status = 400
+                call.out.status, call.refused = 400, True
                 return _unparsed_enforced(route)
             if verdict.decision.action == "block":
                 resp = enforce.block_response(state, route, verdict, ident.subject, facts.model,
@@ -187,7 +190,7 @@ async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdic
     caps = verdict.decision.caps
     await state.ledger.ensure_loaded(caps, call.ts_ms)
     charge = _worst_case(state, call)
-    result = state.ledger.reserve(caps, charge, call.ts_ms, enforce=verdict.enforced)
+    result = await state.ledger.reserve(caps, charge, call.ts_ms, enforce=verdict.enforced)
     call.reservation = result.reservation
     spend = [s.remaining - charge.spend_nusd for s in result.states if s.cap.metric == "spend"]
     if spend:
@@ -213,7 +216,8 @@ def _counters_unavailable(state: GatewayState, call: _Call, verdict: Verdict, ex
     """The budget counters cannot be read. Enforcing: fail closed (503) unless every cap that applies
     is marked fail_open. Either way it is logged and counted."""
     caps = verdict.decision.caps
-    fail_open = not verdict.enforced or all(cap.rule.fail_open for cap in caps)
+    fail_open = (not verdict.enforced or state.settings.counters.fail_open
+                 or all(cap.rule.fail_open for cap in caps))
     state.metrics.ledger_unavailable.labels("open" if fail_open else "closed").inc()
     log.error("budget counters unavailable (%s); failing %s for %s", exc, "open" if fail_open else "closed",
               call.ident.subject.id)

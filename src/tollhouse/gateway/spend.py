@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from tollhouse.events.store import StoreError
 from tollhouse.gateway.admin import api_error
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.state import GatewayState
-from tollhouse.ledger.local import NANO_PER_USD, counter_id, limit_units
+from tollhouse.ledger.local import NANO_PER_USD, limit_units
 from tollhouse.ledger.windows import window_bounds_ms
 from tollhouse.policy.rules import MONTHLY, parse_count_window
 from tollhouse.policy.timewindow import zone
@@ -42,11 +43,12 @@ async def spend(request: Request, state: GatewayState) -> Response:
         totals = {p: v for p, v in totals.items() if p == provider}
     subject = state.directory.subject(ident) if scope == "subject" else None
     caps = state.policy.current.caps_counting(scope, ident, subject)
-    await state.ledger.ensure_loaded(caps, now_ms)
     cap_rows = []
     for cap in caps:
-        counter = state.ledger.counter(counter_id(cap), cap.window)
-        used = counter.used(cap.metric, cap.providers, now_ms)
+        try:
+            used = await state.ledger.cap_used(cap, now_ms)
+        except StoreError as exc:
+            return api_error(503, f"budget counters unavailable: {exc}", "counters_unavailable")
         limit = limit_units(cap)
         scale = NANO_PER_USD if cap.metric == "spend" else 1
         cap_rows.append({

@@ -21,7 +21,9 @@ from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.upstream import build_client
 from tollhouse.keys import KeyCache
+from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
+from tollhouse.ledger.redis import RedisLedger
 from tollhouse.policy.timewindow import zone
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.base import ProviderProtocol
@@ -58,11 +60,12 @@ class GatewayState:
     keys: KeyCache
     console_url: str
     policy: PolicyHolder
-    ledger: LocalLedger
+    ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
 
     async def close(self) -> None:
         await self.policy.stop()
+        await self.ledger.close()
         await self.writer.close()
         for route in self.providers.values():
             await route.client.close()
@@ -117,7 +120,12 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         return await runner.run(lambda s: s.usage_history(scope, ids, since_ms, bucket_ms))
 
     lc = settings.ledger
-    ledger = LocalLedger(load_history, lc.billing_day, zone(lc.timezone), lc.reservation_ttl_s)
+    ledger: Ledger
+    if settings.counters.url == "local://":
+        ledger = LocalLedger(load_history, lc.billing_day, zone(lc.timezone), lc.reservation_ttl_s)
+    else:
+        ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
+                             lc.reservation_ttl_s)
     providers = {
         pid: ProviderRoute(
             id=pid,

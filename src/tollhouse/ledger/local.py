@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -186,7 +186,7 @@ def cap_reason(state: CapState) -> str:
 @dataclass(slots=True)
 class ReserveResult:
     states: list[CapState]
-    reservation: Reservation | None  # None when refused
+    reservation: object | None  # the backend's reservation; None when refused
     refused_by: CapState | None = None
 
 
@@ -207,7 +207,7 @@ class LocalLedger:
             found = self._counters[cid] = Counter(window, self._billing_day, self._tz)
         return found
 
-    async def ensure_loaded(self, caps: Iterable[Cap], now_ms: int) -> None:
+    async def ensure_loaded(self, caps: Sequence[Cap], now_ms: int) -> None:
         """Load settled history for counters used for the first time (one store query each)."""
         for cap in caps:
             cid = counter_id(cap)
@@ -233,7 +233,17 @@ class LocalLedger:
             finally:
                 del self._loading[cid]
 
-    def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+        return self.reserve_now(caps, charge, now_ms, enforce)
+
+    async def cap_used(self, cap: Cap, now_ms: int) -> int:
+        await self.ensure_loaded([cap], now_ms)
+        return self._counters[counter_id(cap)].used(cap.metric, cap.providers, now_ms)
+
+    async def close(self) -> None:
+        return None
+
+    def reserve_now(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
         """Check every cap and reserve the worst case on all their counters, atomically (no await)."""
         states: list[CapState] = []
         refused: CapState | None = None
@@ -259,8 +269,9 @@ class LocalLedger:
         self._reservations[res.rid] = res
         return ReserveResult(states, res)
 
-    def settle(self, res: Reservation, actual: Charge) -> None:
+    def settle(self, res: object, actual: Charge) -> None:
         """Release the reservation and count what the call really used (at the call's start time)."""
+        assert isinstance(res, Reservation)
         if res.settled:
             return
         res.settled = True

@@ -1,0 +1,31 @@
+"""What every ledger backend offers the gateway (embedded in-process, or Redis shared by gateways)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from tollhouse.ledger.local import Charge, ReserveResult
+from tollhouse.policy.engine import Cap
+
+
+class Ledger(Protocol):
+    async def ensure_loaded(self, caps: Sequence[Cap], now_ms: int) -> None:
+        """Make sure the counters of these caps hold the store's history (raises StoreError)."""
+        ...
+
+    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+        """Check every cap and reserve the worst case on all of them, atomically (raises StoreError)."""
+        ...
+
+    def settle(self, reservation: object, actual: Charge) -> None:
+        """Release the reservation and count the actual usage (never raises; failures are logged)."""
+        ...
+
+    async def cap_used(self, cap: Cap, now_ms: int) -> int:
+        """Settled plus reserved usage of a cap's counter, in counter units."""
+        ...
+
+    def expire(self, now_ms: int) -> int: ...
+
+    async def close(self) -> None: ...

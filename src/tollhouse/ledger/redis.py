@@ -1,0 +1,145 @@
+"""The Redis ledger: counters shared by every gateway, checked and reserved by one Lua script.
+
+A counter missing from Redis (never loaded, expired, flushed) is rebuilt from the store before it is
+used, never from a local value. Redis unreachable raises StoreError: the gateway then fails closed
+(or open, where a rule or the config says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from tollhouse.events.store import StoreError
+from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult, limit_units
+from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
+from tollhouse.ledger.windows import bucket_ms, month_id, window_bounds_ms
+from tollhouse.policy.engine import Cap
+from tollhouse.policy.rules import Severity
+
+log = logging.getLogger("tollhouse.ledger")
+
+_DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class RedisReservation:
+    member: str
+    keys: tuple[str, ...]
+    windows: tuple[tuple[int, int], ...]  # (window ms or 0 for monthly, bucket ms) per key
+    ts_ms: int
+    ttls: tuple[int, ...]
+
+
+class RedisLedger:
+    def __init__(self, url: str, loader: Loader, billing_day: int, tz: ZoneInfo, reservation_ttl_s: float,
+                 prefix: str = "tollhouse") -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._reserve = self._redis.register_script(RESERVE)
+        self._settle = self._redis.register_script(SETTLE)
+        self._load = self._redis.register_script(LOAD)
+        self._loader = loader
+        self._billing_day = billing_day
+        self._tz = tz
+        self._ttl_ms = int(reservation_ttl_s * 1000)
+        self._prefix = prefix
+        self._next = 0
+        self._pending: set[asyncio.Task[None]] = set()
+        self.url = url
+
+    def _key(self, cap: Cap, now_ms: int) -> str:
+        scope, ident = cap.counter
+        if cap.window.monthly:
+            return f"{self._prefix}:{{{scope}:{ident}}}:m{month_id(now_ms, self._billing_day, self._tz)}"
+        return f"{self._prefix}:{{{scope}:{ident}}}:w{cap.window.seconds}"
+
+    def _window(self, cap: Cap) -> tuple[int, int]:
+        return (0, 0) if cap.window.monthly else (cap.window.seconds * 1000, bucket_ms(cap.window))
+
+    def _data_ttl(self, cap: Cap, now_ms: int) -> int:
+        if cap.window.monthly:
+            _, end = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
+            return end - now_ms + 7 * _DAY_MS
+        window_ms, b_ms = self._window(cap)
+        return window_ms + 2 * b_ms
+
+    async def ensure_loaded(self, caps: Sequence[Cap], now_ms: int) -> None:
+        return None  # loaded on demand: the reserve script says which counters lack history
+
+    async def _load_counter(self, cap: Cap, now_ms: int) -> None:
+        start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
+        window_ms, b_ms = self._window(cap)
+        rows = await self._loader(cap.counter[0], cap.counter[1], start, b_ms or 1000)
+        args: list[str | int] = [self._data_ttl(cap, now_ms), window_ms]
+        for ts, provider, spend, inp, outp, reqs in rows:
+            args += [ts, provider, spend, inp, outp, reqs]
+        await self._load(keys=[self._key(cap, now_ms)], args=args)
+
+    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+        keys = [self._key(cap, now_ms) for cap in caps]
+        self._next += 1
+        rid = f"{id(self):x}.{self._next}"
+        args: list[str | int] = [now_ms, int(enforce), rid, now_ms + self._ttl_ms, charge.provider,
+                                 *charge.vector(), max(self._data_ttl(cap, now_ms) for cap in caps)]
+        for cap in caps:
+            window_ms, b_ms = self._window(cap)
+            args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers or ())), limit_units(cap),
+                     int(cap.rule.severity is Severity.block)]
+        try:
+            for _ in range(3):
+                out = await self._reserve(keys=keys, args=args)
+                if out[0] != b"LOAD":
+                    break
+                await asyncio.gather(*(self._load_counter(caps[int(i) - 1], now_ms) for i in out[1:]))
+            else:
+                raise StoreError("Redis counters could not be loaded from the store")
+        except RedisError as exc:
+            raise StoreError(f"Redis at {self.url} failed: {exc}") from None
+        states = []
+        for n, cap in enumerate(caps):
+            used, exceeded, retry_ms = (int(v) for v in out[2 + 3 * n: 5 + 3 * n])
+            states.append(CapState(cap, used, limit_units(cap), bool(exceeded),
+                                   max(1, (retry_ms + 999) // 1000) if exceeded else 0))
+        if out[0] == b"REFUSED":
+            return ReserveResult(states, None, states[int(out[1]) - 1])
+        distinct = list(dict.fromkeys(keys))
+        member = f"{rid}|{charge.provider}|" + "|".join(str(v) for v in charge.vector())
+        windows = tuple(self._window(caps[keys.index(k)]) for k in distinct)
+        ttls = tuple(self._data_ttl(caps[keys.index(k)], now_ms) for k in distinct)
+        return ReserveResult(states, RedisReservation(member, tuple(distinct), windows, now_ms, ttls))
+
+    def settle(self, reservation: object, actual: Charge) -> None:
+        assert isinstance(reservation, RedisReservation)
+        task = asyncio.get_running_loop().create_task(self._settle_now(reservation, actual))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle_now(self, res: RedisReservation, actual: Charge) -> None:
+        args: list[str | int] = [res.member, actual.provider, *actual.vector(), res.ts_ms, max(res.ttls)]
+        for window_ms, b_ms in res.windows:
+            args += [window_ms, b_ms]
+        try:
+            await self._settle(keys=list(res.keys), args=args)
+        except RedisError as exc:
+            # The reservation expires on its own; the spend is in the store, which rebuilds the counter.
+            log.error("settling a call in Redis failed (%s); the counter is rebuilt from the store later", exc)
+
+    async def cap_used(self, cap: Cap, now_ms: int) -> int:
+        result = await self.reserve([cap], Charge("", 0, 0, 0, 0), now_ms, enforce=False)
+        if result.reservation is not None:
+            self.settle(result.reservation, Charge("", 0, 0, 0, 0))
+        return result.states[0].used
+
+    def expire(self, now_ms: int) -> int:
+        return 0  # reservations carry their expiry in Redis
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._redis.aclose()

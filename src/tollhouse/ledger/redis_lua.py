@@ -1,0 +1,201 @@
+"""Lua scripts of the Redis ledger. Each runs atomically inside Redis.
+
+A counter C (one scope, id and window) is a set of keys under the prefix `C`:
+  C:L            "1" once the counter holds the store's history (else the gateway loads it first)
+  C:t            hash of settled totals in the window, fields "<provider>|<metric>" (metric s, i, o, r)
+  C:b            hash of settled amounts per bucket, fields "<bucket start>|<provider>|<metric>" (rolling)
+  C:z            sorted set of bucket starts (rolling), to expire whole buckets from C:t
+  C:r            sorted set of in-flight reservations, member "<id>|<provider>|s|i|o|r", score = expiry ms
+Monthly counters use one prefix per billing month, so a new month starts empty by construction.
+"""
+
+from __future__ import annotations
+
+# Shared helpers, prepended to each script.
+_COMMON = r"""
+local METRICS = {'s', 'i', 'o', 'r'}
+
+local function expire(c, now, window_ms, bucket_ms)
+  -- drop reservations that were never settled, and (rolling) buckets that left the window
+  redis.call('ZREMRANGEBYSCORE', c .. ':r', '-inf', now)
+  if window_ms > 0 then
+    local old = redis.call('ZRANGEBYSCORE', c .. ':z', '-inf', now - window_ms - bucket_ms)
+    for _, start in ipairs(old) do
+      local fields = redis.call('HGETALL', c .. ':b')
+      for j = 1, #fields, 2 do
+        local f = fields[j]
+        if string.sub(f, 1, #start + 1) == start .. '|' then
+          redis.call('HINCRBY', c .. ':t', string.sub(f, #start + 2), -tonumber(fields[j + 1]))
+          redis.call('HDEL', c .. ':b', f)
+        end
+      end
+      redis.call('ZREM', c .. ':z', start)
+    end
+  end
+end
+
+local function wanted(providers, provider)
+  if providers == '' then return true end
+  return string.find(',' .. providers .. ',', ',' .. provider .. ',', 1, true) ~= nil
+end
+
+local function metric_value(vec, metric)
+  -- vec: {s, i, o, r}
+  if metric == 'spend' then return vec[1] end
+  if metric == 'tokens' then return vec[2] + vec[3] end
+  if metric == 'input_tokens' then return vec[2] end
+  if metric == 'output_tokens' then return vec[3] end
+  return vec[4]
+end
+
+local function used(c, metric, providers)
+  local total = 0
+  local fields = redis.call('HGETALL', c .. ':t')
+  for j = 1, #fields, 2 do
+    local provider, m = string.match(fields[j], '^(.*)|(%a)$')
+    if provider and wanted(providers, provider) then
+      local vec = {0, 0, 0, 0}
+      for k, name in ipairs(METRICS) do if name == m then vec[k] = tonumber(fields[j + 1]) end end
+      total = total + metric_value(vec, metric)
+    end
+  end
+  for _, member in ipairs(redis.call('ZRANGE', c .. ':r', 0, -1)) do
+    local _, provider, s, i, o, r = string.match(member, '^([^|]*)|(.*)|(%-?%d+)|(%-?%d+)|(%-?%d+)|(%-?%d+)$')
+    if provider and wanted(providers, provider) then
+      total = total + metric_value({tonumber(s), tonumber(i), tonumber(o), tonumber(r)}, metric)
+    end
+  end
+  return total
+end
+"""
+
+# KEYS: counter prefixes, one per cap (repeats allowed).
+# ARGV: now, enforce, rid, expiry, provider, s, i, o, r, ttl_ms,
+#       then per cap: window_ms (0 = monthly), bucket_ms, metric, providers (csv, '' = all), limit, hard
+# Returns {'LOAD', i, ...} when counters need the store's history, else
+#         {'OK' | 'REFUSED', refused index (0 = none), used_1, exceeded_1, retry_1, used_2, ...}
+RESERVE = _COMMON + r"""
+local now, enforce, rid, expiry = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3], tonumber(ARGV[4])
+local provider = ARGV[5]
+local charge = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
+local ttl = tonumber(ARGV[10])
+local missing = {}
+for n = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[n] .. ':L') == 0 then table.insert(missing, n) end
+end
+if #missing > 0 then
+  local out = {'LOAD'}
+  for _, n in ipairs(missing) do table.insert(out, n) end
+  return out
+end
+local out = {'OK', 0}
+local refused = 0
+for n = 1, #KEYS do
+  local base = 10 + (n - 1) * 6
+  local window_ms, bucket_ms = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
+  local metric, providers = ARGV[base + 3], ARGV[base + 4]
+  local limit, hard = tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
+  local c = KEYS[n]
+  expire(c, now, window_ms, bucket_ms)
+  local have = used(c, metric, providers)
+  local need = 0
+  if wanted(providers, provider) then need = metric_value(charge, metric) end
+  local exceeded = have + need > limit
+  local retry = 0
+  if exceeded and window_ms > 0 then
+    -- when enough old buckets leave the window for this call to fit
+    retry = window_ms
+    local left = have
+    local starts = redis.call('ZRANGE', c .. ':z', 0, -1)
+    for _, start in ipairs(starts) do
+      local fields = redis.call('HGETALL', c .. ':b')
+      local vecs = {}
+      for j = 1, #fields, 2 do
+        local b, p, m = string.match(fields[j], '^(%-?%d+)|(.*)|(%a)$')
+        if b == start and wanted(providers, p) then
+          local vec = {0, 0, 0, 0}
+          for k, name in ipairs(METRICS) do if name == m then vec[k] = tonumber(fields[j + 1]) end end
+          left = left - metric_value(vec, metric)
+        end
+      end
+      if left + need <= limit then
+        retry = tonumber(start) + bucket_ms + window_ms - now
+        break
+      end
+    end
+  end
+  if exceeded and hard and enforce and refused == 0 then refused = n end
+  table.insert(out, have)
+  table.insert(out, exceeded and 1 or 0)
+  table.insert(out, retry)
+end
+if refused > 0 then
+  out[1] = 'REFUSED'
+  out[2] = refused
+  return out
+end
+local member = rid .. '|' .. provider .. '|' .. charge[1] .. '|' .. charge[2] .. '|' .. charge[3] .. '|' .. charge[4]
+local seen = {}
+for n = 1, #KEYS do
+  local c = KEYS[n]
+  if not seen[c] then
+    seen[c] = true
+    redis.call('ZADD', c .. ':r', expiry, member)
+    redis.call('PEXPIRE', c .. ':r', ttl)
+  end
+end
+return out
+"""
+
+# KEYS: distinct counter prefixes of the reservation.
+# ARGV: member (as reserved), provider, s, i, o, r, ts (call start), ttl_ms,
+#       then per key: window_ms (0 = monthly), bucket_ms
+SETTLE = _COMMON + r"""
+local member, provider = ARGV[1], ARGV[2]
+local vec = {tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])}
+local ts, ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+for n = 1, #KEYS do
+  local c = KEYS[n]
+  local window_ms, bucket_ms = tonumber(ARGV[8 + (n - 1) * 2 + 1]), tonumber(ARGV[8 + (n - 1) * 2 + 2])
+  redis.call('ZREM', c .. ':r', member)
+  -- a counter that vanished (expired, flushed) is rebuilt from the store, which has this call
+  if redis.call('EXISTS', c .. ':L') == 1 then
+    local start = ts
+    if window_ms > 0 then start = ts - (ts % bucket_ms) end
+    for k, name in ipairs(METRICS) do
+      if vec[k] ~= 0 then
+        redis.call('HINCRBY', c .. ':t', provider .. '|' .. name, vec[k])
+        if window_ms > 0 then
+          redis.call('HINCRBY', c .. ':b', start .. '|' .. provider .. '|' .. name, vec[k])
+        end
+      end
+    end
+    if window_ms > 0 then redis.call('ZADD', c .. ':z', start, start) end
+    for _, suffix in ipairs({':t', ':b', ':z'}) do redis.call('PEXPIRE', c .. suffix, ttl) end
+  end
+end
+return 1
+"""
+
+# KEYS: one counter prefix.  ARGV: ttl_ms, window_ms, then rows: start, provider, s, i, o, r, ...
+# Writes the store's history unless another gateway loaded the counter first.
+LOAD = r"""
+local c, ttl, window_ms = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+if redis.call('EXISTS', c .. ':L') == 1 then return 0 end
+redis.call('DEL', c .. ':t', c .. ':b', c .. ':z')
+local names = {'s', 'i', 'o', 'r'}
+for n = 3, #ARGV, 6 do
+  local start, provider = ARGV[n], ARGV[n + 1]
+  for k = 1, 4 do
+    local v = tonumber(ARGV[n + 1 + k])
+    if v ~= 0 then
+      redis.call('HINCRBY', c .. ':t', provider .. '|' .. names[k], v)
+      if window_ms > 0 then redis.call('HINCRBY', c .. ':b', start .. '|' .. provider .. '|' .. names[k], v) end
+    end
+  end
+  if window_ms > 0 then redis.call('ZADD', c .. ':z', start, start) end
+end
+redis.call('SET', c .. ':L', '1', 'PX', ttl)
+for _, suffix in ipairs({':t', ':b', ':z'}) do redis.call('PEXPIRE', c .. suffix, ttl) end
+return 1
+"""

@@ -1,0 +1,107 @@
+"""The Redis ledger: one budget enforced by two gateways, rebuilt from the store, failing closed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+
+from conftest import Gateway, Mock, free_port
+from test_ledger_gateway import _call, _config, _together, budget_rule
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.time() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _shared(mock: Mock, redis_url: str, db: Path, rules: list[dict[str, Any]], fail_open: bool = False
+            ) -> dict[str, Any]:
+    return _config(mock, rules, counters={"url": redis_url, "fail_open": fail_open},
+                   store={"url": f"sqlite:///{db}"})
+
+
+def test_two_gateways_on_one_redis_enforce_one_budget(mock: Mock, gateway_factory: Any, redis_url: str,
+                                                      tmp_path: Path) -> None:
+    cfg = _shared(mock, redis_url, tmp_path / "shared.db", [budget_rule()])
+    gw1: Gateway = gateway_factory(cfg, tmp_path / "g1")
+    gw2: Gateway = gateway_factory(cfg, tmp_path / "g2")
+    statuses = _together(40, lambda i: _call((gw1 if i % 2 else gw2).url))
+    admitted = statuses.count(200)
+    assert 9 <= admitted <= 10, statuses
+    gw2.events()  # flushes gw2's writer; both gateways write to the one shared store
+    events = gw1.events(limit=100)
+    assert len(events) == 40
+    spent = sum(e["cost_usd"] or 0 for e in events)
+    assert spent <= 1.0 + 1e-9 and abs(spent - admitted * 0.10) < 1e-9
+
+
+def test_flushed_counters_are_rebuilt_from_the_store(mock: Mock, gateway_factory: Any, redis_url: str,
+                                                     tmp_path: Path) -> None:
+    gw: Gateway = gateway_factory(_shared(mock, redis_url, tmp_path / "s.db", [budget_rule(threshold=0.5)]))
+    assert [_call(gw.url) for _ in range(3)] == [200, 200, 200]
+    redis.Redis.from_url(redis_url).flushall()
+    assert [_call(gw.url) for _ in range(3)] == [200, 200, 403]  # $0.30 came back from the store
+    status, body, _ = gw.get("/api/v1/spend?scope=person&id=alice")
+    cap = json.loads(body)["caps"][0]
+    assert status == 200 and abs(cap["used"] - 0.5) < 1e-9 and cap["remaining"] == 0
+
+
+def test_token_window_in_redis_answers_429_with_retry_after(mock: Mock, gateway_factory: Any, redis_url: str,
+                                                           tmp_path: Path) -> None:
+    rule = {"id": "tpm", "scope": "team", "team": "platform",
+            "condition": {"type": "usage", "metric": "tokens_per_minute", "threshold": 60},
+            "action": {"type": "hard_stop"}}
+    gw: Gateway = gateway_factory(_shared(mock, redis_url, tmp_path / "s.db", [rule]))
+    client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="sk-x", max_retries=0,
+                           default_headers={"X-Tollhouse-User": "bob"})
+    outcomes = []
+    for _ in range(4):
+        try:
+            client.chat.completions.create(model="budget-model", max_tokens=16,
+                                           messages=[{"role": "user", "content": "x"}])
+            outcomes.append(200)
+        except openai.RateLimitError as exc:
+            outcomes.append(int(exc.response.headers["retry-after"]))
+    assert outcomes[0] == 200 and any(55 <= o <= 61 for o in outcomes[1:]), outcomes
+
+
+def test_redis_down_fails_closed_or_open_as_configured(mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    closed: Gateway = gateway_factory(_shared(mock, dead, tmp_path / "a.db", [budget_rule()]))
+    assert _call(closed.url) == 503
+    assert mock.stats.total == 0
+    ev = closed.events()[0]
+    assert ev["status"] == 503 and ev["decision"] == "block"
+    opened: Gateway = gateway_factory(_shared(mock, dead, tmp_path / "b.db", [budget_rule()], fail_open=True))
+    assert _call(opened.url) == 200
+    _, metrics, _ = opened.get("/metrics", token=None)
+    assert b'tollhouse_ledger_unavailable_total{failed="open"} 1.0' in metrics
