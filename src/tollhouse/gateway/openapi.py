@@ -56,6 +56,20 @@ OPENAPI: dict[str, Any] = {
                 "401": {"description": "missing or wrong admin token"},
             },
         }},
+        "/api/v1/spend": {"get": {
+            "summary": "Spend, tokens and requests of a person, team, project, service or the org, with each "
+                       "cap's limit, used and remaining",
+            "parameters": [
+                {"name": "scope", "in": "query", "required": True,
+                 "schema": {"type": "string", "enum": ["person", "team", "project", "service", "org"]}},
+                {"name": "id", "in": "query", "schema": {"type": "string"}},
+                {"name": "window", "in": "query", "schema": {"type": "string", "default": "month"},
+                 "description": "month, or a rolling window such as 1h, 24h, 7d, 30d"},
+                {"name": "provider", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {"200": {"description": "spend report"}, "400": {"description": "bad parameter"},
+                          "503": {"description": "budget counters unavailable"}},
+        }},
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {
