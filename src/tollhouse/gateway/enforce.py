@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -138,7 +138,3 @@ def redirect_request(route: ProviderRoute, endpoint: Endpoint, path: str, parsed
             return "/".join(parts), False
     parsed["model"] = target
     return path, True
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
