@@ -8,7 +8,7 @@ from tollhouse.events.store import StoreError
 from tollhouse.gateway.admin import api_error
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.state import GatewayState
-from tollhouse.ledger.local import NANO_PER_USD, limit_units
+from tollhouse.ledger.local import NANO_PER_USD
 from tollhouse.ledger.windows import window_bounds_ms
 from tollhouse.policy.rules import MONTHLY, parse_count_window
 from tollhouse.policy.timewindow import zone
@@ -49,7 +49,7 @@ async def spend(request: Request, state: GatewayState) -> Response:
             used = await state.ledger.cap_used(cap, now_ms)
         except StoreError as exc:
             return api_error(503, f"budget counters unavailable: {exc}", "counters_unavailable")
-        limit = limit_units(cap)
+        limit = cap.units
         scale = NANO_PER_USD if cap.metric == "spend" else 1
         cap_rows.append({
             "rule_id": cap.rule.id, "type": cap.rule.type_name, "metric": cap.metric,

@@ -52,16 +52,7 @@ def metric_of(vec: Sequence[int], metric: str) -> int:
     return vec[_REQ]
 
 
-def limit_units(cap: Cap) -> int:
-    """A cap's limit in counter units (nano-dollars for spend)."""
-    return int(cap.limit * NANO_PER_USD) if cap.metric == "spend" else int(cap.limit)
-
-
 CounterId = tuple[str, str, str]  # (scope kind, id, window label)
-
-
-def counter_id(cap: Cap) -> CounterId:
-    return (cap.counter[0], cap.counter[1], cap.window.label)
 
 
 # A loader returns settled history: (bucket start ms, provider, spend, input, output, requests) rows.
@@ -86,41 +77,60 @@ def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | N
 
 
 class Counter:
-    """Usage of one scope over one window, per provider: settled history plus in-flight reservations."""
+    """Usage of one scope over one window, per provider: settled history plus in-flight reservations.
+
+    Rolling windows keep a running total of the buckets in the window (subtracted as buckets expire),
+    so reading a counter costs the same whatever the number of buckets."""
 
     def __init__(self, window: Window, billing_day: int, tz: ZoneInfo) -> None:
         self.window = window
         self._billing_day = billing_day
         self._tz = tz
+        self._window_ms = window.seconds * 1000
         self.bucket_ms = bucket_ms(window) if not window.monthly else 0
         self.months: dict[int, dict[str, list[int]]] = {}
+        self._month_span = (0, 0, 0)  # [start, end) ms of the last month looked up, and its id
         self.buckets: deque[tuple[int, dict[str, list[int]]]] = deque()
+        self.totals: dict[str, list[int]] = {}  # rolling: the sum of `buckets`
         self.reserved: dict[str, list[int]] = {}
         self.loaded = False
 
+    def _month(self, ts_ms: int) -> int:
+        start, end, mid = self._month_span
+        if start <= ts_ms < end:
+            return mid
+        mid = month_id(ts_ms, self._billing_day, self._tz)
+        start, end = window_bounds_ms(self.window, ts_ms, self._billing_day, self._tz)
+        self._month_span = (start, end, mid)
+        return mid
+
     def _expire(self, now_ms: int) -> None:
-        floor = now_ms - self.window.seconds * 1000
-        while self.buckets and self.buckets[0][0] + self.bucket_ms <= floor:
-            self.buckets.popleft()
+        floor = now_ms - self._window_ms
+        buckets = self.buckets
+        while buckets and buckets[0][0] + self.bucket_ms <= floor:
+            _, table = buckets.popleft()
+            for provider, vec in table.items():
+                _add(self.totals, provider, vec, -1)
 
     def settled(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         if self.window.monthly:
-            table = self.months.get(month_id(now_ms, self._billing_day, self._tz))
+            table = self.months.get(self._month(now_ms))
             return _sum(table, metric, providers) if table else 0
         self._expire(now_ms)
-        return sum(_sum(table, metric, providers) for _, table in self.buckets)
+        return _sum(self.totals, metric, providers)
 
     def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         return self.settled(metric, providers, now_ms) + _sum(self.reserved, metric, providers)
 
     def add_settled(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
         if self.window.monthly:
-            mid = month_id(ts_ms, self._billing_day, self._tz)
+            mid = self._month(ts_ms)
             _add(self.months.setdefault(mid, {}), provider, vec)
             for old in [m for m in self.months if m < mid - 1]:
                 del self.months[old]
             return
         start = ts_ms - ts_ms % self.bucket_ms
+        _add(self.totals, provider, vec)
         for b_start, existing in reversed(self.buckets):  # newest first: almost always the last one
             if b_start == start:
                 _add(existing, provider, vec)
@@ -143,7 +153,7 @@ class Counter:
         for start, table in self.buckets:
             used -= _sum(table, metric, providers)
             if used + need <= limit:
-                free_at = start + self.bucket_ms + self.window.seconds * 1000
+                free_at = start + self.bucket_ms + self._window_ms
                 return max(1, (free_at - now_ms + 999) // 1000)
         return max(1, self.window.seconds)
 
@@ -210,7 +220,7 @@ class LocalLedger:
     async def ensure_loaded(self, caps: Sequence[Cap], now_ms: int) -> None:
         """Load settled history for counters used for the first time (one store query each)."""
         for cap in caps:
-            cid = counter_id(cap)
+            cid = cap.key
             counter = self.counter(cid, cap.window)
             if counter.loaded:
                 continue
@@ -238,7 +248,7 @@ class LocalLedger:
 
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         await self.ensure_loaded([cap], now_ms)
-        return self._counters[counter_id(cap)].used(cap.metric, cap.providers, now_ms)
+        return self._counters[cap.key].used(cap.metric, cap.providers, now_ms)
 
     async def close(self) -> None:
         return None
@@ -249,8 +259,8 @@ class LocalLedger:
         refused: CapState | None = None
         vec = charge.vector()
         for cap in caps:
-            counter = self._counters[counter_id(cap)]
-            limit = limit_units(cap)
+            counter = self._counters[cap.key]
+            limit = cap.units
             used = counter.used(cap.metric, cap.providers, now_ms)
             need = metric_of(vec, cap.metric)
             exceeded = used + need > limit
@@ -261,7 +271,7 @@ class LocalLedger:
                 refused = state
         if refused is not None:
             return ReserveResult(states, None, refused)
-        counters = list({id(c): c for c in (self._counters[counter_id(cap)] for cap in caps)}.values())
+        counters = list({id(c): c for c in (self._counters[cap.key] for cap in caps)}.values())
         for counter in counters:
             _add(counter.reserved, charge.provider, vec)
         self._next_id += 1

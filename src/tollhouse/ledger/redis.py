@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from tollhouse.events.store import StoreError
-from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult, limit_units
+from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult
 from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
 from tollhouse.ledger.windows import bucket_ms, month_id, window_bounds_ms
 from tollhouse.policy.engine import Cap
@@ -89,7 +89,7 @@ class RedisLedger:
                                  *charge.vector(), max(self._data_ttl(cap, now_ms) for cap in caps)]
         for cap in caps:
             window_ms, b_ms = self._window(cap)
-            args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers or ())), limit_units(cap),
+            args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers or ())), cap.units,
                      int(cap.rule.severity is Severity.block)]
         try:
             for _ in range(3):
@@ -104,7 +104,7 @@ class RedisLedger:
         states = []
         for n, cap in enumerate(caps):
             used, exceeded, retry_ms = (int(v) for v in out[2 + 3 * n: 5 + 3 * n])
-            states.append(CapState(cap, used, limit_units(cap), bool(exceeded),
+            states.append(CapState(cap, used, cap.units, bool(exceeded),
                                    max(1, (retry_ms + 999) // 1000) if exceeded else 0))
         if out[0] == b"REFUSED":
             return ReserveResult(states, None, states[int(out[1]) - 1])

@@ -60,6 +60,13 @@ class Cap:
     providers: frozenset[str] | None
     metric: str  # spend | tokens | input_tokens | output_tokens | requests
     limit: Decimal
+    units: int = 0  # the limit in counter units (nano-dollars for spend), computed once
+    key: tuple[str, str, str] = ("", "", "")  # (scope, id, window): the counter this cap counts
+
+    def __post_init__(self) -> None:
+        units = int(self.limit * 1_000_000_000) if self.metric == "spend" else int(self.limit)
+        object.__setattr__(self, "units", units)
+        object.__setattr__(self, "key", (self.counter[0], self.counter[1], self.window.label))
 
 
 @dataclass(frozen=True, slots=True)

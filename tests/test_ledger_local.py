@@ -1,0 +1,116 @@
+"""The embedded ledger on its own: windows, running totals, retry-after, reservations that leak."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tollhouse.config import DirectoryConfig
+from tollhouse.directory import Directory
+from tollhouse.ledger.local import Charge, Counter, HistoryRow, LocalLedger
+from tollhouse.ledger.windows import month_id
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
+from tollhouse.policy.rules import Window, parse_count_window, parse_rules
+
+UTC_ZONE = ZoneInfo("UTC")
+MINUTE = parse_count_window("1m", Window(True))
+
+
+def _ms(*args: int, tz: ZoneInfo = UTC_ZONE) -> int:
+    return int(datetime(*args, tzinfo=tz).timestamp() * 1000)  # type: ignore[misc]
+
+
+def test_billing_months_follow_the_billing_day_and_zone() -> None:
+    ny = ZoneInfo("America/New_York")
+    assert month_id(_ms(2026, 12, 1, 4, 59), 1, ny) == month_id(_ms(2026, 11, 15), 1, ny)  # still Nov 30 in NY
+    assert month_id(_ms(2026, 12, 1, 5, 0), 1, ny) == month_id(_ms(2026, 12, 20), 1, ny)
+    # billing day 15: Nov 14 belongs to the month that began Oct 15
+    assert month_id(_ms(2026, 11, 14), 15, UTC_ZONE) == month_id(_ms(2026, 10, 20), 15, UTC_ZONE)
+    assert month_id(_ms(2026, 11, 15), 15, UTC_ZONE) != month_id(_ms(2026, 11, 14), 15, UTC_ZONE)
+
+
+def test_rolling_window_expires_and_says_when_it_frees() -> None:
+    c = Counter(MINUTE, 1, UTC_ZONE)
+    t0 = 1_000_000_000_000
+    c.add_settled(t0, "openai", (0, 30, 0, 1))
+    c.add_settled(t0 + 20_000, "openai", (0, 30, 0, 1))
+    c.add_settled(t0 + 40_000, "anthropic", (0, 30, 0, 1))
+    assert c.used("tokens", None, t0 + 45_000) == 90
+    assert c.used("tokens", frozenset({"openai"}), t0 + 45_000) == 60
+    # 40 more tokens fit under 100 once the first 30 leave: at t0 + 61 s (one-second buckets)
+    assert c.retry_after_s("tokens", None, 40, 100, t0 + 45_000) == 16
+    assert c.used("tokens", None, t0 + 61_000) == 60
+    assert c.used("tokens", None, t0 + 101_000) == 0 and not c.totals.get("openai", [0, 0, 0, 0])[1]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300_000), st.integers(0, 1000)), max_size=60), st.integers(0, 400_000))
+def test_running_total_equals_a_brute_force_sum(calls: list[tuple[int, int]], now_offset: int) -> None:
+    """Whatever the order of settles (late ones included), the counter equals summing the window."""
+    c = Counter(MINUTE, 1, UTC_ZONE)
+    t0 = 1_700_000_000_000
+    for offset, tokens in calls:
+        c.add_settled(t0 + offset, "p", (0, tokens, 0, 1))
+    now = t0 + max([o for o, _ in calls] + [0]) + now_offset % 120_000
+    bucket = c.bucket_ms
+    expected = sum(tok for off, tok in calls
+                   if (t0 + off) - (t0 + off) % bucket + bucket > now - 60_000)
+    assert c.used("tokens", None, now) == expected
+
+
+def _caps(rules: list[dict[str, object]], user: str = "alice") -> tuple[Cap, ...]:
+    directory = Directory(DirectoryConfig.model_validate({"teams": [{"id": "t"}], "people": [{"id": user,
+                                                                                           "team": "t"}]}))
+    policy = CompiledPolicy(parse_rules(rules))
+    return policy.evaluate(CallFacts("openai", "api.openai.com", "m"), directory.subject(user),
+                           datetime.now(UTC)).caps
+
+
+async def _no_history(scope: str, ident: str, since: int, bucket: int) -> list[HistoryRow]:
+    return []
+
+
+def test_reservations_count_until_settled_and_expire_if_never_settled() -> None:
+    caps = _caps([{"id": "b", "scope": "individual", "condition": {"type": "budget", "threshold": 1},
+                   "action": {"type": "hard_stop"}}])
+
+    async def run() -> None:
+        ledger = LocalLedger(_no_history, 1, UTC_ZONE, reservation_ttl_s=60)
+        now = 1_800_000_000_000
+        await ledger.ensure_loaded(caps, now)
+        first = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, enforce=True)
+        assert first.reservation is not None and first.refused_by is None
+        second = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, enforce=True)
+        assert second.reservation is None and second.refused_by is not None  # 0.6 + 0.6 > 1
+        ledger.settle(first.reservation, Charge("openai", 100_000_000, 10, 2))  # it cost only $0.10
+        third = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, enforce=True)
+        assert third.reservation is not None and third.states[0].used == 100_000_000
+        assert ledger.expire(now + 59_000) == 0
+        assert ledger.expire(now + 61_000) == 1  # the third call never settled: released
+        assert await ledger.cap_used(caps[0], now + 61_000) == 100_000_000
+
+    asyncio.run(run())
+
+
+def test_history_is_loaded_once_even_for_concurrent_first_calls() -> None:
+    caps = _caps([{"id": "b", "scope": "individual", "condition": {"type": "budget", "threshold": 1},
+                   "action": {"type": "hard_stop"}}])
+    loads: list[str] = []
+
+    async def history(scope: str, ident: str, since: int, bucket: int) -> list[HistoryRow]:
+        loads.append(ident)
+        await asyncio.sleep(0.01)
+        return [(since + 1, "openai", 250_000_000, 5, 5, 1)]
+
+    async def run() -> list[int]:
+        ledger = LocalLedger(history, 1, UTC_ZONE, 60)
+        now = 1_800_000_000_000
+        await asyncio.gather(*(ledger.ensure_loaded(caps, now) for _ in range(10)))
+        return [await ledger.cap_used(caps[0], now)]
+
+    assert asyncio.run(run()) == [250_000_000]
+    assert loads == ["alice"]
