@@ -187,19 +187,24 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
 
 async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdict:
     """Reserve the call's worst case against every cap that counts it; add any cap it would exceed."""
-    caps = verdict.decision.caps
-    await state.ledger.ensure_loaded(caps, call.ts_ms)
     charge = _worst_case(state, call)
-    result = await state.ledger.reserve(caps, charge, call.ts_ms, enforce=verdict.enforced)
+    result = await state.ledger.reserve(verdict.decision.caps, charge, call.ts_ms, enforce=verdict.enforced)
     call.reservation = result.reservation
-    spend = [s.remaining - charge.spend_nusd for s in result.states if s.cap.metric == "spend"]
-    if spend:
-        call.budget_remaining_nusd = max(min(spend), 0)
-    exceeded = [s for s in result.states if s.exceeded]
+    remaining: int | None = None
+    exceeded = []
+    for st in result.states:
+        if st.cap.metric == "spend":
+            left = st.limit - st.used - charge.spend_nusd
+            remaining = left if remaining is None else min(remaining, left)
+        if st.exceeded:
+            exceeded.append(Violation(st.cap.rule, st.cap.level, cap_reason(st)))
+    if remaining is not None:
+        call.budget_remaining_nusd = max(remaining, 0)
     if result.refused_by is not None:
         call.retry_after_s = result.refused_by.retry_after_s
-    return Verdict(with_violations(verdict.decision, [Violation(s.cap.rule, s.cap.level, cap_reason(s))
-                                                      for s in exceeded]), verdict.enforced)
+    if not exceeded:
+        return verdict
+    return Verdict(with_violations(verdict.decision, exceeded), verdict.enforced)
 
 
 def _worst_case(state: GatewayState, call: _Call) -> Charge:

@@ -15,7 +15,8 @@ class Ledger(Protocol):
         ...
 
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
-        """Check every cap and reserve the worst case on all of them, atomically (raises StoreError)."""
+        """Check every cap and reserve the worst case on all of them, atomically, loading counters used
+        for the first time from the store (raises StoreError)."""
         ...
 
     def settle(self, reservation: object, actual: Charge) -> None:

@@ -249,6 +249,12 @@ class LocalLedger:
                 del self._loading[cid]
 
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+        counters = self._counters
+        for cap in caps:
+            counter = counters.get(cap.key)
+            if counter is None or not counter.loaded:
+                await self.ensure_loaded(caps, now_ms)  # first use: read the store's history
+                break
         return self.reserve_now(caps, charge, now_ms, enforce)
 
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
@@ -276,7 +282,11 @@ class LocalLedger:
                 refused = state
         if refused is not None:
             return ReserveResult(states, None, refused)
-        counters = list({id(c): c for c in (self._counters[cap.key] for cap in caps)}.values())
+        counters: list[Counter] = []
+        for cap in caps:
+            counter = self._counters[cap.key]
+            if counter not in counters:  # caps may share a counter: reserve on it once
+                counters.append(counter)
         for counter in counters:
             _add(counter.reserved, charge.provider, vec)
         self._next_id += 1
