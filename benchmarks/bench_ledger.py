@@ -76,6 +76,7 @@ from bench_gateway import (
     USER_HEADER,
     Service,
     Target,
+    _exit_on_sigterm,
     admin_get,
     background_load,
     free_port,
@@ -88,6 +89,7 @@ from bench_gateway import (
     start_service,
     stop_service,
 )
+from bench_policy import timer_overhead_ns
 from tollhouse.config import DirectoryConfig, Person, Team
 from tollhouse.directory import Directory
 from tollhouse.ledger.local import Charge, LocalLedger
@@ -294,15 +296,6 @@ def percentiles_us(values_ns: list[int]) -> Json:
     return {"n": len(values_ns), "p50_us": round(cuts[49] / 1000, 2), "p90_us": round(cuts[89] / 1000, 2),
             "p99_us": round(cuts[98] / 1000, 2), "mean_us": round(statistics.fmean(values_ns) / 1000, 2),
             "max_us": round(max(values_ns) / 1000, 1)}
-
-
-def timer_overhead_ns(samples: int = 100_000) -> int:
-    clock = time.perf_counter_ns
-    deltas = []
-    for _ in range(samples):
-        t0 = clock()
-        deltas.append(clock() - t0)
-    return int(statistics.median(deltas))
 
 
 def measure_reserve_settle(variants: tuple[Variant, ...], redis_url: str | None = None) -> list[Json]:
@@ -677,10 +670,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short smoke run (a tenth of the timed pairs, 3 rounds)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for ledger.{json,md}")
     return parser.parse_args(argv)
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the ExitStack, which stops the servers
 
 
 def main(argv: list[str] | None = None) -> int:

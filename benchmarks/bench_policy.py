@@ -28,7 +28,6 @@ Writes ``policy-decision.json`` and ``policy-decision.md`` to ``--out`` and prin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
@@ -37,7 +36,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -48,6 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench_gateway import _command_output, cpu_model
 from tollhouse.config import DirectoryConfig, Person, Project, Team
 from tollhouse.directory import Directory, Subject
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
@@ -571,22 +570,6 @@ def run_rule_count(n: int, org: Org, calls: list[CallFacts], instants: list[date
 
 
 # --------------------------------------------------------------------------- machine & report
-
-
-def _command_output(argv: list[str]) -> str | None:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def machine_info() -> Json:
