@@ -54,10 +54,11 @@ class RedisLedger:
         self.url = url
 
     def _key(self, cap: Cap, now_ms: int) -> str:
+        """One hash tag for every ledger key: a script touching several counters stays in one slot."""
         scope, ident = cap.counter
         if cap.window.monthly:
-            return f"{self._prefix}:{{{scope}:{ident}}}:m{month_id(now_ms, self._billing_day, self._tz)}"
-        return f"{self._prefix}:{{{scope}:{ident}}}:w{cap.window.seconds}"
+            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{month_id(now_ms, self._billing_day, self._tz)}"
+        return f"{self._prefix}:{{ledger}}:{scope}:{ident}:w{cap.window.seconds}"
 
     def _window(self, cap: Cap) -> tuple[int, int]:
         return (0, 0) if cap.window.monthly else (cap.window.seconds * 1000, bucket_ms(cap.window))
