@@ -336,6 +336,10 @@ def build_scenarios(names: Sequence[str], now: datetime.datetime) -> list[Scenar
             "rules-1000+budget", f"rules-1000 plus a ${PERSONAL_BUDGET_USD:,} personal monthly budget and a "
             f"{TEAM_TOKENS_PER_MINUTE:.0e} tokens/minute team window (reserved and settled every call)",
             {**governed, "policy": {"rules": [*rules, *BUDGET_RULES]}}, users, baseline=False),
+        "budget-only": Scenario(
+            "budget-only", f"the personal budget and team token window alone (compare with directory-1000: "
+            f"the same {len(users):,}-person directory, enforcing, no rules)",
+            {**governed, "policy": {"rules": list(BUDGET_RULES)}}, users, baseline=False),
     }
     unknown = [n for n in names if n not in all_scenarios]
     if unknown:
@@ -1433,7 +1437,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-wrk", action="store_true", help="use the asyncio client even if wrk is installed")
     parser.add_argument("--scenarios", default=",".join(SCENARIO_NAMES),
                         help=f"comma-separated, run in this order (default: {','.join(SCENARIO_NAMES)}; also "
-                        "directory-1000: the directory and trusted user header without rules, a diagnostic)")
+                        "directory-1000: the directory and trusted user header without rules, a diagnostic; "
+                        "budget-only: just the two budget rules, to compare with directory-1000)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="throughput rounds per scenario, scenarios alternating (default 3, quick 1)")
     return parser.parse_args(argv)
