@@ -17,6 +17,7 @@ import platformdirs
 import typer
 
 from tollhouse import __version__
+from tollhouse.audit.chain import first_problem
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
 from tollhouse.directory import Directory
@@ -40,6 +41,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="Gateway virtual keys (th-...)
 app.add_typer(keys_app, name="keys")
 policy_app = typer.Typer(no_args_is_help=True, help="Validate and explain the AI policy.")
 app.add_typer(policy_app, name="policy")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
+app.add_typer(audit_app, name="audit")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the store and state live.")]
@@ -282,6 +285,20 @@ def policy_explain(
         typer.echo(f"model after redirect: {decision.model}")
     typer.echo(f"decision: {verdict}" + (f" by rule {top.rule.id}: {top.reason}" if top else "")
                + ("" if enforced else "  (observe mode: recorded as would-" + decision.action + ", not applied)"))
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Check the audit trail's hash chain: exit 0, or 1 naming the first bad entry."""
+    store = _open_store(_settings(config), data_dir)
+    entries = store.audit_entries()
+    store.close()
+    problem = first_problem(entries)
+    if problem is not None:
+        typer.echo(f"audit trail TAMPERED: {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit trail OK: {len(entries)} entries, chain intact"
+               + (f" (last #{entries[-1].seq}, hash {entries[-1].hash[:16]}...)" if entries else ""))
 
 
 @app.command()

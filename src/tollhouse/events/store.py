@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from tollhouse.audit.chain import GENESIS, AuditEntry, canonical, entry_hash
 from tollhouse.events.model import COLUMNS, CallEvent
 
 _MIGRATIONS: tuple[str, ...] = (
@@ -37,6 +40,18 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX events_team_ts ON events (team, ts_ms);
     CREATE INDEX events_project_ts ON events (project, ts_ms);
+    """,
+    # 3: the audit trail (append-only, hash-chained)
+    """
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
     """,
 )
 
@@ -161,6 +176,33 @@ class SqliteStore:
         sql = ("SELECT provider, COALESCE(SUM(cost_nusd), 0), SUM(input_tokens), SUM(output_tokens), "
                f"SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) FROM events WHERE {where} GROUP BY provider")
         return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in self._db.execute(sql, args)}
+
+    # audit trail
+
+    def append_audit(self, ts_ms: int, kind: str, actor: str, data: dict[str, Any]) -> AuditEntry:
+        """Append one entry, chained to the last one (this thread is the only writer)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+            content = canonical(seq, ts_ms, kind, actor, data)
+            digest = entry_hash(prev, content)
+            self._db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (seq, ts_ms, kind, actor, orjson.dumps(data).decode(), prev, digest))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return AuditEntry(seq, ts_ms, kind, actor, data, prev, digest)
+
+    def audit_entries(self, after_seq: int = 0, limit: int | None = None) -> list[AuditEntry]:
+        sql = "SELECT seq, ts_ms, kind, actor, data, prev_hash, hash FROM audit WHERE seq > ? ORDER BY seq"
+        args: list[Any] = [after_seq]
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5], r[6])
+                for r in self._db.execute(sql, args)]
 
     def count_events(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])

@@ -58,6 +58,22 @@ async def list_events(request: Request, state: GatewayState) -> Response:
     return json_response(body)
 
 
+async def list_audit(request: Request, state: GatewayState) -> Response:
+    """Audit entries oldest first, `since` a sequence number (for a SIEM to page forward)."""
+    query = request.query
+    try:
+        since = _int_param(query, "since", 0, 0, 2**62) or 0
+        limit = _int_param(query, "limit", 1000, 1, 10_000) or 1000
+    except BadParameter as exc:
+        return api_error(400, str(exc), "bad_parameter")
+    await state.audit.flush()
+    entries = await state.runner.run(lambda s: s.audit_entries(since, limit))
+    body: dict[str, object] = {"entries": [e.json() for e in entries]}
+    if len(entries) == limit:
+        body["next"] = f"/api/v1/audit?since={entries[-1].seq}&limit={limit}"
+    return json_response(body)
+
+
 async def create_gateway_key(request: Request, state: GatewayState) -> Response:
     try:
         data = orjson.loads(await request.body(64 * 1024))

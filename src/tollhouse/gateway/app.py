@@ -32,6 +32,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/openapi.json"): (admin.openapi, False),
     ("GET", "/api/v1/events"): (admin.list_events, True),
     ("GET", "/api/v1/spend"): (spend.spend, True),
+    ("GET", "/api/v1/audit"): (admin.list_audit, True),
     ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
     ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
 }
@@ -116,7 +117,14 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock)
     state.writer.start()
+    state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
     state.policy.start()
+    status = state.policy.status()
+    state.audit.record("gateway.started", "gateway", {
+        "enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),
+        "capture_mode": settings.capture_mode.value, "policy_version": status.version,
+        "policy_source": status.source, "rules": [r.id for r in state.policy.current.rules],
+        "counters": "redis" if settings.counters.url != "local://" else "local"})
     sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
     server = Server(GatewayApp(state), address=host, port=port, interface=Interfaces.RSGI,
                     task_impl=TaskImpl.asyncio, backlog=1024, log_enabled=False)

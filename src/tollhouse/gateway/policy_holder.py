@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 
 from tollhouse.config import DirectoryConfig, target_problems
 from tollhouse.policy.engine import CompiledPolicy
-from tollhouse.policy.rules import PolicyError, parse_rules
+from tollhouse.policy.rules import PolicyError, Rule, parse_rules
 
 log = logging.getLogger("tollhouse.policy")
 
@@ -79,6 +80,7 @@ class PolicyHolder:
         self._directory = directory
         self._mtime = self._stat()
         self._task: asyncio.Task[None] | None = None
+        self.on_change: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
 
     def _stat(self) -> float | None:
         try:
@@ -107,7 +109,11 @@ class PolicyHolder:
         except RulesFileError as exc:
             self.error = str(exc)
             log.error("policy file change rejected, keeping version %d:\n%s", self.current.version, exc)
+            self.on_change("policy.rejected", {"source": str(self._path), "kept_version": self.current.version,
+                                               "problems": exc.problems})
             return False
+        self.on_change("policy.changed", {"source": str(self._path), "version": compiled.version,
+                                          **rule_diff(self.current.rules, compiled.rules)})
         self.current = compiled
         self.error = None
         log.info("policy reloaded from %s: version %d, %d rules", self._path, compiled.version, len(compiled.rules))
@@ -120,6 +126,23 @@ class PolicyHolder:
             if mtime is not None and mtime != self._mtime:
                 self._mtime = mtime
                 self.reload()
+
+
+def rule_diff(before: tuple[Rule, ...], after: tuple[Rule, ...]) -> dict[str, list[str]]:
+    """Rule ids added, removed and changed between two policies (for the audit trail)."""
+    old = {r.id: r for r in before}
+    new = {r.id: r for r in after}
+    return {
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+        "changed": sorted(k for k in old.keys() & new.keys() if _fingerprint(old[k]) != _fingerprint(new[k])),
+    }
+
+
+def _fingerprint(rule: Rule) -> str:
+    return repr((rule.kind, rule.scope, rule.target, rule.severity, rule.message, rule.enabled, sorted(rule.values),
+                 rule.redirect_to, rule.threshold, rule.count_window, rule.providers and sorted(rule.providers),
+                 rule.metric, [p.pattern for p in rule.patterns], rule.window, rule.inside, rule.fail_open))
 
 
 def initial_policy(rules: tuple[dict[str, Any], ...], rules_file: str | None, timezone: str,

@@ -156,10 +156,12 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                 unavailable = _counters_unavailable(state, call, verdict, exc)
                 if unavailable is not None:
                     call.out.status, call.refused = unavailable.status, True
+                    call.out.error = f"budget counters unavailable: {exc}"
                     return unavailable
         if verdict is not None and verdict.enforced:
             if parsed is None:
                 call.out.status, call.refused = 400, True
+                call.out.error = "request body is not a JSON object"
                 return _unparsed_enforced(route)
             if verdict.decision.action == "block":
                 resp = enforce.block_response(state, route, verdict, ident.subject, facts.model,
@@ -224,6 +226,10 @@ def _counters_unavailable(state: GatewayState, call: _Call, verdict: Verdict, ex
     fail_open = (not verdict.enforced or state.settings.counters.fail_open
                  or all(cap.rule.fail_open for cap in caps))
     state.metrics.ledger_unavailable.labels("open" if fail_open else "closed").inc()
+    state.audit.record("ledger.unavailable", "gateway", {
+        "failed": "open" if fail_open else "closed", "rules": sorted({cap.rule.id for cap in caps}),
+        "subject": call.ident.subject.id, "provider": call.route.id, "model": call.facts.model,
+        "error": str(exc)})
     log.error("budget counters unavailable (%s); failing %s for %s", exc, "open" if fail_open else "closed",
               call.ident.subject.id)
     if fail_open:
@@ -500,6 +506,13 @@ def _record(state: GatewayState, call: _Call) -> None:
         error=out.error,
     )
     state.writer.record(event)
+    if decision == "block":
+        top = verdict.decision.top if verdict is not None else None
+        state.audit.record("call.blocked", "gateway", {
+            "event_id": event.id, "rule_id": event.rule_id, "rule_type": top.rule.type_name if top else None,
+            "reason": out.error if call.refused else (top.reason if top else None), "subject": subject.id,
+            "team": subject.team, "project": subject.project, "provider": route.id,
+            "model": call.facts.model, "status": event.status})
     if call.reservation is not None:
         state.ledger.settle(call.reservation, Charge(route.id, cost or 0, usage.input_tokens, usage.output_tokens,
                                                      1 if event.status < 400 else 0))

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from pyreqwest.client import Client
 
+from tollhouse.audit.log import AuditLog
 from tollhouse.config import Settings
 from tollhouse.directory import Directory
 from tollhouse.events.journal import Journal, leftover_events
@@ -62,10 +63,12 @@ class GatewayState:
     policy: PolicyHolder
     ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
+    audit: AuditLog
 
     async def close(self) -> None:
         await self.policy.stop()
         await self.ledger.close()
+        await self.audit.flush()
         await self.writer.close()
         for route in self.providers.values():
             await route.client.close()
@@ -155,4 +158,5 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         policy=policy,
         ledger=ledger,
         clock=clock,
+        audit=AuditLog(runner, clock),
     )

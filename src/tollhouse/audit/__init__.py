@@ -1,0 +1,1 @@
+"""The audit trail: one append-only, hash-chained log of what the gateway enforced and changed."""

@@ -1,0 +1,106 @@
+"""The audit trail: blocked calls, policy changes and counter outages, hash-chained and verifiable."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from conftest import Gateway, Mock, free_port, upstreams
+from test_policy_gateway import ALLOWLIST, DIRECTORY
+from test_gateway_sdks import oai
+
+
+def _verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tollhouse", "audit", "verify", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def _entries(gw: Gateway) -> list[dict[str, Any]]:
+    status, body, _ = gw.get("/api/v1/audit")
+    assert status == 200, body
+    entries: list[dict[str, Any]] = json.loads(body)["entries"]
+    return entries
+
+
+def test_blocked_calls_and_policy_edits_are_audited_and_verifiable(mock: Mock, gateway_factory: Any,
+                                                                  tmp_path: Path) -> None:
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump([ALLOWLIST]))
+    data = tmp_path / "data"
+    gw: Gateway = gateway_factory({"identity": {"trust_user_header": True}, "providers": upstreams(mock.url),
+                                   "enforcement": "on", "directory": DIRECTORY,
+                                   "policy": {"rules_file": str(rules_file)}}, data)
+    with pytest.raises(openai.PermissionDeniedError):
+        oai(gw).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    rules_file.write_text(yaml.safe_dump([dict(ALLOWLIST, action={"type": "alert"})]))
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(e["kind"] == "policy.changed" for e in _entries(gw)):
+        time.sleep(0.1)
+    entries = _entries(gw)
+    kinds = [e["kind"] for e in entries]
+    assert kinds[:3] == ["gateway.started", "call.blocked", "policy.changed"]
+    blocked = entries[1]["data"]
+    assert blocked["rule_id"] == "approved-models" and blocked["subject"] == "alice"
+    assert blocked["project"] == "checkout" and blocked["model"] == "gpt-4o" and blocked["status"] == 403
+    assert entries[2]["data"]["changed"] == ["approved-models"] and entries[2]["data"]["version"] == 2
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    assert all(e["prev_hash"] == p["hash"] for p, e in zip(entries, entries[1:], strict=False))
+    gw.stop()
+    ok = _verify(data)
+    assert ok.returncode == 0 and f"{len(entries)} entries" in ok.stdout
+
+
+def _audited(tmp_path: Path, mock: Mock, n_blocked: int = 3) -> Path:
+    data = tmp_path / "data"
+    gw = Gateway({"identity": {"trust_user_header": True}, "providers": upstreams(mock.url), "enforcement": "on",
+                  "directory": DIRECTORY, "policy": {"rules": [ALLOWLIST]}}, data).start()
+    for _ in range(n_blocked):
+        with pytest.raises(openai.PermissionDeniedError):
+            oai(gw).chat.completions.create(model="o1", messages=[{"role": "user", "content": "x"}])
+    gw.stop()
+    return data
+
+
+@pytest.mark.parametrize(("tamper", "expected"), [
+    ("UPDATE audit SET data = replace(data, 'alice', 'mallory') WHERE seq = 3", "entry #3 (call.blocked): content"),
+    ("DELETE FROM audit WHERE seq = 2", "entry #2 is missing"),
+    ("UPDATE audit SET seq = seq + 100 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4;"
+     "UPDATE audit SET seq = 4 WHERE seq = 103", "entry #3: prev_hash"),
+    ("INSERT INTO audit SELECT 5, ts_ms, kind, actor, data, prev_hash, hash FROM audit WHERE seq = 4;"
+     "UPDATE audit SET seq = 6 WHERE rowid = (SELECT MAX(rowid) FROM audit) AND seq = 5",
+     None),
+])
+def test_audit_verify_names_the_first_tampered_entry(mock: Mock, tmp_path: Path, tamper: str,
+                                                     expected: str | None) -> None:
+    data = _audited(tmp_path, mock)
+    assert _verify(data).returncode == 0
+    db = sqlite3.connect(data / "tollhouse.db")
+    db.executescript(tamper)
+    db.commit()
+    result = _verify(data)
+    assert result.returncode == 1 and "TAMPERED" in result.stderr and "Traceback" not in result.stderr
+    if expected is not None:
+        assert expected in result.stderr
+
+
+def test_counter_outage_is_audited(mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    rule = {"id": "dollar", "scope": "individual", "condition": {"type": "budget", "threshold": 1},
+            "action": {"type": "hard_stop"}}
+    gw: Gateway = gateway_factory({"identity": {"trust_user_header": True}, "providers": upstreams(mock.url),
+                                   "enforcement": "on", "directory": DIRECTORY, "policy": {"rules": [rule]},
+                                   "counters": {"url": f"redis://127.0.0.1:{free_port()}/0"}})
+    with pytest.raises(openai.APIStatusError) as exc:
+        oai(gw).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert exc.value.status_code == 503
+    kinds = {e["kind"]: e["data"] for e in _entries(gw)}
+    assert kinds["ledger.unavailable"]["failed"] == "closed" and kinds["ledger.unavailable"]["rules"] == ["dollar"]
+    assert kinds["call.blocked"]["status"] == 503 and "counters unavailable" in kinds["call.blocked"]["reason"]
