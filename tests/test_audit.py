@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import Gateway, Mock, free_port, upstreams
-from test_policy_gateway import ALLOWLIST, DIRECTORY
 from test_gateway_sdks import oai
+from test_policy_gateway import ALLOWLIST, DIRECTORY
 
 
 def _verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -53,7 +54,7 @@ def test_blocked_calls_and_policy_edits_are_audited_and_verifiable(mock: Mock, g
     assert blocked["project"] == "checkout" and blocked["model"] == "gpt-4o" and blocked["status"] == 403
     assert entries[2]["data"]["changed"] == ["approved-models"] and entries[2]["data"]["version"] == 2
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
-    assert all(e["prev_hash"] == p["hash"] for p, e in zip(entries, entries[1:], strict=False))
+    assert all(e["prev_hash"] == p["hash"] for p, e in pairwise(entries))
     gw.stop()
     ok = _verify(data)
     assert ok.returncode == 0 and f"{len(entries)} entries" in ok.stdout
