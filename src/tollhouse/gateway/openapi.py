@@ -70,6 +70,15 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "spend report"}, "400": {"description": "bad parameter"},
                           "503": {"description": "budget counters unavailable"}},
         }},
+        "/api/v1/audit": {"get": {
+            "summary": "The audit trail, oldest first, hash-chained (prev_hash, hash)",
+            "parameters": [
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                 "description": "entries after this sequence number"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+            ],
+            "responses": {"200": {"description": "entries"}, "400": {"description": "bad parameter"}},
+        }},
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {
