@@ -70,7 +70,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -1362,11 +1362,13 @@ def markdown_report(results: Json) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_results(results: Json, out_dir: Path) -> tuple[Path, Path]:
+def write_results(results: Json, out_dir: Path, name: str = RESULT_NAME,
+                  render: Callable[[Json], str] | None = None) -> tuple[Path, Path]:
+    """`name`.json and `name`.md (rendered by `render`, this benchmark's report by default)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{RESULT_NAME}.json", out_dir / f"{RESULT_NAME}.md"
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown_report(results))
+    md_path.write_text((render or markdown_report)(results))
     return json_path, md_path
 
 

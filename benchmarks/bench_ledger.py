@@ -89,6 +89,7 @@ from bench_gateway import (
     start_service,
     stop_service,
 )
+from bench_gateway import write_results as write_results_named
 from bench_policy import timer_overhead_ns
 from tollhouse.config import DirectoryConfig, Person, Team
 from tollhouse.directory import Directory
@@ -654,14 +655,6 @@ def markdown_report(results: Json) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(results: Json, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{RESULT_NAME}.json", out_dir / f"{RESULT_NAME}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(markdown_report(results))
-    return json_path, md_path
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -707,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency_redis": shared,
         "problems": problems,
     }
-    json_path, md_path = write_results(results, args.out)
+    json_path, md_path = write_results_as(results, args.out)
     print(f"\nbackends: {BACKEND}\n\nreserve + settle per call\n{micro_table(micro)}")
     print(f"redis.asyncio PING round trip: p50 {ping['p50_us']:.0f} µs, p99 {ping['p99_us']:.0f} µs; Redis time per "
           "script call (EVALSHA usec_per_call): " + ", ".join(f"{r['name']} {r['server_evalsha_us_per_call']} µs"
@@ -727,3 +720,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def write_results_as(results: Json, out_dir: Path) -> tuple[Path, Path]:
+    return write_results_named(results, out_dir, RESULT_NAME, markdown_report)
