@@ -665,6 +665,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_results_as(results: Json, out_dir: Path) -> tuple[Path, Path]:
+    return write_results_named(results, out_dir, RESULT_NAME, markdown_report)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -720,7 +724,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def write_results_as(results: Json, out_dir: Path) -> tuple[Path, Path]:
-    return write_results_named(results, out_dir, RESULT_NAME, markdown_report)
