@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import yaml
 
 from conftest import Gateway, Mock, free_port, upstreams
 from test_operations import _wait_healthy
@@ -219,3 +221,20 @@ def test_dead_counter_store_fails_closed_unless_the_rule_fails_open(mock: Mock, 
     assert _call(gw2.url) == 200  # fail_open: forwarded, and counted in the metric below
     _, metrics, _ = gw2.get("/metrics", token=None)
     assert b'tollhouse_ledger_unavailable_total{failed="open"} 1.0' in metrics
+
+
+def test_a_new_cap_counts_calls_not_yet_written_to_the_store(mock: Mock, gateway_factory: Any,
+                                                             tmp_path: Path) -> None:
+    """A budget added while recent calls still sit in the writer's queue counts them too."""
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text("[]\n")
+    cfg = _config(mock, [], events={"flush_interval_s": 30, "batch_size": 100000})
+    cfg["policy"] = {"rules_file": str(rules_file)}
+    gw: Gateway = gateway_factory(cfg)
+    assert [_call(gw.url) for _ in range(3)] == [200] * 3  # $0.30, still only in memory and the journal
+    rules_file.write_text(yaml.safe_dump([budget_rule(threshold=0.5)]))
+    deadline = time.time() + 10
+    while time.time() < deadline and json.loads(gw.get("/healthz")[1])["policy"]["version"] < 2:
+        time.sleep(0.1)
+    assert json.loads(gw.get("/healthz")[1])["events_pending"] >= 3
+    assert [_call(gw.url) for _ in range(3)] == [200, 200, 403]

@@ -56,6 +56,7 @@ class EventWriter:
         self._on_error = on_write_error
         self.written = 0
         self._journal_flush_scheduled = False
+        self._writing: list[CallEvent] = []  # the batch the store thread is committing
         self._id_prefix = os.urandom(4).hex()
         self._id_seq = itertools.count()
 
@@ -67,6 +68,14 @@ class EventWriter:
     def new_id(self, ts_ms: int) -> str:
         """Unique, time-ordered event ids without a syscall per call (uuid4 reads os.urandom)."""
         return f"{ts_ms:012x}{self._id_prefix}{next(self._id_seq) & 0xFFFFFFFF:08x}"
+
+    def unsaved(self) -> list[CallEvent]:
+        """Events recorded but not (yet) committed to the store: the batch being written, then pending.
+
+        Read right after a store query returns (on the loop), this is exactly what the query missed:
+        the store thread runs queries and commits one at a time, and their results reach the loop in
+        that order, so a committed batch is never both in a query's result and in this list."""
+        return [*self._writing, *self._pending]
 
     @property
     def pending(self) -> int:
@@ -119,11 +128,13 @@ class EventWriter:
                 continue
             batch = self._pending
             self._pending = []
+            self._writing = batch
             if self._journal is not None:
                 self._journal.rotate()
             try:
                 await self._runner.run(lambda s, b=batch: s.insert_events(b))  # type: ignore[misc]
             except Exception as exc:  # disk full, locked database, ...: keep the batch and retry
+                self._writing = []
                 self._pending = batch + self._pending
                 failures += 1
                 self._on_error()
@@ -132,6 +143,7 @@ class EventWriter:
                     return
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                 continue
+            self._writing = []
             failures = 0
             self.written += len(batch)
             if self._journal is not None:

@@ -16,6 +16,7 @@ from tollhouse.audit.log import AuditLog
 from tollhouse.config import Settings
 from tollhouse.directory import Directory
 from tollhouse.events.journal import Journal, leftover_events
+from tollhouse.events.model import CallEvent
 from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.metrics import GatewayMetrics
@@ -75,6 +76,19 @@ class GatewayState:
         self.runner.close()
 
 
+def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], since_ms: int, bucket_ms: int
+                    ) -> list[HistoryRow]:
+    """The same rows as SqliteStore.usage_history, for events not yet in the store."""
+    field = scope if scope in ("subject", "team", "project") else None  # org: every event
+    out: list[HistoryRow] = []
+    for e in events:
+        if e.ts_ms < since_ms or e.decision == "block" or (field is not None and getattr(e, field) not in ids):
+            continue
+        out.append((e.ts_ms - e.ts_ms % bucket_ms, e.provider, e.cost_nusd or 0, e.input_tokens, e.output_tokens,
+                    1 if e.status < 400 else 0))
+    return out
+
+
 def replay_journal(store: SqliteStore, journal_dir: Path) -> None:
     """Events a killed process journaled but never stored go into the store before we serve."""
     if not journal_dir.exists():
@@ -118,9 +132,10 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     directory = Directory(settings.directory)
 
     async def load_history(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
-        await writer.flush()  # what is recorded but not yet stored counts too
         ids = directory.descendants(ident) if scope == "team" else (ident,)
-        return await runner.run(lambda s: s.usage_history(scope, ids, since_ms, bucket_ms))
+        rows = await runner.run(lambda s: s.usage_history(scope, ids, since_ms, bucket_ms))
+        # What is recorded but not yet stored counts too (without waiting for a write on this call).
+        return rows + unsaved_history(writer.unsaved(), scope, frozenset(ids), since_ms, bucket_ms)
 
     lc = settings.ledger
     ledger: Ledger
