@@ -72,11 +72,26 @@ def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int], sign: in
     row[3] += sign * r
 
 
+_METRIC_INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
+
+
 def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | None) -> int:
+    """One metric summed over the providers a cap counts (all of them when `providers` is None)."""
+    if not table:
+        return 0
+    index = _METRIC_INDEX.get(metric)
     total = 0
+    if providers is None:
+        if index is not None:
+            for vec in table.values():
+                total += vec[index]
+        else:  # tokens
+            for vec in table.values():
+                total += vec[1] + vec[2]
+        return total
     for provider, vec in table.items():
-        if providers is None or provider in providers:
-            total += metric_of(vec, metric)
+        if provider in providers:
+            total += vec[index] if index is not None else vec[1] + vec[2]
     return total
 
 
