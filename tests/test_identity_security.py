@@ -135,10 +135,22 @@ def test_admin_api_needs_the_token(gateway: Gateway) -> None:
     assert status == 400 and b"limit" in body
 
 
-def test_unknown_project_header_is_refused(gateway: Gateway, mock: Mock) -> None:
-    client = openai.OpenAI(base_url=gateway.url + "/openai/v1", api_key="sk-x", max_retries=0,
-                           default_headers={"X-Tollhouse-User": "alice", "X-Tollhouse-Project": "made-up"})
+def test_unknown_project_header_is_refused_when_enforcing(mock: Mock, gateway_factory: Any) -> None:
+    directory = {"teams": [{"id": "platform"}], "projects": [{"id": "checkout", "team": "platform"}],
+                 "people": [{"id": "alice", "team": "platform"}]}
+    headers = {"X-Tollhouse-User": "alice", "X-Tollhouse-Project": "made-up"}
+    enforcing: Gateway = gateway_factory({"identity": {"trust_user_header": True}, "enforcement": "on",
+                                          "providers": upstreams(mock.url), "directory": directory})
+    client = openai.OpenAI(base_url=enforcing.url + "/openai/v1", api_key="sk-x", max_retries=0,
+                           default_headers=headers)
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     assert "made-up" in str(exc.value) and "checkout" in str(exc.value)
     assert mock.stats.total == 0
+    # Observe mode blocks nothing: the call goes through and is attributed as the caller said.
+    observing: Gateway = gateway_factory({"identity": {"trust_user_header": True},
+                                          "providers": upstreams(mock.url), "directory": directory})
+    openai.OpenAI(base_url=observing.url + "/openai/v1", api_key="sk-x", max_retries=0,
+                  default_headers=headers).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert observing.events()[0]["project"] == "made-up"

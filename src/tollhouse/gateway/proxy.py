@@ -140,6 +140,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     ident = await _identify(request, state, route, query)
     if isinstance(ident, Response):
         return ident
+    project = ident.subject.project
+    if project is not None and not state.directory.has_project(project) and \
+            enforce.enforced_for(state.settings, ident.subject):
+        # Enforcing: only known projects. A made-up name must not open a fresh budget counter.
+        return _unknown_project(state, route, project)
 
     verdict: Verdict | None = None
     if metered:
@@ -248,6 +253,13 @@ def _client_gone(state: GatewayState, call: _Call) -> None:
         state.metrics.disconnects.labels(call.route.id).inc()
 
 
+def _unknown_project(state: GatewayState, route: ProviderRoute, project: str) -> Response:
+    known = ", ".join(state.directory.project_ids()[:20]) or "none are configured"
+    return error_response(route.family, 400, f"X-Tollhouse-Project names {project!r}, which is not a project in "
+                          f"the Tollhouse directory (known: {known}). Use one of them, or leave the header out to "
+                          "use your default project.", "unknown_project", {"type": "invalid_request_error"})
+
+
 def _unparsed_enforced(route: ProviderRoute) -> Response:
     return error_response(route.family, 400, "Tollhouse could not read this request body as a JSON object, so "
                           "it cannot check it against the AI policy; with enforcement on it is not forwarded. "
@@ -265,13 +277,6 @@ def _too_large(route: ProviderRoute, size: int | None, limit: int) -> Response:
 async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
                     query: dict[str, str]) -> _Identity | Response:
     project = request.header(_PROJECT_HEADER) or None
-    if project is not None and not state.directory.has_project(project):
-        # Only known projects: a made-up name must not open a fresh budget counter (or flood caches).
-        known = ", ".join(state.directory.project_ids()[:20]) or "none are configured"
-        return error_response(route.family, 400, f"X-Tollhouse-Project names {project!r}, which is not a project "
-                              f"in the Tollhouse directory (known: {known}). Use one of them, or leave the "
-                              "header out to use your default project.", "unknown_project",
-                              {"type": "invalid_request_error"})
     key = route.protocol.client_key(request.headers, query)
     if key is not None and key.startswith(KEY_PREFIX):
         subject_id = await state.keys.subject_for(key)
