@@ -105,3 +105,23 @@ def test_counter_outage_is_audited(mock: Mock, gateway_factory: Any, tmp_path: P
     kinds = {e["kind"]: e["data"] for e in _entries(gw)}
     assert kinds["ledger.unavailable"]["failed"] == "closed" and kinds["ledger.unavailable"]["rules"] == ["dollar"]
     assert kinds["call.blocked"]["status"] == 503 and "counters unavailable" in kinds["call.blocked"]["reason"]
+
+
+def test_audit_export_for_a_siem(mock: Mock, tmp_path: Path) -> None:
+    data = _audited(tmp_path, mock, n_blocked=2)
+
+    def export(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tollhouse", "audit", "export", "--data-dir", str(data),
+                               *args], capture_output=True, text=True, timeout=60)
+
+    lines = export().stdout.splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [e["kind"] for e in entries] == ["gateway.started", "call.blocked", "call.blocked"]
+    assert entries[1]["data"]["rule_id"] == "approved-models" and entries[2]["prev_hash"] == entries[1]["hash"]
+    assert [json.loads(line)["seq"] for line in export("--since", "2").stdout.splitlines()] == [3]
+    cef = export("--format", "cef").stdout.splitlines()
+    assert len(cef) == 3 and all(line.startswith("CEF:0|Tollhouse|Tollhouse|") for line in cef)
+    assert "|call.blocked|call.blocked|6|" in cef[1] and "cs1Label=rule cs1=approved-models" in cef[1]
+    assert "suser=alice" in cef[1] and "cs2=o1" in cef[1]
+    bad = export("--format", "xml")
+    assert bad.returncode == 1 and "jsonl or cef" in bad.stderr

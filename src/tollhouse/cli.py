@@ -18,6 +18,7 @@ import typer
 
 from tollhouse import __version__
 from tollhouse.audit.chain import first_problem
+from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
 from tollhouse.directory import Directory
@@ -299,6 +300,24 @@ def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
         raise typer.Exit(1)
     typer.echo(f"audit trail OK: {len(entries)} entries, chain intact"
                + (f" (last #{entries[-1].seq}, hash {entries[-1].hash[:16]}...)" if entries else ""))
+
+
+@audit_app.command("export")
+def audit_export(
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or cef")] = "jsonl",
+    since: Annotated[int, typer.Option(help="Only entries after this sequence number.")] = 0,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Print audit entries, oldest first, one per line, for a SIEM."""
+    render = {"jsonl": jsonl, "cef": cef}.get(fmt)
+    if render is None:
+        _fail(f"--format {fmt!r}: use jsonl or cef", 1)
+        raise AssertionError
+    store = _open_store(_settings(config), data_dir)
+    for entry in store.audit_entries(since):
+        typer.echo(render(entry))
+    store.close()
 
 
 @app.command()
