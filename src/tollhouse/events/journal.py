@@ -1,8 +1,8 @@
 """An append-only journal of events not yet in the store, so `kill -9` loses nothing.
 
-Each recorded event is appended to the current segment within the same event-loop step (one `write`
-syscall per step, no fsync: the OS keeps it when the process dies). When the writer takes a batch it
-starts a new segment; once the batch is committed to the store, the segments it covered are deleted.
+Each recorded event is appended to the current segment before its call is answered (one `write`
+syscall, no fsync: the OS keeps it when the process dies). When the writer takes a batch it starts a
+new segment; once the batch is committed to the store, the segments it covered are deleted.
 At start-up, leftover segments are replayed into the store (idempotent by event id) and deleted.
 """
 
@@ -27,7 +27,6 @@ class Journal:
         existing = [int(p.stem.split("-")[1]) for p in directory.glob("segment-*.jsonl")]
         self._seq = max(existing, default=0)
         self._covered: list[Path] = []  # segments whose events are all in the writer's hands
-        self._buffer: list[bytes] = []
         self._path, self._fd = self._open_next()
 
     def _open_next(self) -> tuple[Path, int]:
@@ -36,18 +35,11 @@ class Journal:
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, event: CallEvent) -> None:
-        """Buffer the event; the buffer is written by `write_buffered`, which the writer schedules right
-        after the current event-loop step, so one syscall carries every event of that step."""
-        self._buffer.append(orjson.dumps(tuple(event)))
-
-    def write_buffered(self) -> None:
-        if self._buffer:
-            os.write(self._fd, b"\n".join(self._buffer) + b"\n")
-            self._buffer.clear()
+        """One write syscall, no fsync: the OS keeps it if the process dies."""
+        os.write(self._fd, orjson.dumps(tuple(event)) + b"\n")
 
     def rotate(self) -> None:
         """Called when the writer takes everything pending: later events go to a new segment."""
-        self.write_buffered()
         os.close(self._fd)
         self._covered.append(self._path)
         self._path, self._fd = self._open_next()
@@ -59,7 +51,6 @@ class Journal:
         self._covered.clear()
 
     def close(self, drained: bool) -> None:
-        self.write_buffered()
         os.close(self._fd)
         if drained:
             self.committed()

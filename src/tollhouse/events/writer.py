@@ -55,15 +55,9 @@ class EventWriter:
         self._closing = False
         self._on_error = on_write_error
         self.written = 0
-        self._journal_flush_scheduled = False
         self._writing: list[CallEvent] = []  # the batch the store thread is committing
         self._id_prefix = os.urandom(4).hex()
         self._id_seq = itertools.count()
-
-    def _flush_journal(self) -> None:
-        self._journal_flush_scheduled = False
-        if self._journal is not None:
-            self._journal.write_buffered()
 
     def new_id(self, ts_ms: int) -> str:
         """Unique, time-ordered event ids without a syscall per call (uuid4 reads os.urandom)."""
@@ -85,12 +79,8 @@ class EventWriter:
         self._task = asyncio.create_task(self._loop(), name="tollhouse-event-writer")
 
     def record(self, event: CallEvent) -> None:
-        journal = self._journal
-        if journal is not None:
-            journal.append(event)
-            if not self._journal_flush_scheduled:
-                self._journal_flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_journal)
+        if self._journal is not None:
+            self._journal.append(event)  # on disk (page cache) before the call is answered
         self._pending.append(event)
         self._idle.clear()
         if len(self._pending) >= self._batch:

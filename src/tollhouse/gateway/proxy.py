@@ -44,6 +44,7 @@ _HOP_BY_HOP = frozenset({
 })
 _USER_HEADER = "x-tollhouse-user"
 BUDGET_HEADER = "x-tollhouse-budget-remaining"
+_DISCONNECT_GRACE_S = 0.25
 _PROJECT_HEADER = "x-tollhouse-project"
 
 
@@ -188,8 +189,9 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         _client_gone(state, call)
         raise
     finally:
-        # Recorded right after the response is on its way (Granian sends it when the handler returns).
-        asyncio.get_running_loop().call_soon(_record, state, call)
+        # Recorded (journaled and settled) before the response leaves: Granian sends it when the handler
+        # returns, so a kill -9 can never lose a call the client has already been answered.
+        _record(state, call)
 
 
 async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdict:
@@ -385,9 +387,15 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
     pump = asyncio.current_task()
     finished = False
 
-    def on_disconnect(_: asyncio.Future[None]) -> None:
+    def stop_pump() -> None:
         if not finished and pump is not None:
             pump.cancel()
+
+    def on_disconnect(_: asyncio.Future[None]) -> None:
+        # A client may hang up the moment it has the last event, while the upstream's end of stream is
+        # still on its way: give the pump a moment to finish; a silent upstream is cut off after it.
+        if not finished:
+            asyncio.get_running_loop().call_later(_DISCONNECT_GRACE_S, stop_pump)
 
     watcher = asyncio.ensure_future(request.proto.client_disconnect())
     watcher.add_done_callback(on_disconnect)
