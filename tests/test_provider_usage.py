@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from test_sse import split
 from tollhouse.providers.anthropic import AnthropicProtocol
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.gemini import GeminiProtocol
@@ -26,15 +27,6 @@ ANTHROPIC = AnthropicProtocol()
 GEMINI = GeminiProtocol()
 
 _cuts = st.lists(st.integers(min_value=0), max_size=15)
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, prev = [], 0
-    for p in [*points, len(data)]:
-        pieces.append(data[prev:p])
-        prev = p
-    return pieces
 
 
 def run(meter: StreamMeter, chunks: list[bytes]) -> bytes:

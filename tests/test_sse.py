@@ -83,6 +83,7 @@ def streams(draw: st.DrawFn) -> tuple[list[Block], bytes, bytes]:
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """`data` cut at the given offsets (modulo its length): how a network may deliver a stream."""
     points = sorted({c % (len(data) + 1) for c in cuts})
     pieces, prev = [], 0
     for p in [*points, len(data)]:
