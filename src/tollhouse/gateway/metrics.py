@@ -82,7 +82,7 @@ class CallStats:
                 acc[i] += v
         for key3, row in merged.items():
             latency.add_metric(list(key3), self._points(row), row[1])
-        ttfb = HistogramMetricFamily("tollhouse_upstream_ttfb_seconds", "Time to the upstream's first byte",
+        ttfb = HistogramMetricFamily("tollhouse_upstream_ttfb_seconds", "Time to the upstream's answer: its first byte for streams, the whole body otherwise",
                                      labels=["provider"])
         for provider, row in list(self.ttfb.items()):
             ttfb.add_metric([provider], self._points(row), row[1])
