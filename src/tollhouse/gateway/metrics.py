@@ -82,8 +82,9 @@ class CallStats:
                 acc[i] += v
         for key3, row in merged.items():
             latency.add_metric(list(key3), self._points(row), row[1])
-        ttfb = HistogramMetricFamily("tollhouse_upstream_ttfb_seconds", "Time to the upstream's answer: its first byte for streams, the whole body otherwise",
-                                     labels=["provider"])
+        ttfb = HistogramMetricFamily("tollhouse_upstream_ttfb_seconds",
+                                     "Time to the upstream's answer: its first byte for streams, the whole "
+                                     "body otherwise", labels=["provider"])
         for provider, row in list(self.ttfb.items()):
             ttfb.add_metric([provider], self._points(row), row[1])
         tokens = CounterMetricFamily("tollhouse_tokens", "Tokens metered", labels=["provider", "model", "direction"])
