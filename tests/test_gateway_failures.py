@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.request
 from typing import Any
 
 import anthropic
@@ -60,21 +59,11 @@ def test_oversize_body_gets_413_in_provider_shape(mock: Mock, gateway_factory: A
 
 
 def test_malformed_json_is_forwarded_and_recorded_as_unparsed(gateway: Gateway, mock: Mock) -> None:
-    status, body = _raw(gateway, b"{not json")
+    status, body = _post(gateway.url + "/openai/v1/chat/completions", b"{not json")
     assert status == 400  # the provider's own answer, forwarded
     assert "error" in json.loads(body)
     ev = gateway.events()[0]
     assert ev["usage_source"] == "unparsed" and ev["model"] is None and ev["status"] == 400
-
-
-def _raw(gw: Gateway, data: bytes) -> tuple[int, bytes]:
-    req = urllib.request.Request(gw.url + "/openai/v1/chat/completions", data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
 
 
 def test_client_disconnect_mid_stream_still_records_usage_seen(gateway: Gateway) -> None:

@@ -112,8 +112,10 @@ def test_anthropic_messages_non_stream_and_stream(gateway: Gateway) -> None:
     assert abs(plain["cost_usd"] - (msg.usage.input_tokens * 3 + msg.usage.output_tokens * 15) / 1e6) < 1e-12
 
 
-def _post(url: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+def _post(url: str, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """POST JSON (or raw bytes, as sent) and return the status and body, errors included."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="POST",
                                  headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:

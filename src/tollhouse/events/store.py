@@ -204,9 +204,6 @@ class SqliteStore:
         return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5], r[6])
                 for r in self._db.execute(sql, args)]
 
-    def count_events(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-
     # gateway keys
 
     def add_key(self, key_hash: str, prefix: str, subject: str, label: str | None) -> KeyRecord:

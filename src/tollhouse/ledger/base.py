@@ -10,10 +10,6 @@ from tollhouse.policy.engine import Cap
 
 
 class Ledger(Protocol):
-    async def ensure_loaded(self, caps: Sequence[Cap], now_ms: int) -> None:
-        """Make sure the counters of these caps hold the store's history (raises StoreError)."""
-        ...
-
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
         """Check every cap and reserve the worst case on all of them, atomically, loading counters used
         for the first time from the store (raises StoreError)."""

@@ -70,9 +70,6 @@ class RedisLedger:
         window_ms, b_ms = self._window(cap)
         return window_ms + 2 * b_ms
 
-    async def ensure_loaded(self, caps: Sequence[Cap], now_ms: int) -> None:
-        return None  # loaded on demand: the reserve script says which counters lack history
-
     async def _load_counter(self, cap: Cap, now_ms: int) -> None:
         start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
         window_ms, b_ms = self._window(cap)
