@@ -200,6 +200,7 @@ class Scenario:
     config: Json  # everything but `providers`
     users: tuple[str, ...]  # rotated over in X-Tollhouse-User; () = no header
     baseline: bool  # also measure direct throughput and streaming (observe only)
+    without_budgets: str | None = None  # the same configuration minus the budget rules (issue 5's comparison)
 
     @property
     def rule_count(self) -> int:
@@ -335,11 +336,13 @@ def build_scenarios(names: Sequence[str], now: datetime.datetime) -> list[Scenar
         "rules-1000+budget": Scenario(
             "rules-1000+budget", f"rules-1000 plus a ${PERSONAL_BUDGET_USD:,} personal monthly budget and a "
             f"{TEAM_TOKENS_PER_MINUTE:.0e} tokens/minute team window (reserved and settled every call)",
-            {**governed, "policy": {"rules": [*rules, *BUDGET_RULES]}}, users, baseline=False),
+            {**governed, "policy": {"rules": [*rules, *BUDGET_RULES]}}, users, baseline=False,
+            without_budgets="rules-1000"),
         "budget-only": Scenario(
             "budget-only", f"the personal budget and team token window alone (compare with directory-1000: "
             f"the same {len(users):,}-person directory, enforcing, no rules)",
-            {**governed, "policy": {"rules": list(BUDGET_RULES)}}, users, baseline=False),
+            {**governed, "policy": {"rules": list(BUDGET_RULES)}}, users, baseline=False,
+            without_budgets="directory-1000"),
     }
     unknown = [n for n in names if n not in all_scenarios]
     if unknown:
@@ -1090,6 +1093,7 @@ def combine_rounds(scenario: Scenario, rounds: list[Json]) -> Json:
         "rules": scenario.rule_count,
         "rule_mix": rule_mix(scenario),
         "people": len(scenario.users),
+        "without_budgets": scenario.without_budgets,
         **{k: v for k, v in first.items() if k not in ("round", "checks")},
         "rounds": per_round,
         "repeat_rounds": rounds[1:],
@@ -1228,6 +1232,11 @@ def summary_rows(results: Json) -> list[Json]:
             ratios = [r["requests_per_s"] / o["requests_per_s"] for r, o in zip(s["rounds"], observe["rounds"],
                                                                                  strict=True)]
         ratio = round(statistics.median(ratios), 3) if ratios else None
+        plain = next((p for p in scenarios if p["name"] == s.get("without_budgets")), None)
+        budget_ratio = None
+        if plain is not None:  # budgets on vs the same configuration without them, round by round
+            budget_ratio = round(statistics.median(r["requests_per_s"] / p["requests_per_s"] for r, p in zip(
+                s["rounds"], plain["rounds"], strict=True)), 3)
         cpu, observe_cpu = s["median_gateway_cpu_ms_per_request"], (observe or {}).get(
             "median_gateway_cpu_ms_per_request")
         out.append({
@@ -1236,6 +1245,8 @@ def summary_rows(results: Json) -> list[Json]:
             "vs_observe": ratio,
             "vs_observe_per_round": [round(r, 3) for r in ratios],
             "within_target": None if ratio is None else ratio >= THROUGHPUT_TARGET,
+            "vs_without_budgets": budget_ratio,
+            "budgets_within_target": None if budget_ratio is None else budget_ratio >= THROUGHPUT_TARGET,
             "p50_added_ms": round(lat["gateway"]["p50_ms"] - lat["direct"]["p50_ms"], 3),
             "p99_added_ms": round(lat["gateway"]["p99_ms"] - lat["direct"]["p99_ms"], 3),
             "gateway_cpu_ms_per_request": cpu,
@@ -1246,8 +1257,8 @@ def summary_rows(results: Json) -> list[Json]:
 
 
 def summary_table(results: Json) -> str:
-    rows = ["| scenario | req/s (c=32) | vs observe | within 15 % | p50 added (c=1) | p99 added (c=1) "
-            "| gateway CPU ms/req (c=32) | checks |", "|---|---:|---:|---|---:|---:|---:|---|"]
+    rows = ["| scenario | req/s (c=32) | vs observe | within 15 % | vs same without budgets | p50 added (c=1) "
+            "| p99 added (c=1) | gateway CPU ms/req (c=32) | checks |", "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in results["summary"]:
         ratio = r["vs_observe"]
         vs = "n/a" if ratio is None else f"{ratio:.3f} ({(ratio - 1) * 100:+.1f} %)"
@@ -1255,7 +1266,11 @@ def summary_table(results: Json) -> str:
         cpu = _fmt(r["gateway_cpu_ms_per_request"])
         if r["gateway_cpu_vs_observe"] is not None:
             cpu += f" ({r['gateway_cpu_vs_observe']:.2f}×)"
-        rows.append(f"| {r['scenario']} | {r['requests_per_s']:.0f} | {vs} | {within} | {r['p50_added_ms']:+.3f} ms "
+        b = r.get("vs_without_budgets")
+        verdict = "" if b is None else "within" if b >= THROUGHPUT_TARGET else "**not within**"
+        budgets = "" if b is None else f"{b:.3f} ({(b - 1) * 100:+.1f} %, {verdict} 15 %)"
+        rows.append(f"| {r['scenario']} | {r['requests_per_s']:.0f} | {vs} | {within} | {budgets} "
+                    f"| {r['p50_added_ms']:+.3f} ms "
                     f"| {r['p99_added_ms']:+.3f} ms | {cpu} | {'ok' if r['checks_ok'] else 'FAILED'} |")
     return "\n".join(rows)
 

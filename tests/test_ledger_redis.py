@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +108,67 @@ def test_redis_down_fails_closed_or_open_as_configured(mock: Mock, gateway_facto
     assert _call(opened.url) == 200
     _, metrics, _ = opened.get("/metrics", token=None)
     assert b'tollhouse_ledger_unavailable_total{failed="open"} 1.0' in metrics
+
+
+
+class Partition:
+    """A TCP relay in front of Redis that can drop everything (a network partition) and heal."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.cut = threading.Event()
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if not self.cut.is_set():  # partitioned: bytes vanish, nobody is told
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_a_settle_lost_in_a_partition_is_rebuilt_from_the_store(mock: Mock, gateway_factory: Any,
+                                                                 redis_url: str, tmp_path: Path) -> None:
+    """Redis took the reservation, then the network dropped the settle. Once the reservation has expired the
+    call's spend must still count: the counter is rebuilt from the store. It is counted and audited."""
+    relay = Partition(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+    cfg = _shared(mock, f"redis://127.0.0.1:{relay.port}/0", tmp_path / "s.db", [budget_rule(threshold=0.5)])
+    gw: Gateway = gateway_factory({**cfg, "ledger": {"reservation_ttl_s": 1}})
+    client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="sk-x", max_retries=0,
+                           default_headers={"X-Tollhouse-User": "alice", "X-Mock-Latency-Ms": "500"})
+    slow = threading.Thread(target=lambda: client.chat.completions.create(
+        model="budget-model", max_tokens=16, messages=[{"role": "user", "content": "spend"}]))
+    slow.start()
+    time.sleep(0.25)  # reserved and in flight
+    relay.cut.set()
+    slow.join(10)
+    time.sleep(1.5)  # the settle timed out (1 s) and the reservation expired in Redis
+    relay.cut.clear()
+    try:
+        assert [_call(gw.url) for _ in range(5)] == [200, 200, 200, 200, 403]  # the lost $0.10 still counts
+        _, metrics, _ = gw.get("/metrics", token=None)
+        assert b"tollhouse_ledger_settle_errors_total 1.0" in metrics
+        _, body, _ = gw.get("/api/v1/audit")
+        assert "ledger.settle_failed" in [e["kind"] for e in json.loads(body)["entries"]]
+    finally:
+        relay.close()

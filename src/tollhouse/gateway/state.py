@@ -137,13 +137,19 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         # What is recorded but not yet stored counts too (without waiting for a write on this call).
         return rows + unsaved_history(writer.unsaved(), scope, frozenset(ids), since_ms, bucket_ms)
 
+    audit = AuditLog(runner, clock)
+
+    def settle_failed(error: str) -> None:
+        metrics.ledger_settle_errors.inc()
+        audit.record("ledger.settle_failed", "gateway", {"error": error, "recovery": "counters rebuilt from the store"})
+
     lc = settings.ledger
     ledger: Ledger
     if settings.counters.url == "local://":
         ledger = LocalLedger(load_history, lc.billing_day, zone(lc.timezone), lc.reservation_ttl_s)
     else:
         ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
-                             lc.reservation_ttl_s)
+                             lc.reservation_ttl_s, on_settle_error=settle_failed)
     providers = {
         pid: ProviderRoute(
             id=pid,
@@ -173,5 +179,5 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         policy=policy,
         ledger=ledger,
         clock=clock,
-        audit=AuditLog(runner, clock),
+        audit=audit,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -39,7 +39,7 @@ class RedisReservation:
 
 class RedisLedger:
     def __init__(self, url: str, loader: Loader, billing_day: int, tz: ZoneInfo, reservation_ttl_s: float,
-                 prefix: str = "tollhouse") -> None:
+                 prefix: str = "tollhouse", on_settle_error: Callable[[str], None] = lambda error: None) -> None:
         self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._reserve = self._redis.register_script(RESERVE)
         self._settle = self._redis.register_script(SETTLE)
@@ -51,6 +51,9 @@ class RedisLedger:
         self._prefix = prefix
         self._next = 0
         self._pending: set[asyncio.Task[None]] = set()
+        # Counters a settle could not reach: rebuilt from the store (which has those calls) before next use.
+        self._stale: set[str] = set()
+        self._on_settle_error = on_settle_error
         self.url = url
 
     def _key(self, cap: Cap, now_ms: int) -> str:
@@ -90,6 +93,8 @@ class RedisLedger:
             args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers or ())), cap.units,
                      int(cap.rule.severity is Severity.block)]
         try:
+            if self._stale:
+                await self._invalidate_stale()
             for _ in range(3):
                 out = await self._reserve(keys=keys, args=args)
                 if out[0] != b"LOAD":
@@ -125,8 +130,18 @@ class RedisLedger:
         try:
             await self._settle(keys=list(res.keys), args=args)
         except RedisError as exc:
-            # The reservation expires on its own; the spend is in the store, which rebuilds the counter.
-            log.error("settling a call in Redis failed (%s); the counter is rebuilt from the store later", exc)
+            # The reservation expires on its own. The call's spend is in the store (recorded before the
+            # settle), so its counters are rebuilt from there before they are used again: never undercounted.
+            self._stale.update(res.keys)
+            log.error("settling a call in Redis failed (%s); its counters will be rebuilt from the store", exc)
+            self._on_settle_error(f"Redis at {self.url} failed: {exc}")
+
+    async def _invalidate_stale(self) -> None:
+        """Mark counters whose settle was lost for reloading (in-flight reservations are kept)."""
+        stale = list(self._stale)
+        await self._redis.delete(*(f"{key}:L" for key in stale))
+        self._stale.difference_update(stale)
+        log.warning("rebuilding %d budget counter(s) from the store after a lost settle", len(stale))
 
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         result = await self.reserve([cap], Charge("", 0, 0, 0, 0), now_ms, enforce=False)
