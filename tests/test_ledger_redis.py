@@ -23,8 +23,13 @@ from test_ledger_gateway import _call, _config, _together, budget_rule
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
+    with redis_server(free_port(), tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def redis_server(port: int, tmp_path: Path) -> Iterator[str]:
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
-    port = free_port()
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
@@ -172,3 +177,16 @@ def test_a_settle_lost_in_a_partition_is_rebuilt_from_the_store(mock: Mock, gate
         assert "ledger.settle_failed" in [e["kind"] for e in json.loads(body)["entries"]]
     finally:
         relay.close()
+
+
+def test_an_outage_is_audited_once_and_its_end_too(mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    port = free_port()
+    gw: Gateway = gateway_factory(_shared(mock, f"redis://127.0.0.1:{port}/0", tmp_path / "s.db", [budget_rule()]))
+    assert [_call(gw.url) for _ in range(3)] == [503, 503, 503]
+    with redis_server(port, tmp_path):
+        assert _call(gw.url) == 200
+        _, body, _ = gw.get("/api/v1/audit")
+    entries = [e for e in json.loads(body)["entries"] if e["kind"].startswith("ledger.")]
+    assert [e["kind"] for e in entries] == ["ledger.unavailable", "ledger.recovered"]
+    assert entries[0]["data"]["failed"] == "closed" and entries[0]["data"]["rules"] == ["dollar"]
+    assert entries[1]["data"]["calls_failed_closed"] == 3

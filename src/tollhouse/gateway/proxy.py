@@ -198,6 +198,8 @@ async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdic
     """Reserve the call's worst case against every cap that counts it; add any cap it would exceed."""
     charge = _worst_case(state, call)
     result = await state.ledger.reserve(verdict.decision.caps, charge, call.ts_ms, enforce=verdict.enforced)
+    if state.outage.ongoing:
+        state.outage.succeeded(call.ts_ms)
     call.reservation = result.reservation
     remaining: int | None = None
     exceeded = []
@@ -233,10 +235,9 @@ def _counters_unavailable(state: GatewayState, call: _Call, verdict: Verdict, ex
     fail_open = (not verdict.enforced or state.settings.counters.fail_open
                  or all(cap.rule.fail_open for cap in caps))
     state.metrics.ledger_unavailable.labels("open" if fail_open else "closed").inc()
-    state.audit.record("ledger.unavailable", "gateway", {
-        "failed": "open" if fail_open else "closed", "rules": sorted({cap.rule.id for cap in caps}),
-        "subject": call.ident.subject.id, "provider": call.route.id, "model": call.facts.model,
-        "error": str(exc)})
+    state.outage.failed(call.ts_ms, "open" if fail_open else "closed", {
+        "rules": sorted({cap.rule.id for cap in caps}), "subject": call.ident.subject.id,
+        "provider": call.route.id, "model": call.facts.model, "error": str(exc)})
     log.error("budget counters unavailable (%s); failing %s for %s", exc, "open" if fail_open else "closed",
               call.ident.subject.id)
     if fail_open:

@@ -25,6 +25,7 @@ from tollhouse.gateway.upstream import build_client
 from tollhouse.keys import KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
+from tollhouse.ledger.outage import OutageTracker
 from tollhouse.ledger.redis import RedisLedger
 from tollhouse.policy.timewindow import zone
 from tollhouse.pricing import PriceBook
@@ -65,6 +66,7 @@ class GatewayState:
     ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
+    outage: OutageTracker  # counter-store outages, audited once each (not once per call)
 
     async def close(self) -> None:
         await self.policy.stop()
@@ -180,4 +182,5 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         ledger=ledger,
         clock=clock,
         audit=audit,
+        outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
     )
