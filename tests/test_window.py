@@ -37,12 +37,12 @@ def test_parse(text: str, expected: MaintenanceWindow | None) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("Sun 2am-4am", '\'Sun 2am-4am\' is not DOW HH:MM-HH:MM; example: "Sun 02:00-04:00" or "Any 23:00-02:00"'),
+    ("Sun 2am-4am", '"Sun 2am-4am" is not DOW HH:MM-HH:MM; example: "Sun 02:00-04:00" or "Any 23:00-02:00"'),
     ("Sun 02:00-02:00", "starts and ends at the same time"),
     ("Sun 24:00-01:00", "24:00 is not a 24-hour time"),
     ("Sun 01:60-02:00", "01:60 is not a 24-hour time"),
-    ("Sonntag 01:00-02:00", "'Sonntag' is not a day: use Mon..Sun, Monday..Sunday or Any"),
-    ("Su 01:00-02:00", "'Su' is not a day"),
+    ("Sonntag 01:00-02:00", '"Sonntag" is not a day: use Mon..Sun, Monday..Sunday or Any'),
+    ("Su 01:00-02:00", '"Su" is not a day'),
     ("Sun 01:00", "is not DOW HH:MM-HH:MM"),
     ("01:00-02:00", "is not DOW HH:MM-HH:MM"),
     ("Mon,Tue 01:00-02:00", "is not DOW HH:MM-HH:MM"),

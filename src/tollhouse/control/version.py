@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from functools import total_ordering
 
+import orjson
+
 _NUMBER = r"(0|[1-9][0-9]*)"
 _FORM = re.compile(rf"v{_NUMBER}\.{_NUMBER}\.{_NUMBER}(?:-beta\.{_NUMBER})?")
 EXAMPLE = '"v1.2.3" or "v1.2.3-beta.4"'
@@ -42,6 +44,6 @@ class Version:
 def parse_version(text: str) -> Version:
     match = _FORM.fullmatch(text.strip())
     if match is None:
-        raise VersionParseError(f"{text!r} is not vN.M.K or vN.M.K-beta.X; example: {EXAMPLE}")
+        raise VersionParseError(f"{orjson.dumps(text).decode()} is not vN.M.K or vN.M.K-beta.X; example: {EXAMPLE}")
     major, minor, patch, beta = match.groups()
     return Version(int(major), int(minor), int(patch), None if beta is None else int(beta))

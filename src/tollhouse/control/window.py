@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import orjson
+
 DAY_ABBREVIATIONS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _FULL_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _MINUTES_PER_DAY = 24 * 60
@@ -72,6 +74,10 @@ class MaintenanceWindow:
         raise AssertionError("unreachable: a window opens at least once a week")
 
 
+def _quote(text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
 def _hhmm(minute: int) -> str:
     return f"{minute // 60:02d}:{minute % 60:02d}"
 
@@ -83,13 +89,13 @@ def _day(token: str) -> int | None:
     for number, (abbr, full) in enumerate(zip(DAY_ABBREVIATIONS, _FULL_NAMES, strict=True), start=1):
         if name in (abbr.lower(), full):
             return number
-    raise WindowParseError(f"{token!r} is not a day: use Mon..Sun, Monday..Sunday or Any; example: {EXAMPLE}")
+    raise WindowParseError(f"{_quote(token)} is not a day: use Mon..Sun, Monday..Sunday or Any; example: {EXAMPLE}")
 
 
 def _minute(hours: str, minutes: str, text: str) -> int:
     h, m = int(hours), int(minutes)
     if h > 23 or m > 59:
-        raise WindowParseError(f"{text!r}: {hours}:{minutes} is not a 24-hour time (00:00..23:59); "
+        raise WindowParseError(f"{_quote(text)}: {hours}:{minutes} is not a 24-hour time (00:00..23:59); "
                                f"example: {EXAMPLE}")
     return h * 60 + m
 
@@ -101,10 +107,10 @@ def parse_window(text: str) -> MaintenanceWindow | None:
         return None
     match = _FORM.fullmatch(stripped)
     if match is None:
-        raise WindowParseError(f"{text!r} is not DOW HH:MM-HH:MM; example: {EXAMPLE}")
+        raise WindowParseError(f"{_quote(text)} is not DOW HH:MM-HH:MM; example: {EXAMPLE}")
     day, h1, m1, h2, m2 = match.groups()
     start, end = _minute(h1, m1, text), _minute(h2, m2, text)
     if start == end:
-        raise WindowParseError(f"{text!r} starts and ends at the same time; for any time leave it empty; "
+        raise WindowParseError(f"{_quote(text)} starts and ends at the same time; for any time leave it empty; "
                                f"example: {EXAMPLE}")
     return MaintenanceWindow(_day(day), start, end)
