@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tollhouse.config import parse_settings
+from tollhouse.events.store import SqliteStore
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState
 from tollhouse.mock.provider import MOCK_STATS, MockSettings, MockStats, build_mock_app
@@ -152,3 +153,13 @@ def gateway(mock: Mock, gateway_factory: Any) -> Gateway:
         },
     })
     return gw
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """An empty store of its own."""
+    s = SqliteStore(tmp_path / "store.db")
+    try:
+        yield s
+    finally:
+        s.close()

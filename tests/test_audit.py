@@ -53,6 +53,11 @@ def test_blocked_calls_and_policy_edits_are_audited_and_verifiable(mock: Mock, g
     assert blocked["rule_id"] == "approved-models" and blocked["subject"] == "alice"
     assert blocked["project"] == "checkout" and blocked["model"] == "gpt-4o" and blocked["status"] == 403
     assert entries[2]["data"]["changed"] == ["approved-models"] and entries[2]["data"]["version"] == 2
+    assert entries[2]["data"]["changes"] == [  # what changed in the rule, before → after
+        {"op": "removed", "path": "rules[approved-models].action.message", "id": "approved-models",
+         "before": "See infosec/approved-models.md"},
+        {"op": "changed", "path": "rules[approved-models].action.type", "id": "approved-models",
+         "before": "hard_stop", "after": "alert"}]
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
     assert all(e["prev_hash"] == p["hash"] for p, e in pairwise(entries))
     gw.stop()

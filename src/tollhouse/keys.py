@@ -6,7 +6,8 @@ import hashlib
 import secrets
 import time
 
-from tollhouse.events.store import KeyRecord, SqliteStore
+from tollhouse.events.records import KeyRecord
+from tollhouse.events.store import SqliteStore
 from tollhouse.events.writer import StoreRunner
 
 KEY_PREFIX = "th-"

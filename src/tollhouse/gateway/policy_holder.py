@@ -16,8 +16,9 @@ import orjson
 import yaml
 
 from tollhouse.config import DirectoryConfig, target_problems
+from tollhouse.control.diff import diff_documents, item_summary
 from tollhouse.policy.engine import CompiledPolicy
-from tollhouse.policy.rules import PolicyError, Rule, parse_rules
+from tollhouse.policy.rules import PolicyError, parse_rules
 
 log = logging.getLogger("tollhouse.policy")
 
@@ -70,9 +71,10 @@ class PolicyStatus:
 class PolicyHolder:
     """Holds the current compiled policy; `current` is replaced whole, never mutated."""
 
-    def __init__(self, initial: CompiledPolicy, source: str, path: Path | None, timezone: str,
+    def __init__(self, initial: CompiledPolicy, raw: list[Any], source: str, path: Path | None, timezone: str,
                  directory: DirectoryConfig) -> None:
         self.current = initial
+        self._raw = raw  # the rules as written, for the audit trail's diffs
         self.source = source
         self.error: str | None = None
         self._path = path
@@ -104,17 +106,19 @@ class PolicyHolder:
         """Load the rules file again; True if the policy changed."""
         assert self._path is not None
         try:
-            compiled = compile_rules(read_rules_file(self._path), self._tz, self._directory,
-                                     self.current.version + 1, str(self._path))
+            raw = read_rules_file(self._path)
+            compiled = compile_rules(raw, self._tz, self._directory, self.current.version + 1, str(self._path))
         except RulesFileError as exc:
             self.error = str(exc)
             log.error("policy file change rejected, keeping version %d:\n%s", self.current.version, exc)
             self.on_change("policy.rejected", {"source": str(self._path), "kept_version": self.current.version,
                                                "problems": exc.problems})
             return False
+        changes = diff_documents({"rules": self._raw}, {"rules": raw})
         self.on_change("policy.changed", {"source": str(self._path), "version": compiled.version,
-                                          **rule_diff(self.current.rules, compiled.rules)})
+                                          **item_summary(changes), "changes": [c.json() for c in changes]})
         self.current = compiled
+        self._raw = raw
         self.error = None
         log.info("policy reloaded from %s: version %d, %d rules", self._path, compiled.version, len(compiled.rules))
         return True
@@ -128,29 +132,13 @@ class PolicyHolder:
                 self.reload()
 
 
-def rule_diff(before: tuple[Rule, ...], after: tuple[Rule, ...]) -> dict[str, list[str]]:
-    """Rule ids added, removed and changed between two policies (for the audit trail)."""
-    old = {r.id: r for r in before}
-    new = {r.id: r for r in after}
-    return {
-        "added": sorted(new.keys() - old.keys()),
-        "removed": sorted(old.keys() - new.keys()),
-        "changed": sorted(k for k in old.keys() & new.keys() if _fingerprint(old[k]) != _fingerprint(new[k])),
-    }
-
-
-def _fingerprint(rule: Rule) -> str:
-    return repr((rule.kind, rule.scope, rule.target, rule.severity, rule.message, rule.enabled, sorted(rule.values),
-                 rule.redirect_to, rule.threshold, rule.count_window, rule.providers and sorted(rule.providers),
-                 rule.metric, [p.pattern for p in rule.patterns], rule.window, rule.inside, rule.fail_open))
-
-
 def initial_policy(rules: tuple[dict[str, Any], ...], rules_file: str | None, timezone: str,
                    directory: DirectoryConfig) -> PolicyHolder:
     """The start-up policy. A bad rules file at start-up is a configuration error (raised)."""
     if rules_file:
         path = Path(rules_file)
-        compiled = compile_rules(read_rules_file(path), timezone, directory, 1, str(path))
-        return PolicyHolder(compiled, str(path), path, timezone, directory)
+        raw = read_rules_file(path)
+        compiled = compile_rules(raw, timezone, directory, 1, str(path))
+        return PolicyHolder(compiled, raw, str(path), path, timezone, directory)
     compiled = compile_rules(list(rules), timezone, directory, 1 if rules else 0, "config")
-    return PolicyHolder(compiled, "config", None, timezone, directory)
+    return PolicyHolder(compiled, list(rules), "config", None, timezone, directory)

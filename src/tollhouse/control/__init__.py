@@ -1,0 +1,1 @@
+"""Control-plane building blocks (pure): agent policy, maintenance windows, versions, document diffs."""
