@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
 from tollhouse.policy.engine import Cap
-from tollhouse.policy.rules import Severity, Window
+from tollhouse.policy.rules import Window
 
 log = logging.getLogger("tollhouse.ledger")
 
@@ -293,7 +293,7 @@ class LocalLedger:
             retry = counter.retry_after_s(cap.metric, cap.providers, need, limit, now_ms) if exceeded else 0
             state = CapState(cap, used, limit, exceeded, retry)
             states.append(state)
-            if exceeded and enforce and cap.rule.severity is Severity.block and refused is None:
+            if exceeded and enforce and cap.hard and refused is None:
                 refused = state
         if refused is not None:
             return ReserveResult(states, None, refused)

@@ -21,7 +21,6 @@ from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult
 from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
 from tollhouse.ledger.windows import bucket_ms, month_id, window_bounds_ms
 from tollhouse.policy.engine import Cap
-from tollhouse.policy.rules import Severity
 
 log = logging.getLogger("tollhouse.ledger")
 
@@ -91,7 +90,7 @@ class RedisLedger:
         for cap in caps:
             window_ms, b_ms = self._window(cap)
             args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers or ())), cap.units,
-                     int(cap.rule.severity is Severity.block)]
+                     int(cap.hard)]
         try:
             if self._stale:
                 await self._invalidate_stale()

@@ -9,12 +9,15 @@ Precedence (see README "Policy precedence"):
 - Cumulative kinds (spend caps, token rates, cost-centre attribution, content DLP): every level applies.
 - A redirect is applied first; the rest of the policy is judged on the substitute model.
 - The decision is the most severe violation: block > soft_cap > warn > log (INFO).
+- Waived rules (a subject's approved exemptions, passed in as data): their violations are kept apart in
+  `Decision.waived` and do not decide the outcome; a waived redirect is not applied; a waived cap is still
+  counted but never refuses the call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -62,11 +65,17 @@ class Cap:
     limit: Decimal
     units: int = 0  # the limit in counter units (nano-dollars for spend), computed once
     key: tuple[str, str, str] = ("", "", "")  # (scope, id, window): the counter this cap counts
+    waived: bool = False  # an exemption lets this subject past the cap (it is still counted)
 
     def __post_init__(self) -> None:
         units = int(self.limit * 1_000_000_000) if self.metric == "spend" else int(self.limit)
         object.__setattr__(self, "units", units)
         object.__setattr__(self, "key", (self.counter[0], self.counter[1], self.window.label))
+
+    @property
+    def hard(self) -> bool:
+        """Going over refuses the call (when enforcing)."""
+        return self.rule.severity is Severity.block and not self.waived
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +94,8 @@ class Decision:
     violations: tuple[Violation, ...] = ()
     caps: tuple[Cap, ...] = ()
     trace: tuple[str, ...] = ()
+    waived: tuple[Violation, ...] = ()  # violations of waived rules: they did not count
+    waived_rules: frozenset[str] = frozenset()  # the rule ids waived for this call
 
     @property
     def top(self) -> Violation | None:
@@ -196,16 +207,26 @@ class CompiledPolicy:
                            rule.providers, "spend" if rule.kind is Kind.spend else rule.metric, rule.threshold))
         return out
 
-    def evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool = False) -> Decision:
-        """Judge a call. Caps are returned for the ledger to count; they are not judged here."""
+    def evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool = False,
+                 waived: Set[str] = frozenset()) -> Decision:
+        """Judge a call. Caps are returned for the ledger to count; they are not judged here.
+        `waived`: ids of rules the subject holds an exemption from."""
         trace: list[str] | None = [] if explain else None
+        waived_rules = frozenset(waived) if waived else frozenset()
         app = self._applicable(subject)
         model = call.model
         redirect: Violation | None = None
+        waived_redirect: list[Violation] = []
         for rule, level in app.redirects:
             if model is not None and _list_hit(rule, model):
-                redirect = Violation(rule, level, f"model {model} is redirected to {rule.redirect_to} "
-                                                  f"by rule {rule.id} ({level.label})")
+                hit = Violation(rule, level, f"model {model} is redirected to {rule.redirect_to} "
+                                             f"by rule {rule.id} ({level.label})")
+                if rule.id in waived_rules:
+                    waived_redirect.append(hit)
+                    if trace is not None:
+                        trace.append(f"waived    {rule.id} [{level.label}]: {model} is not redirected")
+                    continue
+                redirect = hit
                 if trace is not None:
                     trace.append(f"redirect  {rule.id} [{level.label}]: {model} -> {rule.redirect_to}")
                 model = rule.redirect_to
@@ -214,11 +235,14 @@ class CompiledPolicy:
         for rule, level in app.checks:
             reason = _check(rule, call, model, subject, now)
             if trace is not None:
-                trace.append(f"{'VIOLATED' if reason else 'ok':9} {rule.id} [{level.label}] {rule.type_name}"
+                label = "waived" if reason and rule.id in waived_rules else "VIOLATED" if reason else "ok"
+                trace.append(f"{label:9} {rule.id} [{level.label}] {rule.type_name}"
                              f"{': ' + reason if reason else ''}")
             if reason:
                 violations.append(Violation(rule, level, reason))
         caps = tuple(cap for cap in app.caps if cap.providers is None or _provider_hit(cap.providers, call))
+        if waived_rules:
+            caps = tuple(replace(cap, waived=True) if cap.rule.id in waived_rules else cap for cap in caps)
         if trace is not None:
             for cap in caps:
                 trace.append(f"cap       {cap.rule.id} [{cap.level.label}] {cap.rule.type_name}: {cap.metric} "
@@ -226,7 +250,8 @@ class CompiledPolicy:
             for rule, level, won in app.superseded:
                 trace.append(f"superseded {rule.id} [{level.label}]: {rule.kind.value} rules at {won.label} "
                              "take precedence")
-        return _decide(call.model, model, redirect, violations, caps, tuple(trace or ()))
+        return _decide(call.model, model, redirect, violations, caps, tuple(trace or ()), waived_rules,
+                       tuple(waived_redirect))
 
     def judge_caps(self, decision: Decision, used: Mapping[Cap, Decimal], cost: Decimal,
                    tokens: int) -> Decision:
@@ -240,18 +265,16 @@ class CompiledPolicy:
                 extra.append(Violation(cap.rule, cap.level,
                                        f"{cap.rule.type_name} cap of {_fmt_limit(cap)} per {cap.window.label} for "
                                        f"{cap.counter[0]} {cap.counter[1]} would be exceeded ({what})"))
-        if not extra:
-            return decision
-        return _decide(decision.requested_model, decision.model, decision.redirect,
-                       [*decision.violations, *extra], decision.caps, decision.trace)
+        return with_violations(decision, extra)
 
 
 def with_violations(decision: Decision, extra: Sequence[Violation]) -> Decision:
-    """The decision once cap violations found by the ledger are added."""
+    """The decision once cap violations found by the ledger are added (those of waived rules set apart)."""
     if not extra:
         return decision
     return _decide(decision.requested_model, decision.model, decision.redirect,
-                   [*decision.violations, *extra], decision.caps, decision.trace)
+                   [*decision.violations, *extra], decision.caps, decision.trace, decision.waived_rules,
+                   decision.waived)
 
 
 def _fmt_limit(cap: Cap) -> str:
@@ -259,7 +282,11 @@ def _fmt_limit(cap: Cap) -> str:
 
 
 def _decide(requested: str | None, model: str | None, redirect: Violation | None,
-            violations: Sequence[Violation], caps: tuple[Cap, ...], trace: tuple[str, ...]) -> Decision:
+            violations: Sequence[Violation], caps: tuple[Cap, ...], trace: tuple[str, ...],
+            waived_rules: frozenset[str] = frozenset(), waived: tuple[Violation, ...] = ()) -> Decision:
+    if waived_rules:
+        waived = (*waived, *(v for v in violations if v.rule.id in waived_rules))
+        violations = [v for v in violations if v.rule.id not in waived_rules]
     worst = max((v.rule.severity for v in violations), default=None)
     if worst is Severity.block:
         action = "block"
@@ -270,7 +297,7 @@ def _decide(requested: str | None, model: str | None, redirect: Violation | None
     else:
         action = "allow"
     return Decision(action=action, model=model, requested_model=requested, redirect=redirect,
-                    violations=tuple(violations), caps=caps, trace=trace)
+                    violations=tuple(violations), caps=caps, trace=trace, waived=waived, waived_rules=waived_rules)
 
 
 def _list_hit(rule: Rule, model: str) -> bool:
