@@ -227,6 +227,10 @@ class EventsConfig(_Frozen):
     batch_size: int = Field(default=500, gt=0)
 
 
+class ExemptionsConfig(_Frozen):
+    refresh_interval_s: float = Field(default=2.0, gt=0)  # how soon approvals on another gateway apply here
+
+
 class LedgerConfig(_Frozen):
     billing_day: int = Field(default=1, ge=1, le=28)  # monthly budgets reset at 00:00 on this day
     timezone: str = "UTC"  # ... in this IANA zone
@@ -286,6 +290,7 @@ class Settings(_Frozen):
     limits: LimitsConfig = LimitsConfig()
     ledger: LedgerConfig = LedgerConfig()
     events: EventsConfig = EventsConfig()
+    exemptions: ExemptionsConfig = ExemptionsConfig()
 
     @field_validator("providers", mode="before")
     @classmethod

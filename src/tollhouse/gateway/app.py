@@ -14,7 +14,7 @@ from granian.constants import Interfaces, TaskImpl
 from granian.server.embed import Server
 
 from tollhouse.config import Settings
-from tollhouse.gateway import admin, console, proxy, spend
+from tollhouse.gateway import admin, console, exemption_routes, proxy, spend
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import HTTPProtocol, Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
@@ -46,6 +46,11 @@ def _route(request: Request) -> tuple[Handler, bool] | Response:
     found = _API.get((request.method, path))
     if found is not None:
         return found
+    # --- exemption workflow (issue 6): its API and console paths route themselves ---
+    exemption = exemption_routes.match(request)
+    if exemption is not None:
+        return exemption
+    # --- end exemption workflow ---
     if path.startswith("/api/v1/") or path in ("/healthz", "/metrics", "/console/"):
         for (method, prefix), (handler, admin_only, param) in _API_PREFIXED.items():
             if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
@@ -119,6 +124,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     state.writer.start()
     state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
     state.policy.start()
+    await state.overrides.start()
     status = state.policy.status()
     state.audit.record("gateway.started", "gateway", {
         "enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),

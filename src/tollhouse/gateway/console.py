@@ -8,7 +8,7 @@ from tollhouse.events.model import event_json
 from tollhouse.gateway.http import Request, Response, text_response
 from tollhouse.gateway.state import GatewayState
 
-_STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
+STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
 td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}
 .num{text-align:right;font-variant-numeric:tabular-nums}"""
 
@@ -26,7 +26,7 @@ async def console(request: Request, state: GatewayState) -> Response:
             f"{escape('' if e[c] is None else str(e[c]))}</td>" for c in cols) + "</tr>"
         for e in events)
     total = sum(e["cost_usd"] or 0 for e in events)
-    html = (f"<!doctype html><html><head><meta charset=utf-8><title>Tollhouse</title><style>{_STYLE}</style>"
+    html = (f"<!doctype html><html><head><meta charset=utf-8><title>Tollhouse</title><style>{STYLE}</style>"
             f"</head><body><h1>Tollhouse</h1><p>Org <b>{escape(state.directory.org)}</b> · enforcement "
             f"<b>{state.settings.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
             f"<table><tr>{head}</tr>{body}</table></body></html>")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -23,6 +25,7 @@ log = logging.getLogger("tollhouse.policy")
 RULE_HEADER = "x-tollhouse-rule"
 WARNING_HEADER = "x-tollhouse-warning"
 REDIRECTED_HEADER = "x-tollhouse-redirected-from"
+EXEMPTION_HEADER = "x-tollhouse-exemption"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,12 @@ class Verdict:
 
     decision: Decision
     enforced: bool
+    exemptions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # rule id → exemption
+
+    @property
+    def exemption_ids(self) -> list[str]:
+        """The exemptions that let this call past a rule it violated."""
+        return sorted({self.exemptions[v.rule.id] for v in self.decision.waived if v.rule.id in self.exemptions})
 
     @property
     def applied(self) -> str:
@@ -62,8 +71,9 @@ def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, parsed
     if parsed is not None and state.settings.capture_mode is CaptureMode.enterprise:
         prompt = prompt_text(parsed)
     call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model, prompt=prompt)
-    decision = policy.evaluate(call, subject, now)
-    verdict = Verdict(decision, enforced_for(state.settings, subject))
+    exemptions = state.overrides.for_subject(subject.id, int(now.timestamp() * 1000))
+    decision = policy.evaluate(call, subject, now, waived=exemptions.keys())
+    verdict = Verdict(decision, enforced_for(state.settings, subject), exemptions)
     for v in decision.violations:
         state.metrics.violations.labels(v.rule.id, v.rule.severity.name, str(verdict.enforced).lower()).inc()
         if v.rule.severity >= Severity.warn:
@@ -101,11 +111,14 @@ def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, 
 
 
 def client_headers(verdict: Verdict | None) -> dict[str, str]:
-    """Headers that tell the caller what the policy did (nothing is said in observe mode)."""
+    """Headers that tell the caller what the policy did (nothing is said in observe mode). A call let through
+    by an approved exemption is an `allow` (or whatever the other rules make it) and names the exemption."""
     if verdict is None or not verdict.enforced:
         return {}
     d = verdict.decision
     out: dict[str, str] = {}
+    if d.waived:
+        out[EXEMPTION_HEADER] = ",".join(verdict.exemption_ids)
     if d.rule_id:
         out[RULE_HEADER] = d.rule_id
     if d.redirect is not None and d.requested_model:

@@ -23,8 +23,114 @@ _EVENT_PROPS: dict[str, Any] = {
     "usage_source": {"type": "string", "enum": ["response", "partial", "estimate", "none", "unparsed"]},
 }
 
+_EXEMPTION_PROPS: dict[str, Any] = {
+    "id": {"type": "string"},
+    "status": {"type": "string", "enum": ["pending", "approved", "denied"]},
+    "created": {"type": "string", "format": "date-time"},
+    "requester": {"type": "string"},
+    "subject": {"type": "string"},
+    "rule_id": {"type": "string"},
+    "provider": {"type": ["string", "null"]},
+    "model": {"type": ["string", "null"]},
+    "team": {"type": ["string", "null"]},
+    "project": {"type": ["string", "null"]},
+    "call_ts_ms": {"type": ["integer", "null"]},
+    "justification": {"type": "string"},
+    "reviewer": {"type": ["string", "null"]},
+    "decided_ms": {"type": ["integer", "null"]},
+    "decision_kind": {"type": ["string", "null"], "enum": ["override", "rule_edit", None]},
+    "expires": {"type": ["string", "null"], "format": "date-time"},
+    "note": {"type": ["string", "null"], "description": "the reviewer's note, or the reason for a denial"},
+    "active": {"type": "boolean", "description": "an approved override in force now"},
+    "status_url": {"type": "string", "description": "the console page that shows the request's status"},
+}
+
 _ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "code": {"type": "string"}}}}}
+
+
+def _json(ref: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+
+
+_ID_PARAM = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_ONE_EXEMPTION = {"application/json": {"schema": {"type": "object", "properties": {
+    "exemption": {"$ref": "#/components/schemas/Exemption"}}}}}
+_DECIDE_ERRORS = {
+    "400": {"description": "a field is wrong (named in error.field)", "content": _json("FieldError")},
+    "401": {"description": "missing or wrong admin token"},
+    "404": {"description": "no such exemption", "content": _json("Error")},
+    "409": {"description": "already decided: only a pending request can be decided", "content": _json("Error")},
+}
+_EXEMPTION_PATHS: dict[str, Any] = {
+    "/api/v1/exemptions": {
+        "post": {
+            "summary": "Request an exemption from a rule (no admin token: requesters are ordinary users)",
+            "description": "The block error's exemption_url opens the console form that posts the same fields.",
+            "security": [],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["subject", "rule", "justification"],
+                "properties": {
+                    "subject": {"type": "string", "maxLength": 200, "description": "who was blocked"},
+                    "rule": {"type": "string", "description": "id of a rule in the current policy"},
+                    "justification": {"type": "string", "maxLength": 2000},
+                    "provider": {"type": "string"}, "model": {"type": "string"}, "team": {"type": "string"},
+                    "project": {"type": "string"},
+                    "ts": {"type": "string", "format": "date-time", "description": "time of the blocked call"},
+                    "requester": {"type": "string", "description": "who asks (default: the subject)"}}}}}},
+            "responses": {
+                "201": {"description": "filed", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "id": {"type": "string"}, "status": {"type": "string"}, "status_url": {"type": "string"},
+                        "exemption": {"$ref": "#/components/schemas/Exemption"}}}}}},
+                "400": {"description": "a field is wrong (named in error.field)", "content": _json("FieldError")},
+                "409": {"description": "this subject already has a pending request for this rule (error.id, "
+                                       "error.status_url)", "content": _json("Error")},
+                "429": {"description": "too many requests are waiting for a decision"},
+            },
+        },
+        "get": {
+            "summary": "The exemption queue, newest first",
+            "parameters": [
+                {"name": "status", "in": "query",
+                 "schema": {"type": "string", "enum": ["pending", "approved", "denied", "all"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            ],
+            "responses": {
+                "200": {"description": "exemptions", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {
+                        "exemptions": {"type": "array", "items": {"$ref": "#/components/schemas/Exemption"}}}}}}},
+                "400": {"description": "bad parameter"}, "401": {"description": "missing or wrong admin token"},
+            },
+        },
+    },
+    "/api/v1/exemptions/{id}": {"get": {
+        "summary": "One exemption request (no admin token: the id is known only to whoever filed it)",
+        "security": [], "parameters": _ID_PARAM,
+        "responses": {"200": {"description": "the request", "content": _ONE_EXEMPTION},
+                      "404": {"description": "no such exemption"}},
+    }},
+    "/api/v1/exemptions/{id}/approve": {"post": {
+        "summary": "Approve a pending request: a one-off override of the rule for the subject that expires on "
+                   "its own, or a rule edit. The reviewer is X-Tollhouse-Actor (default admin)",
+        "parameters": [*_ID_PARAM, {"name": "X-Tollhouse-Actor", "in": "header", "schema": {"type": "string"}}],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+            "kind": {"type": "string", "enum": ["override", "rule_edit"], "default": "override"},
+            "hours": {"type": "integer", "minimum": 1, "maximum": 720, "default": 24},
+            "rule": {"type": "object", "description": "rule_edit: the full rule to add or replace"},
+            "note": {"type": "string", "maxLength": 2000}}}}}},
+        "responses": {"200": {"description": "approved", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS,
+                      "501": {"description": "rule_edit is not available on this gateway yet"}},
+    }},
+    "/api/v1/exemptions/{id}/deny": {"post": {
+        "summary": "Deny a pending request with a reason the requester sees",
+        "parameters": [*_ID_PARAM, {"name": "X-Tollhouse-Actor", "in": "header", "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["reason"],
+            "properties": {"reason": {"type": "string", "maxLength": 2000}}}}}},
+        "responses": {"200": {"description": "denied", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS},
+    }},
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -34,6 +140,12 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Event": {"type": "object", "properties": _EVENT_PROPS, "required": list(_EVENT_PROPS)[:15]},
             "Error": _ERROR,
+            "Exemption": {"type": "object", "properties": _EXEMPTION_PROPS},
+            "FieldError": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"}, "code": {"type": "string", "enum": ["invalid_field"]},
+                "field": {"type": "string", "description": "the first field that is wrong"},
+                "problems": {"type": "array", "items": {"type": "object", "properties": {
+                    "field": {"type": "string"}, "message": {"type": "string"}}}}}}}},
         },
     },
     "security": [{"admin": []}],
@@ -89,6 +201,7 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"201": {"description": "created"}, "400": {"description": "bad body"}},
             },
         },
+        **_EXEMPTION_PATHS,
         "/api/v1/keys/{prefix}": {"delete": {
             "summary": "Revoke a gateway key",
             "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],

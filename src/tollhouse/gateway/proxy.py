@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -215,7 +215,7 @@ async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdic
         call.retry_after_s = result.refused_by.retry_after_s
     if not exceeded:
         return verdict
-    return Verdict(with_violations(verdict.decision, exceeded), verdict.enforced)
+    return replace(verdict, decision=with_violations(verdict.decision, exceeded))
 
 
 def _worst_case(state: GatewayState, call: _Call) -> Charge:
@@ -520,6 +520,9 @@ def _record(state: GatewayState, call: _Call) -> None:
         error=out.error,
     )
     state.writer.record(event)
+    if verdict is not None and verdict.enforced and decision != "block":
+        for waived in verdict.decision.waived:
+            m.exemption_passes.labels(waived.rule.id).inc()
     if decision == "block":
         top = verdict.decision.top if verdict is not None else None
         state.audit.record("call.blocked", "gateway", {

@@ -20,6 +20,7 @@ from tollhouse.events.model import CallEvent
 from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.metrics import GatewayMetrics
+from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.upstream import build_client
 from tollhouse.keys import KeyCache
@@ -67,9 +68,11 @@ class GatewayState:
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
+    overrides: OverrideHolder  # approved exemption overrides, in memory for the request path
 
     async def close(self) -> None:
         await self.policy.stop()
+        await self.overrides.stop()
         await self.ledger.close()
         await self.audit.flush()
         await self.writer.close()
@@ -183,4 +186,5 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         clock=clock,
         audit=audit,
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
+        overrides=OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s),
     )

@@ -1,0 +1,194 @@
+"""Exemptions (pure): what a request must hold, how a policy owner's decision is read, and the set of
+approved overrides the gateway consults on every call.
+
+A request names the subject, the rule (which must be in the current policy) and a justification; the call's
+provider, model, team, project and time come pre-filled from the block error's exemption link. Every
+problem is reported with the field it is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from tollhouse.events.records import APPROVED, OVERRIDE, PENDING, RULE_EDIT, Exemption
+
+MAX_JUSTIFICATION = 2000  # characters, for a justification, a note or a denial reason
+MAX_FIELD = 200  # characters, for names (subject, rule, provider, model, ...)
+MIN_HOURS, MAX_HOURS, DEFAULT_HOURS = 1, 720, 24  # a one-off override lasts this long
+MAX_PENDING = 1000  # requests waiting for a decision; more are refused until the queue is worked down
+
+_OPTIONAL = ("provider", "model", "team", "project")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    field: str
+    message: str
+
+    def json(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class ExemptionProblems(ValueError):
+    """What is wrong with a request or a decision, field by field."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))  # each message names its field
+        self.problems = problems
+
+    @property
+    def field(self) -> str:
+        return self.problems[0].field
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    kind: str  # override | rule_edit
+    hours: int  # override duration (0 for a rule edit)
+    rule: dict[str, Any] | None  # the full rule, for a rule edit
+    note: str | None
+
+
+def _text(data: Mapping[str, object], name: str, problems: list[Problem], required: bool = False,
+          limit: int = MAX_FIELD, what: str = "") -> str | None:
+    """A string field, stripped; '' counts as absent."""
+    raw = data.get(name)
+    if raw is None or raw == "":
+        if required:
+            problems.append(Problem(name, f"{name} is required{what}"))
+        return None
+    if not isinstance(raw, str):
+        problems.append(Problem(name, f"{name} must be a string, got {type(raw).__name__}"))
+        return None
+    value = raw.strip()
+    if not value:
+        if required:
+            problems.append(Problem(name, f"{name} is required{what}"))
+        return None
+    if len(value) > limit:
+        problems.append(Problem(name, f"{name} is {len(value)} characters long; at most {limit} are allowed"))
+        return None
+    return value
+
+
+def _call_time(data: Mapping[str, object], problems: list[Problem]) -> int | None:
+    """The blocked call's time: ISO 8601 (as in the exemption link; no zone means UTC) or Unix ms."""
+    raw = data.get("ts")
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    if isinstance(raw, str):
+        try:
+            when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+    problems.append(Problem("ts", f"ts must be an ISO 8601 time such as 2026-01-31T14:05:00+00:00, got {raw!r}"))
+    return None
+
+
+def parse_request(data: Mapping[str, object], rule_ids: Collection[str], exemption_id: str,
+                  now_ms: int) -> Exemption:
+    """A new pending exemption from a request (JSON or form fields). Raises ExemptionProblems."""
+    problems: list[Problem] = []
+    subject = _text(data, "subject", problems, required=True, what=" (who was blocked)")
+    rule_raw = data.get("rule") if data.get("rule") not in (None, "") else data.get("rule_id")
+    rule = _text({"rule": rule_raw}, "rule", problems, required=True, what=" (the id of the rule that blocked)")
+    if rule is not None and rule not in rule_ids:
+        known = ", ".join(sorted(rule_ids)[:30]) or "the policy has no rules"
+        problems.append(Problem("rule", f"rule {rule!r} is not in the current policy (rules: {known})"))
+    justification = _text(data, "justification", problems, required=True, limit=MAX_JUSTIFICATION,
+                          what=": say why the call is needed")
+    provider, model, team, project = (_text(data, name, problems) for name in _OPTIONAL)
+    requester = _text(data, "requester", problems)
+    call_ts_ms = _call_time(data, problems)
+    if problems:
+        raise ExemptionProblems(problems)
+    assert subject is not None and rule is not None and justification is not None
+    return Exemption(id=exemption_id, created_ms=now_ms, status=PENDING, requester=requester or subject,
+                     subject=subject, rule_id=rule, provider=provider, model=model, team=team, project=project,
+                     call_ts_ms=call_ts_ms, justification=justification)
+
+
+def _hours(raw: object, problems: list[Problem]) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_HOURS
+    value: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str) and raw.strip().isdigit():
+        value = int(raw.strip())
+    if value is None or not MIN_HOURS <= value <= MAX_HOURS:
+        problems.append(Problem("hours", f"hours must be a whole number from {MIN_HOURS} to {MAX_HOURS}, "
+                                         f"got {raw!r}"))
+        return DEFAULT_HOURS
+    return value
+
+
+def parse_approval(data: Mapping[str, object]) -> Approval:
+    """{"kind": "override", "hours": 24, "note": ...} or {"kind": "rule_edit", "rule": {...}}."""
+    problems: list[Problem] = []
+    kind = data.get("kind") or OVERRIDE
+    note = _text(data, "note", problems, limit=MAX_JUSTIFICATION)
+    if kind == OVERRIDE:
+        hours = _hours(data.get("hours"), problems)
+        rule = None
+    elif kind == RULE_EDIT:
+        hours = 0
+        raw_rule = data.get("rule")
+        rule = raw_rule if isinstance(raw_rule, dict) else None
+        if rule is None or not isinstance(rule.get("id"), str) or not rule["id"]:
+            problems.append(Problem("rule", 'a rule edit needs "rule": the full rule as JSON, with its "id"'))
+    else:
+        problems.append(Problem("kind", f'kind must be "{OVERRIDE}" or "{RULE_EDIT}", got {kind!r}'))
+        hours, rule = 0, None
+    if problems:
+        raise ExemptionProblems(problems)
+    return Approval(str(kind), hours, rule, note)
+
+
+def parse_denial(data: Mapping[str, object]) -> str:
+    """The reason the requester is told."""
+    problems: list[Problem] = []
+    reason = _text(data, "reason", problems, required=True, limit=MAX_JUSTIFICATION,
+                   what=": tell the requester why")
+    if problems or reason is None:
+        raise ExemptionProblems(problems)
+    return reason
+
+
+_NONE: Mapping[str, str] = MappingProxyType({})
+
+
+class OverrideSet:
+    """Approved one-off overrides by subject: (subject, rule) → (exemption id, expiry). Immutable; the
+    gateway builds a new one from the store and swaps it in whole."""
+
+    __slots__ = ("_by_subject", "size")
+
+    def __init__(self, exemptions: Iterable[Exemption] = ()) -> None:
+        by_subject: dict[str, dict[str, tuple[str, int]]] = {}
+        for x in exemptions:
+            if x.status != APPROVED or x.decision_kind != OVERRIDE or x.rule_id is None or x.expires_ms is None:
+                continue
+            rules = by_subject.setdefault(x.subject, {})
+            held = rules.get(x.rule_id)
+            if held is None or x.expires_ms > held[1]:  # the longest-lasting of several wins
+                rules[x.rule_id] = (x.id, x.expires_ms)
+        self._by_subject: Mapping[str, Mapping[str, tuple[str, int]]] = MappingProxyType(
+            {s: MappingProxyType(r) for s, r in by_subject.items()})
+        self.size = sum(len(r) for r in by_subject.values())
+
+    def for_subject(self, subject: str, now_ms: int) -> Mapping[str, str]:
+        """Rule id → exemption id of the subject's overrides still in force at `now_ms`."""
+        rules = self._by_subject.get(subject)
+        if not rules:
+            return _NONE
+        live = {rule: xid for rule, (xid, expires_ms) in rules.items() if expires_ms > now_ms}
+        return live or _NONE

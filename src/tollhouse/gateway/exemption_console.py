@@ -1,0 +1,335 @@
+"""The exemption workflow's console pages (server-rendered, every value escaped).
+
+For requesters, no sign-in: the form a block error's exemption link opens, pre-filled with the call
+(GET /console/exemptions/new?...), filing it (POST /console/exemptions), and the request's status page
+(GET /console/exemptions/{id}).
+
+For the policy owner: the queue (GET /console/exemptions) with approve and deny buttons. It needs the admin
+token, sent once through a sign-in form (POST /console/login) that sets a signed session cookie (HttpOnly,
+SameSite=Strict, 12 hours) naming the reviewer; the token never appears in a URL. A bearer token works too.
+Cookie-authenticated posts from another origin are refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping
+from html import escape
+from urllib.parse import parse_qsl, urlsplit
+
+from tollhouse.control.exemptions import (
+    DEFAULT_HOURS,
+    MAX_FIELD,
+    MAX_HOURS,
+    MAX_JUSTIFICATION,
+    MIN_HOURS,
+    ExemptionProblems,
+)
+from tollhouse.events.model import iso_ts
+from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, Exemption
+from tollhouse.gateway import exemptions
+from tollhouse.gateway.admin import authorized
+from tollhouse.gateway.console import STYLE
+from tollhouse.gateway.exemptions import ACTOR_HEADER, ExemptionError
+from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
+from tollhouse.gateway.state import GatewayState
+
+COOKIE = "tollhouse_console"
+SESSION_S = 12 * 3600
+QUEUE_PATH = "/console/exemptions"
+LOGIN_PATH = "/console/login"
+_MAX_FORM = 64 * 1024
+_PREFILL = ("subject", "rule", "provider", "model", "team", "project", "ts")
+_LABELS = {"subject": "Who was blocked", "rule": "Rule", "provider": "Provider", "model": "Model", "team": "Team",
+           "project": "Project", "ts": "Time of the call", "requester": "Your name (if not the subject)"}
+_EXTRA_STYLE = """form.inline{display:inline}input,textarea{font:inherit}textarea{width:40em;height:8em}
+.err{color:#a00}.note{background:#f4f4f4;padding:.5em 1em}.pending{color:#a60}.approved{color:#070}
+.denied{color:#a00}td.wrap{max-width:30em;white-space:pre-wrap}"""
+
+
+def _page(title: str, body: str, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
+    html = (f"<!doctype html><html><head><meta charset=utf-8><title>{escape(title)} · Tollhouse</title>"
+            f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>{body}</body></html>")
+    resp = text_response(html, "text/html; charset=utf-8", status)
+    resp.headers += [("cache-control", "no-store"), ("x-frame-options", "DENY"), *(headers or [])]
+    return resp
+
+
+def _see_other(location: str, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(303, b"", [("location", location), *(headers or [])])
+
+
+def _ts(ts_ms: int | None) -> str:
+    return iso_ts(ts_ms) if ts_ms is not None else ""
+
+
+def _errors(messages: list[str]) -> str:
+    if not messages:
+        return ""
+    return '<ul class="err">' + "".join(f"<li>{escape(m)}</li>" for m in messages) + "</ul>"
+
+
+def _rows(pairs: list[tuple[str, str | None]]) -> str:
+    return "".join(f'<tr><th>{escape(k)}</th><td class="wrap">{escape(v or "")}</td></tr>' for k, v in pairs)
+
+
+async def _form(request: Request) -> dict[str, str] | Response:
+    try:
+        raw = await request.body(_MAX_FORM)
+    except BodyTooLarge:
+        return _page("Too large", f"<p class=err>The form is larger than {_MAX_FORM} bytes.</p>", 413)
+    return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+
+
+# requesters: the pre-filled form, filing it, the status page
+
+
+def _request_form(state: GatewayState, values: Mapping[str, str], problems: list[str], status: int = 200
+                  ) -> Response:
+    rules = state.policy.current.rules
+    rule = next((r for r in rules if r.id == values.get("rule")), None)
+    about = ""
+    if rule is not None:
+        own = f" {rule.message}" if rule.message else ""
+        about = (f'<p class="note">Rule <b>{escape(rule.id)}</b> ({escape(rule.type_name)}) blocked this call.'
+                 f"{escape(own)}</p>")
+    fields = "".join(
+        f'<tr><th><label for="{name}">{_LABELS[name]}</label></th><td><input id="{name}" name="{name}" '
+        f'value="{escape(values.get(name, ""))}" maxlength="{MAX_FIELD}"'
+        f'{" required" if name in ("subject", "rule") else ""}{" list=rules" if name == "rule" else ""}></td></tr>'
+        for name in (*_PREFILL, "requester"))
+    options = "".join(f'<option value="{escape(r.id)}">' for r in rules)
+    body = (f"<h1>Request an exemption</h1>{about}{_errors(problems)}"
+            "<p>Tell the AI policy owner why you need this call. They can allow it for you for a limited time, "
+            "or change the rule. You get a page that shows the decision.</p>"
+            f'<form method="post" action="{QUEUE_PATH}"><table>{fields}'
+            f'<tr><th><label for="justification">Justification</label></th><td><textarea id="justification" '
+            f'name="justification" required maxlength="{MAX_JUSTIFICATION}">'
+            f'{escape(values.get("justification", ""))}</textarea></td></tr></table>'
+            f'<datalist id="rules">{options}</datalist><p><button>Request exemption</button></p></form>')
+    return _page("Request an exemption", body, status)
+
+
+async def new_request(request: Request, state: GatewayState) -> Response:
+    query = request.query
+    return _request_form(state, {k: query.get(k, "") for k in _PREFILL}, [])
+
+
+async def file_request(request: Request, state: GatewayState) -> Response:
+    form = await _form(request)
+    if isinstance(form, Response):
+        return form
+    try:
+        filed = await exemptions.file_request(state, form)
+    except ExemptionProblems as exc:
+        return _request_form(state, form, [p.message for p in exc.problems], 400)
+    except ExemptionError as exc:
+        if exc.existing is not None:
+            return _see_other(f"{QUEUE_PATH}/{exc.existing.id}?existing=1")
+        return _page("Not filed", f"<h1>Not filed</h1>{_errors([str(exc)])}", exc.status)
+    return _see_other(f"{QUEUE_PATH}/{filed.exemption.id}?filed=1")
+
+
+def _outcome(state: GatewayState, x: Exemption) -> str:
+    if x.status == PENDING:
+        return "Waiting for the AI policy owner's decision. Come back to this page to see it."
+    by = f"{x.reviewer or 'the policy owner'} at {_ts(x.decided_ms)}"
+    if x.status == DENIED:
+        return f"Denied by {by}: {x.note or 'no reason given'}"
+    if x.decision_kind != OVERRIDE:
+        return f"Approved by {by} as a change to the policy."
+    now_ms = int(state.clock() * 1000)
+    until = "until" if (x.expires_ms or 0) > now_ms else "; it expired at"
+    note = f" Note: {x.note}" if x.note else ""
+    return (f"Approved by {by}: calls by {x.subject} that rule {x.rule_id} blocks are allowed {until} "
+            f"{_ts(x.expires_ms)}.{note}")
+
+
+async def status_page(request: Request, state: GatewayState) -> Response:
+    exemption_id = request.params["id"]
+    x = await state.runner.run(lambda s: s.exemption(exemption_id))
+    if x is None:
+        return _page("Not found", f"<h1>Not found</h1><p>No exemption request has the id "
+                     f"{escape(exemption_id)}.</p>", 404)
+    banner = ""
+    if request.query.get("filed"):
+        banner = '<p class="note">Your request was filed. Keep this page\'s address to follow it.</p>'
+    elif request.query.get("existing"):
+        banner = '<p class="note">You already have a pending request for this rule; here it is.</p>'
+    details = _rows([("Id", x.id), ("Subject", x.subject), ("Rule", x.rule_id), ("Provider", x.provider),
+                     ("Model", x.model), ("Team", x.team), ("Project", x.project), ("Time of the call",
+                     _ts(x.call_ts_ms)), ("Requested", _ts(x.created_ms)), ("Requested by", x.requester),
+                     ("Justification", x.justification)])
+    body = (f"<h1>Exemption request {escape(x.id)}</h1>{banner}"
+            f'<p>Status: <b class="{escape(x.status)}">{escape(x.status)}</b>. {escape(_outcome(state, x))}</p>'
+            f"<table>{details}</table>")
+    return _page(f"Exemption {x.id}", body)
+
+
+# the policy owner: sign-in, the queue, approve and deny
+
+
+def _sign(state: GatewayState, payload: str) -> str:
+    return hmac.new(state.admin_token.encode(), b"tollhouse-console-session\0" + payload.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def _session(state: GatewayState, reviewer: str) -> str:
+    name = base64.urlsafe_b64encode(reviewer.encode()).decode().rstrip("=")
+    payload = f"{int(state.clock()) + SESSION_S}.{name}"
+    return f"{payload}.{_sign(state, payload)}"
+
+
+def _cookie(request: Request, name: str) -> str | None:
+    for part in (request.header("cookie") or "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _session_reviewer(request: Request, state: GatewayState) -> str | None:
+    value = _cookie(request, COOKIE)
+    if not value:
+        return None
+    payload, _, signature = value.rpartition(".")
+    if not payload or not hmac.compare_digest(signature.encode(), _sign(state, payload).encode()):
+        return None
+    expires, _, name = payload.partition(".")
+    if not expires.isdigit() or int(expires) <= state.clock():
+        return None
+    try:
+        return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def reviewer(request: Request, state: GatewayState) -> str | None:
+    """Who is signed in to the console (a session cookie or the bearer admin token); None if nobody."""
+    if authorized(request, state):
+        return exemptions.reviewer_from_header(request.header(ACTOR_HEADER))
+    return _session_reviewer(request, state)
+
+
+def _cross_site(request: Request) -> bool:
+    """A browser post from another origin (SameSite=Strict already keeps the cookie off it; belt and braces)."""
+    origin = request.header("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc != (request.header("host") or "")
+
+
+def _cookie_attributes(state: GatewayState, max_age: int) -> str:
+    secure = "; Secure" if state.console_url.startswith("https:") else ""
+    return f"Path=/console/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+
+
+def _login_page(problem: str | None = None, status: int = 401) -> Response:
+    body = (f"<h1>Sign in to review exemptions</h1>{_errors([problem] if problem else [])}"
+            f'<form method="post" action="{LOGIN_PATH}"><table>'
+            '<tr><th><label for="token">Admin token</label></th><td><input id="token" name="token" '
+            'type="password" required autocomplete="current-password"></td></tr>'
+            '<tr><th><label for="name">Your name (shown as the reviewer)</label></th><td><input id="name" '
+            f'name="name" maxlength="{MAX_FIELD}"></td></tr></table><p><button>Sign in</button></p></form>')
+    return _page("Sign in", body, status)
+
+
+async def login_form(request: Request, state: GatewayState) -> Response:
+    return _login_page(status=200)
+
+
+async def login(request: Request, state: GatewayState) -> Response:
+    if _cross_site(request):
+        return _page("Refused", "<p class=err>Sign-in from another site is refused.</p>", 403)
+    form = await _form(request)
+    if isinstance(form, Response):
+        return form
+    token = form.get("token", "")
+    if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
+        return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).")
+    name = exemptions.reviewer_from_header(form.get("name"))
+    cookie = f"{COOKIE}={_session(state, name)}; {_cookie_attributes(state, SESSION_S)}"
+    return _see_other(QUEUE_PATH, [("set-cookie", cookie)])
+
+
+async def logout(request: Request, state: GatewayState) -> Response:
+    if _cross_site(request):
+        return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
+    return _see_other(LOGIN_PATH, [("set-cookie", f"{COOKIE}=; {_cookie_attributes(state, 0)}")])
+
+
+def _decision_forms(x: Exemption) -> str:
+    base = f"{QUEUE_PATH}/{escape(x.id)}"
+    return (f'<form class="inline" method="post" action="{base}/approve">'
+            f'<input name="hours" type="number" min="{MIN_HOURS}" max="{MAX_HOURS}" value="{DEFAULT_HOURS}" '
+            'size="4" aria-label="hours"> h <input name="note" placeholder="note (optional)" '
+            f'maxlength="{MAX_JUSTIFICATION}"> <button>Approve override</button></form><br>'
+            f'<form class="inline" method="post" action="{base}/deny"><input name="reason" required '
+            f'placeholder="reason" maxlength="{MAX_JUSTIFICATION}"> <button>Deny</button></form>')
+
+
+async def queue(request: Request, state: GatewayState) -> Response:
+    who = reviewer(request, state)
+    if who is None:
+        return _login_page()
+    pending = await state.runner.run(lambda s: s.list_exemptions(PENDING, 500))
+    decided = [x for x in await state.runner.run(lambda s: s.list_exemptions(None, 100)) if x.status != PENDING]
+
+    def link(x: Exemption) -> str:
+        return f'<a href="{QUEUE_PATH}/{escape(x.id)}">{escape(x.id)}</a>'
+
+    def cells(*values: str | None) -> str:
+        return "".join(f'<td class="wrap">{escape(v or "")}</td>' for v in values)
+
+    head = "<tr><th>Id</th><th>Requested</th><th>Subject</th><th>Rule</th><th>Call</th><th>Justification</th>"
+    waiting = "".join(
+        f"<tr><td>{link(x)}</td>"
+        + cells(_ts(x.created_ms), x.subject, x.rule_id,
+                " / ".join(v for v in (x.provider, x.model, x.team, x.project, _ts(x.call_ts_ms)) if v),
+                x.justification)
+        + f"<td>{_decision_forms(x)}</td></tr>" for x in reversed(pending))  # oldest first
+    done = "".join(
+        f"<tr><td>{link(x)}</td>"
+        + cells(_ts(x.created_ms), x.subject, x.rule_id, x.status, x.reviewer, _ts(x.decided_ms),
+                _ts(x.expires_ms) if x.status == APPROVED else "", x.note)
+        + "</tr>" for x in decided)
+    body = (f'<h1>Exemption requests</h1><p>Signed in as <b>{escape(who)}</b>. '
+            f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></p>'
+            f"<h2>Pending ({len(pending)})</h2>"
+            + (f"<table>{head}<th>Decide</th></tr>{waiting}</table>" if pending else "<p>Nothing is waiting.</p>")
+            + "<h2>Recently decided</h2>"
+            + ("<table><tr><th>Id</th><th>Requested</th><th>Subject</th><th>Rule</th><th>Status</th>"
+               f"<th>Reviewer</th><th>Decided</th><th>Expires</th><th>Note / reason</th></tr>{done}</table>"
+               if decided else "<p>None yet.</p>"))
+    return _page("Exemption requests", body)
+
+
+async def approve(request: Request, state: GatewayState) -> Response:
+    return await _decide(request, state, exemptions.approve)
+
+
+async def deny(request: Request, state: GatewayState) -> Response:
+    return await _decide(request, state, exemptions.deny)
+
+
+async def _decide(request: Request, state: GatewayState, action: exemptions.Decide) -> Response:
+    who = reviewer(request, state)
+    if who is None:
+        return _login_page()
+    if _cross_site(request):
+        return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
+    form = await _form(request)
+    if isinstance(form, Response):
+        return form
+    back = f'<p><a href="{QUEUE_PATH}">Back to the queue</a></p>'
+    try:
+        await action(state, request.params["id"], form, who)
+    except ExemptionProblems as exc:
+        return _page("Not decided", f"<h1>Not decided</h1>{_errors([p.message for p in exc.problems])}{back}", 400)
+    except ExemptionError as exc:
+        return _page("Not decided", f"<h1>Not decided</h1>{_errors([str(exc)])}{back}", exc.status)
+    return _see_other(QUEUE_PATH)
+

@@ -1,0 +1,140 @@
+"""The exemption workflow's operations, shared by the JSON API and the console pages: file a request,
+approve it (a one-off override, or a rule edit), deny it. Each is stored, audited, and (approvals)
+put in force on this gateway at once."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tollhouse.control.exemptions import MAX_FIELD, MAX_PENDING, parse_approval, parse_denial, parse_request
+from tollhouse.events.model import iso_ts
+from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, RULE_EDIT, Exemption
+from tollhouse.gateway.state import GatewayState
+
+log = logging.getLogger("tollhouse.exemptions")
+
+ACTOR_HEADER = "x-tollhouse-actor"
+
+
+class ExemptionError(Exception):
+    """A request the workflow refuses: the HTTP status, a code, and a message that says what to do."""
+
+    def __init__(self, status: int, code: str, message: str, existing: Exemption | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.existing = existing  # the pending request a duplicate refers to
+
+
+# approve or deny: (state, exemption id, the decision's fields, reviewer) -> the decided exemption
+Decide = Callable[[GatewayState, str, Mapping[str, object], str], Awaitable[Exemption]]
+
+
+@dataclass(frozen=True, slots=True)
+class Filed:
+    exemption: Exemption
+    status_url: str
+
+
+def status_url(state: GatewayState, exemption_id: str) -> str:
+    return f"{state.console_url}exemptions/{exemption_id}"
+
+
+def exemption_json(state: GatewayState, x: Exemption) -> dict[str, Any]:
+    """The API shape: the stored record, its status page, and whether an override is in force now."""
+    now_ms = int(state.clock() * 1000)
+    active = x.status == APPROVED and x.decision_kind == OVERRIDE and (x.expires_ms or 0) > now_ms
+    return {**x.json(), "active": active, "status_url": status_url(state, x.id)}
+
+
+def reviewer_from_header(value: str | None) -> str:
+    """Who decided: the X-Tollhouse-Actor header (bounded, printable), else "admin"."""
+    name = (value or "").strip()
+    if not name or len(name) > MAX_FIELD or not name.isprintable():
+        return "admin"
+    return name
+
+
+async def file_request(state: GatewayState, data: Mapping[str, object]) -> Filed:
+    """Raises ExemptionProblems (a field is wrong) or ExemptionError (a duplicate; the queue is full)."""
+    rule_ids = {r.id for r in state.policy.current.rules}
+    x = parse_request(data, rule_ids, "ex-" + secrets.token_hex(8), int(state.clock() * 1000))
+    pending = await state.runner.run(lambda s: s.list_exemptions(PENDING, MAX_PENDING))
+    for p in pending:
+        if p.subject == x.subject and p.rule_id == x.rule_id:
+            raise ExemptionError(409, "already_pending", f"{x.subject} already has a pending exemption request "
+                                 f"for rule {x.rule_id}: {p.id} ({status_url(state, p.id)}); the policy owner "
+                                 "will decide it", existing=p)
+    if len(pending) >= MAX_PENDING:
+        raise ExemptionError(429, "queue_full", f"{MAX_PENDING} exemption requests are waiting for a decision; "
+                             "ask your AI policy owner to work through the queue, then try again")
+    await state.runner.run(lambda s: s.add_exemption(x))
+    state.audit.record("exemption.requested", x.requester, {
+        "id": x.id, "subject": x.subject, "rule_id": x.rule_id, "provider": x.provider, "model": x.model,
+        "team": x.team, "project": x.project, "call_ts": iso_ts(x.call_ts_ms) if x.call_ts_ms else None,
+        "justification": x.justification, "requester": x.requester})
+    log.info("exemption %s requested: %s for rule %s", x.id, x.subject, x.rule_id)
+    return Filed(x, status_url(state, x.id))
+
+
+async def pending_exemption(state: GatewayState, exemption_id: str) -> Exemption:
+    """The exemption if it can still be decided; else ExemptionError 404 or 409."""
+    x = await state.runner.run(lambda s: s.exemption(exemption_id))
+    if x is None:
+        raise ExemptionError(404, "not_found", f"no exemption request with id {exemption_id!r}")
+    if x.status != PENDING:
+        when = f" at {iso_ts(x.decided_ms)}" if x.decided_ms else ""
+        raise ExemptionError(409, "already_decided", f"exemption {x.id} was already {x.status} by "
+                             f"{x.reviewer or 'someone'}{when}; only a pending request can be decided (file a new "
+                             "request if the situation changed)")
+    return x
+
+
+def _decided(x: Exemption | None, exemption_id: str) -> Exemption:
+    if x is None:  # decided by someone else between our read and our write
+        raise ExemptionError(409, "already_decided", f"exemption {exemption_id} was decided meanwhile by "
+                             "someone else; reload it to see how")
+    return x
+
+
+async def approve(state: GatewayState, exemption_id: str, data: Mapping[str, object], reviewer: str) -> Exemption:
+    """Raises ExemptionError (404, 409, 501) or ExemptionProblems (400)."""
+    x = await pending_exemption(state, exemption_id)
+    approval = parse_approval(data)
+    if approval.kind == RULE_EDIT:
+        raise ExemptionError(501, "not_implemented", "approving an exemption as a rule edit is not available on "
+                             "this gateway yet (it needs the policy-versioning service). Edit the rule in the "
+                             "policy, then approve this request as a one-off override or deny it")
+    now_ms = int(state.clock() * 1000)
+    expires_ms = now_ms + approval.hours * 3_600_000
+    decided = _decided(await state.runner.run(lambda s: s.decide_exemption(
+        exemption_id, APPROVED, reviewer, now_ms, OVERRIDE, expires_ms, approval.note)), exemption_id)
+    state.audit.record("exemption.approved", reviewer, {
+        "id": x.id, "subject": x.subject, "rule_id": x.rule_id, "reviewer": reviewer, "kind": OVERRIDE,
+        "hours": approval.hours, "expires": iso_ts(expires_ms), "note": approval.note,
+        "justification": x.justification})
+    try:
+        await state.overrides.refresh()
+    except Exception as exc:  # stored and audited; the periodic refresh puts it in force
+        log.error("exemption %s approved but the overrides could not be reloaded yet: %s", x.id, exc)
+    log.info("exemption %s approved by %s: %s may pass rule %s for %d h", x.id, reviewer, x.subject, x.rule_id,
+             approval.hours)
+    return decided
+
+
+async def deny(state: GatewayState, exemption_id: str, data: Mapping[str, object], reviewer: str) -> Exemption:
+    """Raises ExemptionError (404, 409) or ExemptionProblems (400: no reason)."""
+    x = await pending_exemption(state, exemption_id)
+    reason = parse_denial(data)
+    now_ms = int(state.clock() * 1000)
+    decided = _decided(await state.runner.run(lambda s: s.decide_exemption(
+        exemption_id, DENIED, reviewer, now_ms, None, None, reason)), exemption_id)
+    state.audit.record("exemption.denied", reviewer, {
+        "id": x.id, "subject": x.subject, "rule_id": x.rule_id, "reviewer": reviewer, "reason": reason})
+    log.info("exemption %s denied by %s", x.id, reviewer)
+    return decided
+
