@@ -14,6 +14,7 @@ from pyreqwest.client import Client
 
 from tollhouse.audit.log import AuditLog
 from tollhouse.config import Settings
+from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
 from tollhouse.events.journal import Journal, leftover_events
 from tollhouse.events.model import CallEvent
@@ -66,6 +67,7 @@ class GatewayState:
     ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
+    docs: Documents  # versioned control-plane documents (policy, agent policy)
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
 
     async def close(self) -> None:
@@ -145,6 +147,9 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         metrics.ledger_settle_errors.inc()
         audit.record("ledger.settle_failed", "gateway", {"error": error, "recovery": "counters rebuilt from the store"})
 
+    docs = Documents(runner, clock, audit.record, ChangeFeed())
+    await policy.bootstrap(docs)
+
     lc = settings.ledger
     ledger: Ledger
     if settings.counters.url == "local://":
@@ -182,5 +187,6 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         ledger=ledger,
         clock=clock,
         audit=audit,
+        docs=docs,
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
     )
