@@ -26,6 +26,29 @@ _EVENT_PROPS: dict[str, Any] = {
 _ERROR = {"type": "object", "properties": {"error": {"type": "object", "properties": {
     "message": {"type": "string"}, "code": {"type": "string"}}}}}
 
+
+
+def _versions(what: str) -> dict[str, Any]:
+    return {"summary": f"History of the {what}, newest first",
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                           {"name": "before", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "versions"}}}
+
+
+def _version(what: str) -> dict[str, Any]:
+    return {"summary": f"One version of the {what}",
+            "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "the version"}, "404": {"description": "no such version"}}}
+
+
+def _diff(what: str) -> dict[str, Any]:
+    return {"summary": f"What changed between two {what}",
+            "parameters": [{"name": "from", "in": "query", "required": True, "schema": {"type": "integer"}},
+                           {"name": "to", "in": "query", "schema": {"type": "integer"},
+                            "description": "default: the latest"}],
+            "responses": {"200": {"description": "changes, each with op, path, before, after"}}}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Tollhouse control plane", "version": "1"},
@@ -89,6 +112,36 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"201": {"description": "created"}, "400": {"description": "bad body"}},
             },
         },
+        "/api/v1/policy": {
+            "get": {"summary": "The current policy: {version, rules, source, actor, ts}",
+                    "responses": {"200": {"description": "policy"}}},
+            "put": {"summary": "Replace the rules: the whole policy is validated (400 lists every problem by rule "
+                               "and field; nothing changes), then stored as the next version and applied",
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "type": "object", "required": ["rules"], "properties": {
+                            "rules": {"type": "array", "items": {"type": "object"}}, "note": {"type": "string"},
+                            "base_version": {"type": "integer", "description": "409 unless this is current"}}}}}},
+                    "responses": {"200": {"description": "the new version"}, "400": {"description": "invalid"},
+                                  "409": {"description": "base_version is not the current version"}}},
+        },
+        "/api/v1/policy/versions": {"get": _versions("policy")},
+        "/api/v1/policy/versions/{version}": {"get": _version("policy")},
+        "/api/v1/policy/diff": {"get": _diff("policy versions (rules matched by id)")},
+        "/api/v1/policy/rollback": {"post": {
+            "summary": "Make an earlier version current again, as a new version",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}}}}},
+            "responses": {"200": {"description": "the new version"}, "404": {"description": "no such version"}}}},
+        "/api/v1/agent-policy": {
+            "get": {"summary": "The agent policy (seven settings + release_index), proxy passwords masked",
+                    "responses": {"200": {"description": "agent policy"}}},
+            "put": {"summary": "Replace the agent policy (missing settings take their defaults); 400 names each "
+                               "invalid setting with a valid example",
+                    "responses": {"200": {"description": "the new version"}, "400": {"description": "invalid"}}},
+        },
+        "/api/v1/agent-policy/versions": {"get": _versions("agent policy")},
+        "/api/v1/agent-policy/versions/{version}": {"get": _version("agent policy")},
+        "/api/v1/agent-policy/diff": {"get": _diff("agent policy versions")},
         "/api/v1/keys/{prefix}": {"delete": {
             "summary": "Revoke a gateway key",
             "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
