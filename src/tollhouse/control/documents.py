@@ -62,6 +62,13 @@ class Documents:
     async def latest_versions(self) -> dict[str, int]:
         return await self._runner.run(lambda s: s.latest_versions())
 
+    async def refresh(self, skip: str = "policy") -> None:
+        """Announce versions other gateways sharing the store wrote (the policy holder announces the policy
+        itself, once it has applied it)."""
+        for kind, version in (await self.latest_versions()).items():
+            if kind != skip:
+                self.feed.set(kind, version)
+
     async def last_from(self, kind: str, source: str, scan: int = 200) -> DocumentVersion | None:
         """The newest version that came from `source` (e.g. the rules file), among the last `scan`."""
         for doc in await self.history(kind, scan):

@@ -135,6 +135,8 @@ class GatewayMetrics:
                                           "not be read", ["failed"], registry=r)
         self.ledger_settle_errors = Counter("tollhouse_ledger_settle_errors", "Settles the counter store did not "
                                             "take (the counters are rebuilt from the event store)", registry=r)
+        self.agent_events = Counter("tollhouse_agent_events", "Call events received from agents (stored, or "
+                                    "duplicate: already stored, from a retried batch)", ["result"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)
 
     def observe_call(self, provider: str, model: str | None, decision: str, status: int, input_tokens: int,

@@ -217,6 +217,7 @@ class PolicyHolder:
             if self._docs is not None:
                 try:
                     await self.poll()
+                    await self._docs.refresh()
                 except StoreError as exc:
                     log.warning("cannot check the store for policy changes: %s", exc)
 

@@ -23,7 +23,7 @@ from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.upstream import build_client
-from tollhouse.keys import KeyCache
+from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
 from tollhouse.ledger.outage import OutageTracker
@@ -68,6 +68,7 @@ class GatewayState:
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
     docs: Documents  # versioned control-plane documents (policy, agent policy)
+    enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
 
     async def close(self) -> None:
@@ -149,6 +150,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
 
     docs = Documents(runner, clock, audit.record, ChangeFeed())
     await policy.bootstrap(docs)
+    await docs.refresh()
 
     lc = settings.ledger
     ledger: Ledger
@@ -188,5 +190,6 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         clock=clock,
         audit=audit,
         docs=docs,
+        enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
     )
