@@ -102,7 +102,15 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def get(self, path: str, token: str | None = ADMIN) -> tuple[int, bytes, dict[str, str]]:
-        req = urllib.request.Request(self.url + path)
+        return self.request("GET", path, token=token)
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = ADMIN,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+        """One HTTP call; a body that is not bytes is sent as JSON."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        if data is not None and not isinstance(body, bytes):
+            req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:

@@ -44,11 +44,15 @@ def test_blocked_calls_and_policy_edits_are_audited_and_verifiable(mock: Mock, g
         oai(gw).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     rules_file.write_text(yaml.safe_dump([dict(ALLOWLIST, action={"type": "alert"})]))
     deadline = time.time() + 10
-    while time.time() < deadline and not any(e["kind"] == "policy.changed" for e in _entries(gw)):
+    while time.time() < deadline and sum(e["kind"] == "policy.changed" for e in _entries(gw)) < 2:
         time.sleep(0.1)
     entries = _entries(gw)
     kinds = [e["kind"] for e in entries]
-    assert kinds[:3] == ["gateway.started", "call.blocked", "policy.changed"]
+    # the rules file is loaded as policy version 1 at start, and its edit becomes version 2
+    assert kinds[:4] == ["policy.changed", "gateway.started", "call.blocked", "policy.changed"]
+    assert entries[0]["data"]["version"] == 1 and entries[0]["data"]["added"] == ["approved-models"]
+    assert entries[0]["actor"] == "file" and entries[0]["data"]["source"] == f"file:{rules_file}"
+    entries = entries[1:]
     blocked = entries[1]["data"]
     assert blocked["rule_id"] == "approved-models" and blocked["subject"] == "alice"
     assert blocked["project"] == "checkout" and blocked["model"] == "gpt-4o" and blocked["status"] == 403
@@ -58,6 +62,7 @@ def test_blocked_calls_and_policy_edits_are_audited_and_verifiable(mock: Mock, g
          "before": "See infosec/approved-models.md"},
         {"op": "changed", "path": "rules[approved-models].action.type", "id": "approved-models",
          "before": "hard_stop", "after": "alert"}]
+    entries = _entries(gw)
     assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
     assert all(e["prev_hash"] == p["hash"] for p, e in pairwise(entries))
     gw.stop()
@@ -81,9 +86,8 @@ def _audited(tmp_path: Path, mock: Mock, n_blocked: int = 3) -> Path:
     ("DELETE FROM audit WHERE seq = 2", "entry #2 is missing"),
     ("UPDATE audit SET seq = seq + 100 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4;"
      "UPDATE audit SET seq = 4 WHERE seq = 103", "entry #3: prev_hash"),
-    ("INSERT INTO audit SELECT 5, ts_ms, kind, actor, data, prev_hash, hash FROM audit WHERE seq = 4;"
-     "UPDATE audit SET seq = 6 WHERE rowid = (SELECT MAX(rowid) FROM audit) AND seq = 5",
-     None),
+    ("INSERT INTO audit SELECT (SELECT MAX(seq) FROM audit) + 1, ts_ms, kind, actor, data, prev_hash, hash "
+     "FROM audit WHERE seq = 4", "prev_hash"),
 ])
 def test_audit_verify_names_the_first_tampered_entry(mock: Mock, tmp_path: Path, tamper: str,
                                                      expected: str | None) -> None:
@@ -121,12 +125,12 @@ def test_audit_export_for_a_siem(mock: Mock, tmp_path: Path) -> None:
 
     lines = export().stdout.splitlines()
     entries = [json.loads(line) for line in lines]
-    assert [e["kind"] for e in entries] == ["gateway.started", "call.blocked", "call.blocked"]
-    assert entries[1]["data"]["rule_id"] == "approved-models" and entries[2]["prev_hash"] == entries[1]["hash"]
-    assert [json.loads(line)["seq"] for line in export("--since", "2").stdout.splitlines()] == [3]
+    assert [e["kind"] for e in entries] == ["policy.changed", "gateway.started", "call.blocked", "call.blocked"]
+    assert entries[2]["data"]["rule_id"] == "approved-models" and entries[3]["prev_hash"] == entries[2]["hash"]
+    assert [json.loads(line)["seq"] for line in export("--since", "3").stdout.splitlines()] == [4]
     cef = export("--format", "cef").stdout.splitlines()
-    assert len(cef) == 3 and all(line.startswith("CEF:0|Tollhouse|Tollhouse|") for line in cef)
-    assert "|call.blocked|call.blocked|6|" in cef[1] and "cs1Label=rule cs1=approved-models" in cef[1]
-    assert "suser=alice" in cef[1] and "cs2=o1" in cef[1]
+    assert len(cef) == 4 and all(line.startswith("CEF:0|Tollhouse|Tollhouse|") for line in cef)
+    assert "|call.blocked|call.blocked|6|" in cef[2] and "cs1Label=rule cs1=approved-models" in cef[2]
+    assert "suser=alice" in cef[2] and "cs2=o1" in cef[2]
     bad = export("--format", "xml")
     assert bad.returncode == 1 and "jsonl or cef" in bad.stderr

@@ -292,8 +292,10 @@ def test_requests_and_decisions_are_validated_field_by_field(enforcing: Gateway)
         status, body = _api(gw, "POST", f"/api/v1/exemptions/{exemption_id}/approve", data)
         assert status == 400 and body["error"]["field"] == field, (data, body)
     status, body = _api(gw, "POST", f"/api/v1/exemptions/{exemption_id}/approve",
-                        {"kind": "rule_edit", "rule": dict(ALLOWLIST, enabled=False)})
-    assert status == 501 and "rule edit" in body["error"]["message"]
+                        {"kind": "rule_edit", "rule": {"id": "broken", "scope": "galaxy"}})
+    assert status == 400 and body["error"]["field"] == "rule" and "the policy was not changed" in \
+        body["error"]["message"]
+    assert _api(gw, "GET", "/api/v1/policy")[1]["version"] == 1
     status, body = _api(gw, "GET", f"/api/v1/exemptions/{exemption_id}", token=None)
     assert status == 200 and body["exemption"]["status"] == "pending"  # nothing was decided
     assert _api(gw, "GET", "/api/v1/exemptions/ex-unknown", token=None)[0] == 404
@@ -308,6 +310,39 @@ def test_requests_and_decisions_are_validated_field_by_field(enforcing: Gateway)
                                                          "justification": "", "model": "<b>gpt</b>"})
     assert status == 400 and b"justification is required" in page
     assert _inputs(page).values["model"] == "<b>gpt</b>" and b"<b>gpt</b>" not in page
+
+
+def test_rule_edit_approval_publishes_a_policy_version(enforcing: Gateway, tmp_path: Path) -> None:
+    gw = enforcing
+    _blocked(gw, user="bob")
+    exemption_id = _file(gw, subject="bob", justification="gpt-4o is cleared by legal now")
+    widened = {**ALLOWLIST, "condition": {**ALLOWLIST["condition"],
+                                          "allowlist": [*ALLOWLIST["condition"]["allowlist"], "gpt-4o"]}}
+    status, body = _api(gw, "POST", f"/api/v1/exemptions/{exemption_id}/approve",
+                        {"kind": "rule_edit", "rule": widened, "note": "legal sign-off"}, actor="carol")
+    assert status == 200, body
+    x = body["exemption"]
+    assert (x["status"], x["decision_kind"], x["reviewer"], x["expires"]) == ("approved", "rule_edit", "carol", None)
+    policy = _api(gw, "GET", "/api/v1/policy")[1]
+    assert policy["version"] == 2 and [r["id"] for r in policy["rules"]] == ["approved-models", "no-o1"]
+    assert "gpt-4o" in policy["rules"][0]["condition"]["allowlist"]
+    for user in ("bob", "alice"):  # the rule changed for everyone; no exemption is involved
+        headers = _passes(gw, user=user)
+        assert headers["x-tollhouse-decision"] == "allow" and "x-tollhouse-exemption" not in headers
+    new_rule = {"id": "bob-o1", "scope": "individual", "subject": "bob", "severity": "INFO",
+                "condition": {"type": "MODEL_DENYLIST", "models": ["o1"]}}
+    second = _file(gw, subject="bob", rule="no-o1", justification="o1 evals")
+    assert _api(gw, "POST", f"/api/v1/exemptions/{second}/approve", {"kind": "rule_edit", "rule": new_rule})[0] == 200
+    assert [r["id"] for r in _api(gw, "GET", "/api/v1/policy")[1]["rules"]] == ["approved-models", "no-o1", "bob-o1"]
+
+    changed = {c["data"]["version"]: c for c in _audit(gw, "policy.changed")}  # with the diff, before → after
+    assert changed[2]["actor"] == "carol" and changed[2]["data"]["source"] == f"exemption:{exemption_id}"
+    assert changed[2]["data"]["changed"] == ["approved-models"] and changed[3]["data"]["added"] == ["bob-o1"]
+    approved = _audit(gw, "exemption.approved")[0]["data"]
+    assert (approved["kind"], approved["edited_rule"], approved["policy_version"], approved["note"]) == (
+        "rule_edit", "approved-models", 2, "legal sign-off")
+    gw.stop()
+    assert _verify(tmp_path / "data").returncode == 0
 
 
 def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeClock) -> None:
@@ -344,7 +379,8 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     assert name in cookie["Cookie"]
     for tampered in (cookie["Cookie"].replace(name, "bWFsbG9yeQ"), cookie["Cookie"] + "0"):  # mallory; bad signature
         assert _http(gw, "GET", "/console/exemptions", headers={"Cookie": tampered})[0] == 401
-    status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok"}, cookie)
+    status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok"},
+                               {**cookie, "Origin": gw.url})  # the console's own page
     assert status == 303 and headers["location"] == "/console/exemptions"
     status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": ""}, cookie)
     assert status == 400 and b"reason is required" in page

@@ -6,7 +6,7 @@ import hashlib
 import secrets
 import time
 
-from tollhouse.events.records import KeyRecord
+from tollhouse.events.records import EnrollmentToken, KeyRecord
 from tollhouse.events.store import SqliteStore
 from tollhouse.events.writer import StoreRunner
 
@@ -29,6 +29,9 @@ def create_key(store: SqliteStore, subject: str, label: str | None = None) -> tu
     return key, record
 
 
+ENROLLMENT_CACHE_S = 5.0
+
+
 class KeyCache:
     """Key hash → subject, read through to the store with short TTLs (no DB trip per request)."""
 
@@ -49,6 +52,28 @@ class KeyCache:
             self._entries.clear()
         self._entries[digest] = (subject, now + ttl)
         return subject
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+class EnrollmentCache:
+    """Token hash → the token's record while it is valid, re-read from the store every few seconds (a
+    revoked token stops working within that time everywhere; at once on the gateway that revoked it)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[EnrollmentToken | None, float]] = {}
+
+    def get(self, digest: str) -> tuple[bool, EnrollmentToken | None]:
+        hit = self._entries.get(digest)
+        if hit is None or hit[1] < time.monotonic():
+            return False, None
+        return True, hit[0]
+
+    def put(self, digest: str, record: EnrollmentToken | None) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[digest] = (record, time.monotonic() + ENROLLMENT_CACHE_S)
 
     def forget(self) -> None:
         self._entries.clear()

@@ -29,7 +29,7 @@ class BadParameter(ValueError):
     """A query parameter a user got wrong; the message says which and what is allowed."""
 
 
-def _int_param(query: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
+def int_param(query: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = query.get(name)
     if raw is None:
         return default
@@ -45,8 +45,8 @@ def _int_param(query: dict[str, str], name: str, default: int | None, lo: int, h
 async def list_events(request: Request, state: GatewayState) -> Response:
     query = request.query
     try:
-        limit = _int_param(query, "limit", 100, 1, 10_000) or 100
-        before = _int_param(query, "before", None, 0, 2**62)
+        limit = int_param(query, "limit", 100, 1, 10_000) or 100
+        before = int_param(query, "before", None, 0, 2**62)
     except BadParameter as exc:
         return api_error(400, str(exc), "bad_parameter")
     subject = query.get("subject")
@@ -62,8 +62,8 @@ async def list_audit(request: Request, state: GatewayState) -> Response:
     """Audit entries oldest first, `since` a sequence number (for a SIEM to page forward)."""
     query = request.query
     try:
-        since = _int_param(query, "since", 0, 0, 2**62) or 0
-        limit = _int_param(query, "limit", 1000, 1, 10_000) or 1000
+        since = int_param(query, "since", 0, 0, 2**62) or 0
+        limit = int_param(query, "limit", 1000, 1, 10_000) or 1000
     except BadParameter as exc:
         return api_error(400, str(exc), "bad_parameter")
     await state.audit.flush()

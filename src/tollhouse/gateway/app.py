@@ -14,7 +14,7 @@ from granian.constants import Interfaces, TaskImpl
 from granian.server.embed import Server
 
 from tollhouse.config import Settings
-from tollhouse.gateway import admin, console, exemption_routes, proxy, spend
+from tollhouse.gateway import admin, agent_api, console, exemption_routes, policy_api, proxy, spend
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import HTTPProtocol, Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
@@ -35,9 +35,28 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/audit"): (admin.list_audit, True),
     ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
     ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
+    # versioned policy and agent policy
+    ("GET", "/api/v1/policy"): (policy_api.get_policy, True),
+    ("PUT", "/api/v1/policy"): (policy_api.put_policy, True),
+    ("GET", "/api/v1/policy/versions"): (policy_api.list_versions, True),
+    ("GET", "/api/v1/policy/diff"): (policy_api.diff_versions, True),
+    ("POST", "/api/v1/policy/rollback"): (policy_api.rollback_policy, True),
+    ("GET", "/api/v1/agent-policy"): (policy_api.get_agent_policy, True),
+    ("PUT", "/api/v1/agent-policy"): (policy_api.put_agent_policy, True),
+    ("GET", "/api/v1/agent-policy/versions"): (policy_api.list_versions, True),
+    ("GET", "/api/v1/agent-policy/diff"): (policy_api.diff_versions, True),
+    # agents: enrollment tokens (admin); bundle and telemetry (an enrollment token or the admin token)
+    ("POST", "/api/v1/agent/tokens"): (agent_api.create_token, True),
+    ("GET", "/api/v1/agent/tokens"): (agent_api.list_tokens, True),
+    ("GET", "/api/v1/agents"): (agent_api.list_agents, True),
+    ("GET", "/api/v1/agent/bundle"): (agent_api.bundle, False),
+    ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
+    ("GET", "/api/v1/policy/versions/"): (policy_api.get_version, True, "version"),
+    ("GET", "/api/v1/agent-policy/versions/"): (policy_api.get_version, True, "version"),
+    ("DELETE", "/api/v1/agent/tokens/"): (agent_api.revoke_token, True, "prefix"),
 }
 
 

@@ -14,9 +14,10 @@ import orjson
 from tollhouse.control.exemptions import ExemptionProblems
 from tollhouse.events.records import APPROVED, DENIED, PENDING
 from tollhouse.gateway import exemptions
-from tollhouse.gateway.admin import BadParameter, _int_param, api_error
-from tollhouse.gateway.exemptions import ACTOR_HEADER, ExemptionError
+from tollhouse.gateway.admin import BadParameter, api_error, int_param
+from tollhouse.gateway.exemptions import ExemptionError
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, json_response
+from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
 
 _MAX_BODY = 64 * 1024
@@ -74,7 +75,7 @@ async def list_exemptions(request: Request, state: GatewayState) -> Response:
         return api_error(400, f"query parameter 'status' must be one of {', '.join(_STATUSES)} or all, "
                          f"got {status!r}", "bad_parameter")
     try:
-        limit = _int_param(query, "limit", 100, 1, 1000) or 100
+        limit = int_param(query, "limit", 100, 1, 1000) or 100
     except BadParameter as exc:
         return api_error(400, str(exc), "bad_parameter")
     rows = await state.runner.run(lambda s: s.list_exemptions(status, limit))
@@ -101,9 +102,8 @@ async def _decide(request: Request, state: GatewayState, action: exemptions.Deci
     data = await _json_object(request, empty_ok=True)
     if isinstance(data, Response):
         return data
-    reviewer = exemptions.reviewer_from_header(request.header(ACTOR_HEADER))
     try:
-        decided = await action(state, request.params["id"], data, reviewer)
+        decided = await action(state, request.params["id"], data, actor(request))
     except ExemptionProblems as exc:
         return problems_response(exc)
     except ExemptionError as exc:

@@ -33,8 +33,9 @@ from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, Exempt
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.admin import authorized
 from tollhouse.gateway.console import STYLE
-from tollhouse.gateway.exemptions import ACTOR_HEADER, ExemptionError
+from tollhouse.gateway.exemptions import ExemptionError
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
+from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
 
 COOKIE = "tollhouse_console"
@@ -210,7 +211,7 @@ def _session_reviewer(request: Request, state: GatewayState) -> str | None:
 def reviewer(request: Request, state: GatewayState) -> str | None:
     """Who is signed in to the console (a session cookie or the bearer admin token); None if nobody."""
     if authorized(request, state):
-        return exemptions.reviewer_from_header(request.header(ACTOR_HEADER))
+        return actor(request)
     return _session_reviewer(request, state)
 
 
@@ -250,7 +251,7 @@ async def login(request: Request, state: GatewayState) -> Response:
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
         return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).")
-    name = exemptions.reviewer_from_header(form.get("name"))
+    name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
     cookie = f"{COOKIE}={_session(state, name)}; {_cookie_attributes(state, SESSION_S)}"
     return _see_other(QUEUE_PATH, [("set-cookie", cookie)])
 
@@ -296,9 +297,11 @@ async def queue(request: Request, state: GatewayState) -> Response:
         + cells(_ts(x.created_ms), x.subject, x.rule_id, x.status, x.reviewer, _ts(x.decided_ms),
                 _ts(x.expires_ms) if x.status == APPROVED else "", x.note)
         + "</tr>" for x in decided)
-    body = (f'<h1>Exemption requests</h1><p>Signed in as <b>{escape(who)}</b>. '
-            f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></p>'
-            f"<h2>Pending ({len(pending)})</h2>"
+    body = (f'<h1>Exemption requests</h1><div>Signed in as <b>{escape(who)}</b>. '
+            f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></div>'
+            f"<h2>Pending ({len(pending)})</h2><p>Approving allows the subject's calls that the rule blocks, "
+            "for the hours given. To change the rule for everyone instead, approve through the API with "
+            "<code>{&quot;kind&quot;: &quot;rule_edit&quot;, &quot;rule&quot;: {...}}</code>.</p>"
             + (f"<table>{head}<th>Decide</th></tr>{waiting}</table>" if pending else "<p>Nothing is waiting.</p>")
             + "<h2>Recently decided</h2>"
             + ("<table><tr><th>Id</th><th>Requested</th><th>Subject</th><th>Rule</th><th>Status</th>"

@@ -10,14 +10,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tollhouse.control.exemptions import MAX_FIELD, MAX_PENDING, parse_approval, parse_denial, parse_request
+from tollhouse.control.exemptions import (
+    MAX_PENDING,
+    ExemptionProblems,
+    Problem,
+    parse_approval,
+    parse_denial,
+    parse_request,
+)
 from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, RULE_EDIT, Exemption
+from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
 log = logging.getLogger("tollhouse.exemptions")
-
-ACTOR_HEADER = "x-tollhouse-actor"
 
 
 class ExemptionError(Exception):
@@ -49,14 +55,6 @@ def exemption_json(state: GatewayState, x: Exemption) -> dict[str, Any]:
     now_ms = int(state.clock() * 1000)
     active = x.status == APPROVED and x.decision_kind == OVERRIDE and (x.expires_ms or 0) > now_ms
     return {**x.json(), "active": active, "status_url": status_url(state, x.id)}
-
-
-def reviewer_from_header(value: str | None) -> str:
-    """Who decided: the X-Tollhouse-Actor header (bounded, printable), else "admin"."""
-    name = (value or "").strip()
-    if not name or len(name) > MAX_FIELD or not name.isprintable():
-        return "admin"
-    return name
 
 
 async def file_request(state: GatewayState, data: Mapping[str, object]) -> Filed:
@@ -102,13 +100,12 @@ def _decided(x: Exemption | None, exemption_id: str) -> Exemption:
 
 
 async def approve(state: GatewayState, exemption_id: str, data: Mapping[str, object], reviewer: str) -> Exemption:
-    """Raises ExemptionError (404, 409, 501) or ExemptionProblems (400)."""
+    """Raises ExemptionError (404, 409) or ExemptionProblems (400: a bad field, or a rule edit that does not
+    validate)."""
     x = await pending_exemption(state, exemption_id)
     approval = parse_approval(data)
-    if approval.kind == RULE_EDIT:
-        raise ExemptionError(501, "not_implemented", "approving an exemption as a rule edit is not available on "
-                             "this gateway yet (it needs the policy-versioning service). Edit the rule in the "
-                             "policy, then approve this request as a one-off override or deny it")
+    if approval.rule is not None:
+        return await _approve_rule_edit(state, x, approval.rule, approval.note, reviewer)
     now_ms = int(state.clock() * 1000)
     expires_ms = now_ms + approval.hours * 3_600_000
     decided = _decided(await state.runner.run(lambda s: s.decide_exemption(
@@ -123,6 +120,32 @@ async def approve(state: GatewayState, exemption_id: str, data: Mapping[str, obj
         log.error("exemption %s approved but the overrides could not be reloaded yet: %s", x.id, exc)
     log.info("exemption %s approved by %s: %s may pass rule %s for %d h", x.id, reviewer, x.subject, x.rule_id,
              approval.hours)
+    return decided
+
+
+async def _approve_rule_edit(state: GatewayState, x: Exemption, rule: dict[str, Any], note: str | None,
+                             reviewer: str) -> Exemption:
+    """Add the rule to the policy, or replace the rule with its id, as a new policy version (audited with its
+    diff as policy.changed); then the exemption is approved. Nothing changes if the policy does not validate."""
+    base = state.policy.current.version
+    current = list(state.policy.raw)
+    at = next((i for i, r in enumerate(current) if isinstance(r, dict) and r.get("id") == rule["id"]), None)
+    rules = [*current, rule] if at is None else [*current[:at], rule, *current[at + 1:]]
+    try:
+        doc = await state.policy.publish(rules, reviewer, f"exemption:{x.id}", note or f"exemption {x.id}", base)
+    except RulesFileError as exc:
+        raise ExemptionProblems([Problem("rule", f"the policy was not changed: {p}") for p in exc.problems]) from None
+    except VersionConflict:
+        raise ExemptionError(409, "version_conflict", "the policy changed while this edit was made (now version "
+                             f"{state.policy.current.version}); nothing was changed, approve again") from None
+    now_ms = int(state.clock() * 1000)
+    decided = _decided(await state.runner.run(lambda s: s.decide_exemption(
+        x.id, APPROVED, reviewer, now_ms, RULE_EDIT, None, note or f"policy version {doc.version}")), x.id)
+    state.audit.record("exemption.approved", reviewer, {
+        "id": x.id, "subject": x.subject, "rule_id": x.rule_id, "reviewer": reviewer, "kind": RULE_EDIT,
+        "edited_rule": rule["id"], "policy_version": doc.version, "note": note, "justification": x.justification})
+    log.info("exemption %s approved by %s as a rule edit of %s: policy version %d", x.id, reviewer, rule["id"],
+             doc.version)
     return decided
 
 

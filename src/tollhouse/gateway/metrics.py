@@ -137,6 +137,8 @@ class GatewayMetrics:
                                             "take (the counters are rebuilt from the event store)", registry=r)
         self.exemption_passes = Counter("tollhouse_exemption_passes", "Enforced calls an approved exemption "
                                         "let past a rule they violated", ["rule"], registry=r)
+        self.agent_events = Counter("tollhouse_agent_events", "Call events received from agents (stored, or "
+                                    "duplicate: already stored, from a retried batch)", ["result"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)
 
     def observe_call(self, provider: str, model: str | None, decision: str, status: int, input_tokens: int,

@@ -60,7 +60,8 @@ _DECIDE_ERRORS = {
     "400": {"description": "a field is wrong (named in error.field)", "content": _json("FieldError")},
     "401": {"description": "missing or wrong admin token"},
     "404": {"description": "no such exemption", "content": _json("Error")},
-    "409": {"description": "already decided: only a pending request can be decided", "content": _json("Error")},
+    "409": {"description": "already decided: only a pending request can be decided (or, for a rule edit, the "
+                           "policy changed meanwhile)", "content": _json("Error")},
 }
 _EXEMPTION_PATHS: dict[str, Any] = {
     "/api/v1/exemptions": {
@@ -112,15 +113,15 @@ _EXEMPTION_PATHS: dict[str, Any] = {
     }},
     "/api/v1/exemptions/{id}/approve": {"post": {
         "summary": "Approve a pending request: a one-off override of the rule for the subject that expires on "
-                   "its own, or a rule edit. The reviewer is X-Tollhouse-Actor (default admin)",
+                   "its own, or a rule edit (the rule added to the policy, or replacing the rule with its id, as "
+                   "a new policy version). The reviewer is X-Tollhouse-Actor (default admin)",
         "parameters": [*_ID_PARAM, {"name": "X-Tollhouse-Actor", "in": "header", "schema": {"type": "string"}}],
         "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
             "kind": {"type": "string", "enum": ["override", "rule_edit"], "default": "override"},
             "hours": {"type": "integer", "minimum": 1, "maximum": 720, "default": 24},
             "rule": {"type": "object", "description": "rule_edit: the full rule to add or replace"},
             "note": {"type": "string", "maxLength": 2000}}}}}},
-        "responses": {"200": {"description": "approved", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS,
-                      "501": {"description": "rule_edit is not available on this gateway yet"}},
+        "responses": {"200": {"description": "approved", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS},
     }},
     "/api/v1/exemptions/{id}/deny": {"post": {
         "summary": "Deny a pending request with a reason the requester sees",
@@ -131,6 +132,28 @@ _EXEMPTION_PATHS: dict[str, Any] = {
         "responses": {"200": {"description": "denied", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS},
     }},
 }
+
+
+def _versions(what: str) -> dict[str, Any]:
+    return {"summary": f"History of the {what}, newest first",
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                           {"name": "before", "in": "query", "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "versions"}}}
+
+
+def _version(what: str) -> dict[str, Any]:
+    return {"summary": f"One version of the {what}",
+            "parameters": [{"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "the version"}, "404": {"description": "no such version"}}}
+
+
+def _diff(what: str) -> dict[str, Any]:
+    return {"summary": f"What changed between two {what}",
+            "parameters": [{"name": "from", "in": "query", "required": True, "schema": {"type": "integer"}},
+                           {"name": "to", "in": "query", "schema": {"type": "integer"},
+                            "description": "default: the latest"}],
+            "responses": {"200": {"description": "changes, each with op, path, before, after"}}}
+
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -202,6 +225,37 @@ OPENAPI: dict[str, Any] = {
             },
         },
         **_EXEMPTION_PATHS,
+
+        "/api/v1/policy": {
+            "get": {"summary": "The current policy: {version, rules, source, actor, ts}",
+                    "responses": {"200": {"description": "policy"}}},
+            "put": {"summary": "Replace the rules: the whole policy is validated (400 lists every problem by rule "
+                               "and field; nothing changes), then stored as the next version and applied",
+                    "requestBody": {"content": {"application/json": {"schema": {
+                        "type": "object", "required": ["rules"], "properties": {
+                            "rules": {"type": "array", "items": {"type": "object"}}, "note": {"type": "string"},
+                            "base_version": {"type": "integer", "description": "409 unless this is current"}}}}}},
+                    "responses": {"200": {"description": "the new version"}, "400": {"description": "invalid"},
+                                  "409": {"description": "base_version is not the current version"}}},
+        },
+        "/api/v1/policy/versions": {"get": _versions("policy")},
+        "/api/v1/policy/versions/{version}": {"get": _version("policy")},
+        "/api/v1/policy/diff": {"get": _diff("policy versions (rules matched by id)")},
+        "/api/v1/policy/rollback": {"post": {
+            "summary": "Make an earlier version current again, as a new version",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}}}}},
+            "responses": {"200": {"description": "the new version"}, "404": {"description": "no such version"}}}},
+        "/api/v1/agent-policy": {
+            "get": {"summary": "The agent policy (seven settings + release_index), proxy passwords masked",
+                    "responses": {"200": {"description": "agent policy"}}},
+            "put": {"summary": "Replace the agent policy (missing settings take their defaults); 400 names each "
+                               "invalid setting with a valid example",
+                    "responses": {"200": {"description": "the new version"}, "400": {"description": "invalid"}}},
+        },
+        "/api/v1/agent-policy/versions": {"get": _versions("agent policy")},
+        "/api/v1/agent-policy/versions/{version}": {"get": _version("agent policy")},
+        "/api/v1/agent-policy/diff": {"get": _diff("agent policy versions")},
         "/api/v1/keys/{prefix}": {"delete": {
             "summary": "Revoke a gateway key",
             "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],

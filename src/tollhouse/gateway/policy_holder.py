@@ -1,4 +1,5 @@
-"""The live policy: built at start-up, swapped atomically when the rules file changes.
+"""The live policy: built at start-up, swapped atomically when a new version is published (API, rules
+file, another gateway sharing the store).
 
 A bad edit keeps the last good policy; the error is logged and shown in /healthz.
 """
@@ -16,7 +17,9 @@ import orjson
 import yaml
 
 from tollhouse.config import DirectoryConfig, target_problems
-from tollhouse.control.diff import diff_documents, item_summary
+from tollhouse.control.documents import Documents
+from tollhouse.events.records import DocumentVersion
+from tollhouse.events.store import StoreError
 from tollhouse.policy.engine import CompiledPolicy
 from tollhouse.policy.rules import PolicyError, parse_rules
 
@@ -68,13 +71,20 @@ class PolicyStatus:
     error: str | None
 
 
+class VersionConflict(Exception):
+    """A write based on a version that is no longer the latest."""
+
+
 class PolicyHolder:
-    """Holds the current compiled policy; `current` is replaced whole, never mutated."""
+    """Holds the current compiled policy; `current` is replaced whole, never mutated.
+
+    Every policy is a version in the store (`documents`, kind "policy"): API edits, rollbacks, and the
+    config or rules file when it changes. The version number is the store's."""
 
     def __init__(self, initial: CompiledPolicy, raw: list[Any], source: str, path: Path | None, timezone: str,
                  directory: DirectoryConfig) -> None:
         self.current = initial
-        self._raw = raw  # the rules as written, for the audit trail's diffs
+        self.raw = raw  # the rules as written (API output, diffs)
         self.source = source
         self.error: str | None = None
         self._path = path
@@ -82,7 +92,13 @@ class PolicyHolder:
         self._directory = directory
         self._mtime = self._stat()
         self._task: asyncio.Task[None] | None = None
+        self._docs: Documents | None = None
+        self._lock = asyncio.Lock()
         self.on_change: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
+
+    @property
+    def _source_key(self) -> str:
+        return f"file:{self._path}" if self._path is not None else "config"
 
     def _stat(self) -> float | None:
         try:
@@ -93,35 +109,103 @@ class PolicyHolder:
     def status(self) -> PolicyStatus:
         return PolicyStatus(self.current.version, self.source, len(self.current.rules), self.error)
 
+    def compile(self, raw: list[Any], version: int, source: str) -> CompiledPolicy:
+        """Validate and compile rules (raises RulesFileError naming each rule and field)."""
+        return compile_rules(raw, self._tz, self._directory, version, source)
+
+    async def bootstrap(self, docs: Documents) -> None:
+        """Reconcile with the store at start-up: the config's rules (or the rules file) become a new version
+        when they changed since they were last loaded; otherwise the store's latest version (an API edit or
+        a rollback survives a restart). Raises RulesFileError if the stored version no longer validates."""
+        self._docs = docs
+        mine = bool(self.raw) or self._path is not None
+        latest = await docs.latest("policy")
+        if mine:
+            last = await docs.last_from("policy", self._source_key)
+            if last is None or last.body.get("rules") != self.raw:
+                before = list(latest.body.get("rules", [])) if latest is not None else []
+                await self._store(self.raw, "config" if self._path is None else "file", self._source_key, None,
+                                  before)
+                return
+        if latest is not None:
+            self._adopt(latest)
+        docs.feed.set("policy", self.current.version)
+
+    def _adopt(self, doc: DocumentVersion) -> None:
+        raw = list(doc.body.get("rules", []))
+        try:
+            compiled = self.compile(raw, doc.version, f"policy version {doc.version}")
+        except RulesFileError as exc:
+            raise RulesFileError([*exc.problems, f"policy version {doc.version} in the store does not validate "
+                                  "against this configuration (its directory?); fix the configuration, or start "
+                                  "without it and roll back with POST /api/v1/policy/rollback"]) from None
+        self._install(compiled, raw, doc.source)
+
+    def _install(self, compiled: CompiledPolicy, raw: list[Any], source: str) -> None:
+        self.current = compiled
+        self.raw = raw
+        self.source = source
+        self.error = None
+        if self._docs is not None:
+            self._docs.feed.set("policy", compiled.version)
+
+    async def publish(self, raw: list[Any], actor: str, source: str = "api", note: str | None = None,
+                      base_version: int | None = None) -> DocumentVersion:
+        """Validate the whole policy, then store it as a new version and apply it. Nothing changes when
+        validation fails (RulesFileError) or `base_version` is not the latest (VersionConflict)."""
+        self.compile(raw, 0, "policy")  # validate before anything is written
+        async with self._lock:
+            if base_version is not None and base_version != self.current.version:
+                raise VersionConflict(f"base_version {base_version} is not the current policy version "
+                                      f"{self.current.version}; GET /api/v1/policy and apply your edit to it")
+            return await self._store(raw, actor, source, note)
+
+    async def _store(self, raw: list[Any], actor: str, source: str, note: str | None,
+                     before: list[Any] | None = None) -> DocumentVersion:
+        assert self._docs is not None, "bootstrap() first"
+        compiled = self.compile(raw, 0, source)
+        previous = {"rules": self.raw if before is None else before}
+        doc = await self._docs.publish("policy", {"rules": raw}, actor, source, previous, note)
+        self._install(CompiledPolicy(compiled.rules, version=doc.version), raw, source)
+        log.info("policy version %d from %s (%s): %d rules", doc.version, source, actor, len(compiled.rules))
+        return doc
+
     def start(self, interval_s: float = 1.0) -> None:
-        if self._path is not None:
-            self._task = asyncio.create_task(self._watch(interval_s), name="tollhouse-policy-watch")
+        self._task = asyncio.create_task(self._watch(interval_s), name="tollhouse-policy-watch")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         """Load the rules file again; True if the policy changed."""
         assert self._path is not None
         try:
             raw = read_rules_file(self._path)
-            compiled = compile_rules(raw, self._tz, self._directory, self.current.version + 1, str(self._path))
+            async with self._lock:
+                await self._store(raw, "file", self._source_key, None)
         except RulesFileError as exc:
             self.error = str(exc)
             log.error("policy file change rejected, keeping version %d:\n%s", self.current.version, exc)
             self.on_change("policy.rejected", {"source": str(self._path), "kept_version": self.current.version,
                                                "problems": exc.problems})
             return False
-        changes = diff_documents({"rules": self._raw}, {"rules": raw})
-        self.on_change("policy.changed", {"source": str(self._path), "version": compiled.version,
-                                          **item_summary(changes), "changes": [c.json() for c in changes]})
-        self.current = compiled
-        self._raw = raw
-        self.error = None
-        log.info("policy reloaded from %s: version %d, %d rules", self._path, compiled.version, len(compiled.rules))
         return True
+
+    async def poll(self) -> None:
+        """Adopt a newer version another gateway sharing the store wrote."""
+        assert self._docs is not None
+        latest = (await self._docs.latest_versions()).get("policy", 0)
+        if latest > self.current.version:
+            async with self._lock:
+                doc = await self._docs.latest("policy")
+                if doc is not None and doc.version > self.current.version:
+                    try:
+                        self._adopt(doc)
+                    except RulesFileError as exc:
+                        self.error = str(exc)
+                        log.error("policy version %d from the store rejected: %s", doc.version, exc)
 
     async def _watch(self, interval_s: float) -> None:
         while True:
@@ -129,7 +213,13 @@ class PolicyHolder:
             mtime = self._stat()
             if mtime is not None and mtime != self._mtime:
                 self._mtime = mtime
-                self.reload()
+                await self.reload()
+            if self._docs is not None:
+                try:
+                    await self.poll()
+                    await self._docs.refresh()
+                except StoreError as exc:
+                    log.warning("cannot check the store for policy changes: %s", exc)
 
 
 def initial_policy(rules: tuple[dict[str, Any], ...], rules_file: str | None, timezone: str,

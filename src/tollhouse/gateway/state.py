@@ -14,6 +14,7 @@ from pyreqwest.client import Client
 
 from tollhouse.audit.log import AuditLog
 from tollhouse.config import Settings
+from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
 from tollhouse.events.journal import Journal, leftover_events
 from tollhouse.events.model import CallEvent
@@ -23,7 +24,7 @@ from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.upstream import build_client
-from tollhouse.keys import KeyCache
+from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
 from tollhouse.ledger.outage import OutageTracker
@@ -67,6 +68,8 @@ class GatewayState:
     ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
+    docs: Documents  # versioned control-plane documents (policy, agent policy)
+    enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     overrides: OverrideHolder  # approved exemption overrides, in memory for the request path
 
@@ -148,6 +151,10 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         metrics.ledger_settle_errors.inc()
         audit.record("ledger.settle_failed", "gateway", {"error": error, "recovery": "counters rebuilt from the store"})
 
+    docs = Documents(runner, clock, audit.record, ChangeFeed())
+    await policy.bootstrap(docs)
+    await docs.refresh()
+
     lc = settings.ledger
     ledger: Ledger
     if settings.counters.url == "local://":
@@ -185,6 +192,8 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         ledger=ledger,
         clock=clock,
         audit=audit,
+        docs=docs,
+        enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
         overrides=OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s),
     )

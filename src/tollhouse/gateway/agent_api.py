@@ -1,0 +1,152 @@
+"""What agents use: enrollment tokens, the policy bundle (long-polled with ETags), telemetry ingest."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any
+
+import orjson
+
+from tollhouse.events.wire import BatchError, from_wire
+from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param
+from tollhouse.gateway.http import Request, Response, json_response
+from tollhouse.gateway.policy_api import AGENT_POLICY, _agent_policy_json, actor, json_body
+from tollhouse.gateway.state import GatewayState
+from tollhouse.keys import sha256_hex
+
+TOKEN_PREFIX = "the-"  # Tollhouse enrollment
+MAX_WAIT_S = 60
+_AGENT_HEADERS = ("x-tollhouse-agent-id", "x-tollhouse-agent-version", "x-tollhouse-hostname")
+
+
+async def agent_identity(request: Request, state: GatewayState) -> str | Response:
+    """'admin' or the enrollment token's prefix; else a 401 that says what to send."""
+    if authorized(request, state):
+        return "admin"
+    auth = request.header("authorization") or ""
+    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    if token.startswith(TOKEN_PREFIX):
+        digest = sha256_hex(token)
+        cached, record = state.enrollment.get(digest)
+        if not cached:
+            record = await state.runner.run(lambda s: s.find_enrollment_token(digest))
+            state.enrollment.put(digest, record)
+        if record is not None and record.revoked_ms is None:
+            return record.prefix
+    return api_error(401, "agents need 'Authorization: Bearer <token>': an enrollment token from "
+                     "POST /api/v1/agent/tokens (or the admin token); this one is missing, unknown or revoked",
+                     "unauthorized")
+
+
+# enrollment tokens (admin)
+
+async def create_token(request: Request, state: GatewayState) -> Response:
+    try:
+        data = await json_body(request) if int(request.header("content-length") or 0) else {}
+    except BadParameter as exc:
+        return api_error(400, str(exc), "malformed_json")
+    label = data.get("label") if isinstance(data, dict) else None
+    if label is not None and not isinstance(label, str):
+        return api_error(400, 'body must be {"label": "optional text"}', "bad_request")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+    record = await state.runner.run(lambda s: s.add_enrollment_token(sha256_hex(token), token[:12], label))
+    state.audit.record("agent.token_created", actor(request), {"prefix": record.prefix, "label": label})
+    return json_response({"token": token, **record.json()}, 201)
+
+
+async def list_tokens(request: Request, state: GatewayState) -> Response:
+    records = await state.runner.run(lambda s: s.list_enrollment_tokens())
+    return json_response({"tokens": [r.json() for r in records]})
+
+
+async def revoke_token(request: Request, state: GatewayState) -> Response:
+    prefix = request.params["prefix"]
+    count = await state.runner.run(lambda s: s.revoke_enrollment_token(prefix))
+    if not count:
+        return api_error(404, f"no active enrollment token with prefix {prefix!r}", "not_found")
+    state.enrollment.forget()
+    state.audit.record("agent.token_revoked", actor(request), {"prefix": prefix})
+    return json_response({"revoked": prefix})
+
+
+async def list_agents(request: Request, state: GatewayState) -> Response:
+    agents = await state.runner.run(lambda s: s.list_agents())
+    return json_response({"agents": [a.json() for a in agents]})
+
+
+# the bundle
+
+def _directory_tag(state: GatewayState) -> str:
+    raw = orjson.dumps(state.settings.directory.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _etag(state: GatewayState) -> str:
+    agent_version = state.docs.feed.versions.get(AGENT_POLICY, 0)
+    return f'"p{state.policy.current.version}.a{agent_version}.d{_directory_tag(state)}"'
+
+
+async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
+    doc = await state.docs.latest(AGENT_POLICY)
+    return {
+        "etag": etag,
+        "policy": {"version": state.policy.current.version, "rules": state.policy.raw,
+                   "timezone": state.settings.policy.timezone},
+        "agent_policy": _agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
+        "directory": state.settings.directory.model_dump(mode="json"),
+    }
+
+
+async def bundle(request: Request, state: GatewayState) -> Response:
+    """The agent's whole configuration. With `If-None-Match: <etag>` the answer is held until something
+    changes (then the new bundle) or `wait` seconds pass (then 304), so an edit reaches agents at once."""
+    who = await agent_identity(request, state)
+    if isinstance(who, Response):
+        return who
+    try:
+        wait = int_param(request.query, "wait", 30, 0, MAX_WAIT_S)
+    except BadParameter as exc:
+        return api_error(400, str(exc), "bad_parameter")
+    agent_id = request.header(_AGENT_HEADERS[0])
+    if agent_id:
+        hostname, version = request.header(_AGENT_HEADERS[2]), request.header(_AGENT_HEADERS[1])
+        now_ms = int(state.clock() * 1000)
+        await state.runner.run(lambda s: s.upsert_agent(agent_id[:128], hostname, version, who, now_ms, {}))
+    etag = _etag(state)
+    if request.header("if-none-match") == etag and wait:
+        deadline = time.monotonic() + wait
+        while etag == _etag(state):
+            left = deadline - time.monotonic()
+            if left <= 0 or not await state.docs.feed.wait(left):
+                break
+        etag = _etag(state)
+    if request.header("if-none-match") == etag:
+        return Response(304, b"", [("etag", etag)])
+    return json_response(await _bundle(state, etag), headers=[("etag", etag), ("cache-control", "no-cache")])
+
+
+# telemetry
+
+async def ingest_events(request: Request, state: GatewayState) -> Response:
+    """A batch of call events from an agent, stored once each (by event id): a retried batch is harmless.
+    One bad event refuses the whole batch, naming it, so nothing is half-stored."""
+    who = await agent_identity(request, state)
+    if isinstance(who, Response):
+        return who
+    try:
+        data = await json_body(request)
+    except BadParameter as exc:
+        return api_error(400, str(exc), "malformed_json")
+    if not isinstance(data, dict) or "events" not in data:
+        return api_error(400, 'body must be {"events": [event, ...]}', "bad_request")
+    try:
+        events = from_wire(data["events"])
+    except BatchError as exc:
+        return json_response({"error": {"message": f"batch refused, nothing stored: {exc.problems[0]}",
+                                        "code": "invalid_events", "problems": exc.problems}}, 400)
+    stored = await state.runner.run(lambda s: s.insert_events(events)) if events else 0
+    state.metrics.agent_events.labels("stored").inc(stored)
+    state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)
+    return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})
