@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +19,7 @@ import openai
 import pytest
 
 from conftest import ADMIN, Gateway, Mock, upstreams
+from test_audit import _entries, _verify
 from test_gateway_sdks import oai
 from test_ledger_gateway import PRICED, FakeClock, budget_rule
 from test_policy_gateway import ALLOWLIST, DIRECTORY, REDIRECT
@@ -113,14 +112,7 @@ def _passes(gw: Gateway, model: str = "gpt-4o", user: str = "alice") -> dict[str
 
 
 def _audit(gw: Gateway, kind: str) -> list[dict[str, Any]]:
-    status, body = _api(gw, "GET", "/api/v1/audit")
-    assert status == 200
-    return [e for e in body["entries"] if e["kind"] == kind]
-
-
-def _verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tollhouse", "audit", "verify", "--data-dir", str(data_dir)],
-                          capture_output=True, text=True, timeout=60)
+    return [e for e in _entries(gw) if e["kind"] == kind]
 
 
 @pytest.fixture

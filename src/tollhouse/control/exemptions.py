@@ -33,12 +33,24 @@ class Problem:
         return {"field": self.field, "message": self.message}
 
 
-class ExemptionProblems(ValueError):
-    """What is wrong with a request or a decision, field by field."""
+class ExemptionError(Exception):
+    """A request the workflow refuses: the HTTP status, a code, and a message that says what to do."""
+
+    def __init__(self, status: int, code: str, message: str, existing: Exemption | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.existing = existing  # the pending request a duplicate refers to
+        self.messages = [message]
+
+
+class ExemptionProblems(ExemptionError):
+    """What is wrong with a request or a decision, field by field (400)."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(p.message for p in problems))  # each message names its field
+        super().__init__(400, "invalid_field", "; ".join(p.message for p in problems))  # each names its field
         self.problems = problems
+        self.messages = [p.message for p in problems]
 
     @property
     def field(self) -> str:

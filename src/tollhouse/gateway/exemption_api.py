@@ -11,11 +11,10 @@ from typing import Any
 
 import orjson
 
-from tollhouse.control.exemptions import ExemptionProblems
+from tollhouse.control.exemptions import ExemptionError, ExemptionProblems
 from tollhouse.events.records import APPROVED, DENIED, PENDING
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.admin import BadParameter, api_error, int_param
-from tollhouse.gateway.exemptions import ExemptionError
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, json_response
 from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
@@ -24,43 +23,38 @@ _MAX_BODY = 64 * 1024
 _STATUSES = (PENDING, APPROVED, DENIED)
 
 
-def problems_response(exc: ExemptionProblems) -> Response:
-    return json_response({"error": {"message": str(exc), "code": "invalid_field", "field": exc.field,
-                                    "problems": [p.json() for p in exc.problems]}}, 400)
-
-
-def refused_response(state: GatewayState, exc: ExemptionError) -> Response:
+def error_response(state: GatewayState, exc: ExemptionError) -> Response:
+    """The JSON error: a field problem names the field (and lists them all); a duplicate names the request."""
     error: dict[str, Any] = {"message": str(exc), "code": exc.code}
+    if isinstance(exc, ExemptionProblems):
+        error["field"] = exc.field
+        error["problems"] = [p.json() for p in exc.problems]
     if exc.existing is not None:
         error["id"] = exc.existing.id
         error["status_url"] = exemptions.status_url(state, exc.existing.id)
     return json_response({"error": error}, exc.status)
 
 
-async def _json_object(request: Request, empty_ok: bool = False) -> dict[str, Any] | Response:
-    """The body as a JSON object (an empty body is {} when `empty_ok`), or the 4xx that says what is wrong."""
+async def _json_object(request: Request, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is {} when `empty_ok`); raises ExemptionError saying what is
+    wrong with it."""
     try:
         raw = await request.body(_MAX_BODY)
         data = {} if empty_ok and not raw.strip() else orjson.loads(raw)
     except BodyTooLarge:
-        return api_error(413, f"request body too large: at most {_MAX_BODY} bytes", "request_too_large")
+        raise ExemptionError(413, "request_too_large", f"request body too large: at most {_MAX_BODY} bytes") from None
     except orjson.JSONDecodeError as exc:
-        return api_error(400, f"request body is not valid JSON: {exc}", "malformed_json")
+        raise ExemptionError(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        return api_error(400, "request body must be a JSON object", "bad_request")
+        raise ExemptionError(400, "bad_request", "request body must be a JSON object")
     return data
 
 
 async def create(request: Request, state: GatewayState) -> Response:
-    data = await _json_object(request)
-    if isinstance(data, Response):
-        return data
     try:
-        filed = await exemptions.file_request(state, data)
-    except ExemptionProblems as exc:
-        return problems_response(exc)
+        filed = await exemptions.file_request(state, await _json_object(request))
     except ExemptionError as exc:
-        return refused_response(state, exc)
+        return error_response(state, exc)
     x = filed.exemption
     return json_response({"id": x.id, "status": x.status, "status_url": filed.status_url,
                           "exemption": exemptions.exemption_json(state, x)}, 201)
@@ -99,13 +93,9 @@ async def deny(request: Request, state: GatewayState) -> Response:
 
 
 async def _decide(request: Request, state: GatewayState, action: exemptions.Decide) -> Response:
-    data = await _json_object(request, empty_ok=True)
-    if isinstance(data, Response):
-        return data
     try:
+        data = await _json_object(request, empty_ok=True)
         decided = await action(state, request.params["id"], data, actor(request))
-    except ExemptionProblems as exc:
-        return problems_response(exc)
     except ExemptionError as exc:
-        return refused_response(state, exc)
+        return error_response(state, exc)
     return json_response({"exemption": exemptions.exemption_json(state, decided)})

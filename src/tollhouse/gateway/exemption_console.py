@@ -26,6 +26,7 @@ from tollhouse.control.exemptions import (
     MAX_HOURS,
     MAX_JUSTIFICATION,
     MIN_HOURS,
+    ExemptionError,
     ExemptionProblems,
 )
 from tollhouse.events.model import iso_ts
@@ -33,7 +34,6 @@ from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, Exempt
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.admin import authorized
 from tollhouse.gateway.console import STYLE
-from tollhouse.gateway.exemptions import ExemptionError
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
 from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
@@ -77,11 +77,11 @@ def _rows(pairs: list[tuple[str, str | None]]) -> str:
     return "".join(f'<tr><th>{escape(k)}</th><td class="wrap">{escape(v or "")}</td></tr>' for k, v in pairs)
 
 
-async def _form(request: Request) -> dict[str, str] | Response:
+async def _form(request: Request) -> dict[str, str]:
     try:
         raw = await request.body(_MAX_FORM)
     except BodyTooLarge:
-        return _page("Too large", f"<p class=err>The form is larger than {_MAX_FORM} bytes.</p>", 413)
+        raise ExemptionError(413, "request_too_large", f"The form is larger than {_MAX_FORM} bytes.") from None
     return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
 
 
@@ -120,17 +120,16 @@ async def new_request(request: Request, state: GatewayState) -> Response:
 
 
 async def file_request(request: Request, state: GatewayState) -> Response:
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
+    form: dict[str, str] = {}
     try:
+        form = await _form(request)
         filed = await exemptions.file_request(state, form)
     except ExemptionProblems as exc:
-        return _request_form(state, form, [p.message for p in exc.problems], 400)
+        return _request_form(state, form, exc.messages, 400)
     except ExemptionError as exc:
         if exc.existing is not None:
             return _see_other(f"{QUEUE_PATH}/{exc.existing.id}?existing=1")
-        return _page("Not filed", f"<h1>Not filed</h1>{_errors([str(exc)])}", exc.status)
+        return _page("Not filed", f"<h1>Not filed</h1>{_errors(exc.messages)}", exc.status)
     return _see_other(f"{QUEUE_PATH}/{filed.exemption.id}?filed=1")
 
 
@@ -245,9 +244,10 @@ async def login_form(request: Request, state: GatewayState) -> Response:
 async def login(request: Request, state: GatewayState) -> Response:
     if _cross_site(request):
         return _page("Refused", "<p class=err>Sign-in from another site is refused.</p>", 403)
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
+    try:
+        form = await _form(request)
+    except ExemptionError as exc:
+        return _login_page(str(exc), exc.status)
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
         return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).")
@@ -324,15 +324,10 @@ async def _decide(request: Request, state: GatewayState, action: exemptions.Deci
         return _login_page()
     if _cross_site(request):
         return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
-    form = await _form(request)
-    if isinstance(form, Response):
-        return form
     back = f'<p><a href="{QUEUE_PATH}">Back to the queue</a></p>'
     try:
-        await action(state, request.params["id"], form, who)
-    except ExemptionProblems as exc:
-        return _page("Not decided", f"<h1>Not decided</h1>{_errors([p.message for p in exc.problems])}{back}", 400)
+        await action(state, request.params["id"], await _form(request), who)
     except ExemptionError as exc:
-        return _page("Not decided", f"<h1>Not decided</h1>{_errors([str(exc)])}{back}", exc.status)
+        return _page("Not decided", f"<h1>Not decided</h1>{_errors(exc.messages)}{back}", exc.status)
     return _see_other(QUEUE_PATH)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from tollhouse.control.exemptions import (
     MAX_PENDING,
+    ExemptionError,
     ExemptionProblems,
     Problem,
     parse_approval,
@@ -24,16 +25,6 @@ from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
 log = logging.getLogger("tollhouse.exemptions")
-
-
-class ExemptionError(Exception):
-    """A request the workflow refuses: the HTTP status, a code, and a message that says what to do."""
-
-    def __init__(self, status: int, code: str, message: str, existing: Exemption | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.existing = existing  # the pending request a duplicate refers to
 
 
 # approve or deny: (state, exemption id, the decision's fields, reviewer) -> the decided exemption
