@@ -363,14 +363,22 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+def validation_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: where (dotted path under `prefix`) and what is wrong."""
+    lines = []
     for e in err.errors():
-        loc = _format_loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+        parts = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _format_loc(((prefix,) if prefix else ()) + parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the Configuration section of the README)"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+    lines += [f"  {line}" for line in validation_problems(err)]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from tollhouse.events.journal import Journal, leftover_events
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
+from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.upstream import build_client
@@ -67,7 +68,8 @@ class GatewayState:
     ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
-    docs: Documents  # versioned control-plane documents (policy, agent policy)
+    docs: Documents  # versioned control-plane documents (policy, directory, agent policy)
+    directories: DirectoryHolder  # publishes directory versions into `directory`
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
 
@@ -149,6 +151,8 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         audit.record("ledger.settle_failed", "gateway", {"error": error, "recovery": "counters rebuilt from the store"})
 
     docs = Documents(runner, clock, audit.record, ChangeFeed())
+    directories = DirectoryHolder(directory, policy, settings.directory, docs)
+    await directories.bootstrap()  # first: the policy is checked against the directory in force
     await policy.bootstrap(docs)
     await docs.refresh()
 
@@ -190,6 +194,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         clock=clock,
         audit=audit,
         docs=docs,
+        directories=directories,
         enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
     )
