@@ -240,6 +240,11 @@ class LedgerConfig(_Frozen):
         return value
 
 
+class AuditConfig(_Frozen):
+    checkpoint_every: int = Field(default=100, gt=0)  # sign the chain's head every N entries ...
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)  # ... and every T seconds while entries arrive
+
+
 class PolicyConfig(_Frozen):
     rules: tuple[dict[str, Any], ...] = ()
     rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
@@ -286,6 +291,7 @@ class Settings(_Frozen):
     limits: LimitsConfig = LimitsConfig()
     ledger: LedgerConfig = LedgerConfig()
     events: EventsConfig = EventsConfig()
+    audit: AuditConfig = AuditConfig()
 
     @field_validator("providers", mode="before")
     @classmethod
