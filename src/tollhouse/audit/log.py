@@ -1,6 +1,7 @@
 """Recording audit entries from the running gateway, off the request path and in order.
 
-With a signing key, the head of the chain is signed into a checkpoint every `checkpoint_every` entries, every
+Each appended entry goes to the syslog forwarder, if there is one. With a signing key, the head of the
+chain is signed into a checkpoint every `checkpoint_every` entries, every
 `checkpoint_interval_s` seconds while entries arrive, and at shutdown (see audit/checkpoint.py).
 """
 
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tollhouse.audit.chain import AuditEntry
 from tollhouse.audit.checkpoint import sign_checkpoint
+from tollhouse.audit.syslog import SyslogForwarder
 from tollhouse.events.store import SqliteStore
 from tollhouse.events.writer import StoreRunner
 
@@ -23,7 +25,8 @@ log = logging.getLogger("tollhouse.audit")
 
 class AuditLog:
     def __init__(self, runner: StoreRunner, clock: Callable[[], float], signer: Ed25519PrivateKey | None = None,
-                 checkpoint_every: int = 100, checkpoint_interval_s: float = 60.0) -> None:
+                 checkpoint_every: int = 100, checkpoint_interval_s: float = 60.0,
+                 forwarder: SyslogForwarder | None = None) -> None:
         self._runner = runner
         self._clock = clock
         self._pending: set[asyncio.Future[Any]] = set()
@@ -33,8 +36,11 @@ class AuditLog:
         self._unsigned: AuditEntry | None = None  # the newest entry no checkpoint covers yet
         self._since_checkpoint = 0
         self._timer: asyncio.Task[None] | None = None
+        self._forwarder = forwarder
 
     def start(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.start()
         if self._signer is not None:
             self._timer = asyncio.create_task(self._checkpoint_periodically(), name="tollhouse-audit-checkpoint")
 
@@ -56,6 +62,8 @@ class AuditLog:
             log.error("could not append to the audit trail: %s", fut.exception())
             return
         self._unsigned = fut.result()
+        if self._forwarder is not None:
+            self._forwarder.submit(self._unsigned)
         self._since_checkpoint += 1
         if self._since_checkpoint >= self._every:
             self.checkpoint()
@@ -89,10 +97,12 @@ class AuditLog:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def close(self) -> None:
-        """Write what is pending and a last checkpoint covering it."""
+        """Write what is pending and a last checkpoint covering it; deliver what is queued for syslog."""
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
         await self.flush()
         self.checkpoint()
         await self.flush()
+        if self._forwarder is not None:
+            await asyncio.to_thread(self._forwarder.close)

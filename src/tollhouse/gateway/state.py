@@ -14,6 +14,7 @@ from pyreqwest.client import Client
 
 from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
+from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
@@ -144,7 +145,9 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         # What is recorded but not yet stored counts too (without waiting for a write on this call).
         return rows + unsaved_history(writer.unsaved(), scope, frozenset(ids), since_ms, bucket_ms)
 
-    audit = AuditLog(runner, clock, signer, settings.audit.checkpoint_every, settings.audit.checkpoint_interval_s)
+    ac = settings.audit
+    forwarder = SyslogForwarder(parse_syslog_url(ac.syslog_url)) if ac.syslog_url else None
+    audit = AuditLog(runner, clock, signer, ac.checkpoint_every, ac.checkpoint_interval_s, forwarder)
 
     def settle_failed(error: str) -> None:
         metrics.ledger_settle_errors.inc()
