@@ -93,7 +93,8 @@ class AuditLog:
             self.checkpoint()
 
     async def flush(self) -> None:
-        while self._pending:
+        """Wait for what is pending now."""
+        if self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def close(self) -> None:
@@ -101,7 +102,8 @@ class AuditLog:
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
-        await self.flush()
+        while self._pending:  # appends, and the checkpoints they trigger
+            await self.flush()
         self.checkpoint()
         await self.flush()
         if self._forwarder is not None:
