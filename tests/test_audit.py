@@ -84,6 +84,8 @@ def _audited(tmp_path: Path, mock: Mock, n_blocked: int = 3) -> Path:
 @pytest.mark.parametrize(("tamper", "expected"), [
     ("UPDATE audit SET data = replace(data, 'alice', 'mallory') WHERE seq = 4", "entry #4 (call.blocked): content"),
     ("DELETE FROM audit WHERE seq = 2", "entry #2 is missing"),
+    ("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",  # the tail: only the checkpoints show it
+     "were removed: checkpoint signed at "),
     ("UPDATE audit SET seq = seq + 100 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4;"
      "UPDATE audit SET seq = 4 WHERE seq = 103", "entry #3: prev_hash"),
     ("INSERT INTO audit SELECT (SELECT MAX(seq) FROM audit) + 1, ts_ms, kind, actor, data, prev_hash, hash "

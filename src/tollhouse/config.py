@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from tollhouse.audit.syslog import parse_syslog_url
 from tollhouse.policy.rules import PolicyError, Rule, ScopeKind, parse_rules
 from tollhouse.policy.timewindow import zone
 from tollhouse.providers.family import Family
@@ -240,6 +241,19 @@ class LedgerConfig(_Frozen):
         return value
 
 
+class AuditConfig(_Frozen):
+    checkpoint_every: int = Field(default=100, gt=0)  # sign the chain's head every N entries ...
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)  # ... and every T seconds while entries arrive
+    syslog_url: str = ""  # syslog://host:port (UDP) or syslog+tcp://host:port: forward every entry (RFC 5424)
+
+    @field_validator("syslog_url")
+    @classmethod
+    def _syslog(cls, value: str) -> str:
+        if value:
+            parse_syslog_url(value)
+        return value
+
+
 class PolicyConfig(_Frozen):
     rules: tuple[dict[str, Any], ...] = ()
     rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
@@ -286,6 +300,7 @@ class Settings(_Frozen):
     limits: LimitsConfig = LimitsConfig()
     ledger: LedgerConfig = LedgerConfig()
     events: EventsConfig = EventsConfig()
+    audit: AuditConfig = AuditConfig()
 
     @field_validator("providers", mode="before")
     @classmethod

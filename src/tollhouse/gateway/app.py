@@ -142,6 +142,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock)
     state.writer.start()
+    state.audit.start()
     state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
     state.policy.start()
     status = state.policy.status()

@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 
 from pyreqwest.client import Client
 
+from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
+from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
@@ -76,7 +78,7 @@ class GatewayState:
     async def close(self) -> None:
         await self.policy.stop()
         await self.ledger.close()
-        await self.audit.flush()
+        await self.audit.close()
         await self.writer.close()
         for route in self.providers.values():
             await route.client.close()
@@ -125,10 +127,12 @@ def admin_token_for(settings: Settings, data_dir: Path) -> str:
 
 async def build_state(settings: Settings, data_dir: Path, public_url: str,
                       clock: Callable[[], float] = time.time) -> GatewayState:
-    """Raises RulesFileError (bad rules file) or StoreError (store unusable) before anything listens."""
+    """Raises RulesFileError (bad rules file), StoreError (store unusable) or SigningKeyError (audit signing key
+    unreadable) before anything listens."""
     p = settings.policy
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
+    signer = load_or_create_signing_key(data_dir)
     store = SqliteStore(sqlite_path(settings.store.url, data_dir))
     journal_dir = data_dir / "journal"
     replay_journal(store, journal_dir)
@@ -144,7 +148,9 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         # What is recorded but not yet stored counts too (without waiting for a write on this call).
         return rows + unsaved_history(writer.unsaved(), scope, frozenset(ids), since_ms, bucket_ms)
 
-    audit = AuditLog(runner, clock)
+    ac = settings.audit
+    forwarder = SyslogForwarder(parse_syslog_url(ac.syslog_url)) if ac.syslog_url else None
+    audit = AuditLog(runner, clock, signer, ac.checkpoint_every, ac.checkpoint_interval_s, forwarder)
 
     def settle_failed(error: str) -> None:
         metrics.ledger_settle_errors.inc()
