@@ -48,11 +48,11 @@ def test_blocked_calls_and_policy_edits_are_audited_and_verifiable(mock: Mock, g
         time.sleep(0.1)
     entries = _entries(gw)
     kinds = [e["kind"] for e in entries]
-    # the rules file is loaded as policy version 1 at start, and its edit becomes version 2
-    assert kinds[:4] == ["policy.changed", "gateway.started", "call.blocked", "policy.changed"]
-    assert entries[0]["data"]["version"] == 1 and entries[0]["data"]["added"] == ["approved-models"]
-    assert entries[0]["actor"] == "file" and entries[0]["data"]["source"] == f"file:{rules_file}"
-    entries = entries[1:]
+    # the directory and the rules file are loaded as versions 1 at start; the file's edit is policy version 2
+    assert kinds[:5] == ["directory.changed", "policy.changed", "gateway.started", "call.blocked", "policy.changed"]
+    assert entries[1]["data"]["version"] == 1 and entries[1]["data"]["added"] == ["approved-models"]
+    assert entries[1]["actor"] == "file" and entries[1]["data"]["source"] == f"file:{rules_file}"
+    entries = entries[2:]
     blocked = entries[1]["data"]
     assert blocked["rule_id"] == "approved-models" and blocked["subject"] == "alice"
     assert blocked["project"] == "checkout" and blocked["model"] == "gpt-4o" and blocked["status"] == 403
@@ -82,8 +82,10 @@ def _audited(tmp_path: Path, mock: Mock, n_blocked: int = 3) -> Path:
 
 
 @pytest.mark.parametrize(("tamper", "expected"), [
-    ("UPDATE audit SET data = replace(data, 'alice', 'mallory') WHERE seq = 3", "entry #3 (call.blocked): content"),
+    ("UPDATE audit SET data = replace(data, 'alice', 'mallory') WHERE seq = 4", "entry #4 (call.blocked): content"),
     ("DELETE FROM audit WHERE seq = 2", "entry #2 is missing"),
+    ("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",  # the tail: only the checkpoints show it
+     "were removed: checkpoint signed at "),
     ("UPDATE audit SET seq = seq + 100 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 4;"
      "UPDATE audit SET seq = 4 WHERE seq = 103", "entry #3: prev_hash"),
     ("INSERT INTO audit SELECT (SELECT MAX(seq) FROM audit) + 1, ts_ms, kind, actor, data, prev_hash, hash "
@@ -125,12 +127,13 @@ def test_audit_export_for_a_siem(mock: Mock, tmp_path: Path) -> None:
 
     lines = export().stdout.splitlines()
     entries = [json.loads(line) for line in lines]
-    assert [e["kind"] for e in entries] == ["policy.changed", "gateway.started", "call.blocked", "call.blocked"]
-    assert entries[2]["data"]["rule_id"] == "approved-models" and entries[3]["prev_hash"] == entries[2]["hash"]
-    assert [json.loads(line)["seq"] for line in export("--since", "3").stdout.splitlines()] == [4]
+    assert [e["kind"] for e in entries] == ["directory.changed", "policy.changed", "gateway.started",
+                                            "call.blocked", "call.blocked"]
+    assert entries[3]["data"]["rule_id"] == "approved-models" and entries[4]["prev_hash"] == entries[3]["hash"]
+    assert [json.loads(line)["seq"] for line in export("--since", "4").stdout.splitlines()] == [5]
     cef = export("--format", "cef").stdout.splitlines()
-    assert len(cef) == 4 and all(line.startswith("CEF:0|Tollhouse|Tollhouse|") for line in cef)
-    assert "|call.blocked|call.blocked|6|" in cef[2] and "cs1Label=rule cs1=approved-models" in cef[2]
-    assert "suser=alice" in cef[2] and "cs2=o1" in cef[2]
+    assert len(cef) == 5 and all(line.startswith("CEF:0|Tollhouse|Tollhouse|") for line in cef)
+    assert "|call.blocked|call.blocked|6|" in cef[3] and "cs1Label=rule cs1=approved-models" in cef[3]
+    assert "suser=alice" in cef[3] and "cs2=o1" in cef[3]
     bad = export("--format", "xml")
     assert bad.returncode == 1 and "jsonl or cef" in bad.stderr

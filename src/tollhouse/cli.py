@@ -18,6 +18,7 @@ import typer
 
 from tollhouse import __version__
 from tollhouse.audit.chain import first_problem
+from tollhouse.audit.checkpoint import PUBLIC_KEY_FILE, SigningKeyError, load_public_key, verify_checkpoints
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
@@ -115,7 +116,7 @@ def serve(
 
     try:
         _run(lambda stop: serve_gateway(settings, ddir, host, port, ready, stop))
-    except (StoreError, RulesFileError) as exc:
+    except (StoreError, RulesFileError, SigningKeyError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
@@ -289,17 +290,32 @@ def policy_explain(
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Check the audit trail's hash chain: exit 0, or 1 naming the first bad entry."""
+def audit_verify(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    public_key: Annotated[Path | None, typer.Option(help="The exported audit public key to check checkpoints "
+                                                    "with (default: audit_signing_key.pub in the data dir).")] = None,
+) -> None:
+    """Check the audit trail's hash chain and signed checkpoints: exit 0, or 1 naming the first problem."""
     store = _open_store(_settings(config), data_dir)
     entries = store.audit_entries()
+    checkpoints = store.checkpoints()
     store.close()
+    key_path = public_key or _data_dir(data_dir) / PUBLIC_KEY_FILE
     problem = first_problem(entries)
+    if problem is None and checkpoints:
+        try:
+            problem = verify_checkpoints(entries, checkpoints, load_public_key(key_path))
+        except SigningKeyError as exc:
+            _fail(f"{len(checkpoints)} signed checkpoints, but {exc}", 1)
     if problem is not None:
         typer.echo(f"audit trail TAMPERED: {problem}", err=True)
         raise typer.Exit(1)
+    signed = (f"{len(checkpoints)} signed checkpoints verified (the last covers #{checkpoints[-1].seq})"
+              if checkpoints else "no signed checkpoints yet (a removed tail would not show)")
     typer.echo(f"audit trail OK: {len(entries)} entries, chain intact"
-               + (f" (last #{entries[-1].seq}, hash {entries[-1].hash[:16]}...)" if entries else ""))
+               + (f" (last #{entries[-1].seq}, hash {entries[-1].hash[:16]}...)" if entries else "")
+               + f"; {signed}")
 
 
 @audit_app.command("export")

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from tollhouse.audit.syslog import parse_syslog_url
 from tollhouse.policy.rules import PolicyError, Rule, ScopeKind, parse_rules
 from tollhouse.policy.timewindow import zone
 from tollhouse.providers.family import Family
@@ -244,6 +245,19 @@ class LedgerConfig(_Frozen):
         return value
 
 
+class AuditConfig(_Frozen):
+    checkpoint_every: int = Field(default=100, gt=0)  # sign the chain's head every N entries ...
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)  # ... and every T seconds while entries arrive
+    syslog_url: str = ""  # syslog://host:port (UDP) or syslog+tcp://host:port: forward every entry (RFC 5424)
+
+    @field_validator("syslog_url")
+    @classmethod
+    def _syslog(cls, value: str) -> str:
+        if value:
+            parse_syslog_url(value)
+        return value
+
+
 class PolicyConfig(_Frozen):
     rules: tuple[dict[str, Any], ...] = ()
     rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
@@ -291,6 +305,7 @@ class Settings(_Frozen):
     ledger: LedgerConfig = LedgerConfig()
     events: EventsConfig = EventsConfig()
     exemptions: ExemptionsConfig = ExemptionsConfig()
+    audit: AuditConfig = AuditConfig()
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -368,14 +383,22 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation_error(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+def validation_problems(err: ValidationError, prefix: str = "") -> list[str]:
+    """One line per problem: where (dotted path under `prefix`) and what is wrong."""
+    lines = []
     for e in err.errors():
-        loc = _format_loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+        parts = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = _format_loc(((prefix,) if prefix else ()) + parts)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the Configuration section of the README)"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"{loc}: {msg}")
+    return lines
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration ({err.error_count()} problem(s)):"]
+    lines += [f"  {line}" for line in validation_problems(err)]
     return "\n".join(lines)
 
 

@@ -20,7 +20,15 @@ class Subject:
 
 
 class Directory:
-    def __init__(self, cfg: DirectoryConfig) -> None:
+    """Lookups over one directory version; `replace()` swaps in another version whole (no await inside, so
+    a request never sees half of each)."""
+
+    def __init__(self, cfg: DirectoryConfig, version: int = 0) -> None:
+        self.replace(cfg, version)
+
+    def replace(self, cfg: DirectoryConfig, version: int) -> None:
+        self.config = cfg
+        self.version = version
         self.org = cfg.org
         self._parents = {t.id: t.parent for t in cfg.teams}
         self._team_cc = {t.id: t.cost_centre for t in cfg.teams}

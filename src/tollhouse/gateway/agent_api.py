@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import time
 from typing import Any
-
-import orjson
 
 from tollhouse.events.wire import BatchError, from_wire
 from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param
@@ -78,14 +75,9 @@ async def list_agents(request: Request, state: GatewayState) -> Response:
 
 # the bundle
 
-def _directory_tag(state: GatewayState) -> str:
-    raw = orjson.dumps(state.settings.directory.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(raw).hexdigest()[:12]
-
-
 def _etag(state: GatewayState) -> str:
     agent_version = state.docs.feed.versions.get(AGENT_POLICY, 0)
-    return f'"p{state.policy.current.version}.a{agent_version}.d{_directory_tag(state)}"'
+    return f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.version}"'
 
 
 async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
@@ -95,7 +87,8 @@ async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
         "policy": {"version": state.policy.current.version, "rules": state.policy.raw,
                    "timezone": state.settings.policy.timezone},
         "agent_policy": _agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
-        "directory": state.settings.directory.model_dump(mode="json"),
+        "directory": {"version": state.directory.version,
+                      **state.directory.config.model_dump(mode="json", exclude_defaults=True)},
     }
 
 

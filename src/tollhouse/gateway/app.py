@@ -14,6 +14,7 @@ from granian.constants import Interfaces, TaskImpl
 from granian.server.embed import Server
 
 from tollhouse.config import Settings
+from tollhouse.events.store import StoreError
 from tollhouse.gateway import admin, agent_api, console, exemption_routes, policy_api, proxy, spend
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import HTTPProtocol, Request, Response, Streamed, json_response
@@ -45,6 +46,10 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("PUT", "/api/v1/agent-policy"): (policy_api.put_agent_policy, True),
     ("GET", "/api/v1/agent-policy/versions"): (policy_api.list_versions, True),
     ("GET", "/api/v1/agent-policy/diff"): (policy_api.diff_versions, True),
+    ("GET", "/api/v1/directory"): (policy_api.get_directory, True),
+    ("PUT", "/api/v1/directory"): (policy_api.put_directory, True),
+    ("GET", "/api/v1/directory/versions"): (policy_api.list_versions, True),
+    ("GET", "/api/v1/directory/diff"): (policy_api.diff_versions, True),
     # agents: enrollment tokens (admin); bundle and telemetry (an enrollment token or the admin token)
     ("POST", "/api/v1/agent/tokens"): (agent_api.create_token, True),
     ("GET", "/api/v1/agent/tokens"): (agent_api.list_tokens, True),
@@ -56,6 +61,7 @@ _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
     ("GET", "/api/v1/policy/versions/"): (policy_api.get_version, True, "version"),
     ("GET", "/api/v1/agent-policy/versions/"): (policy_api.get_version, True, "version"),
+    ("GET", "/api/v1/directory/versions/"): (policy_api.get_version, True, "version"),
     ("DELETE", "/api/v1/agent/tokens/"): (agent_api.revoke_token, True, "prefix"),
 }
 
@@ -141,6 +147,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock)
     state.writer.start()
+    state.audit.start()
     state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
     state.policy.start()
     await state.overrides.start()
@@ -151,6 +158,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         "policy_source": status.source, "rules": [r.id for r in state.policy.current.rules],
         "counters": "redis" if settings.counters.url != "local://" else "local"})
     sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
+    follower = asyncio.create_task(_follow_store(state), name="tollhouse-follow-store")
     server = Server(GatewayApp(state), address=host, port=port, interface=Interfaces.RSGI,
                     task_impl=TaskImpl.asyncio, backlog=1024, log_enabled=False)
     serving = asyncio.create_task(server.serve(), name="tollhouse-granian")
@@ -168,6 +176,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
             server.stop()  # type: ignore[no-untyped-call]
             await asyncio.wait([serving], timeout=10)
         sweeper.cancel()
+        follower.cancel()
         await state.close()
 
 
@@ -175,6 +184,18 @@ async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> No
     while True:
         await asyncio.sleep(every_s)
         state.ledger.expire(int(state.clock() * 1000))
+
+
+async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
+    """Adopt policy, directory and agent-policy versions other gateways sharing the store published."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await state.policy.poll()
+            await state.directories.poll()
+            await state.docs.refresh()
+        except StoreError as exc:
+            log.warning("cannot check the store for control-plane changes: %s", exc)
 
 
 async def _wait_listening(host: str, port: int, serving: asyncio.Task[None], timeout_s: float = 15.0) -> None:

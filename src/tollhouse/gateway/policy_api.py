@@ -11,13 +11,14 @@ from tollhouse.control.agent_policy import AgentPolicy, AgentPolicyError, parse_
 from tollhouse.control.diff import diff_documents, item_summary
 from tollhouse.events.records import DocumentVersion
 from tollhouse.gateway.admin import BadParameter, api_error, int_param
+from tollhouse.gateway.directory_holder import DirectoryError
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 _ACTOR_HEADER = "x-tollhouse-actor"
-POLICY, AGENT_POLICY = "policy", "agent_policy"
+POLICY, AGENT_POLICY, DIRECTORY = "policy", "agent_policy", "directory"
 
 
 def actor(request: Request) -> str:
@@ -142,9 +143,35 @@ async def put_agent_policy(request: Request, state: GatewayState) -> Response:
     return json_response(_agent_policy_json(doc, redact=True))
 
 
-# history and diffs, for either document
+# the directory
 
-_KINDS = {"/api/v1/policy": POLICY, "/api/v1/agent-policy": AGENT_POLICY}
+async def get_directory(request: Request, state: GatewayState) -> Response:
+    d = state.directory
+    return json_response({"version": d.version, "directory": d.config.model_dump(mode="json", exclude_defaults=True)})
+
+
+async def put_directory(request: Request, state: GatewayState) -> Response:
+    """Replace the directory (teams tree, projects, people, services, cost centres): validated whole, and
+    refused if a rule of the current policy would lose its target."""
+    try:
+        data = await json_body(request)
+    except BadParameter as exc:
+        return api_error(400, str(exc), "malformed_json")
+    note = data.pop("note", None) if isinstance(data, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("directory"), dict):
+        data = data["directory"]
+    try:
+        doc = await state.directories.publish(data, actor(request), note if isinstance(note, str) else None)
+    except DirectoryError as exc:
+        return json_response({"error": {
+            "message": f"the directory was not changed: {len(exc.problems)} problem(s); fix each and PUT again",
+            "code": "invalid_directory", "problems": exc.problems}}, 400)
+    return json_response({"version": doc.version, "directory": doc.body})
+
+
+# history and diffs, for any versioned document
+
+_KINDS = {"/api/v1/policy": POLICY, "/api/v1/agent-policy": AGENT_POLICY, "/api/v1/directory": DIRECTORY}
 
 
 def _kind(path: str) -> str:
@@ -181,6 +208,8 @@ async def get_version(request: Request, state: GatewayState) -> Response:
         return api_error(404, f"no version {raw!r}; see GET {request.path.rsplit('/', 1)[0]}", "not_found")
     if kind == AGENT_POLICY:
         return json_response({**_summary(doc), **_agent_policy_json(doc, redact=True)})
+    if kind == DIRECTORY:
+        return json_response({**_summary(doc), "directory": doc.body})
     return json_response(_policy_json(state, doc))
 
 

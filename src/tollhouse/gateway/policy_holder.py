@@ -19,7 +19,6 @@ import yaml
 from tollhouse.config import DirectoryConfig, target_problems
 from tollhouse.control.documents import Documents
 from tollhouse.events.records import DocumentVersion
-from tollhouse.events.store import StoreError
 from tollhouse.policy.engine import CompiledPolicy
 from tollhouse.policy.rules import PolicyError, parse_rules
 
@@ -89,7 +88,7 @@ class PolicyHolder:
         self.error: str | None = None
         self._path = path
         self._tz = timezone
-        self._directory = directory
+        self.directory = directory  # the directory rules are checked against (swapped with it)
         self._mtime = self._stat()
         self._task: asyncio.Task[None] | None = None
         self._docs: Documents | None = None
@@ -111,7 +110,7 @@ class PolicyHolder:
 
     def compile(self, raw: list[Any], version: int, source: str) -> CompiledPolicy:
         """Validate and compile rules (raises RulesFileError naming each rule and field)."""
-        return compile_rules(raw, self._tz, self._directory, version, source)
+        return compile_rules(raw, self._tz, self.directory, version, source)
 
     async def bootstrap(self, docs: Documents) -> None:
         """Reconcile with the store at start-up: the config's rules (or the rules file) become a new version
@@ -171,7 +170,8 @@ class PolicyHolder:
         return doc
 
     def start(self, interval_s: float = 1.0) -> None:
-        self._task = asyncio.create_task(self._watch(interval_s), name="tollhouse-policy-watch")
+        if self._path is not None:
+            self._task = asyncio.create_task(self._watch(interval_s), name="tollhouse-policy-watch")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -214,12 +214,6 @@ class PolicyHolder:
             if mtime is not None and mtime != self._mtime:
                 self._mtime = mtime
                 await self.reload()
-            if self._docs is not None:
-                try:
-                    await self.poll()
-                    await self._docs.refresh()
-                except StoreError as exc:
-                    log.warning("cannot check the store for policy changes: %s", exc)
 
 
 def initial_policy(rules: tuple[dict[str, Any], ...], rules_file: str | None, timezone: str,

@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 
 from pyreqwest.client import Client
 
+from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
+from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
@@ -20,6 +22,7 @@ from tollhouse.events.journal import Journal, leftover_events
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import SqliteStore, sqlite_path
 from tollhouse.events.writer import EventWriter, StoreRunner
+from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
@@ -68,7 +71,8 @@ class GatewayState:
     ledger: Ledger
     clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
-    docs: Documents  # versioned control-plane documents (policy, agent policy)
+    docs: Documents  # versioned control-plane documents (policy, directory, agent policy)
+    directories: DirectoryHolder  # publishes directory versions into `directory`
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     overrides: OverrideHolder  # approved exemption overrides, in memory for the request path
@@ -77,7 +81,7 @@ class GatewayState:
         await self.policy.stop()
         await self.overrides.stop()
         await self.ledger.close()
-        await self.audit.flush()
+        await self.audit.close()
         await self.writer.close()
         for route in self.providers.values():
             await route.client.close()
@@ -126,10 +130,12 @@ def admin_token_for(settings: Settings, data_dir: Path) -> str:
 
 async def build_state(settings: Settings, data_dir: Path, public_url: str,
                       clock: Callable[[], float] = time.time) -> GatewayState:
-    """Raises RulesFileError (bad rules file) or StoreError (store unusable) before anything listens."""
+    """Raises RulesFileError (bad rules file), StoreError (store unusable) or SigningKeyError (audit signing key
+    unreadable) before anything listens."""
     p = settings.policy
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
+    signer = load_or_create_signing_key(data_dir)
     store = SqliteStore(sqlite_path(settings.store.url, data_dir))
     journal_dir = data_dir / "journal"
     replay_journal(store, journal_dir)
@@ -145,13 +151,17 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         # What is recorded but not yet stored counts too (without waiting for a write on this call).
         return rows + unsaved_history(writer.unsaved(), scope, frozenset(ids), since_ms, bucket_ms)
 
-    audit = AuditLog(runner, clock)
+    ac = settings.audit
+    forwarder = SyslogForwarder(parse_syslog_url(ac.syslog_url)) if ac.syslog_url else None
+    audit = AuditLog(runner, clock, signer, ac.checkpoint_every, ac.checkpoint_interval_s, forwarder)
 
     def settle_failed(error: str) -> None:
         metrics.ledger_settle_errors.inc()
         audit.record("ledger.settle_failed", "gateway", {"error": error, "recovery": "counters rebuilt from the store"})
 
     docs = Documents(runner, clock, audit.record, ChangeFeed())
+    directories = DirectoryHolder(directory, policy, settings.directory, docs)
+    await directories.bootstrap()  # first: the policy is checked against the directory in force
     await policy.bootstrap(docs)
     await docs.refresh()
 
@@ -193,6 +203,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         clock=clock,
         audit=audit,
         docs=docs,
+        directories=directories,
         enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
         overrides=OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s),
