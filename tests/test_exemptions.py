@@ -280,7 +280,8 @@ def test_requests_and_decisions_are_validated_field_by_field(enforcing: Gateway)
     assert error["code"] == "already_pending" and error["id"] == exemption_id
     _file(gw, rule="no-o1")  # another rule is another request
     for data, field in (({"hours": 0}, "hours"), ({"hours": 721}, "hours"), ({"hours": "soon"}, "hours"),
-                        ({"hours": True}, "hours"), ({"kind": "forever"}, "kind"), ({"kind": "rule_edit"}, "rule")):
+                        ({"hours": "²"}, "hours"), ({"hours": True}, "hours"), ({"kind": "forever"}, "kind"),
+                        ({"kind": "rule_edit"}, "rule")):
         status, body = _api(gw, "POST", f"/api/v1/exemptions/{exemption_id}/approve", data)
         assert status == 400 and body["error"]["field"] == field, (data, body)
     status, body = _api(gw, "POST", f"/api/v1/exemptions/{exemption_id}/approve",

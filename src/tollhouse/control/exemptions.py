@@ -69,14 +69,10 @@ def _text(data: Mapping[str, object], name: str, problems: list[Problem], requir
           limit: int = MAX_FIELD, what: str = "") -> str | None:
     """A string field, stripped; '' counts as absent."""
     raw = data.get(name)
-    if raw is None or raw == "":
-        if required:
-            problems.append(Problem(name, f"{name} is required{what}"))
-        return None
-    if not isinstance(raw, str):
+    if raw is not None and not isinstance(raw, str):
         problems.append(Problem(name, f"{name} must be a string, got {type(raw).__name__}"))
         return None
-    value = raw.strip()
+    value = (raw or "").strip()
     if not value:
         if required:
             problems.append(Problem(name, f"{name} is required{what}"))
@@ -134,7 +130,7 @@ def _hours(raw: object, problems: list[Problem]) -> int:
     value: int | None = None
     if isinstance(raw, int) and not isinstance(raw, bool):
         value = raw
-    elif isinstance(raw, str) and raw.strip().isdigit():
+    elif isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdecimal():
         value = int(raw.strip())
     if value is None or not MIN_HOURS <= value <= MAX_HOURS:
         problems.append(Problem("hours", f"hours must be a whole number from {MIN_HOURS} to {MAX_HOURS}, "
