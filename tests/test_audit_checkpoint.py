@@ -150,7 +150,7 @@ def _run_gateway(tmp_path: Path, mock: Mock, blocked: int) -> Path:
 
 
 def test_the_gateway_checkpoints_and_verify_catches_a_removed_tail(mock: Mock, tmp_path: Path) -> None:
-    data = _run_gateway(tmp_path, mock, blocked=3)  # 5 entries: policy version 1, started, 3 blocked
+    data = _run_gateway(tmp_path, mock, blocked=2)  # 5 entries: directory and policy version 1, started, 2 blocked
     store = SqliteStore(data / "tollhouse.db")
     seqs = [c.seq for c in store.checkpoints()]
     store.close()

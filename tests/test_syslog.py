@@ -256,8 +256,8 @@ def test_the_gateway_forwards_its_audit_trail(mock: Mock, tmp_path: Path) -> Non
         try:
             with pytest.raises(openai.PermissionDeniedError):
                 oai(gw).chat.completions.create(model="o1", messages=[{"role": "user", "content": "x"}])
-            got = [parse(rx.recv(65535)) for _ in range(3)]
+            got = [parse(rx.recv(65535)) for _ in range(4)]
         finally:
             gw.stop()
-    assert [g["msgid"] for g in got] == ["policy.changed", "gateway.started", "call.blocked"]
-    assert got[2]["msg"]["data"]["rule_id"] == "approved-models" and got[2]["params"]["seq"] == "3"
+    assert [g["msgid"] for g in got] == ["directory.changed", "policy.changed", "gateway.started", "call.blocked"]
+    assert got[3]["msg"]["data"]["rule_id"] == "approved-models" and got[3]["params"]["seq"] == "4"
