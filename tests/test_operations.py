@@ -22,6 +22,7 @@ import pytest
 
 from conftest import Gateway, Mock, upstreams
 from test_gateway_sdks import oai
+from tollhouse.gateway.app import routes
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -217,3 +218,12 @@ def test_outbound_calls_go_through_the_corporate_proxy(mock: Mock, gateway_facto
     ev = gw.events()[0]
     assert ev["status"] == 200 and ev["output_tokens"] == 16
     assert b"s3cret" not in gw.get("/api/v1/events")[1]
+
+
+def test_every_api_route_is_in_the_openapi_document(gateway: Gateway) -> None:
+    _, body, _ = gateway.get("/api/v1/openapi.json", token=None)
+    paths = json.loads(body)["paths"]
+    missing = [f"{method} {path}" for method, path in routes()
+               if path.startswith("/api/v1/") and path != "/api/v1/openapi.json"
+               and method.lower() not in paths.get(path, {})]
+    assert missing == []

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +17,7 @@ import platformdirs
 import typer
 
 from tollhouse import __version__
-from tollhouse.audit.chain import first_problem
+from tollhouse.audit.chain import AuditEntry, first_problem
 from tollhouse.audit.checkpoint import PUBLIC_KEY_FILE, SigningKeyError, load_public_key, verify_checkpoints
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
@@ -298,14 +298,30 @@ def audit_verify(
 ) -> None:
     """Check the audit trail's hash chain and signed checkpoints: exit 0, or 1 naming the first problem."""
     store = _open_store(_settings(config), data_dir)
-    entries = store.audit_entries()
     checkpoints = store.checkpoints()
+    covered = {c.seq for c in checkpoints}
+    kept: list[AuditEntry] = []  # the entries checkpoints cover, and the last one (memory stays flat)
+    count = 0
+
+    def stream(page: int = 20_000) -> Iterator[AuditEntry]:
+        nonlocal count
+        after = 0
+        while batch := store.audit_entries(after, page):
+            for e in batch:
+                if e.seq in covered:
+                    kept.append(e)
+                yield e
+            count += len(batch)
+            after = batch[-1].seq
+            if not kept or kept[-1] is not batch[-1]:
+                kept.append(batch[-1])
+
+    problem = first_problem(stream())
     store.close()
     key_path = public_key or _data_dir(data_dir) / PUBLIC_KEY_FILE
-    problem = first_problem(entries)
     if problem is None and checkpoints:
         try:
-            problem = verify_checkpoints(entries, checkpoints, load_public_key(key_path))
+            problem = verify_checkpoints(kept, checkpoints, load_public_key(key_path))
         except SigningKeyError as exc:
             _fail(f"{len(checkpoints)} signed checkpoints, but {exc}", 1)
     if problem is not None:
@@ -313,8 +329,9 @@ def audit_verify(
         raise typer.Exit(1)
     signed = (f"{len(checkpoints)} signed checkpoints verified (the last covers #{checkpoints[-1].seq})"
               if checkpoints else "no signed checkpoints yet (a removed tail would not show)")
-    typer.echo(f"audit trail OK: {len(entries)} entries, chain intact"
-               + (f" (last #{entries[-1].seq}, hash {entries[-1].hash[:16]}...)" if entries else "")
+    last = max(kept, key=lambda e: e.seq) if kept else None
+    typer.echo(f"audit trail OK: {count} entries, chain intact"
+               + (f" (last #{last.seq}, hash {last.hash[:16]}...)" if last else "")
                + f"; {signed}")
 
 

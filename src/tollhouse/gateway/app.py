@@ -66,6 +66,13 @@ _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
 }
 
 
+def routes() -> list[tuple[str, str]]:
+    """(method, path) of every control-plane route, path parameters as {name} (for docs and tests)."""
+    fixed = [(m, p) for m, p in _API]
+    templated = [(m, f"{p}{{{param}}}") for (m, p), (_, _, param) in _API_PREFIXED.items()]
+    return sorted(fixed + templated)
+
+
 def _route(request: Request) -> tuple[Handler, bool] | Response:
     path = request.path
     found = _API.get((request.method, path))

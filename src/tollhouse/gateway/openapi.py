@@ -159,7 +159,9 @@ OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "Tollhouse control plane", "version": "1"},
     "components": {
-        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+        "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"},
+                            "enrollment": {"type": "http", "scheme": "bearer",
+                                           "description": "an agent enrollment token (the-...)"}},
         "schemas": {
             "Event": {"type": "object", "properties": _EVENT_PROPS, "required": list(_EVENT_PROPS)[:15]},
             "Error": _ERROR,
@@ -256,6 +258,45 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/agent-policy/versions": {"get": _versions("agent policy")},
         "/api/v1/agent-policy/versions/{version}": {"get": _version("agent policy")},
         "/api/v1/agent-policy/diff": {"get": _diff("agent policy versions")},
+        "/api/v1/directory": {
+            "get": {"summary": "The directory in force: {version, directory: {org, teams, projects, people, "
+                               "services}}", "responses": {"200": {"description": "directory"}}},
+            "put": {"summary": "Replace the directory: validated whole (400 lists each problem), refused if a rule "
+                               "of the current policy would lose its target; a new version, audited",
+                    "responses": {"200": {"description": "the new version"}, "400": {"description": "invalid"}}},
+        },
+        "/api/v1/directory/versions": {"get": _versions("directory")},
+        "/api/v1/directory/versions/{version}": {"get": _version("directory")},
+        "/api/v1/directory/diff": {"get": _diff("directory versions")},
+        "/api/v1/agent/tokens": {
+            "get": {"summary": "Agent enrollment tokens (prefixes only)", "responses": {"200": {"description": "ok"}}},
+            "post": {"summary": "Issue an enrollment token (shown once) for agents to use as their bearer token",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "properties": {"label": {"type": "string"}}}}}},
+                     "responses": {"201": {"description": "created"}}},
+        },
+        "/api/v1/agent/tokens/{prefix}": {"delete": {
+            "summary": "Revoke an enrollment token",
+            "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "revoked"}, "404": {"description": "no such token"}}}},
+        "/api/v1/agents": {"get": {"summary": "Agents that have checked in (id, hostname, version, last seen)",
+                                   "responses": {"200": {"description": "agents"}}}},
+        "/api/v1/agent/bundle": {"get": {
+            "summary": "Everything an agent needs (policy, directory, agent policy) with an ETag. With If-None-Match "
+                       "the request is held until something changes (200, the new bundle) or `wait` seconds pass "
+                       "(304). Bearer: an enrollment token or the admin token.",
+            "security": [{"admin": []}, {"enrollment": []}],
+            "parameters": [{"name": "wait", "in": "query", "schema": {"type": "integer", "maximum": 60}},
+                           {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                           {"name": "X-Tollhouse-Agent-Id", "in": "header", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "bundle"}, "304": {"description": "unchanged"},
+                          "401": {"description": "missing, unknown or revoked token"}}}},
+        "/api/v1/agent/events": {"post": {
+            "summary": "Agent telemetry: {events: [...]} (at most 5000), stored once each by event id (a retried "
+                       "batch is harmless); one invalid event refuses the whole batch, naming it",
+            "security": [{"admin": []}, {"enrollment": []}],
+            "responses": {"200": {"description": "{received, stored, duplicates}"},
+                          "400": {"description": "invalid batch; nothing stored"}}}},
         "/api/v1/keys/{prefix}": {"delete": {
             "summary": "Revoke a gateway key",
             "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
