@@ -70,7 +70,8 @@ def routes() -> list[tuple[str, str]]:
     """(method, path) of every control-plane route, path parameters as {name} (for docs and tests)."""
     fixed = [(m, p) for m, p in _API]
     templated = [(m, f"{p}{{{param}}}") for (m, p), (_, _, param) in _API_PREFIXED.items()]
-    return sorted(fixed + templated)
+    exemptions = [(m, p) for m, p, _, _ in exemption_routes.ROUTES]  # exemption workflow (issue 6)
+    return sorted(fixed + templated + exemptions)
 
 
 def _route(request: Request) -> tuple[Handler, bool] | Response:
