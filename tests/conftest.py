@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import threading
@@ -13,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tollhouse.config import parse_settings
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.pg_local import LocalPostgres, PostgresUnavailable
+from tollhouse.events.store import Store, open_store
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState
 from tollhouse.mock.provider import MOCK_STATS, MockSettings, MockStats, build_mock_app
@@ -163,10 +166,46 @@ def gateway(mock: Mock, gateway_factory: Any) -> Gateway:
     return gw
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL for the session (Debian's postgresql-15 binaries; scripts/test installs them)."""
+    pg = LocalPostgres(free_port())
+    try:
+        pg.start()
+    except PostgresUnavailable as exc:
+        pg.stop()
+        pytest.fail(f"PostgreSQL tests need a local server: {exc}", pytrace=False)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+_databases = itertools.count()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    """An empty store of its own."""
-    s = SqliteStore(tmp_path / "store.db")
+def postgres_url(postgres_server: LocalPostgres) -> str:
+    """A fresh, empty database of the session's PostgreSQL, for this test alone."""
+    name = f"t_{next(_databases)}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_server.url_for(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty store's `store.url`, once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(store_url: str, tmp_path: Path) -> Iterator[Store]:
+    """An empty store of its own, once per backend."""
+    s = open_store(store_url, tmp_path)
     try:
         yield s
     finally:

@@ -30,7 +30,7 @@ from tollhouse.audit.checkpoint import (
     verify_checkpoints,
 )
 from tollhouse.events.records import Checkpoint
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.store import open_store
 
 KEY = Ed25519PrivateKey.generate()
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -151,7 +151,7 @@ def _run_gateway(tmp_path: Path, mock: Mock, blocked: int) -> Path:
 
 def test_the_gateway_checkpoints_and_verify_catches_a_removed_tail(mock: Mock, tmp_path: Path) -> None:
     data = _run_gateway(tmp_path, mock, blocked=2)  # 5 entries: directory and policy version 1, started, 2 blocked
-    store = SqliteStore(data / "tollhouse.db")
+    store = open_store("", data)
     seqs = [c.seq for c in store.checkpoints()]
     store.close()
     assert seqs == [2, 4, 5]  # every 2 entries, and at shutdown

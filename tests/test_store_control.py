@@ -10,7 +10,7 @@ import pytest
 
 from tollhouse.events.model import CallEvent
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, RULE_EDIT, Exemption
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.store import Store, open_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -26,7 +26,7 @@ def exemption(n: int, created_ms: int = T0, subject: str = "alice") -> Exemption
                      "platform", None, created_ms - 1000, "need it for the demo")
 
 
-def test_insert_events_counts_only_new_rows(store: SqliteStore) -> None:
+def test_insert_events_counts_only_new_rows(store: Store) -> None:
     batch = [event(i) for i in range(5)]
     assert store.insert_events(batch) == 5
     assert store.insert_events(batch) == 0  # agent telemetry re-sent: nothing doubles
@@ -35,7 +35,7 @@ def test_insert_events_counts_only_new_rows(store: SqliteStore) -> None:
     assert store.insert_events([]) == 0
 
 
-def test_documents_are_versioned_per_kind(store: SqliteStore) -> None:
+def test_documents_are_versioned_per_kind(store: Store) -> None:
     assert store.latest_document("policy") is None and store.latest_versions() == {}
     first = store.add_document("policy", T0, "admin", "api", {"rules": [{"id": "r1"}]}, note="initial")
     assert (first.version, first.note, first.body) == (1, "initial", {"rules": [{"id": "r1"}]})
@@ -53,10 +53,10 @@ def test_documents_are_versioned_per_kind(store: SqliteStore) -> None:
     assert out["version"] == 1 and out["ts"] == "2026-01-01T00:00:00.000Z" and out["body"]["rules"][0]["id"] == "r1"
 
 
-def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
-    stores = [SqliteStore(tmp_path / "shared.db") for _ in range(4)]
+def test_concurrent_writers_get_distinct_versions(store_url: str, tmp_path: Path) -> None:
+    stores = [open_store(store_url, tmp_path) for _ in range(4)]  # as four gateways sharing one database
 
-    def write(s: SqliteStore) -> None:
+    def write(s: Store) -> None:
         for _ in range(10):
             s.add_document("policy", T0, "admin", "api", {})
 
@@ -70,7 +70,7 @@ def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
         s.close()
 
 
-def test_exemptions_are_listed_decided_once_and_overrides_expire(store: SqliteStore) -> None:
+def test_exemptions_are_listed_decided_once_and_overrides_expire(store: Store) -> None:
     for n in range(4):
         store.add_exemption(exemption(n, T0 + n * 1000))
     assert store.exemption("x2") == exemption(2, T0 + 2000) and store.exemption("nope") is None
@@ -97,7 +97,7 @@ def test_exemptions_are_listed_decided_once_and_overrides_expire(store: SqliteSt
     assert out["id"] == "x0" and out["status"] == "approved" and out["expires"] == "2026-01-01T00:01:00.000Z"
 
 
-def test_enrollment_tokens_mirror_gateway_keys(store: SqliteStore) -> None:
+def test_enrollment_tokens_mirror_gateway_keys(store: Store) -> None:
     token = store.add_enrollment_token("h1", "the-abc", "laptops")
     store.add_enrollment_token("h2", "the-def", None)
     assert store.find_enrollment_token("h1") == token and store.find_enrollment_token("zz") is None
@@ -111,7 +111,7 @@ def test_enrollment_tokens_mirror_gateway_keys(store: SqliteStore) -> None:
     assert store.find_enrollment_token("h2") is not None and store.list_keys()[0].revoked_ms is not None
 
 
-def test_agents_check_in(store: SqliteStore) -> None:
+def test_agents_check_in(store: Store) -> None:
     first = store.upsert_agent("a1", "laptop-1", "0.1.0", "the-abc", T0, {"spool": 0})
     assert (first.first_seen_ms, first.last_seen_ms, first.status) == (T0, T0, {"spool": 0})
     store.upsert_agent("a2", "laptop-2", "0.1.0", None, T0 + 10, {})
@@ -123,7 +123,7 @@ def test_agents_check_in(store: SqliteStore) -> None:
     assert again.json()["last_seen"] == "2026-01-01T00:00:00.050Z"
 
 
-def test_audit_checkpoints(store: SqliteStore) -> None:
+def test_audit_checkpoints(store: Store) -> None:
     assert store.last_checkpoint() is None and store.checkpoints() == []
     entries = [store.append_audit(T0 + i, "test", "admin", {"i": i}) for i in range(3)]
     store.add_checkpoint(2, T0 + 10, entries[1].hash, "k1", "sig-a")

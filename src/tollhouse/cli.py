@@ -23,7 +23,7 @@ from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
 from tollhouse.directory import Directory
-from tollhouse.events.store import SqliteStore, StoreError, sqlite_path
+from tollhouse.events.store import Store, StoreError, open_store
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
@@ -203,9 +203,9 @@ def keys_revoke(prefix: str, config: ConfigOpt = None, data_dir: DataDirOpt = No
     typer.echo(f"revoked {prefix}")
 
 
-def _open_store(settings: Settings, data_dir: Path | None) -> SqliteStore:
+def _open_store(settings: Settings, data_dir: Path | None) -> Store:
     try:
-        return SqliteStore(sqlite_path(settings.store.url, _data_dir(data_dir)))
+        return open_store(settings.store.url, _data_dir(data_dir))
     except StoreError as exc:
         _fail(str(exc))
         raise AssertionError from exc

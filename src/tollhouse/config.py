@@ -195,15 +195,13 @@ class PricingConfig(_Frozen):
 
 
 class StoreConfig(_Frozen):
-    url: str = ""  # empty: sqlite:///DATA_DIR/tollhouse.db
+    url: str = ""  # empty: sqlite:///DATA_DIR/tollhouse.db; or postgresql://USER[:PASSWORD]@HOST:PORT/DB
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str) -> str:
         if value and not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
-            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST/DB")
-        if value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("PostgreSQL stores are not available in this version; use sqlite:///PATH")
+            raise ValueError("must be sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
         return value
 
 

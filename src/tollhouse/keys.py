@@ -7,7 +7,7 @@ import secrets
 import time
 
 from tollhouse.events.records import EnrollmentToken, KeyRecord
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.store import Store
 from tollhouse.events.writer import StoreRunner
 
 KEY_PREFIX = "th-"
@@ -23,7 +23,7 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_key(store: SqliteStore, subject: str, label: str | None = None) -> tuple[str, KeyRecord]:
+def create_key(store: Store, subject: str, label: str | None = None) -> tuple[str, KeyRecord]:
     key = new_key()
     record = store.add_key(sha256_hex(key), key[:10], subject, label)
     return key, record

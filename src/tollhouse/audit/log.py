@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tollhouse.audit.chain import AuditEntry
 from tollhouse.audit.checkpoint import sign_checkpoint
 from tollhouse.audit.syslog import SyslogForwarder
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.store import Store
 from tollhouse.events.writer import StoreRunner
 
 log = logging.getLogger("tollhouse.audit")
@@ -76,7 +76,7 @@ class AuditLog:
         self._unsigned, self._since_checkpoint = None, 0
         ts_ms = int(self._clock() * 1000)
 
-        def write(store: SqliteStore) -> None:
+        def write(store: Store) -> None:
             cp = sign_checkpoint(key, head.seq, head.hash, ts_ms)
             store.add_checkpoint(cp.seq, cp.ts_ms, cp.hash, cp.key_id, cp.signature)
 

@@ -1,15 +1,15 @@
-"""The embedded store: SQLite (WAL) for events, the audit trail, gateway keys and the control plane.
+"""The store: events, the audit trail, gateway keys and the control plane, in SQLite or PostgreSQL.
 
-All methods are synchronous and run on the store's own thread (see `StoreRunner`), so the event
-loop never waits on disk.
+`open_store(url, data_dir)` picks the database from ``store.url``. Every query is written once, over
+the small `Db` interface (see `db.py` for what differs between the dialects). All methods are
+synchronous and run on the store's own thread (see `StoreRunner`), so the event loop never waits on
+the database.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from tollhouse.audit.chain import GENESIS, AuditEntry, canonical, entry_hash
+from tollhouse.events.db import Db, PostgresDb, SqliteDb, StoreConflict, StoreError
 from tollhouse.events.model import COLUMNS, CallEvent
 from tollhouse.events.records import (
     APPROVED,
@@ -30,107 +31,12 @@ from tollhouse.events.records import (
     Exemption,
     KeyRecord,
 )
+from tollhouse.events.schema import migrations
 
-_MIGRATIONS: tuple[str, ...] = (
-    # 1: events and gateway keys
-    f"""
-    CREATE TABLE events (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        {", ".join(f"{c} {'TEXT UNIQUE NOT NULL' if c == 'id' else ''}" for c in COLUMNS)}
-    );
-    CREATE INDEX events_ts ON events (ts_ms);
-    CREATE INDEX events_subject_ts ON events (subject, ts_ms);
-    CREATE TABLE gateway_keys (
-        key_hash TEXT PRIMARY KEY,
-        prefix TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        label TEXT,
-        created_ms INTEGER NOT NULL,
-        revoked_ms INTEGER
-    );
-    """,
-    # 2: ledger counters load team and project history
-    """
-    CREATE INDEX events_team_ts ON events (team, ts_ms);
-    CREATE INDEX events_project_ts ON events (project, ts_ms);
-    """,
-    # 3: the audit trail (append-only, hash-chained)
-    """
-    CREATE TABLE audit (
-        seq INTEGER PRIMARY KEY,
-        ts_ms INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        actor TEXT NOT NULL,
-        data TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        hash TEXT NOT NULL
-    );
-    """,
-    # 4: the control plane: versioned documents, exemptions, agents and their enrollment tokens,
-    # signed audit checkpoints
-    """
-    CREATE TABLE documents (
-        kind TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        ts_ms INTEGER NOT NULL,
-        actor TEXT NOT NULL,
-        source TEXT NOT NULL,
-        body TEXT NOT NULL,
-        note TEXT,
-        PRIMARY KEY (kind, version)
-    );
-    CREATE TABLE exemptions (
-        id TEXT PRIMARY KEY,
-        created_ms INTEGER NOT NULL,
-        status TEXT NOT NULL,
-        requester TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        rule_id TEXT,
-        provider TEXT,
-        model TEXT,
-        team TEXT,
-        project TEXT,
-        call_ts_ms INTEGER,
-        justification TEXT NOT NULL,
-        reviewer TEXT,
-        decided_ms INTEGER,
-        decision_kind TEXT,
-        expires_ms INTEGER,
-        note TEXT
-    );
-    CREATE INDEX exemptions_status_created ON exemptions (status, created_ms);
-    CREATE TABLE enrollment_tokens (
-        token_hash TEXT PRIMARY KEY,
-        prefix TEXT NOT NULL,
-        label TEXT,
-        created_ms INTEGER NOT NULL,
-        revoked_ms INTEGER
-    );
-    CREATE TABLE agents (
-        agent_id TEXT PRIMARY KEY,
-        hostname TEXT,
-        version TEXT,
-        token_prefix TEXT,
-        first_seen_ms INTEGER NOT NULL,
-        last_seen_ms INTEGER NOT NULL,
-        status TEXT NOT NULL
-    );
-    CREATE TABLE audit_checkpoints (
-        seq INTEGER PRIMARY KEY,
-        ts_ms INTEGER NOT NULL,
-        hash TEXT NOT NULL,
-        key_id TEXT NOT NULL,
-        signature TEXT NOT NULL
-    );
-    """,
-)
+__all__ = ["KeyRecord", "SqliteStore", "Store", "StoreConflict", "StoreError", "is_postgres", "open_store",
+           "sqlite_path"]
 
-
-class StoreError(Exception):
-    """The store could not be opened or used; the message says which file and why."""
-
-
-__all__ = ["KeyRecord", "SqliteStore", "StoreError", "sqlite_path"]
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 Credential = TypeVar("Credential", KeyRecord, EnrollmentToken)
 # record type -> (table, column holding the secret's hash)
@@ -138,6 +44,9 @@ _CREDENTIAL_TABLES: dict[type[Any], tuple[str, str]] = {
     KeyRecord: ("gateway_keys", "key_hash"),
     EnrollmentToken: ("enrollment_tokens", "token_hash"),
 }
+_SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
+_INSERT_EVENT = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
+                 "ON CONFLICT (id) DO NOTHING")
 
 
 def _now_ms() -> int:
@@ -156,103 +65,101 @@ def _agent(row: dict[str, Any]) -> AgentRecord:
     return AgentRecord(**{**row, "status": orjson.loads(row["status"])})
 
 
+def _scope_filter(scope: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    """The WHERE clause (with a leading AND) that keeps one ledger scope's events."""
+    column = _SCOPE_COLUMNS.get(scope)
+    if column is None:
+        return "", []
+    return f" AND {column} IN ({', '.join('?' for _ in ids)})", list(ids)
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(POSTGRES_SCHEMES)
+
+
 def sqlite_path(url: str, data_dir: Path) -> Path:
     if not url:
         return data_dir / "tollhouse.db"
     return Path(url.removeprefix("sqlite:///").replace("DATA_DIR", str(data_dir)))
 
 
+def open_store(url: str, data_dir: Path) -> Store:
+    """The store `store.url` names: ``sqlite:///PATH`` (DATA_DIR is `data_dir`; empty: the default file)
+    or ``postgresql://USER@HOST:PORT/DB``. Raises StoreError when it cannot be opened."""
+    if is_postgres(url):
+        return Store(PostgresDb(url))
+    return Store(SqliteDb(sqlite_path(url, data_dir)))
+
+
 def _credential_queries(kind: type[Credential]) -> tuple[
-        Callable[[SqliteStore, str], Credential | None],  # find(secret_hash)
-        Callable[[SqliteStore], list[Credential]],  # list(), oldest first
-        Callable[[SqliteStore, str], int]]:  # revoke(prefix) -> how many were active
+        Callable[[Store, str], Credential | None],  # find(secret_hash)
+        Callable[[Store], list[Credential]],  # list(), oldest first
+        Callable[[Store, str], int]]:  # revoke(prefix) -> how many were active
     """The store methods of one table of hashed secrets (gateway keys, enrollment tokens)."""
     table, column = _CREDENTIAL_TABLES[kind]
 
-    def find(store: SqliteStore, secret_hash: str) -> Credential | None:
+    def find(store: Store, secret_hash: str) -> Credential | None:
         row = store._row(f"SELECT * FROM {table} WHERE {column} = ?", (secret_hash,))
         return kind(**row) if row else None
 
-    def list_all(store: SqliteStore) -> list[Credential]:
-        return [kind(**r) for r in store._rows(f"SELECT * FROM {table} ORDER BY created_ms")]
+    def list_all(store: Store) -> list[Credential]:
+        return [kind(**r) for r in store.db.query(f"SELECT * FROM {table} ORDER BY created_ms")]
 
-    def revoke(store: SqliteStore, prefix: str) -> int:
-        return store._execute(f"UPDATE {table} SET revoked_ms = ? WHERE prefix = ? AND revoked_ms IS NULL",
-                              (_now_ms(), prefix))
+    def revoke(store: Store, prefix: str) -> int:
+        return store.db.execute(f"UPDATE {table} SET revoked_ms = ? WHERE prefix = ? AND revoked_ms IS NULL",
+                                (_now_ms(), prefix))
 
     return find, list_all, revoke
 
 
-class SqliteStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+class Store:
+    def __init__(self, db: Db) -> None:
+        self.db = db
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the store at {path}: {exc}") from None
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        self._insert_sql = (
-            f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({placeholders}) ON CONFLICT (id) DO NOTHING"
-        )
-
-    def _migrate(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self._db.execute("SELECT version FROM schema_version").fetchone()
-        version = row[0] if row else 0
-        if row is None:
-            self._db.execute("INSERT INTO schema_version VALUES (0)")
-        for i, script in enumerate(_MIGRATIONS[version:], start=version + 1):
-            with self._transaction():
-                for stmt in script.split(";"):
-                    if stmt.strip():
-                        self._db.execute(stmt)
-                self._db.execute("UPDATE schema_version SET version = ?", (i,))
-
-    def close(self) -> None:
-        self._db.close()
-
-    # the few primitives every query goes through
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """A write transaction, serialized against every other writer of the database."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.close()
             raise
 
-    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+    def _migrate(self) -> None:
+        scripts = migrations(self.db.dialect)
+        with self.db.transaction(lock="migrate"):
+            self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._row("SELECT version FROM schema_version")
+            if row is None:
+                self.db.execute("INSERT INTO schema_version VALUES (0)")
+            version = int(row["version"]) if row else 0
+            if version > len(scripts):
+                raise StoreError(f"the store at {self.db.where} has schema version {version}, newer than this "
+                                 f"Tollhouse knows ({len(scripts)}): upgrade Tollhouse")
+            for i, statements in enumerate(scripts[version:], start=version + 1):
+                for statement in statements:
+                    self.db.execute(statement)
+                self.db.execute("UPDATE schema_version SET version = ?", (i,))
+
+    def schema_version(self) -> int:
+        row = self._row("SELECT version FROM schema_version")
+        return int(row["version"]) if row else 0
+
+    def close(self) -> None:
+        self.db.close()
 
     def _row(self, sql: str, args: Sequence[Any] = ()) -> dict[str, Any] | None:
-        rows = self._rows(sql, args)
+        rows = self.db.query(sql, args)
         return rows[0] if rows else None
-
-    def _execute(self, sql: str, args: Sequence[Any] = ()) -> int:
-        """Run one statement; the number of rows it changed."""
-        return self._db.execute(sql, args).rowcount
 
     def _insert(self, table: str, record: Any) -> None:
         """Insert a record dataclass whose field names are the table's columns."""
         names = [f.name for f in fields(record)]
-        self._execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
-                      [getattr(record, n) for n in names])
+        self.db.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})",
+                        [getattr(record, n) for n in names])
 
     # events
 
     def insert_events(self, events: Sequence[CallEvent]) -> int:
         """Store events; ones whose id is already stored are skipped. Returns how many were new."""
-        with self._transaction():
-            return self._db.executemany(self._insert_sql, events).rowcount
+        with self.db.transaction():
+            return self.db.executemany(_INSERT_EVENT, events)
 
     def list_events(self, limit: int, subject: str | None = None, before_seq: int | None = None
                     ) -> list[dict[str, Any]]:
@@ -269,7 +176,7 @@ class SqliteStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
-        return self._rows(sql, args)
+        return self.db.query(sql, args)
 
     def usage_history(self, scope: str, ids: Sequence[str], since_ms: int, bucket_ms: int
                       ) -> list[tuple[int, str, int, int, int, int]]:
@@ -277,45 +184,35 @@ class SqliteStore:
 
         scope: subject (ids = [subject]), team (ids = the team and its descendants), project, or org.
         """
-        where = "ts_ms >= ?"
-        args: list[Any] = [since_ms]
-        column = {"subject": "subject", "team": "team", "project": "project"}.get(scope)
-        if column is not None:
-            where += f" AND {column} IN ({', '.join('?' for _ in ids)})"
-            args += list(ids)
-        sql = (f"SELECT (ts_ms / ?) * ? AS b, provider, COALESCE(SUM(cost_nusd), 0), SUM(input_tokens), "
-               f"SUM(output_tokens), SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) FROM events WHERE {where} "
-               "AND decision != 'block' GROUP BY b, provider ORDER BY b")
-        try:
-            rows = self._db.execute(sql, [bucket_ms, bucket_ms, *args]).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"reading usage history from {self.path} failed: {exc}") from None
-        return [(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), int(r[5])) for r in rows]
+        where, args = _scope_filter(scope, ids)
+        sql = ("SELECT b, provider, COALESCE(SUM(cost_nusd), 0) AS c, SUM(input_tokens) AS i, "
+               "SUM(output_tokens) AS o, SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) AS n "
+               "FROM (SELECT (ts_ms / ?) * ? AS b, provider, cost_nusd, input_tokens, output_tokens, status "
+               f"FROM events WHERE ts_ms >= ? AND decision != 'block'{where}) AS e GROUP BY b, provider ORDER BY b")
+        rows = self.db.query(sql, [bucket_ms, bucket_ms, since_ms, *args])
+        return [(int(r["b"]), r["provider"], int(r["c"]), int(r["i"]), int(r["o"]), int(r["n"])) for r in rows]
 
     def usage_totals(self, scope: str, ids: Sequence[str], since_ms: int, until_ms: int
                      ) -> dict[str, tuple[int, int, int, int]]:
         """Settled (provider -> spend nano-USD, input tokens, output tokens, requests) in [since, until)."""
-        where = "ts_ms >= ? AND ts_ms < ? AND decision != 'block'"
-        args: list[Any] = [since_ms, until_ms]
-        column = {"subject": "subject", "team": "team", "project": "project"}.get(scope)
-        if column is not None:
-            where += f" AND {column} IN ({', '.join('?' for _ in ids)})"
-            args += list(ids)
-        sql = ("SELECT provider, COALESCE(SUM(cost_nusd), 0), SUM(input_tokens), SUM(output_tokens), "
-               f"SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) FROM events WHERE {where} GROUP BY provider")
-        return {r[0]: (int(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in self._db.execute(sql, args)}
+        where, args = _scope_filter(scope, ids)
+        sql = ("SELECT provider, COALESCE(SUM(cost_nusd), 0) AS c, SUM(input_tokens) AS i, SUM(output_tokens) AS o, "
+               "SUM(CASE WHEN status < 400 THEN 1 ELSE 0 END) AS n FROM events "
+               f"WHERE ts_ms >= ? AND ts_ms < ? AND decision != 'block'{where} GROUP BY provider")
+        rows = self.db.query(sql, [since_ms, until_ms, *args])
+        return {r["provider"]: (int(r["c"]), int(r["i"]), int(r["o"]), int(r["n"])) for r in rows}
 
     # audit trail
 
     def append_audit(self, ts_ms: int, kind: str, actor: str, data: dict[str, Any]) -> AuditEntry:
-        """Append one entry, chained to the last one (this thread is the only writer)."""
-        with self._transaction():
-            row = self._db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
-            content = canonical(seq, ts_ms, kind, actor, data)
-            digest = entry_hash(prev, content)
-            self._db.execute("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (seq, ts_ms, kind, actor, _json(data), prev, digest))
+        """Append one entry, chained to the last one. Appends are serialized across every process that
+        shares the database (gateways sharing one PostgreSQL), so the chain never forks."""
+        with self.db.transaction(lock="audit"):
+            row = self._row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            seq, prev = (int(row["seq"]) + 1, row["hash"]) if row else (1, GENESIS)
+            digest = entry_hash(prev, canonical(seq, ts_ms, kind, actor, data))
+            self.db.execute("INSERT INTO audit (seq, ts_ms, kind, actor, data, prev_hash, hash) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", (seq, ts_ms, kind, actor, _json(data), prev, digest))
         return AuditEntry(seq, ts_ms, kind, actor, data, prev, digest)
 
     def audit_entries(self, after_seq: int = 0, limit: int | None = None) -> list[AuditEntry]:
@@ -324,8 +221,7 @@ class SqliteStore:
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
-        return [AuditEntry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5], r[6])
-                for r in self._db.execute(sql, args)]
+        return [AuditEntry(**{**r, "data": orjson.loads(r["data"])}) for r in self.db.query(sql, args)]
 
     # signed audit checkpoints
 
@@ -336,7 +232,7 @@ class SqliteStore:
 
     def checkpoints(self) -> list[Checkpoint]:
         """Oldest first."""
-        return [Checkpoint(**r) for r in self._rows("SELECT * FROM audit_checkpoints ORDER BY seq")]
+        return [Checkpoint(**r) for r in self.db.query("SELECT * FROM audit_checkpoints ORDER BY seq")]
 
     def last_checkpoint(self) -> Checkpoint | None:
         row = self._row("SELECT * FROM audit_checkpoints ORDER BY seq DESC LIMIT 1")
@@ -362,12 +258,12 @@ class SqliteStore:
     def add_document(self, kind: str, ts_ms: int, actor: str, source: str, body: dict[str, Any],
                      note: str | None = None) -> DocumentVersion:
         """Store a new version of `kind`: the previous latest + 1 (the first is 1), atomically."""
-        with self._transaction():
+        with self.db.transaction(lock="documents"):
             row = self._row("SELECT COALESCE(MAX(version), 0) + 1 AS v FROM documents WHERE kind = ?", (kind,))
             record = DocumentVersion(kind, int(row["v"]) if row else 1, ts_ms, actor, source, body, note)
-            self._execute("INSERT INTO documents (kind, version, ts_ms, actor, source, body, note) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          (kind, record.version, ts_ms, actor, source, _json(body), note))
+            self.db.execute("INSERT INTO documents (kind, version, ts_ms, actor, source, body, note) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (kind, record.version, ts_ms, actor, source, _json(body), note))
         return record
 
     def latest_document(self, kind: str) -> DocumentVersion | None:
@@ -386,11 +282,11 @@ class SqliteStore:
             sql += " AND version < ?"
             args.append(before_version)
         args.append(limit)
-        return [_document(r) for r in self._rows(sql + " ORDER BY version DESC LIMIT ?", args)]
+        return [_document(r) for r in self.db.query(sql + " ORDER BY version DESC LIMIT ?", args)]
 
     def latest_versions(self) -> dict[str, int]:
         """kind -> its latest version (for change polling and ETags)."""
-        rows = self._rows("SELECT kind, MAX(version) AS v FROM documents GROUP BY kind")
+        rows = self.db.query("SELECT kind, MAX(version) AS v FROM documents GROUP BY kind")
         return {r["kind"]: int(r["v"]) for r in rows}
 
     # exemptions
@@ -406,8 +302,8 @@ class SqliteStore:
     def list_exemptions(self, status: str | None, limit: int) -> list[Exemption]:
         """Newest first; all of them, or those with `status`."""
         where, args = ("WHERE status = ? ", [status]) if status is not None else ("", [])
-        rows = self._rows(f"SELECT * FROM exemptions {where}ORDER BY created_ms DESC, id DESC LIMIT ?",
-                          [*args, limit])
+        rows = self.db.query(f"SELECT * FROM exemptions {where}ORDER BY created_ms DESC, id DESC LIMIT ?",
+                             [*args, limit])
         return [Exemption(**r) for r in rows]
 
     def decide_exemption(self, exemption_id: str, status: str, reviewer: str, decided_ms: int,
@@ -415,8 +311,8 @@ class SqliteStore:
         """Approve or deny a pending exemption; None when there is none with that id pending."""
         if status not in (APPROVED, DENIED):
             raise ValueError(f"an exemption is decided as {APPROVED} or {DENIED}, not {status!r}")
-        with self._transaction():
-            changed = self._execute(
+        with self.db.transaction():
+            changed = self.db.execute(
                 "UPDATE exemptions SET status = ?, reviewer = ?, decided_ms = ?, decision_kind = ?, expires_ms = ?, "
                 "note = ? WHERE id = ? AND status = ?",
                 (status, reviewer, decided_ms, decision_kind, expires_ms, note, exemption_id, PENDING))
@@ -424,8 +320,8 @@ class SqliteStore:
 
     def active_overrides(self, now_ms: int) -> list[Exemption]:
         """Approved overrides that have not expired, oldest first."""
-        rows = self._rows("SELECT * FROM exemptions WHERE status = ? AND decision_kind = ? AND expires_ms > ? "
-                          "ORDER BY created_ms, id", (APPROVED, OVERRIDE, now_ms))
+        rows = self.db.query("SELECT * FROM exemptions WHERE status = ? AND decision_kind = ? AND expires_ms > ? "
+                             "ORDER BY created_ms, id", (APPROVED, OVERRIDE, now_ms))
         return [Exemption(**r) for r in rows]
 
     # agents
@@ -433,16 +329,23 @@ class SqliteStore:
     def upsert_agent(self, agent_id: str, hostname: str | None, version: str | None, token_prefix: str | None,
                      seen_ms: int, status: dict[str, Any]) -> AgentRecord:
         """Record that an agent checked in (first_seen_ms is kept from its first check-in)."""
-        with self._transaction():
-            self._execute(
+        with self.db.transaction():
+            self.db.execute(
                 "INSERT INTO agents (agent_id, hostname, version, token_prefix, first_seen_ms, last_seen_ms, status) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname, "
                 "version = excluded.version, token_prefix = excluded.token_prefix, "
                 "last_seen_ms = excluded.last_seen_ms, status = excluded.status",
                 (agent_id, hostname, version, token_prefix, seen_ms, seen_ms, _json(status)))
-            rows = self._rows("SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
+            rows = self.db.query("SELECT * FROM agents WHERE agent_id = ?", (agent_id,))
         return _agent(rows[0])
 
     def list_agents(self) -> list[AgentRecord]:
         """Most recently seen first."""
-        return [_agent(r) for r in self._rows("SELECT * FROM agents ORDER BY last_seen_ms DESC, agent_id")]
+        return [_agent(r) for r in self.db.query("SELECT * FROM agents ORDER BY last_seen_ms DESC, agent_id")]
+
+
+class SqliteStore(Store):
+    """Compatibility: a store over the SQLite file `path` (prefer `open_store`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(SqliteDb(path))

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from tollhouse.events.journal import Journal
 from tollhouse.events.model import CallEvent
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.store import Store
 
 log = logging.getLogger("tollhouse.events")
 
@@ -25,13 +25,13 @@ T = TypeVar("T")
 
 
 class StoreRunner:
-    """Runs store calls on one dedicated thread (SQLite connections are not shared across threads)."""
+    """Runs store calls on one dedicated thread (a store's connection is used from one thread only)."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tollhouse-store")
 
-    async def run(self, fn: Callable[[SqliteStore], T]) -> T:
+    async def run(self, fn: Callable[[Store], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, fn, self.store)
 

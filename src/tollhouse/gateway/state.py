@@ -20,7 +20,7 @@ from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
 from tollhouse.events.journal import Journal, leftover_events
 from tollhouse.events.model import CallEvent
-from tollhouse.events.store import SqliteStore, sqlite_path
+from tollhouse.events.store import Store, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.metrics import GatewayMetrics
@@ -90,7 +90,7 @@ class GatewayState:
 
 def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], since_ms: int, bucket_ms: int
                     ) -> list[HistoryRow]:
-    """The same rows as SqliteStore.usage_history, for events not yet in the store."""
+    """The same rows as Store.usage_history, for events not yet in the store."""
     field = scope if scope in ("subject", "team", "project") else None  # org: every event
     out: list[HistoryRow] = []
     for e in events:
@@ -101,7 +101,7 @@ def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], si
     return out
 
 
-def replay_journal(store: SqliteStore, journal_dir: Path) -> None:
+def replay_journal(store: Store, journal_dir: Path) -> None:
     """Events a killed process journaled but never stored go into the store before we serve."""
     if not journal_dir.exists():
         return
@@ -136,7 +136,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
     signer = load_or_create_signing_key(data_dir)
-    store = SqliteStore(sqlite_path(settings.store.url, data_dir))
+    store = open_store(settings.store.url, data_dir)
     journal_dir = data_dir / "journal"
     replay_journal(store, journal_dir)
     runner = StoreRunner(store)
