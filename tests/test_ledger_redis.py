@@ -51,15 +51,15 @@ def redis_server(port: int, tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def _shared(mock: Mock, redis_url: str, db: Path, rules: list[dict[str, Any]], fail_open: bool = False
+def _shared(mock: Mock, redis_url: str, store_url: str, rules: list[dict[str, Any]], fail_open: bool = False
             ) -> dict[str, Any]:
-    return _config(mock, rules, counters={"url": redis_url, "fail_open": fail_open},
-                   store={"url": f"sqlite:///{db}"})
+    return _config(mock, rules, counters={"url": redis_url, "fail_open": fail_open}, store={"url": store_url})
 
 
 def test_two_gateways_on_one_redis_enforce_one_budget(mock: Mock, gateway_factory: Any, redis_url: str,
-                                                      tmp_path: Path) -> None:
-    cfg = _shared(mock, redis_url, tmp_path / "shared.db", [budget_rule()])
+                                                      store_url: str, tmp_path: Path) -> None:
+    """Both stores: one shared SQLite file, or one PostgreSQL (the at-scale deployment)."""
+    cfg = _shared(mock, redis_url, store_url, [budget_rule()])
     gw1: Gateway = gateway_factory(cfg, tmp_path / "g1")
     gw2: Gateway = gateway_factory(cfg, tmp_path / "g2")
     statuses = _together(40, lambda i: _call((gw1 if i % 2 else gw2).url))
@@ -73,8 +73,8 @@ def test_two_gateways_on_one_redis_enforce_one_budget(mock: Mock, gateway_factor
 
 
 def test_flushed_counters_are_rebuilt_from_the_store(mock: Mock, gateway_factory: Any, redis_url: str,
-                                                     tmp_path: Path) -> None:
-    gw: Gateway = gateway_factory(_shared(mock, redis_url, tmp_path / "s.db", [budget_rule(threshold=0.5)]))
+                                                     store_url: str) -> None:
+    gw: Gateway = gateway_factory(_shared(mock, redis_url, store_url, [budget_rule(threshold=0.5)]))
     assert [_call(gw.url) for _ in range(3)] == [200, 200, 200]
     redis.Redis.from_url(redis_url).flushall()
     assert [_call(gw.url) for _ in range(3)] == [200, 200, 403]  # $0.30 came back from the store
@@ -83,12 +83,12 @@ def test_flushed_counters_are_rebuilt_from_the_store(mock: Mock, gateway_factory
     assert status == 200 and abs(cap["used"] - 0.5) < 1e-9 and cap["remaining"] == 0
 
 
-def test_token_window_in_redis_answers_429_with_retry_after(mock: Mock, gateway_factory: Any, redis_url: str,
-                                                           tmp_path: Path) -> None:
+def test_token_window_in_redis_answers_429_with_retry_after(mock: Mock, gateway_factory: Any, redis_url: str
+                                                           ) -> None:
     rule = {"id": "tpm", "scope": "team", "team": "platform",
             "condition": {"type": "usage", "metric": "tokens_per_minute", "threshold": 60},
             "action": {"type": "hard_stop"}}
-    gw: Gateway = gateway_factory(_shared(mock, redis_url, tmp_path / "s.db", [rule]))
+    gw: Gateway = gateway_factory(_shared(mock, redis_url, "", [rule]))
     client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="sk-x", max_retries=0,
                            default_headers={"X-Tollhouse-User": "bob"})
     outcomes = []
@@ -102,14 +102,14 @@ def test_token_window_in_redis_answers_429_with_retry_after(mock: Mock, gateway_
     assert outcomes[0] == 200 and any(55 <= o <= 61 for o in outcomes[1:]), outcomes
 
 
-def test_redis_down_fails_closed_or_open_as_configured(mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+def test_redis_down_fails_closed_or_open_as_configured(mock: Mock, gateway_factory: Any) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    closed: Gateway = gateway_factory(_shared(mock, dead, tmp_path / "a.db", [budget_rule()]))
+    closed: Gateway = gateway_factory(_shared(mock, dead, "", [budget_rule()]))
     assert _call(closed.url) == 503
     assert mock.stats.total == 0
     ev = closed.events()[0]
     assert ev["status"] == 503 and ev["decision"] == "block"
-    opened: Gateway = gateway_factory(_shared(mock, dead, tmp_path / "b.db", [budget_rule()], fail_open=True))
+    opened: Gateway = gateway_factory(_shared(mock, dead, "", [budget_rule()], fail_open=True))
     assert _call(opened.url) == 200
     _, metrics, _ = opened.get("/metrics", token=None)
     assert b'tollhouse_ledger_unavailable_total{failed="open"} 1.0' in metrics

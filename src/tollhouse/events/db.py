@@ -165,9 +165,9 @@ class PostgresDb(Db):
         return self._conn
 
     def _unreachable(self, exc: BaseException) -> StoreError:
-        return StoreError(f"cannot reach the store, {self.where}: {self._scrub(exc)}. Check that PostgreSQL is "
-                          f"running and reachable from here and that store.url names the right host, port, "
-                          f"database and user; event writes are retried meanwhile")
+        return StoreError(f"cannot reach the store, {self.where}: {self._scrub(exc)} -- Check that PostgreSQL is "
+                          "running and reachable from here and that store.url names the right host, port, database "
+                          "and user (a running gateway keeps its events and retries writing them)")
 
     @contextmanager
     def _errors(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
