@@ -2,8 +2,9 @@
 
 Runs Debian's PostgreSQL binaries (``/usr/lib/postgresql/<major>/bin``): ``initdb`` into a temporary
 directory (trust authentication, superuser ``postgres``), then ``pg_ctl start`` listening on loopback at
-the given port with fsync off. ``stop()`` shuts it down and deletes the directory. PostgreSQL refuses to
-run as root: as root, the server runs as the ``postgres`` system user (else ``nobody``).
+the given port, with fsync off unless asked for. ``stop()`` shuts it down and deletes the directory.
+PostgreSQL refuses to run as root: as root, the server runs as the ``postgres`` system user (else
+``nobody``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ class PostgresUnavailable(RuntimeError):
 
 
 class LocalPostgres:
-    def __init__(self, port: int, bin_dir: Path = DEFAULT_BIN) -> None:
+    def __init__(self, port: int, bin_dir: Path = DEFAULT_BIN, fsync: bool = False) -> None:
         self.port = port
         self.bin_dir = bin_dir
+        self.fsync = fsync
         self.dir = Path(tempfile.mkdtemp(prefix="tollhouse-pg-"))
         self._started = False
         self._user: pwd.struct_passwd | None = None
@@ -61,8 +63,9 @@ class LocalPostgres:
                 "scripts/test installs it)")
         data = self.dir / "data"
         self._run(str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        options = f"{'' if self.fsync else '-F '}-k {self.dir} -h 127.0.0.1 -p {self.port}"
         self._run(str(self.bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "server.log"), "-w",
-                  "-t", "30", "-o", f"-F -k {self.dir} -h 127.0.0.1 -p {self.port}", "start")
+                  "-t", "30", "-o", options, "start")
         self._started = True
         return self
 
