@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from tollhouse.config import parse_settings
-from tollhouse.events.pg_local import LocalPostgres, PostgresUnavailable
+from tollhouse.events.pg_local import DEFAULT_BIN, LocalPostgres, PostgresUnavailable
 from tollhouse.events.store import Store, open_store
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState
@@ -168,12 +169,12 @@ def gateway(mock: Mock, gateway_factory: Any) -> Gateway:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
-    """One real PostgreSQL for the session (Debian's postgresql-15 binaries; scripts/test installs them)."""
-    pg = LocalPostgres(free_port())
+    """One real PostgreSQL for the session: Debian's postgresql-15 binaries (scripts/test installs them), or
+    those in $TOLLHOUSE_PG_BIN. Missing binaries fail the tests that need it (never a silent skip)."""
+    pg = LocalPostgres(free_port(), Path(os.environ.get("TOLLHOUSE_PG_BIN") or DEFAULT_BIN))
     try:
         pg.start()
     except PostgresUnavailable as exc:
-        pg.stop()
         pytest.fail(f"PostgreSQL tests need a local server: {exc}", pytrace=False)
     try:
         yield pg

@@ -3,7 +3,10 @@ schema upgrades that keep every row, and a lost PostgreSQL connection."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -165,3 +168,11 @@ def test_an_unreachable_postgres_is_named_without_its_password(tmp_path: Path) -
     message = str(exc.value)
     assert f"PostgreSQL at 127.0.0.1:{port} (database th)" in message and "s3cret-pw" not in message
     assert "Check that PostgreSQL is running" in message
+
+
+def test_without_postgresql_binaries_the_postgres_tests_fail_not_skip(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "lost_postgres",
+                             str(Path(__file__))], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "TOLLHOUSE_PG_BIN": str(tmp_path / "no-such-dir")})
+    assert result.returncode == 1 and "1 error" in result.stdout and "skipped" not in result.stdout
+    assert "PostgreSQL tests need a local server" in result.stdout and "apt-get install postgresql-15" in result.stdout

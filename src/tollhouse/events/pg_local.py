@@ -58,15 +58,20 @@ class LocalPostgres:
     def start(self) -> LocalPostgres:
         initdb = self.bin_dir / "initdb"
         if not initdb.exists():
+            self.stop()
             raise PostgresUnavailable(
                 f"{initdb} not found: PostgreSQL 15 is needed (Debian/Ubuntu: apt-get install postgresql-15; "
                 "scripts/test installs it)")
         data = self.dir / "data"
-        self._run(str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
         options = f"{'' if self.fsync else '-F '}-k {self.dir} -h 127.0.0.1 -p {self.port}"
-        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "server.log"), "-w",
-                  "-t", "30", "-o", options, "start")
-        self._started = True
+        try:
+            self._run(str(initdb), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+            self._started = True  # from here on, stop() must try pg_ctl stop
+            self._run(str(self.bin_dir / "pg_ctl"), "-D", str(data), "-l", str(self.dir / "server.log"), "-w",
+                      "-t", "30", "-o", options, "start")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
