@@ -153,11 +153,11 @@ class Partition:
 
 
 def test_a_settle_lost_in_a_partition_is_rebuilt_from_the_store(mock: Mock, gateway_factory: Any,
-                                                                 redis_url: str, tmp_path: Path) -> None:
+                                                                 redis_url: str) -> None:
     """Redis took the reservation, then the network dropped the settle. Once the reservation has expired the
     call's spend must still count: the counter is rebuilt from the store. It is counted and audited."""
     relay = Partition(int(redis_url.rsplit(":", 1)[1].split("/")[0]))
-    cfg = _shared(mock, f"redis://127.0.0.1:{relay.port}/0", tmp_path / "s.db", [budget_rule(threshold=0.5)])
+    cfg = _shared(mock, f"redis://127.0.0.1:{relay.port}/0", "", [budget_rule(threshold=0.5)])
     gw: Gateway = gateway_factory({**cfg, "ledger": {"reservation_ttl_s": 1}})
     client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="sk-x", max_retries=0,
                            default_headers={"X-Tollhouse-User": "alice", "X-Mock-Latency-Ms": "500"})
@@ -181,7 +181,7 @@ def test_a_settle_lost_in_a_partition_is_rebuilt_from_the_store(mock: Mock, gate
 
 def test_an_outage_is_audited_once_and_its_end_too(mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
     port = free_port()
-    gw: Gateway = gateway_factory(_shared(mock, f"redis://127.0.0.1:{port}/0", tmp_path / "s.db", [budget_rule()]))
+    gw: Gateway = gateway_factory(_shared(mock, f"redis://127.0.0.1:{port}/0", "", [budget_rule()]))
     assert [_call(gw.url) for _ in range(3)] == [503, 503, 503]
     with redis_server(port, tmp_path):
         assert _call(gw.url) == 200
