@@ -41,7 +41,7 @@ import orjson
 
 from tollhouse import __version__
 from tollhouse.audit.chain import GENESIS, canonical, entry_hash
-from tollhouse.events.store import SqliteStore
+from tollhouse.events.store import open_store
 
 HOST = "127.0.0.1"
 ADMIN = "bench-admin-token"
@@ -174,7 +174,7 @@ async def ingest(gw: Gateway, session: aiohttp.ClientSession, total: int, batch:
 def audit_verify(entries: int, workdir: Path) -> Json:
     data = workdir / "audit-data"
     data.mkdir()
-    SqliteStore(data / "tollhouse.db").close()  # the schema
+    open_store("", data).close()  # the schema
     db = sqlite3.connect(data / "tollhouse.db")
     prev = GENESIS
     rows = []
