@@ -18,7 +18,13 @@ import typer
 
 from tollhouse import __version__
 from tollhouse.audit.chain import AuditEntry, first_problem
-from tollhouse.audit.checkpoint import PUBLIC_KEY_FILE, SigningKeyError, load_public_key, verify_checkpoints
+from tollhouse.audit.checkpoint import (
+    SigningKeyError,
+    load_public_key,
+    public_key_path,
+    signing_key_path,
+    verify_checkpoints,
+)
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
@@ -297,7 +303,8 @@ def audit_verify(
                                                     "with (default: audit_signing_key.pub in the data dir).")] = None,
 ) -> None:
     """Check the audit trail's hash chain and signed checkpoints: exit 0, or 1 naming the first problem."""
-    store = _open_store(_settings(config), data_dir)
+    settings = _settings(config)
+    store = _open_store(settings, data_dir)
     checkpoints = store.checkpoints()
     covered = {c.seq for c in checkpoints}
     kept: list[AuditEntry] = []  # the entries checkpoints cover, and the last one (memory stays flat)
@@ -318,7 +325,7 @@ def audit_verify(
 
     problem = first_problem(stream())
     store.close()
-    key_path = public_key or _data_dir(data_dir) / PUBLIC_KEY_FILE
+    key_path = public_key or public_key_path(signing_key_path(_data_dir(data_dir), settings.audit.signing_key_file))
     if problem is None and checkpoints:
         try:
             problem = verify_checkpoints(kept, checkpoints, load_public_key(key_path))

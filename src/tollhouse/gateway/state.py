@@ -135,7 +135,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     p = settings.policy
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
-    signer = load_or_create_signing_key(data_dir)
+    signer = load_or_create_signing_key(data_dir, settings.audit.signing_key_file)
     store = open_store(settings.store.url, data_dir)
     journal_dir = data_dir / "journal"
     replay_journal(store, journal_dir)
