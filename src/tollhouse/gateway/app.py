@@ -160,6 +160,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     state.policy.start()
     await state.overrides.start()
     status = state.policy.status()
+    await _audit_mode_switch(state)
     state.audit.record("gateway.started", "gateway", {
         "enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),
         "capture_mode": settings.capture_mode.value, "policy_version": status.version,
@@ -192,6 +193,20 @@ async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> No
     while True:
         await asyncio.sleep(every_s)
         state.ledger.expire(int(state.clock() * 1000))
+
+
+async def _audit_mode_switch(state: GatewayState) -> None:
+    """Enforcement switched on or off (or its rollout or capture mode changed) since the last start: say so."""
+    settings = state.settings
+    now = {"enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),
+           "capture_mode": settings.capture_mode.value}
+    last = await state.runner.run(lambda s: s.last_audit_entry("gateway.started"))
+    if last is None:
+        return
+    before = {k: last.data.get(k) for k in now}
+    if before != now:
+        state.audit.record("enforcement.changed", "config", {
+            "before": before, "after": now, "changed": sorted(k for k in now if before[k] != now[k])})
 
 
 async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
