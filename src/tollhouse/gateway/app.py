@@ -125,6 +125,8 @@ class GatewayApp:
             result = await handler(request, self.state)
         except ProtocolClosed:
             return  # the client went away; the handler has recorded what it must
+        except admin.ApiError as exc:
+            result = exc.response
         except Exception:
             # The one error boundary: log the details, answer in the caller's shape, never a traceback.
             log.exception("internal error on %s %s", request.method, request.path)
