@@ -478,13 +478,14 @@ def gateway_config(mock_port: int, extra: Json) -> Json:
     return {"providers": {pid: {"upstream": upstream} for pid in ("openai", "anthropic", "gemini")}, **extra}
 
 
-def start_gateway(port: int, config: Json, work_dir: Path, name: str = "gateway") -> Service:
-    """`tollhouse serve` with `config` (written as JSON) and its own data directory."""
+def start_gateway(port: int, config: Json, work_dir: Path, name: str = "gateway",
+                  extra_args: Sequence[str] = ()) -> Service:
+    """`tollhouse serve` with `config` (written as JSON), its own data directory and `extra_args`."""
     config_path = work_dir / f"{name}.json"
     config_path.write_text(json.dumps(config, indent=1))
     env = {**os.environ, "TOLLHOUSE_LOG_LEVEL": "warning", "TOLLHOUSE_ADMIN_TOKEN": ADMIN_TOKEN}
     argv = [*tollhouse_command(), "serve", "--config", str(config_path), "--host", HOST, "--port", str(port),
-            "--data-dir", str(work_dir / f"{name}-data")]
+            "--data-dir", str(work_dir / f"{name}-data"), *extra_args]
     service = start_service(name, argv, env, work_dir)
     wait_ready(service, f"http://{HOST}:{port}/healthz")
     return service
