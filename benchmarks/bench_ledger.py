@@ -214,7 +214,8 @@ async def time_variant(variant: Variant, redis_url: str | None = None) -> Json:
 
 async def _time_pairs(variant: Variant, ledger: LocalLedger | RedisLedger, pair: Any, caps: tuple[Cap, ...],
                       now_ms: int) -> Json:
-    await ledger.ensure_loaded(caps, now_ms)
+    if isinstance(ledger, LocalLedger):  # Redis loads a counter from the store on its first use
+        await ledger.ensure_loaded(caps, now_ms)
     for _ in range(variant.fill_calls):
         now_ms += variant.fill_step_ms
         await pair(ledger, caps, now_ms)
