@@ -88,7 +88,7 @@ def _create_private_key(path: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         os.link(tmp, path)
-        log.warning("generated the audit signing key %s (public key in %s)", path, public_key_path(path).name)
+        log.info("generated the audit signing key %s (public key in %s)", path, public_key_path(path).name)
     except FileExistsError:
         pass
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable
 
 import orjson
@@ -137,6 +138,7 @@ async def healthz(request: Request, state: GatewayState) -> Response:
     return json_response({
         "status": "ok",
         "version": __version__,
+        "pid": os.getpid(),
         "enforcement": state.settings.enforcement.value,
         "events_pending": state.writer.pending,
         "events_written": state.writer.written,

@@ -153,9 +153,11 @@ def _internal_error(request: Request) -> Response:
 
 async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 ready: Callable[[GatewayState, int], None] | None = None,
-                stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time) -> None:
-    """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
-    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock)
+                stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
+                worker: int | None = None) -> None:
+    """Run the gateway in the current event loop until `stop` is set; flush events on the way out.
+    `worker`: this process is one of `serve --workers N` (they share the port through SO_REUSEPORT)."""
+    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker)
     state.writer.start()
     state.audit.start()
     state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
