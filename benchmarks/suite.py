@@ -566,7 +566,7 @@ def budget_exact_probe(r: Running, user: str, n: int = 100) -> Json:
 
 def tollhouse_checks(r: Running, enforcing: bool, users: Sequence[str]) -> Json:
     assert r.admin_base is not None
-    _, decisions, health = settled_counts(r.admin_base)
+    _, decisions, health = settled_counts(r.admin_base, timeout_s=3.0 if len(r.pids()) > 1 else 15.0)
     out: Json = {"calls_by_decision": decisions, "events_written": health.get("events_written"),
                  "events_pending": health.get("events_pending")}
     if enforcing:
@@ -810,15 +810,18 @@ def report(results: Json) -> str:
                                 _cell(s["max_rss_mb"], 1),
                                 "; ".join(f"{p['start_mb']} → {p['end_mb']}" for p in s["processes"]),
                                 f"{s['grew_mb']} MB", "yes" if s["flat"] else "**no**"]),
-          f"{SOAK_CONNECTIONS} keep-alive connections sending at a constant total rate; RSS (VmRSS) of every process "
+          (f"**Soak shortened to {plan['soak_seconds']} s** (`--soak-seconds`; the default is {FULL.soak_seconds} s). "
+           if plan["soak_seconds"] < FULL.soak_seconds else "")
+          + f"{SOAK_CONNECTIONS} keep-alive connections sending at a constant total rate; RSS (VmRSS) of every process "
           f"of the target sampled every {plan['rss_every_s']:g} s; start = median of the first 3 samples after the "
           "first tenth of the soak, end = median of the last 3; flat = grew by ≤ max(5 MB, 5 %). 'grew by' sums the "
           "processes.")
     for t in targets:
         checks = t.get("checks")
         if checks:
-            lines.append(f"- `{t['name']}` recorded: calls by decision {checks['calls_by_decision']}, events written "
-                         f"{checks['events_written']}, pending {checks['events_pending']}"
+            scope = " (/metrics and /healthz of the one worker that answered)" if "workers" in t["name"] else ""
+            lines.append(f"- `{t['name']}` recorded{scope}: calls by decision {checks['calls_by_decision']}, "
+                         f"events written {checks['events_written']}, pending {checks['events_pending']}"
                          + (f"; budget probe {checks['budget_probe']}" if checks.get("budget_probe") else "") + ".")
     micro = results.get("micro")
     if micro:
