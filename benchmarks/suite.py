@@ -71,6 +71,9 @@ from bench_gateway import (
     wait_ready,
     write_wrk_script,
 )
+from bench_gateway import (
+    Plan as GatewayPlan,
+)
 from bench_ledger import private_redis
 from suite_stats import RSS_LIMIT_MB, ratio, rss_growth, verdict
 from tollhouse.config import parse_settings
@@ -91,12 +94,9 @@ SCENARIOS = ("c1", "c32", "stream", "mixed", "soak", "micro")
 
 
 @dataclass(frozen=True)
-class Plan:
-    latency_warmup: int
-    latency_n: int
-    load_seconds: int
-    stream_warmup: int
-    stream_n: int
+class Plan(GatewayPlan):
+    """bench_gateway's plan plus the soak."""
+
     soak_seconds: int
     soak_rate: float
     rss_every_s: float
