@@ -325,3 +325,15 @@ def test_a_bundle_whose_policy_does_not_validate_keeps_the_previous_one(
     assert health["policy"]["version"] == version and "broken" in (health["policy"]["error"] or "")
     assert any("policy not applied" in e for e in health["agent"]["bundle_errors"])
     assert again.status_of("gpt-4o") == 403  # the previous policy is still enforced
+
+
+def test_an_upstream_proxy_change_applies_live(control: Gateway, token: str, mock: Mock, agents: list[Agent],
+                                               tmp_path: Path) -> None:
+    """The provider clients are rebuilt: a proxy nobody listens on breaks calls at once, removing it heals."""
+    agent = _start(agents, control.url, token, tmp_path / "agent", mock)
+    assert agent.status_of("gpt-4o-mini") == 200
+    _put(control, "/api/v1/agent-policy", {"upstream_proxy": f"http://svc:pw@127.0.0.1:{free_port()}"})
+    _until(lambda: agent.status_of("gpt-4o-mini") == 502, 3.0)
+    assert agent.health()["agent"]["settings"]["upstream_proxy"]["value"].startswith("http://svc:***@")
+    _put(control, "/api/v1/agent-policy", {"upstream_proxy": ""})
+    _until(lambda: agent.status_of("gpt-4o-mini") == 200, 3.0)
