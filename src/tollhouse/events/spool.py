@@ -45,6 +45,13 @@ def set_watermark(store: Store, seq: int) -> None:
                      "excluded.value", (WATERMARK_KEY, str(seq)))
 
 
+def head(store: Store) -> int:
+    """The seq of the newest event (0: none). head - watermark is the backlog: exact on SQLite, whose
+    AUTOINCREMENT leaves no gaps with one writer; an upper bound on PostgreSQL."""
+    row = store.db.query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
+    return int(row[0]["seq"])
+
+
 def backlog(store: Store, after: int) -> int:
     """Events not yet acknowledged."""
     row = store.db.query("SELECT COUNT(*) AS n FROM events WHERE seq > ?", (after,))
