@@ -15,7 +15,7 @@ from conftest import Gateway, free_port
 from connect_proxy import ConnectProxy
 from shipping import agent_spool, call, cp_ids, cp_ids_async, enroll, metric, record, until
 from tollhouse.agent.ship_client import Acked, Answer, Refused
-from tollhouse.agent.shipper import Shipper, ShipError, ShipUnauthorized
+from tollhouse.agent.shipper import ShipError, Shipper, ShipUnauthorized
 from tollhouse.events import spool
 from tollhouse.events.store import open_store
 from tollhouse.events.writer import StoreRunner
