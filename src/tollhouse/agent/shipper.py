@@ -78,7 +78,7 @@ class Shipper:
     def __init__(self, runner: StoreRunner, control_plane_url: str, token: str, proxy: str | None = None,
                  batch: int = 1000, max_spool: int = 1_000_000, interval_s: float = 1.0,
                  metrics: ShipMetrics | None = None, *, timeout_s: float = 30.0, retry_base_s: float = 0.5,
-                 retry_max_s: float = 60.0, stop_timeout_s: float = 3.0,
+                 retry_max_s: float = 30.0, stop_timeout_s: float = 3.0,
                  max_body_bytes: int = MAX_BODY_BYTES) -> None:
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be between 1 and {MAX_BATCH} events, got {batch}")
