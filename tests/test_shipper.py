@@ -14,6 +14,7 @@ import pytest
 from conftest import Gateway, free_port
 from connect_proxy import ConnectProxy
 from shipping import agent_spool, call, cp_ids, cp_ids_async, enroll, metric, record, until
+from tls_front import TlsFront
 from tollhouse.agent.ship_client import Acked, Answer, Refused
 from tollhouse.agent.shipper import ShipError, Shipper, ShipUnauthorized
 from tollhouse.events import spool
@@ -297,6 +298,21 @@ def test_shipping_goes_through_the_configured_proxy(cp: Gateway, tmp_path: Path)
         asyncio.run(main())
         assert proxy.refused == 0 and proxy.requests == [f"POST {cp.url}/api/v1/agent/events"] * 3
     assert len(cp_ids(cp)) == 30
+
+
+def test_an_https_control_plane_is_reached_through_the_proxy_with_connect(cp: Gateway, tmp_path: Path) -> None:
+    with ConnectProxy() as proxy, TlsFront(cp.port) as front:
+        async def main() -> int:
+            async with agent_spool(tmp_path) as (runner, writer):
+                await record(writer, [call(n) for n in range(20)])
+                shipper = Shipper(runner, front.url, enroll(cp), proxy=proxy.url, ca_pem=front.cert_pem)
+                shipped = await shipper.ship_once()
+                await shipper.stop()
+                return shipped
+
+        assert asyncio.run(main()) == 20
+        assert proxy.tunnels == [f"127.0.0.1:{front.port}"] and proxy.requests == []
+    assert len(cp_ids(cp)) == 20
 
 
 def test_the_test_proxy_tunnels_connect_and_asks_for_credentials(cp: Gateway) -> None:

@@ -66,11 +66,18 @@ def _acked(data: Any) -> Answer:
     return Acked(data["received"], data["stored"], data["duplicates"])
 
 
+def _cause(exc: RequestError) -> str:
+    """The innermost cause the client reports (e.g. 'Connection refused', a certificate problem)."""
+    causes = (exc.details or {}).get("causes") or []
+    return str(causes[-1]["message"]) if causes else exc.message
+
+
 class ShipClient:
-    def __init__(self, control_plane_url: str, token: str, proxy: str | None, timeout_s: float) -> None:
+    def __init__(self, control_plane_url: str, token: str, proxy: str | None, timeout_s: float,
+                 ca_pem: bytes | None = None) -> None:
         self.url = control_plane_url.rstrip("/") + INGEST_PATH
         self.token = token
-        self._client: Client = build_client(timeout_s, proxy)
+        self._client: Client = build_client(timeout_s, proxy, ca_pem)
 
     async def post(self, body: bytes) -> Answer:
         request = (self._client.post(self.url)
@@ -84,9 +91,9 @@ class ShipClient:
         except RequestTimeoutError as exc:
             return Failed("timeout", f"no answer in time ({type(exc).__name__})")
         except ConnectError as exc:
-            return Failed("unreachable", f"cannot connect: {exc.message}")
+            return Failed("unreachable", f"cannot connect: {_cause(exc)}")
         except RequestError as exc:
-            return Failed("unreachable", f"{type(exc).__name__}: {exc.message}")
+            return Failed("unreachable", f"{type(exc).__name__}: {_cause(exc)}")
         try:
             data = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:

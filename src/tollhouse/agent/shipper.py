@@ -79,13 +79,14 @@ class Shipper:
                  batch: int = 1000, max_spool: int = 1_000_000, interval_s: float = 1.0,
                  metrics: ShipMetrics | None = None, *, timeout_s: float = 30.0, retry_base_s: float = 0.5,
                  retry_max_s: float = 30.0, stop_timeout_s: float = 3.0,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, ca_pem: bytes | None = None) -> None:
+        """ca_pem: a CA certificate to trust for an https control plane, besides the system's."""
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be between 1 and {MAX_BATCH} events, got {batch}")
         if max_spool < 1:
             raise ValueError(f"max_spool must be at least 1 event, got {max_spool}")
         self._runner = runner
-        self._client = ShipClient(control_plane_url, token, proxy, timeout_s)
+        self._client = ShipClient(control_plane_url, token, proxy, timeout_s, ca_pem)
         self._batch = batch
         self._max_spool = max_spool
         self._interval = interval_s

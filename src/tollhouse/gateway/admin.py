@@ -71,7 +71,7 @@ async def list_events(request: Request, state: GatewayState) -> Response:
     subject = query.get("subject")
     include = query.get("include")
     if include not in (None, "content"):
-        return api_error(400, f"query parameter 'include' can only be 'content', got {include!r}", "bad_parameter")
+        raise ApiError(400, f"query parameter 'include' can only be 'content', got {include!r}", "bad_parameter")
     await state.writer.flush()  # read your own writes
     rows = await state.runner.run(lambda s: s.list_events(limit, subject, before, content=include is not None))
     body: dict[str, object] = {"events": [event_json(r) for r in rows]}
@@ -86,7 +86,7 @@ async def get_event(request: Request, state: GatewayState) -> Response:
     await state.writer.flush()
     row = await state.runner.run(lambda s: s.event(event_id))
     if row is None:
-        return api_error(404, f"no event with id {event_id!r}", "not_found")
+        raise ApiError(404, f"no event with id {event_id!r}", "not_found")
     return json_response({"event": event_json(row)})
 
 
