@@ -157,9 +157,10 @@ class Shipper:
         after = self._watermark
         head, items = await self._runner.run(lambda s: (spool.head(s), spool.read(s, after, self._batch)))
         self._set_backlog(head - after)
-        if self._backlog > self._max_spool:
-            await self._drop_oldest()
-            return await self.ship_once()
+        if self._backlog > self._max_spool and await self._drop_oldest():
+            after = self._watermark
+            items = await self._runner.run(lambda s: spool.read(s, after, self._batch))
+            self._set_backlog(head - after)
         if not items:
             return 0
         encoded = [(item, orjson.dumps(to_wire(item.event, item.capture))) for item in items]
@@ -176,16 +177,19 @@ class Shipper:
         self._backlog = max(n, 0)
         self.metrics.backlog.set(self._backlog)
 
-    async def _drop_oldest(self) -> None:
+    async def _drop_oldest(self) -> bool:
+        """Over the bound: give up the oldest. False if the exact count is within it (head - watermark is an
+        upper bound on PostgreSQL, whose sequences have gaps)."""
         after = self._watermark or 0
         dropped = await self._runner.run(lambda s: spool.drop_oldest(s, after, self._max_spool))
         if dropped is None:
-            return
+            return False
         self._watermark = dropped.watermark
         self.metrics.dropped.inc(dropped.events)
         log.warning("telemetry spool over its bound of %d unshipped events: dropped the oldest %d (calls from %s "
                     "to %s); they will not reach the control plane (tollhouse_spool_dropped_total)",
                     self._max_spool, dropped.events, iso_ts(dropped.first_ts_ms), iso_ts(dropped.last_ts_ms))
+        return True
 
     async def _send(self, chunk: list[_Encoded]) -> int:
         """POST one chunk; on a refusal skip what the control plane names (or narrow it down by halves) and
