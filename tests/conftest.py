@@ -58,8 +58,10 @@ def mock() -> Iterator[Mock]:
 class Gateway:
     """A gateway served from a background thread, stopped (and its events flushed) on `stop()`."""
 
-    def __init__(self, config: dict[str, Any], data_dir: Path, clock: Any = time.time) -> None:
+    def __init__(self, config: dict[str, Any], data_dir: Path, clock: Any = time.time, port: int = 0) -> None:
+        """port 0: a free one (give the port of a stopped gateway to bring it back at the same address)."""
         self._clock = clock
+        self._port = port
         config = {"admin_token": ADMIN, **config}
         self.settings = parse_settings(config, "(test)")
         self.data_dir = data_dir
@@ -80,7 +82,8 @@ class Gateway:
                 self.state, self.port = state, port
                 self._ready.set()
 
-            await serve(self.settings, self.data_dir, "127.0.0.1", free_port(), ready, self._stop, self._clock)
+            await serve(self.settings, self.data_dir, "127.0.0.1", self._port or free_port(), ready, self._stop,
+                        self._clock)
 
         try:
             asyncio.run(main())

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ADMIN, Gateway, Mock, free_port, upstreams
 from test_policy_versions import DENY_4O
-from tollhouse.agent.bundle import Backoff
+from tollhouse.agent.bundle import Retry
 from tollhouse.agent.cache import CACHE_FILE, BundleCache
 from tollhouse.agent.runner import AgentOptions, run_agent
 from tollhouse.agent.settings import LocalLayers
@@ -28,7 +28,7 @@ DIRECTORY = {
     "teams": [{"id": "engineering"}, {"id": "platform", "parent": "engineering"}],
     "people": [{"id": "alice", "team": "platform"}, {"id": "bob", "team": "platform"}],
 }
-FAST = Backoff(first_s=0.05, max_s=0.3, unauthorized_s=0.3)
+FAST = Retry(first_s=0.05, max_s=0.3, unauthorized_s=0.3)
 
 
 class Agent:
@@ -41,7 +41,7 @@ class Agent:
                                   "login-name")
         self.local = parse_settings({"admin_token": ADMIN, "providers": upstreams(mock.url), **(config or {})},
                                     "(agent test)")
-        self.opts = AgentOptions(control_plane, token, "127.0.0.1", free_port(), wait_s, FAST)
+        self.opts = AgentOptions(control_plane, token, "127.0.0.1", free_port(), wait_s, FAST, 0.2)
         self.data_dir = data_dir
         self.state: GatewayState | None = None
         self._ready = threading.Event()
@@ -167,6 +167,9 @@ def test_calls_are_attributed_to_the_configured_user_without_any_header(control:
     assert [(e["subject"], e["team"]) for e in events] == [("alice", "platform")] * 2  # team from the bundle
     agents_seen = json.loads(control.get("/api/v1/agents")[1])["agents"]
     assert len(agents_seen) == 1 and agents_seen[0]["version"]
+    # the shipper delivers them to the control plane, attributed the same way
+    _until(lambda: len(control.events()) == 2, 10.0)
+    assert {(e["id"], e["subject"]) for e in control.events()} == {(e["id"], "alice") for e in events}
 
 
 def test_a_trusted_header_names_the_subject_when_configured(control: Gateway, token: str, mock: Mock,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 from pyreqwest.client import Client
 
+from tollhouse.agent.backoff import Backoff
 from tollhouse.agent.cache import BundleCache
 from tollhouse.gateway.upstream import RequestError, build_client
 
@@ -29,30 +29,25 @@ Apply = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    first_s: float = 0.5
+class Retry:
+    first_s: float = 0.5  # backoff with jitter after a failed poll: first_s, doubling up to max_s
     max_s: float = 30.0
     unauthorized_s: float = 60.0  # a rejected token is retried this often (it may be re-enabled)
-
-    def delay(self, failures: int, rng: random.Random) -> float:
-        """Exponential, capped, with full jitter in [50%, 100%] so a fleet does not retry in lockstep."""
-        base = min(self.max_s, self.first_s * 2.0 ** min(max(failures - 1, 0), 30))
-        return base * rng.uniform(0.5, 1.0)
 
 
 class BundleSync:
     def __init__(self, control_plane: str, token: str, cache: BundleCache, apply: Apply,
                  agent_headers: dict[str, str], clock: Callable[[], float], wait_s: int = 30,
-                 backoff: Backoff = Backoff(), upstream_proxy: str | None = None) -> None:
+                 retry: Retry = Retry(), upstream_proxy: str | None = None) -> None:
         self._url = control_plane.rstrip("/") + BUNDLE_PATH
         self._headers = {"authorization": f"Bearer {token}", **agent_headers}
         self._cache = cache
         self._apply = apply
         self._clock = clock
         self._wait_s = wait_s
-        self._backoff = backoff
+        self._backoff = Backoff(retry.first_s, retry.max_s)
+        self._unauthorized_s = retry.unauthorized_s
         self._client: Client = build_client(wait_s + 15.0, upstream_proxy)
-        self._rng = random.Random()
         self._task: asyncio.Task[None] | None = None
         self.etag: str | None = None
         self.received_ms: int | None = None  # when the bundle in force was sent (survives restarts via the cache)
@@ -142,13 +137,14 @@ class BundleSync:
         if not self.connected:
             log.info("connected to the control plane at %s", self._url)
         self.connected, self.error, self.failures, self.last_contact_ms = True, None, 0, now_ms
+        self._backoff.reset()
 
     def _failed(self, error: str) -> float:
         self.failures += 1
         if self.connected or self.failures == 1:
             log.warning("%s; keeping the policy in force (bundle %s) and retrying", error, self.etag or "none")
         self.connected, self.error = False, error
-        return self._backoff.delay(self.failures, self._rng)
+        return self._backoff.next()
 
     def _unauthorized(self, body: bytes) -> float:
         try:
@@ -162,7 +158,7 @@ class BundleSync:
             log.error(error)
         self.connected, self.error = False, error
         self.failures += 1
-        return self._backoff.unauthorized_s
+        return self._unauthorized_s
 
     def health(self) -> dict[str, Any]:
         now_ms = int(self._clock() * 1000)

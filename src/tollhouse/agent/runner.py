@@ -18,9 +18,11 @@ from typing import Any
 
 from tollhouse import __version__
 from tollhouse.agent.apply import BundleApplier
-from tollhouse.agent.bundle import Backoff, BundleSync
+from tollhouse.agent.bundle import BundleSync, Retry
 from tollhouse.agent.cache import BundleCache
 from tollhouse.agent.settings import AgentSettings, LocalLayers
+from tollhouse.agent.ship_metrics import ShipMetrics
+from tollhouse.agent.shipper import Shipper
 from tollhouse.config import DirectoryConfig, Settings
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState
@@ -35,7 +37,8 @@ class AgentOptions:
     host: str = "127.0.0.1"
     port: int = 8788
     wait_s: int = 30  # how long each long-poll of the bundle is held
-    backoff: Backoff = field(default_factory=Backoff)
+    retry: Retry = field(default_factory=Retry)
+    ship_interval_s: float = 1.0  # how often the shipper looks at the spool
 
 
 def local_config_problems(settings: Settings) -> list[str]:
@@ -79,7 +82,7 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
                           {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
                            "x-tollhouse-agent-version": __version__},
-                          clock, opts.wait_s, opts.backoff, effective["upstream_proxy"] or None)
+                          clock, opts.wait_s, opts.retry, effective["upstream_proxy"] or None)
         await sync.load_cached()
 
         def agent_health() -> dict[str, Any]:
@@ -89,13 +92,18 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         state.health["control_plane"] = sync.health
         state.health["agent"] = agent_health
         await sync.start()
-        # --- telemetry shipper (branch `ship`, tollhouse.agent.shipper.Shipper): start it here with
-        #     state.runner, opts.control_plane, opts.token and applier.effective["upstream_proxy"]; stop it
-        #     in cleanup() below, before the sync. Not merged yet.
+        # Telemetry (branch `ship`): every call is spooled in the local store; the shipper delivers it. The
+        # proxy is the one in force at start (the Shipper has no live proxy switch yet).
+        shipper = Shipper(state.runner, opts.control_plane, opts.token, applier.effective["upstream_proxy"] or None,
+                          metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s)
+        shipper.start()
+        state.health["telemetry"] = lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized}
         # --- updater (branch `upd`, tollhouse.agent.updater): start it here with applier.effective.policy
         #     and follow changes through BundleApplier's on_settings. Not merged yet.
 
         async def cleanup() -> None:
+            await state.writer.flush()
+            await shipper.stop()
             await sync.stop()
 
         return cleanup

@@ -119,7 +119,8 @@ async def bundle(request: Request, state: GatewayState) -> Response:
 
 async def ingest_events(request: Request, state: GatewayState) -> Response:
     """A batch of call events from an agent, stored once each (by event id): a retried batch is harmless.
-    One bad event refuses the whole batch, naming it, so nothing is half-stored."""
+    One bad event refuses the whole batch, naming it (`problems`) and listing every bad event's index
+    (`bad`), so nothing is half-stored and the agent can send the rest again without them."""
     who = await agent_identity(request, state)
     if isinstance(who, Response):
         return who
@@ -127,11 +128,13 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
     if not isinstance(data, dict) or "events" not in data:
         return api_error(400, 'body must be {"events": [event, ...]}', "bad_request")
     try:
-        events = from_wire(data["events"])
+        batch = from_wire(data["events"])
     except BatchError as exc:
         return json_response({"error": {"message": f"batch refused, nothing stored: {exc.problems[0]}",
-                                        "code": "invalid_events", "problems": exc.problems}}, 400)
-    stored = await state.runner.run(lambda s: s.insert_events(events)) if events else 0
+                                        "code": "invalid_events", "problems": exc.problems,
+                                        "bad": exc.indices}}, 400)
+    events = batch.events
+    stored = await state.runner.run(lambda s: s.insert_events(events, batch.captures)) if events else 0
     state.metrics.agent_events.labels("stored").inc(stored)
     state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)
     return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})

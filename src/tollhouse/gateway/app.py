@@ -62,6 +62,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
+    ("GET", "/api/v1/events/"): (admin.get_event, True, "id"),
     ("GET", "/api/v1/policy/versions/"): (policy_api.get_version, True, "version"),
     ("GET", "/api/v1/agent-policy/versions/"): (policy_api.get_version, True, "version"),
     ("GET", "/api/v1/directory/versions/"): (policy_api.get_version, True, "version"),

@@ -10,14 +10,14 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tollhouse.config import CaptureMode, Enforcement
+from tollhouse.config import Enforcement
 from tollhouse.directory import Subject
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Response
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.policy.engine import CallFacts, Decision
 from tollhouse.policy.rules import Severity
-from tollhouse.providers.base import Endpoint, RequestFacts, prompt_text
+from tollhouse.providers.base import Endpoint, RequestFacts
 from tollhouse.providers.family import Family
 
 log = logging.getLogger("tollhouse.policy")
@@ -66,14 +66,12 @@ def enforced(state: GatewayState, subject: Subject) -> bool:
     return enforced_for(state.live.enforcement, state.settings.policy.enforce_teams, subject)
 
 
-def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, parsed: dict[str, Any] | None,
+def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, prompt: str | None,
           subject: Subject, now: datetime) -> Verdict | None:
+    """`prompt`: the request's prompt text in enterprise capture mode (content rules need it), else None."""
     policy = state.policy.current
     if policy.empty:
         return None
-    prompt = None
-    if parsed is not None and state.live.capture_mode is CaptureMode.enterprise:
-        prompt = prompt_text(parsed)
     call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model, prompt=prompt)
     exemptions = state.overrides.for_subject(subject.id, int(now.timestamp() * 1000))
     decision = policy.evaluate(call, subject, now, waived=exemptions.keys())

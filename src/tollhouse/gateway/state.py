@@ -108,9 +108,9 @@ def replay_journal(store: Store, journal_dir: Path) -> None:
     """Events a killed process journaled but never stored go into the store before we serve."""
     if not journal_dir.exists():
         return
-    for path, events in leftover_events(journal_dir):
+    for path, events, captures in leftover_events(journal_dir):
         if events:
-            store.insert_events(events)
+            store.insert_events(events, captures)
             log.warning("recovered %d events from %s (the previous run did not shut down cleanly)",
                         len(events), path.name)
         path.unlink()
