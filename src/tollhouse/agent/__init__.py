@@ -1,0 +1,1 @@
+"""The fleet agent: Tollhouse on an engineer's machine (install, updates, and the agent loop)."""
