@@ -36,7 +36,7 @@ def rel(version: str) -> Release:
 
 
 RELEASES = [rel(v) for v in ("v0.1.0", "v0.2.0", "v0.3.0-beta.1", "v0.0.9")]
-A, I, W, N, D, H = (UpdateAction.install_now, UpdateAction.notify, UpdateAction.wait_for_window,
+A, T, W, N, D, H = (UpdateAction.install_now, UpdateAction.notify, UpdateAction.wait_for_window,
                     UpdateAction.none, UpdateAction.disabled, UpdateAction.pinned_hold)
 
 
@@ -55,10 +55,10 @@ A, I, W, N, D, H = (UpdateAction.install_now, UpdateAction.notify, UpdateAction.
     ("auto", "stable", "", "", "v0.3.0-beta.1", MON_1200, N, None, False),  # never down without a pin
     ("auto", "stable", "", "", "v0.5.0", MON_1200, N, None, False),
     # notify-only and manual never install; manual asks for a notice
-    ("notify-only", "stable", "", "", "v0.1.0", MON_1200, I, "v0.2.0", False),
-    ("notify-only", "stable", "Sun 02:00-04:00", "", "v0.1.0", SUN_0300, I, "v0.2.0", False),
-    ("manual", "stable", "", "", "v0.1.0", MON_1200, I, "v0.2.0", True),
-    ("manual", "beta", "Sun 02:00-04:00", "", "v0.1.0", SUN_0300, I, "v0.3.0-beta.1", True),
+    ("notify-only", "stable", "", "", "v0.1.0", MON_1200, T, "v0.2.0", False),
+    ("notify-only", "stable", "Sun 02:00-04:00", "", "v0.1.0", SUN_0300, T, "v0.2.0", False),
+    ("manual", "stable", "", "", "v0.1.0", MON_1200, T, "v0.2.0", True),
+    ("manual", "beta", "Sun 02:00-04:00", "", "v0.1.0", SUN_0300, T, "v0.3.0-beta.1", True),
     ("manual", "stable", "", "", "v0.2.0", MON_1200, N, None, False),
     # disabled decides nothing at all
     ("disabled", "stable", "", "", "v0.1.0", MON_1200, D, None, False),
@@ -69,8 +69,8 @@ A, I, W, N, D, H = (UpdateAction.install_now, UpdateAction.notify, UpdateAction.
     ("auto", "stable", "", "v0.3.0-beta.1", "v0.1.0", MON_1200, A, "v0.3.0-beta.1", False),
     ("auto", "stable", "Sun 02:00-04:00", "v0.0.9", "v0.2.0", MON_1200, W, "v0.0.9", False),
     ("auto", "beta", "", "v0.1.0", "v0.1.0", MON_1200, N, None, False),
-    ("notify-only", "stable", "", "v0.0.9", "v0.1.0", MON_1200, I, "v0.0.9", False),
-    ("manual", "stable", "", "v0.0.9", "v0.1.0", MON_1200, I, "v0.0.9", True),
+    ("notify-only", "stable", "", "v0.0.9", "v0.1.0", MON_1200, T, "v0.0.9", False),
+    ("manual", "stable", "", "v0.0.9", "v0.1.0", MON_1200, T, "v0.0.9", True),
     ("auto", "stable", "", "v9.9.9", "v0.1.0", MON_1200, H, None, False),  # pin not in the index: hold
     ("manual", "beta", "", "v9.9.9", "v0.1.0", MON_1200, H, None, False),
 ])
