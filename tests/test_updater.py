@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import hashlib
+import http.server
 import json
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from http_proxy import HttpProxy
 from tollhouse.agent.releases import Release, ReleaseIndexError, from_pep440, parse_release_index, to_pep440
 from tollhouse.agent.update_decision import UpdateAction, decide
 from tollhouse.agent.updater import AVAILABLE, Updater, pip_command, pip_environment, running_version
@@ -283,3 +294,141 @@ def test_unreachable_http_index_is_an_error_decision() -> None:
 def test_no_release_index_means_nothing_to_check() -> None:
     d = asyncio.run(_updater(Recorder()).check_once(policy(index=""), MON_1200))
     assert d.action is UpdateAction.none and "no release_index" in d.reason
+
+
+# -- end to end: pip installs from a local package index into a throwaway venv ----------------------------------
+
+DIST = "tollhouse-fake-agent"
+MODULE = "tollhouse_fake_agent"
+
+
+def _wheel(directory: Path, version: str) -> Path:
+    """A minimal pure-Python wheel of DIST at `version` (built by hand: no build backend, no network)."""
+    info = f"{MODULE}-{version}.dist-info"
+    files = {
+        f"{MODULE}/__init__.py": f'__version__ = "{version}"\n'.encode(),
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {DIST}\nVersion: {version}\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tollhouse-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [f"{name},sha256={_b64sha(data)},{len(data)}" for name, data in files.items()]
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    path = directory / f"{MODULE}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for name, data in files.items():
+            whl.writestr(name, data)
+    return path
+
+
+def _b64sha(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class PackageIndex:
+    root: Path  # served at `url`: index.json, simple/<dist>/ (PEP 503), wheels/
+    url: str
+    python: str  # a throwaway venv's interpreter
+
+    def installed(self) -> str | None:
+        out = subprocess.run([self.python, "-c", f"import importlib.metadata as m; print(m.version('{DIST}'))"],
+                             capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    def reset_to(self, version: str) -> None:
+        if self.installed() == version:
+            return
+        subprocess.run([self.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+                        "--find-links", str(self.root / "wheels"), f"{DIST}=={version}"], check=True)
+        assert self.installed() == version
+
+    def write_index(self, doc: dict[str, Any]) -> str:
+        (self.root / "index.json").write_text(json.dumps(doc))
+        return f"{self.url}/index.json"
+
+
+@pytest.fixture(scope="module")
+def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageIndex]:
+    root = tmp_path_factory.mktemp("pkgindex")
+    wheels = root / "wheels"
+    wheels.mkdir()
+    project = root / "simple" / DIST
+    project.mkdir(parents=True)
+    links = [f'<a href="../../wheels/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>'
+             for w in (_wheel(wheels, v) for v in ("0.1.0", "0.2.0"))]
+    (project / "index.html").write_text("<!DOCTYPE html><html><body>\n" + "<br>\n".join(links) + "\n</body></html>\n")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield PackageIndex(root, f"http://127.0.0.1:{server.server_address[1]}", str(venv / "bin" / "python"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[HttpProxy]:
+    p = HttpProxy().start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.mark.timeout(180)
+def test_e2e_auto_update_installs_from_a_simple_index_and_restarts(package_index: PackageIndex) -> None:
+    package_index.reset_to("0.1.0")
+    url = package_index.write_index({"index_url": "simple/", "releases": [  # relative to the index itself
+        {"version": "v0.1.0", "requirement": f"{DIST}==0.1.0"},
+        {"version": "v0.2.0", "requirement": f"{DIST}==0.2.0", "published": "2026-01-10T00:00:00Z"},
+        {"version": "v0.3.0-beta.1", "requirement": f"{DIST}==0.3.0b1"},  # stable channel: not considered
+    ]})
+    rec = Recorder()
+    up = Updater(package_index.python, parse_version("v0.1.0"), None, rec.notice, rec.restart)
+    d = asyncio.run(up.check_once(policy("auto", index=url), MON_1200))
+    assert d.action is UpdateAction.install_now, d.reason
+    assert package_index.installed() == "0.2.0"
+    assert rec.restarts == 1
+    assert [k for k, _ in rec.notices] == ["agent.update.installed"]
+    assert up.status()["installed_pending_restart"] == "v0.2.0"
+
+
+@pytest.mark.timeout(180)
+def test_e2e_pinned_downgrade_through_the_upstream_proxy(package_index: PackageIndex, proxy: HttpProxy) -> None:
+    package_index.reset_to("0.2.0")
+    url = package_index.write_index({"find_links": "wheels/", "no_index": True, "releases": [
+        {"version": "v0.1.0", "requirement": f"{DIST}==0.1.0"},
+        {"version": "v0.2.0", "requirement": f"{DIST}==0.2.0"},
+    ]})
+    rec = Recorder()
+    up = Updater(package_index.python, parse_version("v0.2.0"), None, rec.notice, rec.restart)
+    p = AgentPolicy.model_validate({"update_policy": "auto", "pinned_version": "v0.1.0", "release_index": url,
+                                    "upstream_proxy": proxy.url, "maintenance_window": "Mon 11:00-13:00"})
+    d = asyncio.run(up.check_once(p, MON_1200))
+    assert d.action is UpdateAction.install_now, d.reason
+    assert package_index.installed() == "0.1.0" and rec.restarts == 1
+    seen = proxy.seen
+    assert f"GET {url}" in seen  # the index, fetched by the updater
+    assert f"GET {package_index.url}/wheels/" in seen  # pip's find-links page and the wheel itself
+    assert any(s.startswith(f"GET {package_index.url}/wheels/{MODULE}-0.1.0") for s in seen), seen
+
+
+@pytest.mark.timeout(180)
+def test_e2e_failed_install_is_reported_and_does_not_restart(package_index: PackageIndex) -> None:
+    package_index.reset_to("0.1.0")
+    url = package_index.write_index({"index_url": f"{package_index.url}/simple/", "releases": [
+        {"version": "v0.9.0", "requirement": f"{DIST}==0.9.0"}]})  # listed, but no such wheel
+    rec = Recorder()
+    up = Updater(package_index.python, parse_version("v0.1.0"), None, rec.notice, rec.restart)
+    d = asyncio.run(up.check_once(policy("auto", index=url), MON_1200))
+    assert d.action is UpdateAction.error and "installing v0.9.0 failed" in d.reason
+    assert f"{DIST}==0.9.0` failed (exit 1)" in d.reason and "No matching distribution" in d.reason
+    assert rec.restarts == 0 and [k for k, _ in rec.notices] == ["agent.update.failed"]
+    assert package_index.installed() == "0.1.0" and up.status()["last_error"] == d.reason
