@@ -30,7 +30,7 @@ import orjson
 from tollhouse.control.agent_policy import redact_url
 from tollhouse.control.version import Version, VersionParseError, parse_version
 
-_PEP440 = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(?:b(0|[1-9][0-9]*))?")
+_PEP440_BETA = re.compile(r"b([0-9]+)$")
 _EXAMPLE = '{"releases": [{"version": "v0.2.0", "requirement": "tollhouse==0.2.0"}]}'
 
 
@@ -50,11 +50,7 @@ def to_pep440(version: Version) -> str:
 
 def from_pep440(text: str) -> Version:
     """`0.1.0` -> v0.1.0, `0.2.0b3` -> v0.2.0-beta.3 (the package's `__version__` as an agent version)."""
-    match = _PEP440.fullmatch(text.strip())
-    if match is None:
-        raise VersionParseError(f"{text!r} is not N.M.K or N.M.KbX")
-    major, minor, patch, beta = match.groups()
-    return Version(int(major), int(minor), int(patch), None if beta is None else int(beta))
+    return parse_version("v" + _PEP440_BETA.sub(r"-beta.\1", text.strip()))
 
 
 @dataclass(frozen=True, slots=True)
