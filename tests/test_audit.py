@@ -137,3 +137,19 @@ def test_audit_export_for_a_siem(mock: Mock, tmp_path: Path) -> None:
     assert "suser=alice" in cef[3] and "cs2=o1" in cef[3]
     bad = export("--format", "xml")
     assert bad.returncode == 1 and "jsonl or cef" in bad.stderr
+
+
+def test_switching_enforcement_between_runs_is_audited(mock: Mock, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    base = {"identity": {"trust_user_header": True}, "providers": upstreams(mock.url), "directory": DIRECTORY,
+            "policy": {"rules": [ALLOWLIST]}}
+    for enforcement in ("off", "off", "on"):
+        Gateway({**base, "enforcement": enforcement}, data).start().stop()
+    gw = Gateway({**base, "enforcement": "on", "policy": {**base["policy"], "enforce_teams": []}}, data).start()
+    try:
+        switches = [e for e in _entries(gw) if e["kind"] == "enforcement.changed"]
+    finally:
+        gw.stop()
+    assert len(switches) == 1  # off → off is no switch; on → on neither
+    assert switches[0]["data"]["before"]["enforcement"] == "off" and switches[0]["data"]["after"]["enforcement"] == "on"
+    assert switches[0]["data"]["changed"] == ["enforcement"] and switches[0]["actor"] == "config"

@@ -4,9 +4,9 @@ and two gateways appending to one audit chain at once."""
 from __future__ import annotations
 
 import json
-import shutil
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,16 +15,15 @@ from test_audit import _entries
 from test_ledger_gateway import _call, _config, _together, budget_rule
 from test_operations import _cli
 from tollhouse.audit.chain import first_problem
-from tollhouse.audit.checkpoint import KEY_FILE, PUBLIC_KEY_FILE
 from tollhouse.events.store import open_store
 
 DENY = {"id": "no-budget-model", "scope": "org", "action": {"type": "hard_stop"},
         "condition": {"type": "model", "operator": "in", "models": ["budget-model"]}}
 
 
-def _config_file(tmp_path: Path, url: str) -> str:
+def _config_file(tmp_path: Path, url: str, **extra: Any) -> str:
     path = tmp_path / "store.yaml"
-    path.write_text(yaml.safe_dump({"store": {"url": url}}))
+    path.write_text(yaml.safe_dump({"store": {"url": url}, **extra}))
     return str(path)
 
 
@@ -69,12 +68,10 @@ def test_the_cli_names_an_unreachable_postgres_without_its_password(tmp_path: Pa
 
 
 def test_two_gateways_sharing_postgres_keep_one_audit_chain(mock: Mock, postgres_url: str, tmp_path: Path) -> None:
-    config = _config(mock, [DENY], store={"url": postgres_url})
-    gateways = [Gateway(config, tmp_path / "gw0").start()]
-    (tmp_path / "gw1").mkdir()
-    for name in (KEY_FILE, PUBLIC_KEY_FILE):  # gateways sharing a store share the audit signing key
-        shutil.copy(tmp_path / "gw0" / name, tmp_path / "gw1" / name)
-    gateways.append(Gateway(config, tmp_path / "gw1").start())
+    key = tmp_path / "secrets" / "audit.pem"  # gateways sharing a store share one signing key (a mounted secret)
+    key.parent.mkdir()
+    config = _config(mock, [DENY], store={"url": postgres_url}, audit={"signing_key_file": str(key)})
+    gateways = [Gateway(config, tmp_path / f"gw{n}").start() for n in range(2)]
     statuses = _together(40, lambda i: _call(gateways[i % 2].url, ("alice", "bob")[i // 2 % 2]))
     assert statuses == [403] * 40
     for gw in gateways:
@@ -86,6 +83,6 @@ def test_two_gateways_sharing_postgres_keep_one_audit_chain(mock: Mock, postgres
     assert kinds.count("gateway.started") == 2 and kinds.count("call.blocked") == 40
     assert len(store.list_events(100)) == 40
     store.close()
-    cfg = _config_file(tmp_path, postgres_url)
-    verify = _cli("audit", "verify", "--config", cfg, "--data-dir", str(tmp_path / "gw0"))
+    cfg = _config_file(tmp_path, postgres_url, audit={"signing_key_file": str(key)})
+    verify = _cli("audit", "verify", "--config", cfg)
     assert verify.returncode == 0 and f"{len(entries)} entries, chain intact" in verify.stdout, verify.stderr

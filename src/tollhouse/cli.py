@@ -20,7 +20,13 @@ from tollhouse import __version__
 from tollhouse.agent import install as agent_install
 from tollhouse.agent.service_files import UNIT_NAME
 from tollhouse.audit.chain import AuditEntry, first_problem
-from tollhouse.audit.checkpoint import PUBLIC_KEY_FILE, SigningKeyError, load_public_key, verify_checkpoints
+from tollhouse.audit.checkpoint import (
+    SigningKeyError,
+    load_public_key,
+    public_key_path,
+    signing_key_path,
+    verify_checkpoints,
+)
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
@@ -30,6 +36,7 @@ from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
 from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.workers import Supervisor, WorkersError, check_workers, prepare, worker_argv
 from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
 from tollhouse.policy.engine import CallFacts
@@ -101,13 +108,21 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8787,
     data_dir: DataDirOpt = None,
+    workers: Annotated[int, typer.Option(help="Gateway processes sharing the port (needs counters.url: "
+                                                 "redis://... so budgets stay exact).")] = 1,
+    worker: Annotated[int | None, typer.Option(hidden=True, help="Internal: this process is worker N.")] = None,
 ) -> None:
     """Run the gateway, control-plane API and console on one port."""
     settings = _settings(config)
     ddir = _data_dir(data_dir)
     _logging()
+    if workers != 1:
+        _serve_workers(settings, config, host, port, ddir, workers)
+        return
 
     def ready(state: GatewayState, bound: int) -> None:
+        if worker is not None:
+            return  # the supervisor printed the banner
         typer.echo(f"Tollhouse {__version__} listening on http://{host}:{bound} "
                    f"(enforcement {settings.enforcement.value}, data in {ddir})")
         typer.echo(f"  OpenAI:    OpenAI(base_url=\"http://{host}:{bound}/openai/v1\")")
@@ -117,11 +132,26 @@ def serve(
         typer.echo(f"  Console:   http://{host}:{bound}/console/")
 
     try:
-        _run(lambda stop: serve_gateway(settings, ddir, host, port, ready, stop))
+        _run(lambda stop: serve_gateway(settings, ddir, host, port, ready, stop, worker=worker))
     except (StoreError, RulesFileError, SigningKeyError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _serve_workers(settings: Settings, config: Path | None, host: str, port: int, ddir: Path, workers: int) -> None:
+    try:
+        check_workers(settings, workers)
+        token = prepare(settings, ddir)
+        supervisor = Supervisor(worker_argv(config, host, port, ddir), workers, host, port)
+        supervisor.start()
+    except (WorkersError, StoreError, SigningKeyError) as exc:
+        _fail(str(exc))
+        return
+    typer.echo(f"Tollhouse {__version__} listening on http://{host}:{port} with {workers} worker processes "
+               f"(enforcement {settings.enforcement.value}, data in {ddir})")
+    typer.echo(f"  Events:    curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/events")
+    raise typer.Exit(supervisor.run())
 
 
 @app.command("mock-provider")
@@ -348,7 +378,8 @@ def audit_verify(
                                                     "with (default: audit_signing_key.pub in the data dir).")] = None,
 ) -> None:
     """Check the audit trail's hash chain and signed checkpoints: exit 0, or 1 naming the first problem."""
-    store = _open_store(_settings(config), data_dir)
+    settings = _settings(config)
+    store = _open_store(settings, data_dir)
     checkpoints = store.checkpoints()
     covered = {c.seq for c in checkpoints}
     kept: list[AuditEntry] = []  # the entries checkpoints cover, and the last one (memory stays flat)
@@ -369,7 +400,7 @@ def audit_verify(
 
     problem = first_problem(stream())
     store.close()
-    key_path = public_key or _data_dir(data_dir) / PUBLIC_KEY_FILE
+    key_path = public_key or public_key_path(signing_key_path(_data_dir(data_dir), settings.audit.signing_key_file))
     if problem is None and checkpoints:
         try:
             problem = verify_checkpoints(kept, checkpoints, load_public_key(key_path))

@@ -247,6 +247,9 @@ class AuditConfig(_Frozen):
     checkpoint_every: int = Field(default=100, gt=0)  # sign the chain's head every N entries ...
     checkpoint_interval_s: float = Field(default=60.0, gt=0)  # ... and every T seconds while entries arrive
     syslog_url: str = ""  # syslog://host:port (UDP) or syslog+tcp://host:port: forward every entry (RFC 5424)
+    # Ed25519 key that signs checkpoints (generated if missing; public key beside it as .pub). Gateways that
+    # share one store must share one key file (e.g. a mounted secret). Default: DATA_DIR/audit_signing_key.pem
+    signing_key_file: str = ""
 
     @field_validator("syslog_url")
     @classmethod

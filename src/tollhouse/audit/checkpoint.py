@@ -46,9 +46,19 @@ def _public_pem(public_key: Ed25519PublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
-    """The data dir's signing key, generated on first use; (re)writes the exported public key next to it."""
-    path = data_dir / KEY_FILE
+def signing_key_path(data_dir: Path, configured: str = "") -> Path:
+    """`audit.signing_key_file` (DATA_DIR may appear in it), else the data dir's own key file."""
+    return Path(configured.replace("DATA_DIR", str(data_dir))) if configured else data_dir / KEY_FILE
+
+
+def public_key_path(key_path: Path) -> Path:
+    return key_path.with_suffix(".pub")
+
+
+def load_or_create_signing_key(data_dir: Path, configured: str = "") -> Ed25519PrivateKey:
+    """The signing key, generated on first use; (re)writes the exported public key next to it (`.pub`).
+    Gateways sharing one store share one key file (configured), so each can verify the others' checkpoints."""
+    path = signing_key_path(data_dir, configured)
     if not path.exists():
         _create_private_key(path)
     try:
@@ -59,7 +69,7 @@ def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
         raise SigningKeyError(f"{path} is not an Ed25519 private key")
     if path.stat().st_mode & 0o077:
         log.warning("the audit signing key %s is readable by others; it should be mode 0600", path)
-    public = data_dir / PUBLIC_KEY_FILE
+    public = public_key_path(path)
     pem = _public_pem(key.public_key())
     if not public.exists() or public.read_bytes() != pem:
         public.write_bytes(pem)
@@ -78,7 +88,7 @@ def _create_private_key(path: Path) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         os.link(tmp, path)
-        log.warning("generated the audit signing key %s (public key in %s)", path, PUBLIC_KEY_FILE)
+        log.info("generated the audit signing key %s (public key in %s)", path, public_key_path(path).name)
     except FileExistsError:
         pass
     finally:

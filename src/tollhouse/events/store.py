@@ -223,6 +223,12 @@ class Store:
             args.append(limit)
         return [AuditEntry(**{**r, "data": orjson.loads(r["data"])}) for r in self.db.query(sql, args)]
 
+    def last_audit_entry(self, kind: str) -> AuditEntry | None:
+        """The newest entry of a kind (walks back from the end: cheap for recent kinds)."""
+        rows = self.db.query("SELECT seq, ts_ms, kind, actor, data, prev_hash, hash FROM audit WHERE kind = ? "
+                             "ORDER BY seq DESC LIMIT 1", [kind])
+        return AuditEntry(**{**rows[0], "data": orjson.loads(rows[0]["data"])}) if rows else None
+
     # signed audit checkpoints
 
     def add_checkpoint(self, seq: int, ts_ms: int, hash: str, key_id: str, signature: str) -> Checkpoint:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import os
+from collections.abc import Callable
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tollhouse import __version__
 from tollhouse.events.model import event_json
+from tollhouse.events.store import Store
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.openapi import OPENAPI
 from tollhouse.gateway.state import GatewayState
@@ -27,6 +30,22 @@ def authorized(request: Request, state: GatewayState) -> bool:
 
 class BadParameter(ValueError):
     """A query parameter a user got wrong; the message says which and what is allowed."""
+
+
+class ApiError(Exception):
+    """Raised by a handler to answer with a control-plane error (the app's error boundary renders it)."""
+
+    def __init__(self, status: int, message: str, code: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.response = json_response({"error": {"message": message, "code": code,
+                                                 **({"problems": problems} if problems is not None else {})}},
+                                      status)
+
+
+def refused(what: str, code: str, problems: list[str]) -> ApiError:
+    """400 for a document that did not validate: every problem listed, nothing changed."""
+    return ApiError(400, f"the {what} was not changed: {len(problems)} problem(s); fix each and send it again",
+                    code, problems)
 
 
 def int_param(query: dict[str, str], name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -95,13 +114,19 @@ async def list_gateway_keys(request: Request, state: GatewayState) -> Response:
          "revoked": r.revoked_ms is not None} for r in records]})
 
 
-async def revoke_gateway_key(request: Request, state: GatewayState) -> Response:
+async def revoke(request: Request, state: GatewayState, what: str, revoke_in: Callable[[Store, str], int],
+                 forget: Callable[[], None]) -> Response:
+    """Revoke a stored secret by its prefix and drop the cache that could still admit it."""
     prefix = request.params["prefix"]
-    count = await state.runner.run(lambda s: s.revoke_key(prefix))
+    count = await state.runner.run(lambda s: revoke_in(s, prefix))
     if not count:
-        return api_error(404, f"no active gateway key with prefix {prefix!r}", "not_found")
-    state.keys.forget()
+        return api_error(404, f"no active {what} with prefix {prefix!r}", "not_found")
+    forget()
     return json_response({"revoked": prefix})
+
+
+async def revoke_gateway_key(request: Request, state: GatewayState) -> Response:
+    return await revoke(request, state, "gateway key", lambda s, p: s.revoke_key(p), state.keys.forget)
 
 
 async def openapi(request: Request, state: GatewayState) -> Response:
@@ -113,6 +138,7 @@ async def healthz(request: Request, state: GatewayState) -> Response:
     return json_response({
         "status": "ok",
         "version": __version__,
+        "pid": os.getpid(),
         "enforcement": state.settings.enforcement.value,
         "events_pending": state.writer.pending,
         "events_written": state.writer.written,

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from tollhouse.events.wire import BatchError, from_wire
-from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param
+from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import AGENT_POLICY, _agent_policy_json, actor, json_body
 from tollhouse.gateway.state import GatewayState
@@ -40,10 +40,7 @@ async def agent_identity(request: Request, state: GatewayState) -> str | Respons
 # enrollment tokens (admin)
 
 async def create_token(request: Request, state: GatewayState) -> Response:
-    try:
-        data = await json_body(request) if int(request.header("content-length") or 0) else {}
-    except BadParameter as exc:
-        return api_error(400, str(exc), "malformed_json")
+    data = await json_body(request, empty={})
     label = data.get("label") if isinstance(data, dict) else None
     if label is not None and not isinstance(label, str):
         return api_error(400, 'body must be {"label": "optional text"}', "bad_request")
@@ -59,13 +56,11 @@ async def list_tokens(request: Request, state: GatewayState) -> Response:
 
 
 async def revoke_token(request: Request, state: GatewayState) -> Response:
-    prefix = request.params["prefix"]
-    count = await state.runner.run(lambda s: s.revoke_enrollment_token(prefix))
-    if not count:
-        return api_error(404, f"no active enrollment token with prefix {prefix!r}", "not_found")
-    state.enrollment.forget()
-    state.audit.record("agent.token_revoked", actor(request), {"prefix": prefix})
-    return json_response({"revoked": prefix})
+    response = await revoke(request, state, "enrollment token", lambda s, p: s.revoke_enrollment_token(p),
+                            state.enrollment.forget)
+    if response.status == 200:
+        state.audit.record("agent.token_revoked", actor(request), {"prefix": request.params["prefix"]})
+    return response
 
 
 async def list_agents(request: Request, state: GatewayState) -> Response:
@@ -128,10 +123,7 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
     who = await agent_identity(request, state)
     if isinstance(who, Response):
         return who
-    try:
-        data = await json_body(request)
-    except BadParameter as exc:
-        return api_error(400, str(exc), "malformed_json")
+    data = await json_body(request)
     if not isinstance(data, dict) or "events" not in data:
         return api_error(400, 'body must be {"events": [event, ...]}', "bad_request")
     try:

@@ -125,6 +125,8 @@ class GatewayApp:
             result = await handler(request, self.state)
         except ProtocolClosed:
             return  # the client went away; the handler has recorded what it must
+        except admin.ApiError as exc:
+            result = exc.response
         except Exception:
             # The one error boundary: log the details, answer in the caller's shape, never a traceback.
             log.exception("internal error on %s %s", request.method, request.path)
@@ -151,15 +153,18 @@ def _internal_error(request: Request) -> Response:
 
 async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 ready: Callable[[GatewayState, int], None] | None = None,
-                stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time) -> None:
-    """Run the gateway in the current event loop until `stop` is set; flush events on the way out."""
-    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock)
+                stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
+                worker: int | None = None) -> None:
+    """Run the gateway in the current event loop until `stop` is set; flush events on the way out.
+    `worker`: this process is one of `serve --workers N` (they share the port through SO_REUSEPORT)."""
+    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker)
     state.writer.start()
     state.audit.start()
     state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
     state.policy.start()
     await state.overrides.start()
     status = state.policy.status()
+    await _audit_mode_switch(state)
     state.audit.record("gateway.started", "gateway", {
         "enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),
         "capture_mode": settings.capture_mode.value, "policy_version": status.version,
@@ -192,6 +197,20 @@ async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> No
     while True:
         await asyncio.sleep(every_s)
         state.ledger.expire(int(state.clock() * 1000))
+
+
+async def _audit_mode_switch(state: GatewayState) -> None:
+    """Enforcement switched on or off (or its rollout or capture mode changed) since the last start: say so."""
+    settings = state.settings
+    now = {"enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),
+           "capture_mode": settings.capture_mode.value}
+    last = await state.runner.run(lambda s: s.last_audit_entry("gateway.started"))
+    if last is None:
+        return
+    before = {k: last.data.get(k) for k in now}
+    if before != now:
+        state.audit.record("enforcement.changed", "config", {
+            "before": before, "after": now, "changed": sorted(k for k in now if before[k] != now[k])})
 
 
 async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:

@@ -10,7 +10,7 @@ import orjson
 from tollhouse.control.agent_policy import AgentPolicy, AgentPolicyError, parse_agent_policy
 from tollhouse.control.diff import diff_documents, item_summary
 from tollhouse.events.records import DocumentVersion
-from tollhouse.gateway.admin import BadParameter, api_error, int_param
+from tollhouse.gateway.admin import ApiError, BadParameter, api_error, int_param, refused
 from tollhouse.gateway.directory_holder import DirectoryError
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
@@ -27,13 +27,16 @@ def actor(request: Request) -> str:
     return name[:200] if name else "admin"
 
 
-async def json_body(request: Request) -> Any:
-    """The request body as JSON; raises BadParameter naming what is wrong."""
+async def json_body(request: Request, empty: Any = None) -> Any:
+    """The request body as JSON (`empty` when there is none and that is allowed); else a 400 (ApiError)
+    that says what is wrong."""
     raw = await request.body(MAX_DOCUMENT_BYTES)
+    if not raw.strip() and empty is not None:
+        return empty
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadParameter(f"request body is not valid JSON: {exc}") from None
+        raise ApiError(400, f"request body is not valid JSON: {exc}", "malformed_json") from None
 
 
 # the policy
@@ -54,10 +57,7 @@ async def get_policy(request: Request, state: GatewayState) -> Response:
 
 async def put_policy(request: Request, state: GatewayState) -> Response:
     """Validate the whole policy, then make it the next version. Nothing changes on any error."""
-    try:
-        data = await json_body(request)
-    except BadParameter as exc:
-        return api_error(400, str(exc), "malformed_json")
+    data = await json_body(request)
     if isinstance(data, list):
         data = {"rules": data}
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
@@ -76,9 +76,7 @@ async def _publish(request: Request, state: GatewayState, rules: list[Any], sour
     try:
         doc = await state.policy.publish(rules, actor(request), source, note, base)
     except RulesFileError as exc:
-        return json_response({"error": {
-            "message": f"the policy was not changed: {len(exc.problems)} problem(s); fix each and PUT again",
-            "code": "invalid_policy", "problems": exc.problems}}, 400)
+        raise refused("policy", "invalid_policy", exc.problems) from None
     except VersionConflict as exc:
         return api_error(409, str(exc), "version_conflict")
     return json_response(_policy_json(state, doc))
@@ -86,10 +84,7 @@ async def _publish(request: Request, state: GatewayState, rules: list[Any], sour
 
 async def rollback_policy(request: Request, state: GatewayState) -> Response:
     """Make an earlier version current again, as a new version (history is never rewritten)."""
-    try:
-        data = await json_body(request)
-    except BadParameter as exc:
-        return api_error(400, str(exc), "malformed_json")
+    data = await json_body(request)
     version = data.get("version") if isinstance(data, dict) else None
     if not isinstance(version, int) or isinstance(version, bool):
         return api_error(400, 'body must be {"version": N}: the version to roll back to', "bad_request")
@@ -122,17 +117,12 @@ def _redacted(body: Mapping[str, Any]) -> Mapping[str, Any]:
 
 async def put_agent_policy(request: Request, state: GatewayState) -> Response:
     """Every setting is validated; each bad one is named with a valid example and nothing changes."""
-    try:
-        data = await json_body(request)
-    except BadParameter as exc:
-        return api_error(400, str(exc), "malformed_json")
+    data = await json_body(request)
     note = data.pop("note", None) if isinstance(data, dict) else None
     try:
         policy = parse_agent_policy(data)
     except AgentPolicyError as exc:
-        return json_response({"error": {
-            "message": f"the agent policy was not changed: {len(exc.problems)} problem(s); fix each and PUT again",
-            "code": "invalid_agent_policy", "problems": list(exc.problems)}}, 400)
+        raise refused("agent policy", "invalid_agent_policy", list(exc.problems)) from None
     latest = await state.docs.latest(AGENT_POLICY)
     body = policy.model_dump(mode="json")
     if latest is not None and latest.body == body:
@@ -153,19 +143,14 @@ async def get_directory(request: Request, state: GatewayState) -> Response:
 async def put_directory(request: Request, state: GatewayState) -> Response:
     """Replace the directory (teams tree, projects, people, services, cost centres): validated whole, and
     refused if a rule of the current policy would lose its target."""
-    try:
-        data = await json_body(request)
-    except BadParameter as exc:
-        return api_error(400, str(exc), "malformed_json")
+    data = await json_body(request)
     note = data.pop("note", None) if isinstance(data, dict) else None
     if isinstance(data, dict) and isinstance(data.get("directory"), dict):
         data = data["directory"]
     try:
         doc = await state.directories.publish(data, actor(request), note if isinstance(note, str) else None)
     except DirectoryError as exc:
-        return json_response({"error": {
-            "message": f"the directory was not changed: {len(exc.problems)} problem(s); fix each and PUT again",
-            "code": "invalid_directory", "problems": exc.problems}}, 400)
+        raise refused("directory", "invalid_directory", exc.problems) from None
     return json_response({"version": doc.version, "directory": doc.body})
 
 

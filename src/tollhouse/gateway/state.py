@@ -128,16 +128,29 @@ def admin_token_for(settings: Settings, data_dir: Path) -> str:
     return token
 
 
+def journal_dir_for(data_dir: Path, worker: int | None) -> Path:
+    """Each process of `serve --workers N` journals into its own directory."""
+    return data_dir / "journal" if worker is None else data_dir / "journal" / f"worker-{worker}"
+
+
+def replay_all_journals(store: Store, data_dir: Path) -> None:
+    """Before workers start: every journal left by any earlier process (any worker count) goes in."""
+    root = data_dir / "journal"
+    replay_journal(store, root)
+    for sub in sorted(root.glob("worker-*")) if root.exists() else ():
+        replay_journal(store, sub)
+
+
 async def build_state(settings: Settings, data_dir: Path, public_url: str,
-                      clock: Callable[[], float] = time.time) -> GatewayState:
+                      clock: Callable[[], float] = time.time, worker: int | None = None) -> GatewayState:
     """Raises RulesFileError (bad rules file), StoreError (store unusable) or SigningKeyError (audit signing key
     unreadable) before anything listens."""
     p = settings.policy
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
-    signer = load_or_create_signing_key(data_dir)
+    signer = load_or_create_signing_key(data_dir, settings.audit.signing_key_file)
     store = open_store(settings.store.url, data_dir)
-    journal_dir = data_dir / "journal"
+    journal_dir = journal_dir_for(data_dir, worker)
     replay_journal(store, journal_dir)
     runner = StoreRunner(store)
     metrics = GatewayMetrics()
