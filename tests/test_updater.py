@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from http_proxy import HttpProxy
+from connect_proxy import ConnectProxy
 from tollhouse.agent.releases import Release, ReleaseIndexError, from_pep440, parse_release_index, to_pep440
 from tollhouse.agent.update_decision import UpdateAction, decide
 from tollhouse.agent.updater import AVAILABLE, Updater, pip_command, pip_environment, running_version
@@ -374,12 +374,9 @@ def package_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageI
 
 
 @pytest.fixture
-def proxy() -> Iterator[HttpProxy]:
-    p = HttpProxy().start()
-    try:
+def proxy() -> Iterator[ConnectProxy]:
+    with ConnectProxy(auth=("svc", "s3cret")) as p:
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.mark.timeout(180)
@@ -401,7 +398,7 @@ def test_e2e_auto_update_installs_from_a_simple_index_and_restarts(package_index
 
 
 @pytest.mark.timeout(180)
-def test_e2e_pinned_downgrade_through_the_upstream_proxy(package_index: PackageIndex, proxy: HttpProxy) -> None:
+def test_e2e_pinned_downgrade_through_the_upstream_proxy(package_index: PackageIndex, proxy: ConnectProxy) -> None:
     package_index.reset_to("0.2.0")
     url = package_index.write_index({"find_links": "wheels/", "no_index": True, "releases": [
         {"version": "v0.1.0", "requirement": f"{DIST}==0.1.0"},
@@ -410,11 +407,12 @@ def test_e2e_pinned_downgrade_through_the_upstream_proxy(package_index: PackageI
     rec = Recorder()
     up = Updater(package_index.python, parse_version("v0.2.0"), None, rec.notice, rec.restart)
     p = AgentPolicy.model_validate({"update_policy": "auto", "pinned_version": "v0.1.0", "release_index": url,
-                                    "upstream_proxy": proxy.url, "maintenance_window": "Mon 11:00-13:00"})
+                                    "upstream_proxy": proxy.url_with_auth, "maintenance_window": "Mon 11:00-13:00"})
     d = asyncio.run(up.check_once(p, MON_1200))
     assert d.action is UpdateAction.install_now, d.reason
     assert package_index.installed() == "0.1.0" and rec.restarts == 1
-    seen = proxy.seen
+    seen = proxy.requests
+    assert proxy.refused == 0  # both the updater and pip sent the proxy credentials
     assert f"GET {url}" in seen  # the index, fetched by the updater
     assert f"GET {package_index.url}/wheels/" in seen  # pip's find-links page and the wheel itself
     assert any(s.startswith(f"GET {package_index.url}/wheels/{MODULE}-0.1.0") for s in seen), seen

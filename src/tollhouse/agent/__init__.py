@@ -1,1 +1,1 @@
-"""The fleet agent: Tollhouse on an engineer's machine (install, updates, and the agent loop)."""
+"""The fleet agent: the data plane on an engineer's machine, managed by a control plane."""
