@@ -36,12 +36,14 @@ class Agent:
 
     def __init__(self, control_plane: str, token: str, data_dir: Path, mock: Mock,
                  managed: dict[str, str] | None = None, env: dict[str, str] | None = None, wait_s: int = 30,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, update_interval_s: float = 3600.0) -> None:
         self.layers = LocalLayers(env or {}, {"TOLLHOUSE_USER": "alice", **(managed or {})}, "(test managed)",
                                   "login-name")
         self.local = parse_settings({"admin_token": ADMIN, "providers": upstreams(mock.url), **(config or {})},
                                     "(agent test)")
-        self.opts = AgentOptions(control_plane, token, "127.0.0.1", free_port(), wait_s, FAST, 0.2)
+        self.restarts: list[float] = []  # an installed update would restart the agent: recorded instead
+        self.opts = AgentOptions(control_plane, token, "127.0.0.1", free_port(), wait_s, FAST, 0.2,
+                                 update_interval_s=update_interval_s, restart=lambda: self.restarts.append(time.time()))
         self.data_dir = data_dir
         self.state: GatewayState | None = None
         self._ready = threading.Event()
@@ -340,3 +342,26 @@ def test_an_upstream_proxy_change_applies_live(control: Gateway, token: str, moc
     assert agent.health()["agent"]["settings"]["upstream_proxy"]["value"].startswith("http://svc:***@")
     _put(control, "/api/v1/agent-policy", {"upstream_proxy": ""})
     _until(lambda: agent.status_of("gpt-4o-mini") == 200, 3.0)
+
+
+def test_an_update_available_reaches_the_control_plane(control: Gateway, token: str, mock: Mock, tmp_path: Path,
+                                                      agents: list[Agent]) -> None:
+    index = tmp_path / "releases.json"
+    index.write_text(json.dumps({"releases": [{"version": "v9.9.9", "requirement": "tollhouse==9.9.9"}]}))
+    agent = _start(agents, control.url, token, tmp_path / "agent", mock, update_interval_s=0.5)
+    status, _, _ = control.request("PUT", "/api/v1/agent-policy", {"update_policy": "manual",
+                                                                    "release_index": str(index)})
+    assert status == 200
+    deadline = time.monotonic() + 15
+    while True:
+        _, raw, _ = control.request("GET", "/api/v1/audit")
+        notices = [e for e in json.loads(raw)["entries"] if e["kind"] == "agent.update.available"]
+        if notices:
+            break
+        assert time.monotonic() < deadline, agent.health().get("update")
+        time.sleep(0.2)
+    assert notices[0]["data"]["target"] == "v9.9.9" and notices[0]["actor"].startswith("agent:")
+    assert "v9.9.9" in json.dumps(agent.health()["update"])  # /healthz says an update is available
+    listed = json.loads(control.request("GET", "/api/v1/agents")[1])["agents"]
+    assert any(a["status"].get("last_notice") == "agent.update.available" for a in listed)
+    assert agent.restarts == []  # manual: told, never installed

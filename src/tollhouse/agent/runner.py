@@ -8,11 +8,14 @@ subject is the machine's configured user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,11 @@ from tollhouse import __version__
 from tollhouse.agent.apply import BundleApplier
 from tollhouse.agent.bundle import BundleSync, Retry
 from tollhouse.agent.cache import BundleCache
+from tollhouse.agent.notices import NoticeSender
 from tollhouse.agent.settings import AgentSettings, LocalLayers
 from tollhouse.agent.ship_metrics import ShipMetrics
 from tollhouse.agent.shipper import Shipper
+from tollhouse.agent.updater import Updater, restart_in_place, running_version
 from tollhouse.config import DirectoryConfig, Settings
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState
@@ -39,6 +44,8 @@ class AgentOptions:
     wait_s: int = 30  # how long each long-poll of the bundle is held
     retry: Retry = field(default_factory=Retry)
     ship_interval_s: float = 1.0  # how often the shipper looks at the spool
+    update_interval_s: float = 3600.0  # how often the updater reads the release index (and on policy changes)
+    restart: Callable[[], None] = restart_in_place  # after an update is installed
 
 
 def local_config_problems(settings: Settings) -> list[str]:
@@ -70,6 +77,16 @@ def agent_id(data_dir: Path) -> str:
         return ident
 
 
+async def _update_loop(updater: Updater, applier: BundleApplier, changed: asyncio.Event, every_s: float) -> None:
+    """Check for an update shortly after start, every `every_s`, and when the agent policy changes."""
+    await asyncio.sleep(min(5.0, every_s))
+    while True:
+        changed.clear()
+        await updater.check_once(applier.effective.policy, datetime.now())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), every_s)
+
+
 async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, data_dir: Path,
                     ready: Callable[[GatewayState, int], None] | None = None, stop: asyncio.Event | None = None,
                     clock: Callable[[], float] = time.time) -> None:
@@ -78,7 +95,8 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
     ident = await asyncio.to_thread(agent_id, data_dir)
 
     async def extension(state: GatewayState) -> Callable[[], Awaitable[None]]:
-        applier = BundleApplier(state, layers, effective)
+        policy_changed = asyncio.Event()
+        applier = BundleApplier(state, layers, effective, on_settings=lambda _: policy_changed.set())
         sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
                           {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
                            "x-tollhouse-agent-version": __version__},
@@ -98,12 +116,22 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
                           metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s)
         shipper.start()
         state.health["telemetry"] = lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized}
-        # --- updater (branch `upd`, tollhouse.agent.updater): start it here with applier.effective.policy
-        #     and follow changes through BundleApplier's on_settings. Not merged yet.
+        # Updates: the updater reads the release index now and then and whenever the agent policy changes;
+        # its notices go to the local audit trail and to the control plane.
+        local_proxy = effective["upstream_proxy"] or None  # set on this machine (env / managed file)
+        notices = NoticeSender(opts.control_plane, opts.token, ident, local_proxy, state.audit)
+        notices.start()
+        updater = Updater(sys.executable, running_version(), local_proxy, notices, opts.restart)
+        state.health["update"] = updater.status
+        updates = asyncio.create_task(_update_loop(updater, applier, policy_changed, opts.update_interval_s),
+                                      name="tollhouse-agent-updates")
 
         async def cleanup() -> None:
+            updates.cancel()
+            await asyncio.gather(updates, return_exceptions=True)
             await state.writer.flush()
             await shipper.stop()
+            await notices.stop()
             await sync.stop()
 
         return cleanup

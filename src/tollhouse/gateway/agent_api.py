@@ -138,3 +138,28 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
     state.metrics.agent_events.labels("stored").inc(stored)
     state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)
     return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})
+
+
+NOTICE_KINDS = frozenset({"agent.update.available", "agent.update.installed", "agent.update.failed"})
+
+
+async def notices(request: Request, state: GatewayState) -> Response:
+    """An agent's notice (an update available, installed or failed): audited at the control plane, and
+    kept as the agent's last status in `GET /api/v1/agents`."""
+    who = await agent_identity(request, state)
+    if isinstance(who, Response):
+        return who
+    data = await json_body(request)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in NOTICE_KINDS or not isinstance(data.get("data", {}), dict):
+        return api_error(400, f'body must be {{"kind": one of {", ".join(sorted(NOTICE_KINDS))}, "data": {{...}}}}',
+                         "bad_request")
+    agent_id = (request.header(_AGENT_HEADERS[0]) or "unknown")[:128]
+    detail = data.get("data", {})
+    state.audit.record(kind, f"agent:{agent_id}", {"agent_id": agent_id, "token": who, **detail})
+    now_ms = int(state.clock() * 1000)
+    status = {"last_notice": kind, **{k: detail.get(k) for k in ("current", "target") if k in detail}}
+    hostname = request.header(_AGENT_HEADERS[2])
+    await state.runner.run(lambda s: s.upsert_agent(agent_id, hostname, request.header(_AGENT_HEADERS[1]), who,
+                                                     now_ms, status))
+    return json_response({"recorded": kind})

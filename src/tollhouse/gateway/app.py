@@ -59,6 +59,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/agents"): (agent_api.list_agents, True),
     ("GET", "/api/v1/agent/bundle"): (agent_api.bundle, False),
     ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
+    ("POST", "/api/v1/agent/notices"): (agent_api.notices, False),
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),

@@ -316,6 +316,11 @@ OPENAPI: dict[str, Any] = {
                     {"type": "object", "properties": _CONTENT_PROPS}]}}}}}},
                 "404": {"description": "no event with that id", "content": {"application/json": {
                     "schema": _ERROR}}}}}},
+        "/api/v1/agent/notices": {"post": {
+            "summary": "An agent's notice {kind: agent.update.available|installed|failed, data: {...}}: audited, "
+                       "and kept as the agent's last status",
+            "security": [{"admin": []}, {"enrollment": []}],
+            "responses": {"200": {"description": "recorded"}, "400": {"description": "unknown kind"}}}},
         "/api/v1/keys/{prefix}": {"delete": {
             "summary": "Revoke a gateway key",
             "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
