@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -365,3 +368,45 @@ def test_an_update_available_reaches_the_control_plane(control: Gateway, token: 
     listed = json.loads(control.request("GET", "/api/v1/agents")[1])["agents"]
     assert any(a["status"].get("last_notice") == "agent.update.available" for a in listed)
     assert agent.restarts == []  # manual: told, never installed
+
+
+def test_installed_agent_runs_from_the_managed_file_alone(control: Gateway, token: str, mock: Mock,
+                                                          tmp_path: Path) -> None:
+    """What MDM does: `tollhouse install`, then the service runs `tollhouse agent` with no arguments."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("TOLLHOUSE_DATA_DIR", None)
+    cmd = [sys.executable, "-m", "tollhouse"]
+    installed = subprocess.run([*cmd, "install", "--prefix", str(tmp_path / "root"), "--control-plane", control.url,
+                                "--token", token, "--user", "alice", "--port", str(port)],
+                               env=env, capture_output=True, text=True, timeout=60)
+    assert installed.returncode == 0, installed.stderr
+    env["TOLLHOUSE_MANAGED_CONFIG"] = str(tmp_path / "root" / "etc" / "tollhouse.env")  # what the unit sets
+    local = tmp_path / "local.yaml"
+    local.write_text(json.dumps({"providers": upstreams(mock.url)}))
+    proc = subprocess.Popen([*cmd, "agent", "--config", str(local)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _until(lambda: _up(url), 30.0)
+        client = openai.OpenAI(base_url=url + "/openai/v1", api_key="sk-laptop", max_retries=0)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        _until(lambda: [e["subject"] for e in control.events()] == ["alice"], 15.0)
+        shown = subprocess.run([*cmd, "config", "show", "--json"], env=env, capture_output=True, text=True,
+                               timeout=60)
+        settings = json.loads(shown.stdout)
+        assert settings["control_plane"] == {"value": control.url, "source": "managed"}
+        assert settings["user"] == {"value": "alice", "source": "managed"}
+        assert token not in shown.stdout  # masked
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)  # stops promptly, draining its events
+    assert proc.returncode == 0, err[-2000:]
+    assert f"http://127.0.0.1:{port}" in out and "Traceback" not in err
+
+
+def _up(url: str) -> bool:
+    try:
+        return _http(url, "GET", "/healthz")[0] == 200
+    except OSError:
+        return False

@@ -44,8 +44,10 @@ def test_prefix_install_writes_every_file(tmp_path: Path) -> None:
     assert stat.S_IMODE(layout.managed_file.stat().st_mode) == 0o600
     unit = layout.unit.read_text()
     assert layout.unit == tmp_path.resolve() / "etc/systemd/system/tollhouse-agent.service"
-    for line in (f"EnvironmentFile={layout.managed_file}", "ExecStart=/opt/tollhouse/bin/python -m tollhouse agent",
-                 "Restart=always", "User=alice", "WantedBy=multi-user.target"):
+    assert "EnvironmentFile=" not in unit  # the agent reads the file itself: `config show` says "managed"
+    for line in (f"Environment=TOLLHOUSE_MANAGED_CONFIG={layout.managed_file}",
+                 "ExecStart=/opt/tollhouse/bin/python -m tollhouse agent", "Restart=always", "User=alice",
+                 "WantedBy=multi-user.target"):
         assert line in unit.splitlines()
     plist = plistlib.loads(layout.plist.read_bytes())
     assert layout.plist == tmp_path.resolve() / "Library/LaunchDaemons/com.tollhouse.agent.plist"
@@ -135,7 +137,7 @@ def test_a_broken_managed_file_is_named(tmp_path: Path) -> None:
     managed = Layout(tmp_path).managed_file
     managed.parent.mkdir(parents=True)
     managed.write_text("TOLLHOUSE_PORT=8788\nthis is not a setting\n")
-    with pytest.raises(InstallError, match=rf"{managed}:2: 'this is not a setting' is not KEY=VALUE"):
+    with pytest.raises(InstallError, match=rf"{managed} line 2: expected KEY=VALUE"):
         install(_opts(tmp_path), is_root=False)
 
 

@@ -162,7 +162,8 @@ def agent(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Local overrides only, e.g. provider "
                                                 "upstreams (YAML or JSON).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8788,
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: TOLLHOUSE_PORT, environment or "
+                                                   "managed file, else 8788).")] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run the agent: the gateway's routes on this machine, policy from the control plane (cached offline)."""
@@ -185,6 +186,11 @@ def agent(
         _fail(f"{config}: {problem}")
     ddir = agent_data_dir(data_dir, layers)
     _logging(effective["log_level"])
+    if port is None:
+        named = layers.env.get("TOLLHOUSE_PORT") or layers.managed.get("TOLLHOUSE_PORT") or "8788"
+        if not named.isdigit() or not 0 < int(named) < 65536:
+            _fail(f"TOLLHOUSE_PORT={named!r} is not a port number (1-65535), e.g. TOLLHOUSE_PORT=8788")
+        port = int(named)
     opts = AgentOptions(cp_url, secret, host, port)
 
     def ready(state: GatewayState, bound: int) -> None:

@@ -1,6 +1,6 @@
 """The managed file MDM writes (`/etc/tollhouse.env`): KEY=VALUE lines, as systemd's EnvironmentFile reads them.
 
-Blank lines and `#` comments are skipped; `export KEY=VALUE` is accepted; values may be double-quoted
+Blank lines and `#` or `;` comments are skipped; `export KEY=VALUE` is accepted; values may be double-quoted
 (backslash escapes \\" \\\\ \\n \\t) or single-quoted (literal); an unquoted value ends at ` #`.
 """
 
@@ -54,7 +54,7 @@ def parse_env_file(text: str, label: str) -> dict[str, str]:
     problems: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+        if not stripped or stripped.startswith(("#", ";")):
             continue
         where = f"{label} line {number}"
         match = _LINE.fullmatch(stripped)

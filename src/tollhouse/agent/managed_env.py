@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from tollhouse.agent.managed import parse_env_file
+from tollhouse.agent.settings import SettingsError
+
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE = re.compile(r"[A-Za-z0-9_./:@%+,=-]*")
 
@@ -38,15 +41,11 @@ def _entry(line: str) -> tuple[str, str] | None:
 
 
 def parse_env(text: str, source: str = "managed file") -> dict[str, str]:
-    """Every `KEY=VALUE` in `text`, in order (a later line wins); a line that is neither is an error."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        entry = _entry(line)
-        if entry is None and line.strip() and line.strip()[0] not in "#;":
-            raise ManagedEnvError(f"{source}:{number}: {line.strip()[:80]!r} is not KEY=VALUE")
-        if entry is not None:
-            values[entry[0]] = entry[1]
-    return values
+    """Every `KEY=VALUE` in `text` (a later line wins), read exactly as the agent reads it."""
+    try:
+        return parse_env_file(text, source)
+    except SettingsError as exc:
+        raise ManagedEnvError("; ".join(exc.problems)) from None
 
 
 def format_value(key: str, value: str) -> str:

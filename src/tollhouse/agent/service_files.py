@@ -40,7 +40,8 @@ def systemd_unit(spec: ServiceSpec) -> str:
         "",
         "[Service]",
         "Type=simple",
-        f"EnvironmentFile={_systemd_word(str(spec.managed_file))}",
+        # The agent reads the managed file itself (not EnvironmentFile=), so `tollhouse config show` can tell
+        # a managed value from one set in the environment.
         f"Environment={_systemd_word('TOLLHOUSE_MANAGED_CONFIG=' + str(spec.managed_file))}",
         "ExecStart=" + " ".join(_systemd_word(w) for w in spec.command),
         "Restart=always",
