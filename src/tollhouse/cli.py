@@ -17,6 +17,8 @@ import platformdirs
 import typer
 
 from tollhouse import __version__
+from tollhouse.agent import install as agent_install
+from tollhouse.agent.service_files import UNIT_NAME
 from tollhouse.audit.chain import AuditEntry, first_problem
 from tollhouse.audit.checkpoint import (
     SigningKeyError,
@@ -195,6 +197,55 @@ def demo(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen: {exc.strerror or exc}")
+
+
+@app.command()
+def install(
+    control_plane: Annotated[str | None, typer.Option(help="The control plane's URL.")] = None,
+    token: Annotated[str | None, typer.Option(help="Admin or enrollment token for the control plane.")] = None,
+    user: Annotated[str | None, typer.Option(help="The machine's user: the agent's subject and the account "
+                                             "the service runs as.")] = None,
+    prefix: Annotated[Path | None, typer.Option(help="Install under DIR instead of / (no root needed).")] = None,
+    data_dir: DataDirOpt = None,
+    port: Annotated[int | None, typer.Option(help="Agent port (default 8788, or the value installed).")] = None,
+    enable: Annotated[bool, typer.Option("--enable", help="Also enable and start the service (systemd).")] = False,
+) -> None:
+    """Install the agent: managed config, systemd unit, launchd plist, data directory. Idempotent."""
+    opts = agent_install.InstallOptions(control_plane, token, user, data_dir, port, prefix)
+    is_root = os.geteuid() == 0
+    try:
+        if enable:
+            agent_install.check_enable(agent_install.Layout(prefix))
+        result = agent_install.install(opts, is_root=is_root)
+        started = (agent_install.enable_service(result.layout, systemd=agent_install.systemd_present())
+                   if enable else [f"not started (pass --enable, or: systemctl enable --now "
+                                   f"{UNIT_NAME})"])
+    except agent_install.InstallError as exc:
+        _fail(str(exc), 1)
+        raise AssertionError from exc
+    for change in result.changes:
+        typer.echo(f"{change.action:>9}  {change.path}")
+    for line in [*result.notes, *started]:
+        typer.echo(line)
+    typer.echo("Point tools at the agent:")
+    for line in result.tool_exports():
+        typer.echo(f"  {line}")
+
+
+@app.command()
+def uninstall(
+    prefix: Annotated[Path | None, typer.Option(help="The --prefix given to install.")] = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the data directory (spool, cache).")] = False,
+) -> None:
+    """Remove what `tollhouse install` wrote (the data directory only with --purge)."""
+    systemctl = agent_install.run_command if agent_install.systemd_present() else None
+    try:
+        changes = agent_install.uninstall(prefix, purge=purge, is_root=os.geteuid() == 0, systemctl=systemctl)
+    except agent_install.InstallError as exc:
+        _fail(str(exc), 1)
+        raise AssertionError from exc
+    for change in changes:
+        typer.echo(f"{change.action:>9}  {change.path}")
 
 
 @keys_app.command("create")
