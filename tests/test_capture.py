@@ -125,8 +125,7 @@ def test_the_capture_mode_is_read_per_call(gateway_factory: Any, mock: Mock, tmp
     client = oai(gw)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "before"}])
     assert gw.state is not None
-    live = gw.state.settings.model_copy(update={"capture_mode": CaptureMode.enterprise})
-    object.__setattr__(gw.state, "settings", live)  # what a live settings update does
+    gw.state.live.capture_mode = CaptureMode.enterprise  # what the agent does when its agent policy changes
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "after"}])
     after, before = json.loads(gw.get("/api/v1/events?include=content")[1])["events"]
     assert before["prompt"] is None and after["prompt"] == "after" and after["response"]

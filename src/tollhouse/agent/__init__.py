@@ -1,1 +1,1 @@
-"""The fleet agent: the data plane on an engineer's machine, managed by a control plane."""
+"""The fleet agent: effective settings, the policy bundle sync and its cache, the local data plane."""

@@ -152,12 +152,14 @@ async def healthz(request: Request, state: GatewayState) -> Response:
         "status": "ok",
         "version": __version__,
         "pid": os.getpid(),
-        "enforcement": state.settings.enforcement.value,
+        "enforcement": state.live.enforcement.value,
+        "capture_mode": state.live.capture_mode.value,
         "events_pending": state.writer.pending,
         "events_written": state.writer.written,
         "providers": sorted(state.providers),
         "policy": {"version": policy.version, "source": policy.source, "rules": policy.rules,
                    "error": policy.error},
+        **{name: section() for name, section in state.health.items()},
     })
 
 

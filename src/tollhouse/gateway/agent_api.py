@@ -105,7 +105,7 @@ async def bundle(request: Request, state: GatewayState) -> Response:
     etag = _etag(state)
     if request.header("if-none-match") == etag and wait:
         deadline = time.monotonic() + wait
-        while etag == _etag(state):
+        while etag == _etag(state) and not state.docs.feed.closed:
             left = deadline - time.monotonic()
             if left <= 0 or not await state.docs.feed.wait(left):
                 break

@@ -16,9 +16,8 @@ from tollhouse.providers.base import prompt_text
 
 
 def capturing(state: GatewayState) -> bool:
-    """The capture mode in force now. It is read from the state's settings at request time; a live
-    settings object (agent policy from the control plane) is to be read here once it exists."""
-    return state.settings.capture_mode is CaptureMode.enterprise
+    """The capture mode in force now (live: the agent switches it from its control plane's agent policy)."""
+    return state.live.capture_mode is CaptureMode.enterprise
 
 
 def call_prompt(state: GatewayState, parsed: dict[str, Any] | None) -> str | None:

@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tollhouse.config import Enforcement, Settings
+from tollhouse.config import Enforcement
 from tollhouse.directory import Subject
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Response
@@ -54,12 +54,16 @@ class Verdict:
         return self.decision.rule_id
 
 
-def enforced_for(settings: Settings, subject: Subject) -> bool:
+def enforced_for(enforcement: Enforcement, enforce_teams: tuple[str, ...], subject: Subject) -> bool:
     """Enforcement on, or on for one of the subject's teams (phased rollout)."""
-    if settings.enforcement is Enforcement.on:
+    if enforcement is Enforcement.on:
         return True
-    teams = settings.policy.enforce_teams
-    return bool(teams) and any(t in teams for t in subject.teams)
+    return bool(enforce_teams) and any(t in enforce_teams for t in subject.teams)
+
+
+def enforced(state: GatewayState, subject: Subject) -> bool:
+    """Whether the policy is applied to this subject's calls now (live: the agent switches it)."""
+    return enforced_for(state.live.enforcement, state.settings.policy.enforce_teams, subject)
 
 
 def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, prompt: str | None,
@@ -71,7 +75,7 @@ def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, prompt
     call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model, prompt=prompt)
     exemptions = state.overrides.for_subject(subject.id, int(now.timestamp() * 1000))
     decision = policy.evaluate(call, subject, now, waived=exemptions.keys())
-    verdict = Verdict(decision, enforced_for(state.settings, subject), exemptions)
+    verdict = Verdict(decision, enforced(state, subject), exemptions)
     for v in decision.violations:
         state.metrics.violations.labels(v.rule.id, v.rule.severity.name, str(verdict.enforced).lower()).inc()
         if v.rule.severity >= Severity.warn:

@@ -149,7 +149,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         return ident
     project = ident.subject.project
     if project is not None and not state.directory.has_project(project) and \
-            enforce.enforced_for(state.settings, ident.subject):
+            enforce.enforced(state, ident.subject):
         # Enforcing: only known projects. A made-up name must not open a fresh budget counter.
         return _unknown_project(state, route, project)
 
@@ -303,6 +303,9 @@ async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
     user = request.header(_USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
         return _Identity(state.directory.subject(user, project), None)
+    default_user = state.settings.identity.default_user  # the agent: the machine's configured user
+    if default_user:
+        return _Identity(state.directory.subject(default_user, project), None)
     if key is None:
         return _Identity(state.directory.subject("anonymous", project), None)
     digest = sha256_hex(key)

@@ -1,0 +1,112 @@
+"""`tollhouse agent`: the gateway's data plane on an engineer's machine, following a control plane.
+
+The local config holds only local overrides (provider upstreams, ports, limits); the policy, the directory
+and the agent policy come from the control plane's bundle, applied into the local store. Every call's
+subject is the machine's configured user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tollhouse import __version__
+from tollhouse.agent.apply import BundleApplier
+from tollhouse.agent.bundle import BundleSync, Retry
+from tollhouse.agent.cache import BundleCache
+from tollhouse.agent.settings import AgentSettings, LocalLayers
+from tollhouse.agent.ship_metrics import ShipMetrics
+from tollhouse.agent.shipper import Shipper
+from tollhouse.config import DirectoryConfig, Settings
+from tollhouse.gateway.app import serve
+from tollhouse.gateway.state import GatewayState
+
+AGENT_ID_FILE = "agent_id"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    control_plane: str
+    token: str
+    host: str = "127.0.0.1"
+    port: int = 8788
+    wait_s: int = 30  # how long each long-poll of the bundle is held
+    retry: Retry = field(default_factory=Retry)
+    ship_interval_s: float = 1.0  # how often the shipper looks at the spool
+
+
+def local_config_problems(settings: Settings) -> list[str]:
+    """The agent's config file may not carry what the control plane owns."""
+    out = []
+    if settings.policy.rules or settings.policy.rules_file:
+        out.append("policy: the agent's policy comes from the control plane; remove policy.rules / rules_file")
+    if settings.directory != DirectoryConfig():
+        out.append("directory: the agent's directory comes from the control plane; remove it")
+    return out
+
+
+def gateway_settings(local: Settings, effective: AgentSettings) -> Settings:
+    """The data plane's start-up settings: the local config with the effective agent settings on top."""
+    identity = local.identity.model_copy(update={"default_user": effective["user"]})
+    return local.model_copy(update={"enforcement": effective.enforcement, "capture_mode": effective.capture_mode,
+                                    "upstream_proxy": effective["upstream_proxy"] or None, "identity": identity})
+
+
+def agent_id(data_dir: Path) -> str:
+    """This installation's id, made once and kept in the data dir."""
+    path = data_dir / AGENT_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        ident = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(ident + "\n")
+        return ident
+
+
+async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, data_dir: Path,
+                    ready: Callable[[GatewayState, int], None] | None = None, stop: asyncio.Event | None = None,
+                    clock: Callable[[], float] = time.time) -> None:
+    """Serve until `stop` is set. Raises SettingsError, and what `serve` raises, before listening."""
+    effective = layers.resolve(None)  # without the control plane's layer; the cached bundle adds it below
+    ident = await asyncio.to_thread(agent_id, data_dir)
+
+    async def extension(state: GatewayState) -> Callable[[], Awaitable[None]]:
+        applier = BundleApplier(state, layers, effective)
+        sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
+                          {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
+                           "x-tollhouse-agent-version": __version__},
+                          clock, opts.wait_s, opts.retry, effective["upstream_proxy"] or None)
+        await sync.load_cached()
+
+        def agent_health() -> dict[str, Any]:
+            return {"id": ident, "user": applier.effective["user"], "settings": applier.effective.shown(),
+                    "bundle_errors": applier.errors}
+
+        state.health["control_plane"] = sync.health
+        state.health["agent"] = agent_health
+        await sync.start()
+        # Telemetry (branch `ship`): every call is spooled in the local store; the shipper delivers it. The
+        # proxy is the one in force at start (the Shipper has no live proxy switch yet).
+        shipper = Shipper(state.runner, opts.control_plane, opts.token, applier.effective["upstream_proxy"] or None,
+                          metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s)
+        shipper.start()
+        state.health["telemetry"] = lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized}
+        # --- updater (branch `upd`, tollhouse.agent.updater): start it here with applier.effective.policy
+        #     and follow changes through BundleApplier's on_settings. Not merged yet.
+
+        async def cleanup() -> None:
+            await state.writer.flush()
+            await shipper.stop()
+            await sync.stop()
+
+        return cleanup
+
+    await serve(gateway_settings(local, effective), data_dir, opts.host, opts.port, ready, stop, clock,
+                extension=extension)
