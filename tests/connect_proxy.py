@@ -14,25 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import threading
-from types import TracebackType
 from urllib.parse import urlsplit
+
+from loopback_server import LoopbackServer, pipe
 
 _HOP = (b"proxy-authorization", b"proxy-connection", b"connection", b"keep-alive")
 
 
-class ConnectProxy:
+class ConnectProxy(LoopbackServer):
     def __init__(self, auth: tuple[str, str] | None = None) -> None:
+        super().__init__("connect-proxy")
         self._auth = auth
         self.tunnels: list[str] = []
         self.requests: list[str] = []
         self.refused = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="connect-proxy")
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -42,35 +37,6 @@ class ConnectProxy:
     def url_with_auth(self) -> str:
         user, password = self._auth or ("", "")
         return f"http://{user}:{password}@127.0.0.1:{self.port}"
-
-    def start(self) -> ConnectProxy:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the test proxy did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def __enter__(self) -> ConnectProxy:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            async with server:
-                await self._stop.wait()
-
-        asyncio.run(main())
 
     def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
         if self._auth is None:
@@ -112,7 +78,7 @@ class ConnectProxy:
             return
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await writer.drain()
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     async def _forward(self, method: str, target: str, headers: list[tuple[bytes, bytes]],
                        reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -153,12 +119,3 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, list[tuple
         name, _, value = line.partition(b":")
         headers.append((name.strip().lower(), value.strip()))
     return method, target, headers
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    with contextlib.suppress(OSError):
-        writer.close()

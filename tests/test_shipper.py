@@ -43,8 +43,8 @@ def test_spooled_events_reach_the_control_plane_exactly_once(cp: Gateway, tmp_pa
             shipper = Shipper(runner, cp.url, enroll(cp), batch=1000, **FAST)
             shipper.start()
             await record(writer, events)
-            await until(lambda: _value(shipper, "tollhouse_spool_shipped_total") == 2500, what="2500 shipped")
-            assert shipper.backlog == 0
+            await until(lambda: _value(shipper, "tollhouse_spool_shipped_total") == 2500 and shipper.backlog == 0,
+                        what="2500 shipped and acknowledged")
             await shipper.stop()
             # the watermark is in the store: a new shipper (the agent restarted) has nothing to send
             again = Shipper(runner, cp.url, enroll(cp), **FAST)

@@ -9,19 +9,18 @@ through `connect_proxy.ConnectProxy`, which then must tunnel with CONNECT.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import ipaddress
 import ssl
 import tempfile
-import threading
 from pathlib import Path
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from loopback_server import LoopbackServer, pipe
 
 
 def self_signed(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
@@ -40,32 +39,17 @@ def self_signed(host: str = "127.0.0.1") -> tuple[bytes, bytes]:
                               serialization.NoEncryption()))
 
 
-class TlsFront:
+class TlsFront(LoopbackServer):
     def __init__(self, target_port: int) -> None:
+        super().__init__("tls-front")
         self._target = target_port
         self.cert_pem, self._key_pem = self_signed()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="tls-front")
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> TlsFront:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("the TLS front did not start")
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def _context(self) -> ssl.SSLContext:
+    def _ssl(self) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         with tempfile.TemporaryDirectory() as tmp:
             cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
@@ -74,18 +58,6 @@ class TlsFront:
             ctx.load_cert_chain(cert, key)
         return ctx
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            server = await asyncio.start_server(self._client, "127.0.0.1", 0, ssl=self._context())
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            async with server:
-                await self._stop.wait()
-
-        asyncio.run(main())
-
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
@@ -93,16 +65,7 @@ class TlsFront:
             writer.close()
             return
         try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         except asyncio.CancelledError:  # stopping with connections still open
             writer.close()
             up_writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError, OSError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    with contextlib.suppress(OSError):
-        writer.close()
