@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from conftest import ADMIN, Gateway, Mock, free_port, upstreams
+from connect_proxy import ConnectProxy
 from test_policy_versions import DENY_4O
 from tollhouse.agent.bundle import Retry
 from tollhouse.agent.cache import CACHE_FILE, BundleCache
@@ -410,3 +411,16 @@ def _up(url: str) -> bool:
         return _http(url, "GET", "/healthz")[0] == 200
     except OSError:
         return False
+
+
+def test_a_proxy_from_the_control_plane_carries_calls_and_telemetry(control: Gateway, token: str, mock: Mock,
+                                                                    agents: list[Agent], tmp_path: Path) -> None:
+    agent = _start(agents, control.url, token, tmp_path / "agent", mock)
+    with ConnectProxy(auth=("svc", "s3cret")) as proxy:
+        _put(control, "/api/v1/agent-policy", {"upstream_proxy": proxy.url_with_auth})
+        _until(lambda: agent.health()["agent"]["settings"]["upstream_proxy"]["source"] == "control-plane", 5.0)
+        assert agent.status_of("gpt-4o-mini") == 200
+        _until(lambda: len(control.events()) == 1, 10.0)
+        seen = list(proxy.requests)
+    assert any("/v1/chat/completions" in r for r in seen), seen  # the provider call went through it
+    assert any("/api/v1/agent/events" in r for r in seen), seen  # and so did the telemetry

@@ -96,7 +96,13 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
 
     async def extension(state: GatewayState) -> Callable[[], Awaitable[None]]:
         policy_changed = asyncio.Event()
-        applier = BundleApplier(state, layers, effective, on_settings=lambda _: policy_changed.set())
+        follow: list[Callable[[AgentSettings], None]] = [lambda _: policy_changed.set()]
+
+        def on_settings(settings: AgentSettings) -> None:
+            for follower in follow:
+                follower(settings)
+
+        applier = BundleApplier(state, layers, effective, on_settings=on_settings)
         sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
                           {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
                            "x-tollhouse-agent-version": __version__},
@@ -115,6 +121,7 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         shipper = Shipper(state.runner, opts.control_plane, opts.token, applier.effective["upstream_proxy"] or None,
                           metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s)
         shipper.start()
+        follow.append(lambda s: shipper.set_proxy(s["upstream_proxy"] or None))  # a live proxy change
         state.health["telemetry"] = lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized}
         # Updates: the updater reads the release index now and then and whenever the agent policy changes;
         # its notices go to the local audit trail and to the control plane.

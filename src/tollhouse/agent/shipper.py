@@ -28,8 +28,9 @@ from collections.abc import Sequence
 import orjson
 
 from tollhouse.agent.backoff import Backoff
-from tollhouse.agent.ship_client import Acked, Failed, Refused, ShipClient, Unauthorized
+from tollhouse.agent.ship_client import INGEST_PATH, Acked, Failed, Refused, ShipClient, Unauthorized
 from tollhouse.agent.ship_metrics import ShipMetrics
+from tollhouse.control.agent_policy import redact_url
 from tollhouse.events import spool
 from tollhouse.events.model import iso_ts
 from tollhouse.events.spool import Spooled
@@ -87,6 +88,8 @@ class Shipper:
             raise ValueError(f"max_spool must be at least 1 event, got {max_spool}")
         self._runner = runner
         self._client = ShipClient(control_plane_url, token, proxy, timeout_s, ca_pem)
+        self._proxy, self._timeout_s, self._ca_pem = proxy, timeout_s, ca_pem
+        self._retired: list[ShipClient] = []  # clients replaced by set_proxy, closed at stop
         self._batch = batch
         self._max_spool = max_spool
         self._interval = interval_s
@@ -127,6 +130,16 @@ class Shipper:
             log.warning("telemetry shipping resumes with a new token (backlog %d events)", self._backlog)
         self._resume.set()
 
+    def set_proxy(self, proxy: str | None) -> None:
+        """Dial the control plane through another proxy (or directly) from the next batch on."""
+        if proxy == self._proxy:
+            return
+        old = self._client
+        self._client = ShipClient(old.url.removesuffix(INGEST_PATH), old.token, proxy, self._timeout_s, self._ca_pem)
+        self._proxy = proxy
+        self._retired.append(old)
+        log.info("telemetry now ships %s", f"through the proxy {redact_url(proxy)}" if proxy else "directly")
+
     async def stop(self) -> None:
         """Stop the loop and make one last attempt, at most `stop_timeout_s`, to ship what is spooled.
         Whatever is left stays in the store and is shipped after the next start."""
@@ -144,7 +157,8 @@ class Shipper:
             log.warning("stopping with %d events not yet shipped (%s); they stay spooled and are shipped after "
                         "the next start", self._backlog, reason)
         finally:
-            await self._client.close()
+            for client in (*self._retired, self._client):
+                await client.close()
 
     async def ship_once(self) -> int:
         """Ship the oldest batch of the spool. Returns how many events the control plane acknowledged
