@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from conftest import ADMIN, Gateway, Mock, free_port, upstreams
+from conftest import ADMIN, Gateway, Mock, ServedInThread, free_port, upstreams
 from connect_proxy import ConnectProxy
 from test_policy_versions import DENY_4O
 from tollhouse.agent.bundle import Retry
@@ -25,7 +24,6 @@ from tollhouse.agent.cache import CACHE_FILE, BundleCache
 from tollhouse.agent.runner import AgentOptions, run_agent
 from tollhouse.agent.settings import LocalLayers
 from tollhouse.config import parse_settings
-from tollhouse.gateway.state import GatewayState
 
 DIRECTORY = {
     "org": "acme",
@@ -35,12 +33,15 @@ DIRECTORY = {
 FAST = Retry(first_s=0.05, max_s=0.3, unauthorized_s=0.3)
 
 
-class Agent:
+class Agent(ServedInThread):
     """`run_agent` served from a background thread (the same code `tollhouse agent` runs)."""
+
+    what = "agent"
 
     def __init__(self, control_plane: str, token: str, data_dir: Path, mock: Mock,
                  managed: dict[str, str] | None = None, env: dict[str, str] | None = None, wait_s: int = 30,
                  config: dict[str, Any] | None = None, update_interval_s: float = 3600.0) -> None:
+        super().__init__()
         self.layers = LocalLayers(env or {}, {"TOLLHOUSE_USER": "alice", **(managed or {})}, "(test managed)",
                                   "login-name")
         self.local = parse_settings({"admin_token": ADMIN, "providers": upstreams(mock.url), **(config or {})},
@@ -49,41 +50,13 @@ class Agent:
         self.opts = AgentOptions(control_plane, token, "127.0.0.1", free_port(), wait_s, FAST, 0.2,
                                  update_interval_s=update_interval_s, restart=lambda: self.restarts.append(time.time()))
         self.data_dir = data_dir
-        self.state: GatewayState | None = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-
-            def ready(state: GatewayState, port: int) -> None:
-                self.state = state
-                self._ready.set()
-
-            await run_agent(self.local, self.layers, self.opts, self.data_dir, ready, self._stop)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._ready.set()
+    async def _serve(self, ready: Any, stop: asyncio.Event) -> None:
+        await run_agent(self.local, self.layers, self.opts, self.data_dir, ready, stop)
 
     def start(self) -> Agent:
-        self._thread.start()
-        self._ready.wait(15)
-        if self._error is not None:
-            raise RuntimeError("agent failed to start") from self._error
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
+        started: Agent = super().start()
+        return started
 
     @property
     def url(self) -> str:
