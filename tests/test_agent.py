@@ -397,3 +397,36 @@ def test_a_proxy_from_the_control_plane_carries_calls_and_telemetry(control: Gat
         seen = list(proxy.requests)
     assert any("/v1/chat/completions" in r for r in seen), seen  # the provider call went through it
     assert any("/api/v1/agent/events" in r for r in seen), seen  # and so did the telemetry
+
+
+def test_every_call_online_or_offline_allowed_or_blocked_reaches_the_control_plane_once(
+        mock: Mock, agents: list[Agent], tmp_path: Path) -> None:
+    plane_dir = tmp_path / "control"
+    control = Gateway({"providers": upstreams(mock.url), "directory": DIRECTORY}, plane_dir).start()
+    try:
+        token = json.loads(control.request("POST", "/api/v1/agent/tokens", {"label": "l"})[1])["token"]
+        _put(control, "/api/v1/policy", {"rules": [DENY_4O]})
+        _put(control, "/api/v1/agent-policy", {"enforcement": "on"})
+        agent = _start(agents, control.url, token, tmp_path / "agent", mock)
+        online = [agent.status_of(m) for m in ("gpt-4o-mini", "gpt-4o")]
+        _until(lambda: len(control.events()) == 2, 10.0)
+        port = control.port
+    finally:
+        control.stop()
+    _until(lambda: agent.health()["control_plane"]["state"] == "offline")
+    offline = [agent.status_of(m) for m in ("gpt-4o-mini", "gpt-4o", "gpt-4o-mini")]
+    agent.stop()  # and a restart while the control plane is still away
+    agent = _start(agents, f"http://127.0.0.1:{port}", token, tmp_path / "agent", mock)
+    offline.append(agent.status_of("gpt-4o"))
+    assert online == [200, 403] and offline == [200, 403, 200, 403]
+    control = Gateway({"providers": upstreams(mock.url), "directory": DIRECTORY}, plane_dir, port=port).start()
+    try:
+        _until(lambda: len(control.events()) == 6, 20.0)
+        time.sleep(1.5)  # a few more shipping rounds: nothing arrives twice
+        events = control.events()
+        local = agent.api("/api/v1/events")["events"]
+    finally:
+        control.stop()
+    assert len(events) == 6 and len({e["id"] for e in events}) == 6
+    assert sorted(e["id"] for e in events) == sorted(e["id"] for e in local)
+    assert sorted(e["decision"] for e in events) == ["allow"] * 3 + ["block"] * 3
