@@ -24,3 +24,16 @@ def test_the_watermark_reads_and_bounds_the_spool(store: Store) -> None:
     assert spool.watermark(store) == dropped.watermark
     assert [i.event.id for i in spool.read(store, dropped.watermark, 10)] == [call(8).id, call(9).id]
     assert len(store.list_events(100)) == 10  # given up on, not deleted: the local ledger still counts them
+
+
+def test_pruning_removes_only_old_events_the_control_plane_has(store: Store) -> None:
+    store.insert_events([call(n) for n in range(6)], {call(1).id: Capture("old prompt", "old answer")})
+    shipped = spool.read(store, 0, 4)
+    spool.set_watermark(store, shipped[-1].seq)  # events 0-3 acknowledged, 4-5 still to ship
+    cutoff = call(2).ts_ms  # older than event 2: 0 and 1
+    assert spool.prune(store, cutoff) == 2
+    left = sorted(e["id"] for e in store.list_events(100))
+    assert left == sorted(call(n).id for n in range(2, 6))
+    assert spool.prune(store, call(5).ts_ms + 1) == 2  # everything old now: only the shipped 2 and 3 go
+    assert sorted(e["id"] for e in store.list_events(100)) == [call(4).id, call(5).id]  # never unshipped ones
+    assert [i.event.id for i in spool.read(store, spool.watermark(store), 10)] == [call(4).id, call(5).id]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import socket
 import sys
 import time
@@ -29,10 +31,13 @@ from tollhouse.agent.ship_metrics import ShipMetrics
 from tollhouse.agent.shipper import Shipper
 from tollhouse.agent.updater import Updater, restart_in_place, running_version
 from tollhouse.config import DirectoryConfig, Settings
+from tollhouse.events import spool
+from tollhouse.events.store import StoreError
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState
 
 AGENT_ID_FILE = "agent_id"
+log = logging.getLogger("tollhouse.agent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,8 @@ class AgentOptions:
     retry: Retry = field(default_factory=Retry)
     ship_interval_s: float = 1.0  # how often the shipper looks at the spool
     update_interval_s: float = 3600.0  # how often the updater reads the release index (and on policy changes)
+    retention_days: float = 100.0  # shipped events older than this leave the laptop's store (budget windows
+    #                                the local ledger counts must fit inside it)
     restart: Callable[[], None] = restart_in_place  # after an update is installed
 
 
@@ -85,6 +92,22 @@ async def _update_loop(updater: Updater, applier: BundleApplier, changed: asynci
         await updater.check_once(applier.effective.policy, datetime.now())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), every_s)
+
+
+async def _prune_loop(state: GatewayState, days: float, clock: Callable[[], float],
+                      every_s: float = 86_400.0) -> None:
+    """Once a day (and soon after start): drop shipped events older than the retention period."""
+    await asyncio.sleep(60.0)
+    while True:
+        cutoff = int((clock() - days * 86_400) * 1000)
+        try:
+            removed = await state.runner.run(functools.partial(spool.prune, before_ms=cutoff))
+        except StoreError as exc:
+            log.warning("could not prune shipped events: %s", exc)
+        else:
+            if removed:
+                log.info("pruned %d shipped events older than %g days from the local store", removed, days)
+        await asyncio.sleep(every_s)
 
 
 async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, data_dir: Path,
@@ -132,10 +155,12 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         state.health["update"] = updater.status
         updates = asyncio.create_task(_update_loop(updater, applier, policy_changed, opts.update_interval_s),
                                       name="tollhouse-agent-updates")
+        pruning = asyncio.create_task(_prune_loop(state, opts.retention_days, clock), name="tollhouse-agent-prune")
 
         async def cleanup() -> None:
             updates.cancel()
-            await asyncio.gather(updates, return_exceptions=True)
+            pruning.cancel()
+            await asyncio.gather(updates, pruning, return_exceptions=True)
             await state.writer.flush()
             await shipper.stop()
             await notices.stop()

@@ -82,3 +82,15 @@ def drop_oldest(store: Store, after: int, keep: int) -> Dropped | None:
         new = int(rows[0]["seq"])
         set_watermark(store, new)
     return Dropped(excess, int(rows[0]["first"]), int(rows[0]["last"]), new)
+
+
+def prune(store: Store, before_ms: int) -> int:
+    """Delete events the control plane has acknowledged (at or below the watermark) that are older than
+    `before_ms`, with their captured content; returns how many. Unshipped events are never pruned."""
+    with store.db.transaction():
+        mark = watermark(store)
+        store.db.execute("DELETE FROM event_content WHERE event_id IN (SELECT id FROM events WHERE seq <= ? AND "
+                         "ts_ms < ?)", (mark, before_ms))
+        rows = store.db.query("SELECT COUNT(*) AS n FROM events WHERE seq <= ? AND ts_ms < ?", (mark, before_ms))
+        store.db.execute("DELETE FROM events WHERE seq <= ? AND ts_ms < ?", (mark, before_ms))
+    return int(rows[0]["n"])
