@@ -191,7 +191,15 @@ def agent(
         if not named.isdigit() or not 0 < int(named) < 65536:
             _fail(f"TOLLHOUSE_PORT={named!r} is not a port number (1-65535), e.g. TOLLHOUSE_PORT=8788")
         port = int(named)
-    opts = AgentOptions(cp_url, secret, host, port)
+    keep = layers.env.get("TOLLHOUSE_RETENTION_DAYS") or layers.managed.get("TOLLHOUSE_RETENTION_DAYS") or "100"
+    try:
+        retention = float(keep)
+        if retention < 1:
+            raise ValueError
+    except ValueError:
+        _fail(f"TOLLHOUSE_RETENTION_DAYS={keep!r} is not a number of days >= 1, e.g. TOLLHOUSE_RETENTION_DAYS=100")
+        raise
+    opts = AgentOptions(cp_url, secret, host, port, retention_days=retention)
 
     def ready(state: GatewayState, bound: int) -> None:
         plane = state.health["control_plane"]()
