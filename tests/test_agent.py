@@ -430,3 +430,38 @@ def test_every_call_online_or_offline_allowed_or_blocked_reaches_the_control_pla
     assert len(events) == 6 and len({e["id"] for e in events}) == 6
     assert sorted(e["id"] for e in events) == sorted(e["id"] for e in local)
     assert sorted(e["decision"] for e in events) == ["allow"] * 3 + ["block"] * 3
+
+
+def test_kill_9_of_the_agent_loses_no_spooled_event(control: Gateway, token: str, mock: Mock, tmp_path: Path) -> None:
+    """Calls answered by an agent that is then killed with SIGKILL (control plane unreachable, so nothing was
+    shipped yet) all reach the control plane once after the agent starts again."""
+    port, data = free_port(), tmp_path / "agent"
+    local = tmp_path / "local.yaml"
+    local.write_text(json.dumps({"providers": upstreams(mock.url)}))
+    managed = tmp_path / "tollhouse.env"
+    managed.write_text("TOLLHOUSE_USER=alice\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TOLLHOUSE_MANAGED_CONFIG": str(managed)}
+    argv = [sys.executable, "-m", "tollhouse", "agent", "--token", token, "--config", str(local),
+            "--port", str(port), "--data-dir", str(data)]
+    dead = f"http://127.0.0.1:{free_port()}"  # first run: the control plane is unreachable
+    proc = subprocess.Popen([*argv, "--control-plane", dead], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _until(lambda: _up(url), 30.0)
+        client = openai.OpenAI(base_url=url + "/openai/v1", api_key="sk-laptop", max_retries=0)
+        for _ in range(5):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        proc.kill()  # SIGKILL: no flush, no drain
+        proc.wait(10)
+    proc = subprocess.Popen([*argv, "--control-plane", control.url], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        _until(lambda: len(control.events()) == 5, 30.0)
+        time.sleep(1.0)
+        events = control.events()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert len(events) == 5 and len({e["id"] for e in events}) == 5 and {e["subject"] for e in events} == {"alice"}
