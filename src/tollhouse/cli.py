@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -92,6 +93,14 @@ def _logging(level_name: str | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def _freeze_startup_heap() -> None:
+    """Once serving: move everything built at start-up (policy indexes, directory, price table, ...) out of
+    the cyclic collector's reach. Without this every full collection walks ~100,000 long-lived objects, a
+    pause of tens of milliseconds that lands on whichever request is running."""
+    gc.collect()
+    gc.freeze()
+
+
 def _run(coro_factory: Any) -> None:
     """Run a server coroutine with uvloop when available; SIGINT/SIGTERM stop it cleanly."""
 
@@ -128,6 +137,7 @@ def serve(
         return
 
     def ready(state: GatewayState, bound: int) -> None:
+        _freeze_startup_heap()
         if worker is not None:
             return  # the supervisor printed the banner
         typer.echo(f"Tollhouse {__version__} listening on http://{host}:{bound} "
@@ -202,6 +212,7 @@ def agent(
     opts = AgentOptions(cp_url, secret, host, port, retention_days=retention)
 
     def ready(state: GatewayState, bound: int) -> None:
+        _freeze_startup_heap()
         plane = state.health["control_plane"]()
         assert isinstance(plane, dict)
         typer.echo(f"Tollhouse agent {__version__} listening on http://{host}:{bound} for user "
