@@ -55,14 +55,12 @@ def mock() -> Iterator[Mock]:
         server.stop()
 
 
-class Gateway:
-    """A gateway served from a background thread, stopped (and its events flushed) on `stop()`."""
+class ServedInThread:
+    """A server coroutine (`_serve`) run on its own event loop in a background thread until `stop()`."""
 
-    def __init__(self, config: dict[str, Any], data_dir: Path, clock: Any = time.time) -> None:
-        self._clock = clock
-        config = {"admin_token": ADMIN, **config}
-        self.settings = parse_settings(config, "(test)")
-        self.data_dir = data_dir
+    what = "server"
+
+    def __init__(self) -> None:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,6 +68,9 @@ class Gateway:
         self.port = 0
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    async def _serve(self, ready: Any, stop: asyncio.Event) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         async def main() -> None:
@@ -80,7 +81,7 @@ class Gateway:
                 self.state, self.port = state, port
                 self._ready.set()
 
-            await serve(self.settings, self.data_dir, "127.0.0.1", free_port(), ready, self._stop, self._clock)
+            await self._serve(ready, self._stop)
 
         try:
             asyncio.run(main())
@@ -89,17 +90,39 @@ class Gateway:
         finally:
             self._ready.set()
 
-    def start(self) -> Gateway:
+    def start(self) -> Any:
         self._thread.start()
         self._ready.wait(15)
         if self._error is not None:
-            raise RuntimeError("gateway failed to start") from self._error
+            raise RuntimeError(f"{self.what} failed to start") from self._error
         return self
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
+
+
+class Gateway(ServedInThread):
+    """A gateway served from a background thread, stopped (and its events flushed) on `stop()`."""
+
+    what = "gateway"
+
+    def __init__(self, config: dict[str, Any], data_dir: Path, clock: Any = time.time, port: int = 0) -> None:
+        """port 0: a free one (give the port of a stopped gateway to bring it back at the same address)."""
+        super().__init__()
+        self._clock = clock
+        self._port = port
+        config = {"admin_token": ADMIN, **config}
+        self.settings = parse_settings(config, "(test)")
+        self.data_dir = data_dir
+
+    async def _serve(self, ready: Any, stop: asyncio.Event) -> None:
+        await serve(self.settings, self.data_dir, "127.0.0.1", self._port or free_port(), ready, stop, self._clock)
+
+    def start(self) -> Gateway:
+        started: Gateway = super().start()
+        return started
 
     @property
     def url(self) -> str:

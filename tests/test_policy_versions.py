@@ -81,6 +81,8 @@ def test_history_diff_and_rollback(mock: Mock, gateway_factory: Any) -> None:
     assert not _allowed(gw, "o1")
     assert _json(gw, "GET", "/api/v1/policy/versions/2")[1]["rules"] == [relaxed, DENY_4O]
     assert _json(gw, "GET", "/api/v1/policy/versions/9")[0] == 404
+    assert _json(gw, "GET", "/api/v1/policy/versions/82500470057508806806437101568")[0] == 404  # not a 500
+    assert _json(gw, "GET", "/api/v1/policy/versions/%C2%B2")[0] == 404  # a superscript two is no number
     assert _json(gw, "POST", "/api/v1/policy/rollback", {"version": 42})[0] == 404
     assert _json(gw, "GET", "/api/v1/policy/diff?to=2")[0] == 400
     _, audit = _json(gw, "GET", "/api/v1/audit")

@@ -87,8 +87,8 @@ def test_audit_chain_and_keys(store: Store) -> None:
 
 
 def _assert_upgraded(store: Store, old_ids: list[str]) -> None:
-    """Everything written at version 3 is still there, and the version 4 tables work."""
-    assert store.schema_version() == 4
+    """Everything written at version 3 is still there, and the later tables work."""
+    assert store.schema_version() == len(migrations("sqlite"))
     assert sorted(r["id"] for r in store.list_events(10)) == old_ids
     assert store.insert_events([event(1)._replace(id=old_ids[0])]) == 0
     old_audit = store.audit_entries()
@@ -110,7 +110,8 @@ def test_a_version_3_sqlite_store_from_the_previous_release_upgrades_without_los
     spend = store.usage_totals("subject", ["alice"], T0, T0 + 10**9)
     assert spend == {"openai": (100_000_000, 101, 11, 1)}  # the refused call does not count
     store.close()
-    assert open_store(f"sqlite:///{path}", tmp_path).schema_version() == 4  # opening again changes nothing
+    again = open_store(f"sqlite:///{path}", tmp_path)
+    assert again.schema_version() == len(migrations("sqlite"))  # opening again changes nothing
 
 
 def test_every_upgrade_from_version_3_keeps_rows_on_both_backends(store_url: str, tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import logging
 import os
 import signal
@@ -17,6 +19,12 @@ import platformdirs
 import typer
 
 from tollhouse import __version__
+from tollhouse.agent import install as agent_install
+from tollhouse.agent.managed import local_layers
+from tollhouse.agent.runner import AgentOptions, local_config_problems, run_agent
+from tollhouse.agent.service_files import UNIT_NAME
+from tollhouse.agent.settings import LocalLayers, SettingsError, check_url
+from tollhouse.agent.show import agent_data_dir, effective_settings, render_text
 from tollhouse.audit.chain import AuditEntry, first_problem
 from tollhouse.audit.checkpoint import (
     SigningKeyError,
@@ -52,6 +60,8 @@ policy_app = typer.Typer(no_args_is_help=True, help="Validate and explain the AI
 app.add_typer(policy_app, name="policy")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit trail.")
 app.add_typer(audit_app, name="audit")
+config_app = typer.Typer(no_args_is_help=True, help="The agent's effective settings.")
+app.add_typer(config_app, name="config")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the store and state live.")]
@@ -77,10 +87,18 @@ def _data_dir(data_dir: Path | None) -> Path:
     return Path(env) if env else Path(platformdirs.user_data_dir("tollhouse"))
 
 
-def _logging() -> None:
-    level = os.environ.get("TOLLHOUSE_LOG_LEVEL", "info").upper()
+def _logging(level_name: str | None = None) -> None:
+    level = (level_name or os.environ.get("TOLLHOUSE_LOG_LEVEL", "info")).upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _freeze_startup_heap() -> None:
+    """Once serving: move everything built at start-up (policy indexes, directory, price table, ...) out of
+    the cyclic collector's reach. Without this every full collection walks ~100,000 long-lived objects, a
+    pause of tens of milliseconds that lands on whichever request is running."""
+    gc.collect()
+    gc.freeze()
 
 
 def _run(coro_factory: Any) -> None:
@@ -119,6 +137,7 @@ def serve(
         return
 
     def ready(state: GatewayState, bound: int) -> None:
+        _freeze_startup_heap()
         if worker is not None:
             return  # the supervisor printed the banner
         typer.echo(f"Tollhouse {__version__} listening on http://{host}:{bound} "
@@ -135,6 +154,94 @@ def serve(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _layers() -> LocalLayers:
+    try:
+        return local_layers(os.environ)
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+
+
+@app.command()
+def agent(
+    control_plane: Annotated[str | None, typer.Option(help="The control plane's URL (default: "
+                                                      "TOLLHOUSE_CONTROL_PLANE, environment or managed file).")] = None,
+    token: Annotated[str | None, typer.Option(help="Enrollment or admin token (default: TOLLHOUSE_TOKEN).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Local overrides only, e.g. provider "
+                                                "upstreams (YAML or JSON).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port to bind (default: TOLLHOUSE_PORT, environment or "
+                                                   "managed file, else 8788).")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the agent: the gateway's routes on this machine, policy from the control plane (cached offline)."""
+    layers = _layers()
+    try:
+        effective = layers.resolve(None)
+        cp_url = check_url("--control-plane", control_plane) if control_plane else effective["control_plane"]
+    except (SettingsError, ValueError) as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+    secret = token or effective["token"]
+    if not cp_url:
+        _fail("no control plane: pass --control-plane URL or set TOLLHOUSE_CONTROL_PLANE (environment or the "
+              f"managed file {layers.managed_label})")
+    if not secret:
+        _fail("no token: pass --token TOKEN (an enrollment token from POST /api/v1/agent/tokens) or set "
+              f"TOLLHOUSE_TOKEN (environment or the managed file {layers.managed_label})")
+    local = _settings(config)
+    for problem in local_config_problems(local):
+        _fail(f"{config}: {problem}")
+    ddir = agent_data_dir(data_dir, layers)
+    _logging(effective["log_level"])
+    if port is None:
+        named = layers.env.get("TOLLHOUSE_PORT") or layers.managed.get("TOLLHOUSE_PORT") or "8788"
+        if not named.isdigit() or not 0 < int(named) < 65536:
+            _fail(f"TOLLHOUSE_PORT={named!r} is not a port number (1-65535), e.g. TOLLHOUSE_PORT=8788")
+        port = int(named)
+    keep = layers.env.get("TOLLHOUSE_RETENTION_DAYS") or layers.managed.get("TOLLHOUSE_RETENTION_DAYS") or "100"
+    try:
+        retention = float(keep)
+        if retention < 1:
+            raise ValueError
+    except ValueError:
+        _fail(f"TOLLHOUSE_RETENTION_DAYS={keep!r} is not a number of days >= 1, e.g. TOLLHOUSE_RETENTION_DAYS=100")
+        raise
+    opts = AgentOptions(cp_url, secret, host, port, retention_days=retention)
+
+    def ready(state: GatewayState, bound: int) -> None:
+        _freeze_startup_heap()
+        plane = state.health["control_plane"]()
+        assert isinstance(plane, dict)
+        typer.echo(f"Tollhouse agent {__version__} listening on http://{host}:{bound} for user "
+                   f"{effective['user']}, control plane {cp_url} ({plane['state']}, running on "
+                   f"{plane['running_on']}; data in {ddir})")
+        typer.echo(f"  export OPENAI_BASE_URL=http://{host}:{bound}/openai/v1")
+        typer.echo(f"  export ANTHROPIC_BASE_URL=http://{host}:{bound}/anthropic")
+
+    try:
+        _run(lambda stop: run_agent(local, layers, opts, ddir, ready, stop))
+    except (StoreError, RulesFileError, SigningKeyError, SettingsError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON: {name: {value, source}}.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Every effective agent setting and its source: env, managed, control-plane (cached bundle) or default."""
+    layers = _layers()
+    try:
+        shown = effective_settings(layers, agent_data_dir(data_dir, layers)).shown()
+    except SettingsError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+    typer.echo(json.dumps(shown, indent=2) if as_json else render_text(shown))
 
 
 def _serve_workers(settings: Settings, config: Path | None, host: str, port: int, ddir: Path, workers: int) -> None:
@@ -195,6 +302,55 @@ def demo(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen: {exc.strerror or exc}")
+
+
+@app.command()
+def install(
+    control_plane: Annotated[str | None, typer.Option(help="The control plane's URL.")] = None,
+    token: Annotated[str | None, typer.Option(help="Admin or enrollment token for the control plane.")] = None,
+    user: Annotated[str | None, typer.Option(help="The machine's user: the agent's subject and the account "
+                                             "the service runs as.")] = None,
+    prefix: Annotated[Path | None, typer.Option(help="Install under DIR instead of / (no root needed).")] = None,
+    data_dir: DataDirOpt = None,
+    port: Annotated[int | None, typer.Option(help="Agent port (default 8788, or the value installed).")] = None,
+    enable: Annotated[bool, typer.Option("--enable", help="Also enable and start the service (systemd).")] = False,
+) -> None:
+    """Install the agent: managed config, systemd unit, launchd plist, data directory. Idempotent."""
+    opts = agent_install.InstallOptions(control_plane, token, user, data_dir, port, prefix)
+    is_root = os.geteuid() == 0
+    try:
+        if enable:
+            agent_install.check_enable(agent_install.Layout(prefix))
+        result = agent_install.install(opts, is_root=is_root)
+        started = (agent_install.enable_service(result.layout, systemd=agent_install.systemd_present())
+                   if enable else [f"not started (pass --enable, or: systemctl enable --now "
+                                   f"{UNIT_NAME})"])
+    except agent_install.InstallError as exc:
+        _fail(str(exc), 1)
+        raise AssertionError from exc
+    for change in result.changes:
+        typer.echo(f"{change.action:>9}  {change.path}")
+    for line in [*result.notes, *started]:
+        typer.echo(line)
+    typer.echo("Point tools at the agent:")
+    for line in result.tool_exports():
+        typer.echo(f"  {line}")
+
+
+@app.command()
+def uninstall(
+    prefix: Annotated[Path | None, typer.Option(help="The --prefix given to install.")] = None,
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the data directory (spool, cache).")] = False,
+) -> None:
+    """Remove what `tollhouse install` wrote (the data directory only with --purge)."""
+    systemctl = agent_install.run_command if agent_install.systemd_present() else None
+    try:
+        changes = agent_install.uninstall(prefix, purge=purge, is_root=os.geteuid() == 0, systemctl=systemctl)
+    except agent_install.InstallError as exc:
+        _fail(str(exc), 1)
+        raise AssertionError from exc
+    for change in changes:
+        typer.echo(f"{change.action:>9}  {change.path}")
 
 
 @keys_app.command("create")
@@ -310,7 +466,7 @@ def policy_explain(
     typer.echo(f"scopes, most specific first: {', '.join(levels)}")
     for line in decision.trace or ("(no rule applies)",):
         typer.echo("  " + line)
-    enforced = enforced_for(settings, subject)
+    enforced = enforced_for(settings.enforcement, settings.policy.enforce_teams, subject)
     top = decision.top
     verdict = decision.action.upper()
     if decision.redirect is not None:

@@ -87,6 +87,7 @@ class ProviderConfig(_Frozen):
 
 class IdentityConfig(_Frozen):
     trust_user_header: bool = False
+    default_user: str | None = None  # the subject of calls that name no one (the agent: the machine's user)
 
 
 class Team(_Frozen):

@@ -23,6 +23,11 @@ class ChangeFeed:
     def __init__(self) -> None:
         self._changed = asyncio.Event()
         self.versions: dict[str, int] = {}
+        self.closed = False  # shutting down: waiters return at once (a long-poll must not hold the server)
+
+    def close(self) -> None:
+        self.closed = True
+        self._changed.set()
 
     def set(self, kind: str, version: int) -> None:
         if self.versions.get(kind) == version:

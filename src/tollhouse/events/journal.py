@@ -12,10 +12,11 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
-from tollhouse.events.model import CallEvent
+from tollhouse.events.model import COLUMNS, CallEvent, Capture
 
 log = logging.getLogger("tollhouse.events")
 
@@ -34,9 +35,11 @@ class Journal:
         path = self._dir / f"segment-{self._seq:010d}.jsonl"
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
-    def append(self, event: CallEvent) -> None:
-        """One write syscall, no fsync: the OS keeps it if the process dies."""
-        os.write(self._fd, orjson.dumps(tuple(event)) + b"\n")
+    def append(self, event: CallEvent, capture: Capture | None = None) -> None:
+        """One write syscall, no fsync: the OS keeps it if the process dies. A line is the event's columns,
+        then its captured [prompt, response] when there is one."""
+        row = tuple(event) if capture is None else (*event, tuple(capture))
+        os.write(self._fd, orjson.dumps(row) + b"\n")
 
     def rotate(self) -> None:
         """Called when the writer takes everything pending: later events go to a new segment."""
@@ -57,13 +60,24 @@ class Journal:
             self._path.unlink(missing_ok=True)
 
 
-def leftover_events(directory: Path) -> Iterator[tuple[Path, list[CallEvent]]]:
+class Leftover(NamedTuple):
+    path: Path
+    events: list[CallEvent]
+    captures: dict[str, Capture]  # event id → captured content
+
+
+def leftover_events(directory: Path) -> Iterator[Leftover]:
     """Events of segments a previous process left behind (a torn last line is skipped)."""
     for path in sorted(directory.glob("segment-*.jsonl")):
-        events: list[CallEvent] = []
+        out = Leftover(path, [], {})
         for line in path.read_bytes().splitlines():
             try:
-                events.append(CallEvent(*orjson.loads(line)))
+                row = orjson.loads(line)
+                event = CallEvent(*row[:len(COLUMNS)])
+                if len(row) > len(COLUMNS):
+                    out.captures[event.id] = Capture(*row[len(COLUMNS)])
             except (orjson.JSONDecodeError, TypeError):
                 log.warning("skipping a torn journal line in %s", path)
-        yield path, events
+                continue
+            out.events.append(event)
+        yield out

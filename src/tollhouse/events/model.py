@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_type_hints
 
 from tollhouse.pricing import nusd_to_usd
 
@@ -48,6 +48,29 @@ class CallEvent(NamedTuple):
 
 
 COLUMNS = CallEvent._fields
+_BOOL_COLUMNS = frozenset(name for name, hint in get_type_hints(CallEvent).items() if hint is bool)
+
+# Captured text is cut to this many characters per field (the wire refuses longer).
+MAX_CAPTURE_CHARS = 256 * 1024
+
+
+class Capture(NamedTuple):
+    """What a call said (enterprise capture mode): its prompt and response text, stored apart from the
+    event row (table event_content, keyed by event id). None: nothing of that side was captured."""
+
+    prompt: str | None
+    response: str | None
+
+
+def capture(prompt: str | None, response: str | None) -> Capture:
+    """A capture with each text cut to MAX_CAPTURE_CHARS."""
+    return Capture(None if prompt is None else prompt[:MAX_CAPTURE_CHARS],
+                   None if response is None else response[:MAX_CAPTURE_CHARS])
+
+
+def event_from_row(row: dict[str, Any]) -> CallEvent:
+    """A stored row (any extra columns ignored) as a CallEvent, booleans as bool (SQLite returns 0/1)."""
+    return CallEvent._make(bool(row[n]) if n in _BOOL_COLUMNS else row[n] for n in COLUMNS)
 
 
 def iso_ts(ts_ms: int) -> str:
@@ -87,4 +110,6 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
         "client_disconnected": bool(row["client_disconnected"]),
         "error": row["error"],
     }
+    if "prompt" in row:  # read with its captured content
+        out["prompt"], out["response"] = row["prompt"], row["response"]
     return out

@@ -116,6 +116,19 @@ _SCRIPTS: tuple[str, ...] = (
         signature TEXT NOT NULL
     );
     """,
+    # 5: agents: captured prompt and response text (enterprise capture mode), keyed by event id; small
+    # key/value state such as the telemetry shipper's watermark (the last event seq the control plane took)
+    """
+    CREATE TABLE event_content (
+        event_id TEXT PRIMARY KEY,
+        prompt TEXT,
+        response TEXT
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -9,7 +9,7 @@ the database.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +18,7 @@ import orjson
 
 from tollhouse.audit.chain import GENESIS, AuditEntry, canonical, entry_hash
 from tollhouse.events.db import Db, PostgresDb, SqliteDb, StoreConflict, StoreError
-from tollhouse.events.model import COLUMNS, CallEvent
+from tollhouse.events.model import COLUMNS, CallEvent, Capture
 from tollhouse.events.records import (
     APPROVED,
     DENIED,
@@ -47,6 +47,11 @@ _CREDENTIAL_TABLES: dict[type[Any], tuple[str, str]] = {
 _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
 _INSERT_EVENT = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
                  "ON CONFLICT (id) DO NOTHING")
+_INSERT_CAPTURE = ("INSERT INTO event_content (event_id, prompt, response) VALUES (?, ?, ?) "
+                   "ON CONFLICT (event_id) DO NOTHING")
+# An event row with its captured content (NULL when nothing was captured).
+EVENTS_WITH_CONTENT = ("SELECT events.*, event_content.prompt, event_content.response FROM events "
+                       "LEFT JOIN event_content ON event_content.event_id = events.id")
 
 
 def _now_ms() -> int:
@@ -156,13 +161,22 @@ class Store:
 
     # events
 
-    def insert_events(self, events: Sequence[CallEvent]) -> int:
-        """Store events; ones whose id is already stored are skipped. Returns how many were new."""
+    def insert_events(self, events: Sequence[CallEvent], captures: Mapping[str, Capture] | None = None) -> int:
+        """Store events, and the captured content of those in `captures` (event id → capture), in one
+        transaction; ones whose id is already stored are skipped. Returns how many events were new."""
         with self.db.transaction():
-            return self.db.executemany(_INSERT_EVENT, events)
+            new = self.db.executemany(_INSERT_EVENT, events)
+            if captures:
+                self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
+            return new
 
-    def list_events(self, limit: int, subject: str | None = None, before_seq: int | None = None
-                    ) -> list[dict[str, Any]]:
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        """One event by id, with its captured `prompt` and `response` (None when not captured)."""
+        return self._row(f"{EVENTS_WITH_CONTENT} WHERE events.id = ?", (event_id,))
+
+    def list_events(self, limit: int, subject: str | None = None, before_seq: int | None = None,
+                    content: bool = False) -> list[dict[str, Any]]:
+        """Newest first; with `content`, each row also has its captured `prompt` and `response`."""
         where: list[str] = []
         args: list[Any] = []
         if subject is not None:
@@ -171,7 +185,7 @@ class Store:
         if before_seq is not None:
             where.append("seq < ?")
             args.append(before_seq)
-        sql = "SELECT * FROM events"
+        sql = EVENTS_WITH_CONTENT if content else "SELECT * FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"

@@ -1,18 +1,21 @@
-"""Call events on the wire (agent telemetry → control plane): the stored columns as a JSON object.
+"""Call events on the wire (agent telemetry → control plane): the stored columns as a JSON object, plus
+the captured `prompt` and `response` text in enterprise capture mode (absent in telemetry mode).
 
 Strictly typed: a batch with one bad event is refused whole, naming the event and the field, so a client
-bug never stores half a batch or a silently coerced value.
+bug never stores half a batch or a silently coerced value; `BatchError.indices` lists every bad event, so
+a sender can drop exactly those and send the rest again.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tollhouse.events.model import CallEvent
+from tollhouse.events.model import MAX_CAPTURE_CHARS, CallEvent, Capture
 
 MAX_BATCH = 5000
+MAX_PROBLEMS = 20
 
 
 class WireEvent(BaseModel):
@@ -46,35 +49,55 @@ class WireEvent(BaseModel):
     ttfb_ms: float | None = Field(default=None, ge=0, strict=False)
     client_disconnected: bool = False
     error: str | None = None
+    prompt: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
+    response: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
+
+
+class WireBatch(NamedTuple):
+    events: list[CallEvent]
+    captures: dict[str, Capture]  # event id → captured content, for the events that carry some
 
 
 class BatchError(ValueError):
-    def __init__(self, problems: list[str]) -> None:
+    """problems: up to MAX_PROBLEMS messages naming the event and field; indices: every bad event (empty when
+    the batch as a whole is wrong)."""
+
+    def __init__(self, problems: list[str], indices: list[int] | None = None) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.indices = indices or []
 
 
-def to_wire(event: CallEvent) -> dict[str, Any]:
-    return event._asdict()
+def to_wire(event: CallEvent, capture: Capture | None = None) -> dict[str, Any]:
+    out = event._asdict()
+    if capture is not None:
+        out.update((k, v) for k, v in capture._asdict().items() if v is not None)
+    return out
 
 
-def from_wire(batch: object) -> list[CallEvent]:
-    """A list of wire events; BatchError names every bad event (by index) and field, up to 20."""
+def from_wire(batch: object) -> WireBatch:
+    """A list of wire events; BatchError names the bad events (by index) and fields."""
     if not isinstance(batch, list):
         raise BatchError(['"events" must be a list of event objects'])
     if len(batch) > MAX_BATCH:
         raise BatchError([f"a batch holds at most {MAX_BATCH} events, got {len(batch)}; split it"])
-    out: list[CallEvent] = []
+    out = WireBatch([], {})
     problems: list[str] = []
+    bad: list[int] = []
     for i, item in enumerate(batch):
         try:
-            out.append(CallEvent(**WireEvent.model_validate(item).model_dump()))
+            fields = WireEvent.model_validate(item).model_dump()
         except ValidationError as err:
+            bad.append(i)
             for e in err.errors():
                 field = ".".join(str(p) for p in e["loc"]) or "event"
                 problems.append(f"events[{i}].{field}: {e['msg']}")
-        if len(problems) >= 20:
-            break
+            continue
+        captured = Capture(fields.pop("prompt"), fields.pop("response"))
+        event = CallEvent(**fields)
+        out.events.append(event)
+        if captured.prompt is not None or captured.response is not None:
+            out.captures[event.id] = captured
     if problems:
-        raise BatchError(problems)
+        raise BatchError(problems[:MAX_PROBLEMS], bad)
     return out

@@ -2,6 +2,7 @@
 
 `record()` is a list append; a background task hands batches to the store thread. A batch that
 fails to write stays queued and is retried (nothing is dropped); `close()` drains everything.
+A call's captured content (enterprise capture mode) travels with its event, in the same transaction.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from tollhouse.events.journal import Journal
-from tollhouse.events.model import CallEvent
+from tollhouse.events.model import CallEvent, Capture
 from tollhouse.events.store import Store
 
 log = logging.getLogger("tollhouse.events")
@@ -48,6 +49,7 @@ class EventWriter:
         self._interval = flush_interval_s
         self._batch = batch_size
         self._pending: list[CallEvent] = []
+        self._captures: dict[str, Capture] = {}  # event id → content, until its event is stored
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -78,9 +80,11 @@ class EventWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tollhouse-event-writer")
 
-    def record(self, event: CallEvent) -> None:
+    def record(self, event: CallEvent, capture: Capture | None = None) -> None:
         if self._journal is not None:
-            self._journal.append(event)  # on disk (page cache) before the call is answered
+            self._journal.append(event, capture)  # on disk (page cache) before the call is answered
+        if capture is not None:
+            self._captures[event.id] = capture
         self._pending.append(event)
         self._idle.clear()
         if len(self._pending) >= self._batch:
@@ -121,8 +125,10 @@ class EventWriter:
             self._writing = batch
             if self._journal is not None:
                 self._journal.rotate()
+            captures = {e.id: c for e in batch if (c := self._captures.get(e.id)) is not None} \
+                if self._captures else None
             try:
-                await self._runner.run(lambda s, b=batch: s.insert_events(b))  # type: ignore[misc]
+                await self._runner.run(lambda s, b=batch, c=captures: s.insert_events(b, c))  # type: ignore[misc]
             except Exception as exc:  # disk full, locked database, ...: keep the batch and retry
                 self._writing = []
                 self._pending = batch + self._pending
@@ -134,6 +140,8 @@ class EventWriter:
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                 continue
             self._writing = []
+            for event_id in captures or ():
+                del self._captures[event_id]
             failures = 0
             self.written += len(batch)
             if self._journal is not None:

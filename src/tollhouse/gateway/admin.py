@@ -69,12 +69,25 @@ async def list_events(request: Request, state: GatewayState) -> Response:
     except BadParameter as exc:
         return api_error(400, str(exc), "bad_parameter")
     subject = query.get("subject")
+    include = query.get("include")
+    if include not in (None, "content"):
+        raise ApiError(400, f"query parameter 'include' can only be 'content', got {include!r}", "bad_parameter")
     await state.writer.flush()  # read your own writes
-    rows = await state.runner.run(lambda s: s.list_events(limit, subject, before))
+    rows = await state.runner.run(lambda s: s.list_events(limit, subject, before, content=include is not None))
     body: dict[str, object] = {"events": [event_json(r) for r in rows]}
     if rows and len(rows) == limit:
         body["next"] = f"/api/v1/events?limit={limit}&before={rows[-1]['seq']}"
     return json_response(body)
+
+
+async def get_event(request: Request, state: GatewayState) -> Response:
+    """One event with its captured prompt and response (null when not captured: telemetry capture mode)."""
+    event_id = request.params["id"]
+    await state.writer.flush()
+    row = await state.runner.run(lambda s: s.event(event_id))
+    if row is None:
+        raise ApiError(404, f"no event with id {event_id!r}", "not_found")
+    return json_response({"event": event_json(row)})
 
 
 async def list_audit(request: Request, state: GatewayState) -> Response:
@@ -139,12 +152,14 @@ async def healthz(request: Request, state: GatewayState) -> Response:
         "status": "ok",
         "version": __version__,
         "pid": os.getpid(),
-        "enforcement": state.settings.enforcement.value,
+        "enforcement": state.live.enforcement.value,
+        "capture_mode": state.live.capture_mode.value,
         "events_pending": state.writer.pending,
         "events_written": state.writer.written,
         "providers": sorted(state.providers),
         "policy": {"version": policy.version, "source": policy.source, "rules": policy.rules,
                    "error": policy.error},
+        **{name: section() for name, section in state.health.items()},
     })
 
 

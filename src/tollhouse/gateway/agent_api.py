@@ -105,7 +105,7 @@ async def bundle(request: Request, state: GatewayState) -> Response:
     etag = _etag(state)
     if request.header("if-none-match") == etag and wait:
         deadline = time.monotonic() + wait
-        while etag == _etag(state):
+        while etag == _etag(state) and not state.docs.feed.closed:
             left = deadline - time.monotonic()
             if left <= 0 or not await state.docs.feed.wait(left):
                 break
@@ -119,7 +119,8 @@ async def bundle(request: Request, state: GatewayState) -> Response:
 
 async def ingest_events(request: Request, state: GatewayState) -> Response:
     """A batch of call events from an agent, stored once each (by event id): a retried batch is harmless.
-    One bad event refuses the whole batch, naming it, so nothing is half-stored."""
+    One bad event refuses the whole batch, naming it (`problems`) and listing every bad event's index
+    (`bad`), so nothing is half-stored and the agent can send the rest again without them."""
     who = await agent_identity(request, state)
     if isinstance(who, Response):
         return who
@@ -127,11 +128,38 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
     if not isinstance(data, dict) or "events" not in data:
         return api_error(400, 'body must be {"events": [event, ...]}', "bad_request")
     try:
-        events = from_wire(data["events"])
+        batch = from_wire(data["events"])
     except BatchError as exc:
         return json_response({"error": {"message": f"batch refused, nothing stored: {exc.problems[0]}",
-                                        "code": "invalid_events", "problems": exc.problems}}, 400)
-    stored = await state.runner.run(lambda s: s.insert_events(events)) if events else 0
+                                        "code": "invalid_events", "problems": exc.problems,
+                                        "bad": exc.indices}}, 400)
+    events = batch.events
+    stored = await state.runner.run(lambda s: s.insert_events(events, batch.captures)) if events else 0
     state.metrics.agent_events.labels("stored").inc(stored)
     state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)
     return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})
+
+
+NOTICE_KINDS = frozenset({"agent.update.available", "agent.update.installed", "agent.update.failed"})
+
+
+async def notices(request: Request, state: GatewayState) -> Response:
+    """An agent's notice (an update available, installed or failed): audited at the control plane, and
+    kept as the agent's last status in `GET /api/v1/agents`."""
+    who = await agent_identity(request, state)
+    if isinstance(who, Response):
+        return who
+    data = await json_body(request)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in NOTICE_KINDS or not isinstance(data.get("data", {}), dict):
+        return api_error(400, f'body must be {{"kind": one of {", ".join(sorted(NOTICE_KINDS))}, "data": {{...}}}}',
+                         "bad_request")
+    agent_id = (request.header(_AGENT_HEADERS[0]) or "unknown")[:128]
+    detail = data.get("data", {})
+    state.audit.record(kind, f"agent:{agent_id}", {"agent_id": agent_id, "token": who, **detail})
+    now_ms = int(state.clock() * 1000)
+    status = {"last_notice": kind, **{k: detail.get(k) for k in ("current", "target") if k in detail}}
+    hostname = request.header(_AGENT_HEADERS[2])
+    await state.runner.run(lambda s: s.upsert_agent(agent_id, hostname, request.header(_AGENT_HEADERS[1]), who,
+                                                     now_ms, status))
+    return json_response({"recorded": kind})

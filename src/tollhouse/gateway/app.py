@@ -24,6 +24,9 @@ from tollhouse.providers.family import Family
 log = logging.getLogger("tollhouse")
 
 Handler = Callable[[Request, GatewayState], Awaitable[Response | Streamed]]
+# Runs once the state is built, before the server listens (the agent applies its cached policy bundle and
+# starts syncing); returns what to run on the way out, before the state closes.
+Extension = Callable[[GatewayState], Awaitable[Callable[[], Awaitable[None]]]]
 
 # (method, path) → (handler, admin only)
 _API: dict[tuple[str, str], tuple[Handler, bool]] = {
@@ -56,9 +59,11 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/agents"): (agent_api.list_agents, True),
     ("GET", "/api/v1/agent/bundle"): (agent_api.bundle, False),
     ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
+    ("POST", "/api/v1/agent/notices"): (agent_api.notices, False),
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
+    ("GET", "/api/v1/events/"): (admin.get_event, True, "id"),
     ("GET", "/api/v1/policy/versions/"): (policy_api.get_version, True, "version"),
     ("GET", "/api/v1/agent-policy/versions/"): (policy_api.get_version, True, "version"),
     ("GET", "/api/v1/directory/versions/"): (policy_api.get_version, True, "version"),
@@ -154,9 +159,10 @@ def _internal_error(request: Request) -> Response:
 async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 ready: Callable[[GatewayState, int], None] | None = None,
                 stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
-                worker: int | None = None) -> None:
+                worker: int | None = None, extension: Extension | None = None) -> None:
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out.
-    `worker`: this process is one of `serve --workers N` (they share the port through SO_REUSEPORT)."""
+    `worker`: this process is one of `serve --workers N` (they share the port through SO_REUSEPORT).
+    `extension`: what the agent adds (see Extension)."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker)
     state.writer.start()
     state.audit.start()
@@ -170,6 +176,11 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         "capture_mode": settings.capture_mode.value, "policy_version": status.version,
         "policy_source": status.source, "rules": [r.id for r in state.policy.current.rules],
         "counters": "redis" if settings.counters.url != "local://" else "local"})
+    try:
+        cleanup = await extension(state) if extension is not None else None
+    except BaseException:
+        await state.close()
+        raise
     sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
     follower = asyncio.create_task(_follow_store(state), name="tollhouse-follow-store")
     server = Server(GatewayApp(state), address=host, port=port, interface=Interfaces.RSGI,
@@ -185,11 +196,14 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         if serving.done():
             serving.result()  # the server failed: raise why
     finally:
+        state.docs.feed.close()  # answer agents' long-polls now rather than hold the shutdown
         if not serving.done():
             server.stop()  # type: ignore[no-untyped-call]
             await asyncio.wait([serving], timeout=10)
         sweeper.cancel()
         follower.cancel()
+        if cleanup is not None:
+            await cleanup()
         await state.close()
 
 

@@ -28,6 +28,6 @@ async def console(request: Request, state: GatewayState) -> Response:
     total = sum(e["cost_usd"] or 0 for e in events)
     html = (f"<!doctype html><html><head><meta charset=utf-8><title>Tollhouse</title><style>{STYLE}</style>"
             f"</head><body><h1>Tollhouse</h1><p>Org <b>{escape(state.directory.org)}</b> · enforcement "
-            f"<b>{state.settings.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
+            f"<b>{state.live.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
             f"<table><tr>{head}</tr>{body}</table></body></html>")
     return text_response(html, "text/html; charset=utf-8")

@@ -16,6 +16,7 @@ from tollhouse.control.documents import Documents
 from tollhouse.directory import Directory
 from tollhouse.events.records import DocumentVersion
 from tollhouse.gateway.policy_holder import PolicyHolder
+from tollhouse.policy.rules import Rule
 
 log = logging.getLogger("tollhouse.directory")
 KIND = "directory"
@@ -51,6 +52,11 @@ class DirectoryHolder:
         body = self._json(self._configured)
         last = await self._docs.last_from(KIND, "config")
         latest = await self._docs.latest(KIND)
+        if last is None and body == self._json(DirectoryConfig()):
+            # no directory configured, ever: whatever the API (or an agent's control plane) published applies
+            if latest is not None:
+                self._adopt(latest)
+            return
         if last is None or last.body != body:
             if latest is not None or body != self._json(DirectoryConfig()):
                 await self._store(self._configured, "config", "config", latest.body if latest else {})
@@ -71,13 +77,15 @@ class DirectoryHolder:
         self._policy.directory = cfg
         self._docs.feed.set(KIND, version)
 
-    async def publish(self, data: object, actor: str, note: str | None = None) -> DocumentVersion:
-        """Validate (the directory itself, and every current rule against it), store, apply."""
+    async def publish(self, data: object, actor: str, note: str | None = None, source: str = "api",
+                      rules: tuple[Rule, ...] | None = None) -> DocumentVersion:
+        """Validate (the directory itself, and every rule against it), store, apply. The rules are the
+        current policy's, or `rules`: a policy about to be published with this directory (an agent's bundle)."""
         cfg = parse_directory(data)
-        problems = target_problems(self._policy.current.rules, cfg)
+        problems = target_problems(self._policy.current.rules if rules is None else rules, cfg)
         if problems:
             raise DirectoryError([f"the current policy would break: {p}; change the policy first" for p in problems])
-        return await self._store(cfg, actor, "api", self._json(self.directory.config), note)
+        return await self._store(cfg, actor, source, self._json(self.directory.config), note)
 
     async def _store(self, cfg: DirectoryConfig, actor: str, source: str, before: dict[str, Any],
                      note: str | None = None) -> DocumentVersion:

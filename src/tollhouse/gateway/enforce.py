@@ -10,14 +10,14 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from tollhouse.config import CaptureMode, Enforcement, Settings
+from tollhouse.config import Enforcement
 from tollhouse.directory import Subject
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Response
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.policy.engine import CallFacts, Decision
 from tollhouse.policy.rules import Severity
-from tollhouse.providers.base import Endpoint, RequestFacts, prompt_text
+from tollhouse.providers.base import Endpoint, RequestFacts
 from tollhouse.providers.family import Family
 
 log = logging.getLogger("tollhouse.policy")
@@ -54,26 +54,28 @@ class Verdict:
         return self.decision.rule_id
 
 
-def enforced_for(settings: Settings, subject: Subject) -> bool:
+def enforced_for(enforcement: Enforcement, enforce_teams: tuple[str, ...], subject: Subject) -> bool:
     """Enforcement on, or on for one of the subject's teams (phased rollout)."""
-    if settings.enforcement is Enforcement.on:
+    if enforcement is Enforcement.on:
         return True
-    teams = settings.policy.enforce_teams
-    return bool(teams) and any(t in teams for t in subject.teams)
+    return bool(enforce_teams) and any(t in enforce_teams for t in subject.teams)
 
 
-def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, parsed: dict[str, Any] | None,
+def enforced(state: GatewayState, subject: Subject) -> bool:
+    """Whether the policy is applied to this subject's calls now (live: the agent switches it)."""
+    return enforced_for(state.live.enforcement, state.settings.policy.enforce_teams, subject)
+
+
+def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, prompt: str | None,
           subject: Subject, now: datetime) -> Verdict | None:
+    """`prompt`: the request's prompt text in enterprise capture mode (content rules need it), else None."""
     policy = state.policy.current
     if policy.empty:
         return None
-    prompt = None
-    if parsed is not None and state.settings.capture_mode is CaptureMode.enterprise:
-        prompt = prompt_text(parsed)
     call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model, prompt=prompt)
     exemptions = state.overrides.for_subject(subject.id, int(now.timestamp() * 1000))
     decision = policy.evaluate(call, subject, now, waived=exemptions.keys())
-    verdict = Verdict(decision, enforced_for(state.settings, subject), exemptions)
+    verdict = Verdict(decision, enforced(state, subject), exemptions)
     for v in decision.violations:
         state.metrics.violations.labels(v.rule.id, v.rule.severity.name, str(verdict.enforced).lower()).inc()
         if v.rule.severity >= Severity.warn:

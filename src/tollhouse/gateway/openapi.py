@@ -22,6 +22,13 @@ _EVENT_PROPS: dict[str, Any] = {
     "rule_id": {"type": ["string", "null"]},
     "usage_source": {"type": "string", "enum": ["response", "partial", "estimate", "none", "unparsed"]},
 }
+# Enterprise capture mode: what the call said (GET /api/v1/events/{id}, or the list with ?include=content).
+_CONTENT_PROPS: dict[str, Any] = {
+    "prompt": {"type": ["string", "null"], "description": "the request's prompt text; null: not captured "
+               "(telemetry capture mode)"},
+    "response": {"type": ["string", "null"], "description": "the response text (a stream's assembled from its "
+                 "deltas); null: not captured"},
+}
 
 _EXEMPTION_PROPS: dict[str, Any] = {
     "id": {"type": "string"},
@@ -182,6 +189,8 @@ OPENAPI: dict[str, Any] = {
                 {"name": "subject", "in": "query", "schema": {"type": "string"}},
                 {"name": "before", "in": "query", "schema": {"type": "integer"},
                  "description": "page: the `next` link of the previous page carries it"},
+                {"name": "include", "in": "query", "schema": {"type": "string", "enum": ["content"]},
+                 "description": "content: each event also carries its captured prompt and response"},
             ],
             "responses": {
                 "200": {"description": "events", "content": {"application/json": {"schema": {
@@ -296,7 +305,22 @@ OPENAPI: dict[str, Any] = {
                        "batch is harmless); one invalid event refuses the whole batch, naming it",
             "security": [{"admin": []}, {"enrollment": []}],
             "responses": {"200": {"description": "{received, stored, duplicates}"},
-                          "400": {"description": "invalid batch; nothing stored"}}}},
+                          "400": {"description": "invalid batch; nothing stored. error.problems names the bad "
+                                  "events and fields (up to 20), error.bad lists every bad event's index"}}}},
+        "/api/v1/events/{id}": {"get": {
+            "summary": "One call event, with its captured prompt and response (enterprise capture mode)",
+            "parameters": _ID_PARAM,
+            "responses": {"200": {"description": "the event", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"event": {"allOf": [
+                    {"$ref": "#/components/schemas/Event"},
+                    {"type": "object", "properties": _CONTENT_PROPS}]}}}}}},
+                "404": {"description": "no event with that id", "content": {"application/json": {
+                    "schema": _ERROR}}}}}},
+        "/api/v1/agent/notices": {"post": {
+            "summary": "An agent's notice {kind: agent.update.available|installed|failed, data: {...}}: audited, "
+                       "and kept as the agent's last status",
+            "security": [{"admin": []}, {"enrollment": []}],
+            "responses": {"200": {"description": "recorded"}, "400": {"description": "unknown kind"}}}},
         "/api/v1/keys/{prefix}": {"delete": {
             "summary": "Revoke a gateway key",
             "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],

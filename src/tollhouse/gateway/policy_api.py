@@ -188,7 +188,8 @@ async def list_versions(request: Request, state: GatewayState) -> Response:
 async def get_version(request: Request, state: GatewayState) -> Response:
     kind = _kind(request.path)
     raw = request.params["version"]
-    doc = await state.docs.get(kind, int(raw)) if raw.isdigit() else None
+    valid = raw.isascii() and raw.isdigit() and len(raw) <= 18  # a version number the store can hold
+    doc = await state.docs.get(kind, int(raw)) if valid else None
     if doc is None:
         return api_error(404, f"no version {raw!r}; see GET {request.path.rsplit('/', 1)[0]}", "not_found")
     if kind == AGENT_POLICY:

@@ -149,11 +149,14 @@ class PolicyHolder:
             self._docs.feed.set("policy", compiled.version)
 
     async def publish(self, raw: list[Any], actor: str, source: str = "api", note: str | None = None,
-                      base_version: int | None = None) -> DocumentVersion:
+                      base_version: int | None = None, timezone: str | None = None) -> DocumentVersion:
         """Validate the whole policy, then store it as a new version and apply it. Nothing changes when
-        validation fails (RulesFileError) or `base_version` is not the latest (VersionConflict)."""
-        self.compile(raw, 0, "policy")  # validate before anything is written
+        validation fails (RulesFileError) or `base_version` is not the latest (VersionConflict). `timezone`:
+        the policy's own default zone for time windows (an agent's bundle carries its control plane's)."""
+        tz = timezone or self._tz
+        compile_rules(raw, tz, self.directory, 0, "policy")  # validate before anything is written
         async with self._lock:
+            self._tz = tz
             if base_version is not None and base_version != self.current.version:
                 raise VersionConflict(f"base_version {base_version} is not the current policy version "
                                       f"{self.current.version}; GET /api/v1/policy and apply your edit to it")

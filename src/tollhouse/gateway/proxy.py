@@ -20,9 +20,10 @@ from granian._granian import RSGIProtocolClosed as ProtocolClosed
 from pyreqwest.response import Response as UpstreamResponse
 
 from tollhouse.directory import Subject
-from tollhouse.events.model import CallEvent
+from tollhouse.events.model import CallEvent, capture
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import enforce
+from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
 from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, Streamed
@@ -33,6 +34,7 @@ from tollhouse.ledger.local import NANO_PER_USD, Charge, cap_reason
 from tollhouse.policy.engine import Violation, with_violations
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
+from tollhouse.providers.text import StreamText, response_text
 from tollhouse.providers.usage import Usage, UsageSource
 
 log = logging.getLogger("tollhouse.proxy")
@@ -58,7 +60,8 @@ class _Identity:
 class _Outcome:
     """What happened to a call, filled in as it goes; becomes the event."""
 
-    __slots__ = ("client_disconnected", "error", "model", "status", "ttfb", "usage", "usage_source")
+    __slots__ = ("client_disconnected", "error", "model", "response_text", "status", "ttfb", "usage",
+                 "usage_source")
 
     def __init__(self) -> None:
         self.status = 0
@@ -68,6 +71,7 @@ class _Outcome:
         self.ttfb: float | None = None
         self.client_disconnected = False
         self.error: str | None = None
+        self.response_text: str | None = None  # captured (enterprise capture mode)
 
 
 @dataclass(slots=True)
@@ -89,6 +93,8 @@ class _Call:
     budget_remaining_nusd: int | None = None
     retry_after_s: int | None = None
     refused: bool = False  # the gateway itself refused the call (unreadable body, counters down)
+    capture: bool = False  # enterprise capture mode: keep the prompt and response text
+    prompt: str | None = None  # the request's prompt text, when captured
 
     @property
     def metered(self) -> bool:
@@ -143,14 +149,16 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         return ident
     project = ident.subject.project
     if project is not None and not state.directory.has_project(project) and \
-            enforce.enforced_for(state.settings, ident.subject):
+            enforce.enforced(state, ident.subject):
         # Enforcing: only known projects. A made-up name must not open a fresh budget counter.
         return _unknown_project(state, route, project)
 
     verdict: Verdict | None = None
+    prompt = call_prompt(state, parsed) if metered else None
     if metered:
-        verdict = enforce.judge(state, route, facts, parsed, ident.subject, datetime.fromtimestamp(now_s, UTC))
-    call = _Call(route, path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome())
+        verdict = enforce.judge(state, route, facts, prompt, ident.subject, datetime.fromtimestamp(now_s, UTC))
+    call = _Call(route, path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome(),
+                 capture=metered and capturing(state), prompt=prompt)
     call.out.model = facts.model
     if metered and parsed is None:
         call.out.usage_source = UsageSource.unparsed
@@ -295,6 +303,9 @@ async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
     user = request.header(_USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
         return _Identity(state.directory.subject(user, project), None)
+    default_user = state.settings.identity.default_user  # the agent: the machine's configured user
+    if default_user:
+        return _Identity(state.directory.subject(default_user, project), None)
     if key is None:
         return _Identity(state.directory.subject("anonymous", project), None)
     digest = sha256_hex(key)
@@ -350,7 +361,7 @@ async def _forward(request: Request, state: GatewayState, call: _Call, body: byt
             out.status = upstream.status
             data = bytes(await upstream.bytes())
             if call.metered and upstream.status < 400:
-                _read_usage(route, call.endpoint, data, out)
+                _read_response(call, data)
             return Response(upstream.status, data, _client_headers(upstream, call))
         # No read-ahead buffer: each upstream chunk is handed over (and forwarded) the moment it arrives.
         async with builder.streamed_read_buffer_limit(0).build_streamed() as streamed:
@@ -364,12 +375,16 @@ async def _forward(request: Request, state: GatewayState, call: _Call, body: byt
             state.metrics.stats.observe_ttfb(route.id, out.ttfb)
 
 
-def _read_usage(route: ProviderRoute, endpoint: Endpoint, data: bytes, out: _Outcome) -> None:
+def _read_response(call: _Call, data: bytes) -> None:
+    """Usage and model (and the text, when capturing) from a whole response body."""
+    route, endpoint, out = call.route, call.endpoint, call.out
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         out.usage_source = UsageSource.unparsed
         return
+    if call.capture:
+        out.response_text = response_text(route.family, endpoint, obj)
     usage, model = route.protocol.usage(endpoint, obj)
     if usage is not None:
         out.usage, out.usage_source = usage, UsageSource.response
@@ -381,8 +396,11 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
     """Forward a stream chunk by chunk. A client that goes away cancels the upstream read at once."""
     route, out = call.route, call.out
     meter: StreamMeter | None = None
+    text: StreamText | None = None
     if call.metered and upstream.status < 400:
         meter = route.protocol.stream_meter(call.endpoint, call.hide_usage)
+        if call.capture:
+            text = StreamText(route.family, call.endpoint)
     transport = request.proto.response_stream(upstream.status, _client_headers(upstream, call))
     reader = upstream.body_reader
     pump = asyncio.current_task()
@@ -403,6 +421,8 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
     try:
         while (chunk := await reader.read_chunk()) is not None:
             raw = bytes(chunk)
+            if text is not None:
+                text.feed(raw)
             data = meter.feed(raw) if meter is not None else raw
             if data:
                 await transport.send_bytes(data)
@@ -431,6 +451,8 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
         watcher.cancel()
         if meter is not None:
             _settle_stream(meter, out, complete)
+        if text is not None:
+            out.response_text = text.text()
     return STREAMED
 
 
@@ -519,7 +541,7 @@ def _record(state: GatewayState, call: _Call) -> None:
         client_disconnected=out.client_disconnected,
         error=out.error,
     )
-    state.writer.record(event)
+    state.writer.record(event, capture(call.prompt, out.response_text) if call.capture else None)
     if verdict is not None and verdict.enforced and decision != "block":
         for waived in verdict.decision.waived:
             m.exemption_passes.labels(waived.rule.id).inc()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -15,7 +15,7 @@ from pyreqwest.client import Client
 from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
 from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
-from tollhouse.config import Settings
+from tollhouse.config import ProviderConfig, Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
 from tollhouse.events.journal import Journal, leftover_events
@@ -23,6 +23,7 @@ from tollhouse.events.model import CallEvent
 from tollhouse.events.store import Store, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.directory_holder import DirectoryHolder
+from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
@@ -59,7 +60,7 @@ class GatewayState:
     settings: Settings
     data_dir: Path
     admin_token: str
-    providers: Mapping[str, ProviderRoute]
+    providers: dict[str, ProviderRoute]  # routes are replaced whole (rebuild_clients), never mutated
     directory: Directory
     prices: PriceBook
     metrics: GatewayMetrics
@@ -76,6 +77,8 @@ class GatewayState:
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     overrides: OverrideHolder  # approved exemption overrides, in memory for the request path
+    live: LiveSettings  # enforcement, capture mode and upstream proxy as they are now (the agent changes them)
+    health: dict[str, Callable[[], object]] = field(default_factory=dict)  # extra /healthz sections by name
 
     async def close(self) -> None:
         await self.policy.stop()
@@ -105,9 +108,9 @@ def replay_journal(store: Store, journal_dir: Path) -> None:
     """Events a killed process journaled but never stored go into the store before we serve."""
     if not journal_dir.exists():
         return
-    for path, events in leftover_events(journal_dir):
+    for path, events, captures in leftover_events(journal_dir):
         if events:
-            store.insert_events(events)
+            store.insert_events(events, captures)
             log.warning("recovered %d events from %s (the previous run did not shut down cleanly)",
                         len(events), path.name)
         path.unlink()
@@ -185,20 +188,8 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     else:
         ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
                              lc.reservation_ttl_s, on_settle_error=settle_failed)
-    providers = {
-        pid: ProviderRoute(
-            id=pid,
-            family=cfg.family,
-            protocol=protocol_for(cfg.family),
-            upstream=cfg.upstream,
-            api_key=cfg.resolve_api_key(),
-            price_provider=settings.price_provider_id(pid),
-            client=build_client(cfg.timeout_s, settings.upstream_proxy),
-            host=urlsplit(cfg.upstream).hostname or "",
-            auth_names=frozenset(n.lower() for n in protocol_for(cfg.family).auth_header_names()),
-        )
-        for pid, cfg in settings.providers.items()
-    }
+    providers = {pid: _provider_route(pid, cfg, settings, settings.upstream_proxy)
+                 for pid, cfg in settings.providers.items()}
     return GatewayState(
         settings=settings,
         data_dir=data_dir,
@@ -220,4 +211,31 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
         overrides=OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s),
+        live=LiveSettings.of(settings),
     )
+
+
+def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_proxy: str | None) -> ProviderRoute:
+    protocol = protocol_for(cfg.family)
+    return ProviderRoute(
+        id=pid,
+        family=cfg.family,
+        protocol=protocol,
+        upstream=cfg.upstream,
+        api_key=cfg.resolve_api_key(),
+        price_provider=settings.price_provider_id(pid),
+        client=build_client(cfg.timeout_s, upstream_proxy),
+        host=urlsplit(cfg.upstream).hostname or "",
+        auth_names=frozenset(n.lower() for n in protocol.auth_header_names()),
+    )
+
+
+def rebuild_clients(state: GatewayState, upstream_proxy: str | None) -> None:
+    """Dial providers through another upstream proxy from the next call on. Each route is replaced whole:
+    calls in flight keep the client they started with, which is released when the last of them ends."""
+    if upstream_proxy == state.live.upstream_proxy:
+        return
+    for pid, route in list(state.providers.items()):
+        client = build_client(state.settings.providers[pid].timeout_s, upstream_proxy)
+        state.providers[pid] = replace(route, client=client)
+    state.live.upstream_proxy = upstream_proxy

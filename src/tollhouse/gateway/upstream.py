@@ -27,7 +27,8 @@ def _proxy(url: str) -> ProxyBuilder:
     return proxy
 
 
-def build_client(read_timeout_s: float, upstream_proxy: str | None) -> Client:
+def build_client(read_timeout_s: float, upstream_proxy: str | None, extra_root_pem: bytes | None = None) -> Client:
+    """extra_root_pem: a CA certificate (PEM) trusted besides the system's, e.g. a private control plane's."""
     builder = (
         ClientBuilder()
         .gzip(False).brotli(False).zstd(False).deflate(False)
@@ -40,4 +41,6 @@ def build_client(read_timeout_s: float, upstream_proxy: str | None) -> Client:
     )
     # The only proxy is the configured one: never HTTP(S)_PROXY from the environment.
     builder = builder.proxy(_proxy(upstream_proxy)) if upstream_proxy else builder.no_proxy()
+    if extra_root_pem is not None:
+        builder = builder.add_root_certificate_pem(extra_root_pem)
     return builder.build()
