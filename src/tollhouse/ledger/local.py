@@ -135,18 +135,24 @@ class Counter:
         if self.window.monthly:
             table = self.months.get(self._month(now_ms))
             return _sum(table, metric, providers) if table else 0
-        self._expire(now_ms)
+        buckets = self.buckets
+        if buckets and buckets[0][0] + self.bucket_ms <= now_ms - self._window_ms:
+            self._expire(now_ms)
         return _sum(self.totals, metric, providers)
 
     def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
-        return self.settled(metric, providers, now_ms) + _sum(self.reserved, metric, providers)
+        reserved = self.reserved
+        return self.settled(metric, providers, now_ms) + (_sum(reserved, metric, providers) if reserved else 0)
 
     def add_settled(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
         if self.window.monthly:
             mid = self._month(ts_ms)
-            _add(self.months.setdefault(mid, {}), provider, vec)
-            for old in [m for m in self.months if m < mid - 1]:
-                del self.months[old]
+            table = self.months.get(mid)
+            if table is None:  # a new billing month: drop months before the previous one
+                for old in [m for m in self.months if m < mid - 1]:
+                    del self.months[old]
+                table = self.months[mid] = {}
+            _add(table, provider, vec)
             return
         start = ts_ms - ts_ms % self.bucket_ms
         _add(self.totals, provider, vec)
@@ -259,6 +265,7 @@ class LocalLedger:
                 fut.set_result(None)
             except BaseException as exc:
                 fut.set_exception(exc)
+                fut.exception()  # raised to this caller below; other waiters get it too (no "never retrieved")
                 raise
             finally:
                 del self._loading[cid]
