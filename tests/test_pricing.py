@@ -39,6 +39,17 @@ def test_cost_equals_genai_prices(provider: str, model: str, usage: Usage) -> No
     assert BOOK.cost_nusd(provider, model, usage) == reference_nusd(provider, model, usage)
 
 
+@pytest.mark.parametrize(("provider", "model", "inp", "out"), [
+    ("openai", "gpt-4o", 1000, 500), ("openai", "gpt-4o-mini", 7, 4096),
+    ("anthropic", "claude-3-5-sonnet-20241022", 25, 15),
+    ("google", "gemini-2.5-pro", 300_000, 500),  # tiered: the slow path, same answer
+])
+def test_the_budget_checks_fast_worst_case_price_is_the_same_price(provider: str, model: str, inp: int,
+                                                                    out: int) -> None:
+    assert BOOK.token_cost_nusd(provider, model, inp, out) == reference_nusd(provider, model, Usage(inp, out))
+    assert BOOK.token_cost_nusd(provider, "no-such-model", inp, out) is None
+
+
 def test_known_values() -> None:
     # gpt-4o: $2.50 in, $10 out, $1.25 cached in, per million tokens.
     assert BOOK.cost_nusd("openai", "gpt-4o", Usage(input_tokens=1000, output_tokens=500)) == 7_500_000

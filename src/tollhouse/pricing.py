@@ -103,6 +103,20 @@ class PriceBook:
     def known(self, price_provider: str, model: str) -> bool:
         return self._lookup(price_provider, model) is not None
 
+    def token_cost_nusd(self, price_provider: str, model: str, input_tokens: int, output_tokens: int) -> int | None:
+        """Cost of plain input and output tokens (no cache), the budget check's worst case, without building a
+        Usage: the common flat-rate case is two multiplications."""
+        entry = self._lookup(price_provider, model)
+        if entry is None:
+            return None
+        if isinstance(entry, Rates):
+            nano = self._nano.get(entry)
+            if nano is None:
+                nano = self._nano[entry] = entry.nano_rates() or ()
+            if nano:
+                return input_tokens * nano[0] + output_tokens * nano[1]
+        return self.cost_nusd(price_provider, model, Usage(input_tokens, output_tokens))
+
     def cost_nusd(self, price_provider: str, model: str, usage: Usage) -> int | None:
         """Cost in whole nano-dollars, or None when the model has no known price."""
         entry = self._lookup(price_provider, model)

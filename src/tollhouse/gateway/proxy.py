@@ -232,7 +232,7 @@ def _worst_case(state: GatewayState, call: _Call) -> Charge:
     input_est = max(call.request_bytes // 4, 1)
     output_max = call.facts.max_output_tokens or state.settings.ledger.default_max_output_tokens
     model = call.verdict.decision.model if call.verdict is not None else call.facts.model
-    cost = state.prices.cost_nusd(route.price_provider, model, Usage(input_est, output_max)) if model else None
+    cost = state.prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
     return Charge(route.id, cost or 0, input_est, output_max)
 
 

@@ -95,6 +95,10 @@ def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | N
     return total
 
 
+class _NotLoaded(Exception):
+    """A counter the ledger has not read from the store yet (reserve loads it, then tries again)."""
+
+
 class Counter:
     """Usage of one scope over one window, per provider: settled history plus in-flight reservations.
 
@@ -271,13 +275,11 @@ class LocalLedger:
                 del self._loading[cid]
 
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
-        counters = self._counters
-        for cap in caps:
-            counter = counters.get(cap.key)
-            if counter is None or not counter.loaded:
-                await self.ensure_loaded(caps, now_ms)  # first use: read the store's history
-                break
-        return self.reserve_now(caps, charge, now_ms, enforce)
+        try:
+            return self.reserve_now(caps, charge, now_ms, enforce)
+        except _NotLoaded:
+            await self.ensure_loaded(caps, now_ms)  # first use: read the store's history
+            return self.reserve_now(caps, charge, now_ms, enforce)
 
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         await self.ensure_loaded([cap], now_ms)
@@ -287,12 +289,19 @@ class LocalLedger:
         return None
 
     def reserve_now(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
-        """Check every cap and reserve the worst case on all their counters, atomically (no await)."""
+        """Check every cap and reserve the worst case on all their counters, atomically (no await).
+        Raises _NotLoaded (before changing anything) when a counter has not been read from the store yet."""
         states: list[CapState] = []
         refused: CapState | None = None
+        counters: list[Counter] = []  # each once: caps may share a counter
         vec = charge.vector()
+        table = self._counters
         for cap in caps:
-            counter = self._counters[cap.key]
+            counter = table.get(cap.key)
+            if counter is None or not counter.loaded:
+                raise _NotLoaded
+            if counter not in counters:
+                counters.append(counter)
             limit = cap.units
             used = counter.used(cap.metric, cap.providers, now_ms)
             need = metric_of(vec, cap.metric)
@@ -304,11 +313,6 @@ class LocalLedger:
                 refused = state
         if refused is not None:
             return ReserveResult(states, None, refused)
-        counters: list[Counter] = []
-        for cap in caps:
-            counter = self._counters[cap.key]
-            if counter not in counters:  # caps may share a counter: reserve on it once
-                counters.append(counter)
         for counter in counters:
             _add(counter.reserved, charge.provider, vec)
         self._next_id += 1

@@ -127,6 +127,7 @@ class _Applicable:
     checks: tuple[tuple[Rule, Level], ...]  # model / provider / time / cost centre / content
     caps: tuple[Cap, ...]  # built once per subject; filtered by provider per call
     superseded: tuple[tuple[Rule, Level, Level], ...]  # (rule, its level, the level that overrode it)
+    provider_caps: bool = False  # some cap counts only certain providers
 
 
 @dataclass
@@ -182,8 +183,9 @@ class CompiledPolicy:
                 target = redirects if kind is Kind.redirect else caps if kind in (Kind.spend, Kind.tokens) \
                     else checks
                 target += [(r, level) for r in rules]
-        found = _Applicable(tuple(redirects), tuple(checks), tuple(_cap(r, lv, subject) for r, lv in caps),
-                            tuple(superseded))
+        built = tuple(_cap(r, lv, subject) for r, lv in caps)
+        found = _Applicable(tuple(redirects), tuple(checks), built, tuple(superseded),
+                            any(cap.providers is not None for cap in built))
         if len(self._cache) < 200_000:
             self._cache[key] = found
         return found
@@ -240,7 +242,9 @@ class CompiledPolicy:
                              f"{': ' + reason if reason else ''}")
             if reason:
                 violations.append(Violation(rule, level, reason))
-        caps = tuple(cap for cap in app.caps if cap.providers is None or _provider_hit(cap.providers, call))
+        caps = app.caps
+        if app.provider_caps:  # only provider-scoped caps need filtering per call
+            caps = tuple(cap for cap in caps if cap.providers is None or _provider_hit(cap.providers, call))
         if waived_rules:
             caps = tuple(replace(cap, waived=True) if cap.rule.id in waived_rules else cap for cap in caps)
         if trace is not None:
