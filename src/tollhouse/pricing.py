@@ -109,13 +109,19 @@ class PriceBook:
         entry = self._lookup(price_provider, model)
         if entry is None:
             return None
-        if isinstance(entry, Rates):
-            nano = self._nano.get(entry)
-            if nano is None:
-                nano = self._nano[entry] = entry.nano_rates() or ()
-            if nano:
-                return input_tokens * nano[0] + output_tokens * nano[1]
+        nano = self._nano_rates(entry)
+        if nano:
+            return input_tokens * nano[0] + output_tokens * nano[1]
         return self.cost_nusd(price_provider, model, Usage(input_tokens, output_tokens))
+
+    def _nano_rates(self, entry: Rates | _Priced) -> tuple[int, ...]:
+        """Integer nano-dollars per token for a flat-rate entry (empty: use exact Decimal arithmetic)."""
+        if not isinstance(entry, Rates):
+            return ()
+        nano = self._nano.get(entry)
+        if nano is None:
+            nano = self._nano[entry] = entry.nano_rates() or ()
+        return nano
 
     def cost_nusd(self, price_provider: str, model: str, usage: Usage) -> int | None:
         """Cost in whole nano-dollars, or None when the model has no known price."""
@@ -123,9 +129,7 @@ class PriceBook:
         if entry is None:
             return None
         if isinstance(entry, Rates):
-            nano = self._nano.get(entry)
-            if nano is None:
-                nano = self._nano[entry] = entry.nano_rates() or ()
+            nano = self._nano_rates(entry)
             if nano:
                 u = usage
                 fresh = max(u.input_tokens - u.cache_read_tokens - u.cache_write_tokens, 0)
