@@ -67,10 +67,12 @@ class Documents:
     async def latest_versions(self) -> dict[str, int]:
         return await self._runner.run(lambda s: s.latest_versions())
 
-    async def refresh(self, skip: str = "policy") -> None:
-        """Announce versions other gateways sharing the store wrote (the policy holder announces the policy
-        itself, once it has applied it)."""
-        for kind, version in (await self.latest_versions()).items():
+    async def refresh(self, versions: Mapping[str, int] | None = None, skip: str = "policy") -> None:
+        """Announce versions other gateways sharing the store wrote (`versions`: the store's latest, read
+        here when not given). The policy holder announces the policy itself, once it has applied it."""
+        if versions is None:
+            versions = await self.latest_versions()
+        for kind, version in versions.items():
             if kind != skip:
                 self.feed.set(kind, version)
 

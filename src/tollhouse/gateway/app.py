@@ -232,9 +232,10 @@ async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
-            await state.policy.poll()
-            await state.directories.poll()
-            await state.docs.refresh()
+            versions = await state.docs.latest_versions()  # one read serves all three
+            await state.policy.poll(versions)
+            await state.directories.poll(versions)
+            await state.docs.refresh(versions)
         except StoreError as exc:
             log.warning("cannot check the store for control-plane changes: %s", exc)
 

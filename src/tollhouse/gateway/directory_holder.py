@@ -7,6 +7,7 @@ vanish is named, and nothing changes). Gateways sharing the store adopt each oth
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -93,9 +94,9 @@ class DirectoryHolder:
         self._install(cfg, doc.version)
         return doc
 
-    async def poll(self) -> None:
-        """Adopt a newer version another gateway sharing the store wrote."""
-        latest = (await self._docs.latest_versions()).get(KIND, 0)
+    async def poll(self, versions: Mapping[str, int]) -> None:
+        """Adopt a newer version another gateway sharing the store wrote (`versions`: the store's latest)."""
+        latest = versions.get(KIND, 0)
         if latest > self.directory.version:
             doc = await self._docs.latest(KIND)
             if doc is not None:

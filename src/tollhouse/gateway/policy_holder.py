@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,10 +196,10 @@ class PolicyHolder:
             return False
         return True
 
-    async def poll(self) -> None:
-        """Adopt a newer version another gateway sharing the store wrote."""
+    async def poll(self, versions: Mapping[str, int]) -> None:
+        """Adopt a newer version another gateway sharing the store wrote (`versions`: the store's latest)."""
         assert self._docs is not None
-        latest = (await self._docs.latest_versions()).get("policy", 0)
+        latest = versions.get("policy", 0)
         if latest > self.current.version:
             async with self._lock:
                 doc = await self._docs.latest("policy")
