@@ -9,7 +9,7 @@ from typing import Any
 from tollhouse.events.wire import BatchError, from_wire
 from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
 from tollhouse.gateway.http import Request, Response, json_response
-from tollhouse.gateway.policy_api import AGENT_POLICY, _agent_policy_json, actor, json_body
+from tollhouse.gateway.policy_api import AGENT_POLICY, actor, agent_policy_json, json_body
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import sha256_hex
 
@@ -81,7 +81,7 @@ async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
         "etag": etag,
         "policy": {"version": state.policy.current.version, "rules": state.policy.raw,
                    "timezone": state.settings.policy.timezone},
-        "agent_policy": _agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
+        "agent_policy": agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
         "directory": {"version": state.directory.version,
                       **state.directory.config.model_dump(mode="json", exclude_defaults=True)},
     }

@@ -97,7 +97,7 @@ async def rollback_policy(request: Request, state: GatewayState) -> Response:
 
 # the agent policy
 
-def _agent_policy_json(doc: DocumentVersion | None, redact: bool) -> dict[str, Any]:
+def agent_policy_json(doc: DocumentVersion | None, redact: bool) -> dict[str, Any]:
     policy = parse_agent_policy(doc.body) if doc is not None else AgentPolicy()
     settings = policy.redacted() if redact else policy.model_dump(mode="json")
     return {"version": doc.version if doc else 0, **settings,
@@ -105,7 +105,7 @@ def _agent_policy_json(doc: DocumentVersion | None, redact: bool) -> dict[str, A
 
 
 async def get_agent_policy(request: Request, state: GatewayState) -> Response:
-    return json_response(_agent_policy_json(await state.docs.latest(AGENT_POLICY), redact=True))
+    return json_response(agent_policy_json(await state.docs.latest(AGENT_POLICY), redact=True))
 
 
 def _redacted(body: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -126,11 +126,11 @@ async def put_agent_policy(request: Request, state: GatewayState) -> Response:
     latest = await state.docs.latest(AGENT_POLICY)
     body = policy.model_dump(mode="json")
     if latest is not None and latest.body == body:
-        return json_response(_agent_policy_json(latest, redact=True))  # no change, no new version
+        return json_response(agent_policy_json(latest, redact=True))  # no change, no new version
     doc = await state.docs.publish(AGENT_POLICY, body, actor(request), "api",
                                    latest.body if latest else AgentPolicy().model_dump(mode="json"),
                                    note if isinstance(note, str) else None, redact=_redacted)
-    return json_response(_agent_policy_json(doc, redact=True))
+    return json_response(agent_policy_json(doc, redact=True))
 
 
 # the directory
@@ -193,7 +193,7 @@ async def get_version(request: Request, state: GatewayState) -> Response:
     if doc is None:
         return api_error(404, f"no version {raw!r}; see GET {request.path.rsplit('/', 1)[0]}", "not_found")
     if kind == AGENT_POLICY:
-        return json_response({**_summary(doc), **_agent_policy_json(doc, redact=True)})
+        return json_response({**_summary(doc), **agent_policy_json(doc, redact=True)})
     if kind == DIRECTORY:
         return json_response({**_summary(doc), "directory": doc.body})
     return json_response(_policy_json(state, doc))
