@@ -75,20 +75,20 @@ class PriceBook:
             (o.provider, o.model): Rates(o.input_mtok, o.output_mtok, o.cache_read_mtok, o.cache_write_mtok)
             for o in overrides
         }
-        self._cache: dict[tuple[str, str], Rates | _Priced | None] = {}
-        self._nano: dict[Rates, tuple[int, ...]] = {}
+        # (provider, model) → (price entry, integer nano-dollars per token when the price is flat, else ())
+        self._cache: dict[tuple[str, str], tuple[Rates | _Priced | None, tuple[int, ...]]] = {}
         self._cache_day = int(time.time() // 86400)
 
-    def _lookup(self, provider: str, model: str) -> Rates | _Priced | None:
-        key = (provider, model)
+    def _lookup(self, provider: str, model: str) -> tuple[Rates | _Priced | None, tuple[int, ...]]:
         day = int(time.time() // 86400)
         if day != self._cache_day:
             # Dated price changes in the table take effect without a restart.
             self._cache.clear()
             self._cache_day = day
-        if key in self._cache:
-            return self._cache[key]
-        found: Rates | _Priced | None = self._overrides.get(key)
+        hit = self._cache.get((provider, model))
+        if hit is not None:
+            return hit
+        found: Rates | _Priced | None = self._overrides.get((provider, model))
         if found is None:
             try:
                 _, info = self._snapshot.find_provider_model(model, None, provider, None)
@@ -96,45 +96,34 @@ class PriceBook:
                 info = None
             if info is not None:
                 found = _linear(info) or _Priced(info)
+        priced = (found, (found.nano_rates() or ()) if isinstance(found, Rates) else ())
         if len(self._cache) < 50_000:
-            self._cache[key] = found
-        return found
+            self._cache[(provider, model)] = priced
+        return priced
 
     def known(self, price_provider: str, model: str) -> bool:
-        return self._lookup(price_provider, model) is not None
+        return self._lookup(price_provider, model)[0] is not None
 
     def token_cost_nusd(self, price_provider: str, model: str, input_tokens: int, output_tokens: int) -> int | None:
         """Cost of plain input and output tokens (no cache), the budget check's worst case, without building a
         Usage: the common flat-rate case is two multiplications."""
-        entry = self._lookup(price_provider, model)
-        if entry is None:
-            return None
-        nano = self._nano_rates(entry)
+        entry, nano = self._lookup(price_provider, model)
         if nano:
             return input_tokens * nano[0] + output_tokens * nano[1]
+        if entry is None:
+            return None
         return self.cost_nusd(price_provider, model, Usage(input_tokens, output_tokens))
-
-    def _nano_rates(self, entry: Rates | _Priced) -> tuple[int, ...]:
-        """Integer nano-dollars per token for a flat-rate entry (empty: use exact Decimal arithmetic)."""
-        if not isinstance(entry, Rates):
-            return ()
-        nano = self._nano.get(entry)
-        if nano is None:
-            nano = self._nano[entry] = entry.nano_rates() or ()
-        return nano
 
     def cost_nusd(self, price_provider: str, model: str, usage: Usage) -> int | None:
         """Cost in whole nano-dollars, or None when the model has no known price."""
-        entry = self._lookup(price_provider, model)
+        entry, nano = self._lookup(price_provider, model)
+        if nano:
+            u = usage
+            fresh = max(u.input_tokens - u.cache_read_tokens - u.cache_write_tokens, 0)
+            return (fresh * nano[0] + u.output_tokens * nano[1] + u.cache_read_tokens * nano[2]
+                    + u.cache_write_tokens * nano[3])
         if entry is None:
             return None
-        if isinstance(entry, Rates):
-            nano = self._nano_rates(entry)
-            if nano:
-                u = usage
-                fresh = max(u.input_tokens - u.cache_read_tokens - u.cache_write_tokens, 0)
-                return (fresh * nano[0] + u.output_tokens * nano[1] + u.cache_read_tokens * nano[2]
-                        + u.cache_write_tokens * nano[3])
         return int((entry.cost(usage) * NANO).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

@@ -75,6 +75,19 @@ def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int], sign: in
 _METRIC_INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
 
 
+def _add_vec(row: list[int], vec: Sequence[int], sign: int = 1) -> None:
+    s, i, o, r = vec
+    row[0] += sign * s
+    row[1] += sign * i
+    row[2] += sign * o
+    row[3] += sign * r
+
+
+def _value(vec: Sequence[int], metric: str) -> int:
+    index = _METRIC_INDEX.get(metric)
+    return vec[index] if index is not None else vec[1] + vec[2]  # tokens: input + output
+
+
 def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | None) -> int:
     """One metric summed over the providers a cap counts (all of them when `providers` is None)."""
     if not table:
@@ -103,7 +116,8 @@ class Counter:
     """Usage of one scope over one window, per provider: settled history plus in-flight reservations.
 
     Rolling windows keep a running total of the buckets in the window (subtracted as buckets expire),
-    so reading a counter costs the same whatever the number of buckets."""
+    so reading a counter costs the same whatever the number of buckets. Totals over every provider are
+    kept beside the per-provider ones, so a cap that counts all providers reads one vector."""
 
     def __init__(self, window: Window, billing_day: int, tz: ZoneInfo) -> None:
         self.window = window
@@ -116,6 +130,9 @@ class Counter:
         self.buckets: deque[tuple[int, dict[str, list[int]]]] = deque()
         self.totals: dict[str, list[int]] = {}  # rolling: the sum of `buckets`
         self.reserved: dict[str, list[int]] = {}
+        self.month_all: dict[int, list[int]] = {}  # `months`, summed over providers
+        self.totals_all = [0, 0, 0, 0]
+        self.reserved_all = [0, 0, 0, 0]
         self.loaded = False
 
     def _month(self, ts_ms: int) -> int:
@@ -134,19 +151,33 @@ class Counter:
             _, table = buckets.popleft()
             for provider, vec in table.items():
                 _add(self.totals, provider, vec, -1)
+                _add_vec(self.totals_all, vec, -1)
 
     def settled(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         if self.window.monthly:
-            table = self.months.get(self._month(now_ms))
+            mid = self._month(now_ms)
+            if providers is None:
+                vec = self.month_all.get(mid)
+                return _value(vec, metric) if vec else 0
+            table = self.months.get(mid)
             return _sum(table, metric, providers) if table else 0
         buckets = self.buckets
         if buckets and buckets[0][0] + self.bucket_ms <= now_ms - self._window_ms:
             self._expire(now_ms)
+        if providers is None:
+            return _value(self.totals_all, metric)
         return _sum(self.totals, metric, providers)
 
     def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
+        if providers is None:
+            return self.settled(metric, None, now_ms) + _value(self.reserved_all, metric)
         reserved = self.reserved
         return self.settled(metric, providers, now_ms) + (_sum(reserved, metric, providers) if reserved else 0)
+
+    def reserve(self, provider: str, vec: Sequence[int], sign: int = 1) -> None:
+        """Hold (sign 1) or release (sign -1) an in-flight call's worst case."""
+        _add(self.reserved, provider, vec, sign)
+        _add_vec(self.reserved_all, vec, sign)
 
     def add_settled(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
         if self.window.monthly:
@@ -155,11 +186,15 @@ class Counter:
             if table is None:  # a new billing month: drop months before the previous one
                 for old in [m for m in self.months if m < mid - 1]:
                     del self.months[old]
+                    self.month_all.pop(old, None)
                 table = self.months[mid] = {}
+                self.month_all[mid] = [0, 0, 0, 0]
             _add(table, provider, vec)
+            _add_vec(self.month_all[mid], vec)
             return
         start = ts_ms - ts_ms % self.bucket_ms
         _add(self.totals, provider, vec)
+        _add_vec(self.totals_all, vec)
         for b_start, existing in reversed(self.buckets):  # newest first: almost always the last one
             if b_start == start:
                 _add(existing, provider, vec)
@@ -314,7 +349,7 @@ class LocalLedger:
         if refused is not None:
             return ReserveResult(states, None, refused)
         for counter in counters:
-            _add(counter.reserved, charge.provider, vec)
+            counter.reserve(charge.provider, vec)
         self._next_id += 1
         res = Reservation(self._next_id, counters, charge.provider, vec, now_ms, now_ms + self._ttl_ms)
         self._reservations[res.rid] = res
@@ -329,7 +364,7 @@ class LocalLedger:
         self._reservations.pop(res.rid, None)
         vec = actual.vector()
         for counter in res.counters:
-            _add(counter.reserved, res.provider, res.vector, -1)
+            counter.reserve(res.provider, res.vector, -1)
             if any(vec):
                 counter.add_settled(res.ts_ms, actual.provider, vec)
 

@@ -128,6 +128,8 @@ class _Applicable:
     caps: tuple[Cap, ...]  # built once per subject; filtered by provider per call
     superseded: tuple[tuple[Rule, Level, Level], ...]  # (rule, its level, the level that overrode it)
     provider_caps: bool = False  # some cap counts only certain providers
+    timed: bool = False  # a time-window rule applies: the outcome depends on the minute
+    content: bool = False  # a content rule applies: the outcome depends on the prompt
 
 
 @dataclass
@@ -136,6 +138,8 @@ class CompiledPolicy:
     version: int = 0
     _index: dict[tuple[ScopeKind, str | None], dict[Kind, list[Rule]]] = field(default_factory=dict)
     _cache: dict[tuple[str, str | None, str, tuple[str, ...]], _Applicable] = field(default_factory=dict)
+    # Decisions already reached, for calls that no time, prompt or exemption makes different (see evaluate).
+    _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for rule in self.rules:
@@ -185,7 +189,8 @@ class CompiledPolicy:
                 target += [(r, level) for r in rules]
         built = tuple(_cap(r, lv, subject) for r, lv in caps)
         found = _Applicable(tuple(redirects), tuple(checks), built, tuple(superseded),
-                            any(cap.providers is not None for cap in built))
+                            any(cap.providers is not None for cap in built),
+                            any(r.kind is Kind.time for r, _ in checks), any(r.kind is Kind.content for r, _ in checks))
         if len(self._cache) < 200_000:
             self._cache[key] = found
         return found
@@ -212,7 +217,26 @@ class CompiledPolicy:
     def evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool = False,
                  waived: Set[str] = frozenset()) -> Decision:
         """Judge a call. Caps are returned for the ledger to count; they are not judged here.
-        `waived`: ids of rules the subject holds an exemption from."""
+        `waived`: ids of rules the subject holds an exemption from.
+
+        A decision depends only on the subject, the provider, the model, the minute (time windows are
+        minute-precise) and the prompt (content rules); calls that agree on what their rules look at get
+        the same (immutable) decision without judging the rules again."""
+        if explain or waived or (call.prompt is not None and self._applicable(subject).content):
+            return self._evaluate(call, subject, now, explain, waived)
+        app = self._applicable(subject)
+        key = (subject.id, subject.project, subject.kind, subject.teams, subject.cost_centre, call.provider,
+               call.provider_host, call.model, int(now.timestamp()) // 60 if app.timed else 0)
+        found = self._decisions.get(key)
+        if found is None:
+            found = self._evaluate(call, subject, now, False, frozenset())
+            if len(self._decisions) >= 100_000:
+                self._decisions.clear()
+            self._decisions[key] = found
+        return found
+
+    def _evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool,
+                  waived: Set[str]) -> Decision:
         trace: list[str] | None = [] if explain else None
         waived_rules = frozenset(waived) if waived else frozenset()
         app = self._applicable(subject)
