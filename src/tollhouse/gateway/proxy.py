@@ -30,7 +30,7 @@ from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, St
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.gateway.upstream import ConnectError, RequestError, RequestTimeoutError
 from tollhouse.keys import KEY_PREFIX, sha256_hex
-from tollhouse.ledger.local import NANO_PER_USD, Charge, cap_reason
+from tollhouse.ledger.local import NANO_PER_USD, Charge, ReserveResult, cap_reason
 from tollhouse.policy.engine import Violation, with_violations
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
@@ -165,7 +165,12 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     try:
         if verdict is not None and verdict.decision.caps and not (verdict.enforced and verdict.applied == "block"):
             try:
-                verdict = call.verdict = await _reserve(state, call, verdict)
+                charge = _worst_case(state, call)
+                caps = verdict.decision.caps
+                reserved = state.ledger.try_reserve(caps, charge, call.ts_ms, verdict.enforced)
+                if reserved is None:  # a counter to load from the store first, or a Redis round trip
+                    reserved = await state.ledger.reserve(caps, charge, call.ts_ms, enforce=verdict.enforced)
+                verdict = call.verdict = _reserved(state, call, verdict, charge, reserved)
             except StoreError as exc:
                 unavailable = _counters_unavailable(state, call, verdict, exc)
                 if unavailable is not None:
@@ -202,10 +207,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         _record(state, call)
 
 
-async def _reserve(state: GatewayState, call: _Call, verdict: Verdict) -> Verdict:
-    """Reserve the call's worst case against every cap that counts it; add any cap it would exceed."""
-    charge = _worst_case(state, call)
-    result = await state.ledger.reserve(verdict.decision.caps, charge, call.ts_ms, enforce=verdict.enforced)
+def _reserved(state: GatewayState, call: _Call, verdict: Verdict, charge: Charge, result: ReserveResult) -> Verdict:
+    """The call's worst case is reserved against every cap that counts it: add any cap it would exceed."""
     if state.outage.ongoing:
         state.outage.succeeded(call.ts_ms)
     call.reservation = result.reservation

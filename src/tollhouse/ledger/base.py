@@ -15,6 +15,11 @@ class Ledger(Protocol):
         for the first time from the store (raises StoreError)."""
         ...
 
+    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult | None:
+        """The same as `reserve` when it can be done without waiting (no store read, no network), else None:
+        then `reserve` must be awaited."""
+        ...
+
     def settle(self, reservation: object, actual: Charge) -> None:
         """Release the reservation and count the actual usage (never raises; failures are logged)."""
         ...

@@ -27,9 +27,9 @@ METRICS = ("spend", "input_tokens", "output_tokens", "requests")
 _SPEND, _IN, _OUT, _REQ = range(4)
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What one call adds to a counter: nano-dollars, tokens, one request."""
+class Charge(NamedTuple):
+    """What one call adds to a counter: nano-dollars, tokens, one request. (A tuple: built twice per
+    metered call, so it must be cheap to make.)"""
 
     provider: str
     spend_nusd: int
@@ -315,6 +315,13 @@ class LocalLedger:
         except _NotLoaded:
             await self.ensure_loaded(caps, now_ms)  # first use: read the store's history
             return self.reserve_now(caps, charge, now_ms, enforce)
+
+    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult | None:
+        """`reserve` without awaiting, when every counter is already loaded (the usual case); else None."""
+        try:
+            return self.reserve_now(caps, charge, now_ms, enforce)
+        except _NotLoaded:
+            return None
 
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         await self.ensure_loaded([cap], now_ms)

@@ -116,6 +116,9 @@ class RedisLedger:
         ttls = tuple(self._data_ttl(caps[keys.index(k)], now_ms) for k in distinct)
         return ReserveResult(states, RedisReservation(member, tuple(distinct), windows, now_ms, ttls))
 
+    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult | None:
+        return None  # always a round trip to Redis
+
     def settle(self, reservation: object, actual: Charge) -> None:
         assert isinstance(reservation, RedisReservation)
         task = asyncio.get_running_loop().create_task(self._settle_now(reservation, actual))
