@@ -202,8 +202,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         _client_gone(state, call)
         raise
     finally:
-        # Recorded (journaled and settled) before the response leaves: Granian sends it when the handler
-        # returns, so a kill -9 can never lose a call the client has already been answered.
+        # Recorded (journaled) before the response leaves: Granian sends it when the handler returns, so a
+        # kill -9 can never lose a call the client has already been answered.
         _record(state, call)
 
 
@@ -555,8 +555,19 @@ def _record(state: GatewayState, call: _Call) -> None:
             "reason": out.error if call.refused else (top.reason if top else None), "subject": subject.id,
             "team": subject.team, "project": subject.project, "provider": route.id,
             "model": call.facts.model, "status": event.status})
-    if call.reservation is not None:
-        state.ledger.settle(call.reservation, Charge(route.id, cost or 0, usage.input_tokens, usage.output_tokens,
-                                                     1 if event.status < 400 else 0))
-    m.observe_call(route.id, model, decision, event.status, usage.input_tokens, usage.output_tokens, cost or 0,
-                   elapsed)
+    # The event is durable (journaled) before the answer leaves; counting it is not on the answer's path:
+    # the loop runs this right after the handler returns, in order, before it handles anything that
+    # arrives later (such as this client's next call).
+    actual = None if call.reservation is None else Charge(route.id, cost or 0, usage.input_tokens,
+                                                          usage.output_tokens, 1 if event.status < 400 else 0)
+    state.loop.call_soon(_account, state, call.reservation, actual, route.id, model, decision, event.status,
+                         usage.input_tokens, usage.output_tokens, cost or 0, elapsed)
+
+
+def _account(state: GatewayState, reservation: object | None, actual: Charge | None, provider: str,
+             model: str | None, decision: str, status: int, input_tokens: int, output_tokens: int, cost_nusd: int,
+             elapsed: float) -> None:
+    """Settle the call's reservation to what it used, and count it in the metrics."""
+    if reservation is not None and actual is not None:
+        state.ledger.settle(reservation, actual)
+    state.metrics.observe_call(provider, model, decision, status, input_tokens, output_tokens, cost_nusd, elapsed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -78,6 +79,7 @@ class GatewayState:
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     overrides: OverrideHolder  # approved exemption overrides, in memory for the request path
     live: LiveSettings  # enforcement, capture mode and upstream proxy as they are now (the agent changes them)
+    loop: asyncio.AbstractEventLoop  # the event loop the gateway serves on
     health: dict[str, Callable[[], object]] = field(default_factory=dict)  # extra /healthz sections by name
 
     async def close(self) -> None:
@@ -212,6 +214,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
         overrides=OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s),
         live=LiveSettings.of(settings),
+        loop=asyncio.get_running_loop(),
     )
 
 
