@@ -53,6 +53,18 @@ def test_events_round_trip_identically(store: Store) -> None:
     assert [r["id"] for r in older] == [rows[10]["id"], rows[11]["id"]]
 
 
+def test_every_column_keeps_its_value_and_type_through_a_batch_insert(store: Store) -> None:
+    """SQLite takes a batch as one JSON array (one statement): text, integers, reals, nulls and flags must
+    come back exactly as a row-by-row insert would store them."""
+    events = [e._replace(model="modèle-日本 \"quoted\"", cost_nusd=2**53 + n, latency_ms=n + 0.1, error=None,
+                         client_disconnected=n % 2 == 1)
+              for n, e in enumerate(_mixed_events()[:10])]
+    assert store.insert_events(events) == 10
+    rows = list(reversed(store.list_events(20)))
+    assert [event_json(r) for r in rows] == [event_json(e._asdict()) for e in events]
+    assert all(isinstance(r["cost_nusd"], int) and isinstance(r["latency_ms"], float) for r in rows)
+
+
 @pytest.mark.parametrize(("scope", "ids"), [("subject", ["alice"]), ("team", ["platform", "research"]),
                                             ("project", ["checkout"]), ("org", ["acme"])])
 def test_usage_history_and_totals_match_a_brute_force_sum(store: Store, scope: str, ids: list[str]) -> None:
