@@ -564,3 +564,24 @@ def test_no_trace_unless_asked() -> None:
     d = evaluate([allow("org-allow", [HAIKU]), allow("carol-allow", [OPUS], "individual", subject="carol")],
                  "carol", OPUS)
     assert d.trace == ()
+
+
+def test_a_remembered_decision_never_outlives_what_it_was_judged_on() -> None:
+    """One compiled policy judges many calls: a repeat call gets the decision already reached, but a new
+    minute (time windows), another model, provider, project or prompt (content rules) is judged afresh."""
+    policy = compile_([
+        R("hours", cond={"type": "time", "operator": "outside", "window": {"days": "mon-fri", "hours": "9-17"}}),
+        deny("no-4o", [GPT4O], scope="team", team="ml"),
+        R("dlp", cond={"type": "CONTENT_DLP", "detectors": ["email"]}),
+    ])
+    before_nine = datetime(2024, 6, 5, 8, 59, 30, tzinfo=UTC)
+    at_nine = datetime(2024, 6, 5, 9, 0, 0, tzinfo=UTC)
+    assert evaluate(policy, "bob", MINI, now=before_nine).action == "block"
+    assert evaluate(policy, "bob", MINI, now=before_nine).rule_id == "hours"  # remembered, same answer
+    assert evaluate(policy, "bob", MINI, now=at_nine).action == "allow"  # the next minute: judged again
+    assert evaluate(policy, "carol", MINI, now=at_nine).action == "allow"
+    assert evaluate(policy, "carol", GPT4O, now=at_nine).rule_id == "no-4o"  # another model
+    assert evaluate(policy, "carol", GPT4O, provider="anthropic", now=at_nine).rule_id == "no-4o"
+    # content rules: never remembered
+    assert evaluate(policy, "bob", MINI, now=at_nine, prompt="mail a@b.io").rule_id == "dlp"
+    assert evaluate(policy, "bob", MINI, now=at_nine, prompt="hello").action == "allow"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from tollhouse.config import Enforcement
@@ -28,13 +27,16 @@ REDIRECTED_HEADER = "x-tollhouse-redirected-from"
 EXEMPTION_HEADER = "x-tollhouse-exemption"
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A decision as applied to this call: `enforced` False means observe (record what would happen)."""
+_NO_EXEMPTIONS: Mapping[str, str] = MappingProxyType({})
+
+
+class Verdict(NamedTuple):
+    """A decision as applied to this call: `enforced` False means observe (record what would happen).
+    (A tuple: one is built per call.)"""
 
     decision: Decision
     enforced: bool
-    exemptions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # rule id → exemption
+    exemptions: Mapping[str, str] = _NO_EXEMPTIONS  # rule id → exemption
 
     @property
     def exemption_ids(self) -> list[str]:

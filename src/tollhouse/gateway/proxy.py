@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -226,7 +226,7 @@ def _reserved(state: GatewayState, call: _Call, verdict: Verdict, charge: Charge
         call.retry_after_s = result.refused_by.retry_after_s
     if not exceeded:
         return verdict
-    return replace(verdict, decision=with_violations(verdict.decision, exceeded))
+    return verdict._replace(decision=with_violations(verdict.decision, exceeded))
 
 
 def _worst_case(state: GatewayState, call: _Call) -> Charge:

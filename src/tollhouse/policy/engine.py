@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from tollhouse.directory import Subject
 from tollhouse.policy.rules import OVERRIDE_KINDS, Kind, Rule, ScopeKind, Severity, Window
@@ -27,9 +28,9 @@ from tollhouse.policy.rules import OVERRIDE_KINDS, Kind, Rule, ScopeKind, Severi
 _SCOPE_ORDER = {ScopeKind.individual: 0, ScopeKind.service: 0}
 
 
-@dataclass(frozen=True, slots=True)
-class CallFacts:
-    """What the policy looks at. `prompt` is only set when content capture is on (enterprise mode)."""
+class CallFacts(NamedTuple):
+    """What the policy looks at. `prompt` is only set when content capture is on (enterprise mode).
+    (A tuple: one is built per call.)"""
 
     provider: str
     provider_host: str
