@@ -83,6 +83,19 @@ def test_flushed_counters_are_rebuilt_from_the_store(mock: Mock, gateway_factory
     assert status == 200 and abs(cap["used"] - 0.5) < 1e-9 and cap["remaining"] == 0
 
 
+def test_settles_go_through_after_redis_forgets_its_scripts(mock: Mock, gateway_factory: Any, redis_url: str,
+                                                           store_url: str) -> None:
+    """Settles are pipelined EVALSHAs: a Redis that lost its scripts (restart, SCRIPT FLUSH) gets them again,
+    and no settle is lost or counted as failed."""
+    gw: Gateway = gateway_factory(_shared(mock, redis_url, store_url, [budget_rule(threshold=0.5)]))
+    assert [_call(gw.url) for _ in range(2)] == [200, 200]
+    redis.Redis.from_url(redis_url).script_flush()
+    assert [_call(gw.url) for _ in range(4)] == [200, 200, 200, 403]  # $0.10 each: the sixth goes over $0.50
+    assert b"tollhouse_ledger_settle_errors_total 0.0" in gw.get("/metrics")[1]
+    cap = json.loads(gw.get("/api/v1/spend?scope=person&id=alice")[1])["caps"][0]
+    assert abs(cap["used"] - 0.5) < 1e-9
+
+
 def test_token_window_in_redis_answers_429_with_retry_after(mock: Mock, gateway_factory: Any, redis_url: str
                                                            ) -> None:
     rule = {"id": "tpm", "scope": "team", "team": "platform",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from tollhouse.events.store import StoreError
 from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult
@@ -50,6 +50,7 @@ class RedisLedger:
         self._prefix = prefix
         self._next = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self._settles: list[tuple[RedisReservation, Charge]] = []  # queued for the next round trip
         # Counters a settle could not reach: rebuilt from the store (which has those calls) before next use.
         self._stale: set[str] = set()
         self._on_settle_error = on_settle_error
@@ -120,23 +121,52 @@ class RedisLedger:
         return None  # always a round trip to Redis
 
     def settle(self, reservation: object, actual: Charge) -> None:
+        """Queue the settle: every settle queued before the loop's next pass goes to Redis in one round trip."""
         assert isinstance(reservation, RedisReservation)
-        task = asyncio.get_running_loop().create_task(self._settle_now(reservation, actual))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._settles.append((reservation, actual))
+        if len(self._settles) == 1:
+            task = asyncio.get_running_loop().create_task(self._flush_settles())
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _flush_settles(self) -> None:
+        batch, self._settles = self._settles, []
+        await self._settle_batch(batch)
 
     async def _settle_now(self, res: RedisReservation, actual: Charge) -> None:
+        """One settle, awaited (benchmarks time it)."""
+        await self._settle_batch([(res, actual)])
+
+    def _settle_args(self, res: RedisReservation, actual: Charge) -> list[str | int]:
         args: list[str | int] = [res.member, actual.provider, *actual.vector(), res.ts_ms, max(res.ttls)]
         for window_ms, b_ms in res.windows:
             args += [window_ms, b_ms]
+        return args
+
+    async def _settle_batch(self, batch: list[tuple[RedisReservation, Charge]]) -> None:
+        """Settle scripts pipelined: one write and one read for the whole batch."""
         try:
-            await self._settle(keys=list(res.keys), args=args)
+            results = await self._evalsha_all(batch)
+            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted or its scripts flushed
+                await self._redis.script_load(SETTLE)
+                results = await self._evalsha_all(batch)
+            failed = [res for (res, _), r in zip(batch, results, strict=True) if isinstance(r, Exception)]
+            if failed:
+                raise RedisError(str(next(r for r in results if isinstance(r, Exception))))
         except RedisError as exc:
-            # The reservation expires on its own. The call's spend is in the store (recorded before the
-            # settle), so its counters are rebuilt from there before they are used again: never undercounted.
-            self._stale.update(res.keys)
-            log.error("settling a call in Redis failed (%s); its counters will be rebuilt from the store", exc)
+            # The reservations expire on their own. The calls' spend is in the store (recorded before the
+            # settle), so their counters are rebuilt from there before they are used again: never undercounted.
+            for res, _ in batch:
+                self._stale.update(res.keys)
+            log.error("settling %d call(s) in Redis failed (%s); their counters will be rebuilt from the store",
+                      len(batch), exc)
             self._on_settle_error(f"Redis at {self.url} failed: {exc}")
+
+    async def _evalsha_all(self, batch: list[tuple[RedisReservation, Charge]]) -> list[object]:
+        pipe = self._redis.pipeline(transaction=False)
+        for res, actual in batch:
+            pipe.execute_command("EVALSHA", self._settle.sha, len(res.keys), *res.keys, *self._settle_args(res, actual))
+        return list(await pipe.execute(raise_on_error=False))
 
     async def _invalidate_stale(self) -> None:
         """Mark counters whose settle was lost for reloading (in-flight reservations are kept)."""
