@@ -568,6 +568,6 @@ def _account(state: GatewayState, reservation: object | None, actual: Charge | N
              model: str | None, decision: str, status: int, input_tokens: int, output_tokens: int, cost_nusd: int,
              elapsed: float) -> None:
     """Settle the call's reservation to what it used, and count it in the metrics."""
-    if reservation is not None and actual is not None:
+    if actual is not None:  # there was a reservation
         state.ledger.settle(reservation, actual)
     state.metrics.observe_call(provider, model, decision, status, input_tokens, output_tokens, cost_nusd, elapsed)

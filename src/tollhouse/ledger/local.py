@@ -65,27 +65,18 @@ def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int], sign: in
     row = into.get(provider)
     if row is None:
         row = into[provider] = [0, 0, 0, 0]
-    s, i, o, r = vec  # unrolled: this runs several times per call
-    row[0] += sign * s
-    row[1] += sign * i
-    row[2] += sign * o
-    row[3] += sign * r
+    _add_vec(row, vec, sign)
 
 
 _METRIC_INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
 
 
 def _add_vec(row: list[int], vec: Sequence[int], sign: int = 1) -> None:
-    s, i, o, r = vec
+    s, i, o, r = vec  # unrolled: this runs several times per call
     row[0] += sign * s
     row[1] += sign * i
     row[2] += sign * o
     row[3] += sign * r
-
-
-def _value(vec: Sequence[int], metric: str) -> int:
-    index = _METRIC_INDEX.get(metric)
-    return vec[index] if index is not None else vec[1] + vec[2]  # tokens: input + output
 
 
 def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | None) -> int:
@@ -158,19 +149,19 @@ class Counter:
             mid = self._month(now_ms)
             if providers is None:
                 vec = self.month_all.get(mid)
-                return _value(vec, metric) if vec else 0
+                return metric_of(vec, metric) if vec else 0
             table = self.months.get(mid)
             return _sum(table, metric, providers) if table else 0
         buckets = self.buckets
         if buckets and buckets[0][0] + self.bucket_ms <= now_ms - self._window_ms:
             self._expire(now_ms)
         if providers is None:
-            return _value(self.totals_all, metric)
+            return metric_of(self.totals_all, metric)
         return _sum(self.totals, metric, providers)
 
     def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         if providers is None:
-            return self.settled(metric, None, now_ms) + _value(self.reserved_all, metric)
+            return self.settled(metric, None, now_ms) + metric_of(self.reserved_all, metric)
         reserved = self.reserved
         return self.settled(metric, providers, now_ms) + (_sum(reserved, metric, providers) if reserved else 0)
 

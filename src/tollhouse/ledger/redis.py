@@ -150,9 +150,9 @@ class RedisLedger:
             if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted or its scripts flushed
                 await self._redis.script_load(SETTLE)
                 results = await self._evalsha_all(batch)
-            failed = [res for (res, _), r in zip(batch, results, strict=True) if isinstance(r, Exception)]
-            if failed:
-                raise RedisError(str(next(r for r in results if isinstance(r, Exception))))
+            error = next((r for r in results if isinstance(r, Exception)), None)
+            if error is not None:
+                raise RedisError(str(error))
         except RedisError as exc:
             # The reservations expire on their own. The calls' spend is in the store (recorded before the
             # settle), so their counters are rebuilt from there before they are used again: never undercounted.

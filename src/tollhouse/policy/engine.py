@@ -223,9 +223,11 @@ class CompiledPolicy:
         A decision depends only on the subject, the provider, the model, the minute (time windows are
         minute-precise) and the prompt (content rules); calls that agree on what their rules look at get
         the same (immutable) decision without judging the rules again."""
-        if explain or waived or (call.prompt is not None and self._applicable(subject).content):
+        if explain or waived:
             return self._evaluate(call, subject, now, explain, waived)
         app = self._applicable(subject)
+        if call.prompt is not None and app.content:
+            return self._evaluate(call, subject, now, False, frozenset())
         key = (subject.id, subject.project, subject.kind, subject.teams, subject.cost_centre, call.provider,
                call.provider_host, call.model, int(now.timestamp()) // 60 if app.timed else 0)
         found = self._decisions.get(key)
