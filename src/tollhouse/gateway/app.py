@@ -1,4 +1,4 @@
-"""The RSGI application: routing, admin auth, the error boundary, and the server lifecycle."""
+"""The application: routing, admin auth, the error boundary, and the server lifecycle."""
 
 from __future__ import annotations
 
@@ -7,19 +7,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-from granian._granian import RSGIProtocolClosed as ProtocolClosed
-from granian.constants import Interfaces, TaskImpl
-from granian.server.embed import Server
 
 from tollhouse.config import Settings
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import admin, agent_api, console, exemption_routes, policy_api, proxy, spend
 from tollhouse.gateway.errors import error_response
-from tollhouse.gateway.http import HTTPProtocol, Request, Response, Streamed, json_response
+from tollhouse.gateway.http import Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
 from tollhouse.providers.family import Family
+from tollhouse.wire.server import Exchange, Head, HttpServer, ProtocolClosed
 
 log = logging.getLogger("tollhouse")
 
@@ -107,15 +103,13 @@ def _route(request: Request) -> tuple[Handler, bool] | Response:
 
 
 class GatewayApp:
-    """An RSGI application over one frozen GatewayState."""
+    """The handler the HTTP server calls for every request, over one frozen GatewayState."""
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
 
-    async def __rsgi__(self, scope: Any, proto: HTTPProtocol) -> None:
-        if scope.proto != "http":
-            return
-        request = Request(scope.method, scope.path, scope.query_string, scope.headers, proto)
+    async def __call__(self, head: Head, proto: Exchange) -> None:
+        request = Request(head.method, head.path, head.query_string, head.headers, proto, head.raw_path)
         routed = _route(request)
         if isinstance(routed, Response):
             proto.response_bytes(routed.status, routed.headers, routed.body)
@@ -138,12 +132,6 @@ class GatewayApp:
             result = _internal_error(request)
         if isinstance(result, Response):
             proto.response_bytes(result.status, result.headers, result.body)
-
-    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        return None
-
-    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        return None
 
 
 def _internal_error(request: Request) -> Response:
@@ -183,23 +171,19 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         raise
     sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
     follower = asyncio.create_task(_follow_store(state), name="tollhouse-follow-store")
-    server = Server(GatewayApp(state), address=host, port=port, interface=Interfaces.RSGI,
-                    task_impl=TaskImpl.asyncio, backlog=1024, log_enabled=False)
-    serving = asyncio.create_task(server.serve(), name="tollhouse-granian")
+    server = HttpServer(GatewayApp(state))
     try:
-        await _wait_listening(host, port, serving)
+        try:
+            # --workers: every worker listens on the same port and the kernel spreads connections over them
+            port = await server.start(host, port, reuse_port=worker is not None)
+        except OSError as exc:
+            raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
         if ready is not None:
             ready(state, port)
-        waiter = asyncio.create_task((stop or asyncio.Event()).wait())
-        await asyncio.wait([serving, waiter], return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if serving.done():
-            serving.result()  # the server failed: raise why
+        await (stop or asyncio.Event()).wait()
     finally:
         state.docs.feed.close()  # answer agents' long-polls now rather than hold the shutdown
-        if not serving.done():
-            server.stop()  # type: ignore[no-untyped-call]
-            await asyncio.wait([serving], timeout=10)
+        await server.stop(grace_s=10)
         sweeper.cancel()
         follower.cancel()
         if cleanup is not None:
@@ -238,21 +222,3 @@ async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
             await state.docs.refresh(versions)
         except StoreError as exc:
             log.warning("cannot check the store for control-plane changes: %s", exc)
-
-
-async def _wait_listening(host: str, port: int, serving: asyncio.Task[None], timeout_s: float = 15.0) -> None:
-    """Granian binds in the background: wait until the port accepts connections (or the server failed)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        if serving.done():
-            serving.result()
-            raise OSError(f"the server on {host}:{port} stopped during start-up")
-        try:
-            _, writer = await asyncio.open_connection(host, port)
-        except OSError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise OSError(f"could not listen on {host}:{port}") from None
-            await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return

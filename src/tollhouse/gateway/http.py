@@ -1,7 +1,7 @@
-"""The small HTTP surface the gateway's handlers see, over Granian's RSGI protocol.
+"""The small HTTP surface the gateway's handlers see (served by `tollhouse.wire.server`).
 
-Granian (Rust HTTP server) + RSGI was chosen by measurement over aiohttp's server: see
-benchmarks/README.md ("Choosing the stack").
+The server and the upstream client run in the event loop's own thread (asyncio + llhttp), chosen by
+measurement over Granian + pyreqwest and over aiohttp: see benchmarks/README.md ("Choosing the stack").
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Request:
     query_string: str
     headers: Headers
     proto: HTTPProtocol
+    raw_path: str  # the path as sent, still percent-encoded (what the proxy forwards)
     params: dict[str, str] = field(default_factory=dict)  # path parameters from the router
 
     def header(self, name: str) -> str | None:

@@ -16,8 +16,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from granian._granian import RSGIProtocolClosed as ProtocolClosed
-from pyreqwest.response import Response as UpstreamResponse
 
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent, capture
@@ -28,7 +26,6 @@ from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
 from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, Streamed
 from tollhouse.gateway.state import GatewayState, ProviderRoute
-from tollhouse.gateway.upstream import ConnectError, RequestError, RequestTimeoutError
 from tollhouse.keys import KEY_PREFIX, sha256_hex
 from tollhouse.ledger.local import NANO_PER_USD, Charge, ReserveResult, cap_reason
 from tollhouse.policy.engine import Violation, with_violations
@@ -36,6 +33,8 @@ from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
 from tollhouse.providers.text import StreamText, response_text
 from tollhouse.providers.usage import Usage, UsageSource
+from tollhouse.wire.client import ConnectError, RequestError, RequestTimeoutError, UpstreamResponse
+from tollhouse.wire.server import ProtocolClosed
 
 log = logging.getLogger("tollhouse.proxy")
 
@@ -119,6 +118,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                               f"Configured prefixes: {known}. Add it under `providers:` in the config.",
                               "unknown_provider")
     path = "/" + tail
+    # Forwarded as sent (still percent-encoded); judged on the decoded path.
+    forward_path = path if request.raw_path is request.path else request.raw_path[len(provider_id) + 1:]
     proto = route.protocol
     endpoint = proto.classify(path) if request.method == "POST" else Endpoint.passthrough
 
@@ -157,7 +158,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     prompt = call_prompt(state, parsed) if metered else None
     if metered:
         verdict = enforce.judge(state, route, facts, prompt, ident.subject, datetime.fromtimestamp(now_s, UTC))
-    call = _Call(route, path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome(),
+    call = _Call(route, forward_path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome(),
                  capture=metered and capturing(state), prompt=prompt)
     call.out.model = facts.model
     if metered and parsed is None:
@@ -188,7 +189,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                 call.out.status = resp.status
                 return resp
             if verdict.decision.redirect is not None:
-                call.path, changed = enforce.redirect_request(route, endpoint, path, parsed, verdict.decision)
+                call.path, changed = enforce.redirect_request(route, endpoint, call.path, parsed, verdict.decision)
                 call.out.model = verdict.decision.model
                 if changed:
                     body = b""  # re-serialised below
@@ -202,7 +203,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         _client_gone(state, call)
         raise
     finally:
-        # Recorded (journaled) before the response leaves: Granian sends it when the handler returns, so a
+        # Recorded (journaled) before the response leaves: the server sends it when the handler returns, so a
         # kill -9 can never lose a call the client has already been answered.
         _record(state, call)
 
@@ -332,7 +333,7 @@ def _upstream_headers(request: Request, route: ProviderRoute, ident: _Identity) 
 
 
 def _client_headers(upstream: UpstreamResponse, call: _Call) -> list[tuple[str, str]]:
-    headers = [(name, value) for name, value in upstream.headers.items() if name not in _HOP_BY_HOP]
+    headers = [(name, value) for name, value in upstream.headers if name not in _HOP_BY_HOP]
     headers.append((DECISION_HEADER, call.decision))
     if call.verdict is not None:
         headers += enforce.client_headers(call.verdict).items()
@@ -352,25 +353,21 @@ def _upstream_query(request: Request, route: ProviderRoute, ident: _Identity) ->
 async def _forward(request: Request, state: GatewayState, call: _Call, body: bytes) -> Response | Streamed:
     route, out = call.route, call.out
     qs = _upstream_query(request, route, call.ident)
-    url = route.upstream + call.path + ("?" + qs if qs else "")
-    builder = route.client.request(request.method, url).headers(_upstream_headers(request, route, call.ident))
-    if body:
-        builder = builder.body_bytes(body)
+    target = call.path + ("?" + qs if qs else "")
     try:
+        upstream = await route.client.send(request.method, target, _upstream_headers(request, route, call.ident),
+                                           body)
+        out.ttfb = time.perf_counter() - call.started
+        out.status = upstream.status
         if not call.facts.stream:
-            # One round trip into the client for the whole response (the common, non-stream case).
-            upstream = await builder.build().send()
-            out.ttfb = time.perf_counter() - call.started
-            out.status = upstream.status
-            data = bytes(await upstream.bytes())
+            data = await upstream.read()
             if call.metered and upstream.status < 400:
                 _read_response(call, data)
             return Response(upstream.status, data, _client_headers(upstream, call))
-        # No read-ahead buffer: each upstream chunk is handed over (and forwarded) the moment it arrives.
-        async with builder.streamed_read_buffer_limit(0).build_streamed() as streamed:
-            out.ttfb = time.perf_counter() - call.started
-            out.status = streamed.status
-            return await _stream(request, state, call, streamed)
+        try:  # each upstream chunk is forwarded the moment it arrives
+            return await _stream(request, state, call, upstream)
+        finally:
+            upstream.close()
     except RequestError as exc:
         return _upstream_failed(state, route, out, exc)
     finally:
@@ -405,7 +402,6 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
         if call.capture:
             text = StreamText(route.family, call.endpoint)
     transport = request.proto.response_stream(upstream.status, _client_headers(upstream, call))
-    reader = upstream.body_reader
     pump = asyncio.current_task()
     finished = False
 
@@ -422,8 +418,7 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
     watcher = asyncio.ensure_future(request.proto.client_disconnect())
     watcher.add_done_callback(on_disconnect)
     try:
-        while (chunk := await reader.read_chunk()) is not None:
-            raw = bytes(chunk)
+        while (raw := await upstream.next_chunk()) is not None:
             if text is not None:
                 text.feed(raw)
             data = meter.feed(raw) if meter is not None else raw

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pyreqwest.client import Client
-
 from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
 from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
@@ -28,7 +26,6 @@ from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
-from tollhouse.gateway.upstream import build_client
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
@@ -39,6 +36,7 @@ from tollhouse.pricing import PriceBook
 from tollhouse.providers.base import ProviderProtocol
 from tollhouse.providers.family import Family
 from tollhouse.providers.protocols import protocol_for
+from tollhouse.wire.client import Client
 
 log = logging.getLogger("tollhouse")
 
@@ -89,7 +87,7 @@ class GatewayState:
         await self.audit.close()
         await self.writer.close()
         for route in self.providers.values():
-            await route.client.close()
+            route.client.close()
         self.runner.close()
 
 
@@ -227,7 +225,7 @@ def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_
         upstream=cfg.upstream,
         api_key=cfg.resolve_api_key(),
         price_provider=settings.price_provider_id(pid),
-        client=build_client(cfg.timeout_s, upstream_proxy),
+        client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy),
         host=urlsplit(cfg.upstream).hostname or "",
         auth_names=frozenset(n.lower() for n in protocol.auth_header_names()),
     )
@@ -239,6 +237,8 @@ def rebuild_clients(state: GatewayState, upstream_proxy: str | None) -> None:
     if upstream_proxy == state.live.upstream_proxy:
         return
     for pid, route in list(state.providers.items()):
-        client = build_client(state.settings.providers[pid].timeout_s, upstream_proxy)
+        cfg = state.settings.providers[pid]
+        client = Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy)
         state.providers[pid] = replace(route, client=client)
+        route.client.close()  # idle connections now; busy ones when their call ends
     state.live.upstream_proxy = upstream_proxy
