@@ -128,7 +128,7 @@ _RESUME_AT = 8
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_body_by_eof", "_client", "_head", "_headers", "_is_head", "_last_rx", "_loop", "_parser",
+    __slots__ = ("_body_by_eof", "_client", "_head", "_headers", "_is_head", "_last_rx", "_reusable", "_loop", "_parser",
                  "_timer", "_waiter", "chunks", "done", "error", "idle_since", "in_use", "lost", "paused",
                  "transport")
 
@@ -144,6 +144,7 @@ class _Connection(asyncio.Protocol):
         self._last_rx = 0.0
         self._body_by_eof = True
         self._is_head = False
+        self._reusable = False
         self.chunks: deque[bytes] = deque()
         self.done = False
         self.error: RequestError | None = None
@@ -160,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._body_by_eof = True
         self._is_head = is_head
+        self._reusable = False
         self.chunks.clear()
         self.done = False
         self.error = None
@@ -186,7 +188,7 @@ class _Connection(asyncio.Protocol):
             return
         self.in_use = False
         self._stop_timer()
-        if self.done and not self.lost and self._parser.should_keep_alive() and not self._is_head:
+        if self.done and self._reusable and not self.lost and not self._is_head:
             self._client.pool(self)
         else:
             self.abort()
@@ -290,6 +292,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._parser.get_status_code() < 200:
             return
+        self._reusable = self._parser.should_keep_alive()  # (llhttp forgets it once the message is over)
         self.done = True
         self._stop_timer()
         self._wake()

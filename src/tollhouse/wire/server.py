@@ -100,8 +100,8 @@ class _Stream:
 class Exchange:
     """One request's body and its one response."""
 
-    __slots__ = ("_body", "_body_done", "_body_size", "_conn", "_waiter", "expect_continue", "keep_alive",
-                 "responded", "streamed")
+    __slots__ = ("_body", "_body_done", "_body_size", "_conn", "_waiter", "expect_continue", "http11",
+                 "keep_alive", "responded", "streamed")
 
     def __init__(self, conn: _Connection, keep_alive: bool, expect_continue: bool) -> None:
         self._conn = conn
@@ -111,6 +111,7 @@ class Exchange:
         self._waiter: asyncio.Future[None] | None = None
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
+        self.http11 = True  # the request's HTTP version, taken when its head is parsed
         self.responded = False
         self.streamed = False
 
@@ -352,6 +353,7 @@ class _Connection(asyncio.Protocol):
         headers = Headers(self._headers)
         self._in_head = False
         exchange = Exchange(self, parser.should_keep_alive(), self._expects_continue())
+        exchange.http11 = parser.get_http_version() == "1.1"  # by its turn the parser may be on a later request
         self._exchange = exchange
         head = Head(method, path, query, headers)
         if self._current is None:
@@ -384,7 +386,7 @@ class _Connection(asyncio.Protocol):
 
     def _run(self, head: Head, exchange: Exchange) -> None:
         self.head_request = head.method == "HEAD"
-        self.http11 = self.parser.get_http_version() == "1.1"
+        self.http11 = exchange.http11
         self.chunked_out = False
         self._current = task = self.loop.create_task(self._serve(head, exchange))
         self._server.in_flight.add(task)
