@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
-"""The gateway's own Python cost per call, without the network: the RSGI app driven in-process.
+"""The gateway's own Python cost per call, without the network: the app driven in-process.
 
 The real `GatewayApp` over the real state (policy, directory, ledger, event writer with its journal and
-store thread, metrics) handles calls whose transport is faked on both sides: a fake of Granian's RSGI
-protocol hands the request body in and takes the response, and a fake of the pyreqwest client answers
+store thread, metrics) handles calls whose transport is faked on both sides: a fake of the server's
+exchange hands the request body in and takes the response, and a fake of the upstream client answers
 the canned completion the suite's nginx upstream answers. What is left is exactly the Python work the
 gateway does per call on its event-loop thread, measured with `time.thread_time_ns()` (CPU of that
 thread only) over many calls. A bare handler (read the body, copy headers, answer) gives the floor.
 
     python benchmarks/bench_hotpath.py [--calls 20000] [--scenarios observe,rules-1000,rules-1000+budget]
 
-Why it exists: under load the event-loop thread is what limits throughput (the server's and client's
-own threads are in Rust), so a microsecond saved here is throughput; this measures it without the
-noise of a loaded two-core machine.
+Why it exists: the event-loop thread does all of a call's work (parsing, policy, ledger, forwarding), so
+a microsecond saved here is throughput; this measures the gateway's part without the noise of a loaded
+two-core machine (the HTTP parsing and socket I/O are not in it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from bench_gateway import API_KEY, CHAT_BODY, HOST, USER_HEADER, build_scenarios
 from tollhouse.config import parse_settings
 from tollhouse.gateway.app import GatewayApp
 from tollhouse.gateway.state import build_state
+from tollhouse.wire.server import Head, Headers
 
 HERE = Path(__file__).resolve().parent
 CANNED = orjson.dumps({
@@ -50,61 +51,31 @@ UPSTREAM_HEADERS = [("server", "nginx/1.22.1"), ("date", "Mon, 23 Nov 2026 20:28
                     ("connection", "keep-alive")]
 
 
-class _Headers:
-    """What pyreqwest's header map offers the gateway: items()."""
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self._items = items
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
-
-
 class _Response:
-    status = 200
-    headers = _Headers(UPSTREAM_HEADERS)
+    """What the upstream client's response offers the gateway."""
 
-    async def bytes(self) -> bytes:
+    status = 200
+    headers = UPSTREAM_HEADERS
+
+    async def read(self) -> bytes:
         return CANNED
 
-
-class _Built:
-    async def send(self) -> _Response:
-        return _Response()
-
-
-class _Builder:
-    def headers(self, _: Any) -> _Builder:
-        return self
-
-    def body_bytes(self, _: bytes) -> _Builder:
-        return self
-
-    def build(self) -> _Built:
-        return _Built()
+    def close(self) -> None:
+        return None
 
 
 class FakeClient:
     """The upstream, answered in-process (the provider is the one thing outside us)."""
 
-    def request(self, method: str, url: str) -> _Builder:
-        return _Builder()
+    async def send(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> _Response:
+        return _Response()
 
-    async def close(self) -> None:
+    def close(self) -> None:
         return None
 
 
-@dataclass
-class Scope:
-    method: str
-    path: str
-    query_string: str
-    headers: dict[str, str]
-    proto: str = "http"
-
-
 class FakeProto:
-    """Granian's RSGI protocol, as far as a non-stream call uses it."""
+    """The server's exchange, as far as a non-stream call uses it."""
 
     def __init__(self, body: bytes) -> None:
         self.body = body
@@ -123,25 +94,24 @@ class BareApp:
     def __init__(self) -> None:
         self.client = FakeClient()
 
-    async def __rsgi__(self, scope: Scope, proto: FakeProto) -> None:
+    async def __call__(self, head: Head, proto: FakeProto) -> None:
         body = await proto()
-        headers = [(k, v) for k, v in scope.headers.items() if k != "host"]
-        resp = await self.client.request(scope.method, "http://up" + scope.path).headers(headers) \
-            .body_bytes(body).build().send()
-        data = await resp.bytes()
-        proto.response_bytes(resp.status, [(k, v) for k, v in resp.headers.items() if k != "connection"], data)
+        headers = [(k, v) for k, v in head.headers.items() if k != "host"]
+        resp = await self.client.send(head.method, head.raw_path, headers, body)
+        data = await resp.read()
+        proto.response_bytes(resp.status, [(k, v) for k, v in resp.headers if k != "connection"], data)
 
 
-def _requests(users: tuple[str, ...]) -> list[tuple[Scope, bytes]]:
+def _requests(users: tuple[str, ...]) -> list[tuple[Head, bytes]]:
     body = json.dumps(CHAT_BODY, separators=(",", ":")).encode()
     base = {"host": f"{HOST}:8787", "content-type": "application/json", "authorization": f"Bearer {API_KEY}",
             "content-length": str(len(body)), "user-agent": "wrk"}
     who = users or ("",)
-    return [(Scope("POST", "/openai/v1/chat/completions", "",
-                   {**base, USER_HEADER.lower(): u} if u else base), body) for u in who]
+    return [(Head("POST", "/openai/v1/chat/completions", "",
+                  Headers(list(({**base, USER_HEADER.lower(): u} if u else base).items()))), body) for u in who]
 
 
-async def _time(app: Any, requests: list[tuple[Scope, bytes]], calls: int) -> list[float]:
+async def _time(app: Any, requests: list[tuple[Head, bytes]], calls: int) -> list[float]:
     """µs of this thread's CPU per call, in rounds of 1,000 calls (the median round is reported)."""
     rounds: list[float] = []
     n = len(requests)
@@ -149,9 +119,9 @@ async def _time(app: Any, requests: list[tuple[Scope, bytes]], calls: int) -> li
     while done < calls:
         t0 = time.thread_time_ns()
         for i in range(done, done + 1000):
-            scope, body = requests[i % n]
+            head, body = requests[i % n]
             proto = FakeProto(body)
-            await app.__rsgi__(scope, proto)
+            await app(head, proto)
             if proto.status != 200:
                 raise SystemExit(f"call {i} answered {proto.status}")
         rounds.append((time.thread_time_ns() - t0) / 1000 / 1000)
@@ -171,7 +141,7 @@ async def measure(name: str, calls: int, work: Path, profile: bool = False) -> d
     settings = parse_settings(gateway_config(1, scenario.config), name)
     state = await build_state(settings, work / name, "http://127.0.0.1:8787")
     for pid, route in list(state.providers.items()):
-        await route.client.close()
+        route.client.close()
         state.providers[pid] = replace(route, client=FakeClient())  # type: ignore[arg-type]
     state.writer.start()
     state.audit.start()

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
@@ -51,6 +52,8 @@ class RedisLedger:
         self._next = 0
         self._pending: set[asyncio.Task[None]] = set()
         self._settles: list[tuple[RedisReservation, Charge]] = []  # queued for the next round trip
+        self._reserves: list[tuple[list[str], list[str | int], asyncio.Future[list[object]]]] = []  # likewise
+        self._flush_scheduled = False
         # Counters a settle could not reach: rebuilt from the store (which has those calls) before next use.
         self._stale: set[str] = set()
         self._on_settle_error = on_settle_error
@@ -95,13 +98,14 @@ class RedisLedger:
         try:
             if self._stale:
                 await self._invalidate_stale()
-            for _ in range(3):
-                out = await self._reserve(keys=keys, args=args)
-                if out[0] != b"LOAD":
-                    break
+            out: list[Any] = await self._queue_reserve(keys, args)  # with every other call of this loop pass
+            loads = 0
+            while out[0] == b"LOAD":  # counters Redis does not hold yet: load them from the store, then again
+                loads += 1
+                if loads > 2:
+                    raise StoreError("Redis counters could not be loaded from the store")
                 await asyncio.gather(*(self._load_counter(caps[int(i) - 1], now_ms) for i in out[1:]))
-            else:
-                raise StoreError("Redis counters could not be loaded from the store")
+                out = await self._reserve(keys=keys, args=args)
         except RedisError as exc:
             raise StoreError(f"Redis at {self.url} failed: {exc}") from None
         states = []
@@ -121,17 +125,45 @@ class RedisLedger:
         return None  # always a round trip to Redis
 
     def settle(self, reservation: object, actual: Charge) -> None:
-        """Queue the settle: every settle queued before the loop's next pass goes to Redis in one round trip."""
+        """Queue the settle: it goes to Redis with every reserve and settle queued in the same loop pass."""
         assert isinstance(reservation, RedisReservation)
         self._settles.append((reservation, actual))
-        if len(self._settles) == 1:
-            task = asyncio.get_running_loop().create_task(self._flush_settles())
+        self._schedule_flush()
+
+    def _queue_reserve(self, keys: list[str], args: list[str | int]) -> asyncio.Future[list[object]]:
+        answer: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        self._reserves.append((keys, args, answer))
+        self._schedule_flush()
+        return answer
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            task = asyncio.get_running_loop().create_task(self._flush())
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _flush_settles(self) -> None:
-        batch, self._settles = self._settles, []
-        await self._settle_batch(batch)
+    async def _flush(self) -> None:
+        """One pipelined round trip: first the settles (they free what their calls had reserved), then the
+        reserves, each script with its own result."""
+        self._flush_scheduled = False
+        settles, self._settles = self._settles, []
+        reserves, self._reserves = self._reserves, []
+        commands: list[tuple[str, list[str], list[str | int]]] = [
+            (self._settle.sha, list(res.keys), self._settle_args(res, actual)) for res, actual in settles]
+        commands += [(self._reserve.sha, keys, args) for keys, args, _ in reserves]
+        try:
+            results = await self._pipelined(commands)
+        except RedisError as exc:
+            results = [exc] * len(commands)
+        self._settled(settles, results[:len(settles)])
+        for (_, _, answer), result in zip(reserves, results[len(settles):], strict=True):
+            if answer.done():
+                continue  # the caller went away; an unsettled reservation expires in Redis on its own
+            if isinstance(result, Exception):
+                answer.set_exception(result if isinstance(result, RedisError) else RedisError(str(result)))
+            else:
+                answer.set_result(cast(list[object], result))
 
     async def _settle_now(self, res: RedisReservation, actual: Charge) -> None:
         """One settle, awaited (benchmarks time it)."""
@@ -144,28 +176,42 @@ class RedisLedger:
         return args
 
     async def _settle_batch(self, batch: list[tuple[RedisReservation, Charge]]) -> None:
-        """Settle scripts pipelined: one write and one read for the whole batch."""
+        commands = [(self._settle.sha, list(res.keys), self._settle_args(res, actual)) for res, actual in batch]
         try:
-            results = await self._evalsha_all(batch)
-            if any(isinstance(r, NoScriptError) for r in results):  # Redis restarted or its scripts flushed
-                await self._redis.script_load(SETTLE)
-                results = await self._evalsha_all(batch)
-            error = next((r for r in results if isinstance(r, Exception)), None)
-            if error is not None:
-                raise RedisError(str(error))
+            results = await self._pipelined(commands)
         except RedisError as exc:
-            # The reservations expire on their own. The calls' spend is in the store (recorded before the
-            # settle), so their counters are rebuilt from there before they are used again: never undercounted.
-            for res, _ in batch:
-                self._stale.update(res.keys)
-            log.error("settling %d call(s) in Redis failed (%s); their counters will be rebuilt from the store",
-                      len(batch), exc)
-            self._on_settle_error(f"Redis at {self.url} failed: {exc}")
+            results = [exc] * len(commands)
+        self._settled(batch, results)
 
-    async def _evalsha_all(self, batch: list[tuple[RedisReservation, Charge]]) -> list[object]:
+    def _settled(self, batch: list[tuple[RedisReservation, Charge]], results: Sequence[object]) -> None:
+        failed = [res for (res, _), result in zip(batch, results, strict=True) if isinstance(result, Exception)]
+        if not failed:
+            return
+        # The reservations expire on their own. The calls' spend is in the store (recorded before the
+        # settle), so their counters are rebuilt from there before they are used again: never undercounted.
+        for res in failed:
+            self._stale.update(res.keys)
+        error = next(r for r in results if isinstance(r, Exception))
+        log.error("settling %d call(s) in Redis failed (%s); their counters will be rebuilt from the store",
+                  len(failed), error)
+        self._on_settle_error(f"Redis at {self.url} failed: {error}")
+
+    async def _pipelined(self, commands: list[tuple[str, list[str], list[str | int]]]) -> list[object]:
+        """EVALSHA each (sha, keys, args) in one write and one read; a script Redis forgot (restart, SCRIPT
+        FLUSH) is loaded again and its commands repeated. Raises RedisError when Redis cannot be reached."""
+        results = await self._evalsha_all(commands)
+        if any(isinstance(r, NoScriptError) for r in results):
+            await self._redis.script_load(SETTLE)
+            await self._redis.script_load(RESERVE)
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            for i, result in zip(again, await self._evalsha_all([commands[i] for i in again]), strict=True):
+                results[i] = result
+        return results
+
+    async def _evalsha_all(self, commands: list[tuple[str, list[str], list[str | int]]]) -> list[object]:
         pipe = self._redis.pipeline(transaction=False)
-        for res, actual in batch:
-            pipe.execute_command("EVALSHA", self._settle.sha, len(res.keys), *res.keys, *self._settle_args(res, actual))
+        for sha, keys, args in commands:
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
 
     async def _invalidate_stale(self) -> None:

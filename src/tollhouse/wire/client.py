@@ -90,16 +90,22 @@ class UpstreamResponse:
 
     async def read(self) -> bytes:
         conn = self._conn
+        parts: list[bytes] = []
         try:
             while not conn.done:
+                if conn.chunks:  # take them, so that a long body does not pause reading from the upstream
+                    parts += conn.chunks
+                    conn.chunks.clear()
+                    if conn.paused:
+                        conn.resume()
                 await conn.wait()
         except BaseException:
             conn.release()
             raise
-        data = b"".join(conn.chunks)
+        parts += conn.chunks
         conn.chunks.clear()
         conn.release()
-        return data
+        return b"".join(parts)
 
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as it arrived (chunked framing removed); None at the end."""

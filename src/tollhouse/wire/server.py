@@ -223,9 +223,9 @@ class Exchange:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_headers",
-                 "_in_head", "_pending", "_read_paused", "_server", "_url", "chunked_out", "closed", "head_request",
-                 "http11", "last_active", "loop", "parser", "transport", "write_paused")
+    __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_head_raw",
+                 "_headers", "_in_head", "_pending", "_read_paused", "_server", "_url", "chunked_out", "closed",
+                 "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -236,6 +236,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
+        self._head_raw = 0  # bytes of whole reads that arrived while the current head was incomplete
         self._in_head = False
         self._exchange: Exchange | None = None  # the request being parsed
         self._current: asyncio.Task[None] | None = None  # the handler answering the oldest request
@@ -259,11 +260,18 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
         try:
+            if self._in_head:  # llhttp holds a header line until it ends: bound what a head may make it hold
+                self._head_raw += len(data)
             self.parser.feed_data(data)
+            if self._in_head and self._head_raw > _MAX_HEAD_BYTES:
+                raise _HeadTooLarge
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported here")
         except httptools.HttpParserError as exc:
-            self._refuse(400, f"malformed HTTP request: {exc}")
+            if isinstance(exc.__context__, _HeadTooLarge):  # raised in a callback: httptools wraps it
+                self._refuse(431, f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
+            else:
+                self._refuse(400, f"malformed HTTP request: {exc}")
         except _HeadTooLarge:
             self._refuse(431, f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
 
@@ -331,6 +339,7 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_raw = 0
         self._in_head = True
 
     def on_url(self, url: bytes) -> None:
