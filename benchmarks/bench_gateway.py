@@ -1107,7 +1107,7 @@ def combine_rounds(scenario: Scenario, rounds: list[Json]) -> Json:
 # --------------------------------------------------------------------------- machine & report
 
 
-def _cpu_jiffies() -> tuple[int, int]:
+def cpu_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs since boot, from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
@@ -1117,9 +1117,9 @@ def _cpu_jiffies() -> tuple[int, int]:
 def background_load(sample_s: float = 1.0) -> Json:
     """How busy the machine is before the benchmark starts anything (other work skews results)."""
     try:
-        busy0, total0 = _cpu_jiffies()
+        busy0, total0 = cpu_jiffies()
         time.sleep(sample_s)
-        busy1, total1 = _cpu_jiffies()
+        busy1, total1 = cpu_jiffies()
     except (OSError, ValueError, IndexError):
         return {"loadavg_1m": os.getloadavg()[0]}
     busy_pct = 100.0 * (busy1 - busy0) / max(1, total1 - total0)

@@ -9,8 +9,9 @@ at once) and pointed at that upstream:
 * ``floor`` -- a bare aiohttp + uvloop pass-through (``floor_aiohttp.py``, the Python floor);
 * ``litellm`` -- LiteLLM's proxy, one worker, no DB / telemetry, in its own venv under the cache dir;
 * ``tollhouse-observe``, ``tollhouse-enforcing`` (1,000 rules, a personal budget and a team token window,
-  every call recorded), ``tollhouse-enforcing-workers2`` (``--workers 2``, counters on a private Redis;
-  "not available" while ``tollhouse serve --help`` lacks ``--workers``).
+  every call recorded), ``tollhouse-enforcing-redis`` (the same, counters on a private Redis) and
+  ``tollhouse-enforcing-workers2`` (``--workers 2``, counters on a private Redis; "not available" while
+  ``tollhouse serve --help`` lacks ``--workers``).
 
 Scenarios: ``c1`` (latency, alternating with direct), ``c32`` (wrk), ``stream`` (TTFB and total,
 alternating with direct), ``mixed`` (wrk over 1,000 people / 50 teams, several models, some streaming),
@@ -54,6 +55,7 @@ from bench_gateway import (
     admin_get,
     background_load,
     build_scenarios,
+    cpu_jiffies,
     cpu_seconds,
     free_port,
     gateway_config,
@@ -349,6 +351,9 @@ TARGETS: dict[str, TargetSpec] = {t.name: t for t in (
     TargetSpec("tollhouse-enforcing", "tollhouse serve, enforcing 1,000 rules + personal budget + team token "
                "window, every call recorded (SQLite)",
                _tollhouse("tollhouse-enforcing", lambda ctx: ctx.enforcing_config), tollhouse=True),
+    TargetSpec("tollhouse-enforcing-redis", "as tollhouse-enforcing, counters on a private Redis (one process: "
+               "the like-for-like base for --workers 2)",
+               _tollhouse("tollhouse-enforcing-redis", lambda ctx: ctx.enforcing_config, redis=True), tollhouse=True),
     TargetSpec("tollhouse-enforcing-workers2", "as tollhouse-enforcing with --workers 2, counters on a private Redis",
                _tollhouse("tollhouse-enforcing-workers2", lambda ctx: ctx.enforcing_config, ("--workers", "2"),
                           redis=True), tollhouse=True, available=_workers_missing),
@@ -417,13 +422,20 @@ def scenario_c1(b: Bench, r: Running) -> Json:
 
 
 def _wrk_with_cpu(b: Bench, r: Running, script: Path) -> Json:
+    """wrk's figures, plus the CPU the target used per request and what the whole machine (target, wrk,
+    upstream, Redis: everything) used per request and how busy it was."""
     pids = r.pids()
     before = {pid: cpu_seconds(pid) for pid in pids}
+    busy0, total0 = cpu_jiffies()
     result = run_wrk(b.wrk, r.target, script, b.plan.load_seconds)
+    busy1, total1 = cpu_jiffies()
     result.pop("raw", None)
     cpu = sum(cpu_seconds(pid) - before[pid] for pid in pids)
     requests = int(result.get("requests") or 0)
     result["target_cpu_ms_per_request"] = round(cpu * 1000 / requests, 4) if pids and requests else None
+    ticks = os.sysconf("SC_CLK_TCK")
+    result["machine_cpu_ms_per_request"] = round((busy1 - busy0) / ticks * 1000 / requests, 4) if requests else None
+    result["machine_busy_pct"] = round(100.0 * (busy1 - busy0) / max(1, total1 - total0), 1)
     return result
 
 
@@ -644,6 +656,8 @@ def figures(results: Json) -> Json:
             "c1_p50_added_ms": (s.get("c1") or {}).get("p50_added_ms"),
             "c1_p99_added_ms": (s.get("c1") or {}).get("p99_added_ms"),
             "c32_rps": (s.get("c32") or {}).get("requests_per_s"),
+            "c32_machine_cpu_ms": (s.get("c32") or {}).get("machine_cpu_ms_per_request"),
+            "c32_machine_busy_pct": (s.get("c32") or {}).get("machine_busy_pct"),
             "mixed_rps": (s.get("mixed") or {}).get("requests_per_s"),
             "ttfb_p50_added_ms": (s.get("stream") or {}).get("ttfb_p50_added_ms"),
             "soak_max_rss_mb": (s.get("soak") or {}).get("max_rss_mb"),
@@ -655,8 +669,8 @@ def figures(results: Json) -> Json:
 
 def issue8_verdicts(results: Json) -> list[Json]:
     f = results["figures"]
-    enf, lit, floor, w2 = (f.get(n, {}) for n in ("tollhouse-enforcing", "litellm", "floor",
-                                                    "tollhouse-enforcing-workers2"))
+    enf, lit, floor, w2, w1 = (f.get(n, {}) for n in ("tollhouse-enforcing", "litellm", "floor",
+                                                        "tollhouse-enforcing-workers2", "tollhouse-enforcing-redis"))
     w2_target = next((t for t in results["targets"] if t["name"] == "tollhouse-enforcing-workers2"), {})
     probe = (w2_target.get("checks") or {}).get("budget_probe")
     out = [
@@ -666,7 +680,10 @@ def issue8_verdicts(results: Json) -> list[Json]:
         verdict("enforcing c=1 p50 added", enf.get("c1_p50_added_ms"), 0.5, False, " ms"),
         verdict("enforcing c=1 p99 added", enf.get("c1_p99_added_ms"), 2.0, False, " ms"),
         verdict("enforcing stream TTFB p50 added", enf.get("ttfb_p50_added_ms"), 1.0, False, " ms"),
-        verdict("workers 2 / 1 throughput (c=32)", ratio(w2.get("c32_rps"), enf.get("c32_rps")), 1.6, True, "×"),
+        verdict("workers 2 / 1 throughput (c=32), both on Redis counters", ratio(w2.get("c32_rps"), w1.get("c32_rps")),
+                1.6, True, "×"),
+        verdict("workers 2 (Redis counters) / 1 (embedded counters) throughput (c=32)",
+                ratio(w2.get("c32_rps"), enf.get("c32_rps")), 1.6, True, "×"),
     ]
     exact = {"target": "workers 2: budgets exact (shared counters)", "value": None, "limit": None,
              "pass": None if probe is None else bool(probe["exact"]),
@@ -744,6 +761,11 @@ def _cell(v: Any, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _ceiling(s: Json) -> float | None:
+    per = s.get("machine_cpu_ms_per_request")
+    return (os.cpu_count() or 1) * 1000 / per if per else None
+
+
 def report(results: Json) -> str:
     m, bg = results["machine"], results["background_load"]
     lines = ["# Benchmark suite: Tollhouse side by side with its peers", "",
@@ -782,12 +804,18 @@ def report(results: Json) -> str:
           "direct on keep-alive raw sockets (each request names one of the 1,000 people); added = target - direct "
           "of the same run, in ms.")
     table(f"Non-stream chat, concurrency {CONCURRENCY}", "c32",
-          "| target | req/s | p50 ms | p90 ms | p99 ms | errors | target CPU ms/req |",
+          "| target | req/s | p50 ms | p90 ms | p99 ms | errors | target CPU ms/req | machine CPU ms/req | "
+          "machine busy | ceiling req/s |",
           lambda s: " | ".join([f"{s['requests_per_s']:.0f}", _cell(s.get("p50_ms")), _cell(s.get("p90_ms")),
                                 _cell(s.get("p99_ms")), str(s["errors"]),
-                                _cell(s.get("target_cpu_ms_per_request"), 3)]),
+                                _cell(s.get("target_cpu_ms_per_request"), 3),
+                                _cell(s.get("machine_cpu_ms_per_request"), 3),
+                                f"{_cell(s.get('machine_busy_pct'), 0)} %", _cell(_ceiling(s), 0)]),
           f"`wrk -t{WRK_THREADS} -c{CONCURRENCY} -d{plan['load_seconds']}s --latency`, requests picked from a pool "
-          "of one per person; CPU = user+system of every process of the target per completed request.")
+          "of one per person; target CPU = user+system of every process of the target per completed request; "
+          "machine CPU = all CPU time spent on the machine (target, wrk, the upstream, Redis) per request; "
+          f"ceiling = {os.cpu_count()} CPUs / machine CPU per request: the most this machine could serve at that "
+          "cost per call with every CPU busy, whatever the number of gateway processes.")
     table("Streaming chat", "stream",
           "| target | TTFB p50 ms | TTFB p99 ms | TTFB p50 added | TTFB p99 added | total p50 added | non-2xx |",
           lambda s: " | ".join([_cell(s["target"]["ttfb"]["p50_ms"], 3), _cell(s["target"]["ttfb"]["p99_ms"], 3),
@@ -888,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
     if "direct" in names:
         names.remove("direct")
     names.insert(0, "direct")  # the baseline is always measured (and first)
-    ensure_debian_tools(need_redis="tollhouse-enforcing-workers2" in names)
+    ensure_debian_tools(need_redis=any(n.startswith("tollhouse-enforcing-") for n in names))
     results = run_suite(args, plan, [TARGETS[n] for n in names], scenarios)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = (args.out / f"suite.{ext}" for ext in ("json", "md", "png"))

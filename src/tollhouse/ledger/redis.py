@@ -22,6 +22,7 @@ from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult
 from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
 from tollhouse.ledger.windows import bucket_ms, month_id, window_bounds_ms
 from tollhouse.policy.engine import Cap
+from tollhouse.policy.rules import Window
 
 log = logging.getLogger("tollhouse.ledger")
 
@@ -58,12 +59,21 @@ class RedisLedger:
         self._stale: set[str] = set()
         self._on_settle_error = on_settle_error
         self.url = url
+        self._month = (0, 0, 0)  # [start ms, end ms) of the billing month last seen, and its month id
+
+    def _month_of(self, now_ms: int) -> tuple[int, int, int]:
+        """The billing month holding `now_ms`: computed once a month, not once a call."""
+        month = self._month
+        if not month[0] <= now_ms < month[1]:
+            start, end = window_bounds_ms(Window(monthly=True), now_ms, self._billing_day, self._tz)
+            month = self._month = (start, end, month_id(now_ms, self._billing_day, self._tz))
+        return month
 
     def _key(self, cap: Cap, now_ms: int) -> str:
         """One hash tag for every ledger key: a script touching several counters stays in one slot."""
         scope, ident = cap.counter
         if cap.window.monthly:
-            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{month_id(now_ms, self._billing_day, self._tz)}"
+            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{self._month_of(now_ms)[2]}"
         return f"{self._prefix}:{{ledger}}:{scope}:{ident}:w{cap.window.seconds}"
 
     def _window(self, cap: Cap) -> tuple[int, int]:
@@ -71,8 +81,7 @@ class RedisLedger:
 
     def _data_ttl(self, cap: Cap, now_ms: int) -> int:
         if cap.window.monthly:
-            _, end = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
-            return end - now_ms + 7 * _DAY_MS
+            return self._month_of(now_ms)[1] - now_ms + 7 * _DAY_MS
         window_ms, b_ms = self._window(cap)
         return window_ms + 2 * b_ms
 
@@ -93,7 +102,7 @@ class RedisLedger:
                                  *charge.vector(), max(self._data_ttl(cap, now_ms) for cap in caps)]
         for cap in caps:
             window_ms, b_ms = self._window(cap)
-            args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers or ())), cap.units,
+            args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers)) if cap.providers else "", cap.units,
                      int(cap.hard)]
         try:
             if self._stale:

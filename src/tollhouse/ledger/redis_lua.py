@@ -170,8 +170,12 @@ for n = 1, #KEYS do
         end
       end
     end
-    if window_ms > 0 then redis.call('ZADD', c .. ':z', start, start) end
-    for _, suffix in ipairs({':t', ':b', ':z'}) do redis.call('PEXPIRE', c .. suffix, ttl) end
+    if window_ms == 0 then
+      redis.call('PEXPIRE', c .. ':t', ttl)  -- a monthly counter has totals only
+    elseif redis.call('ZADD', c .. ':z', start, start) == 1 then
+      -- a new bucket: the counter lives another window from now (between buckets nothing can expire early)
+      for _, suffix in ipairs({':t', ':b', ':z'}) do redis.call('PEXPIRE', c .. suffix, ttl) end
+    end
   end
 end
 return 1
