@@ -134,9 +134,27 @@ _RESUME_AT = 8
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("_body_by_eof", "_client", "_head", "_headers", "_is_head", "_last_rx", "_reusable", "_loop", "_parser",
-                 "_timer", "_waiter", "chunks", "done", "error", "idle_since", "in_use", "lost", "paused",
-                 "transport")
+    __slots__ = (
+        "_body_by_eof",
+        "_client",
+        "_head",
+        "_headers",
+        "_is_head",
+        "_last_rx",
+        "_loop",
+        "_parser",
+        "_reusable",
+        "_timer",
+        "_waiter",
+        "chunks",
+        "done",
+        "error",
+        "idle_since",
+        "in_use",
+        "lost",
+        "paused",
+        "transport",
+    )
 
     def __init__(self, client: Client) -> None:
         self._client = client
