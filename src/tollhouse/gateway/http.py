@@ -1,7 +1,7 @@
 """The small HTTP surface the gateway's handlers see (served by `tollhouse.wire.server`).
 
 The server and the upstream client run in the event loop's own thread (asyncio + llhttp), chosen by
-measurement over Granian + pyreqwest and over aiohttp: see benchmarks/README.md ("Choosing the stack").
+measurement over Granian + pyreqwest and over aiohttp: README.md, "Choosing the stack" (benchmarks/bench_stack.py).
 """
 
 from __future__ import annotations

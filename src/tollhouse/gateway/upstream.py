@@ -1,8 +1,8 @@
-"""The client side: one pooled HTTP client per provider (pyreqwest, Rust reqwest under asyncio).
+"""The agent's client for the control plane (bundle, telemetry, notices, release index): pyreqwest.
 
-Chosen by measurement over aiohttp's client (benchmarks/README.md). Responses are never decoded
-(we ask for identity encoding), redirects are not followed and no cookies are kept: a gateway must
-not carry one user's cookies into another user's call.
+Off the request path (provider calls go through `tollhouse.wire.client`); it brings what those calls need
+and the provider path does not: extra trusted roots for a private control plane. Redirects are not
+followed and no cookies are kept.
 """
 
 from __future__ import annotations

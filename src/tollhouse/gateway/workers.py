@@ -1,5 +1,5 @@
 """`tollhouse serve --workers N`: N gateway processes on one port (the kernel spreads connections over
-them with SO_REUSEPORT, which Granian sets on Linux), supervised by this one.
+them: each listens with SO_REUSEPORT), supervised by this one.
 
 Workers share the data dir (store, admin token, audit signing key) and must share budget counters
 (Redis): separate in-process counters would let each worker spend the whole budget. Worker 0 starts

@@ -2,8 +2,9 @@
 
 llhttp (through httptools) parses the responses; this module only keeps connections: dial (directly, through
 an HTTP proxy, or tunnelled with CONNECT for https), reuse while the upstream keeps them alive, and time a
-silent upstream out. Nothing crosses a thread, which is what makes a call cheap (benchmarks/README.md,
-"Choosing the stack"). Responses are never decoded, redirects never followed and no cookies kept.
+silent upstream out. Nothing crosses a thread, which is what makes a call cheap (README.md,
+"Choosing the stack"; benchmarks/bench_stack.py). Responses are never decoded, redirects never followed
+and no cookies kept.
 """
 
 from __future__ import annotations
