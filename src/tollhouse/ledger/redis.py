@@ -226,7 +226,10 @@ class RedisLedger:
     async def _invalidate_stale(self) -> None:
         """Mark counters whose settle was lost for reloading (in-flight reservations are kept)."""
         stale = list(self._stale)
-        await self._redis.delete(*(f"{key}:L" for key in stale))
+        pipe = self._redis.pipeline(transaction=False)
+        for key in stale:
+            pipe.hdel(f"{key}:t", "L")
+        await pipe.execute()
         self._stale.difference_update(stale)
         log.warning("rebuilding %d budget counter(s) from the store after a lost settle", len(stale))
 

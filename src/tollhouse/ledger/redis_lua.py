@@ -1,8 +1,8 @@
 """Lua scripts of the Redis ledger. Each runs atomically inside Redis.
 
 A counter C (one scope, id and window) is a set of keys under the prefix `C`:
-  C:L            "1" once the counter holds the store's history (else the gateway loads it first)
-  C:t            hash of settled totals in the window, fields "<provider>|<metric>" (metric s, i, o, r)
+  C:t            hash of settled totals in the window, fields "<provider>|<metric>" (metric s, i, o, r), and
+                 field "L" = "1" once the counter holds the store's history (else the gateway loads it first)
   C:b            hash of settled amounts per bucket, fields "<bucket start>|<provider>|<metric>" (rolling)
   C:z            sorted set of bucket starts (rolling), to expire whole buckets from C:t
   C:r            sorted set of in-flight reservations, member "<id>|<provider>|s|i|o|r", score = expiry ms
@@ -15,23 +15,22 @@ from __future__ import annotations
 _COMMON = r"""
 local METRICS = {'s', 'i', 'o', 'r'}
 
-local function expire(c, now, window_ms, bucket_ms)
-  -- drop reservations that were never settled, and (rolling) buckets that left the window
-  redis.call('ZREMRANGEBYSCORE', c .. ':r', '-inf', now)
-  if window_ms > 0 then
-    local old = redis.call('ZRANGEBYSCORE', c .. ':z', '-inf', now - window_ms - bucket_ms)
-    for _, start in ipairs(old) do
-      local fields = redis.call('HGETALL', c .. ':b')
-      for j = 1, #fields, 2 do
-        local f = fields[j]
-        if string.sub(f, 1, #start + 1) == start .. '|' then
-          redis.call('HINCRBY', c .. ':t', string.sub(f, #start + 2), -tonumber(fields[j + 1]))
-          redis.call('HDEL', c .. ':b', f)
-        end
+local function expire_buckets(c, now, window_ms, bucket_ms)
+  -- (rolling) take the buckets that left the window out of the totals; true when there were any
+  local old = redis.call('ZRANGEBYSCORE', c .. ':z', '-inf', now - window_ms - bucket_ms)
+  if #old == 0 then return false end
+  local fields = redis.call('HGETALL', c .. ':b')
+  for _, start in ipairs(old) do
+    for j = 1, #fields, 2 do
+      local f = fields[j]
+      if string.sub(f, 1, #start + 1) == start .. '|' then
+        redis.call('HINCRBY', c .. ':t', string.sub(f, #start + 2), -tonumber(fields[j + 1]))
+        redis.call('HDEL', c .. ':b', f)
       end
-      redis.call('ZREM', c .. ':z', start)
     end
+    redis.call('ZREM', c .. ':z', start)
   end
+  return true
 end
 
 local function wanted(providers, provider)
@@ -48,24 +47,40 @@ local function metric_value(vec, metric)
   return vec[4]
 end
 
-local function used(c, metric, providers)
+local function used(totals, live, metric, providers)
+  -- totals: HGETALL of C:t; live: the in-flight reservations' members
   local total = 0
-  local fields = redis.call('HGETALL', c .. ':t')
-  for j = 1, #fields, 2 do
-    local provider, m = string.match(fields[j], '^(.*)|(%a)$')
+  for j = 1, #totals, 2 do
+    local provider, m = string.match(totals[j], '^(.*)|(%a)$')
     if provider and wanted(providers, provider) then
       local vec = {0, 0, 0, 0}
-      for k, name in ipairs(METRICS) do if name == m then vec[k] = tonumber(fields[j + 1]) end end
+      for k, name in ipairs(METRICS) do if name == m then vec[k] = tonumber(totals[j + 1]) end end
       total = total + metric_value(vec, metric)
     end
   end
-  for _, member in ipairs(redis.call('ZRANGE', c .. ':r', 0, -1)) do
+  for _, member in ipairs(live) do
     local _, provider, s, i, o, r = string.match(member, '^([^|]*)|(.*)|(%-?%d+)|(%-?%d+)|(%-?%d+)|(%-?%d+)$')
     if provider and wanted(providers, provider) then
       total = total + metric_value({tonumber(s), tonumber(i), tonumber(o), tonumber(r)}, metric)
     end
   end
   return total
+end
+
+local function live_reservations(c, now)
+  -- members of C:r not yet expired; expired ones (calls that never settled) are dropped
+  local pairs_ = redis.call('ZRANGE', c .. ':r', 0, -1, 'WITHSCORES')
+  local live, expired = {}, false
+  for j = 1, #pairs_, 2 do
+    if tonumber(pairs_[j + 1]) <= now then expired = true else table.insert(live, pairs_[j]) end
+  end
+  if expired then redis.call('ZREMRANGEBYSCORE', c .. ':r', '-inf', now) end
+  return live
+end
+
+local function loaded(totals)
+  for j = 1, #totals, 2 do if totals[j] == 'L' then return true end end
+  return false
 end
 """
 
@@ -80,8 +95,11 @@ local provider = ARGV[5]
 local charge = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local ttl = tonumber(ARGV[10])
 local missing = {}
+local totals, live = {}, {}  -- per counter (a counter may appear under several caps)
 for n = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[n] .. ':L') == 0 then table.insert(missing, n) end
+  local c = KEYS[n]
+  if not totals[c] then totals[c] = redis.call('HGETALL', c .. ':t') end
+  if not loaded(totals[c]) then table.insert(missing, n) end
 end
 if #missing > 0 then
   local out = {'LOAD'}
@@ -96,8 +114,11 @@ for n = 1, #KEYS do
   local metric, providers = ARGV[base + 3], ARGV[base + 4]
   local limit, hard = tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
   local c = KEYS[n]
-  expire(c, now, window_ms, bucket_ms)
-  local have = used(c, metric, providers)
+  if window_ms > 0 and expire_buckets(c, now, window_ms, bucket_ms) then
+    totals[c] = redis.call('HGETALL', c .. ':t')
+  end
+  if not live[c] then live[c] = live_reservations(c, now) end
+  local have = used(totals[c], live[c], metric, providers)
   local need = 0
   if wanted(providers, provider) then need = metric_value(charge, metric) end
   local exceeded = have + need > limit
@@ -159,7 +180,7 @@ for n = 1, #KEYS do
   local window_ms, bucket_ms = tonumber(ARGV[8 + (n - 1) * 2 + 1]), tonumber(ARGV[8 + (n - 1) * 2 + 2])
   redis.call('ZREM', c .. ':r', member)
   -- a counter that vanished (expired, flushed) is rebuilt from the store, which has this call
-  if redis.call('EXISTS', c .. ':L') == 1 then
+  if redis.call('HEXISTS', c .. ':t', 'L') == 1 then
     local start = ts
     if window_ms > 0 then start = ts - (ts % bucket_ms) end
     for k, name in ipairs(METRICS) do
@@ -185,7 +206,7 @@ return 1
 # Writes the store's history unless another gateway loaded the counter first.
 LOAD = r"""
 local c, ttl, window_ms = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
-if redis.call('EXISTS', c .. ':L') == 1 then return 0 end
+if redis.call('HEXISTS', c .. ':t', 'L') == 1 then return 0 end
 redis.call('DEL', c .. ':t', c .. ':b', c .. ':z')
 local names = {'s', 'i', 'o', 'r'}
 for n = 3, #ARGV, 6 do
@@ -199,7 +220,7 @@ for n = 3, #ARGV, 6 do
   end
   if window_ms > 0 then redis.call('ZADD', c .. ':z', start, start) end
 end
-redis.call('SET', c .. ':L', '1', 'PX', ttl)
+redis.call('HSET', c .. ':t', 'L', '1')
 for _, suffix in ipairs({':t', ':b', ':z'}) do redis.call('PEXPIRE', c .. suffix, ttl) end
 return 1
 """
