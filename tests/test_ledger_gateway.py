@@ -211,14 +211,16 @@ def test_dead_counter_store_fails_closed_unless_the_rule_fails_open(mock: Mock, 
     for g in (gw, gw2):
         assert g.state is not None
         g.state.runner.store.close()  # the store dies under the running gateway
+    # Someone the directory does not name: their counter was not loaded at start and needs the store now.
     client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="sk-x", max_retries=0,
-                           default_headers={"X-Tollhouse-User": "alice"})
+                           default_headers={"X-Tollhouse-User": "visitor"})
     with pytest.raises(openai.APIStatusError) as exc:
         client.chat.completions.create(model="budget-model", max_tokens=16,
                                        messages=[{"role": "user", "content": "x"}])
     assert exc.value.status_code == 503 and "counter store is unavailable" in str(exc.value)
     assert mock.stats.total == 0
-    assert _call(gw2.url) == 200  # fail_open: forwarded, and counted in the metric below
+    assert _call(gw2.url, "visitor") == 200  # fail_open: forwarded, and counted in the metric below
+    assert _call(gw.url) == 200  # alice's counter was loaded at start: her budget is still checked, in memory
     _, metrics, _ = gw2.get("/metrics", token=None)
     assert b'tollhouse_ledger_unavailable_total{failed="open"} 1.0' in metrics
 

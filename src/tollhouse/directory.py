@@ -58,6 +58,10 @@ class Directory:
     def project_ids(self) -> list[str]:
         return sorted(self._projects)
 
+    def subject_ids(self) -> list[str]:
+        """Every person and service the directory names."""
+        return [*self._people, *self._services]
+
     def subject(self, subject_id: str, project: str | None = None) -> Subject:
         """Resolve a subject (person, service or unknown) and the project the call is for."""
         key = (subject_id, project)

@@ -170,6 +170,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         await state.close()
         raise
     sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
+    warmer = asyncio.create_task(warm_counters(state), name="tollhouse-ledger-warm")
     follower = asyncio.create_task(_follow_store(state), name="tollhouse-follow-store")
     server = HttpServer(GatewayApp(state))
     try:
@@ -178,6 +179,9 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
             port = await server.start(host, port, reuse_port=worker is not None)
         except OSError as exc:
             raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
+        # Listening already; give the counters a moment to load before saying so (a big directory goes on
+        # loading in the background).
+        await asyncio.wait([warmer], timeout=2.0)
         if ready is not None:
             ready(state, port)
         await (stop or asyncio.Event()).wait()
@@ -185,6 +189,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         state.docs.feed.close()  # answer agents' long-polls now rather than hold the shutdown
         await server.stop(grace_s=10)
         sweeper.cancel()
+        warmer.cancel()
         follower.cancel()
         if cleanup is not None:
             await cleanup()
@@ -195,6 +200,21 @@ async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> No
     while True:
         await asyncio.sleep(every_s)
         state.ledger.expire(int(state.clock() * 1000))
+
+
+async def warm_counters(state: GatewayState) -> None:
+    """Right after start, load the budget counters of everyone the directory names (in the background, one
+    subject at a time): without it each person's first call after a restart waits for a store read, queued
+    behind the store thread's event inserts."""
+    policy = state.policy.current
+    now_ms = int(state.clock() * 1000)
+    try:
+        for subject_id in state.directory.subject_ids():
+            caps = policy.subject_caps(state.directory.subject(subject_id))
+            if caps:
+                await state.ledger.warm(caps, now_ms)
+    except StoreError as exc:
+        log.warning("could not preload budget counters (%s); each loads on its first call instead", exc)
 
 
 async def _audit_mode_switch(state: GatewayState) -> None:

@@ -24,6 +24,11 @@ class Ledger(Protocol):
         """Release the reservation and count the actual usage (never raises; failures are logged)."""
         ...
 
+    async def warm(self, caps: Sequence[Cap], now_ms: int) -> None:
+        """Have these caps' counters ready before a call needs them (the embedded ledger reads their history
+        from the store; Redis keeps its counters itself)."""
+        ...
+
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         """Settled plus reserved usage of a cap's counter, in counter units."""
         ...

@@ -314,6 +314,9 @@ class LocalLedger:
         except _NotLoaded:
             return None
 
+    async def warm(self, caps: Sequence[Cap], now_ms: int) -> None:
+        await self.ensure_loaded(caps, now_ms)
+
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         await self.ensure_loaded([cap], now_ms)
         return self._counters[cap.key].used(cap.metric, cap.providers, now_ms)

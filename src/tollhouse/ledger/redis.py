@@ -233,6 +233,9 @@ class RedisLedger:
         self._stale.difference_update(stale)
         log.warning("rebuilding %d budget counter(s) from the store after a lost settle", len(stale))
 
+    async def warm(self, caps: Sequence[Cap], now_ms: int) -> None:
+        return None  # counters live in Redis, loaded by whichever gateway uses them first
+
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
         result = await self.reserve([cap], Charge("", 0, 0, 0, 0), now_ms, enforce=False)
         if result.reservation is not None:

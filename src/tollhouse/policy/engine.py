@@ -196,6 +196,10 @@ class CompiledPolicy:
             self._cache[key] = found
         return found
 
+    def subject_caps(self, subject: Subject) -> tuple[Cap, ...]:
+        """Every cap that counts this subject's calls, whatever the provider (to load their counters early)."""
+        return self._applicable(subject).caps
+
     def caps_counting(self, scope: str, ident: str, subject: Subject | None) -> list[Cap]:
         """Every cap whose counter is (scope, ident), whatever the provider (for spend reports).
         `subject` is the resolved subject when scope is "subject"."""
