@@ -184,12 +184,14 @@ def test_dlp_runs_only_in_enterprise_capture(mock: Mock, gateway_factory: Any) -
 def test_unparseable_body_is_refused_when_enforcing(mock: Mock, gateway_factory: Any) -> None:
     gw = _gateway(gateway_factory, mock, [ALLOWLIST], enforcement="on")
     req = urllib.request.Request(gw.url + "/openai/v1/chat/completions", data=b"{oops", method="POST",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", "X-Tollhouse-User": "alice"})
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 400 and b"JSON" in exc.value.read()
     assert mock.stats.total == 0
-    assert gw.events()[0]["status"] == 400
+    event = gw.events()[0]
+    assert event["status"] == 400 and event["decision"] == "block" and event["subject"] == "alice"
+    assert "could not read this request body as a JSON object" in event["error"]
 
 
 def test_rules_file_hot_reloads_and_a_bad_edit_keeps_the_last_good_policy(

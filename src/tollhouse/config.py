@@ -53,6 +53,13 @@ class Enforcement(StrEnum):
     on = "on"
 
 
+class Unpriced(StrEnum):
+    """pricing.unpriced: what happens, while enforcing, to a call to a model with no price under a spend cap."""
+
+    block = "block"
+    allow = "allow"
+
+
 class CaptureMode(StrEnum):
     telemetry = "telemetry"
     enterprise = "enterprise"
@@ -88,6 +95,9 @@ class ProviderConfig(_Frozen):
 class IdentityConfig(_Frozen):
     trust_user_header: bool = False
     default_user: str | None = None  # the subject of calls that name no one (the agent: the machine's user)
+    # A caller who is no person or service of the directory, while enforcing: block (401) or allow.
+    # Unset: block once the directory names anyone.
+    unknown_callers: Literal["block", "allow"] | None = None
 
 
 class Team(_Frozen):
@@ -193,6 +203,7 @@ class PriceOverride(_Frozen):
 
 class PricingConfig(_Frozen):
     overrides: tuple[PriceOverride, ...] = ()
+    unpriced: Unpriced = Unpriced.block  # a model with no price under a spend cap, while enforcing: refuse or allow
 
 
 class StoreConfig(_Frozen):

@@ -45,6 +45,8 @@ class CallEvent(NamedTuple):
     ttfb_ms: float | None
     client_disconnected: bool
     error: str | None
+    # metered | governed | free | unknown (DESIGN.md "Every request is classified"); added in schema 6
+    endpoint_class: str = "metered"
 
 
 COLUMNS = CallEvent._fields
@@ -109,6 +111,7 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
         "ttfb_ms": row["ttfb_ms"],
         "client_disconnected": bool(row["client_disconnected"]),
         "error": row["error"],
+        "endpoint_class": row["endpoint_class"],
     }
     if "prompt" in row:  # read with its captured content
         out["prompt"], out["response"] = row["prompt"], row["response"]

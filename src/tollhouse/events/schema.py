@@ -15,10 +15,16 @@ _TYPES = {
 }
 
 
+# Columns added by later migrations (migration 1 creates the rest).
+_LATER_COLUMNS = frozenset({"endpoint_class"})
+
+
 def _event_columns() -> str:
     names = {str: "TEXT", int: "{int}", bool: "BOOLEAN", float: "DOUBLE PRECISION"}
     out = []
     for name, hint in get_type_hints(CallEvent).items():
+        if name in _LATER_COLUMNS:
+            continue
         base = next(t for t in getattr(hint, "__args__", (hint,)) if t is not type(None))
         out.append(f"{name} TEXT UNIQUE NOT NULL" if name == "id" else f"{name} {names[base]}")
     return ",\n        ".join(out)
@@ -128,6 +134,10 @@ _SCRIPTS: tuple[str, ...] = (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    """,
+    # 6: every request is classified (metered | governed | free | unknown)
+    """
+    ALTER TABLE events ADD COLUMN endpoint_class TEXT NOT NULL DEFAULT 'metered';
     """,
 )
 

@@ -49,6 +49,7 @@ class WireEvent(BaseModel):
     ttfb_ms: float | None = Field(default=None, ge=0, strict=False)
     client_disconnected: bool = False
     error: str | None = None
+    endpoint_class: str = Field(default="metered", pattern="^(metered|governed|free|unknown)$")
     prompt: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
     response: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tollhouse.config import Settings
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import admin, agent_api, console, exemption_routes, policy_api, proxy, spend
+from tollhouse.gateway import admin, agent_api, console, exemption_routes, pipeline, policy_api, spend
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
@@ -99,7 +99,7 @@ def _route(request: Request) -> tuple[Handler, bool] | Response:
         return json_response({"error": {"message": "Tollhouse proxies /{provider}/...; e.g. /openai/v1/chat/"
                                         "completions. See /api/v1/openapi.json for the API.",
                                         "code": "not_found"}}, 404)
-    return proxy.handle, False
+    return pipeline.handle, False
 
 
 class GatewayApp:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from datetime import datetime
-from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from tollhouse.config import Enforcement
@@ -14,9 +12,10 @@ from tollhouse.directory import Subject
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Response
 from tollhouse.gateway.state import GatewayState, ProviderRoute
-from tollhouse.policy.engine import CallFacts, Decision
+from tollhouse.policy.decide import Verdict
+from tollhouse.policy.engine import Decision
 from tollhouse.policy.rules import Severity
-from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.base import Endpoint
 from tollhouse.providers.family import Family
 
 log = logging.getLogger("tollhouse.policy")
@@ -25,35 +24,6 @@ RULE_HEADER = "x-tollhouse-rule"
 WARNING_HEADER = "x-tollhouse-warning"
 REDIRECTED_HEADER = "x-tollhouse-redirected-from"
 EXEMPTION_HEADER = "x-tollhouse-exemption"
-
-
-_NO_EXEMPTIONS: Mapping[str, str] = MappingProxyType({})
-
-
-class Verdict(NamedTuple):
-    """A decision as applied to this call: `enforced` False means observe (record what would happen).
-    (A tuple: one is built per call.)"""
-
-    decision: Decision
-    enforced: bool
-    exemptions: Mapping[str, str] = _NO_EXEMPTIONS  # rule id → exemption
-
-    @property
-    def exemption_ids(self) -> list[str]:
-        """The exemptions that let this call past a rule it violated."""
-        return sorted({self.exemptions[v.rule.id] for v in self.decision.waived if v.rule.id in self.exemptions})
-
-    @property
-    def applied(self) -> str:
-        return self.decision.action if self.enforced else "allow"
-
-    @property
-    def would(self) -> str | None:
-        return None if self.enforced or self.decision.action == "allow" else self.decision.action
-
-    @property
-    def rule_id(self) -> str | None:
-        return self.decision.rule_id
 
 
 def enforced_for(enforcement: Enforcement, enforce_teams: tuple[str, ...], subject: Subject) -> bool:
@@ -68,28 +38,41 @@ def enforced(state: GatewayState, subject: Subject) -> bool:
     return enforced_for(state.live.enforcement, state.settings.policy.enforce_teams, subject)
 
 
-def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, prompt: str | None,
-          subject: Subject, now: datetime) -> Verdict | None:
-    """`prompt`: the request's prompt text in enterprise capture mode (content rules need it), else None."""
-    policy = state.policy.current
-    if policy.empty:
-        return None
-    call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model, prompt=prompt)
-    exemptions = state.overrides.for_subject(subject.id, int(now.timestamp() * 1000))
-    decision = policy.evaluate(call, subject, now, waived=exemptions.keys())
-    verdict = Verdict(decision, enforced(state, subject), exemptions)
+def count_violations(state: GatewayState, verdict: Verdict, subject: Subject, model: str | None) -> None:
+    """Every rule a call violated is counted (and logged from WARN up), applied or observed."""
+    decision = verdict.decision
+    if decision is None:
+        return
     for v in decision.violations:
         state.metrics.violations.labels(v.rule.id, v.rule.severity.name, str(verdict.enforced).lower()).inc()
         if v.rule.severity >= Severity.warn:
             log.warning("policy %s: rule %s (%s) subject=%s model=%s: %s", verdict.applied, v.rule.id,
-                        v.rule.type_name, subject.id, facts.model, v.reason)
-    return verdict
+                        v.rule.type_name, subject.id, model, v.reason)
+
+
+_REFUSAL_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                  413: "invalid_request_error", 429: "rate_limit_error", 502: "api_error", 503: "service_unavailable"}
+
+
+def render_block(state: GatewayState, route: ProviderRoute, verdict: Verdict, subject: Subject, model: str | None,
+                 ts: datetime) -> Response:
+    """The answer to a blocked call, in the caller's provider shape: a rule's block, or the gateway's own
+    refusal (what was wrong and what to do)."""
+    refusal = verdict.refusal
+    if refusal is None:
+        return block_response(state, route, verdict, subject, model, ts, verdict.retry_after_s)
+    extra: dict[str, Any] = {"type": _REFUSAL_TYPES.get(refusal.status, "api_error")}
+    if refusal.code == "unpriced_model":
+        extra.update({"model": model, "provider": route.id})
+    headers = {"retry-after": str(refusal.retry_after_s)} if refusal.retry_after_s is not None else None
+    return error_response(route.family, refusal.status, refusal.message, refusal.code, extra, headers,
+                          decision="block")
 
 
 def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, subject: Subject,
                    model: str | None, ts: datetime, retry_after_s: int | None = None) -> Response:
-    top = verdict.decision.top
-    assert top is not None  # a block always has its rule
+    top = verdict.decision.top if verdict.decision is not None else None
+    assert top is not None  # a rule's block always has its rule
     rule = top.rule
     status = 429 if rule.rate_limited else 403
     policy_url = state.settings.policy_url or state.console_url + "policy"
@@ -117,7 +100,7 @@ def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, 
 def client_headers(verdict: Verdict | None) -> dict[str, str]:
     """Headers that tell the caller what the policy did (nothing is said in observe mode). A call let through
     by an approved exemption is an `allow` (or whatever the other rules make it) and names the exemption."""
-    if verdict is None or not verdict.enforced:
+    if verdict is None or not verdict.enforced or verdict.decision is None:
         return {}
     d = verdict.decision
     out: dict[str, str] = {}

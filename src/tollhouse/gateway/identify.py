@@ -1,0 +1,99 @@
+"""Stage: identify. Who the call is for (person, service or unknown), the project it names, and the key the
+upstream gets. Problems found here become part of the call's facts; `decide()` judges them."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tollhouse.directory import Subject
+from tollhouse.gateway.state import GatewayState, ProviderRoute
+from tollhouse.keys import KEY_PREFIX, sha256_hex
+from tollhouse.policy.decide import Problem
+
+USER_HEADER = "x-tollhouse-user"
+PROJECT_HEADER = "x-tollhouse-project"
+_MAX_ID = 128
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@+:")
+
+
+class Identity(NamedTuple):
+    subject: Subject
+    upstream_key: str | None  # replaces the client's key (gateway keys); None: forward the caller's own
+    problem: Problem | None = None  # what the stage found wrong (judged by decide)
+
+
+def valid_id(value: str) -> bool:
+    """A subject or project name as a header may carry it: 1-128 of letters, digits and . _ - @ + :"""
+    return 0 < len(value) <= _MAX_ID and all(c in _ID_CHARS for c in value)
+
+
+def _bad_header(name: str, value: str) -> Problem:
+    shown = value[:40] + ("..." if len(value) > 40 else "")
+    return Problem("invalid_identity_header", 400,
+                   f"{name} is not a valid name ({shown!r}, {len(value)} characters): use 1 to {_MAX_ID} letters, "
+                   "digits or . _ - @ + : as the directory names people, services and projects.", always=True)
+
+
+async def identify(request_header: dict[str, str | None], state: GatewayState, route: ProviderRoute,
+                   key: str | None) -> Identity:
+    """`request_header`: the caller's X-Tollhouse-User and X-Tollhouse-Project values; `key`: the API key the
+    caller sent, wherever its family carries it."""
+    directory = state.directory
+    project = request_header.get(PROJECT_HEADER) or None
+    if project is not None and not valid_id(project):
+        return Identity(directory.subject("anonymous"), None, _bad_header("X-Tollhouse-Project", project))
+    if key is not None and key.startswith(KEY_PREFIX):
+        subject_id = await state.keys.subject_for(key)
+        if subject_id is None:
+            return Identity(directory.subject("anonymous", project), None, Problem(
+                "invalid_gateway_key", 401, "This Tollhouse gateway key is unknown or revoked. Ask your "
+                "administrator for a new one (tollhouse keys create --user NAME).", always=True))
+        subject = directory.subject(subject_id, project)
+        if route.api_key is None:
+            return Identity(subject, None, Problem(
+                "provider_key_missing", 502, f"Tollhouse has no real API key for provider '{route.id}' to use "
+                f"with gateway keys. Set providers.{route.id}.api_key or its api_key_env variable on the "
+                "gateway.", always=True))
+        return _known(state, Identity(subject, route.api_key))
+    user = request_header.get(USER_HEADER) if state.settings.identity.trust_user_header else None
+    if user:
+        if not valid_id(user):
+            return Identity(directory.subject("anonymous", project), None, _bad_header("X-Tollhouse-User", user))
+        return _known(state, Identity(directory.subject(user, project), None))
+    default_user = state.settings.identity.default_user  # the agent: the machine's configured user
+    if default_user:
+        return _known(state, Identity(directory.subject(default_user, project), None))
+    if key is None:
+        return _known(state, Identity(directory.subject("anonymous", project), None))
+    digest = sha256_hex(key)
+    person = directory.people_by_key_hash.get(digest)
+    return _known(state, Identity(directory.subject(person or f"key:{digest[:12]}", project), None))
+
+
+def _known(state: GatewayState, ident: Identity) -> Identity:
+    """Unknown callers and made-up projects are problems (refused while enforcing, see decide)."""
+    subject = ident.subject
+    if subject.kind == "unknown" and _unknown_callers_refused(state):
+        return ident._replace(problem=Problem(
+            "unknown_caller", 401,
+            f"Tollhouse does not know who is calling ({subject.id}): the caller is no person or service of the "
+            "organisation's directory. Use a gateway key (ask your administrator: tollhouse keys create --user "
+            "NAME), or have your provider key registered for you in the directory (provider_key_sha256)."))
+    project = subject.project
+    if project is not None and not state.directory.has_project(project):
+        # A made-up name must not open a fresh budget counter.
+        known = ", ".join(state.directory.project_ids()[:20]) or "none are configured"
+        return ident._replace(problem=Problem(
+            "unknown_project", 400, f"X-Tollhouse-Project names {project!r}, which is not a project in the "
+            f"Tollhouse directory (known: {known}). Use one of them, or leave the header out to use your default "
+            "project."))
+    return ident
+
+
+def _unknown_callers_refused(state: GatewayState) -> bool:
+    """identity.unknown_callers: block / allow; unset: block once the directory names anyone (with an empty
+    directory every caller is unknown, and only an explicit `block` refuses them all)."""
+    setting = state.settings.identity.unknown_callers
+    if setting is not None:
+        return setting == "block"
+    return bool(state.directory.subject_ids())

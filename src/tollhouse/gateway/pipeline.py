@@ -1,0 +1,229 @@
+"""The data plane for `/{provider}/...`: one call through ordered stages, each with one job.
+
+    classify → identify → read → decide → reserve → forward → meter → settle → record
+    (here)     identify.py  (here) policy/    ledger/   forward.py  forward.py  record.py
+                                   decide.py
+
+- classify: which provider route and endpoint the path names, and the endpoint's class.
+- identify: the subject (person / service / unknown), the project, the key the upstream gets.
+- read: the body (bounded), its facts (model, stream, worst-case output), the prompt when it is needed.
+- decide: `policy.decide.decide()`, the one function that decides; called again with the ledger's numbers.
+- reserve: the call's worst case is reserved on every cap that counts it, under the verdict's ceilings.
+- forward / meter: the upstream answers; the client gets it byte for byte while usage is read.
+- settle / record: one event per call (refused ones included), audit for blocks, the reservation settled.
+
+Observe mode forwards everything the gateway can forward and records what enforcing would have done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+
+from tollhouse.events.store import StoreError
+from tollhouse.gateway import enforce
+from tollhouse.gateway.capture import call_prompt, capturing
+from tollhouse.gateway.errors import error_response
+from tollhouse.gateway.forward import Outbound, Progress, client_gone, forward
+from tollhouse.gateway.http import BodyTooLarge, Request, Response, Streamed
+from tollhouse.gateway.identify import PROJECT_HEADER, USER_HEADER, Identity, identify
+from tollhouse.gateway.record import Finished, record
+from tollhouse.gateway.state import GatewayState, ProviderRoute
+from tollhouse.ledger.types import Charge, ReserveResult
+from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
+from tollhouse.policy.engine import CallFacts
+from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.family import Family
+from tollhouse.providers.usage import UsageSource
+
+log = logging.getLogger("tollhouse.proxy")
+
+_NO_FACTS = RequestFacts(model=None, stream=False, max_output_tokens=None)
+
+
+class Classified(NamedTuple):
+    route: ProviderRoute
+    path: str  # judged (decoded)
+    forward_path: str  # sent upstream
+    endpoint: Endpoint
+    endpoint_class: str  # metered | governed | free | unknown
+
+
+class Read(NamedTuple):
+    body: bytes
+    parsed: dict[str, Any] | None
+    facts: RequestFacts
+    problem: Problem | None
+
+
+def classify(request: Request, state: GatewayState) -> Classified | Response:
+    provider_id, _, tail = request.path[1:].partition("/")
+    route = state.providers.get(provider_id)
+    if route is None:
+        known = ", ".join(f"/{p}/" for p in sorted(state.providers))
+        return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
+                              f"Configured prefixes: {known}. Add it under `providers:` in the config.",
+                              "unknown_provider")
+    path = "/" + tail
+    # Forwarded as sent (still percent-encoded); judged on the decoded path.
+    forward_path = path if request.raw_path is request.path else request.raw_path[len(provider_id) + 1:]
+    endpoint = route.protocol.classify(path) if request.method == "POST" else Endpoint.passthrough
+    return Classified(route, path, forward_path, endpoint,
+                      "unknown" if endpoint is Endpoint.passthrough else "metered")
+
+
+async def read(request: Request, state: GatewayState, where: Classified, query: dict[str, str]) -> Read:
+    limit = state.settings.limits.max_body_bytes
+    try:
+        body = await request.body(limit)
+    except BodyTooLarge as exc:
+        got = f" ({exc.size} bytes)" if exc.size is not None else ""
+        return Read(b"", None, _NO_FACTS, Problem(
+            "request_too_large", 413, f"Request body too large{got}: this gateway accepts at most {limit} bytes "
+            "(limits.max_body_bytes in the Tollhouse config).", always=True))
+    if where.endpoint_class != "metered":
+        return Read(body, None, _NO_FACTS, None)
+    route = where.route
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        obj = None
+    if isinstance(obj, dict):
+        return Read(body, obj, route.protocol.facts(where.endpoint, where.path, query, obj), None)
+    state.metrics.unparsed.labels(route.id).inc()
+    return Read(body, None, route.protocol.facts(where.endpoint, where.path, query, {}), Problem(
+        "unparseable_request", 400, "Tollhouse could not read this request body as a JSON object, so it cannot "
+        "check it against the AI policy; with enforcement on it is not forwarded. Send valid JSON with a model "
+        "field."))
+
+
+async def handle(request: Request, state: GatewayState) -> Response | Streamed:
+    started = time.perf_counter()
+    now_s = state.clock()
+    ts_ms = int(now_s * 1000)
+    where = classify(request, state)
+    if isinstance(where, Response):
+        return where  # no provider: not a call
+    route = where.route
+    query = request.query if route.family is Family.gemini else {}
+    ident = await identify({USER_HEADER: request.header(USER_HEADER), PROJECT_HEADER: request.header(PROJECT_HEADER)},
+                           state, route, route.protocol.client_key(request.headers, query))
+    if ident.problem is not None and ident.problem.always:
+        got = Read(b"", None, _NO_FACTS, None)  # refused whatever the body says: not read
+    else:
+        got = await read(request, state, where, query)
+    seen = Progress(got.facts.model, UsageSource.unparsed if got.problem is not None and got.parsed is None
+                    and where.endpoint_class == "metered" else UsageSource.none)
+    verdict: Verdict | None = None
+    reservation: object | None = None
+    prompt: str | None = None
+    capture = False
+    try:
+        problems = tuple(p for p in (ident.problem, got.problem) if p is not None)
+        metered = where.endpoint_class == "metered"
+        if metered and got.parsed is not None:
+            prompt = call_prompt(state, got.parsed)
+            capture = capturing(state)
+        verdict, reservation = await _judge(state, where, ident, got, problems, prompt, now_s, ts_ms)
+        if verdict is not None and verdict.blocked:
+            resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
+                                        datetime.fromtimestamp(now_s, UTC))
+            seen.status = resp.status
+            return resp
+        body, path, hide_usage = got.body, where.forward_path, False
+        parsed = got.parsed
+        if parsed is not None:
+            if verdict is not None and verdict.enforced and verdict.decision is not None \
+                    and verdict.decision.redirect is not None:
+                path, changed = enforce.redirect_request(route, where.endpoint, path, parsed, verdict.decision)
+                seen.model = verdict.decision.model
+                if changed:
+                    body = b""  # re-serialised below
+            if got.facts.stream and route.protocol.prepare(where.endpoint, parsed):
+                hide_usage, body = True, b""
+            if not body:
+                body = orjson.dumps(parsed)
+        out = Outbound(route, path, where.endpoint, metered, ident.upstream_key, verdict, hide_usage, capture,
+                       started)
+        return await forward(request, state, out, body, got.facts.stream, seen)
+    except asyncio.CancelledError:
+        client_gone(state, route, seen)
+        raise
+    finally:
+        # Recorded (journaled) before the response leaves: the server sends it when the handler returns, so a
+        # kill -9 can never lose a call the client has already been answered.
+        record(state, Finished(route, where.endpoint.value, where.endpoint_class, where.forward_path, ident.subject,
+                               got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
+                               started, ts_ms, prompt, capture))
+
+
+async def _judge(state: GatewayState, where: Classified, ident: Identity, got: Read, problems: tuple[Problem, ...],
+                 prompt: str | None, now_s: float, ts_ms: int) -> tuple[Verdict | None, object | None]:
+    """decide, reserve, decide again on the ledger's numbers. Returns the verdict and the reservation."""
+    policy = state.policy.current
+    subject = ident.subject
+    if policy.empty and not problems:
+        return None, None
+    route = where.route
+    enforced = enforce.enforced(state, subject)
+    settings = state.settings
+    gate = Gate(enforced, problems, True, settings.pricing.unpriced, settings.counters.fail_open)
+    call = CallFacts(route.id, route.host, got.facts.model, prompt)
+    now = datetime.fromtimestamp(now_s, UTC)
+    exemptions = state.overrides.for_subject(subject.id, ts_ms) if not policy.empty else {}
+    verdict = decide(gate, policy, call, subject, now, exemptions)
+    enforce.count_violations(state, verdict, subject, got.facts.model)
+    if verdict.blocked or not verdict.caps:
+        return verdict, None
+    charge, priced = _worst_case(state, route, got, verdict)
+    if not priced:  # no price for the model: refused under spend caps (pricing.unpriced: block)
+        gate = gate._replace(priced=False)
+        verdict = decide(gate, policy, call, subject, now, exemptions)
+        if verdict.blocked:
+            return verdict, None
+    try:
+        ceilings = verdict.ceilings
+        reserved = state.ledger.try_reserve(verdict.caps, charge, ts_ms, ceilings)
+        if reserved is None:  # a counter to load from the store first, or a Redis round trip
+            reserved = await state.ledger.reserve(verdict.caps, charge, ts_ms, ceilings)
+    except StoreError as exc:
+        verdict = decide(gate, policy, call, subject, now, exemptions, CountersDown(str(exc)))
+        _counters_down(state, verdict, subject.id, route.id, got.facts.model, ts_ms, str(exc))
+        return verdict, None
+    if state.outage.ongoing:
+        state.outage.succeeded(ts_ms)
+    verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage)
+    return verdict, _kept(state, reserved, verdict)
+
+
+def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> object | None:
+    """The reservation stands unless the verdict refuses the call (nothing was spent: it is released)."""
+    if reserved.reservation is not None and verdict.blocked:
+        state.ledger.settle(reserved.reservation, Charge("", 0, 0, 0, 0))
+        return None
+    return reserved.reservation
+
+
+def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict) -> tuple[Charge, bool]:
+    """The most the call can cost: the prompt estimate (about four bytes of request per token) plus the most
+    it may generate; and whether the model has a price (if not, the charge counts tokens only)."""
+    model = verdict.decision.model if verdict.decision is not None else got.facts.model
+    input_est = max(len(got.body) // 4, 1)
+    output_max = got.facts.max_output_tokens or state.settings.ledger.default_max_output_tokens
+    cost = state.prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
+    return Charge(route.id, cost or 0, input_est, output_max), cost is not None
+
+
+def _counters_down(state: GatewayState, verdict: Verdict, subject: str, provider: str, model: str | None,
+                   ts_ms: int, error: str) -> None:
+    """Counted and audited once per outage (not once per call)."""
+    how = "closed" if verdict.blocked else "open"
+    state.metrics.ledger_unavailable.labels(how).inc()
+    state.outage.failed(ts_ms, how, {"rules": sorted({cap.rule.id for cap in verdict.caps}), "subject": subject,
+                                     "provider": provider, "model": model, "error": error})
+    log.error("budget counters unavailable (%s); failing %s for %s", error, how, subject)

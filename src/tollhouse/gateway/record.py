@@ -1,0 +1,134 @@
+"""Stages: settle and record. Every call leaves exactly one event, forwarded or refused, with its reason;
+every block is audited; the reservation is replaced by what the call really used."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+from tollhouse.directory import Subject
+from tollhouse.events.model import CallEvent, capture
+from tollhouse.gateway.forward import Progress
+from tollhouse.gateway.state import GatewayState, ProviderRoute
+from tollhouse.ledger.types import Charge
+from tollhouse.policy.decide import Verdict
+from tollhouse.providers.usage import Usage, UsageSource
+
+_COSTED = frozenset({UsageSource.response, UsageSource.partial, UsageSource.estimate})
+
+
+class Finished(NamedTuple):
+    """Everything the record stage needs about one call, once it is over."""
+
+    route: ProviderRoute
+    endpoint: str  # the provider endpoint (chat, messages, ..., passthrough)
+    endpoint_class: str  # metered | governed | free | unknown
+    path: str
+    subject: Subject
+    requested_model: str | None
+    stream: bool
+    verdict: Verdict | None
+    reservation: object | None
+    seen: Progress
+    request_bytes: int
+    started: float
+    ts_ms: int
+    prompt: str | None  # captured prompt text (enterprise capture), already redacted
+    capture: bool
+
+    @property
+    def metered(self) -> bool:
+        return self.endpoint_class == "metered"
+
+
+def record(state: GatewayState, call: Finished) -> None:
+    """Turn the finished call into its event, its audit entry (blocks), and its settle. Runs in `finally`:
+    every call is recorded, whatever happened to it."""
+    seen, route, verdict = call.seen, call.route, call.verdict
+    elapsed = time.perf_counter() - call.started
+    usage = seen.usage
+    if usage is not None and seen.usage_source is UsageSource.estimate and usage.input_tokens == 0:
+        # No usage report at all: about four bytes of prompt JSON per token.
+        usage = Usage(max(call.request_bytes // 4, 1), usage.output_tokens)
+    if usage is None:
+        usage = Usage()
+    model = seen.model
+    cost: int | None = None
+    m = state.metrics
+    model_label = m.model_label(model)
+    if call.metered and model and seen.usage_source in _COSTED:
+        cost = state.prices.cost_nusd(route.price_provider, model, usage)
+        if cost is None:
+            m.unpriced.labels(route.id, model_label).inc()
+    subject = call.subject
+    decision = verdict.applied if verdict is not None else "allow"
+    refusal = verdict.refusal if verdict is not None and verdict.blocked else None
+    error = seen.error if refusal is None else refusal.message
+    if verdict is not None and verdict.counters_down is not None:
+        error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
+    event = CallEvent(
+        id=state.writer.new_id(call.ts_ms),
+        ts_ms=call.ts_ms,
+        subject=subject.id,
+        subject_kind=subject.kind,
+        team=subject.team,
+        project=subject.project,
+        cost_centre=subject.cost_centre,
+        provider=route.id,
+        endpoint=call.endpoint,
+        path=call.path,
+        metered=call.metered,
+        model=model,
+        requested_model=call.requested_model,
+        stream=call.stream,
+        status=seen.status if seen.status else 499,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cost_nusd=cost,
+        usage_source=seen.usage_source.value,
+        decision=decision,
+        rule_id=verdict.rule_id if verdict is not None else None,
+        would=verdict.would if verdict is not None else None,
+        latency_ms=round(elapsed * 1000, 3),
+        ttfb_ms=round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None,
+        client_disconnected=seen.client_disconnected,
+        error=error,
+        endpoint_class=call.endpoint_class,
+    )
+    state.writer.record(event, capture(call.prompt, seen.response_text) if call.capture else None)
+    if verdict is not None:
+        if verdict.enforced and decision != "block" and verdict.decision is not None:
+            for waived in verdict.decision.waived:
+                m.exemption_passes.labels(waived.rule.id).inc()
+        if verdict.blocked:
+            _audit_block(state, event, verdict)
+    # The event is durable (journaled) before the answer leaves; counting it is not on the answer's path:
+    # the loop runs this right after the handler returns, in order, before it handles anything that
+    # arrives later (such as this client's next call).
+    actual = None if call.reservation is None else Charge(route.id, cost or 0, usage.input_tokens,
+                                                          usage.output_tokens, 1 if event.status < 400 else 0)
+    state.loop.call_soon(_settle, state, call.reservation, actual, route.id, model, decision, event.status,
+                         usage.input_tokens, usage.output_tokens, cost or 0, elapsed)
+
+
+def _audit_block(state: GatewayState, event: CallEvent, verdict: Verdict) -> None:
+    refusal = verdict.refusal
+    top = verdict.decision.top if verdict.decision is not None and refusal is None else None
+    state.audit.record("call.blocked", "gateway", {
+        "event_id": event.id, "rule_id": event.rule_id,
+        "rule_type": top.rule.type_name if top is not None else None,
+        "refusal": refusal.code if refusal is not None else None,
+        "reason": event.error if refusal is not None else verdict.reason, "subject": event.subject,
+        "team": event.team, "project": event.project,
+        "provider": event.provider, "model": event.requested_model, "status": event.status})
+
+
+def _settle(state: GatewayState, reservation: object | None, actual: Charge | None, provider: str,
+            model: str | None, decision: str, status: int, input_tokens: int, output_tokens: int, cost_nusd: int,
+            elapsed: float) -> None:
+    """Settle the call's reservation to what it used, and count it in the metrics."""
+    if actual is not None:  # there was a reservation
+        state.ledger.settle(reservation, actual)
+    state.metrics.observe_call(provider, model, decision, status, input_tokens, output_tokens, cost_nusd, elapsed)
