@@ -6,7 +6,10 @@ from typing import Any
 
 import orjson
 
-from tollhouse.providers.base import Endpoint, RequestFacts, int_or_none
+from tollhouse.providers import lenient
+from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.classify import metered_endpoint
+from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
@@ -28,18 +31,22 @@ _MAX_ARRAY_BYTES = 8 * 1024 * 1024
 
 class GeminiProtocol:
     def classify(self, path: str) -> Endpoint:
-        if path.endswith(":generateContent"):
-            return Endpoint.generate
-        if path.endswith(":streamGenerateContent"):
-            return Endpoint.stream_generate
-        return Endpoint.passthrough
+        return metered_endpoint(Family.gemini, "POST", path)
 
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
-        name = path.rsplit("/", 1)[-1].split(":", 1)[0]
-        config = body.get("generationConfig")
-        max_out = int_or_none(config.get("maxOutputTokens")) if isinstance(config, dict) else None
-        return RequestFacts(model=name or None, stream=endpoint is Endpoint.stream_generate,
-                            max_output_tokens=max_out)
+        """Proto3 JSON: every field may come in lowerCamelCase or as its proto name (snake_case)."""
+        last = path.rsplit("/", 1)[-1]
+        name = last.rpartition(":")[0] if ":" in last else None
+        if endpoint is Endpoint.cached_contents:
+            model = body.get("model")
+            name = model.removeprefix("models/") if isinstance(model, str) else None
+        config = body.get("generationConfig", body.get("generation_config"))
+        if not isinstance(config, dict):
+            config = {}
+        return RequestFacts(
+            model=name or None, stream=endpoint is Endpoint.stream_generate,
+            max_output_tokens=lenient.first_count(config, "maxOutputTokens", "max_output_tokens"),
+            choices=lenient.choices(config, "candidateCount", "candidate_count"))
 
     def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> bool:
         return False
