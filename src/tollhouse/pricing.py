@@ -76,8 +76,9 @@ class PriceBook:
             (o.provider, o.model): Rates(o.input_mtok, o.output_mtok, o.cache_read_mtok, o.cache_write_mtok)
             for o in overrides if o.input_mtok is not None and o.output_mtok is not None
         }
-        self._max_output = {(o.provider, o.model): o.max_output_tokens for o in overrides
-                            if o.max_output_tokens is not None}
+        self._max_output: dict[tuple[str, str], int | None] = {
+            (o.provider, o.model): o.max_output_tokens for o in overrides if o.max_output_tokens is not None}
+        self._limits_cache: dict[tuple[str, str], int | None] = {}
         # (provider, model) → (price entry, integer nano-dollars per token when the price is flat, else ())
         self._cache: dict[tuple[str, str], tuple[Rates | _Priced | None, tuple[int, ...]]] = {}
         self._cache_day = int(time.time() // 86400)
@@ -108,8 +109,16 @@ class PriceBook:
         """The most output tokens `model` generates in one call: `pricing.overrides[].max_output_tokens`, else
         the shipped table (model_limits); None for a model nobody knows (then ledger.default_max_output_tokens
         applies: see model_limits.worst_output_tokens)."""
-        found = self._max_output.get((price_provider, model))
-        return found if found is not None else known_max_output(model)
+        key = (price_provider, model)
+        found = self._max_output.get(key)
+        if found is not None:
+            return found
+        if key in self._limits_cache:
+            return self._limits_cache[key]
+        found = known_max_output(model)
+        if len(self._limits_cache) < 50_000:
+            self._limits_cache[key] = found
+        return found
 
     def known(self, price_provider: str, model: str) -> bool:
         return self._lookup(price_provider, model)[0] is not None

@@ -131,24 +131,40 @@ _GEMINI_RESOURCES = frozenset({"models", "tunedmodels", "cachedcontents", "files
                                "corpora", "filesearchstores", "generatedfiles"})
 
 
-def _compile(rules: tuple[_Rule, ...]) -> tuple[tuple[str, tuple[str, ...], Route], ...]:
-    compiled = [(method, tuple(suffix.split("/")), Route(cls, endpoint)) for method, suffix, cls, endpoint in rules]
-    compiled.sort(key=lambda r: -len(r[1]))  # stable: the longest suffix first
-    return tuple(compiled)
+_Index = dict[tuple[str, str], tuple[tuple[tuple[str, ...], Route], ...]]
+
+
+def _compile(rules: tuple[_Rule, ...]) -> tuple[_Index, tuple[tuple[str, tuple[str, ...], Route], ...]]:
+    """Rules indexed by (method, last segment), the longest suffix first; those ending in '*' apart."""
+    index: dict[tuple[str, str], list[tuple[tuple[str, ...], Route]]] = {}
+    wild: list[tuple[str, tuple[str, ...], Route]] = []
+    for method, suffix, cls, endpoint in rules:
+        parts = tuple(suffix.split("/"))
+        if parts[-1] == "*":
+            wild.append((method, parts, Route(cls, endpoint)))
+        else:
+            index.setdefault((method, parts[-1]), []).append((parts, Route(cls, endpoint)))
+    return ({key: tuple(sorted(found, key=lambda r: -len(r[0]))) for key, found in index.items()},
+            tuple(sorted(wild, key=lambda r: -len(r[1]))))
 
 
 _TABLES = {
-    Family.openai: (_compile(_OPENAI), _OPENAI_RESOURCES),
-    Family.anthropic: (_compile(_ANTHROPIC), _ANTHROPIC_RESOURCES),
-    Family.gemini: (_compile(_GEMINI), _GEMINI_RESOURCES),
+    Family.openai: (*_compile(_OPENAI), _OPENAI_RESOURCES),
+    Family.anthropic: (*_compile(_ANTHROPIC), _ANTHROPIC_RESOURCES),
+    Family.gemini: (*_compile(_GEMINI), _GEMINI_RESOURCES),
 }
 
 
 def _suffix_matches(parts: list[str], suffix: tuple[str, ...]) -> bool:
-    if len(suffix) > len(parts):
+    n = len(suffix)
+    if n > len(parts):
         return False
-    tail = parts[len(parts) - len(suffix):]
-    return all(want == "*" or want == got for want, got in zip(suffix, tail, strict=True))
+    offset = len(parts) - n
+    for i in range(n):
+        want = suffix[i]
+        if want != "*" and want != parts[offset + i]:
+            return False
+    return True
 
 
 def classify(family: Family, method: str, path: str) -> Route:
@@ -160,11 +176,14 @@ def classify(family: Family, method: str, path: str) -> Route:
         found = _gemini_action(method, parts)
         if found is not None:
             return found
-    rules, resources = _TABLES[family]
-    for rule_method, suffix, route in rules:
+    index, wild, resources = _TABLES[family]
+    for suffix, route in index.get((method, parts[-1]), ()):
+        if _suffix_matches(parts, suffix):
+            return route
+    for rule_method, suffix, route in wild:
         if rule_method == method and _suffix_matches(parts, suffix):
             return route
-    if method in _READ_METHODS and resources.intersection(parts):
+    if method in _READ_METHODS and not resources.isdisjoint(parts):
         return FREE
     return UNKNOWN
 

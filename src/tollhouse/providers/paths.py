@@ -12,11 +12,14 @@ case-insensitively instead (see `classify`).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, unquote
 
 # pchar minus '%' and '/': unreserved (letters, digits, -._~, which quote never escapes) + sub-delims + ':@'
 _SEGMENT_SAFE = "!$&'()*+,;=:@"
 _HEX = frozenset("0123456789abcdefABCDEF")
+# A path with none of these is canonical already (apart from a trailing slash): the common case, kept fast.
+_NOT_PLAIN = re.compile(r"[^A-Za-z0-9\-._~!$&'()*+,;=:@/]|//|/\.")
 
 
 class PathError(ValueError):
@@ -83,6 +86,8 @@ def normalise_path(raw: str) -> str:
     Percent-escapes are decoded (`%2F` is a separator), duplicate slashes, `.` segments and a trailing
     slash are dropped, `..` is resolved; a path that climbs above '/' raises PathError. Idempotent:
     normalise_path(normalise_path(p)) == normalise_path(p)."""
+    if raw.startswith("/") and _NOT_PLAIN.search(raw) is None:
+        return "/" + raw[1:].rstrip("/")
     return encode(resolve(segments(raw), raw))
 
 
@@ -92,6 +97,10 @@ def split_provider(raw_path: str) -> tuple[str, str]:
     The provider segment is decoded like every other (`/%6Fpenai/...` is openai's), and the tail's root is
     the provider prefix: `/groq/../x` raises PathError rather than leave it. The tail is what the gateway
     classifies and exactly what it forwards upstream (after the upstream's own base path)."""
+    if raw_path.startswith("/") and _NOT_PLAIN.search(raw_path) is None:
+        provider, _, tail = raw_path[1:].rstrip("/").partition("/")
+        if provider:
+            return provider, "/" + tail
     parts = segments(raw_path)
     if not parts or parts[0] == "..":
         raise PathError(f"the path {raw_path!r} names no provider; Tollhouse proxies /{{provider}}/..., "
