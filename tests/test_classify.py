@@ -17,7 +17,7 @@ from tollhouse.model_limits import known_max_output, worst_output_tokens
 from tollhouse.pricing import PriceBook
 from tollhouse.providers import lenient
 from tollhouse.providers.anthropic import AnthropicProtocol
-from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.base import Endpoint, ProviderProtocol, RequestFacts
 from tollhouse.providers.classify import EndpointClass, Route, classify, passthrough_allows
 from tollhouse.providers.family import Family
 from tollhouse.providers.gemini import GeminiProtocol
@@ -311,7 +311,8 @@ def test_every_variant_of_a_metered_path_is_metered(raw: str) -> None:
     (GEMINI, "/v1beta/models/gemini-2.0-flash:generateContent"),
 ])
 def test_protocol_classify_is_the_metered_part_of_the_table(family: Family, path: str) -> None:
-    protocols = {OPENAI: OpenAIProtocol(), ANTHROPIC: AnthropicProtocol(), GEMINI: GeminiProtocol()}
+    protocols: dict[Family, ProviderProtocol] = {
+        OPENAI: OpenAIProtocol(), ANTHROPIC: AnthropicProtocol(), GEMINI: GeminiProtocol()}
     assert protocols[family].classify(path) is classify(family, "POST", path).endpoint
     assert protocols[family].classify(path + "/x") is Endpoint.passthrough
 
@@ -514,3 +515,41 @@ def test_anthropic_facts_lenient_and_batches() -> None:
 ])
 def test_gemini_facts(endpoint: Endpoint, path: str, body: dict[str, Any], expected: RequestFacts) -> None:
     assert _GE.facts(endpoint, path, {}, body) == expected
+
+
+# --------------------------------------------------------------------------------------------
+# Hypothesis: however a route's path is spelled, it is judged as the route
+
+
+_ROUTES = [
+    (OPENAI, "POST", "/v1/chat/completions"), (OPENAI, "POST", "/v1/images/generations"),
+    (OPENAI, "POST", "/v1/threads/t1/runs"), (OPENAI, "GET", "/v1/files/file-1"),
+    (OPENAI, "POST", "/openai/deployments/d1/chat/completions"), (ANTHROPIC, "POST", "/v1/messages"),
+    (ANTHROPIC, "POST", "/v1/messages/batches"), (ANTHROPIC, "POST", "/v1/messages/count_tokens"),
+    (GEMINI, "POST", "/v1beta/models/gemini-2.0-flash:generateContent"),
+    (GEMINI, "POST", "/v1beta/cachedContents"),
+]
+
+
+def _respell(path: str, choices: list[int]) -> str:
+    """The same path written another way: separators doubled or encoded, letters encoded or upper-cased, a
+    detour through '..', '.' segments, a trailing slash."""
+    out = []
+    for i, ch in enumerate(path):
+        pick = choices[i % len(choices)] if choices else 0
+        if ch == "/":
+            out.append(["/", "//", "%2F", "/./", "/x/../", "/%2e/", "/y/%2E%2e/"][pick % 7])
+        elif ch.isalpha():
+            out.append([ch, ch.upper(), f"%{ord(ch):02X}", f"%{ord(ch):02x}"][pick % 4])
+        else:
+            out.append(ch)
+    return "".join(out) + ["", "/", "/.", "//"][choices[0] % 4 if choices else 0]
+
+
+@given(st.sampled_from(_ROUTES), st.lists(st.integers(0, 27), max_size=12))
+def test_a_route_spelled_any_way_is_judged_as_the_route(route: tuple[Family, str, str], choices: list[int]) -> None:
+    family, method, path = route
+    provider, tail = split_provider("/p" + _respell(path, choices))
+    assert provider == "p"
+    assert classify(family, method, tail) == classify(family, method, path)
+    assert tail.lower() == path.lower()  # and forwarded as the route, case aside
