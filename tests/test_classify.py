@@ -512,6 +512,22 @@ def test_anthropic_facts_lenient_and_batches() -> None:
      RequestFacts("imagen-3.0-generate-002", False, None)),
     (Endpoint.cached_contents, "/v1beta/cachedContents", {"model": "models/gemini-1.5-flash-001"},
      RequestFacts("gemini-1.5-flash-001", False, None)),
+    (Endpoint.predict, "/v1beta/models/imagen-3.0-generate-002:predict", {"parameters": {"sampleCount": "4"}},
+     RequestFacts("imagen-3.0-generate-002", False, None, choices=4)),
+    (Endpoint.predict, "/v1beta/models/veo-2.0-generate-001:predictLongRunning", {"parameters": {"sample_count": 2}},
+     RequestFacts("veo-2.0-generate-001", False, None, choices=2)),
+    (Endpoint.batch_generate, "/v1beta/models/gemini-2.5-flash:batchGenerateContent", {"batch": {"input_config": {
+        "requests": {"requests": [
+            {"request": {"contents": [], "generationConfig": {"maxOutputTokens": 100}}},
+            {"request": {"contents": [], "generation_config": {"max_output_tokens": "900", "candidateCount": 2}}},
+        ]}}}},
+     RequestFacts("gemini-2.5-flash", False, 900, choices=4)),
+    (Endpoint.batch_generate, "/v1beta/models/gemini-2.5-flash:batchGenerateContent", {"batch": {"inputConfig": {
+        "requests": {"requests": [{"request": {"contents": []}}]}}}},
+     RequestFacts("gemini-2.5-flash", False, None, choices=1)),
+    (Endpoint.batch_generate, "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+     {"batch": {"inputConfig": {"fileName": "files/abc"}}},
+     RequestFacts("gemini-2.5-flash", False, None)),
 ])
 def test_gemini_facts(endpoint: Endpoint, path: str, body: dict[str, Any], expected: RequestFacts) -> None:
     assert _GE.facts(endpoint, path, {}, body) == expected

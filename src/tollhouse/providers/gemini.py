@@ -40,9 +40,12 @@ class GeminiProtocol:
         if endpoint is Endpoint.cached_contents:
             model = body.get("model")
             name = model.removeprefix("models/") if isinstance(model, str) else None
-        config = body.get("generationConfig", body.get("generation_config"))
-        if not isinstance(config, dict):
-            config = {}
+        if endpoint is Endpoint.batch_generate:
+            return _batch_facts(name, body)
+        if endpoint is Endpoint.predict:  # Imagen, Veo: sampleCount images or videos
+            return RequestFacts(model=name or None, stream=False, max_output_tokens=None,
+                                choices=lenient.choices(_field(body, "parameters"), "sampleCount", "sample_count"))
+        config = _field(body, "generationConfig")
         return RequestFacts(
             model=name or None, stream=endpoint is Endpoint.stream_generate,
             max_output_tokens=lenient.first_count(config, "maxOutputTokens", "max_output_tokens"),
@@ -86,6 +89,33 @@ class GeminiProtocol:
                                "reason": code}
         err.update(extra)
         return {"error": err}
+
+
+def _field(obj: dict[str, Any], camel: str) -> dict[str, Any]:
+    """A sub-object by its JSON name or its proto (snake_case) name; {} if absent or not an object."""
+    found = obj.get(camel)
+    if found is None:
+        found = obj.get("".join(f"_{c.lower()}" if c.isupper() else c for c in camel))
+    return found if isinstance(found, dict) else {}
+
+
+def _batch_facts(model: str | None, body: dict[str, Any]) -> RequestFacts:
+    """batchGenerateContent with inline requests: choices = requests x candidates, max_output_tokens = the
+    largest request's limit (None if any is unreadable or unset). A batch from a file names no count."""
+    requests = _field(_field(_field(body, "batch"), "inputConfig"), "requests").get("requests")
+    if not isinstance(requests, list) or not requests:
+        return RequestFacts(model=model or None, stream=False, max_output_tokens=None)
+    limits: list[int | None] = []
+    candidates = 1
+    for item in requests:
+        request = _field(item, "request") if isinstance(item, dict) else {}
+        config = _field(request, "generationConfig")
+        limits.append(lenient.first_count(config, "maxOutputTokens", "max_output_tokens"))
+        candidates = max(candidates, lenient.choices(config, "candidateCount", "candidate_count"))
+    known = [n for n in limits if n is not None]
+    return RequestFacts(model=model or None, stream=False,
+                        max_output_tokens=max(known) if len(known) == len(limits) else None,
+                        choices=len(requests) * candidates)
 
 
 def usage_from(raw: Any) -> Usage | None:
