@@ -29,6 +29,7 @@ from tollhouse.audit.syslog import parse_syslog_url
 from tollhouse.policy.rules import PolicyError, Rule, ScopeKind, parse_rules
 from tollhouse.policy.timewindow import zone
 from tollhouse.providers.family import Family
+from tollhouse.providers.paths import PathError, normalise_path
 
 
 class ConfigError(Exception):
@@ -82,6 +83,28 @@ class ProviderConfig(_Frozen):
     api_key_env: str | None = None
     price_provider: str | None = None
     timeout_s: float = Field(default=600.0, gt=0)
+    # Paths (after the /{provider} prefix; '*' for any one segment) let through while enforcing although the
+    # gateway does not know their class. Stored normalised, as requests are matched.
+    passthrough: tuple[str, ...] = ()
+
+    @field_validator("passthrough")
+    @classmethod
+    def _normalised(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for i, path in enumerate(value):
+            if not path.startswith("/"):
+                raise ValueError(f"[{i}] {path!r}: write the path after the provider prefix, starting with '/' "
+                                 "(e.g. /v1/vector_stores)")
+            if "?" in path or "#" in path:
+                raise ValueError(f"[{i}] {path!r}: a path only, without a query string or fragment")
+            try:
+                normal = normalise_path(path)
+            except PathError as exc:
+                raise ValueError(f"[{i}] {exc}") from None
+            if normal == "/":
+                raise ValueError(f"[{i}] {path!r}: the provider's root lets everything through; list paths")
+            out.append(normal)
+        return tuple(out)
 
     def resolve_api_key(self) -> str | None:
         """The real provider key swapped in for gateway virtual keys (config, then env)."""
@@ -191,14 +214,31 @@ def _unique(what: str, ids: list[str]) -> None:
 
 
 class PriceOverride(_Frozen):
-    """USD per million tokens; overrides or adds to the genai-prices table."""
+    """USD per million tokens, overriding or adding to the genai-prices table; and/or the most output tokens
+    the model generates in one call (the worst case of a call that sets no limit)."""
 
     provider: str
     model: str
-    input_mtok: Decimal = Field(ge=0)
-    output_mtok: Decimal = Field(ge=0)
+    input_mtok: Decimal | None = Field(default=None, ge=0)
+    output_mtok: Decimal | None = Field(default=None, ge=0)
     cache_read_mtok: Decimal | None = Field(default=None, ge=0)
     cache_write_mtok: Decimal | None = Field(default=None, ge=0)
+    max_output_tokens: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _complete(self) -> PriceOverride:
+        priced = (self.input_mtok is not None, self.output_mtok is not None)
+        if priced == (False, False):
+            if self.cache_read_mtok is not None or self.cache_write_mtok is not None:
+                raise ValueError(f"{self.provider}/{self.model}: cache prices need input_mtok and output_mtok")
+            if self.max_output_tokens is None:
+                raise ValueError(f"{self.provider}/{self.model}: give input_mtok and output_mtok (USD per "
+                                 "million tokens), max_output_tokens, or both")
+        elif priced != (True, True):
+            missing = "output_mtok" if priced[0] else "input_mtok"
+            raise ValueError(f"{self.provider}/{self.model}: {missing} is required with "
+                             f"{'input_mtok' if priced[0] else 'output_mtok'}")
+        return self
 
 
 class PricingConfig(_Frozen):

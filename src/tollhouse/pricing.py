@@ -15,6 +15,7 @@ from genai_prices import Usage as PriceUsage
 from genai_prices import data_snapshot
 
 from tollhouse.config import PriceOverride
+from tollhouse.model_limits import known_max_output
 from tollhouse.providers.usage import Usage
 
 NANO = Decimal(1_000_000_000)
@@ -73,8 +74,11 @@ class PriceBook:
         self._snapshot = data_snapshot.get_snapshot()
         self._overrides = {
             (o.provider, o.model): Rates(o.input_mtok, o.output_mtok, o.cache_read_mtok, o.cache_write_mtok)
-            for o in overrides
+            for o in overrides if o.input_mtok is not None and o.output_mtok is not None
         }
+        self._max_output: dict[tuple[str, str], int | None] = {
+            (o.provider, o.model): o.max_output_tokens for o in overrides if o.max_output_tokens is not None}
+        self._limits_cache: dict[tuple[str, str], int | None] = {}
         # (provider, model) → (price entry, integer nano-dollars per token when the price is flat, else ())
         self._cache: dict[tuple[str, str], tuple[Rates | _Priced | None, tuple[int, ...]]] = {}
         self._cache_day = int(time.time() // 86400)
@@ -100,6 +104,21 @@ class PriceBook:
         if len(self._cache) < 50_000:
             self._cache[(provider, model)] = priced
         return priced
+
+    def max_output_tokens(self, price_provider: str, model: str) -> int | None:
+        """The most output tokens `model` generates in one call: `pricing.overrides[].max_output_tokens`, else
+        the shipped table (model_limits); None for a model nobody knows (then ledger.default_max_output_tokens
+        applies: see model_limits.worst_output_tokens)."""
+        key = (price_provider, model)
+        found = self._max_output.get(key)
+        if found is not None:
+            return found
+        if key in self._limits_cache:
+            return self._limits_cache[key]
+        found = known_max_output(model)
+        if len(self._limits_cache) < 50_000:
+            self._limits_cache[key] = found
+        return found
 
     def known(self, price_provider: str, model: str) -> bool:
         return self._lookup(price_provider, model)[0] is not None

@@ -6,21 +6,27 @@ from typing import Any
 
 import orjson
 
-from tollhouse.providers.base import Endpoint, RequestFacts, bearer, int_or_none
+from tollhouse.providers import lenient
+from tollhouse.providers.base import Endpoint, RequestFacts, bearer
+from tollhouse.providers.classify import metered_endpoint
+from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
 
 class AnthropicProtocol:
     def classify(self, path: str) -> Endpoint:
-        return Endpoint.messages if path.endswith("/messages") else Endpoint.passthrough
+        return metered_endpoint(Family.anthropic, "POST", path)
 
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
+        if endpoint is Endpoint.message_batches:
+            return _batch_facts(body)
         model = body.get("model")
+        limit_key = "max_tokens_to_sample" if endpoint is Endpoint.complete else "max_tokens"
         return RequestFacts(
-            model=model if isinstance(model, str) else None,
+            model=model if isinstance(model, str) and model else None,
             stream=body.get("stream") is True,
-            max_output_tokens=int_or_none(body.get("max_tokens")),
+            max_output_tokens=lenient.first_count(body, limit_key),
         )
 
     def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> bool:
@@ -49,6 +55,27 @@ class AnthropicProtocol:
         err: dict[str, Any] = {"type": extra.pop("type", _error_type(status)), "message": message, "code": code}
         err.update(extra)
         return {"type": "error", "error": err}
+
+
+def _batch_facts(body: dict[str, Any]) -> RequestFacts:
+    """A message batch: every request's model; worst case = choices (the request count) x max_output_tokens
+    (the largest request's limit, None if any request's is unreadable) at the priciest of batch_models."""
+    requests = body.get("requests")
+    models: dict[str, None] = {}
+    limits: list[int | None] = []
+    for item in requests if isinstance(requests, list) else ():
+        params = item.get("params") if isinstance(item, dict) else None
+        if not isinstance(params, dict):
+            limits.append(None)
+            continue
+        model = params.get("model")
+        if isinstance(model, str) and model:
+            models[model] = None
+        limits.append(lenient.first_count(params, "max_tokens"))
+    known = [n for n in limits if n is not None]
+    return RequestFacts(model=None, stream=False,
+                        max_output_tokens=max(known) if known and len(known) == len(limits) else None,
+                        choices=max(len(limits), 1), batch_models=tuple(models))
 
 
 def _error_type(status: int) -> str:

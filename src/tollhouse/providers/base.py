@@ -10,6 +10,7 @@ from tollhouse.providers.usage import Usage
 
 
 class Endpoint(StrEnum):
+    # metered: model, usage and cost read from the call itself
     chat = "chat"
     completions = "completions"
     embeddings = "embeddings"
@@ -17,6 +18,29 @@ class Endpoint(StrEnum):
     messages = "messages"
     generate = "generate"
     stream_generate = "stream_generate"
+    # governed: can make the provider spend (see providers/classify.py)
+    images = "images"
+    audio_speech = "audio_speech"
+    audio_transcription = "audio_transcription"
+    batches = "batches"
+    fine_tuning = "fine_tuning"
+    realtime = "realtime"
+    assistants_run = "assistants_run"
+    videos = "videos"
+    evals = "evals"
+    containers = "containers"
+    message_batches = "message_batches"
+    complete = "complete"  # Anthropic's legacy text completions
+    batch_generate = "batch_generate"
+    cached_contents = "cached_contents"
+    predict = "predict"
+    embed_content = "embed_content"
+    batch_embed = "batch_embed"
+    answer = "answer"  # Gemini generateAnswer
+    # free
+    count_tokens = "count_tokens"
+    moderations = "moderations"
+    # free routes without a meaning of their own (lists, retrieves, deletes, cancels) and unknown ones
     passthrough = "passthrough"
 
 
@@ -26,7 +50,13 @@ class RequestFacts:
 
     model: str | None
     stream: bool
+    # The most output tokens the call allows itself; None when it sets none (or none readable): the model's
+    # maximum is the worst case then (PriceBook.max_output_tokens, pricing.worst_output_tokens).
     max_output_tokens: int | None
+    choices: int = 1  # completions generated (n, best_of, candidateCount; a batch's request count)
+    background: bool = False  # Responses API background mode: usage becomes known only when polled
+    size: str | None = None  # images and videos: the size asked for
+    batch_models: tuple[str, ...] = ()  # the models a batch's inline requests name (model is then None)
 
 
 class StreamMeter(Protocol):
@@ -72,12 +102,6 @@ class ProviderProtocol(Protocol):
     def auth_header_names(self) -> tuple[str, ...]: ...
 
     def error_body(self, status: int, message: str, code: str, extra: dict[str, Any]) -> dict[str, Any]: ...
-
-
-def int_or_none(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    return None
 
 
 def bearer(headers: Any) -> str | None:

@@ -6,7 +6,10 @@ from typing import Any
 
 import orjson
 
-from tollhouse.providers.base import Endpoint, RequestFacts, int_or_none
+from tollhouse.providers import lenient
+from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.classify import metered_endpoint
+from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
@@ -28,18 +31,25 @@ _MAX_ARRAY_BYTES = 8 * 1024 * 1024
 
 class GeminiProtocol:
     def classify(self, path: str) -> Endpoint:
-        if path.endswith(":generateContent"):
-            return Endpoint.generate
-        if path.endswith(":streamGenerateContent"):
-            return Endpoint.stream_generate
-        return Endpoint.passthrough
+        return metered_endpoint(Family.gemini, "POST", path)
 
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
-        name = path.rsplit("/", 1)[-1].split(":", 1)[0]
-        config = body.get("generationConfig")
-        max_out = int_or_none(config.get("maxOutputTokens")) if isinstance(config, dict) else None
-        return RequestFacts(model=name or None, stream=endpoint is Endpoint.stream_generate,
-                            max_output_tokens=max_out)
+        """Proto3 JSON: every field may come in lowerCamelCase or as its proto name (snake_case)."""
+        last = path.rsplit("/", 1)[-1]
+        name = last.rpartition(":")[0] if ":" in last else None
+        if endpoint is Endpoint.cached_contents:
+            model = body.get("model")
+            name = model.removeprefix("models/") if isinstance(model, str) else None
+        if endpoint is Endpoint.batch_generate:
+            return _batch_facts(name, body)
+        if endpoint is Endpoint.predict:  # Imagen, Veo: sampleCount images or videos
+            return RequestFacts(model=name or None, stream=False, max_output_tokens=None,
+                                choices=lenient.choices(_field(body, "parameters"), "sampleCount", "sample_count"))
+        config = _field(body, "generationConfig")
+        return RequestFacts(
+            model=name or None, stream=endpoint is Endpoint.stream_generate,
+            max_output_tokens=lenient.first_count(config, "maxOutputTokens", "max_output_tokens"),
+            choices=lenient.choices(config, "candidateCount", "candidate_count"))
 
     def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> bool:
         return False
@@ -79,6 +89,33 @@ class GeminiProtocol:
                                "reason": code}
         err.update(extra)
         return {"error": err}
+
+
+def _field(obj: dict[str, Any], camel: str) -> dict[str, Any]:
+    """A sub-object by its JSON name or its proto (snake_case) name; {} if absent or not an object."""
+    found = obj.get(camel)
+    if found is None:
+        found = obj.get("".join(f"_{c.lower()}" if c.isupper() else c for c in camel))
+    return found if isinstance(found, dict) else {}
+
+
+def _batch_facts(model: str | None, body: dict[str, Any]) -> RequestFacts:
+    """batchGenerateContent with inline requests: choices = requests x candidates, max_output_tokens = the
+    largest request's limit (None if any is unreadable or unset). A batch from a file names no count."""
+    requests = _field(_field(_field(body, "batch"), "inputConfig"), "requests").get("requests")
+    if not isinstance(requests, list) or not requests:
+        return RequestFacts(model=model or None, stream=False, max_output_tokens=None)
+    limits: list[int | None] = []
+    candidates = 1
+    for item in requests:
+        request = _field(item, "request") if isinstance(item, dict) else {}
+        config = _field(request, "generationConfig")
+        limits.append(lenient.first_count(config, "maxOutputTokens", "max_output_tokens"))
+        candidates = max(candidates, lenient.choices(config, "candidateCount", "candidate_count"))
+    known = [n for n in limits if n is not None]
+    return RequestFacts(model=model or None, stream=False,
+                        max_output_tokens=max(known) if len(known) == len(limits) else None,
+                        choices=len(requests) * candidates)
 
 
 def usage_from(raw: Any) -> Usage | None:

@@ -6,39 +6,56 @@ from typing import Any
 
 import orjson
 
-from tollhouse.providers.base import Endpoint, RequestFacts, bearer, int_or_none
+from tollhouse.providers import lenient
+from tollhouse.providers.base import Endpoint, RequestFacts, bearer
+from tollhouse.providers.classify import metered_endpoint
+from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
-_SUFFIXES: tuple[tuple[str, Endpoint], ...] = (
-    ("/chat/completions", Endpoint.chat),
-    ("/completions", Endpoint.completions),
-    ("/embeddings", Endpoint.embeddings),
-    ("/responses", Endpoint.responses),
-)
-
 _USAGE_NULL = b',"usage":null'
+
+# Where each endpoint takes its output limit (chat: the newer name and the deprecated one; a server may
+# honour either, so the larger counts).
+_MAX_OUTPUT_KEYS: dict[Endpoint, tuple[str, ...]] = {
+    Endpoint.chat: ("max_completion_tokens", "max_tokens"),
+    Endpoint.completions: ("max_tokens",),
+    Endpoint.responses: ("max_output_tokens",),
+    Endpoint.assistants_run: ("max_completion_tokens",),
+}
+# How many completions one call generates: legacy completions generate best_of and return n.
+_CHOICE_KEYS: dict[Endpoint, tuple[str, ...]] = {
+    Endpoint.chat: ("n",),
+    Endpoint.completions: ("n", "best_of"),
+    Endpoint.images: ("n",),
+}
+_NO_STREAM = frozenset({Endpoint.embeddings, Endpoint.batches, Endpoint.fine_tuning})
+# Requests that name no model of their own (a batch's models are in its input file).
+_NO_MODEL = frozenset({Endpoint.batches, Endpoint.containers, Endpoint.evals})
 
 
 class OpenAIProtocol:
     def classify(self, path: str) -> Endpoint:
-        for suffix, endpoint in _SUFFIXES:
-            if path.endswith(suffix):
-                return endpoint
-        return Endpoint.passthrough
+        return metered_endpoint(Family.openai, "POST", path)
 
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
+        """Read from the JSON body, or from the fields of a multipart form given as a dict of strings."""
         model = body.get("model")
-        if not isinstance(model, str):
+        if not isinstance(model, str) or not model:
             model = _azure_deployment(path)
-        if endpoint is Endpoint.responses:
-            max_out = int_or_none(body.get("max_output_tokens"))
-        else:
-            max_out = int_or_none(body.get("max_completion_tokens"))
-            if max_out is None:
-                max_out = int_or_none(body.get("max_tokens"))
-        stream = body.get("stream") is True and endpoint is not Endpoint.embeddings
-        return RequestFacts(model=model, stream=stream, max_output_tokens=max_out)
+        if endpoint is Endpoint.images and model is None and "generations" in path:
+            model = "dall-e-2"  # what the API uses when none is named
+        max_out = lenient.first_count(body, *_MAX_OUTPUT_KEYS.get(endpoint, ()))
+        stream = body.get("stream") is True and endpoint not in _NO_STREAM
+        size = body.get("size")
+        return RequestFacts(
+            model=None if endpoint in _NO_MODEL else model,
+            stream=stream,
+            max_output_tokens=max_out,
+            choices=lenient.choices(body, *_CHOICE_KEYS.get(endpoint, ())),
+            background=endpoint is Endpoint.responses and lenient.flag(body.get("background")),
+            size=size if isinstance(size, str) and endpoint in (Endpoint.images, Endpoint.videos) else None,
+        )
 
     def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> bool:
         """Streams of chat and legacy completions report usage only if asked: ask."""
