@@ -35,15 +35,21 @@ from tollhouse.gateway.identify import PROJECT_HEADER, USER_HEADER, Identity, id
 from tollhouse.gateway.record import Finished, record
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import Charge, ReserveResult
+from tollhouse.model_limits import worst_output_tokens
 from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
 from tollhouse.policy.engine import CallFacts
 from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.classify import EndpointClass, passthrough_allows
+from tollhouse.providers.classify import classify as classify_path
 from tollhouse.providers.family import Family
+from tollhouse.providers.paths import PathError, decoded, split_provider
 from tollhouse.providers.usage import UsageSource
 
 log = logging.getLogger("tollhouse.proxy")
 
 _NO_FACTS = RequestFacts(model=None, stream=False, max_output_tokens=None)
+_JUDGED = frozenset({"metered", "governed"})  # classes whose model is judged and whose worst case is reserved
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 
 class Classified(NamedTuple):
@@ -52,6 +58,7 @@ class Classified(NamedTuple):
     forward_path: str  # sent upstream
     endpoint: Endpoint
     endpoint_class: str  # metered | governed | free | unknown
+    problem: Problem | None  # a path that cannot be forwarded, or (enforcing) an unknown endpoint with a body
 
 
 class Read(NamedTuple):
@@ -62,19 +69,29 @@ class Read(NamedTuple):
 
 
 def classify(request: Request, state: GatewayState) -> Classified | Response:
-    provider_id, _, tail = request.path[1:].partition("/")
+    """The route and endpoint class of `/{provider}/...`, judged on the normalised path, which is also exactly
+    what is forwarded (a path that leaves the provider's root is refused: never forwarded elsewhere)."""
+    problem: Problem | None = None
+    try:
+        provider_id, forward_path = split_provider(request.raw_path)
+    except PathError as exc:
+        provider_id, forward_path = request.path[1:].partition("/")[0], "/"
+        problem = Problem("invalid_path", 400, str(exc), always=True)
     route = state.providers.get(provider_id)
     if route is None:
         known = ", ".join(f"/{p}/" for p in sorted(state.providers))
         return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
                               f"Configured prefixes: {known}. Add it under `providers:` in the config.",
                               "unknown_provider")
-    path = "/" + tail
-    # Forwarded as sent (still percent-encoded); judged on the decoded path.
-    forward_path = path if request.raw_path is request.path else request.raw_path[len(provider_id) + 1:]
-    endpoint = route.protocol.classify(path) if request.method == "POST" else Endpoint.passthrough
-    return Classified(route, path, forward_path, endpoint,
-                      "unknown" if endpoint is Endpoint.passthrough else "metered")
+    rc = classify_path(route.family, request.method, forward_path)
+    endpoint_class = rc.endpoint_class.value
+    if problem is None and rc.endpoint_class is EndpointClass.unknown and request.method not in _BODILESS \
+            and not passthrough_allows(state.settings.providers[route.id].passthrough, forward_path):
+        problem = Problem("unknown_endpoint", 403,
+                          f"Tollhouse does not know what {request.method} {forward_path} on provider '{route.id}' "
+                          "does, so it cannot tell whether it spends; with enforcement on it is not forwarded. If "
+                          f"it is safe, list it under providers.{route.id}.passthrough in the Tollhouse config.")
+    return Classified(route, decoded(forward_path), forward_path, rc.endpoint, endpoint_class, problem)
 
 
 async def read(request: Request, state: GatewayState, where: Classified, query: dict[str, str]) -> Read:
@@ -86,15 +103,19 @@ async def read(request: Request, state: GatewayState, where: Classified, query: 
         return Read(b"", None, _NO_FACTS, Problem(
             "request_too_large", 413, f"Request body too large{got}: this gateway accepts at most {limit} bytes "
             "(limits.max_body_bytes in the Tollhouse config).", always=True))
-    if where.endpoint_class != "metered":
+    if where.endpoint_class == "unknown" and body and where.problem is not None:
+        return Read(body, None, _NO_FACTS, where.problem)
+    if where.endpoint_class not in _JUDGED:
         return Read(body, None, _NO_FACTS, None)
     route = where.route
     try:
-        obj = orjson.loads(body)
+        obj = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         obj = None
     if isinstance(obj, dict):
         return Read(body, obj, route.protocol.facts(where.endpoint, where.path, query, obj), None)
+    if where.endpoint_class == "governed":  # a form or an empty body: judged on what the path names
+        return Read(body, None, route.protocol.facts(where.endpoint, where.path, query, {}), None)
     state.metrics.unparsed.labels(route.id).inc()
     return Read(body, None, route.protocol.facts(where.endpoint, where.path, query, {}), Problem(
         "unparseable_request", 400, "Tollhouse could not read this request body as a JSON object, so it cannot "
@@ -113,7 +134,9 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     query = request.query if route.family is Family.gemini else {}
     ident = await identify({USER_HEADER: request.header(USER_HEADER), PROJECT_HEADER: request.header(PROJECT_HEADER)},
                            state, route, route.protocol.client_key(request.headers, query))
-    if ident.problem is not None and ident.problem.always:
+    if where.problem is not None and where.problem.always:
+        got = Read(b"", None, _NO_FACTS, where.problem)
+    elif ident.problem is not None and ident.problem.always:
         got = Read(b"", None, _NO_FACTS, None)  # refused whatever the body says: not read
     else:
         got = await read(request, state, where, query)
@@ -121,15 +144,18 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                     and where.endpoint_class == "metered" else UsageSource.none)
     verdict: Verdict | None = None
     reservation: object | None = None
+    worst: Charge | None = None
     prompt: str | None = None
     capture = False
     try:
-        problems = tuple(p for p in (ident.problem, got.problem) if p is not None)
+        # A path that cannot be forwarded first, then who is calling, then what the body says.
+        first = got.problem if got.problem is where.problem else None
+        problems = tuple(p for p in (first, ident.problem, got.problem if first is None else None) if p is not None)
         metered = where.endpoint_class == "metered"
         if metered and got.parsed is not None:
             prompt = call_prompt(state, got.parsed)
             capture = capturing(state)
-        verdict, reservation = await _judge(state, where, ident, got, problems, prompt, now_s, ts_ms)
+        verdict, reservation, worst = await _judge(state, where, ident, got, problems, prompt, now_s, ts_ms)
         if verdict is not None and verdict.blocked:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
                                         datetime.fromtimestamp(now_s, UTC))
@@ -159,16 +185,18 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         # kill -9 can never lose a call the client has already been answered.
         record(state, Finished(route, where.endpoint.value, where.endpoint_class, where.forward_path, ident.subject,
                                got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
-                               started, ts_ms, prompt, capture))
+                               started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst)))
 
 
 async def _judge(state: GatewayState, where: Classified, ident: Identity, got: Read, problems: tuple[Problem, ...],
-                 prompt: str | None, now_s: float, ts_ms: int) -> tuple[Verdict | None, object | None]:
-    """decide, reserve, decide again on the ledger's numbers. Returns the verdict and the reservation."""
+                 prompt: str | None, now_s: float, ts_ms: int
+                 ) -> tuple[Verdict | None, object | None, Charge | None]:
+    """decide, reserve, decide again on the ledger's numbers. Returns the verdict, the reservation and the
+    worst case it holds."""
     policy = state.policy.current
     subject = ident.subject
     if policy.empty and not problems:
-        return None, None
+        return None, None, None
     route = where.route
     enforced = enforce.enforced(state, subject)
     settings = state.settings
@@ -179,13 +207,13 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
     verdict = decide(gate, policy, call, subject, now, exemptions)
     enforce.count_violations(state, verdict, subject, got.facts.model)
     if verdict.blocked or not verdict.caps:
-        return verdict, None
+        return verdict, None, None
     charge, priced = _worst_case(state, route, got, verdict)
     if not priced:  # no price for the model: refused under spend caps (pricing.unpriced: block)
         gate = gate._replace(priced=False)
         verdict = decide(gate, policy, call, subject, now, exemptions)
         if verdict.blocked:
-            return verdict, None
+            return verdict, None, None
     try:
         ceilings = verdict.ceilings
         reserved = state.ledger.try_reserve(verdict.caps, charge, ts_ms, ceilings)
@@ -194,11 +222,19 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
     except StoreError as exc:
         verdict = decide(gate, policy, call, subject, now, exemptions, CountersDown(str(exc)))
         _counters_down(state, verdict, subject.id, route.id, got.facts.model, ts_ms, str(exc))
-        return verdict, None
+        return verdict, None, None
     if state.outage.ongoing:
         state.outage.succeeded(ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage)
-    return verdict, _kept(state, reserved, verdict)
+    return verdict, _kept(state, reserved, verdict), charge
+
+
+def _charged_at_worst(where: Classified, got: Read, worst: Charge | None) -> Charge | None:
+    """Calls whose usage the answer does not tell are settled at the worst case they reserved: governed
+    endpoints (images, batches, ...) and Responses API background calls (usage known only when polled)."""
+    if worst is None or not (where.endpoint_class == "governed" or got.facts.background):
+        return None
+    return worst
 
 
 def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> object | None:
@@ -212,10 +248,18 @@ def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> obj
 def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict) -> tuple[Charge, bool]:
     """The most the call can cost: the prompt estimate (about four bytes of request per token) plus the most
     it may generate; and whether the model has a price (if not, the charge counts tokens only)."""
-    model = verdict.decision.model if verdict.decision is not None else got.facts.model
+    facts = got.facts
+    model = verdict.decision.model if verdict.decision is not None else facts.model
     input_est = max(len(got.body) // 4, 1)
-    output_max = got.facts.max_output_tokens or state.settings.ledger.default_max_output_tokens
-    cost = state.prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
+    prices = state.prices
+    if facts.max_output_tokens is None and not model:
+        output_max = 0 if got.parsed is None else state.settings.ledger.default_max_output_tokens
+    else:
+        model_max = prices.max_output_tokens(route.price_provider, model) if model else None
+        output_max = worst_output_tokens(facts.max_output_tokens, model_max,
+                                         state.settings.ledger.default_max_output_tokens)
+    output_max *= facts.choices
+    cost = prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
     return Charge(route.id, cost or 0, input_est, output_max), cost is not None
 
 

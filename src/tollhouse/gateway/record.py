@@ -35,6 +35,7 @@ class Finished(NamedTuple):
     ts_ms: int
     prompt: str | None  # captured prompt text (enterprise capture), already redacted
     capture: bool
+    worst: Charge | None  # settle at this reserved worst case: the answer does not tell the usage
 
     @property
     def metered(self) -> bool:
@@ -50,10 +51,15 @@ def record(state: GatewayState, call: Finished) -> None:
     if usage is not None and seen.usage_source is UsageSource.estimate and usage.input_tokens == 0:
         # No usage report at all: about four bytes of prompt JSON per token.
         usage = Usage(max(call.request_bytes // 4, 1), usage.output_tokens)
-    if usage is None:
-        usage = Usage()
     model = seen.model
     cost: int | None = None
+    worst = call.worst
+    if worst is not None and seen.status < 400 and (usage is None or seen.usage_source is UsageSource.none):
+        # Usage the answer does not tell (governed endpoints, background calls): counted at the worst case.
+        usage, cost, seen.usage_source = Usage(worst.input_tokens, worst.output_tokens), worst.spend_nusd, \
+            UsageSource.reserved
+    if usage is None:
+        usage = Usage()
     m = state.metrics
     model_label = m.model_label(model)
     if call.metered and model and seen.usage_source in _COSTED:
