@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -74,6 +76,11 @@ async def _no_history(scope: str, ident: str, since: int, bucket: int) -> list[H
     return []
 
 
+def _hard(caps: Sequence[Cap]) -> list[int | None]:
+    """The ceilings an enforcing gateway passes: a hard cap's limit, else none (just count)."""
+    return [cap.units if cap.hard else None for cap in caps]
+
+
 def test_reservations_count_until_settled_and_expire_if_never_settled() -> None:
     caps = _caps([{"id": "b", "scope": "individual", "condition": {"type": "budget", "threshold": 1},
                    "action": {"type": "hard_stop"}}])
@@ -82,16 +89,69 @@ def test_reservations_count_until_settled_and_expire_if_never_settled() -> None:
         ledger = LocalLedger(_no_history, 1, UTC_ZONE, reservation_ttl_s=60)
         now = 1_800_000_000_000
         await ledger.ensure_loaded(caps, now)
-        first = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, enforce=True)
-        assert first.reservation is not None and first.refused_by is None
-        second = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, enforce=True)
-        assert second.reservation is None and second.refused_by is not None  # 0.6 + 0.6 > 1
+        first = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, _hard(caps))
+        assert first.reservation is not None and first.over == ()
+        second = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, _hard(caps))
+        assert second.reservation is None and second.over == (0,)  # 0.6 + 0.6 > 1
+        assert second.usage[0][1:4] == (600_000_000, 600_000_000, 1_000_000_000)  # used, need, limit
         ledger.settle(first.reservation, Charge("openai", 100_000_000, 10, 2))  # it cost only $0.10
-        third = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, enforce=True)
-        assert third.reservation is not None and third.states[0].used == 100_000_000
+        third = await ledger.reserve(caps, Charge("openai", 600_000_000, 10, 10), now, _hard(caps))
+        assert third.reservation is not None and third.usage[0].used == 100_000_000
         assert ledger.expire(now + 59_000) == 0
         assert ledger.expire(now + 61_000) == 1  # the third call never settled: released
         assert await ledger.cap_used(caps[0], now + 61_000) == 100_000_000
+
+    asyncio.run(run())
+
+
+def test_a_call_longer_than_the_reservation_ttl_still_counts_its_spend_once() -> None:
+    caps = _caps([{"id": "b", "scope": "individual", "condition": {"type": "budget", "threshold": 1},
+                   "action": {"type": "hard_stop"}}])
+
+    async def run() -> None:
+        ledger = LocalLedger(_no_history, 1, UTC_ZONE, reservation_ttl_s=900)
+        now = 1_800_000_000_000
+        long_call = await ledger.reserve(caps, Charge("openai", 500_000_000, 10, 10), now, _hard(caps))
+        assert long_call.reservation is not None
+        assert ledger.expire(now + 900_000) == 1  # the hold is released after the TTL ...
+        assert await ledger.cap_used(caps[0], now + 900_000) == 0
+        ledger.settle(long_call.reservation, Charge("openai", 300_000_000, 10, 5))  # ... the call ends at 20 min
+        assert await ledger.cap_used(caps[0], now + 1_200_000) == 300_000_000  # and its spend is counted
+        ledger.settle(long_call.reservation, Charge("openai", 300_000_000, 10, 5))  # a second settle: no-op
+        assert await ledger.cap_used(caps[0], now + 1_200_000) == 300_000_000
+        assert ledger.expire(now + 2_000_000) == 0 and ledger.open_reservations == 0
+
+    asyncio.run(run())
+
+
+def test_ceilings_decide_and_caps_without_one_are_only_counted() -> None:
+    caps = _caps([{"id": "soft", "scope": "individual", "condition": {"type": "budget", "threshold": 1},
+                   "action": {"type": "alert"}},
+                  {"id": "tok", "scope": "individual", "action": {"type": "hard_stop"},
+                   "condition": {"type": "usage", "metric": "tokens_per_minute", "threshold": 100, "window": "1m"}}])
+
+    async def run() -> None:
+        ledger = LocalLedger(_no_history, 1, UTC_ZONE, reservation_ttl_s=60)
+        now = 1_800_000_000_000
+        ids = [cap.rule.id for cap in caps]
+        soft, tok = ids.index("soft"), ids.index("tok")
+        ceilings: list[int | None] = [None, None]
+        ceilings[tok] = 100
+        # over the soft cap's limit, but it has no ceiling: reserved, and the numbers say how far over
+        big = await ledger.reserve(caps, Charge("openai", 2_000_000_000, 30, 30), now, ceilings)
+        assert big.reservation is not None and big.over == ()
+        assert big.usage[soft].need == 2_000_000_000 and big.usage[soft].retry_after_s > 0  # month's end
+        assert big.usage[tok].retry_after_s == 0  # 60 of 100 tokens: fits
+        # 60 + 60 > 100: refused, nothing reserved; retry when the first call's bucket leaves the window
+        refused = await ledger.reserve(caps, Charge("openai", 1, 30, 30), now + 10_000, ceilings)
+        assert refused.reservation is None and refused.over == (tok,)
+        ledger.settle(big.reservation, Charge("openai", 2_000_000_000, 30, 30))
+        assert refused.usage[tok].used == 60 and refused.usage[soft].used == 2_000_000_000
+        after = await ledger.reserve(caps, Charge("openai", 0, 30, 30), now + 10_000, ceilings)
+        assert after.reservation is None and after.usage[tok].retry_after_s == 51  # its 1 s bucket [now, now+1 s) leaves at +61 s
+        assert await ledger.cap_used(caps[tok], now + 10_000) == 60  # the refused calls reserved nothing
+        with pytest.raises(ValueError, match="2 caps"):
+            await ledger.reserve(caps, Charge("openai", 0, 1, 1), now, [None])
 
     asyncio.run(run())
 

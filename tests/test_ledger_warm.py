@@ -41,13 +41,15 @@ def test_everyones_counters_are_loaded_before_their_first_call(tmp_path: Path) -
             subject = state.directory.subject("alice")
             caps = state.policy.current.subject_caps(subject)
             charge = Charge("openai", 1_000, 10, 10)
-            assert caps and state.ledger.try_reserve(caps, charge, now_ms, True) is None  # would wait for the store
+            hard = [cap.units if cap.hard else None for cap in caps]
+            assert caps and state.ledger.try_reserve(caps, charge, now_ms, hard) is None  # would wait for the store
             await warm_counters(state)
             for who, spent in (("alice", 400_000_000), ("bob", 0)):
                 caps = state.policy.current.subject_caps(state.directory.subject(who))
-                result = state.ledger.try_reserve(caps, charge, now_ms, True)
+                hard = [cap.units if cap.hard else None for cap in caps]
+                result = state.ledger.try_reserve(caps, charge, now_ms, hard)
                 assert result is not None, f"{who}'s counter was not loaded"
-                assert result.states[0].used == spent
+                assert result.usage[0].used == spent
         finally:
             await state.close()
 

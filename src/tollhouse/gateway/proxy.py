@@ -25,9 +25,10 @@ from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
 from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, Streamed
+from tollhouse.gateway.money import cap_reason
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.keys import KEY_PREFIX, sha256_hex
-from tollhouse.ledger.local import NANO_PER_USD, Charge, ReserveResult, cap_reason
+from tollhouse.ledger.local import NANO_PER_USD, Charge, ReserveResult
 from tollhouse.policy.engine import Violation, with_violations
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
 from tollhouse.providers.family import Family
@@ -168,9 +169,10 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             try:
                 charge = _worst_case(state, call)
                 caps = verdict.decision.caps
-                reserved = state.ledger.try_reserve(caps, charge, call.ts_ms, verdict.enforced)
+                ceilings = [cap.units if verdict.enforced and cap.hard else None for cap in caps]
+                reserved = state.ledger.try_reserve(caps, charge, call.ts_ms, ceilings)
                 if reserved is None:  # a counter to load from the store first, or a Redis round trip
-                    reserved = await state.ledger.reserve(caps, charge, call.ts_ms, enforce=verdict.enforced)
+                    reserved = await state.ledger.reserve(caps, charge, call.ts_ms, ceilings)
                 verdict = call.verdict = _reserved(state, call, verdict, charge, reserved)
             except StoreError as exc:
                 unavailable = _counters_unavailable(state, call, verdict, exc)
@@ -215,16 +217,16 @@ def _reserved(state: GatewayState, call: _Call, verdict: Verdict, charge: Charge
     call.reservation = result.reservation
     remaining: int | None = None
     exceeded = []
-    for st in result.states:
-        if st.cap.metric == "spend":
-            left = st.limit - st.used - charge.spend_nusd
+    for usage in result.usage:
+        if usage.cap.metric == "spend":
+            left = usage.limit - usage.used - charge.spend_nusd
             remaining = left if remaining is None else min(remaining, left)
-        if st.exceeded:
-            exceeded.append(Violation(st.cap.rule, st.cap.level, cap_reason(st)))
+        if usage.used + usage.need > usage.limit:
+            exceeded.append(Violation(usage.cap.rule, usage.cap.level, cap_reason(usage)))
     if remaining is not None:
         call.budget_remaining_nusd = max(remaining, 0)
-    if result.refused_by is not None:
-        call.retry_after_s = result.refused_by.retry_after_s
+    if result.over:  # refused: a hard cap's ceiling would be exceeded
+        call.retry_after_s = result.usage[result.over[0]].retry_after_s
     if not exceeded:
         return verdict
     return verdict._replace(decision=with_violations(verdict.decision, exceeded))
@@ -237,7 +239,7 @@ def _worst_case(state: GatewayState, call: _Call) -> Charge:
     output_max = call.facts.max_output_tokens or state.settings.ledger.default_max_output_tokens
     model = call.verdict.decision.model if call.verdict is not None else call.facts.model
     cost = state.prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
-    return Charge(route.id, cost or 0, input_est, output_max)
+    return Charge(route.id, cost or 0, input_est, output_max, priced=cost is not None)
 
 
 def _counters_unavailable(state: GatewayState, call: _Call, verdict: Verdict, exc: Exception) -> Response | None:

@@ -13,44 +13,19 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from tollhouse.ledger.types import NANO_PER_USD as NANO_PER_USD
+from tollhouse.ledger.types import CapUsage, Ceilings, check_ceilings, metric_of
+from tollhouse.ledger.types import Charge as Charge
+from tollhouse.ledger.types import ReserveResult as ReserveResult
 from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
 from tollhouse.policy.engine import Cap
 from tollhouse.policy.rules import Window
 
 log = logging.getLogger("tollhouse.ledger")
 
-NANO_PER_USD = 1_000_000_000
-METRICS = ("spend", "input_tokens", "output_tokens", "requests")
-_SPEND, _IN, _OUT, _REQ = range(4)
-
-
-class Charge(NamedTuple):
-    """What one call adds to a counter: nano-dollars, tokens, one request. (A tuple: built twice per
-    metered call, so it must be cheap to make.)"""
-
-    provider: str
-    spend_nusd: int
-    input_tokens: int
-    output_tokens: int
-    requests: int = 1
-
-    def vector(self) -> tuple[int, int, int, int]:
-        return (self.spend_nusd, self.input_tokens, self.output_tokens, self.requests)
-
-
-def metric_of(vec: Sequence[int], metric: str) -> int:
-    if metric == "spend":
-        return vec[_SPEND]
-    if metric == "tokens":
-        return vec[_IN] + vec[_OUT]
-    if metric == "input_tokens":
-        return vec[_IN]
-    if metric == "output_tokens":
-        return vec[_OUT]
-    return vec[_REQ]
+_METRIC_INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
 
 
 CounterId = tuple[str, str, str]  # (scope kind, id, window label)
@@ -66,9 +41,6 @@ def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int], sign: in
     if row is None:
         row = into[provider] = [0, 0, 0, 0]
     _add_vec(row, vec, sign)
-
-
-_METRIC_INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
 
 
 def _add_vec(row: list[int], vec: Sequence[int], sign: int = 1) -> None:
@@ -221,37 +193,8 @@ class Reservation:
     vector: tuple[int, int, int, int]
     ts_ms: int
     expires_ms: int
-    settled: bool = False
-
-
-class CapState(NamedTuple):
-    cap: Cap
-    used: int  # before this call (settled + other calls' reservations), counter units
-    limit: int
-    exceeded: bool  # this call's worst case would go over
-    retry_after_s: int
-
-    @property
-    def remaining(self) -> int:
-        return self.limit - self.used
-
-
-def cap_reason(state: CapState) -> str:
-    cap = state.cap
-    who = "the org" if cap.counter[0] == "org" else f"{cap.counter[0]} {cap.counter[1]}"
-    if cap.metric == "spend":
-        have = f"${state.used / NANO_PER_USD:.4f} of ${cap.limit} used"
-    else:
-        have = f"{state.used} of {cap.limit} {cap.metric.replace('_', ' ')} used"
-    per = "this month" if cap.window.monthly else f"in the last {cap.window.label}"
-    return f"the {cap.rule.type_name} cap for {who} would be exceeded ({have} {per})"
-
-
-@dataclass(slots=True)
-class ReserveResult:
-    states: list[CapState]
-    reservation: object | None  # the backend's reservation; None when refused
-    refused_by: CapState | None = None
+    held: bool = True  # its worst case still counts (until settled or expired)
+    settled: bool = False  # its actual usage has been counted
 
 
 class LocalLedger:
@@ -300,17 +243,18 @@ class LocalLedger:
             finally:
                 del self._loading[cid]
 
-    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings) -> ReserveResult:
         try:
-            return self.reserve_now(caps, charge, now_ms, enforce)
+            return self.reserve_now(caps, charge, now_ms, ceilings)
         except _NotLoaded:
             await self.ensure_loaded(caps, now_ms)  # first use: read the store's history
-            return self.reserve_now(caps, charge, now_ms, enforce)
+            return self.reserve_now(caps, charge, now_ms, ceilings)
 
-    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult | None:
+    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings
+                    ) -> ReserveResult | None:
         """`reserve` without awaiting, when every counter is already loaded (the usual case); else None."""
         try:
-            return self.reserve_now(caps, charge, now_ms, enforce)
+            return self.reserve_now(caps, charge, now_ms, ceilings)
         except _NotLoaded:
             return None
 
@@ -324,57 +268,70 @@ class LocalLedger:
     async def close(self) -> None:
         return None
 
-    def reserve_now(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
-        """Check every cap and reserve the worst case on all their counters, atomically (no await).
-        Raises _NotLoaded (before changing anything) when a counter has not been read from the store yet."""
-        states: list[CapState] = []
-        refused: CapState | None = None
+    def reserve_now(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings) -> ReserveResult:
+        """Read every cap's counter and, unless a ceiling would be exceeded, reserve the charge on all of them,
+        atomically (no await). Raises _NotLoaded (before changing anything) when a counter has not been read
+        from the store yet."""
+        check_ceilings(caps, ceilings)
+        usage: list[CapUsage] = []
+        over: list[int] = []
         counters: list[Counter] = []  # each once: caps may share a counter
         vec = charge.vector()
+        provider = charge.provider
         table = self._counters
-        for cap in caps:
+        for n, cap in enumerate(caps):
             counter = table.get(cap.key)
             if counter is None or not counter.loaded:
                 raise _NotLoaded
             if counter not in counters:
                 counters.append(counter)
             limit = cap.units
-            used = counter.used(cap.metric, cap.providers, now_ms)
-            need = metric_of(vec, cap.metric)
-            exceeded = used + need > limit
-            retry = counter.retry_after_s(cap.metric, cap.providers, need, limit, now_ms) if exceeded else 0
-            state = CapState(cap, used, limit, exceeded, retry)
-            states.append(state)
-            if exceeded and enforce and cap.hard and refused is None:
-                refused = state
-        if refused is not None:
-            return ReserveResult(states, None, refused)
+            providers = cap.providers
+            used = counter.used(cap.metric, providers, now_ms)
+            need = metric_of(vec, cap.metric) if providers is None or provider in providers else 0
+            after = used + need
+            retry = counter.retry_after_s(cap.metric, providers, need, limit, now_ms) if after > limit else 0
+            usage.append(CapUsage(cap, used, need, limit, retry))
+            ceiling = ceilings[n]
+            if ceiling is not None and after > ceiling:
+                over.append(n)
+        if over:
+            return ReserveResult(usage, None, tuple(over))
         for counter in counters:
-            counter.reserve(charge.provider, vec)
+            counter.reserve(provider, vec)
         self._next_id += 1
-        res = Reservation(self._next_id, counters, charge.provider, vec, now_ms, now_ms + self._ttl_ms)
+        res = Reservation(self._next_id, counters, provider, vec, now_ms, now_ms + self._ttl_ms)
         self._reservations[res.rid] = res
-        return ReserveResult(states, res)
+        return ReserveResult(usage, res)
 
     def settle(self, res: object, actual: Charge) -> None:
-        """Release the reservation and count what the call really used (at the call's start time)."""
+        """Release the reservation's hold (unless it expired already) and count what the call really used, at
+        the call's start time. Once per reservation: settling it again changes nothing."""
         assert isinstance(res, Reservation)
         if res.settled:
             return
         res.settled = True
-        self._reservations.pop(res.rid, None)
+        if res.held:
+            self._release(res)
         vec = actual.vector()
-        for counter in res.counters:
-            counter.reserve(res.provider, res.vector, -1)
-            if any(vec):
+        if any(vec):
+            for counter in res.counters:
                 counter.add_settled(res.ts_ms, actual.provider, vec)
 
+    def _release(self, res: Reservation) -> None:
+        res.held = False
+        self._reservations.pop(res.rid, None)
+        for counter in res.counters:
+            counter.reserve(res.provider, res.vector, -1)
+
     def expire(self, now_ms: int) -> int:
-        """Release reservations whose call never settled (a crash in between): nothing leaks."""
+        """Release the hold of reservations older than the reservation TTL (a crash, or a very long call), so
+        nothing leaks. A call that settles later still counts what it used."""
         stale = [res for res in self._reservations.values() if res.expires_ms <= now_ms]
         for res in stale:
-            log.warning("releasing a reservation that was never settled (call started %d)", res.ts_ms)
-            self.settle(res, Charge(res.provider, 0, 0, 0, 0))
+            log.warning("releasing the hold of a call unsettled after the reservation TTL (call started %d); "
+                        "its usage is still counted if it settles", res.ts_ms)
+            self._release(res)
         return len(stale)
 
     @property

@@ -18,9 +18,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
 from tollhouse.events.store import StoreError
-from tollhouse.ledger.local import CapState, Charge, Loader, ReserveResult
+from tollhouse.ledger.local import Loader
 from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
-from tollhouse.ledger.windows import bucket_ms, month_id, window_bounds_ms
+from tollhouse.ledger.types import CapUsage, Ceilings, Charge, ReserveResult, check_ceilings
+from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
 from tollhouse.policy.engine import Cap
 from tollhouse.policy.rules import Window
 
@@ -29,13 +30,14 @@ log = logging.getLogger("tollhouse.ledger")
 _DAY_MS = 86_400_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RedisReservation:
     member: str
     keys: tuple[str, ...]
     windows: tuple[tuple[int, int], ...]  # (window ms or 0 for monthly, bucket ms) per key
     ts_ms: int
     ttls: tuple[int, ...]
+    settled: bool = False  # its settle has been sent (a reservation is settled once)
 
 
 class RedisLedger:
@@ -94,16 +96,17 @@ class RedisLedger:
             args += [ts, provider, spend, inp, outp, reqs]
         await self._load(keys=[self._key(cap, now_ms)], args=args)
 
-    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult:
+    async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings) -> ReserveResult:
+        check_ceilings(caps, ceilings)
         keys = [self._key(cap, now_ms) for cap in caps]
         self._next += 1
         rid = f"{id(self):x}.{self._next}"
-        args: list[str | int] = [now_ms, int(enforce), rid, now_ms + self._ttl_ms, charge.provider,
+        args: list[str | int] = [now_ms, rid, now_ms + self._ttl_ms, charge.provider,
                                  *charge.vector(), max(self._data_ttl(cap, now_ms) for cap in caps)]
-        for cap in caps:
+        for cap, ceiling in zip(caps, ceilings, strict=True):
             window_ms, b_ms = self._window(cap)
             args += [window_ms, b_ms, cap.metric, ",".join(sorted(cap.providers)) if cap.providers else "", cap.units,
-                     int(cap.hard)]
+                     -1 if ceiling is None else ceiling]
         try:
             if self._stale:
                 await self._invalidate_stale()
@@ -117,25 +120,38 @@ class RedisLedger:
                 out = await self._reserve(keys=keys, args=args)
         except RedisError as exc:
             raise StoreError(f"Redis at {self.url} failed: {exc}") from None
-        states = []
+        usage = []
+        over = []
         for n, cap in enumerate(caps):
-            used, exceeded, retry_ms = (int(v) for v in out[2 + 3 * n: 5 + 3 * n])
-            states.append(CapState(cap, used, cap.units, bool(exceeded),
-                                   max(1, (retry_ms + 999) // 1000) if exceeded else 0))
-        if out[0] == b"REFUSED":
-            return ReserveResult(states, None, states[int(out[1]) - 1])
+            used, need, retry_ms, beyond = (int(v) for v in out[1 + 4 * n: 5 + 4 * n])
+            limit = cap.units
+            retry = 0
+            if used + need > limit:
+                retry = (month_seconds_left(now_ms, self._billing_day, self._tz) if cap.window.monthly
+                         else max(1, (retry_ms + 999) // 1000))
+            usage.append(CapUsage(cap, used, need, limit, retry))
+            if beyond:
+                over.append(n)
+        if out[0] == b"OVER":
+            return ReserveResult(usage, None, tuple(over))
         distinct = list(dict.fromkeys(keys))
         member = f"{rid}|{charge.provider}|" + "|".join(str(v) for v in charge.vector())
         windows = tuple(self._window(caps[keys.index(k)]) for k in distinct)
         ttls = tuple(self._data_ttl(caps[keys.index(k)], now_ms) for k in distinct)
-        return ReserveResult(states, RedisReservation(member, tuple(distinct), windows, now_ms, ttls))
+        return ReserveResult(usage, RedisReservation(member, tuple(distinct), windows, now_ms, ttls))
 
-    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, enforce: bool) -> ReserveResult | None:
+    def try_reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings
+                    ) -> ReserveResult | None:
         return None  # always a round trip to Redis
 
     def settle(self, reservation: object, actual: Charge) -> None:
-        """Queue the settle: it goes to Redis with every reserve and settle queued in the same loop pass."""
+        """Queue the settle: it goes to Redis with every reserve and settle queued in the same loop pass. Once
+        per reservation: Redis counts the actual usage even when the hold has expired, so a second settle of
+        the same reservation is not sent."""
         assert isinstance(reservation, RedisReservation)
+        if reservation.settled:
+            return
+        reservation.settled = True
         self._settles.append((reservation, actual))
         self._schedule_flush()
 
@@ -176,6 +192,9 @@ class RedisLedger:
 
     async def _settle_now(self, res: RedisReservation, actual: Charge) -> None:
         """One settle, awaited (benchmarks time it)."""
+        if res.settled:
+            return
+        res.settled = True
         await self._settle_batch([(res, actual)])
 
     def _settle_args(self, res: RedisReservation, actual: Charge) -> list[str | int]:
@@ -237,10 +256,10 @@ class RedisLedger:
         return None  # counters live in Redis, loaded by whichever gateway uses them first
 
     async def cap_used(self, cap: Cap, now_ms: int) -> int:
-        result = await self.reserve([cap], Charge("", 0, 0, 0, 0), now_ms, enforce=False)
+        result = await self.reserve([cap], Charge("", 0, 0, 0, 0), now_ms, [None])
         if result.reservation is not None:
             self.settle(result.reservation, Charge("", 0, 0, 0, 0))
-        return result.states[0].used
+        return result.usage[0].used
 
     def expire(self, now_ms: int) -> int:
         return 0  # reservations carry their expiry in Redis

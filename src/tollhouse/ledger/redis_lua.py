@@ -85,15 +85,18 @@ end
 """
 
 # KEYS: counter prefixes, one per cap (repeats allowed).
-# ARGV: now, enforce, rid, expiry, provider, s, i, o, r, ttl_ms,
-#       then per cap: window_ms (0 = monthly), bucket_ms, metric, providers (csv, '' = all), limit, hard
+# ARGV: now, rid, expiry, provider, s, i, o, r, ttl_ms,
+#       then per cap: window_ms (0 = monthly), bucket_ms, metric, providers (csv, '' = all), limit,
+#       ceiling (the most the counter may hold after this call; -1 = none, just count)
+# Reserves the charge on every counter unless a ceiling would be exceeded (then nothing).
 # Returns {'LOAD', i, ...} when counters need the store's history, else
-#         {'OK' | 'REFUSED', refused index (0 = none), used_1, exceeded_1, retry_1, used_2, ...}
+#         {'OK' | 'OVER', used_1, need_1, retry_ms_1, over_1, used_2, ...}
+#         (retry_ms: rolling windows, when used + need > limit: until need fits under limit; else 0)
 RESERVE = _COMMON + r"""
-local now, enforce, rid, expiry = tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3], tonumber(ARGV[4])
-local provider = ARGV[5]
-local charge = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
-local ttl = tonumber(ARGV[10])
+local now, rid, expiry = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local provider = ARGV[4]
+local charge = {tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
+local ttl = tonumber(ARGV[9])
 local missing = {}
 local totals, live = {}, {}  -- per counter (a counter may appear under several caps)
 for n = 1, #KEYS do
@@ -106,13 +109,13 @@ if #missing > 0 then
   for _, n in ipairs(missing) do table.insert(out, n) end
   return out
 end
-local out = {'OK', 0}
-local refused = 0
+local out = {'OK'}
+local over = false
 for n = 1, #KEYS do
-  local base = 10 + (n - 1) * 6
+  local base = 9 + (n - 1) * 6
   local window_ms, bucket_ms = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2])
   local metric, providers = ARGV[base + 3], ARGV[base + 4]
-  local limit, hard = tonumber(ARGV[base + 5]), ARGV[base + 6] == '1'
+  local limit, ceiling = tonumber(ARGV[base + 5]), tonumber(ARGV[base + 6])
   local c = KEYS[n]
   if window_ms > 0 and expire_buckets(c, now, window_ms, bucket_ms) then
     totals[c] = redis.call('HGETALL', c .. ':t')
@@ -121,16 +124,14 @@ for n = 1, #KEYS do
   local have = used(totals[c], live[c], metric, providers)
   local need = 0
   if wanted(providers, provider) then need = metric_value(charge, metric) end
-  local exceeded = have + need > limit
   local retry = 0
-  if exceeded and window_ms > 0 then
+  if have + need > limit and window_ms > 0 then
     -- when enough old buckets leave the window for this call to fit
     retry = window_ms
     local left = have
     local starts = redis.call('ZRANGE', c .. ':z', 0, -1)
+    local fields = redis.call('HGETALL', c .. ':b')
     for _, start in ipairs(starts) do
-      local fields = redis.call('HGETALL', c .. ':b')
-      local vecs = {}
       for j = 1, #fields, 2 do
         local b, p, m = string.match(fields[j], '^(%-?%d+)|(.*)|(%a)$')
         if b == start and wanted(providers, p) then
@@ -145,17 +146,19 @@ for n = 1, #KEYS do
       end
     end
   end
-  if exceeded and hard and enforce and refused == 0 then refused = n end
+  local beyond = ceiling >= 0 and have + need > ceiling
+  if beyond then over = true end
   table.insert(out, have)
-  table.insert(out, exceeded and 1 or 0)
+  table.insert(out, need)
   table.insert(out, retry)
+  table.insert(out, beyond and 1 or 0)
 end
-if refused > 0 then
-  out[1] = 'REFUSED'
-  out[2] = refused
+if over then
+  out[1] = 'OVER'
   return out
 end
-local member = rid .. '|' .. provider .. '|' .. charge[1] .. '|' .. charge[2] .. '|' .. charge[3] .. '|' .. charge[4]
+-- the charge as sent (a Lua number would print large values in %.14g)
+local member = rid .. '|' .. provider .. '|' .. ARGV[5] .. '|' .. ARGV[6] .. '|' .. ARGV[7] .. '|' .. ARGV[8]
 local seen = {}
 for n = 1, #KEYS do
   local c = KEYS[n]
@@ -169,6 +172,8 @@ return out
 """
 
 # KEYS: distinct counter prefixes of the reservation.
+# Releases the hold (if it has not expired already) and counts the actual usage; the client sends it once
+# per reservation, so a reservation that expired before its call ended is still counted, once.
 # ARGV: member (as reserved), provider, s, i, o, r, ts (call start), ttl_ms,
 #       then per key: window_ms (0 = monthly), bucket_ms
 SETTLE = _COMMON + r"""
