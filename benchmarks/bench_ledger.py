@@ -174,21 +174,26 @@ async def no_history(scope: str, ident: str, start_ms: int, bucket_ms: int) -> l
     return []
 
 
+def _hard(caps: tuple[Cap, ...]) -> list[int | None]:
+    """The ceilings an enforcing gateway passes: each hard cap's limit."""
+    return [cap.units if cap.hard else None for cap in caps]
+
+
 async def _pair(ledger: LocalLedger, caps: tuple[Cap, ...], now_ms: int) -> None:
     """One reserve + settle, as the gateway makes them (reserve is awaited if it is a coroutine)."""
-    result: Any = ledger.reserve(caps, WORST, now_ms, True)
+    result: Any = ledger.reserve(caps, WORST, now_ms, _hard(caps))
     if inspect.isawaitable(result):
         result = await result
     if result.reservation is None:
-        raise RuntimeError(f"reserve refused a call: {result.refused_by}")
+        raise RuntimeError(f"reserve refused a call: caps {result.over} would go over: {result.usage}")
     ledger.settle(result.reservation, ACTUAL)
 
 
 async def _redis_pair(ledger: RedisLedger, caps: tuple[Cap, ...], now_ms: int) -> None:
     """One reserve + settle on Redis, the settle awaited (``settle`` would only schedule it)."""
-    result = await ledger.reserve(caps, WORST, now_ms, True)
+    result = await ledger.reserve(caps, WORST, now_ms, _hard(caps))
     if result.reservation is None:
-        raise RuntimeError(f"reserve refused a call: {result.refused_by}")
+        raise RuntimeError(f"reserve refused a call: caps {result.over} would go over: {result.usage}")
     assert isinstance(result.reservation, RedisReservation)
     await ledger._settle_now(result.reservation, ACTUAL)  # the coroutine settle() schedules
 
