@@ -174,21 +174,26 @@ async def no_history(scope: str, ident: str, start_ms: int, bucket_ms: int) -> l
     return []
 
 
-async def _pair(ledger: LocalLedger, caps: tuple[Cap, ...], now_ms: int) -> None:
+def _hard(caps: tuple[Cap, ...]) -> list[int | None]:
+    """The ceilings an enforcing gateway passes: each hard cap's limit."""
+    return [cap.units if cap.hard else None for cap in caps]
+
+
+async def _pair(ledger: LocalLedger, caps: tuple[Cap, ...], ceilings: list[int | None], now_ms: int) -> None:
     """One reserve + settle, as the gateway makes them (reserve is awaited if it is a coroutine)."""
-    result: Any = ledger.reserve(caps, WORST, now_ms, True)
+    result: Any = ledger.reserve(caps, WORST, now_ms, ceilings)
     if inspect.isawaitable(result):
         result = await result
     if result.reservation is None:
-        raise RuntimeError(f"reserve refused a call: {result.refused_by}")
+        raise RuntimeError(f"reserve refused a call: caps {result.over} would go over: {result.usage}")
     ledger.settle(result.reservation, ACTUAL)
 
 
-async def _redis_pair(ledger: RedisLedger, caps: tuple[Cap, ...], now_ms: int) -> None:
+async def _redis_pair(ledger: RedisLedger, caps: tuple[Cap, ...], ceilings: list[int | None], now_ms: int) -> None:
     """One reserve + settle on Redis, the settle awaited (``settle`` would only schedule it)."""
-    result = await ledger.reserve(caps, WORST, now_ms, True)
+    result = await ledger.reserve(caps, WORST, now_ms, ceilings)
     if result.reservation is None:
-        raise RuntimeError(f"reserve refused a call: {result.refused_by}")
+        raise RuntimeError(f"reserve refused a call: caps {result.over} would go over: {result.usage}")
     assert isinstance(result.reservation, RedisReservation)
     await ledger._settle_now(result.reservation, ACTUAL)  # the coroutine settle() schedules
 
@@ -216,12 +221,13 @@ async def _time_pairs(variant: Variant, ledger: LocalLedger | RedisLedger, pair:
                       now_ms: int) -> Json:
     if isinstance(ledger, LocalLedger):  # Redis loads a counter from the store on its first use
         await ledger.ensure_loaded(caps, now_ms)
+    ceilings = _hard(caps)  # the caller's part, made once (as `enforce=True` was passed before)
     for _ in range(variant.fill_calls):
         now_ms += variant.fill_step_ms
-        await pair(ledger, caps, now_ms)
+        await pair(ledger, caps, ceilings, now_ms)
     for _ in range(variant.warmup):
         now_ms += variant.step_ms
-        await pair(ledger, caps, now_ms)
+        await pair(ledger, caps, ceilings, now_ms)
     samples: list[int] = []
     append, clock = samples.append, time.perf_counter_ns
     if isinstance(ledger, RedisLedger):
@@ -231,7 +237,7 @@ async def _time_pairs(variant: Variant, ledger: LocalLedger | RedisLedger, pair:
     for _ in range(variant.iterations):
         now_ms += variant.step_ms
         t0 = clock()
-        await pair(ledger, caps, now_ms)
+        await pair(ledger, caps, ceilings, now_ms)
         append(clock() - t0)
     cpu_share = (time.process_time() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
     team = next(c for c in caps if c.counter[0] == "team")

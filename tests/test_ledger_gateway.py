@@ -117,6 +117,9 @@ def test_team_cap_counts_everyone_under_it(mock: Mock, gateway_factory: Any) -> 
     # The oldest of those calls leaves the 30-day window within one bucket (1/600 of the window).
     assert 30 * 86400 - 60 < retry <= 30 * 86400 + 30 * 86400 // 600 + 1
     assert exc.value.body["rule_id"] == "team-cap"  # type: ignore[index]
+    # the message names the cap, what is used of it and its limit, in dollars as they are
+    assert ("the BUDGET_CROSS_PROVIDER cap for team platform would be exceeded ($0.30 of $0.30 used in the "
+            "last 30d)") in exc.value.message
 
 
 def test_token_rate_window_refuses_with_accurate_retry_after(mock: Mock, gateway_factory: Any) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -148,7 +148,8 @@ def test_ceilings_decide_and_caps_without_one_are_only_counted() -> None:
         ledger.settle(big.reservation, Charge("openai", 2_000_000_000, 30, 30))
         assert refused.usage[tok].used == 60 and refused.usage[soft].used == 2_000_000_000
         after = await ledger.reserve(caps, Charge("openai", 0, 30, 30), now + 10_000, ceilings)
-        assert after.reservation is None and after.usage[tok].retry_after_s == 51  # its 1 s bucket [now, now+1 s) leaves at +61 s
+        # the first call's one-second bucket [now, now + 1 s) leaves the window at now + 61 s
+        assert after.reservation is None and after.usage[tok].retry_after_s == 51
         assert await ledger.cap_used(caps[tok], now + 10_000) == 60  # the refused calls reserved nothing
         with pytest.raises(ValueError, match="2 caps"):
             await ledger.reserve(caps, Charge("openai", 0, 1, 1), now, [None])

@@ -272,7 +272,8 @@ class LocalLedger:
         """Read every cap's counter and, unless a ceiling would be exceeded, reserve the charge on all of them,
         atomically (no await). Raises _NotLoaded (before changing anything) when a counter has not been read
         from the store yet."""
-        check_ceilings(caps, ceilings)
+        if len(ceilings) != len(caps):
+            check_ceilings(caps, ceilings)  # raises
         usage: list[CapUsage] = []
         over: list[int] = []
         counters: list[Counter] = []  # each once: caps may share a counter

@@ -264,6 +264,11 @@ class RedisLedger:
     def expire(self, now_ms: int) -> int:
         return 0  # reservations carry their expiry in Redis
 
+    async def flushed(self) -> None:
+        """Wait until every queued settle and reserve has been answered by Redis."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
