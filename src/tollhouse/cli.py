@@ -41,7 +41,7 @@ from tollhouse.events.store import Store, StoreError, open_store
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
-from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.state import GatewayState, admin_token_hint, admin_token_shell
 from tollhouse.gateway.workers import Supervisor, WorkersError, check_workers, prepare, worker_argv
 from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
@@ -144,7 +144,8 @@ def serve(
                    f"(enforcement {settings.enforcement.value}, data in {ddir})")
         typer.echo(f"  OpenAI:    OpenAI(base_url=\"http://{host}:{bound}/openai/v1\")")
         typer.echo(f"  Anthropic: Anthropic(base_url=\"http://{host}:{bound}/anthropic\")")
-        typer.echo(f"  Events:    curl -H 'Authorization: Bearer {state.admin_token}' "
+        typer.echo(f"  Admin token: {admin_token_hint(settings, ddir)}")
+        typer.echo(f"  Events:    curl -H \"Authorization: Bearer {admin_token_shell(settings, ddir)}\" "
                    f"http://{host}:{bound}/api/v1/events")
         typer.echo(f"  Console:   http://{host}:{bound}/console/")
 
@@ -247,7 +248,7 @@ def config_show(
 def _serve_workers(settings: Settings, config: Path | None, host: str, port: int, ddir: Path, workers: int) -> None:
     try:
         check_workers(settings, workers)
-        token = prepare(settings, ddir)
+        prepare(settings, ddir)
         supervisor = Supervisor(worker_argv(config, host, port, ddir), workers, host, port)
         supervisor.start()
     except (WorkersError, StoreError, SigningKeyError) as exc:
@@ -255,7 +256,9 @@ def _serve_workers(settings: Settings, config: Path | None, host: str, port: int
         return
     typer.echo(f"Tollhouse {__version__} listening on http://{host}:{port} with {workers} worker processes "
                f"(enforcement {settings.enforcement.value}, data in {ddir})")
-    typer.echo(f"  Events:    curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/events")
+    typer.echo(f"  Admin token: {admin_token_hint(settings, ddir)}")
+    typer.echo(f"  Events:    curl -H \"Authorization: Bearer {admin_token_shell(settings, ddir)}\" "
+               f"http://{host}:{port}/api/v1/events")
     raise typer.Exit(supervisor.run())
 
 
