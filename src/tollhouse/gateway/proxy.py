@@ -20,11 +20,12 @@ import orjson
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent, capture
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import enforce
+from tollhouse.gateway import enforce, redact
 from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
 from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, Streamed
+from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.keys import KEY_PREFIX, sha256_hex
 from tollhouse.ledger.local import NANO_PER_USD, Charge, ReserveResult, cap_reason
@@ -54,6 +55,7 @@ _PROJECT_HEADER = "x-tollhouse-project"
 class _Identity:
     subject: Subject
     upstream_key: str | None  # replaces the client's key (gateway keys); None: forward as sent
+    redactor: Redactor | None = None  # removes the injected key from what the upstream answers
 
 
 class _Outcome:
@@ -303,7 +305,7 @@ async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
             return error_response(route.family, 502, f"Tollhouse has no real API key for provider "
                                   f"'{route.id}' to use with gateway keys. Set providers.{route.id}.api_key "
                                   "or its api_key_env variable on the gateway.", "provider_key_missing")
-        return _Identity(state.directory.subject(subject_id, project), route.api_key)
+        return _Identity(state.directory.subject(subject_id, project), route.api_key, route.redactor)
     user = request.header(_USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
         return _Identity(state.directory.subject(user, project), None)
@@ -333,7 +335,7 @@ def _upstream_headers(request: Request, route: ProviderRoute, ident: _Identity) 
 
 
 def _client_headers(upstream: UpstreamResponse, call: _Call) -> list[tuple[str, str]]:
-    headers = [(name, value) for name, value in upstream.headers if name not in _HOP_BY_HOP]
+    headers = redact.headers([(n, v) for n, v in upstream.headers if n not in _HOP_BY_HOP], call.ident.redactor)
     headers.append((DECISION_HEADER, call.decision))
     if call.verdict is not None:
         headers += enforce.client_headers(call.verdict).items()
@@ -363,6 +365,7 @@ async def _forward(request: Request, state: GatewayState, call: _Call, body: byt
             data = await upstream.read()
             if call.metered and upstream.status < 400:
                 _read_response(call, data)
+            data = redact.body(data, call.ident.redactor)
             return Response(upstream.status, data, _client_headers(upstream, call))
         try:  # each upstream chunk is forwarded the moment it arrives
             return await _stream(request, state, call, upstream)
@@ -401,7 +404,8 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
         meter = route.protocol.stream_meter(call.endpoint, call.hide_usage)
         if call.capture:
             text = StreamText(route.family, call.endpoint)
-    transport = request.proto.response_stream(upstream.status, _client_headers(upstream, call))
+    transport = redact.stream(request.proto.response_stream(upstream.status, _client_headers(upstream, call)),
+                              call.ident.redactor)
     pump = asyncio.current_task()
     finished = False
 
@@ -426,6 +430,7 @@ async def _stream(request: Request, state: GatewayState, call: _Call, upstream: 
                 await transport.send_bytes(data)
         if meter is not None and (tail := meter.finish()):
             await transport.send_bytes(tail)
+        await redact.flush(transport)
         finished = True
     except ProtocolClosed:
         _client_gone(state, call)

@@ -27,6 +27,7 @@ from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
+from tollhouse.gateway.redact import Redactor
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
@@ -53,6 +54,7 @@ class ProviderRoute:
     client: Client
     host: str  # the upstream's hostname, for provider rules written by hostname
     auth_names: frozenset[str]  # lower-case names of the headers that carry this family's API key
+    redactor: Redactor | None = None  # keeps api_key out of responses to calls it was injected into
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,7 @@ def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_
         client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy),
         host=urlsplit(cfg.upstream).hostname or "",
         auth_names=frozenset(n.lower() for n in protocol.auth_header_names()),
+        redactor=Redactor((api_key,)) if (api_key := cfg.resolve_api_key()) else None,
     )
 
 
