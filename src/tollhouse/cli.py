@@ -43,9 +43,11 @@ from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
 from tollhouse.gateway.state import GatewayState, admin_token_hint, admin_token_shell
 from tollhouse.gateway.workers import Supervisor, WorkersError, check_workers, prepare, worker_argv
+from tollhouse.key_owners import DirectoryUnreadable, key_owner_directory
 from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
 from tollhouse.policy.engine import CallFacts
+from tollhouse.subject_ids import valid_subject_id
 
 try:
     import uvloop
@@ -358,18 +360,39 @@ def uninstall(
 
 @keys_app.command("create")
 def keys_create(
-    user: Annotated[str, typer.Option("--user", help="The person the key belongs to.")],
+    user: Annotated[str, typer.Option("--user", help="The person (or service) the key belongs to.")],
     label: Annotated[str | None, typer.Option(help="A note, e.g. the laptop's name.")] = None,
+    allow_unknown: Annotated[bool, typer.Option("--allow-unknown", help="Create the key even though the "
+                                                "directory has no such person or service.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a gateway key for a person; it is printed once and stored only as a hash."""
+    problem = valid_subject_id(user)
+    if problem is not None:
+        _fail(f"--user: {problem}")
     settings = _settings(config)
     store = _open_store(settings, data_dir)
-    key, record = create_key(store, user, label)
-    store.close()
+    try:
+        if not allow_unknown:
+            _check_known(store, settings, config, user)
+        key, record = create_key(store, user, label)
+    finally:
+        store.close()
     typer.echo(key)
     typer.echo(f"(prefix {record.prefix}, user {record.subject}; shown once, keep it safe)", err=True)
+
+
+def _check_known(store: Store, settings: Settings, config: Path | None, user: str) -> None:
+    """Refuse (exit 2) a user the directory in force lacks: the latest stored version, else the config's."""
+    try:
+        known = key_owner_directory(store, settings.directory, str(config) if config else None)
+    except (StoreError, DirectoryUnreadable) as exc:
+        _fail(f"cannot read the directory to check --user {user}: {exc}")
+        raise AssertionError from exc
+    if user not in known.ids:
+        _fail(f"{user!r} is not a person or service of the directory ({known.source}). {known.how_to_add} "
+              "Or pass --allow-unknown to create the key anyway.")
 
 
 @keys_app.command("list")

@@ -20,7 +20,7 @@ import orjson
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent, capture
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import enforce, redact
+from tollhouse.gateway import enforce, identity_headers, redact
 from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
@@ -294,6 +294,8 @@ def _too_large(route: ProviderRoute, size: int | None, limit: int) -> Response:
 async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
                     query: dict[str, str]) -> _Identity | Response:
     project = request.header(_PROJECT_HEADER) or None
+    if (refused := identity_headers.refuse(route.family, "X-Tollhouse-Project", project)) is not None:
+        return refused
     key = route.protocol.client_key(request.headers, query)
     if key is not None and key.startswith(KEY_PREFIX):
         subject_id = await state.keys.subject_for(key)
@@ -308,6 +310,8 @@ async def _identify(request: Request, state: GatewayState, route: ProviderRoute,
         return _Identity(state.directory.subject(subject_id, project), route.api_key, route.redactor)
     user = request.header(_USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
+        if (refused := identity_headers.refuse(route.family, "X-Tollhouse-User", user)) is not None:
+            return refused
         return _Identity(state.directory.subject(user, project), None)
     default_user = state.settings.identity.default_user  # the agent: the machine's configured user
     if default_user:
