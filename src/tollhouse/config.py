@@ -229,6 +229,11 @@ class EventsConfig(_Frozen):
 
 class ExemptionsConfig(_Frozen):
     refresh_interval_s: float = Field(default=2.0, gt=0)  # how soon approvals on another gateway apply here
+    # Requests waiting for a decision: per subject, per requesting client address, and in all (a bound no one
+    # source can reach, so one requester cannot fill the queue for everyone).
+    max_pending_per_subject: int = Field(default=20, ge=1)
+    max_pending_per_address: int = Field(default=20, ge=1)
+    max_pending: int = Field(default=10_000, ge=1)
 
 
 class LedgerConfig(_Frozen):

@@ -129,6 +129,12 @@ _SCRIPTS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
+    # 6: exemption queue limits per requesting client address and per subject
+    """
+    ALTER TABLE exemptions ADD COLUMN client_address TEXT;
+    CREATE INDEX exemptions_status_subject ON exemptions (status, subject);
+    CREATE INDEX exemptions_status_address ON exemptions (status, client_address);
+    """,
 )
 
 

@@ -32,6 +32,8 @@ def error_response(state: GatewayState, exc: ExemptionError) -> Response:
     if exc.existing is not None:
         error["id"] = exc.existing.id
         error["status_url"] = exemptions.status_url(state, exc.existing.id)
+    if exc.limit is not None:
+        error["limit"] = exc.limit
     return json_response({"error": error}, exc.status)
 
 
@@ -52,7 +54,7 @@ async def _json_object(request: Request, empty_ok: bool = False) -> dict[str, An
 
 async def create(request: Request, state: GatewayState) -> Response:
     try:
-        filed = await exemptions.file_request(state, await _json_object(request))
+        filed = await exemptions.file_request(state, await _json_object(request), request.proto.client_address())
     except ExemptionError as exc:
         return error_response(state, exc)
     x = filed.exemption

@@ -127,7 +127,7 @@ async def file_request(request: Request, state: GatewayState) -> Response:
     form: dict[str, str] = {}
     try:
         form = await _form(request)
-        filed = await exemptions.file_request(state, form)
+        filed = await exemptions.file_request(state, form, request.proto.client_address())
     except ExemptionProblems as exc:
         return _request_form(state, form, exc.messages, 400)
     except ExemptionError as exc:
