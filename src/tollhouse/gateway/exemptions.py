@@ -22,7 +22,7 @@ from tollhouse.control.exemptions import (
 )
 from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, RULE_EDIT, Exemption
-from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
+from tollhouse.gateway.policy_holder import FileAuthoritative, RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
 log = logging.getLogger("tollhouse.exemptions")
@@ -125,6 +125,8 @@ async def _approve_rule_edit(state: GatewayState, x: Exemption, rule: dict[str, 
         doc = await state.policy.publish(rules, reviewer, f"exemption:{x.id}", note or f"exemption {x.id}", base)
     except RulesFileError as exc:
         raise ExemptionProblems([Problem("rule", f"the policy was not changed: {p}") for p in exc.problems]) from None
+    except FileAuthoritative as exc:
+        raise ExemptionError(409, "policy_file_authoritative", f"nothing was changed: {exc}") from None
     except VersionConflict:
         raise ExemptionError(409, "version_conflict", "the policy changed while this edit was made (now version "
                              f"{state.policy.current.version}); nothing was changed, approve again") from None
