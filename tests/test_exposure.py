@@ -304,6 +304,11 @@ def test_keys_create_refuses_a_person_the_directory_lacks(mock: Mock, tmp_path: 
         people = [*DIRECTORY["people"], {"id": "dave", "team": "platform"}]
         status, body = _json(gw, "PUT", "/api/v1/directory", {**DIRECTORY, "people": people})
         assert status == 200, body
+        status, body = _json(gw, "POST", "/api/v1/keys", {"user": "mallory"})  # the admin API: the same rule
+        assert status == 400 and "PUT /api/v1/directory" in body["error"]["message"]
+        assert "allow_unknown" in body["error"]["message"]
+        assert _json(gw, "POST", "/api/v1/keys", {"user": "mallory", "allow_unknown": True})[0] == 201
+        assert _json(gw, "POST", "/api/v1/keys", {"user": "x y", "allow_unknown": True})[0] == 400
     finally:
         gw.stop()
     assert _cli("keys", "create", "--user", "dave", "--config", str(config), "--data-dir", data).returncode == 0
@@ -430,3 +435,26 @@ def test_without_a_rules_file_the_api_is_authoritative_and_survives_restarts(moc
         assert [r["id"] for r in _json(again, "GET", "/api/v1/policy")[1]["rules"]] == ["no-o1"]
     finally:
         again.stop()
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_counts(mock: Mock, gateway_factory: Any) -> None:
+    exemptions = {"max_pending_per_address": 1}
+    trusting: Gateway = gateway_factory(_config(mock.url, policy={"rules": [NO_O1]}, exemptions=exemptions,
+                                                identity={"trust_user_header": True,
+                                                          "trusted_proxies": ["127.0.0.1/32"]}))
+    plain: Gateway = gateway_factory(_config(mock.url, policy={"rules": [NO_O1]}, exemptions=exemptions))
+
+    def file(gw: Gateway, subject: str, forwarded: str) -> tuple[int, Any]:
+        body = json.dumps({"subject": subject, "rule": "no-o1", "justification": "x"}).encode()
+        status, raw, _ = _http(gw, "POST", "/api/v1/exemptions", body,
+                               {"Content-Type": "application/json", "X-Forwarded-For": forwarded})
+        return status, json.loads(raw)
+
+    assert file(trusting, "p0", "10.0.0.5")[0] == 201
+    status, body = file(trusting, "p1", "10.0.0.5, 127.0.0.1")
+    assert status == 429 and "(10.0.0.5)" in body["error"]["message"]
+    assert file(trusting, "p2", "10.0.0.6")[0] == 201  # another client behind the same proxy
+    # Not a trusted proxy: the header is the caller's word, and is ignored.
+    assert file(plain, "p0", "10.0.0.5")[0] == 201
+    status, body = file(plain, "p1", "10.0.0.6")
+    assert status == 429 and "(127.0.0.1)" in body["error"]["message"]

@@ -6,6 +6,7 @@ config dictionaries.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from decimal import Decimal
 from enum import StrEnum
@@ -88,6 +89,18 @@ class ProviderConfig(_Frozen):
 class IdentityConfig(_Frozen):
     trust_user_header: bool = False
     default_user: str | None = None  # the subject of calls that name no one (the agent: the machine's user)
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For names the client (per-address limits)
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
+        return value
 
 
 class Team(_Frozen):

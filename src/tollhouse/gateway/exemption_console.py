@@ -29,6 +29,7 @@ from tollhouse.control.exemptions import (
 from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, Exemption
 from tollhouse.gateway import exemptions
+from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console import STYLE
 from tollhouse.gateway.console_session import (
     ADMIN_ROLE,
@@ -127,7 +128,8 @@ async def file_request(request: Request, state: GatewayState) -> Response:
     form: dict[str, str] = {}
     try:
         form = await _form(request)
-        filed = await exemptions.file_request(state, form, request.proto.client_address())
+        filed = await exemptions.file_request(state, form,
+                                              client_address(request, state.settings.identity.trusted_proxies))
     except ExemptionProblems as exc:
         return _request_form(state, form, exc.messages, 400)
     except ExemptionError as exc:
