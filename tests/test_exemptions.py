@@ -343,9 +343,11 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     first = _file(gw, justification="<script>alert(1)</script> for the demo")
     second = _file(gw, rule="no-o1", justification="o1 reasoning evals")
 
-    status, page, _ = _http(gw, "GET", "/console/exemptions")
-    assert status == 401 and b"Sign in" in page and first.encode() not in page
-    assert _inputs(page).actions == ["/console/login"]
+    status, page, headers = _http(gw, "GET", "/console/exemptions")
+    assert status == 303 and headers["location"] == "/console/login?next=/console/exemptions"
+    assert first.encode() not in page
+    status, page, _ = _http(gw, "GET", "/console/login?next=/console/exemptions")
+    assert status == 200 and b"Sign in" in page and _inputs(page).actions == ["/console/login"]
     status, page, headers = _form(gw, "/console/login", {"token": "wrong", "name": "carol"})
     assert status == 401 and "set-cookie" not in headers
     status, _, headers = _form(gw, "/console/login", {"token": ADMIN, "name": "carol"})
@@ -365,13 +367,13 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     assert status == 200  # a bearer token works too
 
     # Decisions from the page, as the signed-in reviewer; never from another site or without the cookie.
-    assert _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3"})[0] == 401
+    assert _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3"})[0] == 303  # to the sign-in
     evil = {**cookie, "Origin": "http://evil.example"}
     assert _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3"}, evil)[0] == 403
     name = base64.urlsafe_b64encode(b"carol").decode().rstrip("=")
     assert name in cookie["Cookie"]
     for tampered in (cookie["Cookie"].replace(name, "bWFsbG9yeQ"), cookie["Cookie"] + "0"):  # mallory; bad signature
-        assert _http(gw, "GET", "/console/exemptions", headers={"Cookie": tampered})[0] == 401
+        assert _http(gw, "GET", "/console/exemptions", headers={"Cookie": tampered})[0] == 303
     status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok"},
                                {**cookie, "Origin": gw.url})  # the console's own page
     assert status == 303 and headers["location"] == "/console/exemptions"
@@ -391,7 +393,7 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     status, _, headers = _http(gw, "POST", "/console/logout", headers=cookie)
     assert status == 303 and "Max-Age=0" in headers["set-cookie"]
     clock.now = T0.timestamp() + 12 * 3600 + 1
-    assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 401
+    assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 303
 
 
 def test_gateways_sharing_a_store_converge(mock: Mock, tmp_path: Path) -> None:

@@ -27,13 +27,15 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_gateway_key_maps_to_person_and_real_key_is_swapped_in(mock: Mock, gateway_factory: Any,
                                                                  tmp_path: Path) -> None:
     data = tmp_path / "data"
-    made = _cli("keys", "create", "--user", "alice", "--data-dir", str(data))
+    directory = {"teams": [{"id": "platform"}], "people": [{"id": "alice", "team": "platform"}]}
+    config = tmp_path / "tollhouse.json"
+    config.write_text(json.dumps({"directory": directory}))
+    made = _cli("keys", "create", "--user", "alice", "--config", str(config), "--data-dir", str(data))
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("th-")
     gw: Gateway = gateway_factory({
-        "providers": upstreams(mock.url, api_key=REAL_KEY),
-        "directory": {"teams": [{"id": "platform"}], "people": [{"id": "alice", "team": "platform"}]},
+        "providers": upstreams(mock.url, api_key=REAL_KEY), "directory": directory,
     }, data_dir=data)
     client = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key=key, max_retries=0)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])

@@ -41,7 +41,9 @@ def test_healthz_metrics_and_console(gateway: Gateway) -> None:
     assert 'tollhouse_tokens_total{direction="output",model="gpt-4o-mini",provider="openai"} 16.0' in text
     assert 'tollhouse_cost_usd_total{model="gpt-4o-mini",provider="openai"}' in text
     assert "tollhouse_request_duration_seconds_bucket" in text
-    status, body, _ = gateway.get("/console/", token=None)
+    status, body, headers = gateway.get("/console/", token=None)  # the console needs a signed-in user
+    assert status == 200 and b"Sign in" in body and b"alice" not in body  # (the redirect to the sign-in, followed)
+    status, body, _ = gateway.get("/console/")  # the admin token as a bearer token
     assert status == 200 and b"gpt-4o-mini" in body and b"alice" in body
     status, body, _ = gateway.get("/api/v1/openapi.json", token=None)
     assert status == 200 and "/api/v1/events" in json.loads(body)["paths"]

@@ -38,7 +38,8 @@ def _allowed(gw: Gateway, model: str, user: str = "alice") -> bool:
 
 def test_put_validates_everything_then_versions_and_applies_at_once(mock: Mock, gateway_factory: Any) -> None:
     gw: Gateway = gateway_factory(_config(mock))
-    assert _json(gw, "GET", "/api/v1/policy") == (200, {"version": 0, "rules": [], "source": "config"})
+    assert _json(gw, "GET", "/api/v1/policy") == (200, {"version": 0, "rules": [], "source": "config",
+                                                          "authoritative": "api"})
     bad = [DENY_4O, {"id": "typo", "scope": "team", "team": "platform", "condition": {"type": "MODEL_DENYLIST"}},
            {"id": "r3", "condition": {"type": "budget", "threshold": "lots"}}]
     status, body = _json(gw, "PUT", "/api/v1/policy", {"rules": bad})

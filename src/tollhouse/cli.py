@@ -41,11 +41,13 @@ from tollhouse.events.store import Store, StoreError, open_store
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
-from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.state import GatewayState, admin_token_hint, admin_token_shell
 from tollhouse.gateway.workers import Supervisor, WorkersError, check_workers, prepare, worker_argv
+from tollhouse.key_owners import DirectoryUnreadable, key_owner_directory
 from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
 from tollhouse.policy.engine import CallFacts
+from tollhouse.subject_ids import valid_subject_id
 
 try:
     import uvloop
@@ -144,7 +146,8 @@ def serve(
                    f"(enforcement {settings.enforcement.value}, data in {ddir})")
         typer.echo(f"  OpenAI:    OpenAI(base_url=\"http://{host}:{bound}/openai/v1\")")
         typer.echo(f"  Anthropic: Anthropic(base_url=\"http://{host}:{bound}/anthropic\")")
-        typer.echo(f"  Events:    curl -H 'Authorization: Bearer {state.admin_token}' "
+        typer.echo(f"  Admin token: {admin_token_hint(settings, ddir)}")
+        typer.echo(f"  Events:    curl -H \"Authorization: Bearer {admin_token_shell(settings, ddir)}\" "
                    f"http://{host}:{bound}/api/v1/events")
         typer.echo(f"  Console:   http://{host}:{bound}/console/")
 
@@ -247,7 +250,7 @@ def config_show(
 def _serve_workers(settings: Settings, config: Path | None, host: str, port: int, ddir: Path, workers: int) -> None:
     try:
         check_workers(settings, workers)
-        token = prepare(settings, ddir)
+        prepare(settings, ddir)
         supervisor = Supervisor(worker_argv(config, host, port, ddir), workers, host, port)
         supervisor.start()
     except (WorkersError, StoreError, SigningKeyError) as exc:
@@ -255,7 +258,9 @@ def _serve_workers(settings: Settings, config: Path | None, host: str, port: int
         return
     typer.echo(f"Tollhouse {__version__} listening on http://{host}:{port} with {workers} worker processes "
                f"(enforcement {settings.enforcement.value}, data in {ddir})")
-    typer.echo(f"  Events:    curl -H 'Authorization: Bearer {token}' http://{host}:{port}/api/v1/events")
+    typer.echo(f"  Admin token: {admin_token_hint(settings, ddir)}")
+    typer.echo(f"  Events:    curl -H \"Authorization: Bearer {admin_token_shell(settings, ddir)}\" "
+               f"http://{host}:{port}/api/v1/events")
     raise typer.Exit(supervisor.run())
 
 
@@ -355,18 +360,39 @@ def uninstall(
 
 @keys_app.command("create")
 def keys_create(
-    user: Annotated[str, typer.Option("--user", help="The person the key belongs to.")],
+    user: Annotated[str, typer.Option("--user", help="The person (or service) the key belongs to.")],
     label: Annotated[str | None, typer.Option(help="A note, e.g. the laptop's name.")] = None,
+    allow_unknown: Annotated[bool, typer.Option("--allow-unknown", help="Create the key even though the "
+                                                "directory has no such person or service.")] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Create a gateway key for a person; it is printed once and stored only as a hash."""
+    problem = valid_subject_id(user)
+    if problem is not None:
+        _fail(f"--user: {problem}")
     settings = _settings(config)
     store = _open_store(settings, data_dir)
-    key, record = create_key(store, user, label)
-    store.close()
+    try:
+        if not allow_unknown:
+            _check_known(store, settings, config, user)
+        key, record = create_key(store, user, label)
+    finally:
+        store.close()
     typer.echo(key)
     typer.echo(f"(prefix {record.prefix}, user {record.subject}; shown once, keep it safe)", err=True)
+
+
+def _check_known(store: Store, settings: Settings, config: Path | None, user: str) -> None:
+    """Refuse (exit 2) a user the directory in force lacks: the latest stored version, else the config's."""
+    try:
+        known = key_owner_directory(store, settings.directory, str(config) if config else None)
+    except (StoreError, DirectoryUnreadable) as exc:
+        _fail(f"cannot read the directory to check --user {user}: {exc}")
+        raise AssertionError from exc
+    if user not in known.ids:
+        _fail(f"{user!r} is not a person or service of the directory ({known.source}). {known.how_to_add} "
+              "Or pass --allow-unknown to create the key anyway.")
 
 
 @keys_app.command("list")

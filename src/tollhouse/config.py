@@ -6,6 +6,7 @@ config dictionaries.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from decimal import Decimal
 from enum import StrEnum
@@ -121,6 +122,18 @@ class IdentityConfig(_Frozen):
     # A caller who is no person or service of the directory, while enforcing: block (401) or allow.
     # Unset: block once the directory names anyone.
     unknown_callers: Literal["block", "allow"] | None = None
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For names the client (per-address limits)
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR such as 10.0.0.0/8") from None
+        return value
 
 
 class Team(_Frozen):
@@ -280,6 +293,11 @@ class EventsConfig(_Frozen):
 
 class ExemptionsConfig(_Frozen):
     refresh_interval_s: float = Field(default=2.0, gt=0)  # how soon approvals on another gateway apply here
+    # Requests waiting for a decision: per subject, per requesting client address, and in all (a bound no one
+    # source can reach, so one requester cannot fill the queue for everyone).
+    max_pending_per_subject: int = Field(default=20, ge=1)
+    max_pending_per_address: int = Field(default=20, ge=1)
+    max_pending: int = Field(default=10_000, ge=1)
 
 
 class LedgerConfig(_Frozen):

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from tollhouse.config import Settings, parse_settings
 from tollhouse.gateway.app import serve
-from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.state import GatewayState, admin_token_hint, admin_token_shell
 from tollhouse.mock.provider import MockSettings, build_mock_app
 
 TEAMS: list[dict[str, str]] = [
@@ -126,7 +126,9 @@ async def run_demo(data_dir: Path, port: int, mock_port: int, calls: int, stop: 
         print(f"Driving {calls} calls from {len(PEOPLE)} people and a service in {len(TEAMS)} teams...")
         ok = await drive_traffic(base, calls)
         print(f"Done: {ok}/{calls} calls answered 2xx.")
-        print(f"  Events:  curl -H 'Authorization: Bearer {state.admin_token}' {base}/api/v1/events?limit=5")
+        print(f"  Admin token: {admin_token_hint(state.settings, data_dir)}")
+        print(f"  Events:  curl -H \"Authorization: Bearer {admin_token_shell(state.settings, data_dir)}\" "
+              f"'{base}/api/v1/events?limit=5'")
         print(f"  Metrics: {base}/metrics    Console: {base}/console/")
         print(f"  Try:     OpenAI(base_url='{base}/openai/v1', api_key='sk-x', "
               "default_headers={'X-Tollhouse-User': 'alice'})")

@@ -58,6 +58,10 @@ class Directory:
     def project_ids(self) -> list[str]:
         return sorted(self._projects)
 
+    def knows(self, subject_id: str) -> bool:
+        """Whether the directory names this person or service."""
+        return subject_id in self._people or subject_id in self._services
+
     def subject_ids(self) -> list[str]:
         """Every person and service the directory names."""
         return [*self._people, *self._services]

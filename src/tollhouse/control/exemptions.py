@@ -8,18 +8,18 @@ problem is reported with the field it is about.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from tollhouse.events.records import APPROVED, OVERRIDE, PENDING, RULE_EDIT, Exemption
+from tollhouse.events.records import APPROVED, OVERRIDE, PENDING, RULE_EDIT, Exemption, PendingCounts
+from tollhouse.subject_ids import valid_subject_id
 
 MAX_JUSTIFICATION = 2000  # characters, for a justification, a note or a denial reason
 MAX_FIELD = 200  # characters, for names (subject, rule, provider, model, ...)
 MIN_HOURS, MAX_HOURS, DEFAULT_HOURS = 1, 720, 24  # a one-off override lasts this long
-MAX_PENDING = 1000  # requests waiting for a decision; more are refused until the queue is worked down
 
 _OPTIONAL = ("provider", "model", "team", "project")
 
@@ -36,11 +36,13 @@ class Problem:
 class ExemptionError(Exception):
     """A request the workflow refuses: the HTTP status, a code, and a message that says what to do."""
 
-    def __init__(self, status: int, code: str, message: str, existing: Exemption | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, existing: Exemption | None = None,
+                 limit: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.existing = existing  # the pending request a duplicate refers to
+        self.limit = limit  # the queue limit a 429 hit (its config key)
         self.messages = [message]
 
 
@@ -102,10 +104,19 @@ def _call_time(data: Mapping[str, object], problems: list[Problem]) -> int | Non
 
 
 def parse_request(data: Mapping[str, object], rule_ids: Collection[str], exemption_id: str,
-                  now_ms: int) -> Exemption:
-    """A new pending exemption from a request (JSON or form fields). Raises ExemptionProblems."""
+                  now_ms: int, is_subject: Callable[[str], bool] | None = None,
+                  client_address: str | None = None) -> Exemption:
+    """A new pending exemption from a request (JSON or form fields). Raises ExemptionProblems.
+    `is_subject`: whether the directory has this person or service (None: anyone)."""
     problems: list[Problem] = []
     subject = _text(data, "subject", problems, required=True, what=" (who was blocked)")
+    if subject is not None and (bad := valid_subject_id(subject)) is not None:
+        problems.append(Problem("subject", f"subject is not a valid id: {bad}"))
+        subject = None
+    elif subject is not None and is_subject is not None and not is_subject(subject):
+        problems.append(Problem("subject", f"subject {subject!r} is not a person or service of the directory; "
+                                "name the person (or service) whose call was blocked, as in the block error"))
+        subject = None
     rule_raw = data.get("rule") if data.get("rule") not in (None, "") else data.get("rule_id")
     rule = _text({"rule": rule_raw}, "rule", problems, required=True, what=" (the id of the rule that blocked)")
     if rule is not None and rule not in rule_ids:
@@ -121,7 +132,46 @@ def parse_request(data: Mapping[str, object], rule_ids: Collection[str], exempti
     assert subject is not None and rule is not None and justification is not None
     return Exemption(id=exemption_id, created_ms=now_ms, status=PENDING, requester=requester or subject,
                      subject=subject, rule_id=rule, provider=provider, model=model, team=team, project=project,
-                     call_ts_ms=call_ts_ms, justification=justification)
+                     call_ts_ms=call_ts_ms, justification=justification, client_address=client_address)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    per_subject: int
+    per_address: int
+    total: int
+
+
+_RETRY = "retry once the AI policy owner has decided one of them (they see the queue in the console)"
+
+
+def queue_check(x: Exemption, limits: QueueLimits, status_url: Callable[[str], str]
+                ) -> Callable[[PendingCounts], None]:
+    """What the store runs, in the transaction that files `x`, to refuse it: a duplicate (409, one pending per
+    subject and rule), or a 429 naming the limit reached (per address, per subject, in all)."""
+
+    def check(counts: PendingCounts) -> None:
+        dup = counts.duplicate
+        if dup is not None:
+            raise ExemptionError(409, "already_pending", f"{x.subject} already has a pending exemption request "
+                                 f"for rule {x.rule_id}: {dup.id} ({status_url(dup.id)}); the policy owner will "
+                                 "decide it", existing=dup)
+        if x.client_address is not None and counts.address >= limits.per_address:
+            raise ExemptionError(429, "too_many_pending", f"{counts.address} exemption requests from your address "
+                                 f"({x.client_address}) are waiting for a decision, the most one address may have "
+                                 f"(exemptions.max_pending_per_address = {limits.per_address}); {_RETRY}",
+                                 limit="exemptions.max_pending_per_address")
+        if counts.subject >= limits.per_subject:
+            raise ExemptionError(429, "too_many_pending", f"{counts.subject} exemption requests for {x.subject} are "
+                                 "waiting for a decision, the most one subject may have "
+                                 f"(exemptions.max_pending_per_subject = {limits.per_subject}); {_RETRY}",
+                                 limit="exemptions.max_pending_per_subject")
+        if counts.total >= limits.total:
+            raise ExemptionError(429, "queue_full", f"{counts.total} exemption requests are waiting for a decision, "
+                                 f"the most the queue holds (exemptions.max_pending = {limits.total}); {_RETRY}",
+                                 limit="exemptions.max_pending")
+
+    return check
 
 
 def _hours(raw: object, problems: list[Problem]) -> int:

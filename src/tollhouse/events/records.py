@@ -55,6 +55,7 @@ class Exemption:
     decision_kind: str | None = None  # override | rule_edit (approved), else None
     expires_ms: int | None = None
     note: str | None = None
+    client_address: str | None = None  # the address the request came from (queue limits; not shown publicly)
 
     def json(self) -> dict[str, Any]:
         return {"id": self.id, "created": _iso(self.created_ms), "created_ms": self.created_ms,
@@ -130,3 +131,13 @@ class Checkpoint:
     def json(self) -> dict[str, Any]:
         return {"seq": self.seq, "ts": iso_ts(self.ts_ms), "ts_ms": self.ts_ms, "hash": self.hash,
                 "key_id": self.key_id, "signature": self.signature}
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCounts:
+    """The exemption queue as one new request sees it (read in the transaction that files it)."""
+
+    total: int  # pending requests in all
+    subject: int  # ... for the request's subject
+    address: int  # ... from the request's client address
+    duplicate: Exemption | None  # a pending request for the same subject and rule

@@ -135,9 +135,13 @@ _SCRIPTS: tuple[str, ...] = (
         value TEXT NOT NULL
     );
     """,
-    # 6: every request is classified (metered | governed | free | unknown)
+    # 6: every request is classified (metered | governed | free | unknown); exemption queue limits per
+    # requesting client address and per subject
     """
     ALTER TABLE events ADD COLUMN endpoint_class TEXT NOT NULL DEFAULT 'metered';
+    ALTER TABLE exemptions ADD COLUMN client_address TEXT;
+    CREATE INDEX exemptions_status_subject ON exemptions (status, subject);
+    CREATE INDEX exemptions_status_address ON exemptions (status, client_address);
     """,
 )
 

@@ -30,6 +30,7 @@ from tollhouse.events.records import (
     EnrollmentToken,
     Exemption,
     KeyRecord,
+    PendingCounts,
 )
 from tollhouse.events.schema import migrations
 
@@ -323,6 +324,26 @@ class Store:
     def add_exemption(self, exemption: Exemption) -> Exemption:
         self._insert("exemptions", exemption)
         return exemption
+
+    def file_exemption(self, exemption: Exemption, check: Callable[[PendingCounts], None]) -> Exemption:
+        """Store a new pending exemption unless `check` (given the queue as it is) raises to refuse it. The count
+        and the insert are one transaction that no other gateway sharing the store interleaves with."""
+        with self.db.transaction(lock="exemption-queue"):
+            duplicate = self._row("SELECT * FROM exemptions WHERE status = ? AND subject = ? AND rule_id = ? "
+                                  "ORDER BY created_ms LIMIT 1", (PENDING, exemption.subject, exemption.rule_id))
+            total = self._count("SELECT COUNT(*) AS n FROM exemptions WHERE status = ?", (PENDING,))
+            subject = self._count("SELECT COUNT(*) AS n FROM exemptions WHERE status = ? AND subject = ?",
+                                  (PENDING, exemption.subject))
+            address = 0 if exemption.client_address is None else self._count(
+                "SELECT COUNT(*) AS n FROM exemptions WHERE status = ? AND client_address = ?",
+                (PENDING, exemption.client_address))
+            check(PendingCounts(total, subject, address, Exemption(**duplicate) if duplicate else None))
+            self._insert("exemptions", exemption)
+        return exemption
+
+    def _count(self, sql: str, args: Sequence[Any]) -> int:
+        row = self._row(sql, args)
+        return int(row["n"]) if row else 0
 
     def exemption(self, exemption_id: str) -> Exemption | None:
         row = self._row("SELECT * FROM exemptions WHERE id = ?", (exemption_id,))

@@ -16,6 +16,7 @@ from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.openapi import OPENAPI
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import create_key
+from tollhouse.subject_ids import valid_subject_id
 
 
 def api_error(status: int, message: str, code: str) -> Response:
@@ -115,6 +116,12 @@ async def create_gateway_key(request: Request, state: GatewayState) -> Response:
     if not isinstance(user, str) or not user:
         return api_error(400, 'body must be {"user": "NAME", "label": "optional text"}', "bad_request")
     label = data.get("label") if isinstance(data.get("label"), str) else None
+    if (problem := valid_subject_id(user)) is not None:
+        return api_error(400, f"user is not a valid id: {problem}", "bad_request")
+    if not state.directory.knows(user) and data.get("allow_unknown") is not True:
+        return api_error(400, f"user {user!r} is not a person or service of the directory (version "
+                         f"{state.directory.version}); add them with PUT /api/v1/directory, or send "
+                         '"allow_unknown": true to create the key anyway', "unknown_user")
     key, record = await state.runner.run(lambda s: create_key(s, user, label))
     return json_response({"key": key, "prefix": record.prefix, "user": record.subject, "label": record.label},
                          201)

@@ -10,7 +10,16 @@ from pathlib import Path
 
 from tollhouse.config import Settings
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import admin, agent_api, console, exemption_routes, pipeline, policy_api, spend
+from tollhouse.gateway import (
+    admin,
+    agent_api,
+    console,
+    console_session,
+    exemption_routes,
+    pipeline,
+    policy_api,
+    spend,
+)
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
@@ -110,6 +119,9 @@ class GatewayApp:
 
     async def __call__(self, head: Head, proto: Exchange) -> None:
         request = Request(head.method, head.path, head.query_string, head.headers, proto, head.raw_path)
+        if head.path.startswith("/console") and (refused := console_session.gate(request, self.state)) is not None:
+            proto.response_bytes(refused.status, refused.headers, refused.body)  # a console page, nobody signed in
+            return
         routed = _route(request)
         if isinstance(routed, Response):
             proto.response_bytes(routed.status, routed.headers, routed.body)

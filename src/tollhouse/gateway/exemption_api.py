@@ -15,6 +15,7 @@ from tollhouse.control.exemptions import ExemptionError, ExemptionProblems
 from tollhouse.events.records import APPROVED, DENIED, PENDING
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.admin import BadParameter, api_error, int_param
+from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, json_response
 from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
@@ -32,6 +33,8 @@ def error_response(state: GatewayState, exc: ExemptionError) -> Response:
     if exc.existing is not None:
         error["id"] = exc.existing.id
         error["status_url"] = exemptions.status_url(state, exc.existing.id)
+    if exc.limit is not None:
+        error["limit"] = exc.limit
     return json_response({"error": error}, exc.status)
 
 
@@ -52,7 +55,8 @@ async def _json_object(request: Request, empty_ok: bool = False) -> dict[str, An
 
 async def create(request: Request, state: GatewayState) -> Response:
     try:
-        filed = await exemptions.file_request(state, await _json_object(request))
+        filed = await exemptions.file_request(state, await _json_object(request),
+                                              client_address(request, state.settings.identity.trusted_proxies))
     except ExemptionError as exc:
         return error_response(state, exc)
     x = filed.exemption

@@ -12,9 +12,6 @@ Cookie-authenticated posts from another origin are refused.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
 from collections.abc import Mapping
 from html import escape
@@ -32,16 +29,25 @@ from tollhouse.control.exemptions import (
 from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, Exemption
 from tollhouse.gateway import exemptions
-from tollhouse.gateway.admin import authorized
+from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console import STYLE
+from tollhouse.gateway.console_session import (
+    ADMIN_ROLE,
+    COOKIE,
+    LOGIN_PATH,
+    SESSION_S,
+    ConsoleUser,
+    cookie_attributes,
+    safe_next,
+    session_value,
+    sign_in_redirect,
+    signed_in,
+)
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
 from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
 
-COOKIE = "tollhouse_console"
-SESSION_S = 12 * 3600
 QUEUE_PATH = "/console/exemptions"
-LOGIN_PATH = "/console/login"
 _MAX_FORM = 64 * 1024
 _PREFILL = ("subject", "rule", "provider", "model", "team", "project", "ts")
 _LABELS = {"subject": "Who was blocked", "rule": "Rule", "provider": "Provider", "model": "Model", "team": "Team",
@@ -100,9 +106,8 @@ def _request_form(state: GatewayState, values: Mapping[str, str], problems: list
     fields = "".join(
         f'<tr><th><label for="{name}">{_LABELS[name]}</label></th><td><input id="{name}" name="{name}" '
         f'value="{escape(values.get(name, ""))}" maxlength="{MAX_FIELD}"'
-        f'{" required" if name in ("subject", "rule") else ""}{" list=rules" if name == "rule" else ""}></td></tr>'
+        f'{" required" if name in ("subject", "rule") else ""}></td></tr>'
         for name in (*_PREFILL, "requester"))
-    options = "".join(f'<option value="{escape(r.id)}">' for r in rules)
     body = (f"<h1>Request an exemption</h1>{about}{_errors(problems)}"
             "<p>Tell the AI policy owner why you need this call. They can allow it for you for a limited time, "
             "or change the rule. You get a page that shows the decision.</p>"
@@ -110,7 +115,7 @@ def _request_form(state: GatewayState, values: Mapping[str, str], problems: list
             f'<tr><th><label for="justification">Justification</label></th><td><textarea id="justification" '
             f'name="justification" required maxlength="{MAX_JUSTIFICATION}">'
             f'{escape(values.get("justification", ""))}</textarea></td></tr></table>'
-            f'<datalist id="rules">{options}</datalist><p><button>Request exemption</button></p></form>')
+            "<p><button>Request exemption</button></p></form>")
     return _page("Request an exemption", body, status)
 
 
@@ -123,7 +128,8 @@ async def file_request(request: Request, state: GatewayState) -> Response:
     form: dict[str, str] = {}
     try:
         form = await _form(request)
-        filed = await exemptions.file_request(state, form)
+        filed = await exemptions.file_request(state, form,
+                                              client_address(request, state.settings.identity.trusted_proxies))
     except ExemptionProblems as exc:
         return _request_form(state, form, exc.messages, 400)
     except ExemptionError as exc:
@@ -172,46 +178,10 @@ async def status_page(request: Request, state: GatewayState) -> Response:
 # the policy owner: sign-in, the queue, approve and deny
 
 
-def _sign(state: GatewayState, payload: str) -> str:
-    return hmac.new(state.admin_token.encode(), b"tollhouse-console-session\0" + payload.encode(),
-                    hashlib.sha256).hexdigest()
-
-
-def _session(state: GatewayState, reviewer: str) -> str:
-    name = base64.urlsafe_b64encode(reviewer.encode()).decode().rstrip("=")
-    payload = f"{int(state.clock()) + SESSION_S}.{name}"
-    return f"{payload}.{_sign(state, payload)}"
-
-
-def _cookie(request: Request, name: str) -> str | None:
-    for part in (request.header("cookie") or "").split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return None
-
-
-def _session_reviewer(request: Request, state: GatewayState) -> str | None:
-    value = _cookie(request, COOKIE)
-    if not value:
-        return None
-    payload, _, signature = value.rpartition(".")
-    if not payload or not hmac.compare_digest(signature.encode(), _sign(state, payload).encode()):
-        return None
-    expires, _, name = payload.partition(".")
-    if not expires.isdigit() or int(expires) <= state.clock():
-        return None
-    try:
-        return base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
 def reviewer(request: Request, state: GatewayState) -> str | None:
     """Who is signed in to the console (a session cookie or the bearer admin token); None if nobody."""
-    if authorized(request, state):
-        return actor(request)
-    return _session_reviewer(request, state)
+    user = signed_in(request, state, actor(request))
+    return user.name if user is not None else None
 
 
 def _cross_site(request: Request) -> bool:
@@ -222,26 +192,24 @@ def _cross_site(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc != (request.header("host") or "")
 
 
-def _cookie_attributes(state: GatewayState, max_age: int) -> str:
-    secure = "; Secure" if state.console_url.startswith("https:") else ""
-    return f"Path=/console/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
-
-
-def _login_page(problem: str | None = None, status: int = 401) -> Response:
-    body = (f"<h1>Sign in to review exemptions</h1>{_errors([problem] if problem else [])}"
+def _login_page(problem: str | None = None, status: int = 401, next_path: str | None = None) -> Response:
+    body = (f"<h1>Sign in to the Tollhouse console</h1>{_errors([problem] if problem else [])}"
             f'<form method="post" action="{LOGIN_PATH}"><table>'
             '<tr><th><label for="token">Admin token</label></th><td><input id="token" name="token" '
             'type="password" required autocomplete="current-password"></td></tr>'
             '<tr><th><label for="name">Your name (shown as the reviewer)</label></th><td><input id="name" '
-            f'name="name" maxlength="{MAX_FIELD}"></td></tr></table><p><button>Sign in</button></p></form>')
+            f'name="name" maxlength="{MAX_FIELD}"></td></tr></table>'
+            f'<input type="hidden" name="next" value="{escape(safe_next(next_path))}">'
+            "<p><button>Sign in</button></p></form>")
     return _page("Sign in", body, status)
 
 
 async def login_form(request: Request, state: GatewayState) -> Response:
-    return _login_page(status=200)
+    return _login_page(status=200, next_path=request.query.get("next"))
 
 
 async def login(request: Request, state: GatewayState) -> Response:
+    """The admin token signs in with role admin (the role is kept in the session for roles to come)."""
     if _cross_site(request):
         return _page("Refused", "<p class=err>Sign-in from another site is refused.</p>", 403)
     try:
@@ -250,16 +218,18 @@ async def login(request: Request, state: GatewayState) -> Response:
         return _login_page(str(exc), exc.status)
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
-        return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).")
+        return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
+                           next_path=form.get("next"))
     name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
-    cookie = f"{COOKIE}={_session(state, name)}; {_cookie_attributes(state, SESSION_S)}"
-    return _see_other(QUEUE_PATH, [("set-cookie", cookie)])
+    user = ConsoleUser(name, ADMIN_ROLE)
+    cookie = f"{COOKIE}={session_value(state, user)}; {cookie_attributes(state, SESSION_S)}"
+    return _see_other(safe_next(form.get("next")), [("set-cookie", cookie)])
 
 
 async def logout(request: Request, state: GatewayState) -> Response:
     if _cross_site(request):
         return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
-    return _see_other(LOGIN_PATH, [("set-cookie", f"{COOKIE}=; {_cookie_attributes(state, 0)}")])
+    return _see_other(LOGIN_PATH, [("set-cookie", f"{COOKIE}=; {cookie_attributes(state, 0)}")])
 
 
 def _decision_forms(x: Exemption) -> str:
@@ -273,9 +243,10 @@ def _decision_forms(x: Exemption) -> str:
 
 
 async def queue(request: Request, state: GatewayState) -> Response:
-    who = reviewer(request, state)
-    if who is None:
-        return _login_page()
+    user = signed_in(request, state, actor(request))
+    if user is None:  # the app's gate already sends anonymous browsers to the sign-in
+        return sign_in_redirect(request.path)
+    who = user.name
     pending = await state.runner.run(lambda s: s.list_exemptions(PENDING, 500))
     decided = [x for x in await state.runner.run(lambda s: s.list_exemptions(None, 100)) if x.status != PENDING]
 
@@ -297,7 +268,7 @@ async def queue(request: Request, state: GatewayState) -> Response:
         + cells(_ts(x.created_ms), x.subject, x.rule_id, x.status, x.reviewer, _ts(x.decided_ms),
                 _ts(x.expires_ms) if x.status == APPROVED else "", x.note)
         + "</tr>" for x in decided)
-    body = (f'<h1>Exemption requests</h1><div>Signed in as <b>{escape(who)}</b>. '
+    body = (f'<h1>Exemption requests</h1><div>Signed in as <b>{escape(who)}</b> ({escape(user.role)}). '
             f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></div>'
             f"<h2>Pending ({len(pending)})</h2><p>Approving allows the subject's calls that the rule blocks, "
             "for the hours given. To change the rule for everyone instead, approve through the API with "
@@ -321,7 +292,7 @@ async def deny(request: Request, state: GatewayState) -> Response:
 async def _decide(request: Request, state: GatewayState, action: exemptions.Decide) -> Response:
     who = reviewer(request, state)
     if who is None:
-        return _login_page()
+        return sign_in_redirect(request.path)
     if _cross_site(request):
         return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
     back = f'<p><a href="{QUEUE_PATH}">Back to the queue</a></p>'

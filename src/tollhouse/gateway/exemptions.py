@@ -11,17 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollhouse.control.exemptions import (
-    MAX_PENDING,
     ExemptionError,
     ExemptionProblems,
     Problem,
+    QueueLimits,
     parse_approval,
     parse_denial,
     parse_request,
+    queue_check,
 )
 from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, RULE_EDIT, Exemption
-from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
+from tollhouse.gateway.policy_holder import FileAuthoritative, RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
 log = logging.getLogger("tollhouse.exemptions")
@@ -48,20 +49,18 @@ def exemption_json(state: GatewayState, x: Exemption) -> dict[str, Any]:
     return {**x.json(), "active": active, "status_url": status_url(state, x.id)}
 
 
-async def file_request(state: GatewayState, data: Mapping[str, object]) -> Filed:
-    """Raises ExemptionProblems (a field is wrong) or ExemptionError (a duplicate; the queue is full)."""
+async def file_request(state: GatewayState, data: Mapping[str, object], client_address: str | None = None
+                       ) -> Filed:
+    """Raises ExemptionProblems (a field is wrong; the subject is not in the directory) or ExemptionError (a
+    duplicate; a queue limit of the requester's address, the subject or the whole queue is reached).
+    `client_address`: where the request came from (the per-address limit)."""
     rule_ids = {r.id for r in state.policy.current.rules}
-    x = parse_request(data, rule_ids, "ex-" + secrets.token_hex(8), int(state.clock() * 1000))
-    pending = await state.runner.run(lambda s: s.list_exemptions(PENDING, MAX_PENDING))
-    for p in pending:
-        if p.subject == x.subject and p.rule_id == x.rule_id:
-            raise ExemptionError(409, "already_pending", f"{x.subject} already has a pending exemption request "
-                                 f"for rule {x.rule_id}: {p.id} ({status_url(state, p.id)}); the policy owner "
-                                 "will decide it", existing=p)
-    if len(pending) >= MAX_PENDING:
-        raise ExemptionError(429, "queue_full", f"{MAX_PENDING} exemption requests are waiting for a decision; "
-                             "ask your AI policy owner to work through the queue, then try again")
-    await state.runner.run(lambda s: s.add_exemption(x))
+    x = parse_request(data, rule_ids, "ex-" + secrets.token_hex(8), int(state.clock() * 1000),
+                      state.directory.knows, client_address)
+    c = state.settings.exemptions
+    check = queue_check(x, QueueLimits(c.max_pending_per_subject, c.max_pending_per_address, c.max_pending),
+                        lambda exemption_id: status_url(state, exemption_id))
+    await state.runner.run(lambda s: s.file_exemption(x, check))
     state.audit.record("exemption.requested", x.requester, {
         "id": x.id, "subject": x.subject, "rule_id": x.rule_id, "provider": x.provider, "model": x.model,
         "team": x.team, "project": x.project, "call_ts": iso_ts(x.call_ts_ms) if x.call_ts_ms else None,
@@ -126,6 +125,8 @@ async def _approve_rule_edit(state: GatewayState, x: Exemption, rule: dict[str, 
         doc = await state.policy.publish(rules, reviewer, f"exemption:{x.id}", note or f"exemption {x.id}", base)
     except RulesFileError as exc:
         raise ExemptionProblems([Problem("rule", f"the policy was not changed: {p}") for p in exc.problems]) from None
+    except FileAuthoritative as exc:
+        raise ExemptionError(409, "policy_file_authoritative", f"nothing was changed: {exc}") from None
     except VersionConflict:
         raise ExemptionError(409, "version_conflict", "the policy changed while this edit was made (now version "
                              f"{state.policy.current.version}); nothing was changed, approve again") from None

@@ -13,9 +13,10 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
-from tollhouse.gateway import enforce
+from tollhouse.gateway import enforce, redact
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
 from tollhouse.gateway.http import STREAMED, Request, Response, Streamed
+from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import NANO_PER_USD
 from tollhouse.policy.decide import Verdict
@@ -55,11 +56,12 @@ class Progress:
 class Outbound:
     """A call on its way out: where it goes and what the client is told with its answer."""
 
-    __slots__ = ("budget_remaining_nusd", "capture", "endpoint", "hide_usage", "metered", "path", "route",
-                 "started", "upstream_key", "verdict")
+    __slots__ = ("budget_remaining_nusd", "capture", "endpoint", "hide_usage", "metered", "path", "redactor",
+                 "route", "started", "upstream_key", "verdict")
 
     def __init__(self, route: ProviderRoute, path: str, endpoint: Endpoint, metered: bool, upstream_key: str | None,
-                 verdict: Verdict | None, hide_usage: bool, capture: bool, started: float) -> None:
+                 verdict: Verdict | None, hide_usage: bool, capture: bool, started: float,
+                 redactor: Redactor | None) -> None:
         self.route = route
         self.path = path
         self.endpoint = endpoint
@@ -69,6 +71,7 @@ class Outbound:
         self.hide_usage = hide_usage
         self.capture = capture
         self.started = started
+        self.redactor = redactor  # the gateway injected a key: it never goes back to the caller
         self.budget_remaining_nusd = verdict.budget_remaining_nusd if verdict is not None else None
 
 
@@ -87,7 +90,7 @@ def upstream_headers(request: Request, route: ProviderRoute, upstream_key: str |
 
 
 def client_headers(upstream: UpstreamResponse, out: Outbound) -> list[tuple[str, str]]:
-    headers = [(name, value) for name, value in upstream.headers if name not in _HOP_BY_HOP]
+    headers = redact.headers([(n, v) for n, v in upstream.headers if n not in _HOP_BY_HOP], out.redactor)
     verdict = out.verdict
     headers.append((DECISION_HEADER, verdict.applied if verdict is not None else "allow"))
     if verdict is not None:
@@ -119,6 +122,7 @@ async def forward(request: Request, state: GatewayState, out: Outbound, body: by
             data = await upstream.read()
             if out.metered and upstream.status < 400:
                 meter_response(out, seen, data)
+            data = redact.body(data, out.redactor)
             return Response(upstream.status, data, client_headers(upstream, out))
         try:  # each upstream chunk is forwarded the moment it arrives
             return await _stream(request, state, out, upstream, seen)
@@ -164,7 +168,8 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
         meter = route.protocol.stream_meter(out.endpoint, out.hide_usage)
         if out.capture:
             text = StreamText(route.family, out.endpoint)
-    transport = request.proto.response_stream(upstream.status, client_headers(upstream, out))
+    transport = redact.stream(request.proto.response_stream(upstream.status, client_headers(upstream, out)),
+                              out.redactor)
     pump = asyncio.current_task()
     finished = False
 
@@ -189,6 +194,7 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
                 await transport.send_bytes(data)
         if meter is not None and (tail := meter.finish()):
             await transport.send_bytes(tail)
+        await redact.flush(transport)
         finished = True
     except ProtocolClosed:
         client_gone(state, route, seen)

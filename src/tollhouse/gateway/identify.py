@@ -6,32 +6,32 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tollhouse.directory import Subject
+from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.keys import KEY_PREFIX, sha256_hex
 from tollhouse.policy.decide import Problem
+from tollhouse.subject_ids import ALLOWED, MAX_SUBJECT_ID, valid_subject_id
 
 USER_HEADER = "x-tollhouse-user"
 PROJECT_HEADER = "x-tollhouse-project"
-_MAX_ID = 128
-_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@+:")
 
 
 class Identity(NamedTuple):
     subject: Subject
     upstream_key: str | None  # replaces the client's key (gateway keys); None: forward the caller's own
     problem: Problem | None = None  # what the stage found wrong (judged by decide)
+    redactor: Redactor | None = None  # removes the injected key from what the upstream answers
 
 
-def valid_id(value: str) -> bool:
-    """A subject or project name as a header may carry it: 1-128 of letters, digits and . _ - @ + :"""
-    return 0 < len(value) <= _MAX_ID and all(c in _ID_CHARS for c in value)
-
-
-def _bad_header(name: str, value: str) -> Problem:
-    shown = value[:40] + ("..." if len(value) > 40 else "")
+def _bad_header(name: str, value: str) -> Problem | None:
+    """A provider-shaped 400 naming the header and the rule when `value` is not a valid id."""
+    wrong = valid_subject_id(value)
+    if wrong is None:
+        return None
     return Problem("invalid_identity_header", 400,
-                   f"{name} is not a valid name ({shown!r}, {len(value)} characters): use 1 to {_MAX_ID} letters, "
-                   "digits or . _ - @ + : as the directory names people, services and projects.", always=True)
+                   f"Tollhouse refused the {name} header: {wrong}. It must name a person, service or project of "
+                   f"the Tollhouse directory: at most {MAX_SUBJECT_ID} characters of {ALLOWED} (no spaces or "
+                   "control characters).", always=True)
 
 
 async def identify(request_header: dict[str, str | None], state: GatewayState, route: ProviderRoute,
@@ -40,8 +40,8 @@ async def identify(request_header: dict[str, str | None], state: GatewayState, r
     caller sent, wherever its family carries it."""
     directory = state.directory
     project = request_header.get(PROJECT_HEADER) or None
-    if project is not None and not valid_id(project):
-        return Identity(directory.subject("anonymous"), None, _bad_header("X-Tollhouse-Project", project))
+    if project is not None and (bad := _bad_header("X-Tollhouse-Project", project)) is not None:
+        return Identity(directory.subject("anonymous"), None, bad)
     if key is not None and key.startswith(KEY_PREFIX):
         subject_id = await state.keys.subject_for(key)
         if subject_id is None:
@@ -54,11 +54,11 @@ async def identify(request_header: dict[str, str | None], state: GatewayState, r
                 "provider_key_missing", 502, f"Tollhouse has no real API key for provider '{route.id}' to use "
                 f"with gateway keys. Set providers.{route.id}.api_key or its api_key_env variable on the "
                 "gateway.", always=True))
-        return _known(state, Identity(subject, route.api_key))
+        return _known(state, Identity(subject, route.api_key, redactor=route.redactor))
     user = request_header.get(USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
-        if not valid_id(user):
-            return Identity(directory.subject("anonymous", project), None, _bad_header("X-Tollhouse-User", user))
+        if (bad := _bad_header("X-Tollhouse-User", user)) is not None:
+            return Identity(directory.subject("anonymous", project), None, bad)
         return _known(state, Identity(directory.subject(user, project), None))
     default_user = state.settings.identity.default_user  # the agent: the machine's configured user
     if default_user:

@@ -228,11 +228,13 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {
-                "summary": "Create a gateway key for a person; the key is shown once",
+                "summary": "Create a gateway key for a person or service of the directory; the key is shown once",
                 "requestBody": {"content": {"application/json": {"schema": {
                     "type": "object", "required": ["user"],
-                    "properties": {"user": {"type": "string"}, "label": {"type": "string"}}}}}},
-                "responses": {"201": {"description": "created"}, "400": {"description": "bad body"}},
+                    "properties": {"user": {"type": "string", "maxLength": 128}, "label": {"type": "string"},
+                                   "allow_unknown": {"type": "boolean", "default": False}}}}}},
+                "responses": {"201": {"description": "created"},
+                              "400": {"description": "bad body, or a user the directory lacks"}},
             },
         },
         **_EXEMPTION_PATHS,

@@ -175,7 +175,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             if not body:
                 body = orjson.dumps(parsed)
         out = Outbound(route, path, where.endpoint, metered, ident.upstream_key, verdict, hide_usage, capture,
-                       started)
+                       started, ident.redactor)
         return await forward(request, state, out, body, got.facts.stream, seen)
     except asyncio.CancelledError:
         client_gone(state, route, seen)

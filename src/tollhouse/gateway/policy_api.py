@@ -13,7 +13,7 @@ from tollhouse.events.records import DocumentVersion
 from tollhouse.gateway.admin import ApiError, BadParameter, api_error, int_param, refused
 from tollhouse.gateway.directory_holder import DirectoryError
 from tollhouse.gateway.http import Request, Response, json_response
-from tollhouse.gateway.policy_holder import RulesFileError, VersionConflict
+from tollhouse.gateway.policy_holder import FileAuthoritative, RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
@@ -44,9 +44,10 @@ async def json_body(request: Request, empty: Any = None) -> Any:
 def _policy_json(state: GatewayState, doc: DocumentVersion | None = None) -> dict[str, Any]:
     holder = state.policy
     if doc is None:
-        return {"version": holder.current.version, "rules": holder.raw, "source": holder.source}
+        return {"version": holder.current.version, "rules": holder.raw, "source": holder.source,
+                "authoritative": holder.authoritative}
     return {"version": doc.version, "rules": doc.body.get("rules", []), "source": doc.source, "actor": doc.actor,
-            "ts": doc.json()["ts"], "note": doc.note}
+            "ts": doc.json()["ts"], "note": doc.note, "authoritative": holder.authoritative}
 
 
 async def get_policy(request: Request, state: GatewayState) -> Response:
@@ -79,6 +80,8 @@ async def _publish(request: Request, state: GatewayState, rules: list[Any], sour
         raise refused("policy", "invalid_policy", exc.problems) from None
     except VersionConflict as exc:
         return api_error(409, str(exc), "version_conflict")
+    except FileAuthoritative as exc:
+        return api_error(409, str(exc), "policy_file_authoritative")
     return json_response(_policy_json(state, doc))
 
 

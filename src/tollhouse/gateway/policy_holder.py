@@ -74,11 +74,28 @@ class VersionConflict(Exception):
     """A write based on a version that is no longer the latest."""
 
 
+class FileAuthoritative(Exception):
+    """A policy write through the API (an edit, a rollback, a rule-edit approval) while `policy.rules_file` is
+    configured: the file is the one source of the policy, so the change must be made there."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"the policy comes from the rules file {path} (policy.rules_file), which is authoritative "
+                         f"on this gateway: make the change by editing {path}; the gateway reloads it within a "
+                         "second and records it as a new policy version. Changes through the API are refused so that "
+                         "the file and the API never overwrite each other (remove policy.rules_file from the config "
+                         "to manage the policy through the API instead).")
+        self.path = path
+
+
 class PolicyHolder:
     """Holds the current compiled policy; `current` is replaced whole, never mutated.
 
     Every policy is a version in the store (`documents`, kind "policy"): API edits, rollbacks, and the
-    config or rules file when it changes. The version number is the store's."""
+    config or rules file when it changes. The version number is the store's.
+
+    With a rules file the file is authoritative: `publish` (API edits, rollbacks, rule-edit approvals) raises
+    FileAuthoritative, and an edit of the file that leaves its parsed rules as they were (comments, whitespace,
+    key order) makes no version and changes nothing. Without one, the API is authoritative."""
 
     def __init__(self, initial: CompiledPolicy, raw: list[Any], source: str, path: Path | None, timezone: str,
                  directory: DirectoryConfig) -> None:
@@ -90,10 +107,16 @@ class PolicyHolder:
         self._tz = timezone
         self.directory = directory  # the directory rules are checked against (swapped with it)
         self._mtime = self._stat()
+        self._file_raw: list[Any] | None = raw if path is not None else None  # the file's rules as last loaded
         self._task: asyncio.Task[None] | None = None
         self._docs: Documents | None = None
         self._lock = asyncio.Lock()
         self.on_change: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
+
+    @property
+    def authoritative(self) -> str:
+        """Where the policy is changed: `file:PATH` (policy.rules_file) or `api`."""
+        return f"file:{self._path}" if self._path is not None else "api"
 
     @property
     def _source_key(self) -> str:
@@ -119,6 +142,14 @@ class PolicyHolder:
         self._docs = docs
         mine = bool(self.raw) or self._path is not None
         latest = await docs.latest("policy")
+        if self._path is not None:  # the file is authoritative: its rules are the policy in force
+            if latest is None or latest.body.get("rules") != self.raw:
+                before = list(latest.body.get("rules", [])) if latest is not None else []
+                await self._store(self.raw, "file", self._source_key, None, before)
+                return
+            self._adopt(latest)
+            docs.feed.set("policy", self.current.version)
+            return
         if mine:
             last = await docs.last_from("policy", self._source_key)
             if last is None or last.body.get("rules") != self.raw:
@@ -153,6 +184,8 @@ class PolicyHolder:
         """Validate the whole policy, then store it as a new version and apply it. Nothing changes when
         validation fails (RulesFileError) or `base_version` is not the latest (VersionConflict). `timezone`:
         the policy's own default zone for time windows (an agent's bundle carries its control plane's)."""
+        if self._path is not None:
+            raise FileAuthoritative(self._path)
         tz = timezone or self._tz
         compile_rules(raw, tz, self.directory, 0, "policy")  # validate before anything is written
         async with self._lock:
@@ -182,12 +215,17 @@ class PolicyHolder:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def reload(self) -> bool:
-        """Load the rules file again; True if the policy changed."""
+        """Load the rules file again; True if the policy changed. An edit that leaves the parsed rules as they
+        were (comments, whitespace, key order) makes no version and changes nothing."""
         assert self._path is not None
         try:
             raw = read_rules_file(self._path)
+            if raw == self._file_raw:
+                self.error = None  # back to the rules in force (e.g. after a bad edit was undone)
+                return False
             async with self._lock:
                 await self._store(raw, "file", self._source_key, None)
+                self._file_raw = raw
         except RulesFileError as exc:
             self.error = str(exc)
             log.error("policy file change rejected, keeping version %d:\n%s", self.current.version, exc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
+from tollhouse.gateway.redact import Redactor
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
@@ -52,6 +54,7 @@ class ProviderRoute:
     client: Client
     host: str  # the upstream's hostname, for provider rules written by hostname
     auth_names: frozenset[str]  # lower-case names of the headers that carry this family's API key
+    redactor: Redactor | None = None  # keeps api_key out of responses to calls it was injected into
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +119,44 @@ def replay_journal(store: Store, journal_dir: Path) -> None:
         path.unlink()
 
 
+def admin_token_path(data_dir: Path) -> Path:
+    return data_dir / "admin_token"
+
+
 def admin_token_for(settings: Settings, data_dir: Path) -> str:
-    """Configured token, else one generated once and kept in the data dir (mode 0600)."""
+    """Configured token, else one generated once and kept in the data dir (mode 0600). Never logged."""
     token = settings.resolved_admin_token()
     if token:
         return token
-    path = data_dir / "admin_token"
+    path = admin_token_path(data_dir)
     if path.exists():
         return path.read_text().strip()
     token = "tha-" + secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
     path.chmod(0o600)
-    log.warning("no admin_token configured: generated one, stored in %s", path)
+    log.warning("no admin_token configured: generated one into %s (mode 0600)", path)
     return token
+
+
+def admin_token_hint(settings: Settings, data_dir: Path) -> str:
+    """Where the admin token is and how to read it (for start-up banners; the token itself is never printed)."""
+    if os.environ.get("TOLLHOUSE_ADMIN_TOKEN"):
+        return "the TOLLHOUSE_ADMIN_TOKEN environment variable"
+    if settings.admin_token is not None:
+        return "admin_token in the config file"
+    path = admin_token_path(data_dir)
+    return f"{path} (mode 0600; read it with: cat {path})"
+
+
+def admin_token_shell(settings: Settings, data_dir: Path) -> str:
+    """A shell expression that yields the admin token (for the banner's curl example)."""
+    if os.environ.get("TOLLHOUSE_ADMIN_TOKEN"):
+        return "$TOLLHOUSE_ADMIN_TOKEN"
+    if settings.admin_token is not None:
+        return "$TOKEN"
+    return f"$(cat {admin_token_path(data_dir)})"
 
 
 def journal_dir_for(data_dir: Path, worker: int | None) -> Path:
@@ -228,6 +256,7 @@ def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_
         client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy),
         host=urlsplit(cfg.upstream).hostname or "",
         auth_names=frozenset(n.lower() for n in protocol.auth_header_names()),
+        redactor=Redactor((api_key,)) if (api_key := cfg.resolve_api_key()) else None,
     )
 
 

@@ -179,6 +179,12 @@ class Exchange:
     async def client_disconnect(self) -> None:
         await self._conn.lost_future()
 
+    def client_address(self) -> str | None:
+        """The peer's IP address (None if the connection is gone or not over IP)."""
+        transport = self._conn.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else None
+
     # --- the response ---
 
     def _head(self, status: int, headers: list[tuple[str, str]], length: int | None) -> str:
