@@ -22,7 +22,6 @@ from tollhouse.policy.rule_fields import (
     FieldProblem,
     Hours,
     Models,
-    Name,
     Patterns,
     Providers,
     Threshold,
@@ -89,13 +88,13 @@ class ListCondition(Condition):
 
 
 def _one_list(given: list[tuple[str, frozenset[str] | None]], example: str) -> tuple[str, frozenset[str]]:
-    present = [(k, v) for k, v in given if v is not None]
+    present: list[tuple[str, frozenset[str]]] = [(k, v) for k, v in given if v is not None]
     if not present:
         raise FieldProblem(f"required: a list such as {example}", at=(given[0][0],))
     if len(present) > 1:
         names = " or ".join(repr(k) for k, _ in given)
         raise FieldProblem(f"give one list: {names}, not {len(present)}", at=(present[1][0],))
-    return present[0]  # type: ignore[return-value]
+    return present[0]
 
 
 _OPERATORS = {"in": "in", "not_in": "not_in"}

@@ -62,14 +62,14 @@ def _model_at(keys: Sequence[str | int], tag: str | None) -> type[BaseModel] | N
     return None
 
 
-def _unknown(keys: Sequence[str | int], tag: str | None) -> str:
+def _unknown(keys: Sequence[str | int], tag: str | None, why: str = "") -> str:
     model = _model_at(keys[:-1], tag)
     if model is None:
-        return "unknown field"
+        return f"unknown field{why}"
     allowed = sorted(model.model_fields)
     close = difflib.get_close_matches(str(keys[-1]), allowed, n=1, cutoff=0.7)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown field{hint}; allowed: {', '.join(allowed)}"
+    return f"unknown field{why}{hint}; allowed: {', '.join(allowed)}"
 
 
 def _describe(error: Any) -> tuple[str, str]:
@@ -87,7 +87,7 @@ def _describe(error: Any) -> tuple[str, str]:
     if kind == "extra_forbidden":
         return _path(keys), _unknown(keys, tag)
     if kind == "invalid_key":
-        return _path(keys), "unknown field (field names are strings); " + _unknown(keys, tag).partition("; ")[2]
+        return _path(keys), _unknown(keys, tag, " (field names are strings)")
     if kind == "union_tag_invalid":
         return "condition.type", f"{ctx.get('tag')!r} is not a condition type; use one of {_TYPES}"
     if kind == "union_tag_not_found":

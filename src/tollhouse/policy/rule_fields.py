@@ -40,12 +40,6 @@ def _optional_text(value: object) -> str | None:
     return None if value is None else _text(value)
 
 
-def _name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise FieldProblem("must be a non-empty string")
-    return value
-
-
 def _flag(value: object) -> bool:
     if not isinstance(value, bool):
         raise FieldProblem("must be true or false")
@@ -135,7 +129,6 @@ def _pattern_list(value: object) -> tuple[re.Pattern[str], ...]:
 
 Text = Annotated[str, PlainValidator(_text)]
 OptionalText = Annotated[str | None, PlainValidator(_optional_text)]
-Name = Annotated[str, PlainValidator(_name)]
 Flag = Annotated[bool, PlainValidator(_flag)]
 ZoneName = Annotated[str, PlainValidator(_zone_name)]
 Models = Annotated[frozenset[str], PlainValidator(_names_of("models"))]
