@@ -27,6 +27,7 @@ from tollhouse.policy.rule_fields import (
     Threshold,
     ZoneName,
     one_of,
+    shown,
 )
 from tollhouse.policy.timewindow import TimeWindow, WindowError, parse_days, parse_hours, zone
 
@@ -260,7 +261,7 @@ def _detectors(value: object) -> tuple[str, ...]:
         raise FieldProblem(f"must be a list of names: {', '.join(sorted(DETECTORS))}")
     for det in items:
         if not isinstance(det, str) or det not in DETECTORS:
-            raise FieldProblem(f"{det!r} is not a detector; use {', '.join(sorted(DETECTORS))}")
+            raise FieldProblem(f"{shown(det)} is not a detector; use {', '.join(sorted(DETECTORS))}")
     return tuple(items)
 
 
@@ -295,7 +296,7 @@ def _metric(value: object) -> Metric:
         raise FieldProblem("use e.g. tokens_per_hour, tokens_per_minute, requests_per_minute")
     m = _METRIC.fullmatch(value)
     if m is None:
-        raise FieldProblem(f"{value!r} is not a metric; use tokens_per_hour, tokens_per_minute, tokens_per_day, "
+        raise FieldProblem(f"{shown(value)} is not a metric; use tokens_per_hour, tokens_per_minute, tokens_per_day, "
                            "requests_per_minute, ...")
     return Metric(m.group(1), _METRIC_WINDOWS.get(m.group(2) or "", 3600))
 

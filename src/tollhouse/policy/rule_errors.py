@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tollhouse.policy.rule_conditions import CONDITION_TYPES, CONDITIONS, TimeWindowSpec
-from tollhouse.policy.rule_fields import FieldProblem
+from tollhouse.policy.rule_fields import FieldProblem, shown
 from tollhouse.policy.rule_schema import ActionSpec, RuleSpec
 
 _TYPES = ", ".join(CONDITION_TYPES)
@@ -89,7 +89,7 @@ def _describe(error: Any) -> tuple[str, str]:
     if kind == "invalid_key":
         return _path(keys), _unknown(keys, tag, " (field names are strings)")
     if kind == "union_tag_invalid":
-        return "condition.type", f"{ctx.get('tag')!r} is not a condition type; use one of {_TYPES}"
+        return "condition.type", f"{shown(ctx.get('tag'))} is not a condition type; use one of {_TYPES}"
     if kind == "union_tag_not_found":
         if not isinstance(error.get("input"), dict):
             return "condition", _OBJECTS["condition"]
@@ -103,7 +103,7 @@ def _describe(error: Any) -> tuple[str, str]:
         return path, _REQUIRED.get(path, "required")
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return path, _OBJECTS.get(path, "must be an object")
-    return path, f"{error.get('input')!r} is not valid here"
+    return path, f"{shown(error.get('input'))} is not valid here"
 
 
 def describe(label: str, error: ValidationError) -> list[str]:

@@ -30,6 +30,12 @@ class FieldProblem(ValueError):
         self.at = at
 
 
+def shown(value: object, most: int = 40) -> str:
+    """A value as it appears in a message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise FieldProblem("must be a string")
@@ -75,9 +81,9 @@ def _threshold(value: object) -> Decimal:
     try:
         d = Decimal(str(value))
     except InvalidOperation:
-        raise FieldProblem(f"threshold must be a number, got {value!r}") from None
+        raise FieldProblem(f"threshold must be a number, got {shown(value)}") from None
     if not d.is_finite() or d < 0:
-        raise FieldProblem(f"threshold must be a non-negative number, got {value!r}")
+        raise FieldProblem(f"threshold must be a non-negative number, got {shown(value)}")
     return d
 
 
@@ -148,5 +154,5 @@ def one_of(choices: dict[str, T], what: str) -> Callable[[object], T]:
     def check(value: object) -> T:
         if isinstance(value, str) and value.lower() in choices:
             return choices[value.lower()]
-        raise FieldProblem(f"{value!r} {what}")
+        raise FieldProblem(f"{shown(value)} {what}")
     return check

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationInfo, fiel
 
 from tollhouse.policy.compiled import Mode, Rule, ScopeKind, Severity
 from tollhouse.policy.rule_conditions import MODEL_CONDITIONS, AnyCondition, ListCondition
-from tollhouse.policy.rule_fields import FieldProblem, Flag, Notify, OptionalText, ZoneName, one_of
+from tollhouse.policy.rule_fields import FieldProblem, Flag, Notify, OptionalText, ZoneName, one_of, shown
 
 SEVERITIES = {"INFO": Severity.log, "WARN": Severity.warn, "SOFT_CAP": Severity.soft_cap, "BLOCK": Severity.block}
 ACTIONS = {"log": Severity.log, "info": Severity.log, "alert": Severity.warn, "warn": Severity.warn,
@@ -35,7 +35,7 @@ def _action_type(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or (value.lower() not in ACTIONS and value.lower() != REDIRECT):
-        raise FieldProblem(f"{value!r} is not an action; use alert, soft_cap, hard_stop or redirect")
+        raise FieldProblem(f"{shown(value)} is not an action; use alert, soft_cap, hard_stop or redirect")
     return value
 
 
@@ -43,7 +43,7 @@ def _severity(value: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or value.upper() not in SEVERITIES:
-        raise FieldProblem(f"{value!r} is not a severity; use INFO, WARN or BLOCK")
+        raise FieldProblem(f"{shown(value)} is not a severity; use INFO, WARN or BLOCK")
     return value
 
 
@@ -131,7 +131,8 @@ class RuleSpec(BaseModel):
         if scope is ScopeKind.org:
             raise FieldProblem("an org-scoped rule applies to everyone; remove it or change the scope")
         if isinstance(scope, ScopeKind) and _TARGET_KEY[scope] != key:
-            raise FieldProblem(f"does not fit scope {scope.value!r}; a {scope.value} rule is targeted with "
+            article = "an" if scope.value[0] in "aeiou" else "a"
+            raise FieldProblem(f"does not fit scope {scope.value!r}; {article} {scope.value} rule is targeted with "
                                f"{_TARGET_KEY[scope]!r}")
         if not isinstance(value, str) or not value:
             raise FieldProblem("must be a non-empty string id")
