@@ -59,7 +59,7 @@ class CompileProblem(Exception):
 
 
 class Condition(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     TYPE: ClassVar[str]
     type: str  # as written; TYPE is its canonical name
