@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -334,6 +335,7 @@ class PolicyConfig(_Frozen):
     rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
     timezone: str = "UTC"  # default IANA zone for time windows
     enforce_teams: tuple[str, ...] = ()  # phased rollout: enforce for these teams (and below) while off
+    _compiled: tuple[Rule, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _valid(self) -> PolicyConfig:
@@ -341,10 +343,15 @@ class PolicyConfig(_Frozen):
         if self.rules and self.rules_file:
             raise ValueError("give either rules or rules_file, not both")
         try:
-            parse_rules(list(self.rules), self.timezone)
+            self._compiled = parse_rules(list(self.rules), self.timezone)
         except PolicyError as exc:
             raise ValueError("invalid rules:\n    " + "\n    ".join(exc.problems)) from None
         return self
+
+    @property
+    def compiled_rules(self) -> tuple[Rule, ...]:
+        """`rules` as the engine's Rules (parsed once, when the config was validated)."""
+        return self._compiled
 
 
 class Settings(_Frozen):
@@ -409,7 +416,7 @@ class Settings(_Frozen):
             if team not in teams:
                 raise ValueError(f"policy.enforce_teams: {team!r} is not a team in directory.teams")
         if self.policy.rules:
-            problems = target_problems(parse_rules(list(self.policy.rules), self.policy.timezone), self.directory)
+            problems = target_problems(self.policy.compiled_rules, self.directory)
             if problems:
                 raise ValueError("invalid rules:\n    " + "\n    ".join(problems))
         return self
