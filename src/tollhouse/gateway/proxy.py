@@ -20,7 +20,7 @@ import orjson
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent, capture
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import enforce
+from tollhouse.gateway import enforce, storage
 from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
@@ -94,6 +94,8 @@ class _Call:
     refused: bool = False  # the gateway itself refused the call (unreadable body, counters down)
     capture: bool = False  # enterprise capture mode: keep the prompt and response text
     prompt: str | None = None  # the request's prompt text, when captured
+    worst: Charge | None = None  # the worst case reserved
+    event_id: str | None = None  # set when the call's intent is journaled (its final event keeps the id)
 
     @property
     def metered(self) -> bool:
@@ -117,6 +119,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
                               f"Configured prefixes: {known}. Add it under `providers:` in the config.",
                               "unknown_provider")
+    if (unrecordable := storage.refusal(state.writer, state.metrics, route.family)) is not None:
+        return unrecordable  # storage failing: a call we cannot record is not forwarded
     path = "/" + tail
     # Forwarded as sent (still percent-encoded); judged on the decoded path.
     forward_path = path if request.raw_path is request.path else request.raw_path[len(provider_id) + 1:]
@@ -166,7 +170,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     try:
         if verdict is not None and verdict.decision.caps and not (verdict.enforced and verdict.applied == "block"):
             try:
-                charge = _worst_case(state, call)
+                charge = call.worst = _worst_case(state, call)
                 caps = verdict.decision.caps
                 reserved = state.ledger.try_reserve(caps, charge, call.ts_ms, verdict.enforced)
                 if reserved is None:  # a counter to load from the store first, or a Redis round trip
@@ -198,6 +202,10 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             body = b""
         if parsed is not None and not body:
             body = orjson.dumps(parsed)
+        call.event_id = storage.begin_call(  # the intent, journaled before forwarding (kill -9 forgets nothing)
+            state.writer, ts_ms, ident.subject, route.id, endpoint.value, call.path, metered, call.out.model,
+            facts.model, facts.stream, call.decision, verdict.rule_id if verdict else None,
+            verdict.would if verdict else None, call.worst or (_worst_case(state, call) if metered else None))
         return await _forward(request, state, call, body)
     except asyncio.CancelledError:
         _client_gone(state, call)
@@ -510,7 +518,7 @@ def _record(state: GatewayState, call: _Call) -> None:
     verdict = call.verdict
     decision = call.decision
     event = CallEvent(
-        id=state.writer.new_id(call.ts_ms),
+        id=call.event_id or state.writer.new_id(call.ts_ms),
         ts_ms=call.ts_ms,
         subject=subject.id,
         subject_kind=subject.kind,

@@ -17,7 +17,7 @@ from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import ProviderConfig, Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
-from tollhouse.events.journal import Journal, leftover_events
+from tollhouse.events.journal import PROVISIONAL, Journal, recover
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import Store, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
@@ -105,14 +105,18 @@ def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], si
 
 
 def replay_journal(store: Store, journal_dir: Path) -> None:
-    """Events a killed process journaled but never stored go into the store before we serve."""
+    """Events a killed process journaled but never stored go into the store before we serve. The intent
+    of a call that never finished is stored as it is (its worst case counts against budgets)."""
     if not journal_dir.exists():
         return
-    for path, events, captures in leftover_events(journal_dir):
-        if events:
-            store.insert_events(events, captures)
-            log.warning("recovered %d events from %s (the previous run did not shut down cleanly)",
-                        len(events), path.name)
+    events, captures, paths = recover(journal_dir)
+    if events:
+        store.insert_events(events, captures)
+        unfinished = sum(1 for e in events if e.usage_source == PROVISIONAL)
+        log.warning("recovered %d events from %d journal segments in %s (the previous run did not shut down "
+                    "cleanly)%s", len(events), len(paths), journal_dir,
+                    f"; {unfinished} calls were in flight and are recorded at their worst case" if unfinished else "")
+    for path in paths:
         path.unlink()
 
 
@@ -158,7 +162,8 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     runner = StoreRunner(store)
     metrics = GatewayMetrics()
     writer = EventWriter(runner, settings.events.flush_interval_s, settings.events.batch_size,
-                         on_write_error=metrics.event_write_errors.inc, journal=Journal(journal_dir))
+                         on_write_error=metrics.event_write_errors.inc, journal=Journal(journal_dir),
+                         max_pending=settings.events.max_pending, on_drop=metrics.events_dropped.inc)
     directory = Directory(settings.directory)
 
     async def load_history(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:

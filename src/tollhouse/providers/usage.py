@@ -12,6 +12,7 @@ class UsageSource(StrEnum):
     estimate = "estimate"  # no report: estimated from the bytes seen
     none = "none"  # nothing to meter (error, unmetered route)
     unparsed = "unparsed"  # the request or response could not be parsed
+    reserved = "reserved"  # the call was forwarded and never finished (gateway killed): its worst case
 
 
 @dataclass(frozen=True, slots=True)
