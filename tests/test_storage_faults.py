@@ -293,7 +293,7 @@ def test_kill_9_under_load_never_forgets_a_call_the_provider_served(mock: Mock, 
         gw = Gateway(cfg, data, tmp_path / "c.json")
         traffic = Traffic(gw.port, threads=6, latency_ms=150)  # several calls in flight at any moment
         at = rng.randint(2, 8)
-        wait_for("calls before the kill", lambda n=at: traffic.count() >= n or mock.stats.total >= cap_calls)
+        wait_for("calls before the kill", lambda n=at, t=traffic: t.count() >= n or mock.stats.total >= cap_calls)
         logs += gw.kill()
         traffic.stop()
     gw = Gateway(cfg, data, tmp_path / "c.json")
