@@ -4,9 +4,12 @@ writes them when storage is back; a call's intent is superseded by its final eve
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from shipping import call
 from tollhouse.events.journal import PROVISIONAL, Journal, recover
@@ -90,3 +93,40 @@ def test_the_intent_of_a_call_is_never_stored_once_its_final_event_exists(tmp_pa
         runner.close()
 
     asyncio.run(main())
+
+
+def test_events_only_memory_held_are_journaled_as_soon_as_the_disk_is_back(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("mounting a tmpfs is not permitted here")
+
+    async def main() -> None:
+        store = open_store("", tmp_path)
+        switch = Switch(store)
+        runner = StoreRunner(store)
+        writer = EventWriter(runner, 0.01, 500, journal=Journal(mnt / "journal", segment_bytes=64 * 1024))
+        writer.start()
+        switch.broken = True
+        (mnt / "filler").write_bytes(b"x" * (256 * 1024 - 64 * 1024 - 8192))  # room for what is mapped, no more
+        for n in range(400):  # ~300 bytes each: more than the one segment holds
+            writer.record(call(n))
+        assert writer.memory_only > 0
+        assert not await writer.flush(0.2)
+        problem = writer.problem()
+        assert problem is not None and "No space left on device" in problem and "memory only" in problem
+        (mnt / "filler").unlink()
+        async with asyncio.timeout(10):  # the writer brings the journal back by itself (store still failing)
+            while writer.memory_only:
+                await asyncio.sleep(0.01)
+        assert {e.id for e in recover(mnt / "journal").events} == {call(n).id for n in range(400)}
+        switch.broken = False
+        assert await writer.flush(10)
+        assert len(await _stored(runner)) == 400
+        await writer.close()
+        runner.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
