@@ -117,7 +117,7 @@ def test_events_only_memory_held_are_journaled_as_soon_as_the_disk_is_back(tmp_p
         assert problem is not None and "No space left on device" in problem and "memory only" in problem
         (mnt / "filler").unlink()
         async with asyncio.timeout(10):  # the writer brings the journal back by itself (store still failing)
-            while writer.memory_only:
+            while writer.memory_only:  # noqa: ASYNC110 - polls a condition the writer has no event for
                 await asyncio.sleep(0.01)
         assert {e.id for e in recover(mnt / "journal").events} == {call(n).id for n in range(400)}
         switch.broken = False
