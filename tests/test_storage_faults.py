@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from conftest import Mock, free_port, upstreams
+from test_event_writer_faults import Switch
 from test_ledger_gateway import DIRECTORY, PRICED, budget_rule
 from test_operations import _wait_healthy
 
@@ -314,3 +315,36 @@ def test_kill_9_under_load_never_forgets_a_call_the_provider_served(mock: Mock, 
     finally:
         logs += gw.stop()
     assert "recorded at their worst case" in logs
+
+
+def test_a_store_that_fails_and_hangs_gets_503s_not_hangs_and_new_calls_fail_closed(mock: Mock,
+                                                                                  gateway_factory: Any) -> None:
+    gw = gateway_factory({**_config(mock), "events": {"flush_interval_s": 0.05, "max_pending": 10}})
+    state = gw.state
+    switch = Switch(state.runner.store)
+    release = threading.Event()
+    real_list = state.runner.store.list_events
+    state.runner.store.list_events = lambda *a, **k: (release.wait(30), real_list(*a, **k))[1]
+    try:
+        switch.broken = True
+        assert [chat(gw.port) for _ in range(9)] == [200] * 9  # held in memory (and journaled)
+        health = json.loads(gw.get("/healthz")[1])
+        assert health["status"] == "degraded" and health["events"]["pending"] == 9
+        assert "disk is full" in health["events"]["error"]
+        served = mock.stats.total
+        # 9 of 10 held: a new call cannot be recorded, so it is not forwarded.
+        status, body, _ = gw.request("POST", "/openai/v1/chat/completions", {"model": "budget-model", "messages": []},
+                                     headers={"x-tollhouse-user": "alice"})
+        assert status == 503 and json.loads(body)["error"]["code"] == "event_storage_unavailable"
+        assert mock.stats.total == served
+        assert gw.get("/healthz")[0] == 503
+        started = time.monotonic()
+        status, body, _ = gw.get("/api/v1/events")
+        assert status == 503 and time.monotonic() - started < 8, body
+        assert "disk is full" in json.loads(body)["error"]["message"]
+    finally:
+        switch.broken = False
+        release.set()
+    wait_for("the held events to be stored", lambda: json.loads(gw.get("/healthz")[1])["events"]["pending"] == 0)
+    assert sum(1 for e in gw.events() if e["status"] == 200) == 9
+    assert chat(gw.port) == 200
