@@ -49,7 +49,7 @@ class _Segment:
 
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # never another process's segment
         try:
             os.ftruncate(self._fd, size)
             os.posix_fallocate(self._fd, 0, size)  # ENOSPC here, never SIGBUS in a later write
@@ -102,9 +102,16 @@ class Journal:
         self.error = error
 
     def _open_next(self, size: int) -> _Segment | None:
-        self._seq += 1
         try:
-            segment = _Segment(self._dir / f"segment-{self._seq:010d}.jsonl", size)
+            if self.error is not None:  # coming back: the directory may have gone with the disk
+                self._dir.mkdir(parents=True, exist_ok=True)
+            while True:
+                self._seq += 1
+                try:
+                    segment = _Segment(self._dir / f"segment-{self._seq:010d}.jsonl", size)
+                    break
+                except FileExistsError:  # left by an earlier run we could not list: keep it for replay
+                    continue
         except OSError as exc:
             self._down(exc)
             return None
