@@ -16,6 +16,7 @@ from tollhouse.events.journal import PROVISIONAL, Journal, recover
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import Store, StoreError, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
+from tollhouse.gateway.state import replay_journal
 
 
 class Switch:
@@ -130,3 +131,33 @@ def test_events_only_memory_held_are_journaled_as_soon_as_the_disk_is_back(tmp_p
         asyncio.run(main())
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_leftovers_the_store_cannot_take_at_start_are_adopted_and_stored_later(tmp_path: Path) -> None:
+    journal_dir = tmp_path / "journal"
+    earlier = Journal(journal_dir)
+    for n in range(5):
+        earlier.append(call(n))
+    earlier.append(call(9)._replace(status=0, usage_source=PROVISIONAL))  # killed in flight
+    del earlier  # as a killed process leaves it
+
+    async def main() -> None:
+        store = open_store("", tmp_path)
+        switch = Switch(store)
+        switch.broken = True
+        leftover = replay_journal(store, journal_dir)  # the disk is full at start: kept, not lost
+        assert leftover is not None and len(leftover.events) == 6
+        runner = StoreRunner(store)
+        writer = EventWriter(runner, 0.01, 500, journal=Journal(journal_dir))
+        writer.adopt(leftover)
+        writer.start()
+        writer.record(call(5))
+        assert not await writer.flush(0.2)
+        switch.broken = False
+        assert await writer.flush(10)
+        assert await _stored(runner) == [call(n).id for n in (0, 1, 2, 3, 4, 9, 5)]
+        assert [e.id for e in recover(journal_dir).events] == []  # the old segments went once stored
+        await writer.close()
+        runner.close()
+
+    asyncio.run(main())

@@ -153,6 +153,10 @@ class Journal:
             return False
         return all(self.append_line(line) for line in carry)
 
+    def adopt(self, paths: list[Path]) -> None:
+        """Segments an earlier run left, whose events the writer now holds: deleted once they are stored."""
+        self._filled[:0] = paths
+
     def committed(self) -> None:
         """Everything taken so far is in the store: drop the segments that held it."""
         self._undeleted += self._covered

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from tollhouse.events.journal import Journal, journal_line
+from tollhouse.events.journal import Journal, Recovered, journal_line
 from tollhouse.events.model import CallEvent, Capture
 from tollhouse.events.store import Store
 
@@ -131,6 +131,15 @@ class EventWriter:
         if self.dropped:
             held += f"; {self.dropped} refused calls' events were dropped past the bound"
         return "; ".join([*parts, held])
+
+    def adopt(self, leftover: Recovered) -> None:
+        """Events an earlier run journaled that the store could not take at start: pending, as if just
+        recorded; their segments are deleted once they are stored."""
+        if self._journal is not None:
+            self._journal.adopt(leftover.paths)
+        self._captures.update(leftover.captures)
+        self._pending[:0] = leftover.events
+        self._idle.clear()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="tollhouse-event-writer")
