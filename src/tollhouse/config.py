@@ -290,6 +290,8 @@ class LimitsConfig(_Frozen):
 class EventsConfig(_Frozen):
     flush_interval_s: float = Field(default=0.2, gt=0)
     batch_size: int = Field(default=500, gt=0)
+    # Events held in memory while storage fails; new calls are refused (503) from 90% of it on.
+    max_pending: int = Field(default=100_000, ge=10)
 
 
 class ExemptionsConfig(_Frozen):

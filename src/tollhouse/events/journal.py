@@ -7,14 +7,24 @@ as with a plain write, a power cut may lose the last events). A segment holds li
 position and zero bytes after it. When the writer takes a batch it starts a new segment; once the
 batch is committed to the store, the segments it covered are deleted. At start-up, leftover segments
 are replayed into the store (idempotent by event id) and deleted.
+
+Storage faults never reach the request path as a crash: a segment's space is reserved when it is
+created (`posix_fallocate`), so no write into the mapping ever touches a page the file system has not
+backed (on a full tmpfs that would be SIGBUS). When a segment cannot be created (disk full, read-only,
+quota), the journal is *down*: `append` returns False at once (the caller keeps the event in memory)
+and `error` says why; the writer calls `rotate` again later, which brings it back when the disk is.
+
+A call in flight journals an *intent* first (a provisional event, `usage_source` "reserved", see
+`EventWriter.begin`); its final event carries the same id and supersedes it at replay (`recover`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,71 +35,148 @@ from tollhouse.events.model import COLUMNS, CallEvent, Capture
 log = logging.getLogger("tollhouse.events")
 
 SEGMENT_BYTES = 4 << 20  # a segment's mapped size; a bigger line (captured content) gets a segment of its own size
+PROVISIONAL = "reserved"  # usage_source of an intent record: the call was forwarded, its outcome not yet known
+
+
+def journal_line(event: CallEvent, capture: Capture | None = None) -> bytes:
+    """A line is the event's columns, then its captured [prompt, response] when there is one."""
+    row = tuple(event) if capture is None else (*event, tuple(capture))
+    return orjson.dumps(row) + b"\n"
 
 
 class _Segment:
+    """A file of `size` bytes, every one of them allocated before it is mapped. Raises OSError."""
+
     def __init__(self, path: Path, size: int) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # never another process's segment
         try:
-            os.ftruncate(fd, size)  # sparse: pages are allocated as lines land in them
-            self.map = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
+            os.ftruncate(self._fd, size)
+            os.posix_fallocate(self._fd, 0, size)  # ENOSPC here, never SIGBUS in a later write
+            self.map = mmap.mmap(self._fd, size)
+        except BaseException:
+            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            raise
         self.free = size
 
     def close(self) -> None:
         used = len(self.map) - self.free
         self.map.close()
-        os.truncate(self.path, used)  # the file ends at its last line (replay needs no trimming)
+        try:
+            os.ftruncate(self._fd, used)  # the file ends at its last line (replay needs no trimming)
+        except OSError:
+            pass  # read-only by now: the zero padding stays, and replay skips it
+        finally:
+            os.close(self._fd)
 
 
 class Journal:
     def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
         self._dir = directory
         self._segment_bytes = segment_bytes
-        directory.mkdir(parents=True, exist_ok=True)
-        existing = [int(p.stem.split("-")[1]) for p in directory.glob("segment-*.jsonl")]
-        self._seq = max(existing, default=0)
         self._covered: list[Path] = []  # segments whose events are all in the writer's hands
         self._filled: list[Path] = []  # full segments whose events the writer has not taken yet
+        self._undeleted: list[Path] = []  # committed segments the file system would not let us delete yet
+        self._segment: _Segment | None = None
+        self.error: str | None = None  # why the journal is down (None: it is up)
+        self._seq = 0
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            existing = [int(p.stem.split("-")[1]) for p in directory.glob("segment-*.jsonl")]
+            self._seq = max(existing, default=0)
+        except OSError as exc:
+            self._down(exc)
+            return
         self._segment = self._open_next(segment_bytes)
 
-    def _open_next(self, size: int) -> _Segment:
-        self._seq += 1
-        return _Segment(self._dir / f"segment-{self._seq:010d}.jsonl", size)
+    @property
+    def up(self) -> bool:
+        return self._segment is not None
 
-    def append(self, event: CallEvent, capture: Capture | None = None) -> None:
-        """A copy into mapped memory: the OS keeps it if the process dies. A line is the event's columns,
-        then its captured [prompt, response] when there is one."""
-        row = tuple(event) if capture is None else (*event, tuple(capture))
-        line = orjson.dumps(row) + b"\n"
+    def _down(self, exc: OSError) -> None:
+        error = f"cannot create a journal segment in {self._dir}: {exc.strerror or exc}"
+        if error != self.error:
+            log.error("%s; events are held in memory until it can (it is retried automatically)", error)
+        self.error = error
+
+    def _open_next(self, size: int) -> _Segment | None:
+        try:
+            if self.error is not None:  # coming back: the directory may have gone with the disk
+                self._dir.mkdir(parents=True, exist_ok=True)
+            while True:
+                self._seq += 1
+                try:
+                    segment = _Segment(self._dir / f"segment-{self._seq:010d}.jsonl", size)
+                    break
+                except FileExistsError:  # left by an earlier run we could not list: keep it for replay
+                    continue
+        except OSError as exc:
+            self._down(exc)
+            return None
+        if self.error is not None:
+            log.warning("the journal in %s is writable again", self._dir)
+            self.error = None
+        return segment
+
+    def append(self, event: CallEvent, capture: Capture | None = None) -> bool:
+        """A copy into mapped memory: the OS keeps it if the process dies. False: the journal is down
+        (nothing was written; the caller keeps the event)."""
+        return self.append_line(journal_line(event, capture))
+
+    def append_line(self, line: bytes) -> bool:
         segment = self._segment
+        if segment is None:
+            return False
         if len(line) > segment.free:
             segment.close()
             self._filled.append(segment.path)
             segment = self._segment = self._open_next(max(self._segment_bytes, len(line)))
+            if segment is None:
+                return False
         segment.map.write(line)
         segment.free -= len(line)
+        return True
 
-    def rotate(self) -> None:
-        """Called when the writer takes everything pending: later events go to a new segment."""
-        self._segment.close()
-        self._covered += [*self._filled, self._segment.path]
+    def rotate(self, carry: Iterable[bytes] = ()) -> bool:
+        """Called when the writer takes everything pending: later events go to a new segment, which
+        starts with the `carry` lines (the intents of calls still in flight, whose old segments are
+        about to be deleted). Also brings a down journal back up. False: it is (still) down."""
+        if self._segment is not None:
+            self._segment.close()
+            self._covered.append(self._segment.path)
+        self._covered += self._filled
         self._filled.clear()
         self._segment = self._open_next(self._segment_bytes)
+        if self._segment is None:
+            return False
+        return all(self.append_line(line) for line in carry)
+
+    def adopt(self, paths: list[Path]) -> None:
+        """Segments an earlier run left, whose events the writer now holds: deleted once they are stored."""
+        self._filled[:0] = paths
 
     def committed(self) -> None:
         """Everything taken so far is in the store: drop the segments that held it."""
-        for path in self._covered:
-            path.unlink(missing_ok=True)
+        self._undeleted += self._covered
         self._covered.clear()
+        kept: list[Path] = []
+        for path in self._undeleted:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # read-only for now: deleted at a later commit (a replay would skip its events)
+                kept.append(path)
+        self._undeleted = kept
 
     def close(self, drained: bool) -> None:
-        self._segment.close()
+        if self._segment is not None:
+            self._segment.close()
         if drained:
+            if self._segment is not None:
+                self._covered.append(self._segment.path)
+            self._covered += self._filled
             self.committed()
-            self._segment.path.unlink(missing_ok=True)
 
 
 class Leftover(NamedTuple):
@@ -98,11 +185,19 @@ class Leftover(NamedTuple):
     captures: dict[str, Capture]  # event id → captured content
 
 
-def leftover_events(directory: Path) -> Iterator[Leftover]:
+class Recovered(NamedTuple):
+    events: list[CallEvent]  # one per id: the final event, or the intent of a call that never finished
+    captures: dict[str, Capture]
+    paths: list[Path]  # the segments they came from (delete once the events are stored)
+
+
+def leftover_events(directory: Path) -> Iterable[Leftover]:
     """Events of segments a previous process left behind (a torn last line is skipped)."""
     for path in sorted(directory.glob("segment-*.jsonl")):
         out = Leftover(path, [], {})
         for line in path.read_bytes().rstrip(b"\0").splitlines():  # a killed process leaves zeros
+            if not line.strip(b"\0"):
+                continue
             try:
                 row = orjson.loads(line)
                 event = CallEvent(*row[:len(COLUMNS)])
@@ -113,3 +208,19 @@ def leftover_events(directory: Path) -> Iterator[Leftover]:
                 continue
             out.events.append(event)
         yield out
+
+
+def recover(directory: Path) -> Recovered:
+    """Every event the segments of `directory` hold, an intent superseded by its call's final event
+    wherever that is (a later segment included)."""
+    events: dict[str, CallEvent] = {}
+    captures: dict[str, Capture] = {}
+    paths: list[Path] = []
+    for left in leftover_events(directory):
+        paths.append(left.path)
+        for event in left.events:
+            known = events.get(event.id)
+            if known is None or known.usage_source == PROVISIONAL:
+                events[event.id] = event
+        captures.update(left.captures)
+    return Recovered(list(events.values()), captures, paths)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tollhouse.events.journal import PROVISIONAL
 from tollhouse.events.model import MAX_CAPTURE_CHARS, CallEvent, Capture
 
 MAX_BATCH = 5000
@@ -35,7 +36,7 @@ class WireEvent(BaseModel):
     model: str | None = None
     requested_model: str | None = None
     stream: bool = False
-    status: int = Field(ge=100, le=599)
+    status: int = Field(ge=0, le=599)  # 0 only for an unfinished call's intent (usage_source "reserved")
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
     cache_read_tokens: int = Field(default=0, ge=0)
@@ -52,6 +53,13 @@ class WireEvent(BaseModel):
     endpoint_class: str = Field(default="metered", pattern="^(metered|governed|free|unknown)$")
     prompt: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
     response: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
+
+    @model_validator(mode="after")
+    def _status(self) -> WireEvent:
+        if self.status < 100 and not (self.status == 0 and self.usage_source == PROVISIONAL):
+            raise ValueError(f"status must be an HTTP status (100-599), or 0 with usage_source {PROVISIONAL!r} "
+                             "(a call the gateway never saw finish)")
+        return self
 
 
 class WireBatch(NamedTuple):

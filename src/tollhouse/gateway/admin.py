@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,11 +13,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tollhouse import __version__
 from tollhouse.events.model import event_json
 from tollhouse.events.store import Store
+from tollhouse.gateway import storage
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.openapi import OPENAPI
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import create_key
 from tollhouse.subject_ids import valid_subject_id
+
+T = TypeVar("T")
 
 
 def api_error(status: int, message: str, code: str) -> Response:
@@ -73,19 +77,28 @@ async def list_events(request: Request, state: GatewayState) -> Response:
     include = query.get("include")
     if include not in (None, "content"):
         raise ApiError(400, f"query parameter 'include' can only be 'content', got {include!r}", "bad_parameter")
-    await state.writer.flush()  # read your own writes
-    rows = await state.runner.run(lambda s: s.list_events(limit, subject, before, content=include is not None))
+    # Read your own writes, but never hang: a store that does not answer gets a 503 within seconds.
+    rows, unsaved = await _read(state, lambda s: s.list_events(limit, subject, before, content=include is not None))
     body: dict[str, object] = {"events": [event_json(r) for r in rows]}
+    if unsaved:
+        body["unsaved"] = unsaved  # recorded, not yet in the store (storage failing): listed once written
     if rows and len(rows) == limit:
         body["next"] = f"/api/v1/events?limit={limit}&before={rows[-1]['seq']}"
     return json_response(body)
 
 
+async def _read(state: GatewayState, fn: Callable[[Store], T]) -> tuple[T, int]:
+    try:
+        return await storage.read_store(state.writer, state.runner.run, fn)
+    except storage.StorageUnavailable as exc:
+        raise ApiError(503, f"events cannot be read right now: {exc}. Recorded events are kept and written when "
+                       "the store is back; retry shortly.", "event_store_unavailable") from None
+
+
 async def get_event(request: Request, state: GatewayState) -> Response:
     """One event with its captured prompt and response (null when not captured: telemetry capture mode)."""
     event_id = request.params["id"]
-    await state.writer.flush()
-    row = await state.runner.run(lambda s: s.event(event_id))
+    row, _ = await _read(state, lambda s: s.event(event_id))
     if row is None:
         raise ApiError(404, f"no event with id {event_id!r}", "not_found")
     return json_response({"event": event_json(row)})
@@ -155,8 +168,9 @@ async def openapi(request: Request, state: GatewayState) -> Response:
 
 async def healthz(request: Request, state: GatewayState) -> Response:
     policy = state.policy.status()
+    events = storage.health(state.writer, state.metrics)
     return json_response({
-        "status": "ok",
+        "status": events["status"],
         "version": __version__,
         "pid": os.getpid(),
         "enforcement": state.live.enforcement.value,
@@ -166,10 +180,11 @@ async def healthz(request: Request, state: GatewayState) -> Response:
         "providers": sorted(state.providers),
         "policy": {"version": policy.version, "source": policy.source, "rules": policy.rules,
                    "error": policy.error},
+        "events": events,
         **{name: section() for name, section in state.health.items()},
-    })
+    }, 200 if events["accepting"] else 503)  # not accepting: new calls get 503 (take this gateway out)
 
 
 async def metrics(request: Request, state: GatewayState) -> Response:
-    state.metrics.events_pending.set(state.writer.pending)
+    storage.health(state.writer, state.metrics)  # sets the events gauges
     return Response(200, generate_latest(state.metrics.registry), [("content-type", CONTENT_TYPE_LATEST)])

@@ -14,7 +14,7 @@ td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:left}th{background
 
 
 async def console(request: Request, state: GatewayState) -> Response:
-    await state.writer.flush()
+    await state.writer.flush(2.0)  # never hang on failing storage
     rows = await state.runner.run(lambda s: s.list_events(200))
     events = [event_json(r) for r in rows]
     cols = ("ts", "subject", "team", "project", "provider", "model", "stream", "status", "input_tokens",

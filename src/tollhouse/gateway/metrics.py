@@ -140,6 +140,12 @@ class GatewayMetrics:
         self.agent_events = Counter("tollhouse_agent_events", "Call events received from agents (stored, or "
                                     "duplicate: already stored, from a retried batch)", ["result"], registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)
+        self.events_memory_only = Gauge("tollhouse_events_memory_only", "Events neither the journal nor the store "
+                                        "could take yet (held in memory; storage is failing)", registry=r)
+        self.events_dropped = Counter("tollhouse_events_dropped", "Events dropped because storage failed and the "
+                                      "in-memory bound (events.max_pending) was reached", registry=r)
+        self.storage_refusals = Counter("tollhouse_storage_refusals", "Calls refused (503) because their events "
+                                        "could not be recorded", registry=r)
 
     def observe_call(self, provider: str, model: str | None, decision: str, status: int, input_tokens: int,
                      output_tokens: int, cost_nusd: int, seconds: float) -> None:

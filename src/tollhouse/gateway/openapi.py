@@ -20,7 +20,7 @@ _EVENT_PROPS: dict[str, Any] = {
     "cost_usd": {"type": ["number", "null"], "description": "null when the model has no known price"},
     "decision": {"type": "string", "enum": ["allow", "warn", "redirect", "block"]},
     "rule_id": {"type": ["string", "null"]},
-    "usage_source": {"type": "string", "enum": ["response", "partial", "estimate", "none", "unparsed"]},
+    "usage_source": {"type": "string", "enum": ["response", "partial", "estimate", "none", "unparsed", "reserved"]},
 }
 # Enterprise capture mode: what the call said (GET /api/v1/events/{id}, or the list with ?include=content).
 _CONTENT_PROPS: dict[str, Any] = {

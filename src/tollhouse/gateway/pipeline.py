@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import enforce
+from tollhouse.gateway import enforce, storage
 from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.forward import Outbound, Progress, client_gone, forward
@@ -134,7 +134,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     query = request.query if route.family is Family.gemini else {}
     ident = await identify({USER_HEADER: request.header(USER_HEADER), PROJECT_HEADER: request.header(PROJECT_HEADER)},
                            state, route, route.protocol.client_key(request.headers, query))
-    if where.problem is not None and where.problem.always:
+    unrecordable = storage.problem(state.writer, state.metrics)
+    if unrecordable is not None:
+        got = Read(b"", None, _NO_FACTS, unrecordable)
+        where = where._replace(problem=unrecordable)  # first: refused whoever calls
+    elif where.problem is not None and where.problem.always:
         got = Read(b"", None, _NO_FACTS, where.problem)
     elif ident.problem is not None and ident.problem.always:
         got = Read(b"", None, _NO_FACTS, None)  # refused whatever the body says: not read
@@ -145,6 +149,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     verdict: Verdict | None = None
     reservation: object | None = None
     worst: Charge | None = None
+    event_id: str | None = None
     prompt: str | None = None
     capture = False
     try:
@@ -176,6 +181,15 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                 body = orjson.dumps(parsed)
         out = Outbound(route, path, where.endpoint, metered, ident.upstream_key, verdict, hide_usage, capture,
                        started, ident.redactor)
+        # The intent, journaled at the worst case before the provider can spend: a kill -9 from here on still
+        # leaves the call counted (the final event replaces it).
+        event_id = storage.begin_call(
+            state.writer, ts_ms, ident.subject, route.id, where.endpoint.value, where.forward_path,
+            where.endpoint_class, seen.model, got.facts.model, got.facts.stream,
+            verdict.applied if verdict is not None else "allow", verdict.rule_id if verdict is not None else None,
+            verdict.would if verdict is not None else None,
+            worst if worst is not None or where.endpoint_class not in _JUDGED else _worst_case(state, route, got,
+                                                                                                verdict)[0])
         return await forward(request, state, out, body, got.facts.stream, seen)
     except asyncio.CancelledError:
         client_gone(state, route, seen)
@@ -185,7 +199,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         # kill -9 can never lose a call the client has already been answered.
         record(state, Finished(route, where.endpoint.value, where.endpoint_class, where.forward_path, ident.subject,
                                got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
-                               started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst)))
+                               started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst), event_id))
 
 
 async def _judge(state: GatewayState, where: Classified, ident: Identity, got: Read, problems: tuple[Problem, ...],
@@ -245,11 +259,12 @@ def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> obj
     return reserved.reservation
 
 
-def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict) -> tuple[Charge, bool]:
+def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict | None
+                ) -> tuple[Charge, bool]:
     """The most the call can cost: the prompt estimate (about four bytes of request per token) plus the most
     it may generate; and whether the model has a price (if not, the charge counts tokens only)."""
     facts = got.facts
-    model = verdict.decision.model if verdict.decision is not None else facts.model
+    model = verdict.decision.model if verdict is not None and verdict.decision is not None else facts.model
     input_est = max(len(got.body) // 4, 1)
     prices = state.prices
     if facts.max_output_tokens is None and not model:

@@ -36,6 +36,7 @@ class Finished(NamedTuple):
     prompt: str | None  # captured prompt text (enterprise capture), already redacted
     capture: bool
     worst: Charge | None  # settle at this reserved worst case: the answer does not tell the usage
+    event_id: str | None  # the id its journaled intent carries (None: refused before it was forwarded)
 
     @property
     def metered(self) -> bool:
@@ -73,7 +74,7 @@ def record(state: GatewayState, call: Finished) -> None:
     if verdict is not None and verdict.counters_down is not None:
         error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
     event = CallEvent(
-        id=state.writer.new_id(call.ts_ms),
+        id=call.event_id or state.writer.new_id(call.ts_ms),
         ts_ms=call.ts_ms,
         subject=subject.id,
         subject_kind=subject.kind,

@@ -37,7 +37,7 @@ async def spend(request: Request, state: GatewayState) -> Response:
     lc = state.settings.ledger
     start, end = window_bounds_ms(window, now_ms, lc.billing_day, zone(lc.timezone))
     ids = state.directory.descendants(ident) if scope == "team" else (ident,)
-    await state.writer.flush()
+    await state.writer.flush(2.0)  # never hang on failing storage
     totals = await state.runner.run(lambda s: s.usage_totals(scope, ids, start, min(end, now_ms + 1)))
     if provider:
         totals = {p: v for p, v in totals.items() if p == provider}

@@ -18,9 +18,9 @@ from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import ProviderConfig, Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.directory import Directory
-from tollhouse.events.journal import Journal, leftover_events
+from tollhouse.events.journal import PROVISIONAL, Journal, Recovered, recover
 from tollhouse.events.model import CallEvent
-from tollhouse.events.store import Store, open_store
+from tollhouse.events.store import Store, StoreError, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.live import LiveSettings
@@ -107,16 +107,29 @@ def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], si
     return out
 
 
-def replay_journal(store: Store, journal_dir: Path) -> None:
-    """Events a killed process journaled but never stored go into the store before we serve."""
+def replay_journal(store: Store, journal_dir: Path) -> Recovered | None:
+    """Events a killed process journaled but never stored go into the store before we serve. The intent
+    of a call that never finished is stored as it is (its worst case counts against budgets). When the
+    store cannot take them now (disk full), they are returned, their segments left in place: the writer
+    adopts them and stores them once it can."""
     if not journal_dir.exists():
-        return
-    for path, events, captures in leftover_events(journal_dir):
-        if events:
+        return None
+    recovered = recover(journal_dir)
+    events, captures, paths = recovered
+    if events:
+        try:
             store.insert_events(events, captures)
-            log.warning("recovered %d events from %s (the previous run did not shut down cleanly)",
-                        len(events), path.name)
+        except StoreError as exc:
+            log.error("could not store the %d events left in %s by the previous run (%s); they are kept and "
+                      "written as soon as the store takes them", len(events), journal_dir, exc)
+            return recovered
+        unfinished = sum(1 for e in events if e.usage_source == PROVISIONAL)
+        log.warning("recovered %d events from %d journal segments in %s (the previous run did not shut down "
+                    "cleanly)%s", len(events), len(paths), journal_dir,
+                    f"; {unfinished} calls were in flight and are recorded at their worst case" if unfinished else "")
+    for path in paths:
         path.unlink()
+    return None
 
 
 def admin_token_path(data_dir: Path) -> Path:
@@ -182,11 +195,14 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     signer = load_or_create_signing_key(data_dir, settings.audit.signing_key_file)
     store = open_store(settings.store.url, data_dir)
     journal_dir = journal_dir_for(data_dir, worker)
-    replay_journal(store, journal_dir)
+    leftover = replay_journal(store, journal_dir)
     runner = StoreRunner(store)
     metrics = GatewayMetrics()
     writer = EventWriter(runner, settings.events.flush_interval_s, settings.events.batch_size,
-                         on_write_error=metrics.event_write_errors.inc, journal=Journal(journal_dir))
+                         on_write_error=metrics.event_write_errors.inc, journal=Journal(journal_dir),
+                         max_pending=settings.events.max_pending, on_drop=metrics.events_dropped.inc)
+    if leftover is not None:
+        writer.adopt(leftover)
     directory = Directory(settings.directory)
 
     async def load_history(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:

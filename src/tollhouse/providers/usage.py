@@ -12,7 +12,9 @@ class UsageSource(StrEnum):
     estimate = "estimate"  # no report: estimated from the bytes seen
     none = "none"  # nothing to meter (error, unmetered route)
     unparsed = "unparsed"  # the request or response could not be parsed
-    reserved = "reserved"  # no usage in the answer (governed endpoints, background calls): the worst case
+    # the worst case the call reserved: its answer tells no usage (governed endpoints, background calls), or
+    # it was forwarded and never finished (the gateway was killed)
+    reserved = "reserved"
 
 
 @dataclass(frozen=True, slots=True)
