@@ -49,8 +49,8 @@ class UpstreamLimitError(RequestError):
     """The upstream's response is larger than a limit allows (the message names the limit and its config key)."""
 
 
-def _limit_error(message: str) -> UpstreamLimitError:
-    log.warning("%s", message)
+def _limit_error(origin: Origin, message: str) -> UpstreamLimitError:
+    log.warning("%s://%s: %s", origin.scheme, origin.host_header, message)
     return UpstreamLimitError(message)
 
 
@@ -239,9 +239,10 @@ class _Connection(asyncio.Protocol):
         self.streaming = False
         now = self._loop.time()
         self._last_rx = self._started = now
-        self._deadline = now + self._client.limits.total_timeout_s
-        self._timer = self._loop.call_at(min(now + self._client.read_timeout_s, self._deadline),
-                                         self._check_timeout)
+        client = self._client
+        self._deadline = deadline = now + client.limits.total_timeout_s
+        at = now + client.read_timeout_s
+        self._timer = self._loop.call_at(at if at < deadline else deadline, self._check_timeout)
         self.transport.write(data)
         return self._head
 
@@ -293,9 +294,9 @@ class _Connection(asyncio.Protocol):
             self._timer = self._loop.call_at(self._deadline, self._check_timeout)
 
     def too_large(self) -> UpstreamLimitError:
-        return _limit_error(f"the upstream's response body exceeds {self.max_response_bytes} bytes "
-                            f"(limits.max_response_bytes in the Tollhouse config; streamed responses have no "
-                            f"such cap)")
+        return _limit_error(self._client.origin,
+                            f"the upstream's response body exceeds {self.max_response_bytes} bytes (limits."
+                            f"max_response_bytes in the Tollhouse config; streamed responses have no such cap)")
 
     def _check_timeout(self) -> None:
         self._timer = None
@@ -375,16 +376,16 @@ class _Connection(asyncio.Protocol):
     # --- llhttp callbacks ---
 
     def _head_too_large(self) -> UpstreamLimitError:
-        return _limit_error(f"the upstream's response headers exceed {self._max_header_bytes} bytes "
-                            f"(limits.max_header_bytes in the Tollhouse config)")
+        return _limit_error(self._client.origin, f"the upstream's response headers exceed {self._max_header_bytes} "
+                                                 f"bytes (limits.max_header_bytes in the Tollhouse config)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self._max_header_bytes:
             raise self._head_too_large()
         if len(self._headers) >= self._max_headers:
-            raise _limit_error(f"the upstream's response has more than {self._max_headers} headers "
-                               f"(limits.max_headers in the Tollhouse config)")
+            raise _limit_error(self._client.origin, f"the upstream's response has more than {self._max_headers} "
+                                                    f"headers (limits.max_headers in the Tollhouse config)")
         key = name.decode("latin-1").lower()
         if key == "content-length" or key == "transfer-encoding":
             self._body_by_eof = False

@@ -232,9 +232,9 @@ class Exchange:
 
 class _Connection(asyncio.Protocol):
     __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_head_raw",
-                 "_headers", "_hosts", "_in_head", "_paused_at", "_pending", "_read_deadline", "_read_paused",
-                 "_server", "_serving", "_url", "chunked_out", "closed", "head_request", "http11", "last_active",
-                 "loop", "parser", "transport", "write_paused")
+                 "_headers", "_hosts", "_in_head", "_max_head_bytes", "_max_headers", "_paused_at", "_pending",
+                 "_read_deadline", "_read_paused", "_server", "_serving", "_url", "chunked_out", "closed",
+                 "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -248,6 +248,8 @@ class _Connection(asyncio.Protocol):
         self._head_raw = 0  # bytes of whole reads that arrived while the current head was incomplete
         self._in_head = False
         self._hosts = 0  # Host headers of the request being parsed
+        self._max_head_bytes = server.max_header_bytes
+        self._max_headers = server.max_headers
         self._exchange: Exchange | None = None  # the request being parsed
         self._serving: Exchange | None = None  # the request whose handler is running
         self._current: asyncio.Task[None] | None = None  # the handler answering the oldest request
@@ -298,7 +300,7 @@ class _Connection(asyncio.Protocol):
 
     def _check_partial_head(self, data: bytes) -> None:
         """A head still incomplete after a read: not too large, and not a request line without a version."""
-        if self._head_raw > self._server.limits.max_header_bytes:
+        if self._head_raw > self._server.max_header_bytes:
             raise self._server.head_too_large()
         # llhttp takes `GET /` + CRLF for HTTP/0.9 and waits for headers; its version stays 0.0 until a
         # request line's version is read.
@@ -382,17 +384,15 @@ class _Connection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
-        if self._head_bytes > self._server.limits.max_header_bytes:
+        if self._head_bytes > self._server.max_header_bytes:
             raise self._server.head_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        server = self._server
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes > server.limits.max_header_bytes:
-            raise server.head_too_large()
         headers = self._headers
-        if len(headers) >= server.limits.max_headers:
-            raise server.too_many_headers()
+        if self._head_bytes > self._max_head_bytes or len(headers) >= self._max_headers:
+            raise (self._server.head_too_large() if self._head_bytes > self._max_head_bytes
+                   else self._server.too_many_headers())
         key = name.decode("latin-1").lower()
         if key == "host":
             self._hosts += 1
@@ -577,6 +577,8 @@ class HttpServer:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.limits = limits = limits if limits is not None else ServerLimits()
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
         self.head_timeout_s = limits.head_timeout_s
         self.body_timeout_s = limits.body_timeout_s
         self.idle_timeout_s = limits.idle_timeout_s
