@@ -331,6 +331,37 @@ def test_a_client_that_stops_reading_a_stream_is_cut_off_and_the_handler_sees_it
     assert outcome == ["disconnect seen"]
 
 
+def test_a_slow_reader_of_a_large_answer_is_not_cut_off() -> None:
+    """The write deadline is for clients that read nothing, not for slow ones still reading."""
+    body = bytes(range(256)) * (64 * 1024)  # 16 MiB
+
+    async def large(head: Head, exchange: Exchange) -> None:
+        exchange.response_bytes(200, [], body)
+
+    async def main() -> None:
+        async with serving(large, ServerLimits(write_timeout_s=0.5)) as (port, _):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.connect(("127.0.0.1", port))
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(sock, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = bytearray()
+            started = loop.time()
+            try:
+                while not received.endswith(body[-1024:]):
+                    piece = await loop.sock_recv(sock, MiB)
+                    assert piece, f"cut off after {len(received)} bytes"
+                    received += piece
+                    await asyncio.sleep(0.01)  # a slow client: about 6 MiB/s at most with this buffer
+            finally:
+                sock.close()
+            assert loop.time() - started > 1.0  # slower in all than the write deadline
+            assert received.endswith(body)
+
+    run(main(), timeout=20)
+
+
 # --- 6. connections: a cap, refused at once; idle ones closed ---
 
 

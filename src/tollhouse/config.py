@@ -228,7 +228,7 @@ class LimitsConfig(_Frozen):
     head_timeout_s: float = Field(default=30.0, gt=0)  # a request's head, from its first byte (408)
     body_timeout_s: float = Field(default=300.0, gt=0)  # a request's body, from the end of its head (408)
     idle_timeout_s: float = Field(default=75.0, gt=0)  # a keep-alive connection with no request under way
-    write_timeout_s: float = Field(default=60.0, gt=0)  # a client that reads nothing of its answer (cut off)
+    write_timeout_s: float = Field(default=60.0, gt=0)  # a client that reads < 64 KiB of its answer in it: cut
     upstream_total_timeout_s: float = Field(default=600.0, gt=0)  # a whole non-stream response (504)
     stream_total_timeout_s: float = Field(default=3600.0, gt=0)  # a whole stream (ended with an error event)
     max_connections: int | None = Field(default=None, gt=0)  # None: min(10000, RLIMIT_NOFILE - 64)

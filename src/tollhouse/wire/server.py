@@ -36,6 +36,7 @@ class ProtocolClosed(Exception):
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _NEVER = float("inf")
+_WRITE_PROGRESS = 64 * 1024  # what a client must read per write_timeout_s while its connection is backed up
 _JSON = [("content-type", "application/json")]
 _BODY_HIGH_WATER = 1 << 20  # body bytes buffered ahead of the handler before we stop reading
 _MAX_PIPELINED = 16
@@ -232,7 +233,8 @@ class Exchange:
 
 class _Connection(asyncio.Protocol):
     __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_head_raw",
-                 "_headers", "_hosts", "_in_head", "_max_head_bytes", "_max_headers", "_paused_at", "_pending",
+                 "_headers", "_hosts", "_in_head", "_max_head_bytes", "_max_headers", "_paused_at", "_paused_size",
+                 "_pending",
                  "_read_deadline", "_read_paused", "_server", "_serving", "_url", "chunked_out", "closed",
                  "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
 
@@ -266,7 +268,8 @@ class _Connection(asyncio.Protocol):
         # A fresh connection's first request must have its head in within the head timeout of the accept;
         # later ones, of their own first byte (on_message_begin). _NEVER: no request being read.
         self._read_deadline = now + server.head_timeout_s
-        self._paused_at = 0.0
+        self._paused_at = 0.0  # since when the client has read less than _WRITE_PROGRESS of its answer
+        self._paused_size = 0  # the write buffer then
 
     # --- asyncio.Protocol ---
 
@@ -325,6 +328,8 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self._paused_at = self.loop.time()
+        assert self.transport is not None
+        self._paused_size = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -501,13 +506,18 @@ class _Connection(asyncio.Protocol):
         if self.closed or self.transport is None:
             return
         server = self._server
-        if self.write_paused and now - self._paused_at > server.write_timeout_s:
-            # The client reads nothing of its answer: cut it off, so the handler sees a disconnect.
-            log.info("closing a connection whose client read nothing for %g s (limits.write_timeout_s)",
-                     server.write_timeout_s)
-            self.transport.abort()
-            self.closed = True
-            return
+        if self.write_paused:
+            size = self.transport.get_write_buffer_size()
+            if size + _WRITE_PROGRESS <= self._paused_size:  # a slow reader, but a reader: a new period
+                self._paused_size = size
+                self._paused_at = now
+            elif now - self._paused_at > server.write_timeout_s:
+                # The client reads (next to) nothing of its answer: cut it off; the handler sees it gone.
+                log.info("closing a connection whose client read less than %d bytes in %g s "
+                         "(limits.write_timeout_s)", _WRITE_PROGRESS, server.write_timeout_s)
+                self.transport.abort()
+                self.closed = True
+                return
         deadline = self._read_deadline
         if deadline <= now:
             if not self._read_paused:  # (while paused, the wait is ours, not the client's)
