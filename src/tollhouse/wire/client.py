@@ -242,7 +242,13 @@ class _Connection(asyncio.Protocol):
         client = self._client
         self._deadline = deadline = now + client.limits.total_timeout_s
         at = now + client.read_timeout_s
-        self._timer = self._loop.call_at(at if at < deadline else deadline, self._check_timeout)
+        if deadline < at:
+            at = deadline
+        timer = self._timer  # the last call's, still pending: fine if it fires no later (it re-arms itself)
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(at, self._check_timeout)
         self.transport.write(data)
         return self._head
 
@@ -261,8 +267,7 @@ class _Connection(asyncio.Protocol):
         """The caller is finished with the response: pool the connection if it can carry another call."""
         if not self.in_use:
             return
-        self.in_use = False
-        self._stop_timer()
+        self.in_use = False  # (a pooled connection keeps its timer: the next call reuses it; see start)
         if self.done and self._reusable and not self.lost and not self._is_head:
             self._client.pool(self)
         else:
@@ -300,7 +305,7 @@ class _Connection(asyncio.Protocol):
 
     def _check_timeout(self) -> None:
         self._timer = None
-        if self.done or self.lost:
+        if self.done or self.lost or not self.in_use:
             return
         now = self._loop.time()
         if now >= self._deadline:
@@ -414,7 +419,6 @@ class _Connection(asyncio.Protocol):
             return
         self._reusable = self._parser.should_keep_alive()  # (llhttp forgets it once the message is over)
         self.done = True
-        self._stop_timer()
         self._wake()
 
 

@@ -25,7 +25,7 @@ class ServerLimits:
     head_timeout_s: float = 30.0  # from a request's first byte (or the connection's opening) to its last header
     body_timeout_s: float = 300.0  # from the end of the headers to the body's last byte
     idle_timeout_s: float = 75.0  # a keep-alive connection with no request under way
-    write_timeout_s: float = 60.0  # a client that reads nothing of its answer for this long is cut off
+    write_timeout_s: float = 60.0  # a client that reads < 64 KiB of its backed-up answer in this long is cut off
     max_connections: int | None = None
 
 
