@@ -234,9 +234,8 @@ class Exchange:
 class _Connection(asyncio.Protocol):
     __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_head_raw",
                  "_headers", "_hosts", "_in_head", "_max_head_bytes", "_max_headers", "_paused_at", "_paused_size",
-                 "_pending",
-                 "_read_deadline", "_read_paused", "_server", "_serving", "_url", "chunked_out", "closed",
-                 "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
+                 "_pending", "_read_deadline", "_read_paused", "_server", "_serving", "_url", "chunked_out",
+                 "closed", "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
