@@ -284,7 +284,19 @@ class CountersConfig(_Frozen):
 
 
 class LimitsConfig(_Frozen):
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """Bounds on what one call may take of the gateway (README, "Limits")."""
+
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)  # a request body (413 past it)
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)  # a whole (non-stream) upstream body (502)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)  # a head, request (431) or upstream response (502)
+    max_headers: int = Field(default=100, ge=10, le=10_000)  # headers of a request (431) or upstream response (502)
+    head_timeout_s: float = Field(default=30.0, gt=0)  # a request's head, from its first byte (408)
+    body_timeout_s: float = Field(default=300.0, gt=0)  # a request's body, from the end of its head (408)
+    idle_timeout_s: float = Field(default=75.0, gt=0)  # a keep-alive connection with no request under way
+    write_timeout_s: float = Field(default=60.0, gt=0)  # a client that reads < 64 KiB of its answer in it: cut
+    upstream_total_timeout_s: float = Field(default=600.0, gt=0)  # a whole non-stream response (504)
+    stream_total_timeout_s: float = Field(default=3600.0, gt=0)  # a whole stream (ended with an error event)
+    max_connections: int | None = Field(default=None, gt=0)  # None: min(10000, RLIMIT_NOFILE - 64)
 
 
 class EventsConfig(_Frozen):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 UNIT_NAME = "tollhouse-agent.service"
 LAUNCHD_LABEL = "com.tollhouse.agent"
+LIMIT_NOFILE = 65536  # the systemd unit's file-descriptor limit
 _SYSTEMD_SAFE = re.compile(r"[A-Za-z0-9_./:@%+,=-]+")
 
 
@@ -46,6 +47,9 @@ def systemd_unit(spec: ServiceSpec) -> str:
         "ExecStart=" + " ".join(_systemd_word(w) for w in spec.command),
         "Restart=always",
         "RestartSec=5",
+        # Every proxied call holds a client and an upstream connection; the default 1024 would cap the agent
+        # near 500 concurrent calls (it raises its soft limit to this at start; see limits.max_connections).
+        f"LimitNOFILE={LIMIT_NOFILE}",
     ]
     if spec.user:
         lines.append(f"User={spec.user}")

@@ -23,6 +23,7 @@ from tollhouse.gateway import (
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
+from tollhouse.gateway.wire_limits import server_limits
 from tollhouse.providers.family import Family
 from tollhouse.wire.server import Exchange, Head, HttpServer, ProtocolClosed
 
@@ -184,7 +185,8 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
     warmer = asyncio.create_task(warm_counters(state), name="tollhouse-ledger-warm")
     follower = asyncio.create_task(_follow_store(state), name="tollhouse-follow-store")
-    server = HttpServer(GatewayApp(state))
+    server = HttpServer(GatewayApp(state), limits=server_limits(settings.limits),
+                        on_refused=state.metrics.connections_refused.inc)
     try:
         try:
             # --workers: every worker listens on the same port and the kernel spreads connections over them

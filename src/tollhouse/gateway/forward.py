@@ -24,7 +24,13 @@ from tollhouse.providers.base import Endpoint, StreamMeter
 from tollhouse.providers.family import Family
 from tollhouse.providers.text import StreamText, response_text
 from tollhouse.providers.usage import Usage, UsageSource
-from tollhouse.wire.client import ConnectError, RequestError, RequestTimeoutError, UpstreamResponse
+from tollhouse.wire.client import (
+    ConnectError,
+    RequestError,
+    RequestTimeoutError,
+    UpstreamLimitError,
+    UpstreamResponse,
+)
 from tollhouse.wire.server import ProtocolClosed
 
 # Never forwarded in either direction (RFC 9110 §7.6.1), plus what we recompute.
@@ -242,15 +248,22 @@ def meter_stream(meter: StreamMeter, seen: Progress, complete: bool) -> None:
 def upstream_failed(state: GatewayState, route: ProviderRoute, seen: Progress, exc: RequestError) -> Response:
     timeout = isinstance(exc, RequestTimeoutError)
     status = 504 if timeout else 502
-    kind = "timeout" if timeout else "unreachable" if isinstance(exc, ConnectError) else "failed"
+    kind = "timeout" if timeout else "unreachable" if isinstance(exc, ConnectError) else \
+        "limit" if isinstance(exc, UpstreamLimitError) else "failed"
     state.metrics.upstream_errors.labels(route.id, kind).inc()
-    detail = {"timeout": "timed out", "unreachable": "connection failed"}.get(kind, type(exc).__name__)
     seen.status = status
+    if kind == "limit":  # the provider answered beyond a configured bound: say which, and how to raise it
+        seen.error = f"upstream answer refused: {exc}"
+        return error_response(route.family, status, f"Tollhouse refused the answer of provider '{route.id}': {exc}",
+                              "upstream_answer_too_large")
+    detail = {"timeout": "timed out", "unreachable": "connection failed"}.get(kind, type(exc).__name__)
     seen.error = f"upstream {kind}: {detail}"
+    processed = "The request was not processed by the provider." if kind == "unreachable" else \
+        "The provider may have started processing the request."
     return error_response(
         route.family, status,
         f"Tollhouse could not get an answer from provider '{route.id}' at {route.upstream} ({detail}). "
-        f"The request was not processed by the provider. Check that the provider is reachable from the "
-        f"gateway and that providers.{route.id}.upstream is right.",
+        f"{processed} Check that the provider is reachable from the gateway and that providers.{route.id}.upstream "
+        "is right.",
         "upstream_timeout" if timeout else "upstream_unreachable",
     )

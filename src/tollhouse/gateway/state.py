@@ -28,6 +28,7 @@ from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
+from tollhouse.gateway.wire_limits import client_limits
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
@@ -269,7 +270,8 @@ def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_
         upstream=cfg.upstream,
         api_key=cfg.resolve_api_key(),
         price_provider=settings.price_provider_id(pid),
-        client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy),
+        client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy,
+                      limits=client_limits(settings.limits)),
         host=urlsplit(cfg.upstream).hostname or "",
         auth_names=frozenset(n.lower() for n in protocol.auth_header_names()),
         redactor=Redactor((api_key,)) if (api_key := cfg.resolve_api_key()) else None,
@@ -283,7 +285,8 @@ def rebuild_clients(state: GatewayState, upstream_proxy: str | None) -> None:
         return
     for pid, route in list(state.providers.items()):
         cfg = state.settings.providers[pid]
-        client = Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy)
+        client = Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy,
+                        limits=client_limits(state.settings.limits))
         state.providers[pid] = replace(route, client=client)
         route.client.close()  # idle connections now; busy ones when their call ends
     state.live.upstream_proxy = upstream_proxy

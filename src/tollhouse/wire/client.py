@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -19,8 +20,12 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-__all__ = ["Client", "ConnectError", "ConnectTimeoutError", "RequestError", "RequestTimeoutError",
-           "UpstreamResponse"]
+from tollhouse.wire.limits import ClientLimits
+
+__all__ = ["Client", "ClientLimits", "ConnectError", "ConnectTimeoutError", "RequestError", "RequestTimeoutError",
+           "UpstreamLimitError", "UpstreamResponse"]
+
+log = logging.getLogger("tollhouse.client")
 
 
 class RequestError(Exception):
@@ -36,7 +41,17 @@ class ConnectTimeoutError(ConnectError):
 
 
 class RequestTimeoutError(RequestError):
-    """The upstream went silent for longer than the read timeout."""
+    """The upstream went silent for longer than the read timeout, or its response took longer in all than the
+    total timeout."""
+
+
+class UpstreamLimitError(RequestError):
+    """The upstream's response is larger than a limit allows (the message names the limit and its config key)."""
+
+
+def _limit_error(origin: Origin, message: str) -> UpstreamLimitError:
+    log.warning("%s://%s: %s", origin.scheme, origin.host_header, message)
+    return UpstreamLimitError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +105,22 @@ class UpstreamResponse:
         self.headers = headers  # names in lower case, values as sent
 
     async def read(self) -> bytes:
+        """The whole body: at most `limits.max_response_bytes`, within `limits.total_timeout_s` of the send."""
         conn = self._conn
+        limit = conn.max_response_bytes
         parts: list[bytes] = []
         try:
             while not conn.done:
                 if conn.chunks:  # take them, so that a long body does not pause reading from the upstream
                     parts += conn.chunks
                     conn.chunks.clear()
+                    if conn.received > limit:
+                        raise conn.too_large()
                     if conn.paused:
                         conn.resume()
                 await conn.wait()
+            if conn.received > limit:
+                raise conn.too_large()
         except BaseException:
             conn.release()
             raise
@@ -111,6 +132,8 @@ class UpstreamResponse:
     async def next_chunk(self) -> bytes | None:
         """The next piece of the body as it arrived (chunked framing removed); None at the end."""
         conn = self._conn
+        if not conn.streaming:
+            conn.stream_mode()
         while not conn.chunks:
             if conn.done:
                 conn.release()
@@ -138,13 +161,20 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_body_by_eof",
         "_client",
+        "_deadline",
         "_head",
+        "_head_bytes",
+        "_head_raw",
         "_headers",
+        "_in_head",
         "_is_head",
         "_last_rx",
         "_loop",
+        "_max_header_bytes",
+        "_max_headers",
         "_parser",
         "_reusable",
+        "_started",
         "_timer",
         "_waiter",
         "chunks",
@@ -153,7 +183,10 @@ class _Connection(asyncio.Protocol):
         "idle_since",
         "in_use",
         "lost",
+        "max_response_bytes",
         "paused",
+        "received",
+        "streaming",
         "transport",
     )
 
@@ -177,6 +210,16 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.in_use = False
         self.idle_since = 0.0
+        limits = client.limits
+        self._max_header_bytes = limits.max_header_bytes
+        self._max_headers = limits.max_headers
+        self.max_response_bytes = limits.max_response_bytes
+        self._in_head = False
+        self._head_raw = 0  # bytes of whole reads that arrived while the head was incomplete
+        self._head_bytes = 0  # header names and values parsed
+        self._started = self._deadline = 0.0
+        self.received = 0  # body bytes of the current response
+        self.streaming = False
 
     # --- the request ---
 
@@ -191,8 +234,21 @@ class _Connection(asyncio.Protocol):
         self.done = False
         self.error = None
         self.in_use = True
-        self._last_rx = self._loop.time()
-        self._timer = self._loop.call_later(self._client.read_timeout_s, self._check_timeout)
+        self._in_head = True
+        self._head_raw = self._head_bytes = self.received = 0
+        self.streaming = False
+        now = self._loop.time()
+        self._last_rx = self._started = now
+        client = self._client
+        self._deadline = deadline = now + client.limits.total_timeout_s
+        at = now + client.read_timeout_s
+        if deadline < at:
+            at = deadline
+        timer = self._timer  # the last call's, still pending: fine if it fires no later (it re-arms itself)
+        if timer is None or timer.when() > at:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(at, self._check_timeout)
         self.transport.write(data)
         return self._head
 
@@ -211,8 +267,7 @@ class _Connection(asyncio.Protocol):
         """The caller is finished with the response: pool the connection if it can carry another call."""
         if not self.in_use:
             return
-        self.in_use = False
-        self._stop_timer()
+        self.in_use = False  # (a pooled connection keeps its timer: the next call reuses it; see start)
         if self.done and self._reusable and not self.lost and not self._is_head:
             self._client.pool(self)
         else:
@@ -233,15 +288,39 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def stream_mode(self) -> None:
+        """The body is read chunk by chunk from now on: the stream's total deadline replaces the whole
+        response's."""
+        self.streaming = True
+        self._deadline = self._started + self._client.limits.stream_total_timeout_s
+        timer = self._timer
+        if timer is not None and self._deadline < timer.when():
+            timer.cancel()
+            self._timer = self._loop.call_at(self._deadline, self._check_timeout)
+
+    def too_large(self) -> UpstreamLimitError:
+        return _limit_error(self._client.origin,
+                            f"the upstream's response body exceeds {self.max_response_bytes} bytes (limits."
+                            f"max_response_bytes in the Tollhouse config; streamed responses have no such cap)")
+
     def _check_timeout(self) -> None:
         self._timer = None
-        if self.done or self.lost:
+        if self.done or self.lost or not self.in_use:
             return
-        silent = self._loop.time() - self._last_rx
+        now = self._loop.time()
+        if now >= self._deadline:
+            limits = self._client.limits
+            total, key = ((limits.stream_total_timeout_s, "limits.stream_total_timeout_s") if self.streaming
+                          else (limits.total_timeout_s, "limits.upstream_total_timeout_s"))
+            self._fail(RequestTimeoutError(f"the upstream's response took longer than {total:g} s in all "
+                                           f"({key} in the Tollhouse config)"))
+            self.abort()
+            return
+        silent = now - self._last_rx
         timeout = self._client.read_timeout_s
         if self.paused or silent < timeout:  # a paused read waits on our own reader, not the upstream
-            self._timer = self._loop.call_later(timeout - silent if not self.paused else timeout,
-                                                self._check_timeout)
+            at = now + timeout if self.paused else self._last_rx + timeout
+            self._timer = self._loop.call_at(min(at, self._deadline), self._check_timeout)
             return
         self._fail(RequestTimeoutError(f"no data from the upstream for {timeout:g} s"))
         self.abort()
@@ -265,10 +344,18 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = self._loop.time()
+        if self._in_head:  # llhttp holds a header line until it ends: bound what a head may make it hold
+            self._head_raw += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(RequestError(f"the upstream sent a malformed HTTP response ({exc})"))
+            cause = exc.__context__  # an exception raised in a callback, wrapped by httptools
+            self._fail(cause if isinstance(cause, UpstreamLimitError)
+                       else RequestError(f"the upstream sent a malformed HTTP response ({exc})"))
+            self.abort()
+            return
+        if self._in_head and self._head_raw > self._max_header_bytes:
+            self._fail(self._head_too_large())
             self.abort()
             return
         if self.in_use and not self.paused and len(self.chunks) >= _PAUSE_AT and self.transport is not None:
@@ -293,7 +380,17 @@ class _Connection(asyncio.Protocol):
 
     # --- llhttp callbacks ---
 
+    def _head_too_large(self) -> UpstreamLimitError:
+        return _limit_error(self._client.origin, f"the upstream's response headers exceed {self._max_header_bytes} "
+                                                 f"bytes (limits.max_header_bytes in the Tollhouse config)")
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > self._max_header_bytes:
+            raise self._head_too_large()
+        if len(self._headers) >= self._max_headers:
+            raise _limit_error(self._client.origin, f"the upstream's response has more than {self._max_headers} "
+                                                    f"headers (limits.max_headers in the Tollhouse config)")
         key = name.decode("latin-1").lower()
         if key == "content-length" or key == "transfer-encoding":
             self._body_by_eof = False
@@ -304,13 +401,16 @@ class _Connection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:  # an interim response (100 Continue): the real one follows
             self._headers = []
+            self._head_bytes = 0
             return
+        self._in_head = False
         if self._is_head or status in (204, 304):
             self.done = True
         if head is not None and not head.done():
             head.set_result(UpstreamResponse(self, status, self._headers))
 
     def on_body(self, body: bytes) -> None:
+        self.received += len(body)
         self.chunks.append(body)
         self._wake()
 
@@ -319,7 +419,6 @@ class _Connection(asyncio.Protocol):
             return
         self._reusable = self._parser.should_keep_alive()  # (llhttp forgets it once the message is over)
         self.done = True
-        self._stop_timer()
         self._wake()
 
 
@@ -345,10 +444,11 @@ class Client:
 
     def __init__(self, upstream: str, *, read_timeout_s: float, connect_timeout_s: float = 10.0,
                  proxy: str | None = None, idle_timeout_s: float = 30.0, max_idle: int = 512,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, limits: ClientLimits | None = None) -> None:
         self.origin = Origin.of(upstream)
         self.loop = asyncio.get_running_loop()
-        self.read_timeout_s = read_timeout_s
+        self.read_timeout_s = read_timeout_s  # silence allowed between two reads
+        self.limits = limits if limits is not None else ClientLimits()
         self._connect_timeout_s = connect_timeout_s
         self._proxy = _Proxy.of(proxy) if proxy else None
         self._idle_timeout_s = idle_timeout_s

@@ -2,7 +2,10 @@
 
 llhttp (through httptools) parses; this module keeps connections: keep-alive, pipelined requests answered in
 order, request bodies handed to the handler as they arrive (with back-pressure), responses whole
-(content-length) or streamed (chunked), `Expect: 100-continue`, and limits on header size and idle time.
+(content-length) or streamed (chunked), `Expect: 100-continue`, and the bounds of `ServerLimits`: head size
+and header count, absolute deadlines for a request's head and body, an idle keep-alive timeout, a write
+deadline for clients that stop reading, and a cap on open connections. Deadlines are checked by one sweeper
+per server over timestamps the connections keep (no timer per request).
 Each request reaches the handler as (`Head`, `Exchange`), where the exchange offers the handler the small
 protocol `tollhouse.gateway.http.HTTPProtocol` describes.
 """
@@ -20,9 +23,11 @@ from urllib.parse import unquote
 
 import httptools
 
+from tollhouse.wire.limits import ServerLimits, default_max_connections, raise_fd_limit
+
 log = logging.getLogger("tollhouse.server")
 
-__all__ = ["Exchange", "Head", "HttpServer", "ProtocolClosed"]
+__all__ = ["Exchange", "Head", "HttpServer", "ProtocolClosed", "ServerLimits"]
 
 
 class ProtocolClosed(Exception):
@@ -30,7 +35,9 @@ class ProtocolClosed(Exception):
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
-_MAX_HEAD_BYTES = 64 * 1024
+_NEVER = float("inf")
+_WRITE_PROGRESS = 64 * 1024  # what a client must read per write_timeout_s while its connection is backed up
+_JSON = [("content-type", "application/json")]
 _BODY_HIGH_WATER = 1 << 20  # body bytes buffered ahead of the handler before we stop reading
 _MAX_PIPELINED = 16
 
@@ -199,11 +206,12 @@ class Exchange:
 
     def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         conn = self._conn
+        if conn.closed:  # (the server may have answered it already: 408 to a body that stopped coming)
+            self.responded = True
+            return
         if self.responded:
             raise RuntimeError("this request was already answered")
         self.responded = True
-        if conn.closed:
-            return
         if not self._body_done:
             self.keep_alive = False  # the rest of an unread body would be taken for the next request
         head = self._head(status, headers, len(body)).encode("latin-1")
@@ -212,13 +220,14 @@ class Exchange:
 
     def response_stream(self, status: int, headers: list[tuple[str, str]]) -> _Stream:
         conn = self._conn
+        if conn.closed:
+            self.responded = self.streamed = True
+            return _Stream(conn)
         if self.responded:
             raise RuntimeError("this request was already answered")
         self.responded = self.streamed = True
         if not self._body_done:
             self.keep_alive = False
-        if conn.closed:
-            return _Stream(conn)
         conn.chunked_out = conn.http11 and not conn.head_request
         if not conn.chunked_out:
             self.keep_alive = False  # an HTTP/1.0 client reads the body until the connection closes
@@ -230,8 +239,9 @@ class Exchange:
 
 class _Connection(asyncio.Protocol):
     __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_head_raw",
-                 "_headers", "_in_head", "_pending", "_read_paused", "_server", "_url", "chunked_out", "closed",
-                 "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
+                 "_headers", "_hosts", "_in_head", "_max_head_bytes", "_max_headers", "_paused_at", "_paused_size",
+                 "_pending", "_read_deadline", "_read_paused", "_server", "_serving", "_url", "chunked_out",
+                 "closed", "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -244,7 +254,11 @@ class _Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_raw = 0  # bytes of whole reads that arrived while the current head was incomplete
         self._in_head = False
+        self._hosts = 0  # Host headers of the request being parsed
+        self._max_head_bytes = server.max_header_bytes
+        self._max_headers = server.max_headers
         self._exchange: Exchange | None = None  # the request being parsed
+        self._serving: Exchange | None = None  # the request whose handler is running
         self._current: asyncio.Task[None] | None = None  # the handler answering the oldest request
         self._pending: deque[tuple[Head, Exchange]] = deque()  # pipelined requests waiting their turn
         self._read_paused = False
@@ -255,13 +269,23 @@ class _Connection(asyncio.Protocol):
         self.chunked_out = False
         self.head_request = False
         self.http11 = True
-        self.last_active = self.loop.time()
+        self.last_active = now = self.loop.time()
+        # A fresh connection's first request must have its head in within the head timeout of the accept;
+        # later ones, of their own first byte (on_message_begin). _NEVER: no request being read.
+        self._read_deadline = now + server.head_timeout_s
+        self._paused_at = 0.0  # since when the client has read less than _WRITE_PROGRESS of its answer
+        self._paused_size = 0  # the write buffer then
 
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not registered subclasses
-        self._server.connections.add(self)
+        server = self._server
+        if len(server.connections) >= server.max_connections:
+            self.closed = True
+            server.refuse_connection(self.transport)
+            return
+        server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
@@ -269,21 +293,34 @@ class _Connection(asyncio.Protocol):
             if self._in_head:  # llhttp holds a header line until it ends: bound what a head may make it hold
                 self._head_raw += len(data)
             self.parser.feed_data(data)
-            if self._in_head and self._head_raw > _MAX_HEAD_BYTES:
-                raise _HeadTooLarge
+            if self._in_head:
+                self._check_partial_head(data)
         except httptools.HttpParserUpgrade:
             self._refuse(400, "protocol upgrades are not supported here")
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):  # raised in a callback: httptools wraps it
-                self._refuse(431, f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
+            refusal = exc.__context__  # raised in a callback: httptools wraps it
+            if isinstance(refusal, _Refusal):
+                self._refuse(refusal.status, str(refusal))
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
-        except _HeadTooLarge:
-            self._refuse(431, f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
+        except _Refusal as refusal:
+            self._refuse(refusal.status, str(refusal))
+
+    def _check_partial_head(self, data: bytes) -> None:
+        """A head still incomplete after a read: not too large, and not a request line without a version."""
+        if self._head_raw > self._server.max_header_bytes:
+            raise self._server.head_too_large()
+        # llhttp takes `GET /` + CRLF for HTTP/0.9 and waits for headers; its version stays 0.0 until a
+        # request line's version is read.
+        url = self._url
+        if url and self.parser.get_http_version() == "0.0" and (url + b"\r\n" in data or url + b"\n" in data):
+            raise _Refusal(400, "the request line has no HTTP version (HTTP/0.9 is not served); "
+                                "send e.g. 'GET / HTTP/1.1'")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._server.connections.discard(self)
+        self._serving = None
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
         if self._drain is not None and not self._drain.done():
@@ -295,6 +332,9 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self._paused_at = self.loop.time()
+        assert self.transport is not None
+        self._paused_size = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -331,7 +371,7 @@ class _Connection(asyncio.Protocol):
     def _refuse(self, status: int, message: str) -> None:
         if self.closed:
             return
-        body = json.dumps({"error": {"message": message, "code": "bad_request"}}).encode()
+        body = _error_body(status, message)
         assert self.transport is not None
         if self._current is None:  # nothing is mid-answer on this connection: say why before closing
             self.transport.write(f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
@@ -346,29 +386,47 @@ class _Connection(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._head_raw = 0
+        self._hosts = 0
         self._in_head = True
+        if self._read_deadline == _NEVER:  # (the first request's deadline counts from the accept)
+            self._read_deadline = self.last_active + self._server.head_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
-        if self._head_bytes > _MAX_HEAD_BYTES:
-            raise _HeadTooLarge
+        if self._head_bytes > self._server.max_header_bytes:
+            raise self._server.head_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
-        if self._head_bytes > _MAX_HEAD_BYTES:
-            raise _HeadTooLarge
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        headers = self._headers
+        if self._head_bytes > self._max_head_bytes or len(headers) >= self._max_headers:
+            raise (self._server.head_too_large() if self._head_bytes > self._max_head_bytes
+                   else self._server.too_many_headers())
+        key = name.decode("latin-1").lower()
+        if key == "host":
+            self._hosts += 1
+        headers.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            if version == "0.9":
+                raise _Refusal(400, "the request line has no HTTP version (HTTP/0.9 is not served); "
+                                    "send e.g. 'GET / HTTP/1.1'")
+            raise _Refusal(505, f"HTTP/{version} is not served here over HTTP/1 framing; use HTTP/1.1")
+        if self._hosts != 1 and (self._hosts > 1 or version == "1.1"):  # RFC 9112 §3.2
+            raise _Refusal(400, "a request must carry exactly one Host header" if self._hosts else
+                           "an HTTP/1.1 request must carry a Host header")
         method = parser.get_method().decode("latin-1")
         url = self._url.decode("latin-1")
         path, _, query = url.partition("?")
         headers = Headers(self._headers)
         self._in_head = False
+        self._read_deadline = self.last_active + self._server.body_timeout_s
         exchange = Exchange(self, parser.should_keep_alive(), self._expects_continue())
-        exchange.http11 = parser.get_http_version() == "1.1"  # by its turn the parser may be on a later request
+        exchange.http11 = version == "1.1"  # by its turn the parser may be on a later request
         self._exchange = exchange
         head = Head(method, path, query, headers)
         if self._current is None:
@@ -392,6 +450,7 @@ class _Connection(asyncio.Protocol):
                 self._pause_reading()
 
     def on_message_complete(self) -> None:
+        self._read_deadline = _NEVER
         exchange = self._exchange
         if exchange is not None:
             exchange._end()
@@ -403,6 +462,7 @@ class _Connection(asyncio.Protocol):
         self.head_request = head.method == "HEAD"
         self.http11 = exchange.http11
         self.chunked_out = False
+        self._serving = exchange
         self._current = task = self.loop.create_task(self._serve(head, exchange))
         self._server.in_flight.add(task)
         task.add_done_callback(self._server.in_flight.discard)
@@ -423,8 +483,10 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, exchange: Exchange) -> None:
         self._current = None
+        self._serving = None
         if self.closed:
             return
+        self.last_active = self.loop.time()  # idle from here
         transport = self.transport
         assert transport is not None
         if not exchange.responded:
@@ -443,44 +505,144 @@ class _Connection(asyncio.Protocol):
         self.resume_reading()
 
 
-class _HeadTooLarge(Exception):
-    pass
+    # --- deadlines (the server's sweeper calls this for every connection) ---
+
+    def check(self, now: float) -> None:
+        if self.closed or self.transport is None:
+            return
+        server = self._server
+        if self.write_paused:
+            size = self.transport.get_write_buffer_size()
+            if size + _WRITE_PROGRESS <= self._paused_size:  # a slow reader, but a reader: a new period
+                self._paused_size = size
+                self._paused_at = now
+            elif now - self._paused_at > server.write_timeout_s:
+                # The client reads (next to) nothing of its answer: cut it off; the handler sees it gone.
+                log.info("closing a connection whose client read less than %d bytes in %g s "
+                         "(limits.write_timeout_s)", _WRITE_PROGRESS, server.write_timeout_s)
+                self.transport.abort()
+                self.closed = True
+                return
+        deadline = self._read_deadline
+        if deadline <= now:
+            if not self._read_paused:  # (while paused, the wait is ours, not the client's)
+                self._read_timed_out()
+        elif deadline == _NEVER and self._current is None and now - self.last_active > server.idle_timeout_s:
+            self.transport.close()
+            self.closed = True
+
+    def _read_timed_out(self) -> None:
+        server = self._server
+        transport = self.transport
+        assert transport is not None
+        if self._in_head:
+            if self._current is None:  # (else: judged once the answer under way is done)
+                self._refuse(408, f"the request's headers did not arrive within {server.head_timeout_s:g} s "
+                                  f"(limits.head_timeout_s in the Tollhouse config)")
+            return
+        exchange = self._exchange
+        if exchange is None:  # a connection that never sent a byte: nobody to answer
+            transport.close()
+            self.closed = True
+            return
+        if exchange is not self._serving:
+            return  # the body of a pipelined request: judged in its turn
+        if not exchange.responded:
+            exchange.keep_alive = False
+            exchange.response_bytes(408, _JSON, _error_body(
+                408, f"the request body did not arrive within {server.body_timeout_s:g} s of its headers "
+                     f"(limits.body_timeout_s in the Tollhouse config)"))
+        transport.close()
+        self.closed = True
+        exchange._wake()  # the handler waiting for the rest of the body finds the connection closed
+
+
+_CODES = {408: "request_timeout", 431: "request_header_fields_too_large", 503: "too_many_connections",
+          505: "http_version_not_supported"}
+
+
+def _error_body(status: int, message: str) -> bytes:
+    return json.dumps({"error": {"message": message, "code": _CODES.get(status, "bad_request")}}).encode()
+
+
+class _Refusal(Exception):
+    """A request refused before its handler runs (raised in a parser callback; data_received answers it)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_TOO_MANY_BODY = _error_body(503, "the gateway has as many connections open as it allows "
+                                   "(limits.max_connections in the Tollhouse config); retry shortly")
+_TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                         b"content-length: %d\r\nconnection: close\r\nretry-after: 1\r\n\r\n%b"
+                         % (len(_TOO_MANY_BODY), _TOO_MANY_BODY))
 
 
 class HttpServer:
     """Listens on host:port and answers every request with `handler(head, exchange)`."""
 
-    def __init__(self, handler: Handler, *, keepalive_timeout_s: float = 75.0, head_timeout_s: float = 30.0
-                 ) -> None:
+    def __init__(self, handler: Handler, *, limits: ServerLimits | None = None,
+                 on_refused: Callable[[], None] | None = None) -> None:
+        """`on_refused`: called for each connection refused over `limits.max_connections` (a metric)."""
         self.handler = handler
         self.loop = asyncio.get_running_loop()
         self.connections: set[_Connection] = set()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.stopping = False
-        self._keepalive_timeout_s = keepalive_timeout_s
-        self._head_timeout_s = head_timeout_s
+        self.limits = limits = limits if limits is not None else ServerLimits()
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.head_timeout_s = limits.head_timeout_s
+        self.body_timeout_s = limits.body_timeout_s
+        self.idle_timeout_s = limits.idle_timeout_s
+        self.write_timeout_s = limits.write_timeout_s
+        self.max_connections = limits.max_connections or 0  # set at start when not given
+        self.refused = 0  # connections refused over max_connections
+        self._on_refused = on_refused
+        self._sweep_every_s = max(0.01, min(1.0, limits.head_timeout_s / 4, limits.body_timeout_s / 4,
+                                            limits.idle_timeout_s / 4, limits.write_timeout_s / 4))
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
-        """Listen; returns the port (useful with port 0)."""
+        """Listen; returns the port (useful with port 0). Without `limits.max_connections`, raises the soft
+        RLIMIT_NOFILE to the hard limit and takes `default_max_connections` of it."""
+        if self.limits.max_connections is None:
+            self.max_connections = default_max_connections(raise_fd_limit())
         self._server = await self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024,
                                                      reuse_port=reuse_port or None)
         self._sweeper = self.loop.create_task(self._sweep(), name="tollhouse-http-idle")
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
 
+    def head_too_large(self) -> _Refusal:
+        return _Refusal(431, f"the request line and headers exceed {self.limits.max_header_bytes} bytes "
+                             f"(limits.max_header_bytes in the Tollhouse config)")
+
+    def too_many_headers(self) -> _Refusal:
+        return _Refusal(431, f"the request has more than {self.limits.max_headers} headers "
+                             f"(limits.max_headers in the Tollhouse config)")
+
+    def refuse_connection(self, transport: asyncio.Transport) -> None:
+        """Over max_connections: say so and close at once; the connections already open are untouched."""
+        self.refused += 1
+        if self._on_refused is not None:
+            self._on_refused()
+        if self.refused & (self.refused - 1) == 0:  # log the 1st, 2nd, 4th, 8th, ... refusal
+            log.warning("refused a connection: %d are open (limits.max_connections); %d refused so far",
+                        len(self.connections), self.refused)
+        transport.write(_TOO_MANY_CONNECTIONS)
+        transport.close()
+
     async def _sweep(self) -> None:
-        """Close connections idle past the keep-alive timeout (and ones that never finish their headers)."""
+        """Enforce every connection's deadlines (head, body, write, idle) a few times per shortest deadline."""
         while True:
-            await asyncio.sleep(min(5.0, self._keepalive_timeout_s / 2))
+            await asyncio.sleep(self._sweep_every_s)
             now = self.loop.time()
             for conn in list(self.connections):
-                if conn._current is not None or conn.transport is None:
-                    continue
-                limit = self._head_timeout_s if conn._in_head else self._keepalive_timeout_s
-                if now - conn.last_active > limit:
-                    conn.transport.close()
+                conn.check(now)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop listening, let calls in flight finish (up to `grace_s`), then close every connection."""
