@@ -39,7 +39,6 @@ _HOP_BY_HOP = frozenset({
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
 BUDGET_HEADER = "x-tollhouse-budget-remaining"
-_DISCONNECT_GRACE_S = 0.25
 
 
 class Progress:
@@ -166,7 +165,8 @@ def client_gone(state: GatewayState, route: ProviderRoute, seen: Progress) -> No
 
 async def _stream(request: Request, state: GatewayState, out: Outbound, upstream: UpstreamResponse,
                   seen: Progress) -> Streamed:
-    """Forward a stream chunk by chunk. A client that goes away cancels the upstream read at once."""
+    """Forward a stream chunk by chunk. A client that goes away is the server's to notice: it cancels this
+    task, and the upstream read with it."""
     route = out.route
     meter: StreamMeter | None = None
     text: StreamText | None = None
@@ -176,21 +176,7 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
             text = StreamText(route.family, out.endpoint)
     transport = redact.stream(request.proto.response_stream(upstream.status, client_headers(upstream, out)),
                               out.redactor)
-    pump = asyncio.current_task()
     finished = False
-
-    def stop_pump() -> None:
-        if not finished and pump is not None:
-            pump.cancel()
-
-    def on_disconnect(_: asyncio.Future[None]) -> None:
-        # A client may hang up the moment it has the last event, while the upstream's end of stream is
-        # still on its way: give the pump a moment to finish; a silent upstream is cut off after it.
-        if not finished:
-            asyncio.get_running_loop().call_later(_DISCONNECT_GRACE_S, stop_pump)
-
-    watcher = asyncio.ensure_future(request.proto.client_disconnect())
-    watcher.add_done_callback(on_disconnect)
     try:
         while (raw := await upstream.next_chunk()) is not None:
             if text is not None:
@@ -205,9 +191,9 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
     except ProtocolClosed:
         client_gone(state, route, seen)
     except asyncio.CancelledError:
-        if not watcher.done() or watcher.cancelled():
+        if not request.proto.client_gone:
             raise  # cancelled for another reason (shutdown)
-        client_gone(state, route, seen)
+        client_gone(state, route, seen)  # the server cancelled us: the client is gone
     except RequestError as exc:
         seen.error = f"upstream stream ended abnormally: {type(exc).__name__}"
         state.metrics.upstream_errors.labels(route.id, "stream").inc()
@@ -220,8 +206,6 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
             client_gone(state, route, seen)
     finally:
         complete = finished
-        finished = True  # from here on a disconnect must not cancel anything
-        watcher.cancel()
         if meter is not None:
             meter_stream(meter, seen, complete)
         if text is not None:

@@ -186,6 +186,11 @@ class Exchange:
     async def client_disconnect(self) -> None:
         await self._conn.lost_future()
 
+    @property
+    def client_gone(self) -> bool:
+        """The client's connection is closed (a handler cancelled by the server can tell why)."""
+        return self._conn.closed
+
     def client_address(self) -> str | None:
         """The peer's IP address (None if the connection is gone or not over IP)."""
         transport = self._conn.transport
@@ -235,6 +240,14 @@ class Exchange:
         assert conn.transport is not None
         conn.transport.write(self._head(status, [*headers, *extra], None).encode("latin-1"))
         return _Stream(conn)
+
+
+DISCONNECT_GRACE_S = 0.25
+
+
+def _cancel_if_running(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
 
 
 class _Connection(asyncio.Protocol):
@@ -318,6 +331,7 @@ class _Connection(asyncio.Protocol):
                                 "send e.g. 'GET / HTTP/1.1'")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        serving, task = self._serving, self._current
         self.closed = True
         self._server.connections.discard(self)
         self._serving = None
@@ -329,6 +343,11 @@ class _Connection(asyncio.Protocol):
         if exchange is not None:
             exchange._wake()  # a handler waiting for more body finds the connection closed
         self._pending.clear()
+        if serving is not None and serving.streamed and task is not None and not task.done():
+            # The server owns cancellation: a handler still streaming to a client that is gone is cancelled
+            # (it sees `client_gone`). A moment's grace first: a client may hang up the moment it has the last
+            # event, while the upstream's end of stream is still on its way.
+            self.loop.call_later(DISCONNECT_GRACE_S, _cancel_if_running, task)
 
     def pause_writing(self) -> None:
         self.write_paused = True
