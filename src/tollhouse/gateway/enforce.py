@@ -14,6 +14,7 @@ from tollhouse.directory import Subject
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Response
 from tollhouse.gateway.state import GatewayState, ProviderRoute
+from tollhouse.policy.dlp import Inspection
 from tollhouse.policy.engine import CallFacts, Decision
 from tollhouse.policy.rules import Severity
 from tollhouse.providers.base import Endpoint, RequestFacts
@@ -68,13 +69,16 @@ def enforced(state: GatewayState, subject: Subject) -> bool:
     return enforced_for(state.live.enforcement, state.settings.policy.enforce_teams, subject)
 
 
-def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, prompt: str | None,
+def judge(state: GatewayState, route: ProviderRoute, facts: RequestFacts, inspection: Inspection | None,
           subject: Subject, now: datetime) -> Verdict | None:
-    """`prompt`: the request's prompt text in enterprise capture mode (content rules need it), else None."""
+    """`inspection`: what inspecting the prompt found for the content rules (gateway/content.py); None: not
+    inspected."""
     policy = state.policy.current
     if policy.empty:
         return None
-    call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model, prompt=prompt)
+    call = CallFacts(provider=route.id, provider_host=route.host, model=facts.model,
+                     content_hits=None if inspection is None else inspection.rule_ids,
+                     content_unchecked=frozenset() if inspection is None else inspection.unchecked)
     exemptions = state.overrides.for_subject(subject.id, int(now.timestamp() * 1000))
     decision = policy.evaluate(call, subject, now, waived=exemptions.keys())
     verdict = Verdict(decision, enforced(state, subject), exemptions)

@@ -21,7 +21,8 @@ from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent, capture
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import enforce
-from tollhouse.gateway.capture import call_prompt, capturing
+from tollhouse.gateway.capture import capturing
+from tollhouse.gateway.content import NO_CONTENT, inspect_request
 from tollhouse.gateway.enforce import Verdict
 from tollhouse.gateway.errors import DECISION_HEADER, error_response, stream_error_event
 from tollhouse.gateway.http import STREAMED, BodyTooLarge, Request, Response, Streamed
@@ -155,11 +156,12 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         return _unknown_project(state, route, project)
 
     verdict: Verdict | None = None
-    prompt = call_prompt(state, parsed) if metered else None
+    content = await inspect_request(state, parsed, ident.subject) if metered else NO_CONTENT
     if metered:
-        verdict = enforce.judge(state, route, facts, prompt, ident.subject, datetime.fromtimestamp(now_s, UTC))
+        verdict = enforce.judge(state, route, facts, content.inspection, ident.subject,
+                                datetime.fromtimestamp(now_s, UTC))
     call = _Call(route, forward_path, endpoint, facts, ident, verdict, False, len(body), started, ts_ms, _Outcome(),
-                 capture=metered and capturing(state), prompt=prompt)
+                 capture=metered and capturing(state), prompt=content.prompt)
     call.out.model = facts.model
     if metered and parsed is None:
         call.out.usage_source = UsageSource.unparsed
