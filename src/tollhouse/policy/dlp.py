@@ -2,10 +2,14 @@
 
 `inspect(prompt, rules, budget_s)` runs every rule's patterns (compiled with `regex`, see rules.py) in a worker
 thread. `regex` releases the GIL while it matches (`concurrent=True`) and gives up at the deadline
-(`timeout=`), so a pathological pattern or a huge prompt costs one thread at most `budget_s` and never stalls the
-event loop. The result names what matched (rule ids, detector or pattern names, character spans) and whether
-the budget ran out; it holds none of the prompt's text. `redact(prompt, inspection)` replaces each matched span
-with `[redacted:<detector or rule id>]`, for what may be stored.
+(`timeout=`), so a pathological pattern or a huge prompt costs one thread about `budget_s` and never stalls the
+event loop. (regex counts its timeout in the process's CPU time, C `clock()`: while other threads of the gateway
+are busy an inspection is cut short sooner in wall-clock time, and later only if the machine starves the
+process; the deadline checked between patterns is wall-clock.)
+
+The result names what matched (rule ids, detector or pattern names, character spans) and whether the budget ran
+out; it holds none of the prompt's text. `redact(prompt, inspection)` replaces each matched span with
+`[redacted:<detector or rule id>]`, for what may be stored.
 """
 
 from __future__ import annotations
