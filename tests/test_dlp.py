@@ -3,6 +3,7 @@ keeping what it caught (enterprise captures are redacted; telemetry keeps nothin
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -20,7 +21,7 @@ from conftest import Gateway, Mock, upstreams
 from test_gateway_sdks import oai
 from tollhouse.config import DirectoryConfig, Person
 from tollhouse.directory import Directory
-from tollhouse.policy.dlp import MAX_SPANS, Hit, Span, redact, scan
+from tollhouse.policy.dlp import MAX_SPANS, Hit, Inspection, Span, inspect, redact, scan
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
 from tollhouse.policy.rules import Rule, parse_rules
 
@@ -71,6 +72,30 @@ def test_a_pathological_pattern_is_cut_off_at_the_budget() -> None:
     assert time.monotonic() - started < 1.0
     assert found.timed_out and found.unchecked == {"evil", "after"} and found.hits == ()
     assert redact(prompt, found) == "[redacted:content inspection exceeded limits.dlp_time_ms]"
+
+
+def test_inspect_runs_in_a_worker_thread_and_never_holds_up_the_event_loop() -> None:
+    async def main() -> tuple[Inspection, float, int]:
+        done = asyncio.Event()
+        worst, turns = 0.0, 0
+
+        async def other_work() -> None:  # everything else the loop does meanwhile: one turn after another
+            nonlocal worst, turns
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                worst, turns, last = max(worst, now - last), turns + 1, now
+
+        other = asyncio.create_task(other_work())
+        found = await inspect("a" * 200_000 + "b", rules(dlp("evil", patterns=[EVIL])), 0.5)
+        done.set()
+        await other
+        return found, worst, turns
+
+    found, worst, turns = asyncio.run(main())
+    assert found.timed_out and found.unchecked == {"evil"}
+    assert turns > 100 and worst < 0.1, (turns, worst)
 
 
 def test_a_match_found_before_the_budget_ran_out_still_counts() -> None:
