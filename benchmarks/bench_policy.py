@@ -357,7 +357,9 @@ def build_calls(rng: random.Random) -> list[CallFacts]:
         provider = rng.choices(providers, weights=weights)[0]
         model = None if rng.random() < NO_MODEL_SHARE else rng.choice(MODELS[provider])
         prompt = _prompt(rng) if rng.random() < PROMPT_SHARE else None
-        calls.append(CallFacts(provider=provider, provider_host=HOSTS[provider], model=model, prompt=prompt))
+        # the engine reads what inspecting the prompt found (policy/dlp.py inspects it before evaluate)
+        hits = None if prompt is None else frozenset({"org-dlp-secrets"} if "AKIA" in prompt else ())
+        calls.append(CallFacts(provider=provider, provider_host=HOSTS[provider], model=model, content_hits=hits))
     return calls
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from tollhouse.config import DirectoryConfig, Person, Project, Service, Team
 from tollhouse.directory import Directory
+from tollhouse.policy.dlp import scan
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Decision
 from tollhouse.policy.rules import Severity, Window, parse_rules
 
@@ -72,9 +73,12 @@ def compile_(rules: list[dict[str, Any]], tz: str = "UTC") -> CompiledPolicy:
 def evaluate(rules: list[dict[str, Any]] | CompiledPolicy, who: str, model: str | None = GPT4O,
              project: str | None = None, provider: str = "openai", prompt: str | None = None,
              now: datetime = WEDNESDAY_NOON, explain: bool = False) -> Decision:
+    """`prompt`: inspected for the content rules first, as the gateway does (None: not inspected)."""
     policy = rules if isinstance(rules, CompiledPolicy) else compile_(rules)
-    call = CallFacts(provider=provider, provider_host=HOSTS[provider], model=model, prompt=prompt)
-    return policy.evaluate(call, DIRECTORY.subject(who, project), now, explain=explain)
+    subject = DIRECTORY.subject(who, project)
+    hits = None if prompt is None else scan(prompt, policy.content_rules(subject), 5.0).rule_ids
+    call = CallFacts(provider=provider, provider_host=HOSTS[provider], model=model, content_hits=hits)
+    return policy.evaluate(call, subject, now, explain=explain)
 
 
 @dataclass

@@ -167,18 +167,17 @@ def test_cost_centre_required_accepts_the_project_header(mock: Mock, gateway_fac
     assert [e["decision"] for e in gw.events()] == ["allow", "allow", "block"]
 
 
-def test_dlp_runs_only_in_enterprise_capture(mock: Mock, gateway_factory: Any) -> None:
+@pytest.mark.parametrize("capture_mode", ["enterprise", "telemetry"])
+def test_dlp_runs_in_every_capture_mode(mock: Mock, gateway_factory: Any, capture_mode: str) -> None:
     rule = {"id": "no-keys", "scope": "org", "severity": "BLOCK",
             "condition": {"type": "CONTENT_DLP", "detectors": ["aws_access_key"]}}
     secret = "deploy with AKIAABCDEFGHIJKLMNOP please"
-    enterprise = _gateway(gateway_factory, mock, [rule], enforcement="on", capture_mode="enterprise")
+    gw = _gateway(gateway_factory, mock, [rule], enforcement="on", capture_mode=capture_mode)
     with pytest.raises(openai.PermissionDeniedError) as exc:
-        oai(enterprise).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": secret}])
+        oai(gw).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": secret}])
     assert "data-loss-prevention" in str(exc.value) and "AKIA" not in str(exc.value)
-    telemetry = _gateway(gateway_factory, mock, [rule], enforcement="on")
-    telemetry_ok = oai(telemetry).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": secret}])
-    assert telemetry_ok.choices
+    clean = oai(gw).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "deploy it"}])
+    assert clean.choices and mock.stats.total == 1
 
 
 def test_unparseable_body_is_refused_when_enforcing(mock: Mock, gateway_factory: Any) -> None:

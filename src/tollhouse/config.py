@@ -297,6 +297,9 @@ class LimitsConfig(_Frozen):
     upstream_total_timeout_s: float = Field(default=600.0, gt=0)  # a whole non-stream response (504)
     stream_total_timeout_s: float = Field(default=3600.0, gt=0)  # a whole stream (ended with an error event)
     max_connections: int | None = Field(default=None, gt=0)  # None: min(10000, RLIMIT_NOFILE - 64)
+    # CONTENT_DLP: the most time inspecting one prompt may take (matching, in a worker thread; regex counts it in
+    # process CPU time); past it a BLOCK rule fails closed unless it is marked fail_open
+    dlp_time_ms: int = Field(default=200, gt=0, le=60_000)
 
 
 class EventsConfig(_Frozen):

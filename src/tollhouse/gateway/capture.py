@@ -21,7 +21,8 @@ def capturing(state: GatewayState) -> bool:
 
 
 def call_prompt(state: GatewayState, parsed: dict[str, Any] | None) -> str | None:
-    """The prompt text of a metered call in enterprise mode (for capture and DLP rules); else None."""
+    """The prompt text of a metered call in enterprise mode (for capture); else None. Content rules are
+    inspected in every mode (gateway/content.py)."""
     if parsed is None or not capturing(state):
         return None
     return prompt_text(parsed)

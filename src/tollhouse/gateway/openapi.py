@@ -24,8 +24,8 @@ _EVENT_PROPS: dict[str, Any] = {
 }
 # Enterprise capture mode: what the call said (GET /api/v1/events/{id}, or the list with ?include=content).
 _CONTENT_PROPS: dict[str, Any] = {
-    "prompt": {"type": ["string", "null"], "description": "the request's prompt text; null: not captured "
-               "(telemetry capture mode)"},
+    "prompt": {"type": ["string", "null"], "description": "the request's prompt text, each CONTENT_DLP match "
+               "replaced by [redacted:<detector or rule id>]; null: not captured (telemetry capture mode)"},
     "response": {"type": ["string", "null"], "description": "the response text (a stream's assembled from its "
                  "deltas); null: not captured"},
 }

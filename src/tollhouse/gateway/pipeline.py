@@ -1,12 +1,13 @@
 """The data plane for `/{provider}/...`: one call through ordered stages, each with one job.
 
-    classify → identify → read → decide → reserve → forward → meter → settle → record
-    (here)     identify.py  (here) policy/    ledger/   forward.py  forward.py  record.py
-                                   decide.py
+    classify → identify → read → inspect → decide → reserve → forward → meter → settle → record
+    (here)     identify.py  (here) content.py policy/    ledger/   forward.py  forward.py  record.py
+                                              decide.py
 
 - classify: which provider route and endpoint the path names, and the endpoint's class.
 - identify: the subject (person / service / unknown), the project, the key the upstream gets.
 - read: the body (bounded), its facts (model, stream, worst-case output), the prompt when it is needed.
+- inspect: the prompt, for the content (DLP) rules that apply: off the event loop, within limits.dlp_time_ms.
 - decide: `policy.decide.decide()`, the one function that decides; called again with the ledger's numbers.
 - reserve: the call's worst case is reserved on every cap that counts it, under the verdict's ceilings.
 - forward / meter: the upstream answers; the client gets it byte for byte while usage is read.
@@ -27,7 +28,8 @@ import orjson
 
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import enforce, storage
-from tollhouse.gateway.capture import call_prompt, capturing
+from tollhouse.gateway.capture import capturing
+from tollhouse.gateway.content import inspect_request
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.forward import Outbound, Progress, client_gone, forward
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, Streamed
@@ -37,6 +39,7 @@ from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import Charge, ReserveResult
 from tollhouse.model_limits import worst_output_tokens
 from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
+from tollhouse.policy.dlp import Inspection
 from tollhouse.policy.engine import CallFacts
 from tollhouse.providers.base import Endpoint, RequestFacts
 from tollhouse.providers.classify import EndpointClass, passthrough_allows
@@ -157,10 +160,12 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         first = got.problem if got.problem is where.problem else None
         problems = tuple(p for p in (first, ident.problem, got.problem if first is None else None) if p is not None)
         metered = where.endpoint_class == "metered"
-        if metered and got.parsed is not None:
-            prompt = call_prompt(state, got.parsed)
+        inspection: Inspection | None = None
+        if metered and got.parsed is not None:  # inspect: the content rules that apply (off the loop, bounded)
+            content = await inspect_request(state, got.parsed, ident.subject)
+            prompt, inspection = content.prompt, content.inspection
             capture = capturing(state)
-        verdict, reservation, worst = await _judge(state, where, ident, got, problems, prompt, now_s, ts_ms)
+        verdict, reservation, worst = await _judge(state, where, ident, got, problems, inspection, now_s, ts_ms)
         if verdict is not None and verdict.blocked:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
                                         datetime.fromtimestamp(now_s, UTC))
@@ -203,7 +208,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
 
 
 async def _judge(state: GatewayState, where: Classified, ident: Identity, got: Read, problems: tuple[Problem, ...],
-                 prompt: str | None, now_s: float, ts_ms: int
+                 inspection: Inspection | None, now_s: float, ts_ms: int
                  ) -> tuple[Verdict | None, object | None, Charge | None]:
     """decide, reserve, decide again on the ledger's numbers. Returns the verdict, the reservation and the
     worst case it holds."""
@@ -215,7 +220,9 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
     enforced = enforce.enforced(state, subject)
     settings = state.settings
     gate = Gate(enforced, problems, True, settings.pricing.unpriced, settings.counters.fail_open)
-    call = CallFacts(route.id, route.host, got.facts.model, prompt)
+    call = CallFacts(route.id, route.host, got.facts.model,
+                     None if inspection is None else inspection.rule_ids,
+                     frozenset() if inspection is None else inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
     exemptions = state.overrides.for_subject(subject.id, ts_ms) if not policy.empty else {}
     verdict = decide(gate, policy, call, subject, now, exemptions)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import IntEnum, StrEnum
 
+import regex
+
 from tollhouse.policy.timewindow import TimeWindow
 
 
@@ -120,7 +122,10 @@ class Rule:
     providers: frozenset[str] | None = None  # None: every provider
     metric: str = ""  # usage: tokens | input_tokens | output_tokens | requests
     # content
-    patterns: tuple[re.Pattern[str], ...] = ()
+    # content: the rule's own `patterns`, then its detectors' (compiled with `regex`: matching takes a timeout
+    # and releases the GIL); `pattern_names` labels each: `patterns[i]` or the detector's name
+    patterns: tuple[regex.Pattern[str], ...] = ()
+    pattern_names: tuple[str, ...] = ()
     fail_open: bool = False
     notify: tuple[str, ...] = field(default=())
     mode: Mode = Mode.enforce

@@ -29,13 +29,15 @@ _SCOPE_ORDER = {ScopeKind.individual: 0, ScopeKind.service: 0}
 
 
 class CallFacts(NamedTuple):
-    """What the policy looks at. `prompt` is only set when content capture is on (enterprise mode).
-    (A tuple: one is built per call.)"""
+    """What the policy looks at. Content rules read what inspecting the prompt found (policy/dlp.py, done before
+    evaluate, off the event loop): `content_hits` the ids of the content rules that matched (None: the prompt was
+    not inspected), `content_unchecked` those whose inspection ran out of time. (A tuple: one is built per call.)"""
 
     provider: str
     provider_host: str
     model: str | None
-    prompt: str | None = None
+    content_hits: frozenset[str] | None = None
+    content_unchecked: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,21 +221,25 @@ class CompiledPolicy:
                            rule.providers, "spend" if rule.kind is Kind.spend else rule.metric, rule.threshold))
         return out
 
+    def content_rules(self, subject: Subject) -> tuple[Rule, ...]:
+        """The CONTENT_DLP rules that apply to this subject: its prompts are inspected for them before evaluate."""
+        app = self._applicable(subject)
+        return tuple(r for r, _ in app.checks if r.kind is Kind.content) if app.content else ()
+
     def evaluate(self, call: CallFacts, subject: Subject, now: datetime, explain: bool = False,
                  waived: Set[str] = frozenset()) -> Decision:
         """Judge a call. Caps are returned for the ledger to count; they are not judged here.
         `waived`: ids of rules the subject holds an exemption from.
 
         A decision depends only on the subject, the provider, the model, the minute (time windows are
-        minute-precise) and the prompt (content rules); calls that agree on what their rules look at get
-        the same (immutable) decision without judging the rules again."""
+        minute-precise) and what inspecting the prompt found (content rules); calls that agree on what their rules
+        look at get the same (immutable) decision without judging the rules again."""
         if explain or waived:
             return self._evaluate(call, subject, now, explain, waived)
         app = self._applicable(subject)
-        if call.prompt is not None and app.content:
-            return self._evaluate(call, subject, now, False, frozenset())
         key = (subject.id, subject.project, subject.kind, subject.teams, subject.cost_centre, call.provider,
-               call.provider_host, call.model, int(now.timestamp()) // 60 if app.timed else 0)
+               call.provider_host, call.model, int(now.timestamp()) // 60 if app.timed else 0,
+               (call.content_hits, call.content_unchecked) if app.content else None)
         found = self._decisions.get(key)
         if found is None:
             found = self._evaluate(call, subject, now, False, frozenset())
@@ -376,11 +382,12 @@ def _check(rule: Rule, call: CallFacts, model: str | None, subject: Subject, now
                     "the X-Tollhouse-Project header")
         return ""
     if kind is Kind.content:
-        if call.prompt is None:
-            return ""
-        for pattern in rule.patterns:
-            if pattern.search(call.prompt):
-                return "the prompt matches a data-loss-prevention pattern"
+        if call.content_hits is not None and rule.id in call.content_hits:
+            return "the prompt matches a data-loss-prevention pattern"
+        if rule.id in call.content_unchecked and rule.severity is Severity.block and not rule.fail_open:
+            return ("content inspection exceeded limits.dlp_time_ms, so the prompt could not be checked (fail "
+                    "closed; a smaller prompt passes, or an administrator can raise limits.dlp_time_ms or mark "
+                    "the rule fail_open)")
         return ""
     return ""
 

@@ -9,10 +9,10 @@ one compiles itself into the engine's `Rule`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
+import regex
 from pydantic import BaseModel, ConfigDict, Discriminator, PlainValidator, Tag, model_validator
 
 from tollhouse.policy.compiled import Kind, Rule
@@ -110,8 +110,9 @@ class ContentDlp(Condition):
         return self
 
     def compile(self, common: Mapping[str, Any], redirect_to: str | None, tz: str) -> Rule:
-        patterns = (*self.patterns, *(re.compile(DETECTORS[d]) for d in self.detectors))
-        return Rule(kind=Kind.content, type_name=self.TYPE, patterns=patterns, **common)
+        patterns = (*self.patterns, *(regex.compile(DETECTORS[d]) for d in self.detectors))
+        names = (*(f"patterns[{i}]" for i in range(len(self.patterns))), *self.detectors)
+        return Rule(kind=Kind.content, type_name=self.TYPE, patterns=patterns, pattern_names=names, **common)
 
 
 CONDITIONS: dict[str, type[Condition]] = {c.TYPE: c for c in (

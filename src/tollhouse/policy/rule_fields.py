@@ -7,11 +7,11 @@ own error texts never reach a user: a failure is a `FieldProblem`, which `rule_e
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, TypeVar
 
+import regex
 from pydantic import PlainValidator
 
 from tollhouse.policy.compiled import Window, parse_count_window
@@ -116,19 +116,19 @@ def _notify(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _pattern_list(value: object) -> tuple[re.Pattern[str], ...]:
+def _pattern_list(value: object) -> tuple[regex.Pattern[str], ...]:
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise FieldProblem('must be a list of regular expressions, e.g. ["(?i)project\\\\s+falcon"]')
-    out: list[re.Pattern[str]] = []
+    out: list[regex.Pattern[str]] = []
     for i, pat in enumerate(items):
         if not isinstance(pat, str):
             raise FieldProblem("must be a regular expression string", at=(i,))
-        try:
-            out.append(re.compile(pat))
-        except (re.error, OverflowError, RecursionError) as exc:
+        try:  # `regex`: matching takes a timeout and releases the GIL (policy/dlp.py)
+            out.append(regex.compile(pat))
+        except (regex.error, OverflowError, RecursionError, ValueError) as exc:
             raise FieldProblem(f"not a valid regular expression: {exc}", at=(i,)) from None
     return tuple(out)
 
@@ -146,7 +146,7 @@ CountWindow = Annotated[Window | None, PlainValidator(_count_window)]
 Days = Annotated[frozenset[int], PlainValidator(_window_part(parse_days, "days: "))]
 Hours = Annotated[tuple[tuple[int, int], ...], PlainValidator(_window_part(parse_hours, "hours: "))]
 Notify = Annotated[tuple[str, ...], PlainValidator(_notify)]
-Patterns = Annotated[tuple[re.Pattern[str], ...], PlainValidator(_pattern_list)]
+Patterns = Annotated[tuple[regex.Pattern[str], ...], PlainValidator(_pattern_list)]
 
 
 def one_of(choices: dict[str, T], what: str) -> Callable[[object], T]:
