@@ -206,7 +206,8 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
     exemptions = state.overrides.for_subject(subject.id, ts_ms) if not policy.empty else {}
     verdict = decide(gate, policy, call, subject, now, exemptions)
     enforce.count_violations(state, verdict, subject, got.facts.model)
-    if verdict.blocked or not verdict.caps:
+    if verdict.blocked or not verdict.caps or where.endpoint_class not in _JUDGED:
+        # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
         return verdict, None, None
     charge, priced = _worst_case(state, route, got, verdict)
     if not priced:  # no price for the model: refused under spend caps (pricing.unpriced: block)
