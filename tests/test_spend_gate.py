@@ -231,6 +231,12 @@ def test_governed_endpoints_are_refused_once_the_budget_is_spent(mock: Mock, gat
                                                                "x-api-key": "sk-alice"})
         assert status == 403, (path, data)
         assert headers["x-tollhouse-decision"] == "block"
+        message = json.loads(data)["error"]["message"]
+        if path.endswith("/batches") and path.startswith("/openai"):
+            # Its models are in its input file: no worst case can be priced, so it is refused under any cap.
+            assert "no price for model" in message and "pricing.overrides" in message
+        else:  # priced at its worst case (the batch's requests' models), which the spent budget cannot hold
+            assert "$0.01 of $0.01 used this month" in message, (path, message)
     assert mock.stats.total == reached  # none of them was forwarded
     status, data, _ = _raw(gw, "GET", "/openai/v1/models", None, {**ALICE, "Authorization": "Bearer sk-alice"})
     assert status == 200 and json.loads(data)["object"] == "list"
@@ -241,9 +247,25 @@ def test_governed_endpoints_are_refused_once_the_budget_is_spent(mock: Mock, gat
         forward_path = path.split("/", 2)[2]
         event = by_path["/" + forward_path]
         assert event["endpoint_class"] == "governed" and event["status"] == 403 and event["decision"] == "block"
-        assert event["cost_usd"] is None
+        assert event["cost_usd"] is None and (event["error"] or event["rule_id"] == "personal")
     assert by_path["/v1/models"]["endpoint_class"] == "free" and by_path["/v1/models"]["status"] == 200
     assert _spend_nusd(gw) == CAP_NUSD
+    assert len(_audit_blocks(gw)) == 1 + len(governed)  # the chat call of _exhaust, then each of these
+
+
+def test_a_batch_is_reserved_at_its_priciest_model_times_its_requests(mock: Mock, gateway_factory: Any) -> None:
+    gw: Gateway = gateway_factory(_config(mock.url))
+    requests = [{"custom_id": str(i), "params": {"model": model, "max_tokens": 1000,
+                                                 "messages": [{"role": "user", "content": "x"}]}}
+                for i, model in enumerate(["claude-3-5-haiku-latest"] * 3)]
+    status, _, headers = _raw(gw, "POST", "/anthropic/v1/messages/batches", {"requests": requests},
+                              {**ALICE, "x-api-key": "sk-alice"})
+    assert status == 404 and mock.stats.total == 1  # forwarded (the mock has no batches)
+    assert _remaining(headers) == _usd6(CAP_NUSD - 3 * 1000 * PER_TOKEN_NUSD)
+    big = [{**r, "params": {**r["params"], "max_tokens": 8192}} for r in requests * 9]  # 27 x 8,192 tokens
+    status, data, _ = _raw(gw, "POST", "/anthropic/v1/messages/batches", {"requests": big},
+                           {**ALICE, "x-api-key": "sk-alice"})
+    assert status == 403 and "personal" in json.loads(data)["error"]["message"] and mock.stats.total == 1
 
 
 # 5. A path is judged as the provider will read it, and forwarded exactly as judged

@@ -248,20 +248,29 @@ def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> obj
 
 def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict) -> tuple[Charge, bool]:
     """The most the call can cost: the prompt estimate (about four bytes of request per token) plus the most
-    it may generate; and whether the model has a price (if not, the charge counts tokens only)."""
+    it may generate; and whether the model has a price (if not, the charge counts tokens only). A batch that
+    names its requests' models (batch_models) is priced at the priciest of them."""
     facts = got.facts
     model = verdict.decision.model if verdict.decision is not None else facts.model
     input_est = max(len(got.body) // 4, 1)
     prices = state.prices
-    if facts.max_output_tokens is None and not model:
-        output_max = 0 if got.parsed is None else state.settings.ledger.default_max_output_tokens
-    else:
-        model_max = prices.max_output_tokens(route.price_provider, model) if model else None
-        output_max = worst_output_tokens(facts.max_output_tokens, model_max,
-                                         state.settings.ledger.default_max_output_tokens)
-    output_max *= facts.choices
-    cost = prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
-    return Charge(route.id, cost or 0, input_est, output_max), cost is not None
+    default = state.settings.ledger.default_max_output_tokens
+    models = (model,) if model else facts.batch_models
+    if not models:
+        output_max = 0 if facts.max_output_tokens is None and got.parsed is None else \
+            worst_output_tokens(facts.max_output_tokens, None, default)
+        return Charge(route.id, 0, input_est, output_max * facts.choices), False
+    worst: Charge | None = None
+    for name in models:
+        output_max = worst_output_tokens(facts.max_output_tokens, prices.max_output_tokens(route.price_provider, name),
+                                         default) * facts.choices
+        cost = prices.token_cost_nusd(route.price_provider, name, input_est, output_max)
+        if cost is None:  # one unpriced model: the batch cannot be counted
+            return Charge(route.id, 0, input_est, output_max), False
+        if worst is None or (cost, output_max) > (worst.spend_nusd, worst.output_tokens):
+            worst = Charge(route.id, cost, input_est, output_max)
+    assert worst is not None
+    return worst, True
 
 
 def _counters_down(state: GatewayState, verdict: Verdict, subject: str, provider: str, model: str | None,
