@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -125,12 +126,12 @@ def _stall(gw: Gateway, held: list[http.client.HTTPConnection], body: dict[str, 
 # 1-2. The worst case: n choices, the model's real maximum output, max_tokens however it is written
 
 
-@pytest.mark.parametrize("n", [1, 8])
-def test_n_choices_are_reserved_as_n_completions(mock: Mock, gateway_factory: Any, n: int) -> None:
+@pytest.mark.parametrize("n", [1, 8, "8", 8.0])
+def test_n_choices_are_reserved_as_n_completions(mock: Mock, gateway_factory: Any, n: Any) -> None:
     gw: Gateway = gateway_factory(_config(mock.url))
-    worst = MINI_MAX * PER_TOKEN_NUSD * n  # no max_tokens: the model's maximum, n times
+    worst = MINI_MAX * PER_TOKEN_NUSD * int(n)  # no max_tokens: the model's maximum, n times
     expected = CAP_NUSD // worst  # n=1: 12 calls in flight; n=8: 1
-    assert expected == {1: 12, 8: 1}[n]
+    assert expected == {1: 12, 8: 1}[int(n)]
     body = {"model": "gpt-4o-mini", "n": n, "messages": [{"role": "user", "content": "hi"}]}
     with _held(gw) as held:
         statuses = []
@@ -168,9 +169,15 @@ def test_no_max_tokens_reserves_the_models_real_maximum(mock: Mock, gateway_fact
             assert status == 400
             want = CAP_NUSD - used - min(20_000, model_max) * PER_TOKEN_NUSD
             assert _remaining(headers) == _usd6(want), (value, model)
-    events = _events(gw, 7)
+    # Gemini: candidateCount is choices too (gemini-2.0-flash: at most 8,192 tokens each)
+    used = _spend_nusd(gw)
+    status, _, headers = _raw(gw, "POST", "/gemini/v1beta/models/gemini-2.0-flash:generateContent", {
+        "contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"candidateCount": 8}},
+        {**ALICE, "x-goog-api-key": "sk-alice"})
+    assert status == 200 and _remaining(headers) == _usd6(CAP_NUSD - used - 8 * 8192 * PER_TOKEN_NUSD)
+    events = _events(gw, 8)
     assert [e["status"] for e in events].count(400) == 6
-    assert _spend_nusd(gw) == 16 * PER_TOKEN_NUSD  # only the first call produced anything: 16 tokens
+    assert _spend_nusd(gw) == 2 * 16 * PER_TOKEN_NUSD  # only two calls produced anything: 16 tokens each
 
 
 # 3. Background calls: the answer tells no usage, so they are settled at the worst case reserved
@@ -309,6 +316,7 @@ def test_a_path_never_leaves_its_providers_base(mock: Mock, gateway_factory: Any
     assert mock.stats.total == seen and mock.stats.last_path == "/base/v1/chat/completions"
     refused = [e for e in _events(gw, 6) if e["status"] == 400]
     assert len(refused) == 5 and all(e["provider"] == "groq" and "climbs" in e["error"] for e in refused)
+    assert sorted(a["event_id"] for a in _audit_blocks(gw)) == sorted(e["id"] for e in refused)
 
 
 # 6. Unknown callers and unknown endpoints
@@ -323,8 +331,17 @@ def test_unknown_callers_are_refused_while_enforcing(mock: Mock, gateway_factory
     assert exc.value.status_code == 401 and exc.value.code == "unknown_caller"
     assert "gateway key" in exc.value.message and "tollhouse keys create" in exc.value.message
     assert mock.stats.total == 0
-    (event,) = _events(gw, 1)
-    assert event["status"] == 401 and event["subject_kind"] == "unknown" and "does not know who" in event["error"]
+    # The same in Anthropic's shape, for its SDK
+    claude = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key="sk-ant-stranger", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        claude.messages.create(model="claude-3-5-haiku-latest", max_tokens=16,
+                               messages=[{"role": "user", "content": "x"}])
+    assert refused.value.status_code == 401 and "tollhouse keys create" in refused.value.message
+    assert mock.stats.total == 0
+    events = _events(gw, 2)
+    assert len(events) == 2 and len(_audit_blocks(gw)) == 2
+    assert all(e["status"] == 401 and e["subject_kind"] == "unknown" and "does not know who" in e["error"]
+               for e in events)
 
     open_gw: Gateway = gateway_factory(_config(mock.url, identity={"unknown_callers": "allow"}))
     client = openai.OpenAI(base_url=open_gw.url + "/openai/v1", api_key="sk-proj-nobody-knows-me", max_retries=0)
@@ -351,6 +368,8 @@ def test_unknown_endpoints_with_a_body(mock: Mock, gateway_factory: Any, setup: 
         assert status == 403 and json.loads(data)["error"]["code"] == "unknown_endpoint"
         assert "providers.openai.passthrough" in json.loads(data)["error"]["message"]
         assert mock.stats.total == 0 and event["status"] == 403 and event["decision"] == "block"
+        (audited,) = _audit_blocks(gw)
+        assert audited["refusal"] == "unknown_endpoint" and audited["event_id"] == event["id"]
     else:
         assert status == 404  # the mock has no such endpoint, but it was asked
         assert mock.stats.total == 1 and mock.stats.last_path == "/v1/widgets/w1/spin"
@@ -374,6 +393,8 @@ def test_unpriced_model_under_a_cap(mock: Mock, gateway_factory: Any, unpriced: 
         assert "house-model-7" in exc.value.message and mock.stats.total == 0
         (event,) = _events(gw, 1)
         assert event["status"] == 403 and "pricing.overrides" in event["error"]
+        (audited,) = _audit_blocks(gw)
+        assert audited["refusal"] == "unpriced_model" and audited["event_id"] == event["id"]
     else:
         reply = client.chat.completions.create(model="house-model-7", max_tokens=16,
                                                messages=[{"role": "user", "content": "x"}])
