@@ -404,6 +404,25 @@ def test_unpriced_model_under_a_cap(mock: Mock, gateway_factory: Any, unpriced: 
     assert _spend_nusd(gw) == 0
 
 
+def test_unpriced_calls_allowed_only_while_the_cap_has_room(mock: Mock, gateway_factory: Any) -> None:
+    """`pricing.unpriced: allow` lets a call with no price through uncounted, but not past a spent cap: its
+    cost is unknown, not zero."""
+    gw: Gateway = gateway_factory(_config(mock.url, pricing={**PRICES, "unpriced": "allow"}))
+    _exhaust(gw)
+    reached = mock.stats.total
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        _oai(gw).chat.completions.create(model="house-model-7", max_tokens=16,
+                                         messages=[{"role": "user", "content": "x"}])
+    assert "$0.01 of $0.01 used this month" in exc.value.message
+    status, data, _ = _raw(gw, "POST", "/openai/v1/batches", {"input_file_id": "file-1", "completion_window": "24h",
+                                                              "endpoint": "/v1/chat/completions"},
+                           {**ALICE, "Authorization": "Bearer sk-alice"})
+    assert status == 403 and "personal" in json.loads(data)["error"]["message"]
+    assert mock.stats.total == reached and _spend_nusd(gw) == CAP_NUSD
+    blocked = [e for e in _events(gw, 23) if e["decision"] == "block"]
+    assert len(blocked) == 3 and all(e["rule_id"] == "personal" and e["cost_usd"] is None for e in blocked)
+
+
 # 8. Every early refusal leaves one event with its reason, and an audit entry
 
 

@@ -196,14 +196,20 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
             return Verdict(Outcome.block, True, decision, counters_problem(caps), exemptions,
                            counters_down=usage.error)
         return _rules(decision, enforced, exemptions, (), observed, usage.error, enforced)
-    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False)
+    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False, gate.priced)
+
+
+def _over(u: CapUsage, priced: bool) -> bool:
+    """The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts as
+    nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not zero."""
+    return u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit)
 
 
 def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, str], usage: tuple[CapUsage, ...],
-           observed: Problem | None, counters_down: str | None, failed_open: bool) -> Verdict:
+           observed: Problem | None, counters_down: str | None, failed_open: bool, priced: bool = True) -> Verdict:
     if decision is None:
         return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down, failed_open)
-    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if u.used + u.need > u.limit]
+    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
     if over:
         decision = with_violations(decision, over)
     action = Outcome(decision.action) if enforced else Outcome.allow
