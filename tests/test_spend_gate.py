@@ -275,6 +275,22 @@ def test_a_batch_is_reserved_at_its_priciest_model_times_its_requests(mock: Mock
     assert status == 403 and "personal" in json.loads(data)["error"]["message"] and mock.stats.total == 1
 
 
+def test_a_batch_is_judged_on_every_model_its_requests_name(mock: Mock, gateway_factory: Any) -> None:
+    deny = {"id": "no-opus", "scope": "org", "condition": {"type": "MODEL_DENYLIST",
+                                                          "models": ["claude-3-opus-latest"]},
+            "action": {"type": "hard_stop"}}
+    gw: Gateway = gateway_factory(_config(mock.url, policy={"rules": [CAP, deny]}))
+    requests = [{"custom_id": str(i), "params": {"model": model, "max_tokens": 10,
+                                                 "messages": [{"role": "user", "content": "x"}]}}
+                for i, model in enumerate(["claude-3-5-haiku-latest", "claude-3-opus-latest"])]
+    status, data, _ = _raw(gw, "POST", "/anthropic/v1/messages/batches", {"requests": requests},
+                           {**ALICE, "x-api-key": "sk-alice"})
+    assert status == 403 and "claude-3-opus-latest is on the deny list" in json.loads(data)["error"]["message"]
+    assert mock.stats.total == 0
+    (event,) = _events(gw, 1)
+    assert event["rule_id"] == "no-opus" and event["endpoint_class"] == "governed"
+
+
 # 5. A path is judged as the provider will read it, and forwarded exactly as judged
 
 

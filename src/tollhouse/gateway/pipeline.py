@@ -205,6 +205,12 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
     now = datetime.fromtimestamp(now_s, UTC)
     exemptions = state.overrides.for_subject(subject.id, ts_ms) if not policy.empty else {}
     verdict = decide(gate, policy, call, subject, now, exemptions)
+    for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
+        # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
+        judged = decide(gate, policy, call._replace(model=name), subject, now, exemptions)
+        if judged.blocked:
+            verdict = judged
+            break
     enforce.count_violations(state, verdict, subject, got.facts.model)
     if verdict.blocked or not verdict.caps or where.endpoint_class not in _JUDGED:
         # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
