@@ -19,7 +19,8 @@ Precedence (first match wins):
    unknown endpoint, unreadable body, events cannot be recorded, content inspection over its time;
 3. while enforcing, a spend cap on a model with no price (`pricing.unpriced: block`);
 4. while enforcing, counters unavailable (unless every cap that applies, or the config, fails open);
-5. the rules, with the caps judged on the ledger's numbers (most severe violation wins).
+5. the rules, with the caps judged on the ledger's numbers (most severe violation wins); a call with no
+   price (let through by `pricing.unpriced: allow`) goes over a spend cap that is already spent.
 In observe mode, 2-5 are recorded as what would have happened (`would`), and the call goes.
 """
 
