@@ -226,8 +226,15 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
     now = datetime.fromtimestamp(now_s, UTC)
     exemptions = state.overrides.for_subject(subject.id, ts_ms) if not policy.empty else {}
     verdict = decide(gate, policy, call, subject, now, exemptions)
+    for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
+        # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
+        judged = decide(gate, policy, call._replace(model=name), subject, now, exemptions)
+        if judged.blocked:
+            verdict = judged
+            break
     enforce.count_violations(state, verdict, subject, got.facts.model)
-    if verdict.blocked or not verdict.caps:
+    if verdict.blocked or not verdict.caps or where.endpoint_class not in _JUDGED:
+        # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
         return verdict, None, None
     charge, priced = _worst_case(state, route, got, verdict)
     if not priced:  # no price for the model: refused under spend caps (pricing.unpriced: block)
@@ -269,20 +276,29 @@ def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> obj
 def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict | None
                 ) -> tuple[Charge, bool]:
     """The most the call can cost: the prompt estimate (about four bytes of request per token) plus the most
-    it may generate; and whether the model has a price (if not, the charge counts tokens only)."""
+    it may generate; and whether the model has a price (if not, the charge counts tokens only). A batch that
+    names its requests' models (batch_models) is priced at the priciest of them."""
     facts = got.facts
     model = verdict.decision.model if verdict is not None and verdict.decision is not None else facts.model
     input_est = max(len(got.body) // 4, 1)
     prices = state.prices
-    if facts.max_output_tokens is None and not model:
-        output_max = 0 if got.parsed is None else state.settings.ledger.default_max_output_tokens
-    else:
-        model_max = prices.max_output_tokens(route.price_provider, model) if model else None
-        output_max = worst_output_tokens(facts.max_output_tokens, model_max,
-                                         state.settings.ledger.default_max_output_tokens)
-    output_max *= facts.choices
-    cost = prices.token_cost_nusd(route.price_provider, model, input_est, output_max) if model else None
-    return Charge(route.id, cost or 0, input_est, output_max), cost is not None
+    default = state.settings.ledger.default_max_output_tokens
+    models = (model,) if model else facts.batch_models
+    if not models:
+        output_max = 0 if facts.max_output_tokens is None and got.parsed is None else \
+            worst_output_tokens(facts.max_output_tokens, None, default)
+        return Charge(route.id, 0, input_est, output_max * facts.choices), False
+    worst: Charge | None = None
+    for name in models:
+        output_max = worst_output_tokens(facts.max_output_tokens, prices.max_output_tokens(route.price_provider, name),
+                                         default) * facts.choices
+        cost = prices.token_cost_nusd(route.price_provider, name, input_est, output_max)
+        if cost is None:  # one unpriced model: the batch cannot be counted
+            return Charge(route.id, 0, input_est, output_max), False
+        if worst is None or (cost, output_max) > (worst.spend_nusd, worst.output_tokens):
+            worst = Charge(route.id, cost, input_est, output_max)
+    assert worst is not None
+    return worst, True
 
 
 def _counters_down(state: GatewayState, verdict: Verdict, subject: str, provider: str, model: str | None,

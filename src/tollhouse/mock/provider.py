@@ -4,7 +4,8 @@ One aiohttp application serves all three API families from the same origin, so a
 gateway under test can point every upstream at it:
 
 * OpenAI: ``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
-  ``/v1/responses``, ``GET /v1/models`` and the Azure-style
+  ``/v1/responses`` (``"background": true`` answers ``status: "queued"`` with ``usage: null``, as
+  OpenAI does), ``GET /v1/models`` and the Azure-style
   ``POST /openai/deployments/{deployment}/{chat/completions,completions,embeddings}``.
 * Anthropic: ``POST /v1/messages``.
 * Gemini: ``POST /v1beta/models/{model}:generateContent`` and
@@ -695,6 +696,9 @@ async def _responses(call: _Call) -> web.StreamResponse:
     status = "incomplete" if truncated else "completed"
     usage = _responses_usage(input_tokens, len(words))
     resp_id, msg_id = _new_id("resp_"), _new_id("msg_")
+    if call.body.get("background") is True and call.body.get("stream") is not True:
+        # Like OpenAI: queued at once, no output and no usage yet (known only when the response is polled).
+        return await _respond(call, _response_object(call, resp_id, model, "queued", [], None))
     if call.body.get("stream") is True:
         return await _stream(call, _responses_frames(call, resp_id, msg_id, model, words, status, usage))
     output = [_output_message(msg_id, " ".join(words), status)]

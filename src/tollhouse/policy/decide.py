@@ -19,7 +19,8 @@ Precedence (first match wins):
    unknown endpoint, unreadable body, events cannot be recorded, content inspection over its time;
 3. while enforcing, a spend cap on a model with no price (`pricing.unpriced: block`);
 4. while enforcing, counters unavailable (unless every cap that applies, or the config, fails open);
-5. the rules, with the caps judged on the ledger's numbers (most severe violation wins).
+5. the rules, with the caps judged on the ledger's numbers (most severe violation wins); a call with no
+   price (let through by `pricing.unpriced: allow`) goes over a spend cap that is already spent.
 In observe mode, 2-5 are recorded as what would have happened (`would`), and the call goes.
 """
 
@@ -196,14 +197,20 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
             return Verdict(Outcome.block, True, decision, counters_problem(caps), exemptions,
                            counters_down=usage.error)
         return _rules(decision, enforced, exemptions, (), observed, usage.error, enforced)
-    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False)
+    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False, gate.priced)
+
+
+def _over(u: CapUsage, priced: bool) -> bool:
+    """The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts as
+    nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not zero."""
+    return u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit)
 
 
 def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, str], usage: tuple[CapUsage, ...],
-           observed: Problem | None, counters_down: str | None, failed_open: bool) -> Verdict:
+           observed: Problem | None, counters_down: str | None, failed_open: bool, priced: bool = True) -> Verdict:
     if decision is None:
         return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down, failed_open)
-    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if u.used + u.need > u.limit]
+    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
     if over:
         decision = with_violations(decision, over)
     action = Outcome(decision.action) if enforced else Outcome.allow
