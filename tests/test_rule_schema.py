@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pytest
+import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -625,14 +626,16 @@ def _dlp_rule(c: dict[str, Any], base: dict[str, Any]) -> Rule:
         raw_patterns = [raw_patterns]
     if not isinstance(raw_patterns, list):
         raise ValueError("condition.patterns|must be a list of regular expressions")
-    patterns: list[re.Pattern[str]] = []
+    patterns: list[regex.Pattern[str]] = []
+    names: list[str] = []
     for i, pat in enumerate(raw_patterns):
         if not isinstance(pat, str):
             raise ValueError(f"condition.patterns[{i}]|must be a regular expression string")
         try:
-            patterns.append(re.compile(pat))
-        except (re.error, OverflowError, RecursionError) as exc:
+            patterns.append(regex.compile(pat))
+        except (regex.error, OverflowError, RecursionError, ValueError) as exc:
             raise ValueError(f"condition.patterns[{i}]|not a valid regular expression: {exc}") from None
+        names.append(f"patterns[{i}]")
     detectors = c.get("detectors") or []
     if isinstance(detectors, str):
         detectors = [detectors]
@@ -641,10 +644,12 @@ def _dlp_rule(c: dict[str, Any], base: dict[str, Any]) -> Rule:
     for det in detectors:
         if not isinstance(det, str) or det not in DETECTORS:
             raise ValueError(f"condition.detectors|{det!r} is not a detector; use {', '.join(sorted(DETECTORS))}")
-        patterns.append(re.compile(DETECTORS[det]))
+        patterns.append(regex.compile(DETECTORS[det]))
+        names.append(det)
     if not patterns:
         raise ValueError("condition.patterns|give at least one regex in 'patterns' or a name in 'detectors'")
-    return Rule(kind=Kind.content, type_name="CONTENT_DLP", patterns=tuple(patterns), **base)
+    return Rule(kind=Kind.content, type_name="CONTENT_DLP", patterns=tuple(patterns),
+                pattern_names=tuple(names), **base)
 
 
 def _usage_rule(c: dict[str, Any], base: dict[str, Any]) -> Rule:
