@@ -88,10 +88,10 @@ async def _run(step: Step) -> None:
 class Background:
     """A loop run as a task between start and stop (stop cancels it and waits for it to end)."""
 
-    def __init__(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def __init__(self, name: str, run: Callable[[], Coroutine[Any, Any, object]]) -> None:
         self.name = name
         self._run = run
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[object] | None = None
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=self.name)
