@@ -171,27 +171,28 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker)
     lifespan = state.lifespan
     lifespan.add("start-up audit", lambda: _announce(state))
-    cleanup: list[Callable[[], Awaitable[None]]] = []
+    cleanup: Callable[[], Awaitable[None]] | None = None
 
     async def start_extension() -> None:
+        nonlocal cleanup
         if extension is not None:
-            cleanup.append(await extension(state))
+            cleanup = await extension(state)
 
     async def stop_extension() -> None:
-        for step in cleanup:
-            await step()
+        if cleanup is not None:
+            await cleanup()
 
     lifespan.add("extension", start_extension, stop_extension)
     Background("tollhouse-follow-store", lambda: _follow_store(state)).add_to(lifespan)
     warmer = Background("tollhouse-ledger-warm", lambda: warm_counters(state)).add_to(lifespan)
     Background("tollhouse-ledger-sweeper", lambda: _expire_reservations(state)).add_to(lifespan)
     server = HttpServer(GatewayApp(state))
-    bound: list[int] = []
 
     async def listen() -> None:
+        nonlocal port
         try:
             # --workers: every worker listens on the same port and the kernel spreads connections over them
-            bound.append(await server.start(host, port, reuse_port=worker is not None))
+            port = await server.start(host, port, reuse_port=worker is not None)
         except OSError as exc:
             raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -204,7 +205,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         assert warmer.task is not None
         await asyncio.wait([warmer.task], timeout=2.0)
         if ready is not None:
-            ready(state, bound[0])
+            ready(state, port)
         await (stop or asyncio.Event()).wait()
     finally:
         await lifespan.stop()

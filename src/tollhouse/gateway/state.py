@@ -269,7 +269,7 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
     else:
         ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
                              lc.reservation_ttl_s, on_settle_error=settle_failed)
-    lifespan.add("budget counters", stop=ledger.close)  # closed after the audit log no longer takes entries
+    lifespan.add("budget counters", stop=ledger.close)  # stopped before the audit log: a settle error is audited
     providers: Published[Mapping[str, ProviderRoute]] = Published(MappingProxyType({
         pid: _provider_route(pid, cfg, settings, settings.upstream_proxy) for pid, cfg in settings.providers.items()}))
     lifespan.adopt("provider clients", lambda: _close_clients(providers.current))
