@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from tollhouse.control.exemptions import OverrideSet
 from tollhouse.events.writer import StoreRunner
@@ -31,10 +31,6 @@ class OverrideHolder:
         self._started = 0  # refreshes begun; a slower, older one never replaces a newer result
         self._applied = 0
         self._task: asyncio.Task[None] | None = None
-
-    def for_subject(self, subject: str, now_ms: int) -> Mapping[str, str]:
-        """Rule id → exemption id of the subject's overrides in force at `now_ms`."""
-        return self.published.current.for_subject(subject, now_ms)
 
     async def refresh(self) -> None:
         """Reload from the store (raises StoreError; the last set stays in force)."""
