@@ -479,11 +479,14 @@ def gateway_config(mock_port: int, extra: Json) -> Json:
 
 
 def start_gateway(port: int, config: Json, work_dir: Path, name: str = "gateway",
-                  extra_args: Sequence[str] = ()) -> Service:
-    """`tollhouse serve` with `config` (written as JSON), its own data directory and `extra_args`."""
+                  extra_args: Sequence[str] = (), src: Path | None = None) -> Service:
+    """`tollhouse serve` with `config` (written as JSON), its own data directory and `extra_args`; `src`: run the
+    package from this source tree instead (another commit's `src/`, for side-by-side comparisons)."""
     config_path = work_dir / f"{name}.json"
     config_path.write_text(json.dumps(config, indent=1))
     env = {**os.environ, "TOLLHOUSE_LOG_LEVEL": "warning", "TOLLHOUSE_ADMIN_TOKEN": ADMIN_TOKEN}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     argv = [*tollhouse_command(), "serve", "--config", str(config_path), "--host", HOST, "--port", str(port),
             "--data-dir", str(work_dir / f"{name}-data"), *extra_args]
     service = start_service(name, argv, env, work_dir)

@@ -325,13 +325,13 @@ def _litellm(ctx: Ctx, port: int) -> Running:
 
 
 def _tollhouse(name: str, extra: Callable[[Ctx], Json], args: Sequence[str] = (),
-               redis: bool = False) -> Callable[[Ctx, int], Running]:
+               redis: bool = False, src: Path | None = None) -> Callable[[Ctx, int], Running]:
     def start(ctx: Ctx, port: int) -> Running:
         config = gateway_config(ctx.upstream_port, extra(ctx))
         if redis:
             url, _ = ctx.stack.enter_context(private_redis(ctx.work))
             config["counters"] = {"url": url}
-        service = start_gateway(port, config, ctx.work, name, extra_args=args)
+        service = start_gateway(port, config, ctx.work, name, extra_args=args, src=src)
         return Running(Target(name, port, "/openai/v1/chat/completions"), [service],
                        admin_base=f"http://{HOST}:{port}")
     return start
@@ -895,7 +895,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-seconds", type=int, default=None, help="soak length (default 600, quick 10)")
     parser.add_argument("--soak-rate", type=float, default=None, help="soak requests/s (default 100, quick 50)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for suite.{md,json,png}")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="also run the tollhouse targets from git revision REV (as baseline-observe, "
+                             "baseline-enforcing, ...), each right after its counterpart, in the same run")
     return parser.parse_args(argv)
+
+
+def add_baseline(rev: str, names: list[str], stack: contextlib.ExitStack) -> list[str]:
+    """Check REV out into a temporary worktree and add a `baseline-*` target after each tollhouse target."""
+    tree = Path(tempfile.mkdtemp(prefix="tollhouse-baseline-"))
+    subprocess.run(["git", "-C", str(HERE.parent), "worktree", "add", "--detach", str(tree), rev], check=True,
+                   capture_output=True)
+    stack.callback(lambda: subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force",
+                                           str(tree)], check=False, capture_output=True))
+    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    out: list[str] = []
+    for name in names:
+        out.append(name)
+        spec = TARGETS[name]
+        if not spec.tollhouse or not name.startswith("tollhouse-"):
+            continue
+        twin = "baseline-" + name.removeprefix("tollhouse-")
+        redis = name.startswith("tollhouse-enforcing-")
+        extra = (lambda ctx: {}) if name == "tollhouse-observe" else (lambda ctx: ctx.enforcing_config)
+        args = ("--workers", "2") if name.endswith("workers2") else ()
+        TARGETS[twin] = TargetSpec(twin, f"{spec.description}, from commit {commit} ({rev})",
+                                   _tollhouse(twin, extra, args, redis=redis, src=tree / "src"), tollhouse=True)
+        out.append(twin)
+    return out
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -917,7 +945,10 @@ def main(argv: list[str] | None = None) -> int:
         names.remove("direct")
     names.insert(0, "direct")  # the baseline is always measured (and first)
     ensure_debian_tools(need_redis=any(n.startswith("tollhouse-enforcing-") for n in names))
-    results = run_suite(args, plan, [TARGETS[n] for n in names], scenarios)
+    with contextlib.ExitStack() as stack:
+        if args.baseline:
+            names = add_baseline(args.baseline, names, stack)
+        results = run_suite(args, plan, [TARGETS[n] for n in names], scenarios)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, md_path, png_path = (args.out / f"suite.{ext}" for ext in ("json", "md", "png"))
     json_path.write_text(json.dumps(results, indent=1) + "\n")

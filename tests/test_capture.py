@@ -4,6 +4,7 @@ text of every metered call (streams assembled from their deltas), stores it with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,8 @@ def test_the_capture_mode_is_read_per_call(gateway_factory: Any, mock: Mock, tmp
     client = oai(gw)
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "before"}])
     assert gw.state is not None
-    gw.state.live.capture_mode = CaptureMode.enterprise  # what the agent does when its agent policy changes
+    live = gw.state.live_settings  # what the agent does when its agent policy changes:
+    live.publish(dataclasses.replace(live.current, capture_mode=CaptureMode.enterprise))
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "after"}])
     after, before = json.loads(gw.get("/api/v1/events?include=content")[1])["events"]
     assert before["prompt"] is None and after["prompt"] == "after" and after["response"]

@@ -385,7 +385,7 @@ def test_the_whole_queue_has_a_bound_that_names_itself(mock: Mock, gateway_facto
 def _reload(gw: Gateway) -> bool:
     """Have the gateway's policy holder read its rules file now (what its watcher does on a change)."""
     assert gw.state is not None and gw._loop is not None
-    changed: bool = asyncio.run_coroutine_threadsafe(gw.state.policy.reload(), gw._loop).result(10)
+    changed: bool = asyncio.run_coroutine_threadsafe(gw.state.policies.reload(), gw._loop).result(10)
     return changed
 
 

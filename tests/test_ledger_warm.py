@@ -38,14 +38,14 @@ def test_everyones_counters_are_loaded_before_their_first_call(tmp_path: Path) -
     async def run() -> None:
         state = await build_state(settings, tmp_path, "http://127.0.0.1:8787")
         try:
-            subject = state.directory.subject("alice")
+            subject = state.directory.current.subject("alice")
             caps = state.policy.current.subject_caps(subject)
             charge = Charge("openai", 1_000, 10, 10)
             hard = [cap.units if cap.hard else None for cap in caps]
             assert caps and state.ledger.try_reserve(caps, charge, now_ms, hard) is None  # would wait for the store
             await warm_counters(state)
             for who, spent in (("alice", 400_000_000), ("bob", 0)):
-                caps = state.policy.current.subject_caps(state.directory.subject(who))
+                caps = state.policy.current.subject_caps(state.directory.current.subject(who))
                 hard = [cap.units if cap.hard else None for cap in caps]
                 result = state.ledger.try_reserve(caps, charge, now_ms, hard)
                 assert result is not None, f"{who}'s counter was not loaded"

@@ -216,7 +216,7 @@ def agent(
 
     def ready(state: GatewayState, bound: int) -> None:
         _freeze_startup_heap()
-        plane = state.health["control_plane"]()
+        plane = state.health.current["control_plane"]()
         assert isinstance(plane, dict)
         typer.echo(f"Tollhouse agent {__version__} listening on http://{host}:{bound} for user "
                    f"{effective['user']}, control plane {cp_url} ({plane['state']}, running on "

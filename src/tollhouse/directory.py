@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from tollhouse.config import DirectoryConfig, Person
 
@@ -20,13 +22,14 @@ class Subject:
 
 
 class Directory:
-    """Lookups over one directory version; `replace()` swaps in another version whole (no await inside, so
-    a request never sees half of each)."""
+    """Lookups over one directory version, immutable: a new version is a new Directory, published whole (see
+    gateway.directory_holder), so a call that took one sees one version throughout. The Subject memo is a cache
+    of this immutable value, never shared between versions."""
+
+    __slots__ = ("_cache", "_parents", "_people", "_projects", "_services", "_team_cc", "config", "org",
+                 "people_by_key_hash", "version")
 
     def __init__(self, cfg: DirectoryConfig, version: int = 0) -> None:
-        self.replace(cfg, version)
-
-    def replace(self, cfg: DirectoryConfig, version: int) -> None:
         self.config = cfg
         self.version = version
         self.org = cfg.org
@@ -35,9 +38,9 @@ class Directory:
         self._projects = {p.id: p for p in cfg.projects}
         self._people: dict[str, Person] = {p.id: p for p in cfg.people}
         self._services = {s.id: s for s in cfg.services}
-        self.people_by_key_hash: dict[str, str] = {
+        self.people_by_key_hash: Mapping[str, str] = MappingProxyType({
             digest: p.id for p in cfg.people for digest in p.provider_key_sha256
-        }
+        })
         self._cache: dict[tuple[str, str | None], Subject] = {}
 
     def team_chain(self, team: str | None) -> tuple[str, ...]:

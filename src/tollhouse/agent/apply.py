@@ -19,8 +19,9 @@ from tollhouse.config import DirectoryConfig
 from tollhouse.control.agent_policy import AgentPolicyError, parse_agent_policy
 from tollhouse.events.records import AGENT_POLICY
 from tollhouse.gateway.directory_holder import DirectoryError, parse_directory
+from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules
-from tollhouse.gateway.state import GatewayState, rebuild_clients
+from tollhouse.gateway.state import GatewayState, publish_live
 
 log = logging.getLogger("tollhouse.agent")
 
@@ -54,10 +55,8 @@ class BundleApplier:
         self.errors: list[str] = []  # why parts of the last bundle were not applied (shown in /healthz)
 
     def apply_settings(self, effective: AgentSettings) -> None:
-        state = self._state
-        state.live.enforcement = effective.enforcement
-        state.live.capture_mode = effective.capture_mode
-        rebuild_clients(state, effective["upstream_proxy"] or None)
+        publish_live(self._state, LiveSettings(effective.enforcement, effective.capture_mode,
+                                               effective["upstream_proxy"] or None))
         changed = effective != self.effective
         self.effective = effective
         if changed:
@@ -88,6 +87,7 @@ class BundleApplier:
 
     async def _documents(self, bundle: dict[str, Any], note: str) -> list[str]:
         state = self._state
+        holder = state.policies
         errors: list[str] = []
         policy = bundle.get("policy") if isinstance(bundle.get("policy"), dict) else {}
         assert isinstance(policy, dict)
@@ -95,35 +95,34 @@ class BundleApplier:
         rules_ok = isinstance(raw, list)
         if not rules_ok:
             errors.append("the bundle has no policy rules list; keeping policy version "
-                          f"{state.policy.current.version}")
+                          f"{holder.current.version}")
         tz = str(policy.get("timezone") or "UTC")
         try:
             directory: DirectoryConfig | None = parse_directory(_content(bundle.get("directory")))
         except DirectoryError as exc:
             directory = None
-            errors.append(f"directory not applied, keeping version {state.directory.version}: {exc}")
-        target = directory or state.directory.config
+            errors.append(f"directory not applied, keeping version {state.directory.current.version}: {exc}")
+        target = directory or state.directory.current.config
         compiled = None
         if rules_ok:
             assert isinstance(raw, list)
             try:
                 compiled = compile_rules(raw, tz, target, 0, "control-plane policy")
             except RulesFileError as exc:
-                state.policy.error = str(exc)
-                errors.append(f"policy not applied, keeping version {state.policy.current.version}: {exc}")
-        if directory is not None and _json(directory) != _json(state.directory.config):
+                holder.error = str(exc)
+                errors.append(f"policy not applied, keeping version {holder.current.version}: {exc}")
+        if directory is not None and _json(directory) != _json(state.directory.current.config):
             try:
                 await state.directories.publish(_json(directory), ACTOR, note, source=ACTOR,
                                                 rules=compiled.rules if compiled is not None else None)
             except DirectoryError as exc:
-                errors.append(f"directory not applied, keeping version {state.directory.version}: {exc}")
-        if compiled is not None and isinstance(raw, list) and (raw != state.policy.raw
-                                                                or state.policy.source != ACTOR):
+                errors.append(f"directory not applied, keeping version {state.directory.current.version}: {exc}")
+        if compiled is not None and isinstance(raw, list) and (raw != holder.raw or holder.source != ACTOR):
             try:
-                await state.policy.publish(raw, ACTOR, ACTOR, note, timezone=tz)
+                await holder.publish(raw, ACTOR, ACTOR, note, timezone=tz)
             except RulesFileError as exc:
-                state.policy.error = str(exc)
-                errors.append(f"policy not applied, keeping version {state.policy.current.version}: {exc}")
+                holder.error = str(exc)
+                errors.append(f"policy not applied, keeping version {holder.current.version}: {exc}")
         return errors
 
 

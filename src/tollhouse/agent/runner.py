@@ -34,7 +34,8 @@ from tollhouse.config import DirectoryConfig, Settings
 from tollhouse.events import spool
 from tollhouse.events.store import StoreError
 from tollhouse.gateway.app import serve
-from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.state import GatewayState, add_health_section
+from tollhouse.lifespan import Background, Lifespan
 
 AGENT_ID_FILE = "agent_id"
 log = logging.getLogger("tollhouse.agent")
@@ -136,35 +137,37 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
             return {"id": ident, "user": applier.effective["user"], "settings": applier.effective.shown(),
                     "bundle_errors": applier.errors}
 
-        state.health["control_plane"] = sync.health
-        state.health["agent"] = agent_health
-        await sync.start()
+        add_health_section(state, "control_plane", sync.health)
+        add_health_section(state, "agent", agent_health)
         # Telemetry (branch `ship`): every call is spooled in the local store; the shipper delivers it. The
-        # proxy is the one in force at start (the Shipper has no live proxy switch yet).
+        # proxy is the one in force at start, then follows the agent policy.
         shipper = Shipper(state.runner, opts.control_plane, opts.token, applier.effective["upstream_proxy"] or None,
                           metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s)
-        shipper.start()
         follow.append(lambda s: shipper.set_proxy(s["upstream_proxy"] or None))  # a live proxy change
-        state.health["telemetry"] = lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized}
+        add_health_section(state, "telemetry",
+                           lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized})
         # Updates: the updater reads the release index now and then and whenever the agent policy changes;
         # its notices go to the local audit trail and to the control plane.
         local_proxy = effective["upstream_proxy"] or None  # set on this machine (env / managed file)
         notices = NoticeSender(opts.control_plane, opts.token, ident, local_proxy, state.audit)
-        notices.start()
         updater = Updater(sys.executable, running_version(), local_proxy, notices, opts.restart)
-        state.health["update"] = updater.status
-        updates = asyncio.create_task(_update_loop(updater, applier, policy_changed, opts.update_interval_s),
-                                      name="tollhouse-agent-updates")
-        pruning = asyncio.create_task(_prune_loop(state, opts.retention_days, clock), name="tollhouse-agent-prune")
+        add_health_section(state, "update", updater.status)
+        # Started in this order, stopped in reverse; what started is stopped even if a later start fails.
+        parts = Lifespan()
+        parts.add("bundle sync", sync.start, sync.stop)
+        parts.add("update notices", notices.start, notices.stop)
+        parts.add("telemetry shipper", shipper.start, shipper.stop)
+        async def flush_events() -> None:
+            await state.writer.flush(10.0)  # bounded: storage that fails must not hold the shutdown
+
+        parts.add("events flushed for the shipper", stop=flush_events)
+        Background("tollhouse-agent-updates",
+                   lambda: _update_loop(updater, applier, policy_changed, opts.update_interval_s)).add_to(parts)
+        Background("tollhouse-agent-prune", lambda: _prune_loop(state, opts.retention_days, clock)).add_to(parts)
+        await parts.start()
 
         async def cleanup() -> None:
-            updates.cancel()
-            pruning.cancel()
-            await asyncio.gather(updates, pruning, return_exceptions=True)
-            await state.writer.flush()
-            await shipper.stop()
-            await notices.stop()
-            await sync.stop()
+            await parts.stop()
 
         return cleanup
 

@@ -131,9 +131,10 @@ async def create_gateway_key(request: Request, state: GatewayState) -> Response:
     label = data.get("label") if isinstance(data.get("label"), str) else None
     if (problem := valid_subject_id(user)) is not None:
         return api_error(400, f"user is not a valid id: {problem}", "bad_request")
-    if not state.directory.knows(user) and data.get("allow_unknown") is not True:
+    directory = state.directory.current
+    if not directory.knows(user) and data.get("allow_unknown") is not True:
         return api_error(400, f"user {user!r} is not a person or service of the directory (version "
-                         f"{state.directory.version}); add them with PUT /api/v1/directory, or send "
+                         f"{directory.version}); add them with PUT /api/v1/directory, or send "
                          '"allow_unknown": true to create the key anyway', "unknown_user")
     key, record = await state.runner.run(lambda s: create_key(s, user, label))
     return json_response({"key": key, "prefix": record.prefix, "user": record.subject, "label": record.label},
@@ -167,21 +168,22 @@ async def openapi(request: Request, state: GatewayState) -> Response:
 
 
 async def healthz(request: Request, state: GatewayState) -> Response:
-    policy = state.policy.status()
+    policy = state.policies.status()
+    live = state.live_settings.current
     events = storage.health(state.writer, state.metrics)
     return json_response({
         "status": events["status"],
         "version": __version__,
         "pid": os.getpid(),
-        "enforcement": state.live.enforcement.value,
-        "capture_mode": state.live.capture_mode.value,
+        "enforcement": live.enforcement.value,
+        "capture_mode": live.capture_mode.value,
         "events_pending": state.writer.pending,
         "events_written": state.writer.written,
-        "providers": sorted(state.providers),
+        "providers": sorted(state.providers.current),
         "policy": {"version": policy.version, "source": policy.source, "rules": policy.rules,
                    "error": policy.error},
         "events": events,
-        **{name: section() for name, section in state.health.items()},
+        **{name: section() for name, section in state.health.current.items()},
     }, 200 if events["accepting"] else 503)  # not accepting: new calls get 503 (take this gateway out)
 
 

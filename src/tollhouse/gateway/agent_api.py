@@ -72,18 +72,19 @@ async def list_agents(request: Request, state: GatewayState) -> Response:
 
 def _etag(state: GatewayState) -> str:
     agent_version = state.docs.feed.versions.get(AGENT_POLICY, 0)
-    return f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.version}"'
+    return f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.current.version}"'
 
 
 async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
     doc = await state.docs.latest(AGENT_POLICY)
+    # after the await: the policy and directory in force now, each read once (`raw` changes with the policy)
+    policy, rules, directory = state.policy.current, state.policies.raw, state.directory.current
     return {
         "etag": etag,
-        "policy": {"version": state.policy.current.version, "rules": state.policy.raw,
-                   "timezone": state.settings.policy.timezone},
+        "policy": {"version": policy.version, "rules": rules, "timezone": state.settings.policy.timezone},
         "agent_policy": agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
-        "directory": {"version": state.directory.version,
-                      **state.directory.config.model_dump(mode="json", exclude_defaults=True)},
+        "directory": {"version": directory.version,
+                      **directory.config.model_dump(mode="json", exclude_defaults=True)},
     }
 
 

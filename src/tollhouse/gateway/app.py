@@ -24,6 +24,7 @@ from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Request, Response, Streamed, json_response
 from tollhouse.gateway.state import GatewayState, build_state
 from tollhouse.gateway.wire_limits import server_limits
+from tollhouse.lifespan import Background
 from tollhouse.providers.family import Family
 from tollhouse.wire.server import Exchange, Head, HttpServer, ProtocolClosed
 
@@ -163,51 +164,65 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 worker: int | None = None, extension: Extension | None = None) -> None:
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out.
     `worker`: this process is one of `serve --workers N` (they share the port through SO_REUSEPORT).
-    `extension`: what the agent adds (see Extension)."""
+    `extension`: what the agent adds (see Extension).
+
+    Every component runs under the state's one Lifespan: started in order, stopped in reverse (see
+    build_state for the state's own; here: the start-up announcement, the extension, the store follower, the
+    counter warmer, the ledger sweeper, the server, and the agents' long-polls)."""
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker)
-    state.writer.start()
-    state.audit.start()
-    state.policy.on_change = lambda kind, data: state.audit.record(kind, "gateway", data)
-    state.policy.start()
-    await state.overrides.start()
-    status = state.policy.status()
+    lifespan = state.lifespan
+    lifespan.add("start-up audit", lambda: _announce(state))
+    cleanup: Callable[[], Awaitable[None]] | None = None
+
+    async def start_extension() -> None:
+        nonlocal cleanup
+        if extension is not None:
+            cleanup = await extension(state)
+
+    async def stop_extension() -> None:
+        if cleanup is not None:
+            await cleanup()
+
+    lifespan.add("extension", start_extension, stop_extension)
+    Background("tollhouse-follow-store", lambda: _follow_store(state)).add_to(lifespan)
+    warmer = Background("tollhouse-ledger-warm", lambda: warm_counters(state)).add_to(lifespan)
+    Background("tollhouse-ledger-sweeper", lambda: _expire_reservations(state)).add_to(lifespan)
+    server = HttpServer(GatewayApp(state), limits=server_limits(settings.limits),
+                        on_refused=state.metrics.connections_refused.inc)
+
+    async def listen() -> None:
+        nonlocal port
+        try:
+            # --workers: every worker listens on the same port and the kernel spreads connections over them
+            port = await server.start(host, port, reuse_port=worker is not None)
+        except OSError as exc:
+            raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
+
+    lifespan.add("server", listen, lambda: server.stop(grace_s=10))
+    lifespan.add("agent long-polls", stop=state.docs.feed.close)  # answered first, rather than hold the shutdown
+    await lifespan.start()
+    try:
+        # Listening already; give the counters a moment to load before saying so (a big directory goes on
+        # loading in the background).
+        assert warmer.task is not None
+        await asyncio.wait([warmer.task], timeout=2.0)
+        if ready is not None:
+            ready(state, port)
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await lifespan.stop()
+
+
+async def _announce(state: GatewayState) -> None:
+    """Audit the start (and an enforcement switch since the last one)."""
+    settings = state.settings
+    status = state.policies.status()
     await _audit_mode_switch(state)
     state.audit.record("gateway.started", "gateway", {
         "enforcement": settings.enforcement.value, "enforce_teams": list(settings.policy.enforce_teams),
         "capture_mode": settings.capture_mode.value, "policy_version": status.version,
         "policy_source": status.source, "rules": [r.id for r in state.policy.current.rules],
         "counters": "redis" if settings.counters.url != "local://" else "local"})
-    try:
-        cleanup = await extension(state) if extension is not None else None
-    except BaseException:
-        await state.close()
-        raise
-    sweeper = asyncio.create_task(_expire_reservations(state), name="tollhouse-ledger-sweeper")
-    warmer = asyncio.create_task(warm_counters(state), name="tollhouse-ledger-warm")
-    follower = asyncio.create_task(_follow_store(state), name="tollhouse-follow-store")
-    server = HttpServer(GatewayApp(state), limits=server_limits(settings.limits),
-                        on_refused=state.metrics.connections_refused.inc)
-    try:
-        try:
-            # --workers: every worker listens on the same port and the kernel spreads connections over them
-            port = await server.start(host, port, reuse_port=worker is not None)
-        except OSError as exc:
-            raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
-        # Listening already; give the counters a moment to load before saying so (a big directory goes on
-        # loading in the background).
-        await asyncio.wait([warmer], timeout=2.0)
-        if ready is not None:
-            ready(state, port)
-        await (stop or asyncio.Event()).wait()
-    finally:
-        state.docs.feed.close()  # answer agents' long-polls now rather than hold the shutdown
-        await server.stop(grace_s=10)
-        sweeper.cancel()
-        warmer.cancel()
-        follower.cancel()
-        if cleanup is not None:
-            await cleanup()
-        await state.close()
 
 
 async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> None:
@@ -221,10 +236,11 @@ async def warm_counters(state: GatewayState) -> None:
     subject at a time): without it each person's first call after a restart waits for a store read, queued
     behind the store thread's event inserts."""
     policy = state.policy.current
+    directory = state.directory.current
     now_ms = int(state.clock() * 1000)
     try:
-        for subject_id in state.directory.subject_ids():
-            caps = policy.subject_caps(state.directory.subject(subject_id))
+        for subject_id in directory.subject_ids():
+            caps = policy.subject_caps(directory.subject(subject_id))
             if caps:
                 await state.ledger.warm(caps, now_ms)
     except StoreError as exc:
@@ -251,7 +267,7 @@ async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
         await asyncio.sleep(every_s)
         try:
             versions = await state.docs.latest_versions()  # one read serves all three
-            await state.policy.poll(versions)
+            await state.policies.poll(versions)
             await state.directories.poll(versions)
             await state.docs.refresh(versions)
         except StoreError as exc:

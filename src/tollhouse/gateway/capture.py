@@ -17,7 +17,7 @@ from tollhouse.providers.base import prompt_text
 
 def capturing(state: GatewayState) -> bool:
     """The capture mode in force now (live: the agent switches it from its control plane's agent policy)."""
-    return state.live.capture_mode is CaptureMode.enterprise
+    return state.live_settings.current.capture_mode is CaptureMode.enterprise
 
 
 def call_prompt(state: GatewayState, parsed: dict[str, Any] | None) -> str | None:

@@ -27,7 +27,7 @@ async def console(request: Request, state: GatewayState) -> Response:
         for e in events)
     total = sum(e["cost_usd"] or 0 for e in events)
     html = (f"<!doctype html><html><head><meta charset=utf-8><title>Tollhouse</title><style>{STYLE}</style>"
-            f"</head><body><h1>Tollhouse</h1><p>Org <b>{escape(state.directory.org)}</b> · enforcement "
-            f"<b>{state.live.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
+            f"</head><body><h1>Tollhouse</h1><p>Org <b>{escape(state.directory.current.org)}</b> · enforcement "
+            f"<b>{state.live_settings.current.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
             f"<table><tr>{head}</tr>{body}</table></body></html>")
     return text_response(html, "text/html; charset=utf-8")

@@ -2,6 +2,9 @@
 
 A new directory must keep every rule of the current policy valid (a rule aimed at a team that would
 vanish is named, and nothing changes). Gateways sharing the store adopt each other's versions.
+
+Each version is a new immutable Directory, published whole into `published` (GatewayState.directory); a call
+reads `.current` once and resolves everything about itself in that one version.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tollhouse.directory import Directory
 from tollhouse.events.records import DocumentVersion
 from tollhouse.gateway.policy_holder import PolicyHolder
 from tollhouse.policy.rules import Rule
+from tollhouse.snapshot import Published
 
 log = logging.getLogger("tollhouse.directory")
 KIND = "directory"
@@ -37,9 +41,9 @@ def parse_directory(data: object) -> DirectoryConfig:
 
 
 class DirectoryHolder:
-    def __init__(self, directory: Directory, policy: PolicyHolder, configured: DirectoryConfig,
+    def __init__(self, published: Published[Directory], policy: PolicyHolder, configured: DirectoryConfig,
                  docs: Documents) -> None:
-        self.directory = directory
+        self.published = published
         self._policy = policy
         self._configured = configured
         self._docs = docs
@@ -62,7 +66,7 @@ class DirectoryHolder:
             if latest is not None or body != self._json(DirectoryConfig()):
                 await self._store(self._configured, "config", "config", latest.body if latest else {})
             return
-        if latest is not None and latest.version != self.directory.version:
+        if latest is not None and latest.version != self.published.current.version:
             self._adopt(latest)
 
     def _adopt(self, doc: DocumentVersion) -> None:
@@ -74,8 +78,8 @@ class DirectoryHolder:
         self._install(cfg, doc.version)
 
     def _install(self, cfg: DirectoryConfig, version: int) -> None:
-        self.directory.replace(cfg, version)
         self._policy.directory = cfg
+        self.published.publish(Directory(cfg, version))
         self._docs.feed.set(KIND, version)
 
     async def publish(self, data: object, actor: str, note: str | None = None, source: str = "api",
@@ -86,7 +90,7 @@ class DirectoryHolder:
         problems = target_problems(self._policy.current.rules if rules is None else rules, cfg)
         if problems:
             raise DirectoryError([f"the current policy would break: {p}; change the policy first" for p in problems])
-        return await self._store(cfg, actor, source, self._json(self.directory.config), note)
+        return await self._store(cfg, actor, source, self._json(self.published.current.config), note)
 
     async def _store(self, cfg: DirectoryConfig, actor: str, source: str, before: dict[str, Any],
                      note: str | None = None) -> DocumentVersion:
@@ -97,7 +101,7 @@ class DirectoryHolder:
     async def poll(self, versions: Mapping[str, int]) -> None:
         """Adopt a newer version another gateway sharing the store wrote (`versions`: the store's latest)."""
         latest = versions.get(KIND, 0)
-        if latest > self.directory.version:
+        if latest > self.published.current.version:
             doc = await self._docs.latest(KIND)
             if doc is not None:
                 self._adopt(doc)

@@ -35,7 +35,7 @@ def enforced_for(enforcement: Enforcement, enforce_teams: tuple[str, ...], subje
 
 def enforced(state: GatewayState, subject: Subject) -> bool:
     """Whether the policy is applied to this subject's calls now (live: the agent switches it)."""
-    return enforced_for(state.live.enforcement, state.settings.policy.enforce_teams, subject)
+    return enforced_for(state.live_settings.current.enforcement, state.settings.policy.enforce_teams, subject)
 
 
 def count_violations(state: GatewayState, verdict: Verdict, subject: Subject, model: str | None) -> None:

@@ -56,7 +56,7 @@ async def file_request(state: GatewayState, data: Mapping[str, object], client_a
     `client_address`: where the request came from (the per-address limit)."""
     rule_ids = {r.id for r in state.policy.current.rules}
     x = parse_request(data, rule_ids, "ex-" + secrets.token_hex(8), int(state.clock() * 1000),
-                      state.directory.knows, client_address)
+                      state.directory.current.knows, client_address)
     c = state.settings.exemptions
     check = queue_check(x, QueueLimits(c.max_pending_per_subject, c.max_pending_per_address, c.max_pending),
                         lambda exemption_id: status_url(state, exemption_id))
@@ -105,7 +105,7 @@ async def approve(state: GatewayState, exemption_id: str, data: Mapping[str, obj
         "hours": approval.hours, "expires": iso_ts(expires_ms), "note": approval.note,
         "justification": x.justification})
     try:
-        await state.overrides.refresh()
+        await state.override_loader.refresh()
     except Exception as exc:  # stored and audited; the periodic refresh puts it in force
         log.error("exemption %s approved but the overrides could not be reloaded yet: %s", x.id, exc)
     log.info("exemption %s approved by %s: %s may pass rule %s for %d h", x.id, reviewer, x.subject, x.rule_id,
@@ -118,11 +118,11 @@ async def _approve_rule_edit(state: GatewayState, x: Exemption, rule: dict[str, 
     """Add the rule to the policy, or replace the rule with its id, as a new policy version (audited with its
     diff as policy.changed); then the exemption is approved. Nothing changes if the policy does not validate."""
     base = state.policy.current.version
-    current = list(state.policy.raw)
+    current = list(state.policies.raw)
     at = next((i for i, r in enumerate(current) if isinstance(r, dict) and r.get("id") == rule["id"]), None)
     rules = [*current, rule] if at is None else [*current[:at], rule, *current[at + 1:]]
     try:
-        doc = await state.policy.publish(rules, reviewer, f"exemption:{x.id}", note or f"exemption {x.id}", base)
+        doc = await state.policies.publish(rules, reviewer, f"exemption:{x.id}", note or f"exemption {x.id}", base)
     except RulesFileError as exc:
         raise ExemptionProblems([Problem("rule", f"the policy was not changed: {p}") for p in exc.problems]) from None
     except FileAuthoritative as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tollhouse.directory import Subject
+from tollhouse.directory import Directory, Subject
 from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.keys import KEY_PREFIX, sha256_hex
@@ -35,10 +35,10 @@ def _bad_header(name: str, value: str) -> Problem | None:
 
 
 async def identify(request_header: dict[str, str | None], state: GatewayState, route: ProviderRoute,
-                   key: str | None) -> Identity:
+                   key: str | None, directory: Directory) -> Identity:
     """`request_header`: the caller's X-Tollhouse-User and X-Tollhouse-Project values; `key`: the API key the
-    caller sent, wherever its family carries it."""
-    directory = state.directory
+    caller sent, wherever its family carries it; `directory`: the version the call took when it started (the
+    whole call is resolved in it, whatever is published meanwhile)."""
     project = request_header.get(PROJECT_HEADER) or None
     if project is not None and (bad := _bad_header("X-Tollhouse-Project", project)) is not None:
         return Identity(directory.subject("anonymous"), None, bad)
@@ -54,35 +54,35 @@ async def identify(request_header: dict[str, str | None], state: GatewayState, r
                 "provider_key_missing", 502, f"Tollhouse has no real API key for provider '{route.id}' to use "
                 f"with gateway keys. Set providers.{route.id}.api_key or its api_key_env variable on the "
                 "gateway.", always=True))
-        return _known(state, Identity(subject, route.api_key, redactor=route.redactor))
+        return _known(state, directory, Identity(subject, route.api_key, redactor=route.redactor))
     user = request_header.get(USER_HEADER) if state.settings.identity.trust_user_header else None
     if user:
         if (bad := _bad_header("X-Tollhouse-User", user)) is not None:
             return Identity(directory.subject("anonymous", project), None, bad)
-        return _known(state, Identity(directory.subject(user, project), None))
+        return _known(state, directory, Identity(directory.subject(user, project), None))
     default_user = state.settings.identity.default_user  # the agent: the machine's configured user
     if default_user:
-        return _known(state, Identity(directory.subject(default_user, project), None))
+        return _known(state, directory, Identity(directory.subject(default_user, project), None))
     if key is None:
-        return _known(state, Identity(directory.subject("anonymous", project), None))
+        return _known(state, directory, Identity(directory.subject("anonymous", project), None))
     digest = sha256_hex(key)
     person = directory.people_by_key_hash.get(digest)
-    return _known(state, Identity(directory.subject(person or f"key:{digest[:12]}", project), None))
+    return _known(state, directory, Identity(directory.subject(person or f"key:{digest[:12]}", project), None))
 
 
-def _known(state: GatewayState, ident: Identity) -> Identity:
+def _known(state: GatewayState, directory: Directory, ident: Identity) -> Identity:
     """Unknown callers and made-up projects are problems (refused while enforcing, see decide)."""
     subject = ident.subject
-    if subject.kind == "unknown" and _unknown_callers_refused(state):
+    if subject.kind == "unknown" and _unknown_callers_refused(state, directory):
         return ident._replace(problem=Problem(
             "unknown_caller", 401,
             f"Tollhouse does not know who is calling ({subject.id}): the caller is no person or service of the "
             "organisation's directory. Use a gateway key (ask your administrator: tollhouse keys create --user "
             "NAME), or have your provider key registered for you in the directory (provider_key_sha256)."))
     project = subject.project
-    if project is not None and not state.directory.has_project(project):
+    if project is not None and not directory.has_project(project):
         # A made-up name must not open a fresh budget counter.
-        known = ", ".join(state.directory.project_ids()[:20]) or "none are configured"
+        known = ", ".join(directory.project_ids()[:20]) or "none are configured"
         return ident._replace(problem=Problem(
             "unknown_project", 400, f"X-Tollhouse-Project names {project!r}, which is not a project in the "
             f"Tollhouse directory (known: {known}). Use one of them, or leave the header out to use your default "
@@ -90,10 +90,10 @@ def _known(state: GatewayState, ident: Identity) -> Identity:
     return ident
 
 
-def _unknown_callers_refused(state: GatewayState) -> bool:
+def _unknown_callers_refused(state: GatewayState, directory: Directory) -> bool:
     """identity.unknown_callers: block / allow; unset: block once the directory names anyone (with an empty
     directory every caller is unknown, and only an explicit `block` refuses them all)."""
     setting = state.settings.identity.unknown_callers
     if setting is not None:
         return setting == "block"
-    return bool(state.directory.subject_ids())
+    return bool(directory.subject_ids())

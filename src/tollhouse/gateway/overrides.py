@@ -1,7 +1,9 @@
 """The approved exemption overrides, kept in memory for the request path.
 
 Loaded at start, reloaded when this gateway approves one and every `refresh_interval_s` (so gateways that
-share a store converge within seconds). A call only reads `current`: no store round trip per request.
+share a store converge within seconds). Each load is published whole as an immutable OverrideSet
+(`GatewayState.overrides`, a Published[OverrideSet]); a call reads `.current` once: no store round trip per
+request.
 Expiry needs no reload: each override carries its expiry and is checked against the call's time.
 """
 
@@ -9,27 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from tollhouse.control.exemptions import OverrideSet
 from tollhouse.events.writer import StoreRunner
+from tollhouse.snapshot import Published
 
 log = logging.getLogger("tollhouse.exemptions")
 
 
 class OverrideHolder:
+    """Loads the approved overrides and publishes each load into `published`."""
+
     def __init__(self, runner: StoreRunner, clock: Callable[[], float], interval_s: float) -> None:
-        self.current = OverrideSet()
+        self.published: Published[OverrideSet] = Published(OverrideSet())
         self._runner = runner
         self._clock = clock
         self._interval = interval_s
         self._started = 0  # refreshes begun; a slower, older one never replaces a newer result
         self._applied = 0
         self._task: asyncio.Task[None] | None = None
-
-    def for_subject(self, subject: str, now_ms: int) -> Mapping[str, str]:
-        """Rule id → exemption id of the subject's overrides in force at `now_ms`."""
-        return self.current.for_subject(subject, now_ms)
 
     async def refresh(self) -> None:
         """Reload from the store (raises StoreError; the last set stays in force)."""
@@ -39,7 +40,7 @@ class OverrideHolder:
         rows = await self._runner.run(lambda s: s.active_overrides(now_ms))
         if ticket > self._applied:
             self._applied = ticket
-            self.current = OverrideSet(rows)
+            self.published.publish(OverrideSet(rows))
 
     async def start(self) -> None:
         try:
@@ -59,4 +60,5 @@ class OverrideHolder:
             try:
                 await self.refresh()
             except Exception as exc:
-                log.warning("could not reload the approved exemptions, keeping %d: %s", self.current.size, exc)
+                log.warning("could not reload the approved exemptions, keeping %d: %s", self.published.current.size,
+                            exc)

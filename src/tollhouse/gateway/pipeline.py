@@ -40,7 +40,7 @@ from tollhouse.ledger.types import Charge, ReserveResult
 from tollhouse.model_limits import worst_output_tokens
 from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
 from tollhouse.policy.dlp import Inspection
-from tollhouse.policy.engine import CallFacts
+from tollhouse.policy.engine import CallFacts, CompiledPolicy
 from tollhouse.providers.base import Endpoint, RequestFacts
 from tollhouse.providers.classify import EndpointClass, passthrough_allows
 from tollhouse.providers.classify import classify as classify_path
@@ -80,9 +80,10 @@ def classify(request: Request, state: GatewayState) -> Classified | Response:
     except PathError as exc:
         provider_id, forward_path = request.path[1:].partition("/")[0], "/"
         problem = Problem("invalid_path", 400, str(exc), always=True)
-    route = state.providers.get(provider_id)
+    routes = state.providers.current
+    route = routes.get(provider_id)
     if route is None:
-        known = ", ".join(f"/{p}/" for p in sorted(state.providers))
+        known = ", ".join(f"/{p}/" for p in sorted(routes))
         return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
                               f"Configured prefixes: {known}. Add it under `providers:` in the config.",
                               "unknown_provider")
@@ -128,6 +129,9 @@ async def read(request: Request, state: GatewayState, where: Classified, query: 
 
 async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     started = time.perf_counter()
+    # The call's versions, taken once before anything awaits: it is identified in this directory and judged
+    # under this policy, whatever is published while it runs.
+    policy, directory = state.policy.current, state.directory.current
     now_s = state.clock()
     ts_ms = int(now_s * 1000)
     where = classify(request, state)
@@ -136,7 +140,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     route = where.route
     query = request.query if route.family is Family.gemini else {}
     ident = await identify({USER_HEADER: request.header(USER_HEADER), PROJECT_HEADER: request.header(PROJECT_HEADER)},
-                           state, route, route.protocol.client_key(request.headers, query))
+                           state, route, route.protocol.client_key(request.headers, query), directory)
     unrecordable = storage.problem(state.writer, state.metrics)
     if unrecordable is not None:
         got = Read(b"", None, _NO_FACTS, unrecordable)
@@ -165,7 +169,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             content = await inspect_request(state, got.parsed, ident.subject)
             prompt, inspection = content.prompt, content.inspection
             capture = capturing(state)
-        verdict, reservation, worst = await _judge(state, where, ident, got, problems, inspection, now_s, ts_ms)
+        verdict, reservation, worst = await _judge(state, policy, where, ident, got, problems, inspection, now_s,
+                                                   ts_ms)
         if verdict is not None and verdict.blocked:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
                                         datetime.fromtimestamp(now_s, UTC))
@@ -207,12 +212,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                                started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst), event_id))
 
 
-async def _judge(state: GatewayState, where: Classified, ident: Identity, got: Read, problems: tuple[Problem, ...],
-                 inspection: Inspection | None, now_s: float, ts_ms: int
+async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified, ident: Identity, got: Read,
+                 problems: tuple[Problem, ...], inspection: Inspection | None, now_s: float, ts_ms: int
                  ) -> tuple[Verdict | None, object | None, Charge | None]:
-    """decide, reserve, decide again on the ledger's numbers. Returns the verdict, the reservation and the
-    worst case it holds."""
-    policy = state.policy.current
+    """decide, reserve, decide again on the ledger's numbers, all under `policy` (the call's version). Returns
+    the verdict, the reservation and the worst case it holds."""
     subject = ident.subject
     if policy.empty and not problems:
         return None, None, None
@@ -224,7 +228,7 @@ async def _judge(state: GatewayState, where: Classified, ident: Identity, got: R
                      None if inspection is None else inspection.rule_ids,
                      frozenset() if inspection is None else inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
-    exemptions = state.overrides.for_subject(subject.id, ts_ms) if not policy.empty else {}
+    exemptions = state.overrides.current.for_subject(subject.id, ts_ms) if not policy.empty else {}
     verdict = decide(gate, policy, call, subject, now, exemptions)
     for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
         # A batch is judged on every model its requests name: one the rules refuse refuses the batch.

@@ -42,7 +42,7 @@ async def json_body(request: Request, empty: Any = None) -> Any:
 # the policy
 
 def _policy_json(state: GatewayState, doc: DocumentVersion | None = None) -> dict[str, Any]:
-    holder = state.policy
+    holder = state.policies
     if doc is None:
         return {"version": holder.current.version, "rules": holder.raw, "source": holder.source,
                 "authoritative": holder.authoritative}
@@ -75,7 +75,7 @@ async def put_policy(request: Request, state: GatewayState) -> Response:
 async def _publish(request: Request, state: GatewayState, rules: list[Any], source: str, note: str | None,
                    base: int | None = None) -> Response:
     try:
-        doc = await state.policy.publish(rules, actor(request), source, note, base)
+        doc = await state.policies.publish(rules, actor(request), source, note, base)
     except RulesFileError as exc:
         raise refused("policy", "invalid_policy", exc.problems) from None
     except VersionConflict as exc:
@@ -139,7 +139,7 @@ async def put_agent_policy(request: Request, state: GatewayState) -> Response:
 # the directory
 
 async def get_directory(request: Request, state: GatewayState) -> Response:
-    d = state.directory
+    d = state.directory.current
     return json_response({"version": d.version, "directory": d.config.model_dump(mode="json", exclude_defaults=True)})
 
 

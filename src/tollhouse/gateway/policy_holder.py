@@ -21,6 +21,7 @@ from tollhouse.control.documents import Documents
 from tollhouse.events.records import DocumentVersion
 from tollhouse.policy.engine import CompiledPolicy
 from tollhouse.policy.rules import PolicyError, parse_rules
+from tollhouse.snapshot import Published
 
 log = logging.getLogger("tollhouse.policy")
 
@@ -88,7 +89,8 @@ class FileAuthoritative(Exception):
 
 
 class PolicyHolder:
-    """Holds the current compiled policy; `current` is replaced whole, never mutated.
+    """Publishes the compiled policy into `published` (GatewayState.policy): each version is a new immutable
+    CompiledPolicy, published whole, never mutated; `raw` and `source` change with it, in the same step.
 
     Every policy is a version in the store (`documents`, kind "policy"): API edits, rollbacks, and the
     config or rules file when it changes. The version number is the store's.
@@ -99,7 +101,7 @@ class PolicyHolder:
 
     def __init__(self, initial: CompiledPolicy, raw: list[Any], source: str, path: Path | None, timezone: str,
                  directory: DirectoryConfig) -> None:
-        self.current = initial
+        self.published: Published[CompiledPolicy] = Published(initial)
         self.raw = raw  # the rules as written (API output, diffs)
         self.source = source
         self.error: str | None = None
@@ -112,6 +114,11 @@ class PolicyHolder:
         self._docs: Documents | None = None
         self._lock = asyncio.Lock()
         self.on_change: Callable[[str, dict[str, Any]], None] = lambda kind, data: None
+
+    @property
+    def current(self) -> CompiledPolicy:
+        """The policy in force now (the request path reads `published.current` directly)."""
+        return self.published.current
 
     @property
     def authoritative(self) -> str:
@@ -172,10 +179,10 @@ class PolicyHolder:
         self._install(compiled, raw, doc.source)
 
     def _install(self, compiled: CompiledPolicy, raw: list[Any], source: str) -> None:
-        self.current = compiled
         self.raw = raw
         self.source = source
         self.error = None
+        self.published.publish(compiled)
         if self._docs is not None:
             self._docs.feed.set("policy", compiled.version)
 

@@ -36,13 +36,14 @@ async def spend(request: Request, state: GatewayState) -> Response:
     now_ms = int(state.clock() * 1000)
     lc = state.settings.ledger
     start, end = window_bounds_ms(window, now_ms, lc.billing_day, zone(lc.timezone))
-    ids = state.directory.descendants(ident) if scope == "team" else (ident,)
+    directory, policy = state.directory.current, state.policy.current  # one version of each for the answer
+    ids = directory.descendants(ident) if scope == "team" else (ident,)
     await state.writer.flush(2.0)  # never hang on failing storage
     totals = await state.runner.run(lambda s: s.usage_totals(scope, ids, start, min(end, now_ms + 1)))
     if provider:
         totals = {p: v for p, v in totals.items() if p == provider}
-    subject = state.directory.subject(ident) if scope == "subject" else None
-    caps = state.policy.current.caps_counting(scope, ident, subject)
+    subject = directory.subject(ident) if scope == "subject" else None
+    caps = policy.caps_counting(scope, ident, subject)
     cap_rows = []
     for cap in caps:
         try:

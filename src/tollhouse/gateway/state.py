@@ -1,4 +1,4 @@
-"""The one state object, built at start-up and passed down (frozen)."""
+"""The one state object, built at start-up and passed down (frozen; what changes is published as snapshots)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
 from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import ProviderConfig, Settings
 from tollhouse.control.documents import ChangeFeed, Documents
+from tollhouse.control.exemptions import OverrideSet
 from tollhouse.directory import Directory
 from tollhouse.events.journal import PROVISIONAL, Journal, Recovered, recover
 from tollhouse.events.model import CallEvent
@@ -34,11 +38,14 @@ from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
 from tollhouse.ledger.outage import OutageTracker
 from tollhouse.ledger.redis import RedisLedger
+from tollhouse.lifespan import Lifespan
+from tollhouse.policy.engine import CompiledPolicy
 from tollhouse.policy.timewindow import zone
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.base import ProviderProtocol
 from tollhouse.providers.family import Family
 from tollhouse.providers.protocols import protocol_for
+from tollhouse.snapshot import Published
 from tollhouse.wire.client import Client
 
 log = logging.getLogger("tollhouse")
@@ -60,39 +67,60 @@ class ProviderRoute:
 
 @dataclass(frozen=True, slots=True)
 class GatewayState:
+    """Everything a handler needs, built at start-up and never reassigned.
+
+    Immutable configuration: `settings`, `data_dir`, `admin_token`, `console_url`, `prices`, `clock`, `loop`.
+
+    What changes at run time is an immutable snapshot behind a `Published` handle (tollhouse.snapshot): read
+    `.current` once per call and use that value throughout, so a call sees one consistent version; a change
+    publishes a new value whole and never mutates the old one.
+      - `policy`: the CompiledPolicy in force. Published by `policies` (API edits, rollbacks, the rules file,
+        exemption approvals, an agent's bundle, versions another gateway sharing the store wrote).
+      - `directory`: the Directory in force, one new instance per version. Published by `directories`.
+      - `live_settings`: enforcement, capture mode, upstream proxy (LiveSettings). Published by the agent when its
+        agent policy changes (`publish_live`); a gateway keeps the values of its config.
+      - `providers`: provider id → ProviderRoute (a MappingProxyType). Republished whole by `rebuild_routes` when
+        the upstream proxy changes; calls in flight keep the route (and client) they started with.
+      - `overrides`: the approved exemption overrides (OverrideSet). Published by `override_loader`.
+      - `health`: extra /healthz sections by name (a MappingProxyType). Published by `add_health_section`.
+
+    Long-lived services (internally synchronised, started and stopped by `lifespan`): metrics, runner, writer,
+    keys, ledger, audit, docs, enrollment, outage, and the snapshot writers above.
+    """
+
     settings: Settings
     data_dir: Path
     admin_token: str
-    providers: dict[str, ProviderRoute]  # routes are replaced whole (rebuild_clients), never mutated
-    directory: Directory
+    console_url: str
     prices: PriceBook
+    clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
+    loop: asyncio.AbstractEventLoop  # the event loop the gateway serves on
+    # live state: immutable snapshots
+    policy: Published[CompiledPolicy]
+    directory: Published[Directory]
+    live_settings: Published[LiveSettings]
+    providers: Published[Mapping[str, ProviderRoute]]
+    overrides: Published[OverrideSet]
+    health: Published[Mapping[str, Callable[[], object]]]
+    # what publishes them
+    policies: PolicyHolder
+    directories: DirectoryHolder
+    override_loader: OverrideHolder  # loads approved exemption overrides into `overrides`
+    # long-lived services
     metrics: GatewayMetrics
     runner: StoreRunner
     writer: EventWriter
     keys: KeyCache
-    console_url: str
-    policy: PolicyHolder
     ledger: Ledger
-    clock: Callable[[], float]  # wall clock, seconds (time.time; tests pass a fake)
     audit: AuditLog
     docs: Documents  # versioned control-plane documents (policy, directory, agent policy)
-    directories: DirectoryHolder  # publishes directory versions into `directory`
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
-    overrides: OverrideHolder  # approved exemption overrides, in memory for the request path
-    live: LiveSettings  # enforcement, capture mode and upstream proxy as they are now (the agent changes them)
-    loop: asyncio.AbstractEventLoop  # the event loop the gateway serves on
-    health: dict[str, Callable[[], object]] = field(default_factory=dict)  # extra /healthz sections by name
+    lifespan: Lifespan  # every component with background work or resources, started and stopped in order
 
     async def close(self) -> None:
-        await self.policy.stop()
-        await self.overrides.stop()
-        await self.ledger.close()
-        await self.audit.close()
-        await self.writer.close()
-        for route in self.providers.values():
-            route.client.close()
-        self.runner.close()
+        """Stop everything that started, in reverse order (see Lifespan.stop)."""
+        await self.lifespan.stop()
 
 
 def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], since_ms: int, bucket_ms: int
@@ -189,25 +217,43 @@ def replay_all_journals(store: Store, data_dir: Path) -> None:
 async def build_state(settings: Settings, data_dir: Path, public_url: str,
                       clock: Callable[[], float] = time.time, worker: int | None = None) -> GatewayState:
     """Raises RulesFileError (bad rules file), StoreError (store unusable) or SigningKeyError (audit signing key
-    unreadable) before anything listens."""
+    unreadable) before anything listens. What it built is released again when it raises. The components are
+    registered in `lifespan` in start order (the store thread and the provider clients, running already, are
+    adopted: stopped last); `lifespan.start()` starts the others. Stop order: policy file watch, exemption
+    overrides, budget counters, audit log, event writer, provider clients, store."""
     p = settings.policy
     policy = initial_policy(p.rules, p.rules_file, p.timezone, settings.directory)
     data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - start-up, before serving
     signer = load_or_create_signing_key(data_dir, settings.audit.signing_key_file)
     store = open_store(settings.store.url, data_dir)
+    lifespan = Lifespan()
+    try:
+        return await _build(settings, data_dir, public_url, clock, worker, policy, signer, store, lifespan)
+    except BaseException:
+        if not lifespan.started:
+            store.close()
+        await lifespan.stop()
+        raise
+
+
+async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Callable[[], float],
+                 worker: int | None, policy: PolicyHolder, signer: Ed25519PrivateKey, store: Store,
+                 lifespan: Lifespan) -> GatewayState:
     journal_dir = journal_dir_for(data_dir, worker)
     leftover = replay_journal(store, journal_dir)
     runner = StoreRunner(store)
+    lifespan.adopt("store", runner.close)
     metrics = GatewayMetrics()
     writer = EventWriter(runner, settings.events.flush_interval_s, settings.events.batch_size,
                          on_write_error=metrics.event_write_errors.inc, journal=Journal(journal_dir),
                          max_pending=settings.events.max_pending, on_drop=metrics.events_dropped.inc)
     if leftover is not None:
         writer.adopt(leftover)
-    directory = Directory(settings.directory)
+    lifespan.add("event writer", writer.start, writer.close)
+    directory = Published(Directory(settings.directory))
 
     async def load_history(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
-        ids = directory.descendants(ident) if scope == "team" else (ident,)
+        ids = directory.current.descendants(ident) if scope == "team" else (ident,)
         rows = await runner.run(lambda s: s.usage_history(scope, ids, since_ms, bucket_ms))
         # What is recorded but not yet stored counts too (without waiting for a write on this call).
         return rows + unsaved_history(writer.unsaved(), scope, frozenset(ids), since_ms, bucket_ms)
@@ -215,6 +261,8 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     ac = settings.audit
     forwarder = SyslogForwarder(parse_syslog_url(ac.syslog_url)) if ac.syslog_url else None
     audit = AuditLog(runner, clock, signer, ac.checkpoint_every, ac.checkpoint_interval_s, forwarder)
+    lifespan.add("audit log", audit.start, audit.close)
+    policy.on_change = lambda kind, data: audit.record(kind, "gateway", data)
 
     def settle_failed(error: str) -> None:
         metrics.ledger_settle_errors.inc()
@@ -233,32 +281,46 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     else:
         ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
                              lc.reservation_ttl_s, on_settle_error=settle_failed)
-    providers = {pid: _provider_route(pid, cfg, settings, settings.upstream_proxy)
-                 for pid, cfg in settings.providers.items()}
+    lifespan.add("budget counters", stop=ledger.close)  # stopped before the audit log: a settle error is audited
+    providers: Published[Mapping[str, ProviderRoute]] = Published(MappingProxyType({
+        pid: _provider_route(pid, cfg, settings, settings.upstream_proxy) for pid, cfg in settings.providers.items()}))
+    lifespan.adopt("provider clients", lambda: _close_clients(providers.current))
+    overrides = OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s)
+    lifespan.add("exemption overrides", overrides.start, overrides.stop)
+    lifespan.add("policy file watch", policy.start, policy.stop)
     return GatewayState(
         settings=settings,
         data_dir=data_dir,
         admin_token=admin_token_for(settings, data_dir),
-        providers=providers,
-        directory=directory,
+        console_url=public_url.rstrip("/") + "/console/",
         prices=PriceBook(settings.pricing.overrides),
+        clock=clock,
+        loop=asyncio.get_running_loop(),
+        policy=policy.published,
+        directory=directory,
+        live_settings=Published(LiveSettings.of(settings)),
+        providers=providers,
+        overrides=overrides.published,
+        health=Published(MappingProxyType({})),
+        policies=policy,
+        directories=directories,
+        override_loader=overrides,
         metrics=metrics,
         runner=runner,
         writer=writer,
         keys=KeyCache(runner),
-        console_url=public_url.rstrip("/") + "/console/",
-        policy=policy,
         ledger=ledger,
-        clock=clock,
         audit=audit,
         docs=docs,
-        directories=directories,
         enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
-        overrides=OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s),
-        live=LiveSettings.of(settings),
-        loop=asyncio.get_running_loop(),
+        lifespan=lifespan,
     )
+
+
+def _close_clients(routes: Mapping[str, ProviderRoute]) -> None:
+    for route in routes.values():
+        route.client.close()
 
 
 def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_proxy: str | None) -> ProviderRoute:
@@ -278,15 +340,32 @@ def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_
     )
 
 
-def rebuild_clients(state: GatewayState, upstream_proxy: str | None) -> None:
-    """Dial providers through another upstream proxy from the next call on. Each route is replaced whole:
-    calls in flight keep the client they started with, which is released when the last of them ends."""
-    if upstream_proxy == state.live.upstream_proxy:
-        return
-    for pid, route in list(state.providers.items()):
+def rebuild_routes(state: GatewayState, upstream_proxy: str | None) -> None:
+    """Dial providers through another upstream proxy from the next call on: every route is rebuilt with a new
+    client and the routes are published whole. Calls in flight keep the route they started with, whose client
+    is released when the last of them ends."""
+    old = state.providers.current
+    routes: dict[str, ProviderRoute] = {}
+    for pid, route in old.items():
         cfg = state.settings.providers[pid]
-        client = Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy,
-                        limits=client_limits(state.settings.limits))
-        state.providers[pid] = replace(route, client=client)
-        route.client.close()  # idle connections now; busy ones when their call ends
-    state.live.upstream_proxy = upstream_proxy
+        routes[pid] = replace(route, client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s,
+                                                   proxy=upstream_proxy,
+                                                   limits=client_limits(state.settings.limits)))
+    state.providers.publish(MappingProxyType(routes))
+    _close_clients(old)  # idle connections now; busy ones when their call ends
+
+
+def publish_live(state: GatewayState, live: LiveSettings) -> None:
+    """Put new live settings in force (the agent, when its agent policy changes). A new upstream proxy
+    rebuilds the provider routes first, so no call sees the new settings with the old routes."""
+    old = state.live_settings.current
+    if live == old:
+        return
+    if live.upstream_proxy != old.upstream_proxy:
+        rebuild_routes(state, live.upstream_proxy)
+    state.live_settings.publish(live)
+
+
+def add_health_section(state: GatewayState, name: str, section: Callable[[], object]) -> None:
+    """Show `section()` under `name` in /healthz."""
+    state.health.publish(MappingProxyType({**state.health.current, name: section}))

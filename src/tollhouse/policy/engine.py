@@ -135,7 +135,7 @@ class _Applicable:
     content: bool = False  # a content rule applies: the outcome depends on the prompt
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class CompiledPolicy:
     rules: tuple[Rule, ...]
     version: int = 0
