@@ -5,7 +5,6 @@ deny, and the audit trail."""
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from urllib.parse import urlencode, urlsplit
 import openai
 import pytest
 
+import raw_http
 from conftest import ADMIN, Gateway, Mock, upstreams
 from test_audit import _entries, _verify
 from test_gateway_sdks import oai
@@ -34,19 +34,13 @@ NO_O1 = {"id": "no-o1", "scope": "org", "severity": "BLOCK",
          "condition": {"type": "MODEL_DENYLIST", "models": ["o1"]}}
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 CHAT = [{"role": "user", "content": "x"}]
-Reply = tuple[int, bytes, dict[str, str]]
+Reply = raw_http.Reply
 
 
 def _http(gw: Gateway, method: str, path: str, body: bytes | None = None,
           headers: dict[str, str] | None = None) -> Reply:
     """One request, redirects not followed (to see Location and Set-Cookie)."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
+    return raw_http.request(gw.port, method, path, body, headers)
 
 
 def _api(gw: Gateway, method: str, path: str, data: Any = None, token: str | None = ADMIN,

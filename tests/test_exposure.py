@@ -22,6 +22,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+import raw_http
 from conftest import ADMIN, Gateway, Mock, upstreams
 from test_gateway_sdks import oai
 from tollhouse.gateway.redact import Redactor, StreamRedactor
@@ -29,7 +30,7 @@ from tollhouse.mock.serve_thread import ThreadedServer
 from tollhouse.subject_ids import valid_subject_id
 
 REAL_KEY = "sk-proj-REALprovider-key_0123456789abcdefXYZ"
-Reply = tuple[int, bytes, dict[str, str]]
+Reply = raw_http.Reply
 NO_O1 = {"id": "no-o1", "scope": "org", "severity": "BLOCK", "condition": {"type": "MODEL_DENYLIST", "models": ["o1"]}}
 NO_O3 = {"id": "no-o3", "scope": "org", "severity": "BLOCK", "condition": {"type": "MODEL_DENYLIST", "models": ["o3"]}}
 NO_GPT5 = {"id": "no-gpt5", "scope": "org", "severity": "BLOCK",
@@ -44,15 +45,7 @@ DIRECTORY = {"org": "acme", "teams": [{"id": "platform"}],
 
 def _http(gw: Gateway, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
           source: str | None = None) -> Reply:
-    """One request, redirects not followed; `source`: the client's own address (e.g. 127.0.0.2)."""
-    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10,
-                                      source_address=(source, 0) if source else None)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read(), {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
+    return raw_http.request(gw.port, method, path, body, headers, source)
 
 
 def _form(gw: Gateway, path: str, fields: dict[str, str], headers: dict[str, str] | None = None) -> Reply:
