@@ -14,6 +14,7 @@ from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from redis.exceptions import RedisError
 
 from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
@@ -37,7 +38,7 @@ from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.local import HistoryRow, LocalLedger
 from tollhouse.ledger.outage import OutageTracker
-from tollhouse.ledger.redis import RedisLedger
+from tollhouse.ledger.redis import RedisLedger, rebuild_all_counters
 from tollhouse.lifespan import Lifespan
 from tollhouse.policy.engine import CompiledPolicy
 from tollhouse.policy.timewindow import zone
@@ -136,7 +137,7 @@ def unsaved_history(events: list[CallEvent], scope: str, ids: frozenset[str], si
     return out
 
 
-def replay_journal(store: Store, journal_dir: Path) -> Recovered | None:
+def replay_journal(store: Store, journal_dir: Path, counters_url: str = "local://") -> Recovered | None:
     """Events a killed process journaled but never stored go into the store before we serve. The intent
     of a call that never finished is stored as it is (its worst case counts against budgets). When the
     store cannot take them now (disk full), they are returned, their segments left in place: the writer
@@ -156,9 +157,25 @@ def replay_journal(store: Store, journal_dir: Path) -> Recovered | None:
         log.warning("recovered %d events from %d journal segments in %s (the previous run did not shut down "
                     "cleanly)%s", len(events), len(paths), journal_dir,
                     f"; {unfinished} calls were in flight and are recorded at their worst case" if unfinished else "")
+        if unfinished and counters_url != "local://":
+            _rebuild_shared_counters(counters_url)
     for path in paths:
         path.unlink()
     return None
+
+
+def _rebuild_shared_counters(url: str) -> None:
+    """Calls that were in flight when a process died are now in the store at their worst case, while their
+    reservations in Redis will only expire: every counter is rebuilt from the store before its next use, so
+    their spend counts (the expiring holds may count twice until then: never less)."""
+    try:
+        marked = rebuild_all_counters(url)
+    except RedisError as exc:
+        log.error("could not mark the shared budget counters for rebuilding (%s): calls in flight when the "
+                  "previous run stopped count again only once their reservations expire", exc)
+        return
+    log.warning("%d shared budget counters will be rebuilt from the store (calls were in flight when the "
+                "previous run stopped)", marked)
 
 
 def admin_token_path(data_dir: Path) -> Path:
@@ -206,12 +223,12 @@ def journal_dir_for(data_dir: Path, worker: int | None) -> Path:
     return data_dir / "journal" if worker is None else data_dir / "journal" / f"worker-{worker}"
 
 
-def replay_all_journals(store: Store, data_dir: Path) -> None:
+def replay_all_journals(store: Store, data_dir: Path, counters_url: str = "local://") -> None:
     """Before workers start: every journal left by any earlier process (any worker count) goes in."""
     root = data_dir / "journal"
-    replay_journal(store, root)
+    replay_journal(store, root, counters_url)
     for sub in sorted(root.glob("worker-*")) if root.exists() else ():
-        replay_journal(store, sub)
+        replay_journal(store, sub, counters_url)
 
 
 async def build_state(settings: Settings, data_dir: Path, public_url: str,
@@ -240,7 +257,7 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
                  worker: int | None, policy: PolicyHolder, signer: Ed25519PrivateKey, store: Store,
                  lifespan: Lifespan) -> GatewayState:
     journal_dir = journal_dir_for(data_dir, worker)
-    leftover = replay_journal(store, journal_dir)
+    leftover = replay_journal(store, journal_dir, settings.counters.url)
     runner = StoreRunner(store)
     lifespan.adopt("store", runner.close)
     metrics = GatewayMetrics()

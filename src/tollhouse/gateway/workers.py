@@ -47,7 +47,7 @@ def prepare(settings: Settings, data_dir: Path) -> str:
     load_or_create_signing_key(data_dir, settings.audit.signing_key_file)
     store = open_store(settings.store.url, data_dir)
     try:
-        replay_all_journals(store, data_dir)
+        replay_all_journals(store, data_dir, settings.counters.url)
     finally:
         store.close()
     return admin_token_for(settings, data_dir)

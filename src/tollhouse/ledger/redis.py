@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+import redis as syncredis
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
@@ -38,6 +39,24 @@ class RedisReservation:
     ts_ms: int
     ttls: tuple[int, ...]
     settled: bool = False  # its settle has been sent (a reservation is settled once)
+
+
+def rebuild_all_counters(url: str, prefix: str = "tollhouse") -> int:
+    """Mark every budget counter in Redis for rebuilding from the store before its next use (in-flight
+    reservations are kept). For a start after an unclean stop whose in-flight calls were recorded at their
+    worst case in the store: their reservations in Redis expire, their spend must still count. Returns how
+    many counters were marked. Raises redis.RedisError when Redis cannot be reached."""
+    client = syncredis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    marked = 0
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in client.scan_iter(match=f"{prefix}:{{ledger}}:*:t", count=1000):
+            pipe.hdel(key, "L")
+            marked += 1
+        pipe.execute()
+    finally:
+        client.close()
+    return marked
 
 
 class RedisLedger:
