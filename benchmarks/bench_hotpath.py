@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -140,11 +141,12 @@ async def measure(name: str, calls: int, work: Path, profile: bool = False) -> d
     scenario = build_scenarios([name], datetime.datetime.now(datetime.UTC))[0]
     settings = parse_settings(gateway_config(1, scenario.config), name)
     state = await build_state(settings, work / name, "http://127.0.0.1:8787")
-    for pid, route in list(state.providers.items()):
+    routes = state.providers.current
+    for route in routes.values():
         route.client.close()
-        state.providers[pid] = replace(route, client=FakeClient())  # type: ignore[arg-type]
-    state.writer.start()
-    state.audit.start()
+    state.providers.publish(MappingProxyType({pid: replace(route, client=FakeClient())  # type: ignore[arg-type]
+                                              for pid, route in routes.items()}))
+    await state.lifespan.start()
     try:
         app = GatewayApp(state)
         requests = _requests(scenario.users)

@@ -34,12 +34,12 @@ def _bad_header(name: str, value: str) -> Problem | None:
                    "control characters).", always=True)
 
 
-async def identify(request_header: dict[str, str | None], state: GatewayState, route: ProviderRoute,
+async def identify(user_header: str | None, project_header: str | None, state: GatewayState, route: ProviderRoute,
                    key: str | None, directory: Directory) -> Identity:
-    """`request_header`: the caller's X-Tollhouse-User and X-Tollhouse-Project values; `key`: the API key the
+    """`user_header`, `project_header`: the caller's X-Tollhouse-User and X-Tollhouse-Project; `key`: the API key the
     caller sent, wherever its family carries it; `directory`: the version the call took when it started (the
     whole call is resolved in it, whatever is published meanwhile)."""
-    project = request_header.get(PROJECT_HEADER) or None
+    project = project_header or None
     if project is not None and (bad := _bad_header("X-Tollhouse-Project", project)) is not None:
         return Identity(directory.subject("anonymous"), None, bad)
     if key is not None and key.startswith(KEY_PREFIX):
@@ -55,7 +55,7 @@ async def identify(request_header: dict[str, str | None], state: GatewayState, r
                 f"with gateway keys. Set providers.{route.id}.api_key or its api_key_env variable on the "
                 "gateway.", always=True))
         return _known(state, directory, Identity(subject, route.api_key, redactor=route.redactor))
-    user = request_header.get(USER_HEADER) if state.settings.identity.trust_user_header else None
+    user = user_header if state.settings.identity.trust_user_header else None
     if user:
         if (bad := _bad_header("X-Tollhouse-User", user)) is not None:
             return Identity(directory.subject("anonymous", project), None, bad)

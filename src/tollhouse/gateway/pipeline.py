@@ -42,10 +42,8 @@ from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
 from tollhouse.policy.dlp import Inspection
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
 from tollhouse.providers.base import Endpoint, RequestFacts
-from tollhouse.providers.classify import EndpointClass, passthrough_allows
-from tollhouse.providers.classify import classify as classify_path
+from tollhouse.providers.classify import passthrough_allows
 from tollhouse.providers.family import Family
-from tollhouse.providers.paths import PathError, decoded, split_provider
 from tollhouse.providers.usage import UsageSource
 
 log = logging.getLogger("tollhouse.proxy")
@@ -62,6 +60,7 @@ class Classified(NamedTuple):
     endpoint: Endpoint
     endpoint_class: str  # metered | governed | free | unknown
     problem: Problem | None  # a path that cannot be forwarded, or (enforcing) an unknown endpoint with a body
+    endpoint_name: str  # endpoint.value (for the event)
 
 
 class Read(NamedTuple):
@@ -74,39 +73,39 @@ class Read(NamedTuple):
 def classify(request: Request, state: GatewayState) -> Classified | Response:
     """The route and endpoint class of `/{provider}/...`, judged on the normalised path, which is also exactly
     what is forwarded (a path that leaves the provider's root is refused: never forwarded elsewhere)."""
-    problem: Problem | None = None
-    try:
-        provider_id, forward_path = split_provider(request.raw_path)
-    except PathError as exc:
-        provider_id, forward_path = request.path[1:].partition("/")[0], "/"
-        problem = Problem("invalid_path", 400, str(exc), always=True)
+    split = state.routes.split(request.raw_path, request.path)
     routes = state.providers.current
-    route = routes.get(provider_id)
+    route = routes.get(split.provider_id)
     if route is None:
         known = ", ".join(f"/{p}/" for p in sorted(routes))
-        return error_response(Family.openai, 404, f"Tollhouse has no provider named '{provider_id}'. "
+        return error_response(Family.openai, 404, f"Tollhouse has no provider named '{split.provider_id}'. "
                               f"Configured prefixes: {known}. Add it under `providers:` in the config.",
                               "unknown_provider")
-    rc = classify_path(route.family, request.method, forward_path)
-    endpoint_class = rc.endpoint_class.value
-    if problem is None and rc.endpoint_class is EndpointClass.unknown and request.method not in _BODILESS \
+    forward_path = split.forward_path
+    if split.error is not None:
+        return Classified(route, split.path, forward_path, Endpoint.passthrough, "unknown",
+                          Problem("invalid_path", 400, split.error, always=True), Endpoint.passthrough.value)
+    method = request.method
+    rc = state.routes.classify(route.family, method, forward_path)
+    problem: Problem | None = None
+    if rc.unknown and method not in _BODILESS \
             and not passthrough_allows(state.settings.providers[route.id].passthrough, forward_path):
         problem = Problem("unknown_endpoint", 403,
-                          f"Tollhouse does not know what {request.method} {forward_path} on provider '{route.id}' "
-                          "does, so it cannot tell whether it spends; with enforcement on it is not forwarded. If "
-                          f"it is safe, list it under providers.{route.id}.passthrough in the Tollhouse config.")
-    return Classified(route, decoded(forward_path), forward_path, rc.endpoint, endpoint_class, problem)
+                          f"Tollhouse does not know what {method} {forward_path} on provider '{route.id}' does, so "
+                          "it cannot tell whether it spends; with enforcement on it is not forwarded. If it is "
+                          f"safe, list it under providers.{route.id}.passthrough in the Tollhouse config.")
+    return Classified(route, split.path, forward_path, rc.endpoint, rc.endpoint_class, problem, rc.endpoint_name)
 
 
-async def read(request: Request, state: GatewayState, where: Classified, query: dict[str, str]) -> Read:
-    limit = state.settings.limits.max_body_bytes
-    try:
-        body = await request.body(limit)
-    except BodyTooLarge as exc:
-        got = f" ({exc.size} bytes)" if exc.size is not None else ""
-        return Read(b"", None, _NO_FACTS, Problem(
-            "request_too_large", 413, f"Request body too large{got}: this gateway accepts at most {limit} bytes "
-            "(limits.max_body_bytes in the Tollhouse config).", always=True))
+def too_large(exc: BodyTooLarge, limit: int) -> Read:
+    got = f" ({exc.size} bytes)" if exc.size is not None else ""
+    return Read(b"", None, _NO_FACTS, Problem(
+        "request_too_large", 413, f"Request body too large{got}: this gateway accepts at most {limit} bytes "
+        "(limits.max_body_bytes in the Tollhouse config).", always=True))
+
+
+def read(state: GatewayState, where: Classified, query: dict[str, str], body: bytes) -> Read:
+    """The body's facts (model, stream, output limit, choices, ...), for the classes that are judged."""
     if where.endpoint_class == "unknown" and body and where.problem is not None:
         return Read(body, None, _NO_FACTS, where.problem)
     if where.endpoint_class not in _JUDGED:
@@ -139,8 +138,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         return where  # no provider: not a call
     route = where.route
     query = request.query if route.family is Family.gemini else {}
-    ident = await identify({USER_HEADER: request.header(USER_HEADER), PROJECT_HEADER: request.header(PROJECT_HEADER)},
-                           state, route, route.protocol.client_key(request.headers, query), directory)
+    ident = await identify(request.header(USER_HEADER), request.header(PROJECT_HEADER), state, route,
+                           route.protocol.client_key(request.headers, query), directory)
     unrecordable = storage.problem(state.writer, state.metrics)
     if unrecordable is not None:
         got = Read(b"", None, _NO_FACTS, unrecordable)
@@ -150,7 +149,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     elif ident.problem is not None and ident.problem.always:
         got = Read(b"", None, _NO_FACTS, None)  # refused whatever the body says: not read
     else:
-        got = await read(request, state, where, query)
+        limit = state.settings.limits.max_body_bytes
+        try:
+            got = read(state, where, query, await request.body(limit))
+        except BodyTooLarge as exc:
+            got = too_large(exc, limit)
     seen = Progress(got.facts.model, UsageSource.unparsed if got.problem is not None and got.parsed is None
                     and where.endpoint_class == "metered" else UsageSource.none)
     verdict: Verdict | None = None
@@ -165,12 +168,14 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         problems = tuple(p for p in (first, ident.problem, got.problem if first is None else None) if p is not None)
         metered = where.endpoint_class == "metered"
         inspection: Inspection | None = None
-        if metered and got.parsed is not None:  # inspect: the content rules that apply (off the loop, bounded)
-            content = await inspect_request(state, got.parsed, ident.subject)
-            prompt, inspection = content.prompt, content.inspection
+        if metered and got.parsed is not None:
             capture = capturing(state)
-        verdict, reservation, worst = await _judge(state, policy, where, ident, got, problems, inspection, now_s,
-                                                   ts_ms)
+            if capture or policy.has_content:  # inspect: the content rules that apply (off the loop, bounded)
+                content = await inspect_request(state, got.parsed, ident.subject)
+                prompt, inspection = content.prompt, content.inspection
+        if problems or not policy.empty:
+            verdict, reservation, worst = await _judge(state, policy, where, ident, got, problems, inspection, now_s,
+                                                       ts_ms)
         if verdict is not None and verdict.blocked:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
                                         datetime.fromtimestamp(now_s, UTC))
@@ -194,12 +199,10 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         # The intent, journaled at the worst case before the provider can spend: a kill -9 from here on still
         # leaves the call counted (the final event replaces it).
         event_id = storage.begin_call(
-            state.writer, ts_ms, ident.subject, route.id, where.endpoint.value, where.forward_path,
+            state.writer, ts_ms, ident.subject, route.id, where.endpoint_name, where.forward_path,
             where.endpoint_class, seen.model, got.facts.model, got.facts.stream,
             verdict.applied if verdict is not None else "allow", verdict.rule_id if verdict is not None else None,
-            verdict.would if verdict is not None else None,
-            worst if worst is not None or where.endpoint_class not in _JUDGED else _worst_case(state, route, got,
-                                                                                                verdict)[0])
+            verdict.would if verdict is not None else None, worst)
         return await forward(request, state, out, body, got.facts.stream, seen)
     except asyncio.CancelledError:
         client_gone(state, route, seen)
@@ -207,7 +210,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     finally:
         # Recorded (journaled) before the response leaves: the server sends it when the handler returns, so a
         # kill -9 can never lose a call the client has already been answered.
-        record(state, Finished(route, where.endpoint.value, where.endpoint_class, where.forward_path, ident.subject,
+        record(state, Finished(route, where.endpoint_name, where.endpoint_class, where.forward_path, ident.subject,
                                got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
                                started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst), event_id))
 
@@ -257,7 +260,7 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
         return verdict, None, None
     if state.outage.ongoing:
         state.outage.succeeded(ts_ms)
-    verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage)
+    verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage, judged=verdict)
     return verdict, _kept(state, reserved, verdict), charge
 
 

@@ -15,6 +15,7 @@ from tollhouse.policy.decide import Verdict
 from tollhouse.providers.usage import Usage, UsageSource
 
 _COSTED = frozenset({UsageSource.response, UsageSource.partial, UsageSource.estimate})
+_SOURCE = {s: s.value for s in UsageSource}  # a dict read: an enum's .value is a descriptor call (hot path)
 
 
 class Finished(NamedTuple):
@@ -73,37 +74,15 @@ def record(state: GatewayState, call: Finished) -> None:
     error = seen.error if refusal is None else refusal.message
     if verdict is not None and verdict.counters_down is not None:
         error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
+    # Positional, in column order (a tuple: built once per call, on the hot path).
     event = CallEvent(
-        id=call.event_id or state.writer.new_id(call.ts_ms),
-        ts_ms=call.ts_ms,
-        subject=subject.id,
-        subject_kind=subject.kind,
-        team=subject.team,
-        project=subject.project,
-        cost_centre=subject.cost_centre,
-        provider=route.id,
-        endpoint=call.endpoint,
-        path=call.path,
-        metered=call.metered,
-        model=model,
-        requested_model=call.requested_model,
-        stream=call.stream,
-        status=seen.status if seen.status else 499,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        cost_nusd=cost,
-        usage_source=seen.usage_source.value,
-        decision=decision,
-        rule_id=verdict.rule_id if verdict is not None else None,
-        would=verdict.would if verdict is not None else None,
-        latency_ms=round(elapsed * 1000, 3),
-        ttfb_ms=round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None,
-        client_disconnected=seen.client_disconnected,
-        error=error,
-        endpoint_class=call.endpoint_class,
-    )
+        call.event_id or state.writer.new_id(call.ts_ms), call.ts_ms, subject.id, subject.kind, subject.team,
+        subject.project, subject.cost_centre, route.id, call.endpoint, call.path, call.metered, model,
+        call.requested_model, call.stream, seen.status if seen.status else 499, usage.input_tokens,
+        usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost, _SOURCE[seen.usage_source],
+        decision, verdict.rule_id if verdict is not None else None, verdict.would if verdict is not None else None,
+        round(elapsed * 1000, 3), round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None,
+        seen.client_disconnected, error, call.endpoint_class)
     state.writer.record(event, capture(call.prompt, seen.response_text) if call.capture else None)
     if verdict is not None:
         if verdict.enforced and decision != "block" and verdict.decision is not None:

@@ -8,7 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.overrides import OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
+from tollhouse.gateway.routes_memo import RouteMemo
 from tollhouse.gateway.wire_limits import client_limits
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
@@ -118,6 +119,7 @@ class GatewayState:
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     lifespan: Lifespan  # every component with background work or resources, started and stopped in order
+    routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
 
     async def close(self) -> None:
         """Stop everything that started, in reverse order (see Lifespan.stop)."""

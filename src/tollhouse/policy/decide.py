@@ -75,6 +75,7 @@ class Outcome(StrEnum):
 
 
 _NO_EXEMPTIONS: Mapping[str, str] = MappingProxyType({})
+_APPLIED = {o: o.value for o in Outcome}  # a dict read: an enum's .value is a descriptor call (hot path)
 
 
 class Verdict(NamedTuple):
@@ -96,7 +97,7 @@ class Verdict(NamedTuple):
 
     @property
     def applied(self) -> str:
-        return self.outcome.value
+        return _APPLIED[self.outcome]
 
     @property
     def would(self) -> str | None:
@@ -172,15 +173,20 @@ class Verdict(NamedTuple):
 
 
 def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: object, now: object,
-           exemptions: Mapping[str, str] = _NO_EXEMPTIONS, usage: Usage = None) -> Verdict:
+           exemptions: Mapping[str, str] = _NO_EXEMPTIONS, usage: Usage = None, judged: Verdict | None = None
+           ) -> Verdict:
     """The verdict on one call. `policy` None (or empty): no rules. `subject` is a directory Subject and
-    `now` an aware datetime (typed loosely to keep this module free of their imports' weight)."""
+    `now` an aware datetime (typed loosely to keep this module free of their imports' weight). `judged`: this
+    function's verdict on the same call before the ledger's numbers were known; its rules' judgement is reused
+    (the rules' part depends on nothing the numbers change)."""
     enforced = gate.enforced
     for problem in gate.problems:
         if problem.always:
             return Verdict(Outcome.block, enforced, refusal=problem)
     decision: Decision | None = None
-    if policy is not None and not policy.empty:
+    if judged is not None and judged.decision is not None:
+        decision = judged.decision
+    elif policy is not None and not policy.empty:
         decision = policy.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
     observed = gate.problems[0] if gate.problems else None
     if observed is not None and enforced:

@@ -143,15 +143,15 @@ class CompiledPolicy:
     _cache: dict[tuple[str, str | None, str, tuple[str, ...]], _Applicable] = field(default_factory=dict)
     # Decisions already reached, for calls that no time, prompt or exemption makes different (see evaluate).
     _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict)
+    empty: bool = field(default=True, init=False)  # no enabled rule (set once, below)
+    has_content: bool = field(default=False, init=False)  # some enabled rule inspects prompts (CONTENT_DLP)
 
     def __post_init__(self) -> None:
         for rule in self.rules:
             if rule.enabled:
                 self._index.setdefault((rule.scope, rule.target), {}).setdefault(rule.kind, []).append(rule)
-
-    @property
-    def empty(self) -> bool:
-        return not self._index
+        object.__setattr__(self, "empty", not self._index)
+        object.__setattr__(self, "has_content", any(r.enabled and r.kind is Kind.content for r in self.rules))
 
     def levels(self, subject: Subject) -> list[Level]:
         out: list[Level] = []

@@ -51,7 +51,7 @@ def first_count(body: dict[str, object], *keys: str) -> int | None:
         raw = body.get(key)
         if raw is None:
             continue
-        n = count(raw)
+        n = raw if type(raw) is int and 1 <= raw <= MAX_COUNT else count(raw)  # the usual case first
         if n is None:
             return None
         found = n if found is None else max(found, n)
@@ -64,7 +64,7 @@ def choices(body: dict[str, object], *keys: str) -> int:
     most = 1
     for key in keys:
         raw = body.get(key)
-        if raw is None:
+        if raw is None or (raw == 1 and type(raw) is int):
             continue
         n = _integral(raw)
         if n == 0:
