@@ -75,7 +75,8 @@ class Outcome(StrEnum):
 
 
 _NO_EXEMPTIONS: Mapping[str, str] = MappingProxyType({})
-_APPLIED = {o: o.value for o in Outcome}  # a dict read: an enum's .value is a descriptor call (hot path)
+_APPLIED = {o: o.value for o in Outcome}
+_OUTCOME = {o.value: o for o in Outcome}  # a dict read: an enum's .value is a descriptor call (hot path)
 
 
 class Verdict(NamedTuple):
@@ -216,10 +217,11 @@ def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, s
            observed: Problem | None, counters_down: str | None, failed_open: bool, priced: bool = True) -> Verdict:
     if decision is None:
         return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down, failed_open)
-    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
-    if over:
-        decision = with_violations(decision, over)
-    action = Outcome(decision.action) if enforced else Outcome.allow
+    if usage:
+        over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
+        if over:
+            decision = with_violations(decision, over)
+    action = _OUTCOME[decision.action] if enforced else Outcome.allow
     return Verdict(action, enforced, decision, observed, exemptions, usage, counters_down, failed_open)
 
 
