@@ -181,7 +181,7 @@ def test_ceilings_are_hard_caps_while_enforcing_only() -> None:
     by_rule = {cap.rule.id: ceiling for cap, ceiling in zip(enforcing.caps, enforcing.ceilings, strict=True)}
     assert by_rule == {"month": NANO, "soft": None, "tph": 1000}
     observing = decide(Gate(False), policy, call, alice, NOON)
-    assert observing.ceilings == [None, None, None]
+    assert observing.ceilings == (None, None, None)
     waived = decide(Gate(True), policy, call, alice, NOON, {"month": "ex-1"})
     assert {c.rule.id: x for c, x in zip(waived.caps, waived.ceilings, strict=True)}["month"] is None
 

@@ -148,8 +148,11 @@ class EventWriter:
         """Journal a call's intent before it is forwarded: a provisional event (status 0, the worst case
         reserved, usage_source "reserved") that `record()` of the final event with the same id supersedes.
         A copy into mapped memory, as `record()`: no syscall."""
-        line = journal_line(event)
-        self._open[event.id] = line
+        self.begin_line(event.id, journal_line(event))
+
+    def begin_line(self, event_id: str, line: bytes) -> None:
+        """`begin` for an intent already serialised (a journal line of the provisional event's columns)."""
+        self._open[event_id] = line
         if self._journal is not None:
             self._journal.append_line(line)  # journal down: carried into the next segment once it is up
 

@@ -40,7 +40,9 @@ async def identify(user_header: str | None, project_header: str | None, state: G
     caller sent, wherever its family carries it; `directory`: the version the call took when it started (the
     whole call is resolved in it, whatever is published meanwhile)."""
     project = project_header or None
-    if project is not None and (bad := _bad_header("X-Tollhouse-Project", project)) is not None:
+    # Names the directory holds are known good; anything else must at least look like a name.
+    if project is not None and not directory.has_project(project) \
+            and (bad := _bad_header("X-Tollhouse-Project", project)) is not None:
         return Identity(directory.subject("anonymous"), None, bad)
     if key is not None and key.startswith(KEY_PREFIX):
         subject_id = await state.keys.subject_for(key)
@@ -57,7 +59,7 @@ async def identify(user_header: str | None, project_header: str | None, state: G
         return _known(state, directory, Identity(subject, route.api_key, redactor=route.redactor))
     user = user_header if state.settings.identity.trust_user_header else None
     if user:
-        if (bad := _bad_header("X-Tollhouse-User", user)) is not None:
+        if not directory.knows(user) and (bad := _bad_header("X-Tollhouse-User", user)) is not None:
             return Identity(directory.subject("anonymous", project), None, bad)
         return _known(state, directory, Identity(directory.subject(user, project), None))
     default_user = state.settings.identity.default_user  # the agent: the machine's configured user

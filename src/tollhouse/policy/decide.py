@@ -148,11 +148,13 @@ class Verdict(NamedTuple):
         return self.decision.caps if self.decision is not None else ()
 
     @property
-    def ceilings(self) -> list[int | None]:
+    def ceilings(self) -> tuple[int | None, ...]:
         """What the ledger may let each cap's counter reach with this call: a hard cap's limit while
         enforcing, else no ceiling (the call is counted, never refused by the ledger)."""
-        enforced = self.enforced
-        return [cap.units if enforced and cap.hard else None for cap in self.caps]
+        d = self.decision
+        if d is None:
+            return ()
+        return d.hard_limits if self.enforced else (None,) * len(d.caps)
 
     @property
     def budget_remaining_nusd(self) -> int | None:

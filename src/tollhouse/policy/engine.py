@@ -99,6 +99,12 @@ class Decision:
     trace: tuple[str, ...] = ()
     waived: tuple[Violation, ...] = ()  # violations of waived rules: they did not count
     waived_rules: frozenset[str] = frozenset()  # the rule ids waived for this call
+    # Per cap, its limit when going over it refuses the call (a hard cap, not waived), else None: computed
+    # once with the (memoised) decision, read on every call's reserve.
+    hard_limits: tuple[int | None, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hard_limits", tuple(cap.units if cap.hard else None for cap in self.caps))
 
     @property
     def top(self) -> Violation | None:

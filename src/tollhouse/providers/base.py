@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tollhouse.providers.usage import Usage
 
@@ -44,9 +43,9 @@ class Endpoint(StrEnum):
     passthrough = "passthrough"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
-    """What the gateway needs to know about a request, read from its path and JSON body."""
+class RequestFacts(NamedTuple):
+    """What the gateway needs to know about a request, read from its path and JSON body. (A tuple: one is built
+    per call, and a frozen dataclass's __init__ costs a setattr per field.)"""
 
     model: str | None
     stream: bool

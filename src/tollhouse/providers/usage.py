@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class UsageSource(StrEnum):
@@ -17,9 +17,9 @@ class UsageSource(StrEnum):
     reserved = "reserved"
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Input tokens include cached ones (`cache_read_tokens` and `cache_write_tokens` are parts of it)."""
+class Usage(NamedTuple):
+    """Input tokens include cached ones (`cache_read_tokens` and `cache_write_tokens` are parts of it).
+    (A tuple: one or two are built per call.)"""
 
     input_tokens: int = 0
     output_tokens: int = 0
