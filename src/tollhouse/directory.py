@@ -61,6 +61,11 @@ class Directory:
     def project_ids(self) -> list[str]:
         return sorted(self._projects)
 
+    @property
+    def names_anyone(self) -> bool:
+        """The directory names at least one person or service."""
+        return bool(self._people or self._services)
+
     def knows(self, subject_id: str) -> bool:
         """Whether the directory names this person or service."""
         return subject_id in self._people or subject_id in self._services

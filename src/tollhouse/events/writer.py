@@ -113,7 +113,7 @@ class EventWriter:
 
     def accepting(self) -> bool:
         """False while the events held in memory are near the bound: new calls must not be forwarded."""
-        return self.held < self._high_water
+        return len(self._pending) + len(self._writing) < self._high_water
 
     def problem(self) -> str | None:
         """What is wrong with recording events, for people (None: nothing)."""
@@ -158,7 +158,7 @@ class EventWriter:
 
     def record(self, event: CallEvent, capture: Capture | None = None) -> None:
         self._open.pop(event.id, None)
-        if self.held >= self._max and not self._keep_past_bound(event):
+        if len(self._pending) + len(self._writing) >= self._max and not self._keep_past_bound(event):
             return
         if self._journal is not None and not self._journal.append(event, capture):
             self._volatile[event.id] = event

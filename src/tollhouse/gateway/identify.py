@@ -98,4 +98,4 @@ def _unknown_callers_refused(state: GatewayState, directory: Directory) -> bool:
     setting = state.settings.identity.unknown_callers
     if setting is not None:
         return setting == "block"
-    return bool(directory.subject_ids())
+    return directory.names_anyone

@@ -164,8 +164,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     capture = False
     try:
         # A path that cannot be forwarded first, then who is calling, then what the body says.
-        first = got.problem if got.problem is where.problem else None
-        problems = tuple(p for p in (first, ident.problem, got.problem if first is None else None) if p is not None)
+        problems: tuple[Problem, ...] = ()
+        if got.problem is not None or ident.problem is not None:
+            first = got.problem if got.problem is where.problem else None
+            problems = tuple(p for p in (first, ident.problem, got.problem if first is None else None)
+                             if p is not None)
         metered = where.endpoint_class == "metered"
         inspection: Inspection | None = None
         if metered and got.parsed is not None:

@@ -39,10 +39,6 @@ class Finished(NamedTuple):
     worst: Charge | None  # settle at this reserved worst case: the answer does not tell the usage
     event_id: str | None  # the id its journaled intent carries (None: refused before it was forwarded)
 
-    @property
-    def metered(self) -> bool:
-        return self.endpoint_class == "metered"
-
 
 def record(state: GatewayState, call: Finished) -> None:
     """Turn the finished call into its event, its audit entry (blocks), and its settle. Runs in `finally`:
@@ -64,7 +60,8 @@ def record(state: GatewayState, call: Finished) -> None:
         usage = Usage()
     m = state.metrics
     model_label = m.model_label(model)
-    if call.metered and model and seen.usage_source in _COSTED:
+    metered = call.endpoint_class == "metered"
+    if metered and model and seen.usage_source in _COSTED:
         cost = state.prices.cost_nusd(route.price_provider, model, usage)
         if cost is None:
             m.unpriced.labels(route.id, model_label).inc()
@@ -77,7 +74,7 @@ def record(state: GatewayState, call: Finished) -> None:
     # Positional, in column order (a tuple: built once per call, on the hot path).
     event = CallEvent(
         call.event_id or state.writer.new_id(call.ts_ms), call.ts_ms, subject.id, subject.kind, subject.team,
-        subject.project, subject.cost_centre, route.id, call.endpoint, call.path, call.metered, model,
+        subject.project, subject.cost_centre, route.id, call.endpoint, call.path, metered, model,
         call.requested_model, call.stream, seen.status if seen.status else 499, usage.input_tokens,
         usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost, _SOURCE[seen.usage_source],
         decision, verdict.rule_id if verdict is not None else None, verdict.would if verdict is not None else None,
