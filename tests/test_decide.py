@@ -193,3 +193,31 @@ def test_budget_remaining_is_the_tightest_spend_cap_after_this_call() -> None:
     verdict = decide(Gate(True), policy, CallFacts("openai", "h", "gpt-4o-mini"), DIRECTORY.subject("alice"), NOON,
                      {}, usage)
     assert verdict.budget_remaining_nusd == int(0.4 * NANO)
+
+
+SHADOW_DENY = {"id": "try-no-4o", "scope": "org", "mode": "shadow",
+               "condition": {"type": "MODEL_DENYLIST", "models": ["gpt-4o"]}, "action": {"type": "hard_stop"}}
+SHADOW_BOB = {"id": "bob-only-o1", "scope": "individual", "subject": "alice", "mode": "shadow",
+              "condition": {"type": "MODEL_ALLOWLIST", "models": ["o1"]}, "action": {"type": "hard_stop"}}
+
+
+@pytest.mark.parametrize("enforced", [True, False])
+def test_a_shadow_rule_is_judged_and_recorded_never_applied(enforced: bool) -> None:
+    policy = CompiledPolicy(parse_rules([ALLOWLIST, SHADOW_DENY]))
+    verdict = decide(Gate(enforced), policy, CallFacts("openai", "api.openai.com", "gpt-4o"),
+                     DIRECTORY.subject("alice"), NOON)
+    assert verdict.outcome is Outcome.allow  # gpt-4o is approved; the shadow deny list does not apply
+    assert verdict.would == "block" and verdict.rule_id == "try-no-4o"
+    allowed = decide(Gate(enforced), policy, CallFacts("openai", "api.openai.com", "gpt-4o-mini"),
+                     DIRECTORY.subject("alice"), NOON)
+    assert allowed.would is None and allowed.rule_id is None
+
+
+def test_a_shadow_rule_takes_no_part_in_precedence() -> None:
+    """A shadow allowlist of alice's would supersede the org's if it were applied; in shadow it must not."""
+    policy = CompiledPolicy(parse_rules([ALLOWLIST, SHADOW_BOB]))
+    verdict = decide(Gate(True), policy, CallFacts("openai", "api.openai.com", "o3"), DIRECTORY.subject("alice"), NOON)
+    assert verdict.blocked and verdict.rule_id == "approved"  # the org allowlist still applies to alice
+    o1 = decide(Gate(True), policy, CallFacts("openai", "api.openai.com", "gpt-4o-mini"), DIRECTORY.subject("alice"),
+                NOON)
+    assert o1.outcome is Outcome.allow and o1.would == "block" and o1.rule_id == "bob-only-o1"

@@ -268,3 +268,16 @@ def test_invalid_rules_in_config_exit_2(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump({"policy": {"rules": [{"id": "x", "condition": {"type": "modle"}}]}}))
     result = _cli("serve", "--config", str(cfg), "--data-dir", str(tmp_path / "d"))
     assert result.returncode == 2 and "rule x: condition.type" in result.stderr
+
+
+def test_a_shadow_rule_is_recorded_while_enforcing_and_never_applied(mock: Mock, gateway_factory: Any) -> None:
+    shadow = {"id": "try-deny-mini", "scope": "org", "mode": "shadow",
+              "condition": {"type": "MODEL_DENYLIST", "models": ["gpt-4o-mini"]}, "action": {"type": "hard_stop"}}
+    gw = _gateway(gateway_factory, mock, [shadow], enforcement="on")
+    raw = oai(gw).chat.completions.with_raw_response.create(model="gpt-4o-mini",
+                                                            messages=[{"role": "user", "content": "x"}])
+    assert raw.http_response.status_code == 200 and raw.headers["x-tollhouse-decision"] == "allow"
+    assert "x-tollhouse-rule" not in raw.headers  # nothing was applied
+    assert mock.stats.total == 1
+    event = gw.events()[0]
+    assert event["decision"] == "allow" and event["would"] == "block" and event["rule_id"] == "try-deny-mini"

@@ -91,6 +91,8 @@ class Verdict(NamedTuple):
     usage: tuple[CapUsage, ...] = ()
     counters_down: str | None = None  # the counter store's error, when it could not be read
     failed_open: bool = False  # counters down, forwarded uncounted because the caps fail open
+    # The judgement with the policy's shadow rules applied too (None: the policy has none): what they would do.
+    shadowed: Decision | None = None
 
     @property
     def blocked(self) -> bool:
@@ -102,19 +104,24 @@ class Verdict(NamedTuple):
 
     @property
     def would(self) -> str | None:
-        """Observe mode: what enforcing would have done (None when it would have allowed)."""
-        if self.enforced:
-            return None
+        """What enforcing every rule, shadow rules included, would have done, when it differs from what was
+        done: in observe mode whatever enforcing would do; while enforcing, what shadow rules would change."""
         if self.refusal is not None:
-            return "block"
-        d = self.decision
-        return None if d is None or d.action == "allow" else d.action
+            return None if self.enforced else "block"
+        full = self.shadowed if self.shadowed is not None else self.decision
+        action = full.action if full is not None else "allow"
+        return None if action == _APPLIED[self.outcome] else action
 
     @property
     def rule_id(self) -> str | None:
+        """The rule that decided the outcome; else (observe mode, shadow rules) the one that would have."""
         if self.refusal is not None and self.enforced:
             return None
-        return self.decision.rule_id if self.decision is not None else None
+        d = self.decision
+        found = d.rule_id if d is not None and (self.enforced or self.shadowed is None) else None
+        if found is None and self.shadowed is not None and self.would is not None:
+            found = self.shadowed.rule_id
+        return found
 
     @property
     def status(self) -> int:
@@ -187,10 +194,13 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
         if problem.always:
             return Verdict(Outcome.block, enforced, refusal=problem)
     decision: Decision | None = None
+    shadowed: Decision | None = None
     if judged is not None and judged.decision is not None:
-        decision = judged.decision
+        decision, shadowed = judged.decision, judged.shadowed
     elif policy is not None and not policy.empty:
         decision = policy.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
+        if policy.shadow is not None:
+            shadowed = policy.shadow.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
     observed = gate.problems[0] if gate.problems else None
     if observed is not None and enforced:
         return Verdict(Outcome.block, True, decision, observed, exemptions)
@@ -205,8 +215,8 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
         if enforced and not fail_open:
             return Verdict(Outcome.block, True, decision, counters_problem(caps), exemptions,
                            counters_down=usage.error)
-        return _rules(decision, enforced, exemptions, (), observed, usage.error, enforced)
-    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False, gate.priced)
+        return _rules(decision, enforced, exemptions, (), observed, usage.error, enforced, shadowed=shadowed)
+    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False, gate.priced, shadowed)
 
 
 def _over(u: CapUsage, priced: bool) -> bool:
@@ -216,15 +226,18 @@ def _over(u: CapUsage, priced: bool) -> bool:
 
 
 def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, str], usage: tuple[CapUsage, ...],
-           observed: Problem | None, counters_down: str | None, failed_open: bool, priced: bool = True) -> Verdict:
+           observed: Problem | None, counters_down: str | None, failed_open: bool, priced: bool = True,
+           shadowed: Decision | None = None) -> Verdict:
     if decision is None:
         return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down, failed_open)
     if usage:
         over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
         if over:
             decision = with_violations(decision, over)
+            if shadowed is not None:
+                shadowed = with_violations(shadowed, over)
     action = _OUTCOME[decision.action] if enforced else Outcome.allow
-    return Verdict(action, enforced, decision, observed, exemptions, usage, counters_down, failed_open)
+    return Verdict(action, enforced, decision, observed, exemptions, usage, counters_down, failed_open, shadowed)
 
 
 def unpriced_problem(model: str | None, caps: Sequence[Cap]) -> Problem:

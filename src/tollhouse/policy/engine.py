@@ -23,7 +23,7 @@ from decimal import Decimal
 from typing import NamedTuple
 
 from tollhouse.directory import Subject
-from tollhouse.policy.rules import OVERRIDE_KINDS, Kind, Rule, ScopeKind, Severity, Window
+from tollhouse.policy.rules import OVERRIDE_KINDS, Kind, Mode, Rule, ScopeKind, Severity, Window
 
 _SCOPE_ORDER = {ScopeKind.individual: 0, ScopeKind.service: 0}
 
@@ -151,12 +151,23 @@ class CompiledPolicy:
     _decisions: dict[tuple[object, ...], Decision] = field(default_factory=dict)
     empty: bool = field(default=True, init=False)  # no enabled rule (set once, below)
     has_content: bool = field(default=False, init=False)  # some enabled rule inspects prompts (CONTENT_DLP)
+    # Rules with `mode: shadow` are judged but never applied: this policy leaves them out (they take no part
+    # in precedence either), and `shadow` is the same policy with them applied, to say what they would do.
+    shadow: CompiledPolicy | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        shadows = False
         for rule in self.rules:
-            if rule.enabled:
-                self._index.setdefault((rule.scope, rule.target), {}).setdefault(rule.kind, []).append(rule)
-        object.__setattr__(self, "empty", not self._index)
+            if not rule.enabled:
+                continue
+            if rule.mode is Mode.shadow:
+                shadows = True
+                continue
+            self._index.setdefault((rule.scope, rule.target), {}).setdefault(rule.kind, []).append(rule)
+        if shadows:
+            applied = tuple(replace(r, mode=Mode.enforce) if r.mode is Mode.shadow else r for r in self.rules)
+            object.__setattr__(self, "shadow", CompiledPolicy(applied, self.version))
+        object.__setattr__(self, "empty", not self._index and not shadows)
         object.__setattr__(self, "has_content", any(r.enabled and r.kind is Kind.content for r in self.rules))
 
     def levels(self, subject: Subject) -> list[Level]:
@@ -216,7 +227,7 @@ class CompiledPolicy:
             return [cap for cap in self._applicable(subject).caps if cap.counter == ("subject", ident)]
         org = Level(1000, ScopeKind.org, None)
         for rule in self.rules:
-            if not rule.enabled or rule.kind not in (Kind.spend, Kind.tokens):
+            if not rule.enabled or rule.mode is Mode.shadow or rule.kind not in (Kind.spend, Kind.tokens):
                 continue
             if rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT" or rule.scope.value != scope:
                 continue
@@ -228,7 +239,10 @@ class CompiledPolicy:
         return out
 
     def content_rules(self, subject: Subject) -> tuple[Rule, ...]:
-        """The CONTENT_DLP rules that apply to this subject: its prompts are inspected for them before evaluate."""
+        """The CONTENT_DLP rules that apply to this subject: its prompts are inspected for them before evaluate
+        (shadow ones included: they are judged too)."""
+        if self.shadow is not None:
+            return self.shadow.content_rules(subject)
         app = self._applicable(subject)
         return tuple(r for r, _ in app.checks if r.kind is Kind.content) if app.content else ()
 
