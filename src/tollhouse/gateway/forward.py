@@ -80,12 +80,14 @@ class Outbound:
         self.budget_remaining_nusd = verdict.budget_remaining_nusd if verdict is not None else None
 
 
+_NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding"}  # (accept-encoding: we ask for identity, below)
+
+
 def upstream_headers(request: Request, route: ProviderRoute, upstream_key: str | None) -> list[tuple[str, str]]:
-    auth_names = route.auth_names if upstream_key is not None else frozenset()
+    dropped = _NOT_FORWARDED | route.auth_names if upstream_key is not None else _NOT_FORWARDED
     headers = [
         (name, value) for name, value in request.headers.items()
-        if name not in _HOP_BY_HOP and not name.startswith("x-tollhouse-") and name != "accept-encoding"
-        and name not in auth_names
+        if name not in dropped and not name.startswith("x-tollhouse-")
     ]
     if upstream_key is not None:
         headers += route.protocol.auth_headers(upstream_key).items()
