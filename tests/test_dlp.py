@@ -256,3 +256,24 @@ def test_telemetry_mode_inspects_but_stores_nothing(mock: Mock, gateway_factory:
     assert _chat(gw, f"write to {EMAIL}")[0] == 200
     [event] = json.loads(gw.get("/api/v1/events?include=content")[1])["events"]
     assert event["rule_id"] == "pii" and event["decision"] == "warn" and event["prompt"] is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_what_dlp_matches_in_the_answer_is_redacted_too(mock: Mock, gateway_factory: Any, stream: bool) -> None:
+    """Enterprise capture keeps the answer as well: what the caller's content rules match in it is redacted before
+    it is stored, the same as in the prompt. (The mock answers lorem ipsum; the rule watches for 'ipsum'.)"""
+    gw = _gateway(gateway_factory, mock, [dlp("codeword", "INFO", patterns=["ipsum"])], capture_mode="enterprise")
+    client = oai(gw)
+    if stream:
+        chunks = client.chat.completions.create(model="gpt-4o-mini", max_tokens=4, stream=True,
+                                                messages=[{"role": "user", "content": "hello"}])
+        answer = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        reply = client.chat.completions.create(model="gpt-4o-mini", max_tokens=4,
+                                               messages=[{"role": "user", "content": "hello"}])
+        answer = reply.choices[0].message.content or ""
+    assert "ipsum" in answer  # the caller gets the answer as the provider gave it
+    [event] = json.loads(gw.get("/api/v1/events?include=content")[1])["events"]
+    assert event["prompt"] == "hello"
+    assert "ipsum" not in event["response"] and "[redacted:codeword]" in event["response"]
+    assert event["response"].startswith("lorem")

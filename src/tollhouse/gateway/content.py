@@ -52,3 +52,15 @@ async def inspect_request(state: GatewayState, parsed: dict[str, Any] | None, su
                     "rules not checked: %s", len(text), subject.id, state.settings.limits.dlp_time_ms,
                     ", ".join(sorted(inspection.unchecked)) or "none")
     return Content(redact(text, inspection) if keep else None, inspection)
+
+
+async def redact_answer(state: GatewayState, text: str, subject: Subject) -> str:
+    """The captured answer (enterprise capture mode) as it may be stored: what the subject's content rules match
+    in it redacted like the prompt, inspected off the event loop within `limits.dlp_time_ms` (past it, none of
+    the answer is kept)."""
+    policy = state.policy.current
+    rules = () if policy.empty else policy.content_rules(subject)
+    if not rules:
+        return text
+    inspection = await inspect(text, rules, state.settings.limits.dlp_time_ms / 1000, spans=True)
+    return redact(text, inspection)

@@ -29,7 +29,7 @@ import orjson
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import enforce, storage
 from tollhouse.gateway.capture import capturing
-from tollhouse.gateway.content import inspect_request
+from tollhouse.gateway.content import inspect_request, redact_answer
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.forward import Outbound, Progress, client_gone, forward
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, Streamed
@@ -162,6 +162,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     event_id: str | None = None
     prompt: str | None = None
     capture = False
+    inspection: Inspection | None = None  # what content inspection found (None: no content rule applies)
     try:
         # A path that cannot be forwarded first, then who is calling, then what the body says.
         problems: tuple[Problem, ...] = ()
@@ -170,7 +171,6 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             problems = tuple(p for p in (first, ident.problem, got.problem if first is None else None)
                              if p is not None)
         metered = where.endpoint_class == "metered"
-        inspection: Inspection | None = None
         if metered and got.parsed is not None:
             capture = capturing(state)
             if capture or policy.has_content:  # inspect: the content rules that apply (off the loop, bounded)
@@ -206,11 +206,17 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             where.endpoint_class, seen.model, got.facts.model, got.facts.stream,
             verdict.applied if verdict is not None else "allow", verdict.rule_id if verdict is not None else None,
             verdict.would if verdict is not None else None, worst)
-        return await forward(request, state, out, body, got.facts.stream, seen)
+        answer = await forward(request, state, out, body, got.facts.stream, seen)
+        if inspection is not None and seen.response_text:  # captured, and content rules apply: redact it too
+            seen.response_text = await redact_answer(state, seen.response_text, ident.subject)
+            inspection = None
+        return answer
     except asyncio.CancelledError:
         client_gone(state, route, seen)
         raise
     finally:
+        if inspection is not None and seen.response_text:
+            seen.response_text = None  # an answer never inspected is not kept (the call ended before it could be)
         # Recorded (journaled) before the response leaves: the server sends it when the handler returns, so a
         # kill -9 can never lose a call the client has already been answered.
         record(state, Finished(route, where.endpoint_name, where.endpoint_class, where.forward_path, ident.subject,
