@@ -80,7 +80,8 @@ def _known(state: GatewayState, directory: Directory, ident: Identity) -> Identi
             "unknown_caller", 401,
             f"Tollhouse does not know who is calling ({subject.id}): the caller is no person or service of the "
             "organisation's directory. Use a gateway key (ask your administrator: tollhouse keys create --user "
-            "NAME), or have your provider key registered for you in the directory (provider_key_sha256)."))
+            "NAME), have your provider key registered for you in the directory (provider_key_sha256), or, if "
+            "you are in the directory under another name, ask your administrator to correct it."))
     project = subject.project
     if project is not None and not directory.has_project(project):
         # A made-up name must not open a fresh budget counter.
