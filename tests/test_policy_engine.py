@@ -12,6 +12,9 @@ import pytest
 
 from tollhouse.config import DirectoryConfig, Person, Project, Service, Team
 from tollhouse.directory import Directory
+from tollhouse.ledger.types import NANO_PER_USD as NANO
+from tollhouse.ledger.types import CapUsage, Charge, need_of
+from tollhouse.policy.decide import Gate, Outcome, Verdict, decide
 from tollhouse.policy.dlp import scan
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Decision
 from tollhouse.policy.rules import Severity, Window, parse_rules
@@ -431,7 +434,7 @@ def test_cap_counters(case: str, rule: dict[str, Any], who: str, project: str | 
                       counters: set[tuple[str, str]]) -> None:
     d = evaluate([rule], who, GPT4O, project=project, provider=provider)
     assert {cap.counter for cap in d.caps} == counters
-    assert d.action == "allow" and not d.violations  # caps are judged by judge_caps, not here
+    assert d.action == "allow" and not d.violations  # caps are judged by decide() on the ledger's numbers
 
 
 def test_caps_at_every_level_all_apply() -> None:
@@ -447,7 +450,7 @@ def test_caps_at_every_level_all_apply() -> None:
                                                                            Window(monthly=False, seconds=3600))
 
 
-# --- judge_caps -----------------------------------------------------------------------------------------------
+# --- caps judged on the ledger's numbers (policy.decide.decide) ------------------------------------------------
 
 def one_cap(rules: list[dict[str, Any]], who: str = "alice", provider: str = "openai",
             model: str = GPT4O) -> tuple[CompiledPolicy, Decision, Cap]:
@@ -455,6 +458,20 @@ def one_cap(rules: list[dict[str, Any]], who: str = "alice", provider: str = "op
     d = evaluate(policy, who, model, provider=provider)
     (cap,) = d.caps
     return policy, d, cap
+
+
+def judge_caps(policy: CompiledPolicy, d: Decision, used: dict[Cap, Decimal], cost: Decimal, tokens: int
+               ) -> Decision:
+    """The decision once the ledger says each cap's counter holds `used` (dollars for spend; 0 when absent) and
+    the call may cost `cost` and use `tokens`: what decide() makes of the rules' judgement `d` and those numbers
+    (enforcing; the ledger's need per cap, as it computes it)."""
+    charge = Charge("openai", int(cost * NANO), tokens, 0)
+    usage = [CapUsage(cap, int(used.get(cap, Decimal(0)) * (NANO if cap.metric == "spend" else 1)),
+                      need_of(cap, charge), cap.units, 0) for cap in d.caps]
+    verdict = decide(Gate(True), policy, CallFacts("openai", HOSTS["openai"], GPT4O), DIRECTORY.subject("alice"),
+                     WEDNESDAY_NOON, {}, usage, judged=Verdict(Outcome.allow, True, d))
+    assert verdict.decision is not None
+    return verdict.decision
 
 
 @pytest.mark.parametrize("used, cost, action", [
@@ -468,7 +485,7 @@ def one_cap(rules: list[dict[str, Any]], who: str = "alice", provider: str = "op
 ])
 def test_judge_spend_cap(used: str, cost: str, action: str) -> None:
     policy, d, cap = one_cap([budget("org-budget", 500)])
-    judged = policy.judge_caps(d, {cap: Decimal(used)}, Decimal(cost), tokens=10)
+    judged = judge_caps(policy, d, {cap: Decimal(used)}, Decimal(cost), tokens=10)
     assert judged.action == action
     if action == "block":
         assert judged.rule_id == "org-budget"
@@ -480,15 +497,15 @@ def test_judge_spend_cap(used: str, cost: str, action: str) -> None:
 
 def test_judge_cap_without_counter_value_counts_from_zero() -> None:
     policy, d, _ = one_cap([budget("b", 1)])
-    assert policy.judge_caps(d, {}, Decimal("0.99"), tokens=0).action == "allow"
-    assert policy.judge_caps(d, {}, Decimal("1.01"), tokens=0).action == "block"
+    assert judge_caps(policy, d, {}, Decimal("0.99"), tokens=0).action == "allow"
+    assert judge_caps(policy, d, {}, Decimal("1.01"), tokens=0).action == "block"
 
 
 @pytest.mark.parametrize("used, tokens, action", [(0, 100000, "allow"), (99000, 1000, "allow"),
                                                   (99000, 1001, "block"), (100000, 1, "block")])
 def test_judge_token_cap(used: int, tokens: int, action: str) -> None:
     policy, d, cap = one_cap([R("tok", "individual", cond=TOKENS)])
-    judged = policy.judge_caps(d, {cap: Decimal(used)}, Decimal("1000"), tokens=tokens)  # cost is not the metric
+    judged = judge_caps(policy, d, {cap: Decimal(used)}, Decimal("1000"), tokens=tokens)  # cost is not the metric
     assert judged.action == action
     if action == "block":
         assert judged.top is not None and judged.top.rule.rate_limited
@@ -498,22 +515,22 @@ def test_judge_request_cap_counts_one_per_call() -> None:
     policy, d, cap = one_cap([R("rpm", "individual", cond={"type": "usage", "metric": "requests_per_minute",
                                                              "threshold": 10})])
     assert cap.metric == "requests" and cap.window == Window(monthly=False, seconds=60)
-    assert policy.judge_caps(d, {cap: Decimal(9)}, Decimal(5), tokens=10**6).action == "allow"
-    assert policy.judge_caps(d, {cap: Decimal(10)}, Decimal(0), tokens=0).action == "block"
+    assert judge_caps(policy, d, {cap: Decimal(9)}, Decimal(5), tokens=10**6).action == "allow"
+    assert judge_caps(policy, d, {cap: Decimal(10)}, Decimal(0), tokens=0).action == "block"
 
 
 def test_judge_soft_cap_warns() -> None:
     policy, d, cap = one_cap([R("openai-50", "individual", "soft_cap", cond=PER_SUBJECT_OPENAI)])
-    judged = policy.judge_caps(d, {cap: Decimal(50)}, Decimal("0.10"), tokens=10)
+    judged = judge_caps(policy, d, {cap: Decimal(50)}, Decimal("0.10"), tokens=10)
     assert judged.action == "warn" and judged.rule_id == "openai-50" and judged.severity is Severity.soft_cap
 
 
 def test_judge_caps_keeps_the_redirect() -> None:
     policy, d, cap = one_cap([redirect("opus-to-sonnet", [OPUS], SONNET), budget("b", 10)], model=OPUS)
     assert d.action == "redirect"
-    judged = policy.judge_caps(d, {cap: Decimal(10)}, Decimal("0.01"), tokens=1)
+    judged = judge_caps(policy, d, {cap: Decimal(10)}, Decimal("0.01"), tokens=1)
     assert (judged.action, judged.model, judged.requested_model, judged.rule_id) == ("block", SONNET, OPUS, "b")
-    fits = policy.judge_caps(d, {cap: Decimal(1)}, Decimal("0.01"), tokens=1)
+    fits = judge_caps(policy, d, {cap: Decimal(1)}, Decimal("0.01"), tokens=1)
     assert (fits.action, fits.model) == ("redirect", SONNET)
 
 
@@ -522,10 +539,10 @@ def test_judge_caps_checks_every_cap() -> None:
     d = evaluate(policy, "alice", GPT4O)
     caps = {cap.rule.id: cap for cap in d.caps}
     used = {caps["org"]: Decimal(10), caps["mine"]: Decimal("0.99")}
-    judged = policy.judge_caps(d, used, Decimal("0.02"), tokens=1)
+    judged = judge_caps(policy, d, used, Decimal("0.02"), tokens=1)
     assert (judged.action, judged.rule_id, [v.rule.id for v in judged.violations]) == ("warn", "mine", ["mine"])
     used[caps["org"]] = Decimal(2000)
-    judged = policy.judge_caps(d, used, Decimal("0.02"), tokens=1)
+    judged = judge_caps(policy, d, used, Decimal("0.02"), tokens=1)
     assert (judged.action, judged.rule_id) == ("block", "org")
     assert {v.rule.id for v in judged.violations} == {"org", "mine"}
 
@@ -534,7 +551,7 @@ def test_judge_caps_adds_to_existing_violations() -> None:
     policy = compile_([deny("warn-4o", [GPT4O], action="alert"), budget("b", 1)])
     d = evaluate(policy, "alice", GPT4O)
     (cap,) = d.caps
-    judged = policy.judge_caps(d, {cap: Decimal(1)}, Decimal("0.5"), tokens=1)
+    judged = judge_caps(policy, d, {cap: Decimal(1)}, Decimal("0.5"), tokens=1)
     assert judged.action == "block" and {v.rule.id for v in judged.violations} == {"warn-4o", "b"}
 
 

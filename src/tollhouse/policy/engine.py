@@ -16,7 +16,7 @@ Precedence (see README "Policy precedence"):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
@@ -314,20 +314,6 @@ class CompiledPolicy:
         return _decide(call.model, model, redirect, violations, caps, tuple(trace or ()), waived_rules,
                        tuple(waived_redirect))
 
-    def judge_caps(self, decision: Decision, used: Mapping[Cap, Decimal], cost: Decimal,
-                   tokens: int) -> Decision:
-        """Add cap violations given counter values (the ledger's numbers) and this call's worst case."""
-        extra: list[Violation] = []
-        for cap in decision.caps:
-            have = used.get(cap, Decimal(0))
-            add = cost if cap.metric == "spend" else Decimal(1 if cap.metric == "requests" else tokens)
-            if have + add > cap.limit:
-                what = f"${have:.2f} spent" if cap.metric == "spend" else f"{have} {cap.metric} used"
-                extra.append(Violation(cap.rule, cap.level,
-                                       f"{cap.rule.type_name} cap of {_fmt_limit(cap)} per {cap.window.label} for "
-                                       f"{cap.counter[0]} {cap.counter[1]} would be exceeded ({what})"))
-        return with_violations(decision, extra)
-
 
 def with_violations(decision: Decision, extra: Sequence[Violation]) -> Decision:
     """The decision once cap violations found by the ledger are added (those of waived rules set apart)."""
@@ -336,10 +322,6 @@ def with_violations(decision: Decision, extra: Sequence[Violation]) -> Decision:
     return _decide(decision.requested_model, decision.model, decision.redirect,
                    [*decision.violations, *extra], decision.caps, decision.trace, decision.waived_rules,
                    decision.waived)
-
-
-def _fmt_limit(cap: Cap) -> str:
-    return f"${cap.limit}" if cap.metric == "spend" else f"{cap.limit} {cap.metric}"
 
 
 def _decide(requested: str | None, model: str | None, redirect: Violation | None,
