@@ -60,7 +60,7 @@ def render_block(state: GatewayState, route: ProviderRoute, verdict: Verdict, su
     refusal (what was wrong and what to do)."""
     refusal = verdict.refusal
     if refusal is None:
-        return block_response(state, route, verdict, subject, model, ts, verdict.retry_after_s)
+        return block_response(state, route, verdict, subject, model, ts)
     extra: dict[str, Any] = {"type": _REFUSAL_TYPES.get(refusal.status, "api_error")}
     if refusal.code == "unpriced_model":
         extra.update({"model": model, "provider": route.id})
@@ -70,11 +70,11 @@ def render_block(state: GatewayState, route: ProviderRoute, verdict: Verdict, su
 
 
 def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, subject: Subject,
-                   model: str | None, ts: datetime, retry_after_s: int | None = None) -> Response:
+                   model: str | None, ts: datetime) -> Response:
     top = verdict.decision.top if verdict.decision is not None else None
     assert top is not None  # a rule's block always has its rule
     rule = top.rule
-    status = 429 if rule.rate_limited else 403
+    status = verdict.status  # 429 for a rolling window, else 403
     policy_url = state.settings.policy_url or state.console_url + "policy"
     exemption_url = state.console_url + "exemptions/new?" + urlencode({
         "rule": rule.id, "provider": route.id, "model": model or "", "subject": subject.id,
@@ -92,6 +92,7 @@ def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, 
     if route.family is Family.anthropic and status == 429:
         extra["type"] = "rate_limit_error"
     headers = {RULE_HEADER: rule.id}
+    retry_after_s = verdict.retry_after_s
     if status == 429 and retry_after_s is not None:
         headers["Retry-After"] = str(max(retry_after_s, 1))
     return error_response(route.family, status, message, rule.type_name, extra, headers, decision="block")

@@ -226,12 +226,10 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
 
 async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified, ident: Identity, got: Read,
                  problems: tuple[Problem, ...], inspection: Inspection | None, now_s: float, ts_ms: int
-                 ) -> tuple[Verdict | None, object | None, Charge | None]:
+                 ) -> tuple[Verdict, object | None, Charge | None]:
     """decide, reserve, decide again on the ledger's numbers, all under `policy` (the call's version). Returns
-    the verdict, the reservation and the worst case it holds."""
+    the verdict, the reservation and the worst case it holds. (Called when there are rules or problems.)"""
     subject = ident.subject
-    if policy.empty and not problems:
-        return None, None, None
     route = where.route
     enforced = enforce.enforced(state, subject)
     settings = state.settings
@@ -240,7 +238,7 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
                      None if inspection is None else inspection.rule_ids,
                      frozenset() if inspection is None else inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
-    exemptions = state.overrides.current.for_subject(subject.id, ts_ms) if not policy.empty else {}
+    exemptions = state.overrides.current.for_subject(subject.id, ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions)
     for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
         # A batch is judged on every model its requests name: one the rules refuse refuses the batch.

@@ -59,12 +59,11 @@ def record(state: GatewayState, call: Finished) -> None:
     if usage is None:
         usage = Usage()
     m = state.metrics
-    model_label = m.model_label(model)
     metered = call.endpoint_class == "metered"
     if metered and model and seen.usage_source in _COSTED:
         cost = state.prices.cost_nusd(route.price_provider, model, usage)
         if cost is None:
-            m.unpriced.labels(route.id, model_label).inc()
+            m.unpriced.labels(route.id, m.model_label(model)).inc()
     subject = call.subject
     decision = verdict.applied if verdict is not None else "allow"
     refusal = verdict.refusal if verdict is not None and verdict.blocked else None
