@@ -17,8 +17,8 @@ from tollhouse.model_limits import known_max_output, worst_output_tokens
 from tollhouse.pricing import PriceBook
 from tollhouse.providers import lenient
 from tollhouse.providers.anthropic import AnthropicProtocol
-from tollhouse.providers.base import Endpoint, ProviderProtocol, RequestFacts
-from tollhouse.providers.classify import EndpointClass, Route, classify, passthrough_allows
+from tollhouse.providers.base import Endpoint, RequestFacts
+from tollhouse.providers.classify import EndpointClass, Route, classify, metered_endpoint, passthrough_allows
 from tollhouse.providers.family import Family
 from tollhouse.providers.gemini import GeminiProtocol
 from tollhouse.providers.openai import OpenAIProtocol
@@ -310,11 +310,9 @@ def test_every_variant_of_a_metered_path_is_metered(raw: str) -> None:
     (OPENAI, "/v1/chat/completions"), (ANTHROPIC, "/v1/messages"),
     (GEMINI, "/v1beta/models/gemini-2.0-flash:generateContent"),
 ])
-def test_protocol_classify_is_the_metered_part_of_the_table(family: Family, path: str) -> None:
-    protocols: dict[Family, ProviderProtocol] = {
-        OPENAI: OpenAIProtocol(), ANTHROPIC: AnthropicProtocol(), GEMINI: GeminiProtocol()}
-    assert protocols[family].classify(path) is classify(family, "POST", path).endpoint
-    assert protocols[family].classify(path + "/x") is Endpoint.passthrough
+def test_metered_endpoint_is_the_metered_part_of_the_table(family: Family, path: str) -> None:
+    assert metered_endpoint(family, "POST", path) is classify(family, "POST", path).endpoint
+    assert metered_endpoint(family, "POST", path + "/x") is Endpoint.passthrough
 
 
 def test_passthrough_allows_only_the_listed_normalised_paths() -> None:

@@ -18,6 +18,8 @@ from multidict import CIMultiDict
 from test_sse import split
 from tollhouse.providers.anthropic import AnthropicProtocol
 from tollhouse.providers.base import Endpoint, RequestFacts, StreamMeter
+from tollhouse.providers.classify import metered_endpoint
+from tollhouse.providers.family import Family
 from tollhouse.providers.gemini import GeminiProtocol
 from tollhouse.providers.openai import OpenAIProtocol
 from tollhouse.providers.usage import Usage
@@ -448,6 +450,10 @@ def test_prepare_other_families_never_change_body() -> None:
 # facts(): what the gateway knows before forwarding
 
 
+def _metered(family: Family, path: str) -> Endpoint:
+    return metered_endpoint(family, "POST", path)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "expected"),
     [
@@ -468,23 +474,23 @@ def test_prepare_other_families_never_change_body() -> None:
     ],
 )
 def test_openai_facts(path: str, body: dict[str, Any], expected: RequestFacts) -> None:
-    assert OPENAI.facts(OPENAI.classify(path), path, {}, body) == expected
+    assert OPENAI.facts(_metered(Family.openai, path), path, {}, body) == expected
 
 
 def test_openai_classify() -> None:
-    assert OPENAI.classify("/v1/chat/completions") is Endpoint.chat
-    assert OPENAI.classify("/v1/completions") is Endpoint.completions
-    assert OPENAI.classify("/v1/embeddings") is Endpoint.embeddings
-    assert OPENAI.classify("/v1/responses") is Endpoint.responses
-    assert OPENAI.classify("/v1/models") is Endpoint.passthrough
+    assert _metered(Family.openai, "/v1/chat/completions") is Endpoint.chat
+    assert _metered(Family.openai, "/v1/completions") is Endpoint.completions
+    assert _metered(Family.openai, "/v1/embeddings") is Endpoint.embeddings
+    assert _metered(Family.openai, "/v1/responses") is Endpoint.responses
+    assert _metered(Family.openai, "/v1/models") is Endpoint.passthrough
 
 
 def test_anthropic_facts() -> None:
     body = {"model": "claude-3-5-sonnet-20241022", "max_tokens": 1024, "stream": True, "messages": []}
     assert ANTHROPIC.facts(Endpoint.messages, "/v1/messages", {}, body) == RequestFacts(
         "claude-3-5-sonnet-20241022", True, 1024)
-    assert ANTHROPIC.classify("/v1/messages") is Endpoint.messages
-    assert ANTHROPIC.classify("/v1/messages/count_tokens") is Endpoint.passthrough
+    assert _metered(Family.anthropic, "/v1/messages") is Endpoint.messages
+    assert _metered(Family.anthropic, "/v1/messages/count_tokens") is Endpoint.passthrough
 
 
 @pytest.mark.parametrize(
@@ -498,7 +504,7 @@ def test_anthropic_facts() -> None:
     ],
 )
 def test_gemini_facts(path: str, body: dict[str, Any], expected: RequestFacts) -> None:
-    endpoint = GEMINI.classify(path)
+    endpoint = _metered(Family.gemini, path)
     assert endpoint in (Endpoint.generate, Endpoint.stream_generate)
     assert GEMINI.facts(endpoint, path, {"alt": "sse"}, body) == expected
 

@@ -8,16 +8,11 @@ import orjson
 
 from tollhouse.providers import lenient
 from tollhouse.providers.base import Endpoint, RequestFacts, bearer
-from tollhouse.providers.classify import metered_endpoint
-from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
 
 class AnthropicProtocol:
-    def classify(self, path: str) -> Endpoint:
-        return metered_endpoint(Family.anthropic, "POST", path)
-
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
         if endpoint is Endpoint.message_batches:
             return _batch_facts(body)

@@ -75,8 +75,6 @@ class StreamMeter(Protocol):
 
 
 class ProviderProtocol(Protocol):
-    def classify(self, path: str) -> Endpoint: ...
-
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
         ...
 

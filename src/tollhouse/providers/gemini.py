@@ -8,8 +8,6 @@ import orjson
 
 from tollhouse.providers import lenient
 from tollhouse.providers.base import Endpoint, RequestFacts
-from tollhouse.providers.classify import metered_endpoint
-from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
@@ -30,9 +28,6 @@ _MAX_ARRAY_BYTES = 8 * 1024 * 1024
 
 
 class GeminiProtocol:
-    def classify(self, path: str) -> Endpoint:
-        return metered_endpoint(Family.gemini, "POST", path)
-
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
         """Proto3 JSON: every field may come in lowerCamelCase or as its proto name (snake_case)."""
         last = path.rsplit("/", 1)[-1]

@@ -8,8 +8,6 @@ import orjson
 
 from tollhouse.providers import lenient
 from tollhouse.providers.base import Endpoint, RequestFacts, bearer
-from tollhouse.providers.classify import metered_endpoint
-from tollhouse.providers.family import Family
 from tollhouse.providers.sse import SseParser
 from tollhouse.providers.usage import Usage, as_int
 
@@ -35,9 +33,6 @@ _NO_MODEL = frozenset({Endpoint.batches, Endpoint.containers, Endpoint.evals})
 
 
 class OpenAIProtocol:
-    def classify(self, path: str) -> Endpoint:
-        return metered_endpoint(Family.openai, "POST", path)
-
     def facts(self, endpoint: Endpoint, path: str, query: dict[str, str], body: dict[str, Any]) -> RequestFacts:
         """Read from the JSON body, or from the fields of a multipart form given as a dict of strings."""
         model = body.get("model")
