@@ -89,8 +89,7 @@ class Verdict(NamedTuple):
     refusal: Problem | None = None  # the gateway's own refusal (outcome block), or what it would refuse
     exemptions: Mapping[str, str] = _NO_EXEMPTIONS  # rule id -> the exemption the subject holds
     usage: tuple[CapUsage, ...] = ()
-    counters_down: str | None = None  # the counter store's error, when it could not be read
-    failed_open: bool = False  # counters down, forwarded uncounted because the caps fail open
+    counters_down: str | None = None  # the counter store's error (forwarded uncounted unless blocked: failed open)
     # The judgement with the policy's shadow rules applied too (None: the policy has none): what they would do.
     shadowed: Decision | None = None
 
@@ -215,8 +214,8 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
         if enforced and not fail_open:
             return Verdict(Outcome.block, True, decision, counters_problem(caps), exemptions,
                            counters_down=usage.error)
-        return _rules(decision, enforced, exemptions, (), observed, usage.error, enforced, shadowed=shadowed)
-    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, False, gate.priced, shadowed)
+        return _rules(decision, enforced, exemptions, (), observed, usage.error, shadowed=shadowed)
+    return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, gate.priced, shadowed)
 
 
 def _over(u: CapUsage, priced: bool) -> bool:
@@ -226,10 +225,10 @@ def _over(u: CapUsage, priced: bool) -> bool:
 
 
 def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, str], usage: tuple[CapUsage, ...],
-           observed: Problem | None, counters_down: str | None, failed_open: bool, priced: bool = True,
+           observed: Problem | None, counters_down: str | None, priced: bool = True,
            shadowed: Decision | None = None) -> Verdict:
     if decision is None:
-        return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down, failed_open)
+        return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down)
     if usage:
         over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
         if over:
@@ -237,7 +236,7 @@ def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, s
             if shadowed is not None:
                 shadowed = with_violations(shadowed, over)
     action = _OUTCOME[decision.action] if enforced else Outcome.allow
-    return Verdict(action, enforced, decision, observed, exemptions, usage, counters_down, failed_open, shadowed)
+    return Verdict(action, enforced, decision, observed, exemptions, usage, counters_down, shadowed)
 
 
 def unpriced_problem(model: str | None, caps: Sequence[Cap]) -> Problem:
