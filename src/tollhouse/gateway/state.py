@@ -342,20 +342,25 @@ def _close_clients(routes: Mapping[str, ProviderRoute]) -> None:
         route.client.close()
 
 
+def _client(cfg: ProviderConfig, settings: Settings, upstream_proxy: str | None) -> Client:
+    return Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy,
+                  limits=client_limits(settings.limits))
+
+
 def _provider_route(pid: str, cfg: ProviderConfig, settings: Settings, upstream_proxy: str | None) -> ProviderRoute:
     protocol = protocol_for(cfg.family)
+    api_key = cfg.resolve_api_key()
     return ProviderRoute(
         id=pid,
         family=cfg.family,
         protocol=protocol,
         upstream=cfg.upstream,
-        api_key=cfg.resolve_api_key(),
+        api_key=api_key,
         price_provider=settings.price_provider_id(pid),
-        client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s, proxy=upstream_proxy,
-                      limits=client_limits(settings.limits)),
+        client=_client(cfg, settings, upstream_proxy),
         host=urlsplit(cfg.upstream).hostname or "",
         auth_names=frozenset(n.lower() for n in protocol.auth_header_names()),
-        redactor=Redactor((api_key,)) if (api_key := cfg.resolve_api_key()) else None,
+        redactor=Redactor((api_key,)) if api_key else None,
     )
 
 
@@ -367,9 +372,7 @@ def rebuild_routes(state: GatewayState, upstream_proxy: str | None) -> None:
     routes: dict[str, ProviderRoute] = {}
     for pid, route in old.items():
         cfg = state.settings.providers[pid]
-        routes[pid] = replace(route, client=Client(str(cfg.upstream), read_timeout_s=cfg.timeout_s,
-                                                   proxy=upstream_proxy,
-                                                   limits=client_limits(state.settings.limits)))
+        routes[pid] = replace(route, client=_client(cfg, state.settings, upstream_proxy))
     state.providers.publish(MappingProxyType(routes))
     _close_clients(old)  # idle connections now; busy ones when their call ends
 
