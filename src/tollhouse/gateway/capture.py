@@ -8,21 +8,10 @@ next call without a restart.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tollhouse.config import CaptureMode
 from tollhouse.gateway.state import GatewayState
-from tollhouse.providers.base import prompt_text
 
 
 def capturing(state: GatewayState) -> bool:
     """The capture mode in force now (live: the agent switches it from its control plane's agent policy)."""
     return state.live_settings.current.capture_mode is CaptureMode.enterprise
-
-
-def call_prompt(state: GatewayState, parsed: dict[str, Any] | None) -> str | None:
-    """The prompt text of a metered call in enterprise mode (for capture); else None. Content rules are
-    inspected in every mode (gateway/content.py)."""
-    if parsed is None or not capturing(state):
-        return None
-    return prompt_text(parsed)

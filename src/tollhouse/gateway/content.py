@@ -16,9 +16,10 @@ import sys
 from typing import Any, NamedTuple
 
 from tollhouse.directory import Subject
-from tollhouse.gateway.capture import call_prompt, capturing
 from tollhouse.gateway.state import GatewayState
 from tollhouse.policy.dlp import Inspection, inspect, redact
+from tollhouse.policy.engine import CompiledPolicy
+from tollhouse.policy.rules import Rule
 from tollhouse.providers.base import prompt_text
 
 log = logging.getLogger("tollhouse.dlp")
@@ -34,15 +35,19 @@ class Content(NamedTuple):
 NO_CONTENT = Content(None, None)
 
 
-async def inspect_request(state: GatewayState, parsed: dict[str, Any] | None, subject: Subject) -> Content:
-    """Inspect a metered call's prompt (`parsed`: its JSON body) for the content rules that apply to `subject`."""
-    policy = state.policy.current
-    rules = () if policy.empty else policy.content_rules(subject)
+def _rules(policy: CompiledPolicy, subject: Subject) -> tuple[Rule, ...]:
+    return () if policy.empty else policy.content_rules(subject)
+
+
+async def inspect_request(state: GatewayState, policy: CompiledPolicy, parsed: dict[str, Any] | None,
+                          subject: Subject, keep: bool) -> Content:
+    """Inspect a metered call's prompt (`parsed`: its JSON body) for the content rules of `policy` (the call's
+    version) that apply to `subject`. `keep`: enterprise capture, the prompt is kept (redacted)."""
+    rules = _rules(policy, subject)
     if not rules:
-        return Content(call_prompt(state, parsed), None)
+        return Content(prompt_text(parsed) if keep and parsed is not None else None, None)
     if parsed is None:
         return NO_CONTENT  # no readable prompt (refused while enforcing)
-    keep = capturing(state)
     text = prompt_text(parsed, limit=sys.maxsize)  # all of it: the body is bounded by limits.max_body_bytes
     inspection = await inspect(text, rules, state.settings.limits.dlp_time_ms / 1000, spans=keep)
     for hit in inspection.hits:
@@ -54,12 +59,11 @@ async def inspect_request(state: GatewayState, parsed: dict[str, Any] | None, su
     return Content(redact(text, inspection) if keep else None, inspection)
 
 
-async def redact_answer(state: GatewayState, text: str, subject: Subject) -> str:
+async def redact_answer(state: GatewayState, policy: CompiledPolicy, text: str, subject: Subject) -> str:
     """The captured answer (enterprise capture mode) as it may be stored: what the subject's content rules match
     in it redacted like the prompt, inspected off the event loop within `limits.dlp_time_ms` (past it, none of
     the answer is kept)."""
-    policy = state.policy.current
-    rules = () if policy.empty else policy.content_rules(subject)
+    rules = _rules(policy, subject)
     if not rules:
         return text
     inspection = await inspect(text, rules, state.settings.limits.dlp_time_ms / 1000, spans=True)

@@ -174,7 +174,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         if metered and got.parsed is not None:
             capture = capturing(state)
             if capture or policy.has_content:  # inspect: the content rules that apply (off the loop, bounded)
-                content = await inspect_request(state, got.parsed, ident.subject)
+                content = await inspect_request(state, policy, got.parsed, ident.subject, capture)
                 prompt, inspection = content.prompt, content.inspection
         if problems or not policy.empty:
             verdict, reservation, worst = await _judge(state, policy, where, ident, got, problems, inspection, now_s,
@@ -208,7 +208,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             verdict.would if verdict is not None else None, worst)
         answer = await forward(request, state, out, body, got.facts.stream, seen)
         if inspection is not None and seen.response_text:  # captured, and content rules apply: redact it too
-            seen.response_text = await redact_answer(state, seen.response_text, ident.subject)
+            seen.response_text = await redact_answer(state, policy, seen.response_text, ident.subject)
             inspection = None
         return answer
     except asyncio.CancelledError:
