@@ -40,7 +40,11 @@ PROVISIONAL = "reserved"  # usage_source of an intent record: the call was forwa
 
 def journal_line(event: CallEvent, capture: Capture | None = None) -> bytes:
     """A line is the event's columns, then its captured [prompt, response] when there is one."""
-    row = tuple(event) if capture is None else (*event, tuple(capture))
+    return row_line(tuple(event) if capture is None else (*event, tuple(capture)))
+
+
+def row_line(row: tuple[object, ...]) -> bytes:
+    """The journal line of a row: an event's columns in order (the caller may build them as a plain tuple)."""
     return orjson.dumps(row) + b"\n"
 
 

@@ -8,10 +8,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import orjson
-
 from tollhouse.directory import Subject
-from tollhouse.events.journal import PROVISIONAL
+from tollhouse.events.journal import PROVISIONAL, row_line
 from tollhouse.events.store import Store, StoreError
 from tollhouse.events.writer import EventWriter
 from tollhouse.gateway.metrics import GatewayMetrics
@@ -52,12 +50,12 @@ def begin_call(writer: EventWriter, ts_ms: int, subject: Subject, provider: str,
     returns the id its final event must carry (the final event supersedes the intent)."""
     event_id = writer.new_id(ts_ms)
     # The CallEvent's columns in order, serialised straight from a plain tuple (this runs for every call).
-    writer.begin_line(event_id, orjson.dumps((
+    writer.begin_line(event_id, row_line((
         event_id, ts_ms, subject.id, subject.kind, subject.team, subject.project, subject.cost_centre, provider,
         endpoint, path, endpoint_class == "metered", model, requested_model, stream, 0,
         worst.input_tokens if worst is not None else 0, worst.output_tokens if worst is not None else 0, 0, 0,
         worst.spend_nusd if worst is not None else None, PROVISIONAL, decision, rule_id, would, 0.0, None, False,
-        UNFINISHED, endpoint_class)) + b"\n")
+        UNFINISHED, endpoint_class)))
     return event_id
 
 
