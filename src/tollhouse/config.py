@@ -323,6 +323,11 @@ class LedgerConfig(_Frozen):
     timezone: str = "UTC"  # ... in this IANA zone
     default_max_output_tokens: int = Field(default=4096, gt=0)  # worst case when a call sets no limit
     reservation_ttl_s: float = Field(default=900, gt=0)  # a reservation never settled is released then
+    # Budget leases (control plane → agents): an agent spends against a slice of a cap's remaining budget,
+    # renewed in the background; the control plane's values are the ones in force.
+    lease_usd: Decimal | None = Field(default=None, gt=0)  # a spend lease's size; default: lease_fraction of the cap
+    lease_fraction: float = Field(default=0.01, gt=0, le=1)  # of a cap's limit (token and request caps always)
+    lease_ttl_s: float = Field(default=60, ge=1, le=3600)  # a lease not renewed for this long is spent no more
 
     @field_validator("timezone")
     @classmethod

@@ -25,6 +25,7 @@ from tollhouse import __version__
 from tollhouse.agent.apply import BundleApplier
 from tollhouse.agent.bundle import BundleSync, Retry
 from tollhouse.agent.cache import BundleCache
+from tollhouse.agent.leases import LeaseLedger
 from tollhouse.agent.notices import NoticeSender
 from tollhouse.agent.settings import AgentSettings, LocalLayers
 from tollhouse.agent.ship_metrics import ShipMetrics
@@ -36,6 +37,7 @@ from tollhouse.events.store import StoreError
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState, add_health_section
 from tollhouse.lifespan import Background, Lifespan
+from tollhouse.policy.timewindow import zone
 
 AGENT_ID_FILE = "agent_id"
 log = logging.getLogger("tollhouse.agent")
@@ -142,7 +144,8 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         # Telemetry (branch `ship`): every call is spooled in the local store; the shipper delivers it. The
         # proxy is the one in force at start, then follows the agent policy.
         shipper = Shipper(state.runner, opts.control_plane, opts.token, applier.effective["upstream_proxy"] or None,
-                          metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s)
+                          metrics=ShipMetrics(state.metrics.registry), interval_s=opts.ship_interval_s,
+                          agent_id=ident)
         follow.append(lambda s: shipper.set_proxy(s["upstream_proxy"] or None))  # a live proxy change
         add_health_section(state, "telemetry",
                            lambda: {"backlog": shipper.backlog, "unauthorized": shipper.unauthorized})
@@ -163,6 +166,8 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         parts.add("events flushed for the shipper", stop=flush_events)
         Background("tollhouse-agent-updates",
                    lambda: _update_loop(updater, applier, policy_changed, opts.update_interval_s)).add_to(parts)
+        Background("tollhouse-agent-leases", leases.run_renewals).add_to(parts)
+        add_health_section(state, "budget_leases", leases.health)
         Background("tollhouse-agent-prune", lambda: _prune_loop(state, opts.retention_days, clock)).add_to(parts)
         await parts.start()
 
@@ -171,5 +176,9 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
 
         return cleanup
 
+    lc = local.ledger
+    # Every cap is the control plane's: this machine spends against budget leases (agent/leases.py).
+    leases = LeaseLedger(opts.control_plane, opts.token, ident, lc.billing_day, zone(lc.timezone),
+                         lc.reservation_ttl_s, proxy=effective["upstream_proxy"] or None)
     await serve(gateway_settings(local, effective), data_dir, opts.host, opts.port, ready, stop, clock,
-                extension=extension)
+                extension=extension, make_ledger=lambda _loader: leases)

@@ -74,15 +74,17 @@ def _cause(exc: RequestError) -> str:
 
 class ShipClient:
     def __init__(self, control_plane_url: str, token: str, proxy: str | None, timeout_s: float,
-                 ca_pem: bytes | None = None) -> None:
+                 ca_pem: bytes | None = None, agent_id: str = "") -> None:
         self.url = control_plane_url.rstrip("/") + INGEST_PATH
         self.token = token
+        self.agent_id = agent_id  # the control plane counts the batch's spend against this agent's leases
         self._client: Client = build_client(timeout_s, proxy, ca_pem)
 
     async def post(self, body: bytes) -> Answer:
         request = (self._client.post(self.url)
                    .header("authorization", f"Bearer {self.token}")
                    .header("content-type", "application/json")
+                   .header("x-tollhouse-agent-id", self.agent_id)
                    .body_bytes(body).build())
         try:
             response = await request.send()

@@ -80,14 +80,14 @@ class Shipper:
                  batch: int = 1000, max_spool: int = 1_000_000, interval_s: float = 1.0,
                  metrics: ShipMetrics | None = None, *, timeout_s: float = 30.0, retry_base_s: float = 0.5,
                  retry_max_s: float = 30.0, stop_timeout_s: float = 3.0,
-                 max_body_bytes: int = MAX_BODY_BYTES, ca_pem: bytes | None = None) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, ca_pem: bytes | None = None, agent_id: str = "") -> None:
         """ca_pem: a CA certificate to trust for an https control plane, besides the system's."""
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be between 1 and {MAX_BATCH} events, got {batch}")
         if max_spool < 1:
             raise ValueError(f"max_spool must be at least 1 event, got {max_spool}")
         self._runner = runner
-        self._client = ShipClient(control_plane_url, token, proxy, timeout_s, ca_pem)
+        self._client = ShipClient(control_plane_url, token, proxy, timeout_s, ca_pem, agent_id)
         self._proxy, self._timeout_s, self._ca_pem = proxy, timeout_s, ca_pem
         self._retired: list[ShipClient] = []  # clients replaced by set_proxy, closed at stop
         self._batch = batch
@@ -135,7 +135,8 @@ class Shipper:
         if proxy == self._proxy:
             return
         old = self._client
-        self._client = ShipClient(old.url.removesuffix(INGEST_PATH), old.token, proxy, self._timeout_s, self._ca_pem)
+        self._client = ShipClient(old.url.removesuffix(INGEST_PATH), old.token, proxy, self._timeout_s, self._ca_pem,
+                                  old.agent_id)
         self._proxy = proxy
         self._retired.append(old)
         log.info("telemetry now ships %s", f"through the proxy {redact_url(proxy)}" if proxy else "directly")

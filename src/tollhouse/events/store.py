@@ -180,6 +180,23 @@ class Store:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
             return new
 
+    def insert_new_events(self, events: Sequence[CallEvent], captures: Mapping[str, Capture] | None = None
+                          ) -> list[CallEvent]:
+        """`insert_events`, returning the events that were new (a retried batch's events come back once): what
+        an ingest counts in the budget counters."""
+        if not events:
+            return []
+        with self.db.transaction(lock="ingest"):  # two deliveries of one batch: one of them stores it
+            seen: set[str] = set()
+            ids = [e.id for e in events]
+            for begin in range(0, len(ids), 500):
+                part = ids[begin:begin + 500]
+                rows = self.db.query(f"SELECT id FROM events WHERE id IN ({', '.join('?' for _ in part)})", part)
+                seen.update(r["id"] for r in rows)
+            fresh = {e.id: e for e in events if e.id not in seen}  # a batch naming an id twice stores it once
+            self.insert_events(list(fresh.values()), {k: v for k, v in (captures or {}).items() if k in fresh})
+            return list(fresh.values())
+
     def event(self, event_id: str) -> dict[str, Any] | None:
         """One event by id, with its captured `prompt` and `response` (None when not captured)."""
         return self._row(f"{EVENTS_WITH_CONTENT} WHERE events.id = ?", (event_id,))

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
 
+from tollhouse.events.model import CallEvent
+from tollhouse.events.store import StoreError
 from tollhouse.events.wire import BatchError, from_wire
 from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import AGENT_POLICY, actor, agent_policy_json, json_body
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import sha256_hex
+from tollhouse.ledger.stored import stored_usage
+
+log = logging.getLogger("tollhouse.agents")
 
 TOKEN_PREFIX = "the-"  # Tollhouse enrollment
 MAX_WAIT_S = 60
@@ -135,10 +141,23 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
                                         "code": "invalid_events", "problems": exc.problems,
                                         "bad": exc.indices}}, 400)
     events = batch.events
-    stored = await state.runner.run(lambda s: s.insert_events(events, batch.captures)) if events else 0
+    fresh = await state.runner.run(lambda s: s.insert_new_events(events, batch.captures)) if events else []
+    stored = len(fresh)
+    if fresh:  # their spend reaches the counters, and the agent's leases hold that much less
+        await count_shipped(state, request.header("x-tollhouse-agent-id") or who, fresh)
     state.metrics.agent_events.labels("stored").inc(stored)
     state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)
     return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})
+
+
+async def count_shipped(state: GatewayState, agent: str, events: list[CallEvent]) -> None:
+    directory, policy = state.directory.current, state.policy.current
+    usage = stored_usage(events, directory.team_chain)
+    state.ledger.count_stored(usage, policy.count_windows)
+    try:
+        await state.leases.drawn(agent.strip()[:200], usage, int(state.clock() * 1000))
+    except StoreError as exc:  # the leases keep holding what the events spent: counted twice, never lost
+        log.warning("budget leases could not be updated after an ingest: %s", exc)
 
 
 NOTICE_KINDS = frozenset({"agent.update.available", "agent.update.installed", "agent.update.failed"})

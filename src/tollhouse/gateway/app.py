@@ -16,13 +16,14 @@ from tollhouse.gateway import (
     console,
     console_session,
     exemption_routes,
+    lease_api,
     pipeline,
     policy_api,
     spend,
 )
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Request, Response, Streamed, json_response
-from tollhouse.gateway.state import GatewayState, build_state
+from tollhouse.gateway.state import GatewayState, MakeLedger, build_state
 from tollhouse.gateway.wire_limits import server_limits
 from tollhouse.lifespan import Background
 from tollhouse.providers.family import Family
@@ -67,6 +68,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/agent/bundle"): (agent_api.bundle, False),
     ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
     ("POST", "/api/v1/agent/notices"): (agent_api.notices, False),
+    ("POST", "/api/v1/agent/leases"): (lease_api.leases, False),
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
@@ -161,7 +163,8 @@ def _internal_error(request: Request) -> Response:
 async def serve(settings: Settings, data_dir: Path, host: str, port: int,
                 ready: Callable[[GatewayState, int], None] | None = None,
                 stop: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
-                worker: int | None = None, extension: Extension | None = None) -> None:
+                worker: int | None = None, extension: Extension | None = None,
+                make_ledger: MakeLedger | None = None) -> None:
     """Run the gateway in the current event loop until `stop` is set; flush events on the way out.
     `worker`: this process is one of `serve --workers N` (they share the port through SO_REUSEPORT).
     `extension`: what the agent adds (see Extension).
@@ -169,7 +172,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     Every component runs under the state's one Lifespan: started in order, stopped in reverse (see
     build_state for the state's own; here: the start-up announcement, the extension, the store follower, the
     counter warmer, the ledger sweeper, the server, and the agents' long-polls)."""
-    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker)
+    state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker, make_ledger)
     lifespan = state.lifespan
     lifespan.add("start-up audit", lambda: _announce(state))
     cleanup: Callable[[], Awaitable[None]] | None = None
@@ -225,10 +228,19 @@ async def _announce(state: GatewayState) -> None:
         "counters": "redis" if settings.counters.url != "local://" else "local"})
 
 
-async def _expire_reservations(state: GatewayState, every_s: float = 10.0) -> None:
+async def _expire_reservations(state: GatewayState, every_s: float = 1.0) -> None:
+    """Release stale reservations (every 10 s) and expire leases agents stopped renewing (every second)."""
+    n = 0
     while True:
         await asyncio.sleep(every_s)
-        state.ledger.expire(int(state.clock() * 1000))
+        now_ms = int(state.clock() * 1000)
+        n += 1
+        if n % 10 == 0:
+            state.ledger.expire(now_ms)
+        try:
+            await state.leases.sweep(now_ms)
+        except StoreError as exc:
+            log.warning("budget leases could not be swept (counters unavailable: %s); trying again", exc)
 
 
 async def warm_counters(state: GatewayState) -> None:

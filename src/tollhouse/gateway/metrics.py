@@ -139,6 +139,8 @@ class GatewayMetrics:
                                         "let past a rule they violated", ["rule"], registry=r)
         self.agent_events = Counter("tollhouse_agent_events", "Call events received from agents (stored, or "
                                     "duplicate: already stored, from a retried batch)", ["result"], registry=r)
+        self.lease_requests = Counter("tollhouse_lease_requests", "Budget lease requests answered (agents asking "
+                                      "for, renewing or returning their leases)", registry=r)
         self.connections_refused = Counter("tollhouse_connections_refused", "Client connections refused at once "
                                            "because limits.max_connections were open", registry=r)
         self.events_pending = Gauge("tollhouse_events_pending", "Events waiting to be written", registry=r)

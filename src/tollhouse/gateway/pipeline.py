@@ -36,7 +36,7 @@ from tollhouse.gateway.http import BodyTooLarge, Request, Response, Streamed
 from tollhouse.gateway.identify import PROJECT_HEADER, USER_HEADER, Identity, identify
 from tollhouse.gateway.record import Finished, record
 from tollhouse.gateway.state import GatewayState, ProviderRoute
-from tollhouse.ledger.types import Charge, ReserveResult
+from tollhouse.ledger.types import Charge, LeaseUnavailable, ReserveResult
 from tollhouse.model_limits import worst_output_tokens
 from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
 from tollhouse.policy.dlp import Inspection
@@ -262,7 +262,8 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
         if reserved is None:  # a counter to load from the store first, or a Redis round trip
             reserved = await state.ledger.reserve(verdict.caps, charge, ts_ms, ceilings)
     except StoreError as exc:
-        verdict = decide(gate, policy, call, subject, now, exemptions, CountersDown(str(exc)))
+        down = CountersDown(str(exc), exc.because) if isinstance(exc, LeaseUnavailable) else CountersDown(str(exc))
+        verdict = decide(gate, policy, call, subject, now, exemptions, down)
         _counters_down(state, verdict, subject.id, route.id, got.facts.model, ts_ms, str(exc))
         return verdict, None, None
     if state.outage.ongoing:

@@ -45,6 +45,7 @@ async def spend(request: Request, state: GatewayState) -> Response:
     subject = directory.subject(ident) if scope == "subject" else None
     caps = policy.caps_counting(scope, ident, subject)
     cap_rows = []
+    lease_rows: list[dict[str, object]] = []  # budget leases agents hold on these caps (counted in `used`)
     for cap in caps:
         try:
             used = await state.ledger.cap_used(cap, now_ms)
@@ -52,11 +53,19 @@ async def spend(request: Request, state: GatewayState) -> Response:
             return api_error(503, f"budget counters unavailable: {exc}", "counters_unavailable")
         limit = cap.units
         scale = NANO_PER_USD if cap.metric == "spend" else 1
+        leased = [lease for lease in state.leases.outstanding(cap.counter) if lease.cap.key == cap.key
+                  and lease.cap.metric == cap.metric and lease.cap.providers == cap.providers]
+        for lease in leased:
+            lease_rows.append({"agent": lease.agent, "rule_id": lease.cap.rule.id, "metric": lease.cap.metric,
+                               "window": lease.cap.window.label, "outstanding": lease.held / scale,
+                               "granted": lease.granted / scale, "drawn": lease.drawn / scale,
+                               "live": lease.live, "expires": _iso(lease.expires_ms)})
         cap_rows.append({
             "rule_id": cap.rule.id, "type": cap.rule.type_name, "metric": cap.metric,
             "window": cap.window.label, "providers": sorted(cap.providers) if cap.providers else None,
             "limit": limit / scale, "used": used / scale, "remaining": max(limit - used, 0) / scale,
             "severity": cap.rule.severity.name,
+            "leases_outstanding": sum(lease.held for lease in leased) / scale,
         })
     spend_nusd = sum(v[0] for v in totals.values())
     return json_response({
@@ -69,4 +78,5 @@ async def spend(request: Request, state: GatewayState) -> Response:
         "by_provider": {p: {"spend_usd": v[0] / NANO_PER_USD, "input_tokens": v[1], "output_tokens": v[2],
                             "requests": v[3]} for p, v in sorted(totals.items())},
         "caps": cap_rows,
+        "leases": lease_rows,
     })

@@ -22,6 +22,7 @@ from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import ProviderConfig, Settings
 from tollhouse.control.documents import ChangeFeed, Documents
 from tollhouse.control.exemptions import OverrideSet
+from tollhouse.control.leases import LeaseBook, LeaseSizing
 from tollhouse.directory import Directory
 from tollhouse.events.journal import PROVISIONAL, Journal, Recovered, recover
 from tollhouse.events.model import CallEvent
@@ -37,7 +38,7 @@ from tollhouse.gateway.routes_memo import RouteMemo
 from tollhouse.gateway.wire_limits import client_limits
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
-from tollhouse.ledger.local import HistoryRow, LocalLedger
+from tollhouse.ledger.local import HistoryRow, Loader, LocalLedger
 from tollhouse.ledger.outage import OutageTracker
 from tollhouse.ledger.redis import RedisLedger, rebuild_all_counters
 from tollhouse.lifespan import Lifespan
@@ -114,6 +115,7 @@ class GatewayState:
     writer: EventWriter
     keys: KeyCache
     ledger: Ledger
+    leases: LeaseBook  # budget leases granted to agents (held in `ledger`)
     audit: AuditLog
     docs: Documents  # versioned control-plane documents (policy, directory, agent policy)
     enrollment: EnrollmentCache  # agents' enrollment tokens
@@ -233,8 +235,13 @@ def replay_all_journals(store: Store, data_dir: Path, counters_url: str = "local
         replay_journal(store, sub, counters_url)
 
 
+MakeLedger = Callable[[Loader], Ledger]
+"""Builds the ledger from the store's history loader (the agent's: budget leases from its control plane)."""
+
+
 async def build_state(settings: Settings, data_dir: Path, public_url: str,
-                      clock: Callable[[], float] = time.time, worker: int | None = None) -> GatewayState:
+                      clock: Callable[[], float] = time.time, worker: int | None = None,
+                      make_ledger: MakeLedger | None = None) -> GatewayState:
     """Raises RulesFileError (bad rules file), StoreError (store unusable) or SigningKeyError (audit signing key
     unreadable) before anything listens. What it built is released again when it raises. The components are
     registered in `lifespan` in start order (the store thread and the provider clients, running already, are
@@ -247,7 +254,8 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     store = open_store(settings.store.url, data_dir)
     lifespan = Lifespan()
     try:
-        return await _build(settings, data_dir, public_url, clock, worker, policy, signer, store, lifespan)
+        return await _build(settings, data_dir, public_url, clock, worker, policy, signer, store, lifespan,
+                            make_ledger)
     except BaseException:
         if not lifespan.started:
             store.close()
@@ -257,7 +265,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
 
 async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Callable[[], float],
                  worker: int | None, policy: PolicyHolder, signer: Ed25519PrivateKey, store: Store,
-                 lifespan: Lifespan) -> GatewayState:
+                 lifespan: Lifespan, make_ledger: MakeLedger | None = None) -> GatewayState:
     journal_dir = journal_dir_for(data_dir, worker)
     leftover = replay_journal(store, journal_dir, settings.counters.url)
     runner = StoreRunner(store)
@@ -295,7 +303,9 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
 
     lc = settings.ledger
     ledger: Ledger
-    if settings.counters.url == "local://":
+    if make_ledger is not None:
+        ledger = make_ledger(load_history)
+    elif settings.counters.url == "local://":
         ledger = LocalLedger(load_history, lc.billing_day, zone(lc.timezone), lc.reservation_ttl_s)
     else:
         ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
@@ -329,6 +339,8 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
         writer=writer,
         keys=KeyCache(runner),
         ledger=ledger,
+        leases=LeaseBook(ledger, LeaseSizing(lc.lease_ttl_s, lc.lease_usd, lc.lease_fraction), lc.billing_day,
+                         zone(lc.timezone), refresh_ms=int(lc.reservation_ttl_s * 1000 / 3)),
         audit=audit,
         docs=docs,
         enrollment=EnrollmentCache(),

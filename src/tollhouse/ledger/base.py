@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import Ceilings, Charge, ReserveResult
 from tollhouse.policy.engine import Cap
+from tollhouse.policy.rules import Window
 
 
 class Ledger(Protocol):
@@ -30,6 +32,11 @@ class Ledger(Protocol):
     def settle(self, reservation: object, actual: Charge) -> None:
         """Release the reservation's hold and count the actual usage, once: a reservation that expired is
         still counted when it settles; settling again changes nothing (never raises; failures are logged)."""
+        ...
+
+    def count_stored(self, usage: Sequence[StoredUsage], windows: Sequence[Window]) -> None:
+        """Count calls that were stored without a reservation here (an agent's shipped events) in the counters of
+        their scopes over `windows` (every window the policy counts). Never raises."""
         ...
 
     async def warm(self, caps: Sequence[Cap], now_ms: int) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
+from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import NANO_PER_USD as NANO_PER_USD
 from tollhouse.ledger.types import CapUsage, Ceilings, check_ceilings, metric_of
 from tollhouse.ledger.types import Charge as Charge
@@ -205,6 +206,7 @@ class LocalLedger:
         self._ttl_ms = int(reservation_ttl_s * 1000)
         self._counters: dict[CounterId, Counter] = {}
         self._loading: dict[CounterId, asyncio.Future[None]] = {}
+        self._reload: set[CounterId] = set()  # counters being read while stored usage arrived: read again
         self._reservations: dict[int, Reservation] = {}
         self._next_id = 0
 
@@ -231,7 +233,11 @@ class LocalLedger:
             self._loading[cid] = fut
             try:
                 start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
+                self._reload.discard(cid)
                 rows = await self._loader(cap.counter[0], cap.counter[1], start, counter.bucket_ms or 1000)
+                while cid in self._reload:  # usage was stored during the read: it may or may not be in `rows`
+                    self._reload.discard(cid)
+                    rows = await self._loader(cap.counter[0], cap.counter[1], start, counter.bucket_ms or 1000)
                 for ts, provider, spend, inp, outp, reqs in rows:
                     counter.add_settled(ts, provider, (spend, inp, outp, reqs))
                 counter.loaded = True
@@ -318,6 +324,26 @@ class LocalLedger:
         if any(vec):
             for counter in res.counters:
                 counter.add_settled(res.ts_ms, actual.provider, vec)
+
+    def count_stored(self, usage: Sequence[StoredUsage], windows: Sequence[Window]) -> None:
+        """Count calls stored by someone else (an agent's shipped events) in the counters already read from the
+        store; a counter read later finds them in the store, and one being read now is read again."""
+        del windows  # every counter this ledger holds is found by its scope
+        if not usage:
+            return
+        by_scope: dict[tuple[str, str], list[Counter]] = {}
+        for cid, counter in self._counters.items():
+            by_scope.setdefault((cid[0], cid[1]), []).append(counter)
+        loading: dict[tuple[str, str], list[CounterId]] = {}
+        for cid in self._loading:
+            loading.setdefault((cid[0], cid[1]), []).append(cid)
+        for ts_ms, scopes, charge in usage:
+            vec = charge.vector()
+            for scope in scopes:
+                for counter in by_scope.get(scope, ()):
+                    if counter.loaded:
+                        counter.add_settled(ts_ms, charge.provider, vec)
+                self._reload.update(loading.get(scope, ()))
 
     def _release(self, res: Reservation) -> None:
         res.held = False

@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, RedisError
 from tollhouse.events.store import StoreError
 from tollhouse.ledger.local import Loader
 from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
+from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import CapUsage, Ceilings, Charge, ReserveResult, check_ceilings
 from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
 from tollhouse.policy.engine import Cap
@@ -97,14 +98,36 @@ class RedisLedger:
             return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{self._month_of(now_ms)[2]}"
         return f"{self._prefix}:{{ledger}}:{scope}:{ident}:w{cap.window.seconds}"
 
+    def _key_at(self, scope: str, ident: str, window: Window, ts_ms: int) -> str:
+        if window.monthly:
+            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{month_id(ts_ms, self._billing_day, self._tz)}"
+        return f"{self._prefix}:{{ledger}}:{scope}:{ident}:w{window.seconds}"
+
+    def count_stored(self, usage: Sequence[StoredUsage], windows: Sequence[Window]) -> None:
+        """Count calls stored by someone else (an agent's shipped events) in every counter of their scopes over
+        `windows` (the windows the policy counts), with the settle script: a counter Redis holds counts them,
+        one it does not hold is built from the store later, which has them. Queued like a settle."""
+        for n, (ts_ms, scopes, charge) in enumerate(usage):
+            keys = tuple(self._key_at(scope, ident, window, ts_ms) for scope, ident in scopes for window in windows)
+            if not keys:
+                continue
+            spans = tuple((0, 0) if w.monthly else (w.seconds * 1000, bucket_ms(w))
+                          for _ in scopes for w in windows)
+            ttl = max(60_000, *(self._data_ttl_at(w, ts_ms) for w in windows))
+            self._next += 1
+            member = f"stored.{id(self):x}.{self._next}.{n}"  # never a reservation: the script just counts
+            self.settle(RedisReservation(member, keys, spans, ts_ms, (ttl,)), charge)
+
+    def _data_ttl_at(self, window: Window, now_ms: int) -> int:
+        if window.monthly:
+            return self._month_of(now_ms)[1] - now_ms + 7 * _DAY_MS
+        return window.seconds * 1000 + 2 * bucket_ms(window)
+
     def _window(self, cap: Cap) -> tuple[int, int]:
         return (0, 0) if cap.window.monthly else (cap.window.seconds * 1000, bucket_ms(cap.window))
 
     def _data_ttl(self, cap: Cap, now_ms: int) -> int:
-        if cap.window.monthly:
-            return self._month_of(now_ms)[1] - now_ms + 7 * _DAY_MS
-        window_ms, b_ms = self._window(cap)
-        return window_ms + 2 * b_ms
+        return self._data_ttl_at(cap.window, now_ms)
 
     async def _load_counter(self, cap: Cap, now_ms: int) -> None:
         start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)

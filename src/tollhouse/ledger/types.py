@@ -10,9 +10,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from tollhouse.events.db import StoreError
 from tollhouse.policy.engine import Cap
 
 NANO_PER_USD = 1_000_000_000
+
+
+class LeaseUnavailable(StoreError):
+    """An agent's budget lease is used up or expired and its control plane cannot be reached for another."""
+
+    def __init__(self, message: str, because: str) -> None:
+        super().__init__(message)
+        self.because = because  # for the block message: "the control plane at ... is unreachable ..."
+
 METRICS = ("spend", "input_tokens", "output_tokens", "requests")
 _SPEND, _IN, _OUT, _REQ = range(4)
 

@@ -62,6 +62,7 @@ class CountersDown(NamedTuple):
     """The counter store could not be read."""
 
     error: str
+    because: str = "the counter store is unavailable"  # the cause, as the block message words it
 
 
 Usage = Sequence[CapUsage] | CountersDown | None  # None: not counted yet (or no cap applies)
@@ -212,7 +213,7 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
     if isinstance(usage, CountersDown):
         fail_open = gate.counters_fail_open or all(cap.rule.fail_open for cap in caps)
         if enforced and not fail_open:
-            return Verdict(Outcome.block, True, decision, counters_problem(caps), exemptions,
+            return Verdict(Outcome.block, True, decision, counters_problem(caps, usage.because), exemptions,
                            counters_down=usage.error)
         return _rules(decision, enforced, exemptions, (), observed, usage.error, shadowed=shadowed)
     return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, gate.priced, shadowed)
@@ -249,9 +250,9 @@ def unpriced_problem(model: str | None, caps: Sequence[Cap]) -> Problem:
                    "set pricing.unpriced: allow.")
 
 
-def counters_problem(caps: Sequence[Cap]) -> Problem:
+def counters_problem(caps: Sequence[Cap], because: str = CountersDown._field_defaults["because"]) -> Problem:
     rule_ids = ", ".join(sorted({cap.rule.id for cap in caps}))
     return Problem("budget_store_unavailable", 503,
-                   f"Tollhouse cannot check this call against its budgets (rules {rule_ids}) because the counter "
-                   "store is unavailable, so it was not forwarded. Retry shortly; if it persists, tell your "
-                   "Tollhouse administrator.", retry_after_s=5)
+                   f"Tollhouse cannot check this call against its budgets (rules {rule_ids}) because {because}, "
+                   "so it was not forwarded. Retry shortly; if it persists, tell your Tollhouse administrator.",
+                   retry_after_s=5)

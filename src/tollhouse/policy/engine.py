@@ -154,6 +154,8 @@ class CompiledPolicy:
     # Rules with `mode: shadow` are judged but never applied: this policy leaves them out (they take no part
     # in precedence either), and `shadow` is the same policy with them applied, to say what they would do.
     shadow: CompiledPolicy | None = field(default=None, init=False)
+    # Every window a cap counts over (the month first): the counters an agent's shipped call counts toward.
+    count_windows: tuple[Window, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         shadows = False
@@ -169,6 +171,8 @@ class CompiledPolicy:
             object.__setattr__(self, "shadow", CompiledPolicy(applied, self.version))
         object.__setattr__(self, "empty", not self._index and not shadows)
         object.__setattr__(self, "has_content", any(r.enabled and r.kind is Kind.content for r in self.rules))
+        windows = {r.count_window for r in self.rules if r.enabled and r.kind in (Kind.spend, Kind.tokens)}
+        object.__setattr__(self, "count_windows", tuple(sorted(windows, key=lambda w: (not w.monthly, w.seconds))))
 
     def levels(self, subject: Subject) -> list[Level]:
         out: list[Level] = []

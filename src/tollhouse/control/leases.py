@@ -1,0 +1,296 @@
+"""Budget leases: the control plane's side. Agents spend against slices of a cap's remaining budget.
+
+The control plane is the authority for every cap's counter. An agent asks for a lease on each cap that applies
+to its calls; a lease is held in the control plane's own ledger as a reservation of what is granted and not
+yet seen spent, so the gateway's calls, other agents' grants and `GET /api/v1/spend` all count it. The agent
+reserves locally (no round trip per call) and renews in the background.
+
+Per (agent, rule, counter) the book keeps cumulative amounts, in the cap's counter units:
+- `granted`: what the agent may have spent in all, over its lease's life;
+- `reported`: what the agent says it has spent (settled, plus the worst case of its calls in flight);
+- `drawn`: what its shipped events, counted in the counters, have spent.
+While the lease is live the ledger holds `granted - drawn`; once it expires (the agent stopped spending it
+before that: it measures the TTL from before it asked), `reported - drawn`. Neither is ever below zero.
+Grants never exceed the cap's room, so the counter's used plus every lease outstanding stays within the cap:
+what the fleet can spend over a cap is at most the leases outstanding when it is reached (see the README).
+
+An agent process that restarts starts a new *epoch* (its own cumulative amounts restart at zero); what the
+earlier epoch was granted is assumed spent until its events arrive (never undercounted).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tollhouse.ledger.base import Ledger
+from tollhouse.ledger.stored import StoredUsage
+from tollhouse.ledger.types import NANO_PER_USD, Charge, need_of
+from tollhouse.ledger.windows import month_id
+from tollhouse.policy.compiled import Kind, Rule, ScopeKind
+from tollhouse.policy.engine import Cap, CompiledPolicy, Level
+
+log = logging.getLogger("tollhouse.leases")
+
+LEASE_PROVIDER = "*lease*"  # the provider a lease of an all-provider cap is held under (no filter names it)
+GRACE_MS = 2_000  # the control plane frees an expired lease this long after the agent stopped using it
+
+
+class LeaseRequestError(ValueError):
+    """One lease item that cannot be granted (shown to the agent and in its /healthz)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseItem:
+    """What an agent asks about one cap: its counter, what it has spent under this lease so far (its epoch's
+    cumulative amount), and the worst case of the call that waits for it (0 in background renewals)."""
+
+    rule: str
+    scope: str
+    ident: str
+    consumed: int
+    need: int = 0
+    release: bool = False  # give back what is not spent (the agent has stopped using the lease)
+
+    @staticmethod
+    def parse(data: object, at: str) -> LeaseItem:
+        if not isinstance(data, dict):
+            raise LeaseRequestError(f"{at}: expected an object like "
+                                    '{"rule": "team-cap", "scope": "team", "id": "ml", "consumed": 0, "need": 0}')
+        try:
+            rule, scope, ident = data["rule"], data["scope"], data["id"]
+            consumed, need = data.get("consumed", 0), data.get("need", 0)
+            release = data.get("release", False)
+        except KeyError as exc:
+            raise LeaseRequestError(f"{at}: {exc.args[0]} is missing") from None
+        if not all(isinstance(v, str) and v for v in (rule, scope, ident)):
+            raise LeaseRequestError(f"{at}: rule, scope and id must be non-empty strings")
+        for name, value in (("consumed", consumed), ("need", need)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**62:
+                raise LeaseRequestError(f"{at}.{name}: must be a whole number of counter units, 0 or more")
+        if not isinstance(release, bool):
+            raise LeaseRequestError(f"{at}.release: must be true or false")
+        return LeaseItem(rule, scope, ident, consumed, need, release)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    granted: int  # the epoch's cumulative grant: the agent may spend up to this in all
+    used: int  # the counter's used without this lease (settled, in flight, other leases)
+    limit: int
+    ttl_s: float
+    error: str | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {"granted": self.granted, "used": self.used, "limit": self.limit, "ttl_s": self.ttl_s,
+                "error": self.error}
+
+
+@dataclass(slots=True)
+class Lease:
+    agent: str
+    cap: Cap
+    period: int  # the billing month (monthly caps) or 0 (rolling windows)
+    epoch: str = ""
+    offset: int = 0  # cumulative grant before this epoch
+    granted: int = 0
+    reported: int = 0
+    drawn: int = 0
+    expires_ms: int = 0
+    live: bool = False
+    reservation: object | None = None
+    held: int = 0  # what `reservation` holds in the ledger
+    held_ms: int = 0  # when it was reserved (reservations expire after ledger.reservation_ttl_s: renewed before)
+
+    @property
+    def outstanding(self) -> int:
+        return max(0, (self.granted if self.live else self.reported) - self.drawn)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSizing:
+    ttl_s: float = 60.0
+    usd: Decimal | None = None  # a spend lease's size; None: `fraction` of the cap
+    fraction: float = 0.01  # of the cap's limit (token and request caps always; spend caps without `usd`)
+
+    def size(self, cap: Cap) -> int:
+        if cap.metric == "spend" and self.usd is not None:
+            return int(self.usd * NANO_PER_USD)
+        return max(1, int(cap.units * self.fraction))
+
+
+def charge_of(cap: Cap, amount: int) -> Charge:
+    """A charge adding `amount` to the cap's metric alone."""
+    provider = LEASE_PROVIDER if cap.providers is None else min(cap.providers)
+    metric = cap.metric
+    if metric == "spend":
+        return Charge(provider, amount, 0, 0, 0)
+    if metric in ("tokens", "input_tokens"):
+        return Charge(provider, 0, amount, 0, 0)
+    if metric == "output_tokens":
+        return Charge(provider, 0, 0, amount, 0)
+    return Charge(provider, 0, 0, 0, amount)
+
+
+def counter_of(rule: Rule, scope: str, ident: str) -> tuple[str, str]:
+    """The counter an agent names for a rule, checked against the rule: a cap on team `ml` is not a lease on
+    team `web`."""
+    if rule.kind not in (Kind.spend, Kind.tokens):
+        raise LeaseRequestError(f"rule {rule.id!r} is not a spend or token cap")
+    if rule.scope in (ScopeKind.individual, ScopeKind.service) or rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT":
+        kind = "subject"
+    else:
+        kind = rule.scope.value
+    if scope != kind:
+        raise LeaseRequestError(f"rule {rule.id!r} counts {kind} usage, not {scope}")
+    if kind == "org":
+        return ("org", "*")
+    if rule.target is not None and kind != "subject" and ident != rule.target:
+        raise LeaseRequestError(f"rule {rule.id!r} counts {kind} {rule.target!r}, not {ident!r}")
+    if rule.target is not None and rule.scope in (ScopeKind.individual, ScopeKind.service) and ident != rule.target:
+        raise LeaseRequestError(f"rule {rule.id!r} counts {rule.target!r}, not {ident!r}")
+    return (kind, ident)
+
+
+@dataclass
+class LeaseBook:
+    ledger: Ledger
+    sizing: LeaseSizing
+    billing_day: int
+    tz: ZoneInfo
+    refresh_ms: int = 300_000  # a hold is reserved again after this long (a third of the reservation TTL)
+    _leases: dict[tuple[str, str, str, str], Lease] = field(default_factory=dict)  # (agent, rule, scope, id)
+    _by_agent: dict[str, list[Lease]] = field(default_factory=dict)
+    grants: int = 0  # lease requests answered (a metric)
+
+    def _period(self, cap: Cap, now_ms: int) -> int:
+        return month_id(now_ms, self.billing_day, self.tz) if cap.window.monthly else 0
+
+    def cap_for(self, policy: CompiledPolicy, item: LeaseItem) -> Cap:
+        rule = next((r for r in policy.rules if r.id == item.rule), None)
+        if rule is None or not rule.enabled:
+            raise LeaseRequestError(f"rule {item.rule!r} is not in the control plane's policy (version "
+                                    f"{policy.version}); the agent's next bundle drops it")
+        counter = counter_of(rule, item.scope, item.ident)
+        level = Level(1000 if rule.scope is ScopeKind.org else 4, rule.scope, rule.target)
+        return Cap(rule, level, counter, rule.count_window, rule.providers,
+                   "spend" if rule.kind is Kind.spend else rule.metric, rule.threshold)
+
+    async def grant(self, agent: str, epoch: str, items: Sequence[LeaseItem], policy: CompiledPolicy,
+                    now_ms: int) -> list[Grant]:
+        """Answer one agent's lease request, item by item (an item that cannot be granted says why)."""
+        self.grants += 1
+        out = []
+        for item in items:
+            try:
+                cap = self.cap_for(policy, item)
+            except LeaseRequestError as exc:
+                out.append(Grant(item.consumed, 0, 0, self.sizing.ttl_s, str(exc)))
+                continue
+            out.append(await self._grant_one(agent, epoch, item, cap, now_ms))
+        return out
+
+    def _lease(self, agent: str, item: LeaseItem, cap: Cap, now_ms: int) -> Lease:
+        key = (agent, item.rule, cap.counter[0], cap.counter[1])
+        period = self._period(cap, now_ms)
+        lease = self._leases.get(key)
+        if lease is not None and lease.cap.key == cap.key and lease.cap.units == cap.units and lease.period == period:
+            lease.cap = cap
+            return lease
+        if lease is not None:  # a new month, or the rule changed: the old lease ends (what it holds is freed)
+            self._drop(lease)
+        lease = Lease(agent, cap, period)
+        self._leases[key] = lease
+        self._by_agent.setdefault(agent, []).append(lease)
+        return lease
+
+    async def _grant_one(self, agent: str, epoch: str, item: LeaseItem, cap: Cap, now_ms: int) -> Grant:
+        lease = self._lease(agent, item, cap, now_ms)
+        if lease.epoch != epoch:  # the agent restarted: what its earlier process was granted counts as spent
+            lease.offset = lease.granted
+            lease.reported = max(lease.reported, lease.granted)
+            lease.epoch = epoch
+        lease.reported = max(lease.reported, lease.offset + item.consumed)
+        used = await self.ledger.cap_used(cap, now_ms)
+        others = used - lease.held
+        room = cap.units - others
+        floor = lease.reported
+        if item.release:
+            granted = floor
+        else:
+            want = lease.offset + item.consumed + max(self.sizing.size(cap), item.need)
+            granted = max(floor, min(want, lease.drawn + max(0, room)))
+            if lease.live and lease.expires_ms > now_ms:
+                granted = max(granted, lease.granted)  # a live grant is never taken back unasked
+        lease.granted = granted
+        lease.live = not item.release
+        lease.expires_ms = now_ms + int(self.sizing.ttl_s * 1000) + GRACE_MS
+        await self._hold(lease, now_ms, force=True)
+        return Grant(lease.granted - lease.offset, max(0, others), cap.units, self.sizing.ttl_s)
+
+    async def _hold(self, lease: Lease, now_ms: int, force: bool = False) -> None:
+        """Make the ledger hold what the lease has outstanding (release the old hold, reserve the new one)."""
+        amount = lease.outstanding
+        fresh = now_ms - lease.held_ms < self.refresh_ms
+        if amount == lease.held and (amount == 0 or (lease.reservation is not None and fresh and not force)):
+            return
+        if lease.reservation is not None:
+            self.ledger.settle(lease.reservation, charge_of(lease.cap, 0))
+            lease.reservation, lease.held = None, 0
+        if amount == 0:
+            return
+        charge = charge_of(lease.cap, amount)
+        result = self.ledger.try_reserve([lease.cap], charge, now_ms, [None])
+        if result is None:
+            result = await self.ledger.reserve([lease.cap], charge, now_ms, [None])
+        lease.reservation, lease.held, lease.held_ms = result.reservation, amount, now_ms
+
+    async def drawn(self, agent: str, usage: Sequence[StoredUsage], now_ms: int) -> None:
+        """An agent's shipped calls were counted in the counters: what they spent no longer needs holding."""
+        leases = self._by_agent.get(agent)
+        if not leases or not usage:
+            return
+        changed = []
+        for lease in leases:
+            cap, before = lease.cap, lease.drawn
+            for ts_ms, scopes, charge in usage:
+                if cap.counter in scopes and (not cap.window.monthly or self._period(cap, ts_ms) == lease.period):
+                    lease.drawn += need_of(cap, charge)
+            if lease.drawn != before:
+                changed.append(lease)
+        for lease in changed:
+            await self._hold(lease, now_ms)
+
+    async def sweep(self, now_ms: int) -> int:
+        """Expire leases whose agent stopped renewing them; drop ended ones that hold nothing. Returns how many
+        expired now."""
+        expired = 0
+        for lease in list(self._leases.values()):
+            if lease.live and lease.expires_ms <= now_ms:
+                lease.live = False
+                expired += 1
+            await self._hold(lease, now_ms)  # what it holds now; an old hold is reserved again
+            if not lease.live and lease.held == 0 and lease.expires_ms + 86_400_000 <= now_ms:
+                self._drop(lease)
+        return expired
+
+    def _drop(self, lease: Lease) -> None:
+        if lease.reservation is not None:
+            self.ledger.settle(lease.reservation, charge_of(lease.cap, 0))
+            lease.reservation, lease.held = None, 0
+        key = next((k for k, v in self._leases.items() if v is lease), None)
+        if key is not None:
+            del self._leases[key]
+        agents = self._by_agent.get(lease.agent)
+        if agents is not None and lease in agents:
+            agents.remove(lease)
+
+    def outstanding(self, counter: tuple[str, str] | None = None,
+                    keep: Callable[[Lease], bool] = lambda _: True) -> list[Lease]:
+        """Leases holding something, optionally of one counter."""
+        return [lease for lease in self._leases.values()
+                if lease.held and (counter is None or lease.cap.counter == counter) and keep(lease)]

