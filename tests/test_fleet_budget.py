@@ -192,3 +192,83 @@ def test_three_agents_spend_one_team_cap_together(fleet: dict[str, Any]) -> None
     # spend is one number: the report's total is the sum of the events, the counter counts the same calls
     assert round(spend["spend_usd"] * NUSD) == recorded
     assert round(spend["caps"][0]["used"] * NUSD) >= recorded
+
+
+def _hammer_with(agents: list[AgentProcess], per_agent: int, at: int, action: Any) -> dict[str, list[tuple[int, str]]]:
+    """`_hammer`, with `action()` run by the first agent's thread after its `at`-th call."""
+    results: dict[str, list[tuple[int, str]]] = {a.name: [] for a in agents}
+
+    def run(agent: AgentProcess, first: bool) -> None:
+        refused = 0
+        for n in range(per_agent):
+            if first and n == at:
+                action()
+            got = agent.call()
+            results[agent.name].append(got)
+            refused = refused + 1 if got[0] != 200 else 0
+            if refused >= 2:
+                return
+
+    threads = [threading.Thread(target=run, args=(a, i == 0)) for i, a in enumerate(agents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    return results
+
+
+@pytest.mark.slow
+def test_an_agent_killed_mid_lease_and_restarted_leaves_the_cap_intact(fleet: dict[str, Any]) -> None:
+    plane, agents = fleet["plane"], fleet["agents"]
+    carol = agents[2]
+
+    def restart() -> None:  # carol holds a lease now, partly spent; her last calls are not shipped yet
+        carol.kill()  # SIGKILL: the lease is neither returned nor renewed
+        carol.start()
+
+    results = _hammer_with([carol, *agents[:2]], 60, 3, restart)
+    answered = sum(1 for r in results.values() for s, _ in r if s == 200)
+    calls = sum(len(r) for r in results.values())
+    _shipped(plane, calls)
+    spend = _team_spend(plane)
+    recorded = _events_spend(plane)
+    outstanding = round(sum(lease["outstanding"] for lease in spend["leases"]) * NUSD)
+    assert recorded == answered * CALL_NUSD  # the killed agent's call reached the control plane too
+    assert recorded <= CAP_NUSD + outstanding and recorded <= CAP_NUSD
+    assert all(r[-1][0] in (403, 429) for r in results.values())
+
+
+@pytest.mark.slow
+def test_with_the_control_plane_down_agents_spend_only_their_leases_then_refuse(
+        tmp_path: Path, mock: Mock) -> None:
+    plane = Gateway(_plane_config(mock, lease_ttl_s=3), tmp_path / "plane").start()
+    agents: list[AgentProcess] = []
+    try:
+        token = json.loads(plane.request("POST", "/api/v1/agent/tokens", {"label": "l"})[1])["token"]
+        assert plane.request("PUT", "/api/v1/agent-policy", {"enforcement": "on"})[0] == 200
+        agents += [AgentProcess(tmp_path, name, plane.url, token, mock).start() for name in PEOPLE]
+        before = [a.call()[0] for a in agents]
+        assert before == [200, 200, 200]
+        port = plane.port
+        plane.stop()
+        offline = _hammer(agents, 40)  # each spends what is left of its lease, then is refused
+        leased = sum(1 for r in offline.values() for s, _ in r if s == 200)
+        refused = [(s, m) for r in offline.values() for s, m in r if s != 200]
+        assert refused and all(s == 503 and "control plane" in m and "unreachable" in m for s, m in refused)
+        # what they spent offline is what their leases held (10 % of the cap each, at most)
+        assert leased * CALL_NUSD <= 3 * CAP_NUSD // 10
+        plane = Gateway(_plane_config(mock, lease_ttl_s=3), tmp_path / "plane", port=port).start()
+        _until(lambda: all(a.call()[0] == 200 for a in agents[:1]), 30.0)  # leases granted again
+        after = _hammer(agents, 60)
+        calls = 3 + 1 + sum(len(r) for r in offline.values()) + sum(len(r) for r in after.values())
+        _shipped(plane, calls)
+        spend = _team_spend(plane)
+        recorded = _events_spend(plane)
+        outstanding = round(sum(lease["outstanding"] for lease in spend["leases"]) * NUSD)
+        assert recorded <= CAP_NUSD + outstanding and recorded <= CAP_NUSD
+        assert all(r[-1][0] in (403, 429) for r in after.values())
+        assert round(spend["spend_usd"] * NUSD) == recorded
+    finally:
+        for agent in agents:
+            agent.stop()
+        plane.stop()

@@ -198,7 +198,7 @@ class LeaseLedger:
             live = held.answered and held.expires > now
             if ceiling is not None:
                 short = need > held.left and now - held.refused_at > 1.0  # the control plane may have more
-                if not live or (short and not asked):
+                if not live or (short and not (asked and self.connected)):
                     needs[key] = (cap, need)
                     continue
             elif not held.answered and not asked:

@@ -21,12 +21,14 @@ earlier epoch was granted is assumed spent until its events arrive (never underc
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tollhouse.events.db import StoreError
+from tollhouse.events.store import LeaseRow
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import NANO_PER_USD, Charge, need_of
@@ -38,6 +40,10 @@ log = logging.getLogger("tollhouse.leases")
 
 LEASE_PROVIDER = "*lease*"  # the provider a lease of an all-provider cap is held under (no filter names it)
 GRACE_MS = 2_000  # the control plane frees an expired lease this long after the agent stopped using it
+
+
+def _cap_id(cap: Cap) -> tuple[object, ...]:
+    return (cap.key, cap.metric, cap.providers)
 
 
 class LeaseRequestError(ValueError):
@@ -110,6 +116,11 @@ class Lease:
     def outstanding(self) -> int:
         return max(0, (self.granted if self.live else self.reported) - self.drawn)
 
+    def row(self, rule: str) -> LeaseRow:
+        scope, ident = self.cap.counter
+        return LeaseRow(self.agent, rule, scope, ident, self.period, self.epoch, self.offset, self.granted,
+                        self.reported, self.drawn, self.expires_ms, self.live)
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseSizing:
@@ -156,15 +167,28 @@ def counter_of(rule: Rule, scope: str, ident: str) -> tuple[str, str]:
     return (kind, ident)
 
 
+async def _no_save(rows: Sequence[LeaseRow]) -> None:
+    return None
+
+
+async def _no_delete(keys: Sequence[tuple[str, str, str, str]]) -> None:
+    return None
+
+
 @dataclass
 class LeaseBook:
+    """Every lease granted, kept in the store (a restarted control plane holds what its agents still spend)."""
+
     ledger: Ledger
     sizing: LeaseSizing
     billing_day: int
     tz: ZoneInfo
     refresh_ms: int = 300_000  # a hold is reserved again after this long (a third of the reservation TTL)
+    save: Callable[[Sequence[LeaseRow]], Awaitable[None]] = _no_save
+    delete: Callable[[Sequence[tuple[str, str, str, str]]], Awaitable[None]] = _no_delete
     _leases: dict[tuple[str, str, str, str], Lease] = field(default_factory=dict)  # (agent, rule, scope, id)
     _by_agent: dict[str, list[Lease]] = field(default_factory=dict)
+    _by_cap: dict[tuple[object, ...], list[Lease]] = field(default_factory=dict)  # leases counting one cap
     grants: int = 0  # lease requests answered (a metric)
 
     def _period(self, cap: Cap, now_ms: int) -> int:
@@ -198,14 +222,14 @@ class LeaseBook:
         key = (agent, item.rule, cap.counter[0], cap.counter[1])
         period = self._period(cap, now_ms)
         lease = self._leases.get(key)
-        if lease is not None and lease.cap.key == cap.key and lease.cap.units == cap.units and lease.period == period:
+        if lease is not None and _cap_id(lease.cap) == _cap_id(cap) and lease.cap.units == cap.units \
+                and lease.period == period:
             lease.cap = cap
             return lease
         if lease is not None:  # a new month, or the rule changed: the old lease ends (what it holds is freed)
             self._drop(lease)
         lease = Lease(agent, cap, period)
-        self._leases[key] = lease
-        self._by_agent.setdefault(agent, []).append(lease)
+        self._add(key, lease)
         return lease
 
     async def _grant_one(self, agent: str, epoch: str, item: LeaseItem, cap: Cap, now_ms: int) -> Grant:
@@ -222,14 +246,28 @@ class LeaseBook:
         if item.release:
             granted = floor
         else:
-            want = lease.offset + item.consumed + max(self.sizing.size(cap), item.need)
+            # near the cap, what is left is shared among the agents spending it (Doorman's fair share), so a
+            # few machines' unspent leases do not strand the budget others are asking for
+            free = max(0, room - max(0, floor - lease.drawn))
+            sharing = 1 + sum(1 for other in self._on_counter(cap) if other is not lease and other.live
+                              and other.outstanding and other.expires_ms > now_ms)
+            size = min(self.sizing.size(cap), max(item.need, free // sharing))
+            want = lease.offset + item.consumed + size
             granted = max(floor, min(want, lease.drawn + max(0, room)))
             if lease.live and lease.expires_ms > now_ms:
                 granted = max(granted, lease.granted)  # a live grant is never taken back unasked
+        before = (lease.granted, lease.live, lease.expires_ms)
         lease.granted = granted
         lease.live = not item.release
         lease.expires_ms = now_ms + int(self.sizing.ttl_s * 1000) + GRACE_MS
         await self._hold(lease, now_ms, force=True)
+        try:
+            await self.save([lease.row(item.rule)])  # kept before the agent may spend it
+        except StoreError as exc:  # not kept: not granted (what it had stays, and still expires)
+            lease.granted, lease.live, lease.expires_ms = max(before[0], floor), before[1], before[2]
+            await self._hold(lease, now_ms)
+            return Grant(lease.granted - lease.offset, max(0, others), cap.units, self.sizing.ttl_s,
+                         f"the control plane could not record the lease: {exc}")
         return Grant(lease.granted - lease.offset, max(0, others), cap.units, self.sizing.ttl_s)
 
     async def _hold(self, lease: Lease, now_ms: int, force: bool = False) -> None:
@@ -264,19 +302,59 @@ class LeaseBook:
                 changed.append(lease)
         for lease in changed:
             await self._hold(lease, now_ms)
+        await self._keep(changed)
+
+    async def _keep(self, leases: Sequence[Lease]) -> None:
+        """Save changed leases; a failure is logged (what is saved holds more than it should: never less)."""
+        if not leases:
+            return
+        try:
+            await self.save([lease.row(self._rule_of(lease)) for lease in leases])
+        except StoreError as exc:
+            log.warning("could not save %d budget lease(s): %s", len(leases), exc)
+
+    def _rule_of(self, lease: Lease) -> str:
+        return lease.cap.rule.id
+
+    async def load(self, rows: Sequence[LeaseRow], policy: CompiledPolicy, now_ms: int) -> int:
+        """Take back the leases a previous run granted (before serving): each holds what it has outstanding
+        again. A lease whose rule is gone is dropped. Returns how many were taken back."""
+        gone = []
+        for row in rows:
+            item = LeaseItem(row.rule, row.scope, row.ident, 0)
+            try:
+                cap = self.cap_for(policy, item)
+            except LeaseRequestError:
+                gone.append((row.agent, row.rule, row.scope, row.ident))
+                continue
+            lease = Lease(row.agent, cap, row.period, row.epoch, row.offset, row.granted, row.reported, row.drawn,
+                          row.expires_ms, row.live and row.expires_ms > now_ms)
+            self._add((row.agent, row.rule, row.scope, row.ident), lease)
+            await self._hold(lease, now_ms)
+        if gone:
+            await self.delete(gone)
+        return len(rows) - len(gone)
 
     async def sweep(self, now_ms: int) -> int:
         """Expire leases whose agent stopped renewing them; drop ended ones that hold nothing. Returns how many
         expired now."""
-        expired = 0
-        for lease in list(self._leases.values()):
+        expired: list[Lease] = []
+        dropped: list[tuple[str, str, str, str]] = []
+        for key, lease in list(self._leases.items()):
             if lease.live and lease.expires_ms <= now_ms:
                 lease.live = False
-                expired += 1
+                expired.append(lease)
             await self._hold(lease, now_ms)  # what it holds now; an old hold is reserved again
             if not lease.live and lease.held == 0 and lease.expires_ms + 86_400_000 <= now_ms:
                 self._drop(lease)
-        return expired
+                dropped.append(key)
+        await self._keep(expired)
+        if dropped:
+            try:
+                await self.delete(dropped)
+            except StoreError as exc:
+                log.warning("could not delete %d ended budget lease(s): %s", len(dropped), exc)
+        return len(expired)
 
     def _drop(self, lease: Lease) -> None:
         if lease.reservation is not None:
@@ -285,9 +363,17 @@ class LeaseBook:
         key = next((k for k, v in self._leases.items() if v is lease), None)
         if key is not None:
             del self._leases[key]
-        agents = self._by_agent.get(lease.agent)
-        if agents is not None and lease in agents:
-            agents.remove(lease)
+        for listed in (self._by_agent.get(lease.agent), self._by_cap.get(_cap_id(lease.cap))):
+            if listed is not None and lease in listed:
+                listed.remove(lease)
+
+    def _on_counter(self, cap: Cap) -> list[Lease]:
+        return self._by_cap.get(_cap_id(cap), [])
+
+    def _add(self, key: tuple[str, str, str, str], lease: Lease) -> None:
+        self._leases[key] = lease
+        self._by_agent.setdefault(lease.agent, []).append(lease)
+        self._by_cap.setdefault(_cap_id(lease.cap), []).append(lease)
 
     def outstanding(self, counter: tuple[str, str] | None = None,
                     keep: Callable[[Lease], bool] = lambda _: True) -> list[Lease]:

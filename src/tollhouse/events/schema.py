@@ -143,6 +143,24 @@ _SCRIPTS: tuple[str, ...] = (
     CREATE INDEX exemptions_status_subject ON exemptions (status, subject);
     CREATE INDEX exemptions_status_address ON exemptions (status, client_address);
     """,
+    # 7: budget leases the control plane granted to agents (control/leases.py), kept across its restarts
+    """
+    CREATE TABLE leases (
+        agent TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        ident TEXT NOT NULL,
+        period {int} NOT NULL,
+        epoch TEXT NOT NULL,
+        lease_offset {int} NOT NULL,
+        granted {int} NOT NULL,
+        reported {int} NOT NULL,
+        drawn {int} NOT NULL,
+        expires_ms {int} NOT NULL,
+        live BOOLEAN NOT NULL,
+        PRIMARY KEY (agent, rule, scope, ident)
+    );
+    """,
 )
 
 

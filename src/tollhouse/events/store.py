@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -409,6 +409,48 @@ class Store:
     def list_agents(self) -> list[AgentRecord]:
         """Most recently seen first."""
         return [_agent(r) for r in self.db.query("SELECT * FROM agents ORDER BY last_seen_ms DESC, agent_id")]
+
+
+    # budget leases (control plane)
+
+    def save_leases(self, rows: Sequence[LeaseRow]) -> None:
+        """Insert or update leases, keyed by (agent, rule, scope, ident)."""
+        if not rows:
+            return
+        with self.db.transaction():
+            self.db.executemany(
+                "INSERT INTO leases (agent, rule, scope, ident, period, epoch, lease_offset, granted, reported, drawn, "
+                "expires_ms, live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent, rule, scope, ident) "
+                "DO UPDATE SET period = excluded.period, epoch = excluded.epoch, lease_offset = excluded.lease_offset, "
+                "granted = excluded.granted, reported = excluded.reported, drawn = excluded.drawn, "
+                "expires_ms = excluded.expires_ms, live = excluded.live", [tuple(r) for r in rows])
+
+    def delete_leases(self, keys: Sequence[tuple[str, str, str, str]]) -> None:
+        if not keys:
+            return
+        with self.db.transaction():
+            self.db.executemany("DELETE FROM leases WHERE agent = ? AND rule = ? AND scope = ? AND ident = ?", keys)
+
+    def load_leases(self) -> list[LeaseRow]:
+        return [LeaseRow(r["agent"], r["rule"], r["scope"], r["ident"], int(r["period"]), r["epoch"],
+                         int(r["lease_offset"]), int(r["granted"]), int(r["reported"]), int(r["drawn"]),
+                         int(r["expires_ms"]), bool(r["live"]))
+                for r in self.db.query("SELECT * FROM leases ORDER BY agent, rule, scope, ident")]
+
+
+class LeaseRow(NamedTuple):
+    agent: str
+    rule: str
+    scope: str
+    ident: str
+    period: int
+    epoch: str
+    offset: int
+    granted: int
+    reported: int
+    drawn: int
+    expires_ms: int
+    live: bool
 
 
 class SqliteStore(Store):

@@ -7,7 +7,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +26,7 @@ from tollhouse.control.leases import LeaseBook, LeaseSizing
 from tollhouse.directory import Directory
 from tollhouse.events.journal import PROVISIONAL, Journal, Recovered, recover
 from tollhouse.events.model import CallEvent
-from tollhouse.events.store import Store, StoreError, open_store
+from tollhouse.events.store import LeaseRow, Store, StoreError, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.live import LiveSettings
@@ -311,6 +311,23 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
         ledger = RedisLedger(settings.counters.url, load_history, lc.billing_day, zone(lc.timezone),
                              lc.reservation_ttl_s, on_settle_error=settle_failed)
     lifespan.add("budget counters", stop=ledger.close)  # stopped before the audit log: a settle error is audited
+
+    async def save_leases(rows: Sequence[LeaseRow]) -> None:
+        await runner.run(lambda s: s.save_leases(rows))
+
+    async def delete_leases(keys: Sequence[tuple[str, str, str, str]]) -> None:
+        await runner.run(lambda s: s.delete_leases(keys))
+
+    leases = LeaseBook(ledger, LeaseSizing(lc.lease_ttl_s, lc.lease_usd, lc.lease_fraction), lc.billing_day,
+                       zone(lc.timezone), int(lc.reservation_ttl_s * 1000 / 3), save_leases, delete_leases)
+
+    async def take_back_leases() -> None:
+        rows = await runner.run(lambda s: s.load_leases())
+        if rows:
+            kept = await leases.load(rows, policy.current, int(clock() * 1000))
+            log.info("budget leases: %d granted before the restart hold their outstanding amounts again", kept)
+
+    lifespan.add("budget leases", take_back_leases)
     providers: Published[Mapping[str, ProviderRoute]] = Published(MappingProxyType({
         pid: _provider_route(pid, cfg, settings, settings.upstream_proxy) for pid, cfg in settings.providers.items()}))
     lifespan.adopt("provider clients", lambda: _close_clients(providers.current))
@@ -339,8 +356,7 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
         writer=writer,
         keys=KeyCache(runner),
         ledger=ledger,
-        leases=LeaseBook(ledger, LeaseSizing(lc.lease_ttl_s, lc.lease_usd, lc.lease_fraction), lc.billing_day,
-                         zone(lc.timezone), refresh_ms=int(lc.reservation_ttl_s * 1000 / 3)),
+        leases=leases,
         audit=audit,
         docs=docs,
         enrollment=EnrollmentCache(),
