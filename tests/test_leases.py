@@ -1,0 +1,174 @@
+"""Budget leases on their own: the control plane's lease book over the embedded ledger, driven by random
+fleets (Hypothesis). Agents ask, spend what they were granted, ship their calls late, give leases back, are
+killed; the gateway spends on the same cap meanwhile. Whatever the order, the fleet never spends past the cap,
+the control plane never counts less than was spent, and once everything is shipped and given back its count
+is exactly what was spent, apart from what a killed agent's lease still holds (never more than that lease)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tollhouse.control.leases import LeaseBook, LeaseItem, LeaseSizing
+from tollhouse.ledger.local import HistoryRow, LocalLedger
+from tollhouse.ledger.stored import StoredUsage
+from tollhouse.ledger.types import Charge
+from tollhouse.policy.engine import Cap, CompiledPolicy
+from tollhouse.policy.rules import parse_rules
+
+UTC = ZoneInfo("UTC")
+T0 = 1_800_000_000_000
+LIMIT = 100_000  # n$
+POLICY = CompiledPolicy(parse_rules([{"id": "ml-cap", "scope": "team", "team": "ml", "action": {"type": "hard_stop"},
+                                      "condition": {"type": "budget", "threshold": LIMIT / 1e9}}]), 1)
+ITEM = LeaseItem("ml-cap", "team", "ml", 0)
+SCOPES = (("subject", "x"), ("org", "*"), ("team", "ml"))
+
+
+@dataclass
+class SimAgent:
+    name: str
+    epoch: int = 0
+    granted: int = 0  # this epoch's cumulative grant
+    consumed: int = 0  # this epoch's spend
+    unshipped: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Fleet:
+    book: LeaseBook
+    ledger: LocalLedger
+    cap: Cap
+    stored: list[int] = field(default_factory=list)  # what the store holds (shipped and the gateway's calls)
+    spent: int = 0  # what the providers served, everyone
+    stranded_bound: int = 0  # what killed agents' leases may keep holding
+
+    async def ask(self, agent: SimAgent, need: int, release: bool = False) -> None:
+        item = LeaseItem(ITEM.rule, ITEM.scope, ITEM.ident, agent.consumed, need, release)
+        grant = (await self.book.grant(agent.name, f"{agent.name}.{agent.epoch}", [item], POLICY, T0))[0]
+        assert grant.error is None
+        assert grant.granted >= agent.consumed  # never less than what was spent
+        agent.granted = agent.consumed if release else grant.granted
+
+    def spend(self, agent: SimAgent, amount: int) -> None:
+        amount = min(amount, agent.granted - agent.consumed)  # an agent spends within its lease only
+        if amount > 0:
+            agent.consumed += amount
+            agent.unshipped.append(amount)
+            self.spent += amount
+
+    async def ship(self, agent: SimAgent) -> None:
+        usage = [StoredUsage(T0, SCOPES, Charge("openai", amount, 0, 0, 0)) for amount in agent.unshipped]
+        self.stored += agent.unshipped
+        agent.unshipped = []
+        self.ledger.count_stored(usage, POLICY.count_windows)
+        await self.book.drawn(agent.name, usage, T0)
+
+    async def gateway_call(self, amount: int) -> None:
+        result = await self.ledger.reserve([self.cap], Charge("openai", amount, 0, 0, 0), T0, [LIMIT])
+        if result.reservation is not None:
+            self.stored.append(amount)  # recorded, then settled
+            self.spent += amount
+            self.ledger.settle(result.reservation, Charge("openai", amount, 0, 0, 0))
+
+    def kill(self, agent: SimAgent) -> None:
+        self.stranded_bound += agent.granted - agent.consumed  # the dead process's unspent lease
+        agent.epoch += 1
+        agent.granted = agent.consumed = 0  # its spool survives: `unshipped` ships later
+
+    async def used(self) -> int:
+        return await self.ledger.cap_used(self.cap, T0)
+
+
+def _fleet() -> Fleet:
+    stored: list[int] = []
+
+    async def loader(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
+        return [(T0, "openai", amount, 0, 0, 1) for amount in stored]
+
+    ledger = LocalLedger(loader, 1, UTC, 900)
+    book = LeaseBook(ledger, LeaseSizing(ttl_s=60, usd=Decimal("0.00001")), 1, UTC)  # 10,000 n$ leases
+    cap = book.cap_for(POLICY, ITEM)
+    return Fleet(book, ledger, cap, stored)
+
+
+OPS = st.lists(st.tuples(st.sampled_from(["ask", "spend", "ship", "release", "kill", "gateway"]),
+                         st.integers(0, 2), st.integers(1, 15_000)), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_a_fleet_never_spends_past_the_cap_and_the_count_never_drifts(ops: list[tuple[str, int, int]]) -> None:
+    async def run() -> None:
+        fleet = _fleet()
+        agents = [SimAgent(f"agent-{n}") for n in range(3)]
+        for op, who, amount in ops:
+            agent = agents[who]
+            if op == "ask":
+                await fleet.ask(agent, amount)
+            elif op == "spend":
+                fleet.spend(agent, amount)
+            elif op == "ship":
+                await fleet.ship(agent)
+            elif op == "release":
+                await fleet.ask(agent, 0, release=True)
+            elif op == "kill":
+                fleet.kill(agent)
+            else:
+                await fleet.gateway_call(amount)
+            assert fleet.spent <= LIMIT  # nobody spends past the cap
+            assert await fleet.used() >= fleet.spent  # the control plane never counts less than was spent
+        for agent in agents:
+            await fleet.ship(agent)
+            await fleet.ask(agent, 0, release=True)
+        used = await fleet.used()
+        assert sum(fleet.stored) == fleet.spent  # every call reached the store once
+        assert fleet.spent <= used <= fleet.spent + fleet.stranded_bound
+
+    asyncio.run(run())
+
+
+def test_grants_stop_at_the_cap_and_are_shared_near_it() -> None:
+    async def run() -> None:
+        fleet = _fleet()
+        a, b, c = (SimAgent(n) for n in "abc")
+        await fleet.ask(a, 0)
+        assert a.granted == 10_000  # the configured lease size
+        fleet.spend(a, 10_000)
+        await fleet.ship(a)
+        await fleet.gateway_call(75_000)  # 85,000 spent: 15,000 left
+        await fleet.ask(b, 0)
+        assert b.granted == 10_000  # a's lease is spent and shipped: it holds nothing, b is alone
+        await fleet.ask(c, 0)
+        assert c.granted == 2_500  # 5,000 left, shared with b (whose lease holds 10,000)
+        await fleet.ask(a, 0)
+        assert a.granted == 10_000 + 2_500 // 3  # 2,500 left, shared three ways
+        assert await fleet.used() == LIMIT - 2_500 + 2_500 // 3
+        fleet.spend(b, 10_000)
+        fleet.spend(c, 2_500)
+        await fleet.ask(c, 5_000)  # more than is left: c gets what is left, too little for that call
+        assert c.granted - c.consumed == LIMIT - 85_000 - 10_000 - 2_500 - 2_500 // 3 < 5_000
+        assert await fleet.used() == LIMIT
+        assert fleet.spent <= LIMIT
+
+    asyncio.run(run())
+
+
+def test_a_request_for_a_rule_the_policy_does_not_have_is_refused_with_a_reason() -> None:
+    async def run() -> None:
+        fleet = _fleet()
+        wrong = [LeaseItem("nope", "team", "ml", 0), LeaseItem("ml-cap", "team", "web", 0),
+                 LeaseItem("ml-cap", "subject", "x", 0)]
+        grants = await fleet.book.grant("a", "e", wrong, POLICY, T0)
+        assert [g.granted for g in grants] == [0, 0, 0]
+        assert "not in the control plane's policy" in (grants[0].error or "")
+        assert "counts team 'ml', not 'web'" in (grants[1].error or "")
+        assert "counts team usage, not subject" in (grants[2].error or "")
+        assert await fleet.used() == 0
+
+    asyncio.run(run())
