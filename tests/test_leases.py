@@ -7,17 +7,25 @@ is exactly what was spent, apart from what a killed agent's lease still holds (n
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tollhouse.control.leases import LeaseBook, LeaseItem, LeaseSizing
+from tollhouse.events.model import CallEvent
+from tollhouse.events.store import LeaseRow, open_store
 from tollhouse.ledger.local import HistoryRow, LocalLedger
 from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import Charge
+from tollhouse.ledger.windows import month_id
 from tollhouse.policy.engine import Cap, CompiledPolicy
 from tollhouse.policy.rules import parse_rules
 
@@ -172,3 +180,43 @@ def test_a_request_for_a_rule_the_policy_does_not_have_is_refused_with_a_reason(
         assert await fleet.used() == 0
 
     asyncio.run(run())
+
+
+def test_policy_explain_counts_live_spend_and_leases(tmp_path: Path) -> None:
+    """`tollhouse policy explain` judges on the store's spend plus the leases agents hold, like the gateway."""
+    directory = {"teams": [{"id": "ml"}], "people": [{"id": "alice", "team": "ml"}, {"id": "bob", "team": "ml"}]}
+    cap = {"id": "ml-cap", "scope": "team", "team": "ml", "action": {"type": "hard_stop"},
+           "condition": {"type": "budget", "threshold": 0.00004, "window": "monthly"}}  # 40,000 n$
+    prices = {"overrides": [{"provider": "openai", "model": "gpt-4o-mini", "input_mtok": 0, "output_mtok": 0.05,
+                             "max_output_tokens": 16}]}  # a call's worst case: 800 n$
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(json.dumps({"directory": directory, "enforcement": "on", "pricing": prices,
+                               "policy": {"rules": [cap]}}))
+    data = tmp_path / "data"
+    store = open_store("", data)
+    now_ms = int(time.time() * 1000)
+    base = {"subject_kind": "person", "project": None, "cost_centre": None, "provider": "openai",
+            "endpoint": "chat", "path": "/v1/chat/completions", "metered": True, "model": "gpt-4o-mini",
+            "requested_model": "gpt-4o-mini", "stream": False, "status": 200, "input_tokens": 1, "output_tokens": 16,
+            "cache_read_tokens": 0, "cache_write_tokens": 0, "usage_source": "provider", "decision": "allow",
+            "rule_id": None, "would": None, "latency_ms": 1.0, "ttfb_ms": None, "client_disconnected": False,
+            "error": None}
+    store.insert_events([CallEvent(id=f"e{n}", ts_ms=now_ms, subject="bob", team="ml", cost_nusd=800, **base)
+                         for n in range(40)])  # 32,000 spent
+    month = month_id(now_ms, 1, UTC)
+
+    def explain(*extra: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "tollhouse", "policy", "explain", "--config", str(cfg),
+                                 "--data-dir", str(data), "--user", "alice", "--model", "gpt-4o-mini", *extra],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        return result.stdout
+
+    assert "decision: ALLOW" in explain()  # 32,000 + 800 fits
+    # bob's laptop holds a lease of 7,500 it has not spent yet: 39,500 used, the next call would pass the cap
+    store.save_leases([LeaseRow("bob-laptop", "ml-cap", "team", "ml", month, "e1", 0, 7_500, 0, 0,
+                                now_ms + 60_000, True)])
+    live = explain()
+    assert "$0.000039 of $0.00004 used" in live and "decision: BLOCK by rule ml-cap" in live
+    assert "decision: ALLOW" in explain("--no-live")  # the rules alone
+    store.close()

@@ -36,8 +36,8 @@ from tollhouse.audit.checkpoint import (
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.demo import run_demo
-from tollhouse.directory import Directory
-from tollhouse.events.store import Store, StoreError, open_store
+from tollhouse.directory import Directory, Subject
+from tollhouse.events.store import Store, StoreError, is_postgres, open_store, sqlite_path
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
@@ -46,7 +46,13 @@ from tollhouse.gateway.workers import Supervisor, WorkersError, check_workers, p
 from tollhouse.key_owners import DirectoryUnreadable, key_owner_directory
 from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
-from tollhouse.policy.engine import CallFacts
+from tollhouse.model_limits import worst_output_tokens
+from tollhouse.money import fmt_usd
+from tollhouse.policy.decide import Gate, decide
+from tollhouse.policy.engine import CallFacts, CompiledPolicy
+from tollhouse.policy.explain_live import live_usage, usage_lines
+from tollhouse.policy.timewindow import zone
+from tollhouse.pricing import PriceBook
 from tollhouse.subject_ids import valid_subject_id
 
 try:
@@ -464,8 +470,12 @@ def policy_explain(
     project: Annotated[str | None, typer.Option(help="Project named with X-Tollhouse-Project.")] = None,
     at: Annotated[str | None, typer.Option(help="Judge at this ISO time (default: now).")] = None,
     config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    no_live: Annotated[bool, typer.Option("--no-live", help="Judge on the rules alone, without the store's "
+                                          "spend, leases and exemptions.")] = False,
 ) -> None:
-    """Show which rules apply to a call, at which scope, and why; and the decision."""
+    """Show which rules apply to a call, at which scope, and why; and the decision, on the organisation's live
+    spend (the store's, plus the budget leases agents hold) unless --no-live."""
     settings = _settings(config)
     p = settings.policy
     try:
@@ -497,8 +507,57 @@ def policy_explain(
     verdict = decision.action.upper()
     if decision.redirect is not None:
         typer.echo(f"model after redirect: {decision.model}")
+    if decision.caps and not no_live:  # the organisation's live numbers: the store's spend and agents' leases
+        verdict_live = _explain_live(settings, data_dir, holder.current, subject, provider, host, decision.model
+                                     or model, now, enforced)
+        if verdict_live is not None:
+            return
     typer.echo(f"decision: {verdict}" + (f" by rule {top.rule.id}: {top.reason}" if top else "")
                + ("" if enforced else "  (observe mode: recorded as would-" + decision.action + ", not applied)"))
+
+
+def _explain_live(settings: Settings, data_dir: Path | None, policy: CompiledPolicy, subject: Subject,
+                  provider: str, host: str, model: str, now: datetime, enforced: bool) -> str | None:
+    """Print each cap's live usage and the decision on a call at the model's worst case (as the gateway would
+    decide it); None when the store cannot be read (the rules-only decision is printed instead)."""
+    ddir = _data_dir(data_dir)
+    if not is_postgres(settings.store.url) and not sqlite_path(settings.store.url, ddir).exists():
+        typer.echo(f"(live spend not shown: no store at {sqlite_path(settings.store.url, ddir)}; pass the gateway's "
+                   "--data-dir, or --no-live)")
+        return None
+    try:
+        store = open_store(settings.store.url, ddir)
+    except StoreError as exc:
+        typer.echo(f"(live spend not shown: the store cannot be read: {exc})")
+        return None
+    lc = settings.ledger
+    prices = PriceBook(settings.pricing.overrides)
+    price_provider = settings.price_provider_id(provider)
+    output = worst_output_tokens(None, prices.max_output_tokens(price_provider, model), lc.default_max_output_tokens)
+    cost = prices.token_cost_nusd(price_provider, model, 1, output)
+    need = {"spend": cost or 0, "input_tokens": 1, "output_tokens": output, "requests": 1}
+    directory = Directory(settings.directory)
+    now_ms = int(now.timestamp() * 1000)
+    try:
+        caps = policy.evaluate(CallFacts(provider, host, model), subject, now).caps
+        usage = live_usage(store, directory, caps, need, now_ms, lc.billing_day, zone(lc.timezone))
+    except StoreError as exc:
+        typer.echo(f"(live spend not shown: the store cannot be read: {exc})")
+        return None
+    finally:
+        store.close()
+    typer.echo(f"live usage (store: {settings.store.url or 'the data dir'}; a call of {model} at its worst case: "
+               f"{output:,} output tokens{'' if cost is None else ', ' + fmt_usd(cost)}):")
+    for line in usage_lines(usage, now):
+        typer.echo(line)
+    gate = Gate(enforced, (), cost is not None, settings.pricing.unpriced, settings.counters.fail_open)
+    verdict = decide(gate, policy, CallFacts(provider, host, model), subject, now, usage=usage)
+    action = verdict.applied if enforced else (verdict.would or verdict.applied)
+    reason = verdict.reason or ""
+    rule = f" by rule {verdict.rule_id}" if verdict.rule_id else ""
+    typer.echo(f"decision: {action.upper()}{rule}" + (f": {reason}" if reason and action != "allow" else "")
+               + ("" if enforced else f"  (observe mode: recorded as would-{action}, not applied)"))
+    return action
 
 
 @audit_app.command("verify")
