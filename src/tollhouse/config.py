@@ -12,6 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -316,6 +317,17 @@ class ExemptionsConfig(_Frozen):
     max_pending_per_subject: int = Field(default=20, ge=1)
     max_pending_per_address: int = Field(default=20, ge=1)
     max_pending: int = Field(default=10_000, ge=1)
+    # The gateway whose queue holds this one's exemptions (an agent: its control plane, set by `tollhouse agent`).
+    # Block errors link to its console form, and this gateway's exemption routes redirect there. Empty: this one.
+    authority_url: str = ""
+
+    @field_validator("authority_url")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"{value!r} is not an http(s) URL; example: \"https://tollhouse.acme.internal\"")
+        return value.rstrip("/")
 
 
 class LedgerConfig(_Frozen):

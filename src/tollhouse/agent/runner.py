@@ -31,6 +31,7 @@ from tollhouse.agent.ship_metrics import ShipMetrics
 from tollhouse.agent.shipper import Shipper
 from tollhouse.agent.updater import Updater, restart_in_place, running_version
 from tollhouse.config import DirectoryConfig, Settings
+from tollhouse.control.overrides import OverrideSet
 from tollhouse.events import spool
 from tollhouse.events.store import StoreError
 from tollhouse.gateway.app import serve
@@ -126,6 +127,8 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
             for follower in follow:
                 follower(settings)
 
+        # Exemptions are the control plane's: none until its bundle (or the cached one) brings them.
+        state.override_loader.follow(OverrideSet())
         applier = BundleApplier(state, layers, effective, on_settings=on_settings)
         sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
                           {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
@@ -171,5 +174,9 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
 
         return cleanup
 
-    await serve(gateway_settings(local, effective), data_dir, opts.host, opts.port, ready, stop, clock,
+    settings = gateway_settings(local, effective)
+    # Block errors link to the control plane's exemption form; this agent's exemption routes redirect there.
+    settings = settings.model_copy(update={"exemptions": settings.exemptions.model_copy(
+        update={"authority_url": opts.control_plane.rstrip("/")})})
+    await serve(settings, data_dir, opts.host, opts.port, ready, stop, clock,
                 extension=extension)

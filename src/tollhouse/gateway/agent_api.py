@@ -71,20 +71,27 @@ async def list_agents(request: Request, state: GatewayState) -> Response:
 # the bundle
 
 def _etag(state: GatewayState) -> str:
+    """Changes whenever the bundle does: the policy, agent policy and directory versions, and the content of the
+    exemption overrides in force (an approval, revocation or expiry wakes the long-poll like an edit)."""
     agent_version = state.docs.feed.versions.get(AGENT_POLICY, 0)
-    return f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.current.version}"'
+    return (f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.current.version}'
+            f'.x{state.overrides.current.digest}"')
 
 
 async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
     doc = await state.docs.latest(AGENT_POLICY)
     # after the await: the policy and directory in force now, each read once (`raw` changes with the policy)
     policy, rules, directory = state.policy.current, state.policies.raw, state.directory.current
+    overrides = state.overrides.current
     return {
         "etag": etag,
         "policy": {"version": policy.version, "rules": rules, "timezone": state.settings.policy.timezone},
         "agent_policy": agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
         "directory": {"version": directory.version,
                       **directory.config.model_dump(mode="json", exclude_defaults=True)},
+        # The approved overrides in force (every subject's: they are small), each with what it covers and its
+        # expiry; the agent's calls are judged with them (agent/apply.py).
+        "exemptions": [g.json() for g in overrides.grants],
     }
 
 
