@@ -35,9 +35,11 @@ from tollhouse.audit.checkpoint import (
 )
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
+from tollhouse.control.overrides import OverrideSet
 from tollhouse.demo import run_demo
 from tollhouse.directory import Directory
-from tollhouse.events.store import Store, StoreError, open_store
+from tollhouse.events.store import Store, StoreError, is_postgres, open_store, sqlite_path
+from tollhouse.explain import explain_call
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
@@ -464,8 +466,9 @@ def policy_explain(
     project: Annotated[str | None, typer.Option(help="Project named with X-Tollhouse-Project.")] = None,
     at: Annotated[str | None, typer.Option(help="Judge at this ISO time (default: now).")] = None,
     config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
-    """Show which rules apply to a call, at which scope, and why; and the decision."""
+    """Show which rules apply to a call, at which scope, and why; the exemptions in force; and the decision."""
     settings = _settings(config)
     p = settings.policy
     try:
@@ -484,21 +487,32 @@ def policy_explain(
         now = now.replace(tzinfo=UTC)
     subject = Directory(settings.directory).subject(user, project)
     host = urlsplit(settings.providers[provider].upstream).hostname or ""
-    decision = holder.current.evaluate(CallFacts(provider, host, model), subject, now, explain=True)
+    overrides, source = _live_overrides(settings, data_dir, int(now.timestamp() * 1000))
     typer.echo(f"subject {subject.id} ({subject.kind}); team chain: {' > '.join(subject.teams) or '-'}; "
                f"project {subject.project or '-'}; cost centre {subject.cost_centre or '-'}")
     typer.echo(f"call: {provider} ({host}) model {model} at {now.isoformat(timespec='minutes')}")
-    levels = [lv.label for lv in holder.current.levels(subject)]
-    typer.echo(f"scopes, most specific first: {', '.join(levels)}")
-    for line in decision.trace or ("(no rule applies)",):
-        typer.echo("  " + line)
+    typer.echo(f"exemptions: {source}")
     enforced = enforced_for(settings.enforcement, settings.policy.enforce_teams, subject)
-    top = decision.top
-    verdict = decision.action.upper()
-    if decision.redirect is not None:
-        typer.echo(f"model after redirect: {decision.model}")
-    typer.echo(f"decision: {verdict}" + (f" by rule {top.rule.id}: {top.reason}" if top else "")
-               + ("" if enforced else "  (observe mode: recorded as would-" + decision.action + ", not applied)"))
+    explained = explain_call(holder.current, CallFacts(provider, host, model), subject, now, enforced, overrides)
+    for line in explained.lines:
+        typer.echo(line)
+
+
+def _live_overrides(settings: Settings, data_dir: Path | None, now_ms: int) -> tuple[OverrideSet, str]:
+    """The approved exemption overrides in force in the store (never created here), and where they came from."""
+    url, where = settings.store.url, _data_dir(data_dir)
+    if not is_postgres(url) and not sqlite_path(url, where).exists():
+        return OverrideSet(), f"no store at {sqlite_path(url, where)}; judged without any (give --data-dir)"
+    try:
+        store = open_store(url, where)
+        try:
+            rows = store.active_overrides(now_ms)
+        finally:
+            store.close()
+    except StoreError as exc:
+        return OverrideSet(), f"the store could not be read ({exc}); judged without any"
+    found = OverrideSet.of(rows)
+    return found, f"{found.size} approved override(s) in force in the store"
 
 
 @audit_app.command("verify")

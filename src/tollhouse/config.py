@@ -532,4 +532,15 @@ def load_settings(path: Path | None) -> Settings:
         data = orjson.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
-    return parse_settings(data, str(path))
+    return parse_settings(_relative_to(data, path.parent), str(path))
+
+
+def _relative_to(data: object, base: Path) -> object:
+    """A relative `policy.rules_file` is relative to the config file's directory, whatever the working
+    directory of the command that reads it (serve, policy explain, workers)."""
+    policy = data.get("policy") if isinstance(data, dict) else None
+    rules_file = policy.get("rules_file") if isinstance(policy, dict) else None
+    if not isinstance(data, dict) or not isinstance(policy, dict) or not isinstance(rules_file, str) \
+            or not rules_file or Path(rules_file).expanduser().is_absolute():
+        return data
+    return {**data, "policy": {**policy, "rules_file": str(base.absolute() / rules_file)}}
