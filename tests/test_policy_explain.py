@@ -20,7 +20,7 @@ from tollhouse.directory import Directory
 from tollhouse.explain import explain_call
 from tollhouse.ledger.types import CapUsage
 from tollhouse.policy.decide import CountersDown
-from tollhouse.policy.engine import Cap, CallFacts, CompiledPolicy
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
 from tollhouse.policy.rules import parse_rules
 
 
