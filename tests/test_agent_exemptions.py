@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -17,6 +18,8 @@ import raw_http
 from conftest import Gateway, Mock, upstreams
 from test_agent import DIRECTORY, Agent, _put, _until
 from test_exemptions import _inputs
+from tollhouse.events.model import event_from_row
+from tollhouse.events.wire import to_wire
 
 ALLOW_MINI = {"id": "approved-models", "scope": "org", "severity": "BLOCK",
               "condition": {"type": "MODEL_ALLOWLIST", "models": ["gpt-4o-mini"]}}
@@ -43,6 +46,12 @@ def _block(agent: Agent, model: str) -> dict[str, Any]:
     body = exc.value.body
     assert isinstance(body, dict)
     return body
+
+
+def _wire(event: dict[str, Any]) -> dict[str, Any]:
+    """An event as the API shows it, as an agent sends it."""
+    ts_ms = int(datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp() * 1000)
+    return to_wire(event_from_row({**event, "ts_ms": ts_ms}))
 
 
 def _etag(agent: Agent) -> str | None:
@@ -103,6 +112,15 @@ def test_an_agents_exemption_is_filed_decided_and_revoked_at_the_control_plane(f
     # The event reaches the control plane with the exemption that let it through.
     _until(lambda: any(e["id"] == passed["id"] for e in control.events()), 10.0)
     assert next(e for e in control.events() if e["id"] == passed["id"])["exemption_id"] == exemption_id
+    status, raw_audit, _ = control.get("/api/v1/audit?limit=1000")
+    assert status == 200
+    uses = [e["data"] for e in json.loads(raw_audit)["entries"] if e["kind"] == "exemption.used"]
+    assert [(u["id"], u["event_id"]) for u in uses] == [(exemption_id, passed["id"])]
+    assert uses[0]["via"].startswith("agent:")
+    status, raw_resent, _ = control.request("POST", "/api/v1/agent/events", {"events": [_wire(passed)]})
+    assert status == 200 and json.loads(raw_resent)["duplicates"] == 1
+    _, raw_audit, _ = control.get("/api/v1/audit?limit=1000")
+    assert sum(e["kind"] == "exemption.used" for e in json.loads(raw_audit)["entries"]) == 1  # not twice
 
     # Revoked at the control plane: stopped on the agent.
     before = _etag(agent)

@@ -138,7 +138,7 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
 
         def agent_health() -> dict[str, Any]:
             return {"id": ident, "user": applier.effective["user"], "settings": applier.effective.shown(),
-                    "bundle_errors": applier.errors}
+                    "bundle_errors": applier.errors, "exemptions": state.overrides.current.size}
 
         add_health_section(state, "control_plane", sync.health)
         add_health_section(state, "agent", agent_health)

@@ -181,6 +181,13 @@ class Store:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
             return new
 
+    def stored_event_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these event ids are stored already."""
+        if not ids:
+            return set()
+        rows = self.db.query(f"SELECT id FROM events WHERE id IN ({', '.join('?' for _ in ids)})", list(ids))
+        return {r["id"] for r in rows}
+
     def event(self, event_id: str) -> dict[str, Any] | None:
         """One event by id, with its captured `prompt` and `response` (None when not captured)."""
         return self._row(f"{EVENTS_WITH_CONTENT} WHERE events.id = ?", (event_id,))

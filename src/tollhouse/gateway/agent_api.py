@@ -8,6 +8,7 @@ from typing import Any
 
 from tollhouse.events.wire import BatchError, from_wire
 from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
+from tollhouse.gateway.exemption_use import audit_agent_uses
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import AGENT_POLICY, actor, agent_policy_json, json_body
 from tollhouse.gateway.state import GatewayState
@@ -142,6 +143,7 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
                                         "code": "invalid_events", "problems": exc.problems,
                                         "bad": exc.indices}}, 400)
     events = batch.events
+    await audit_agent_uses(state, events, request.header(_AGENT_HEADERS[0]) or who)
     stored = await state.runner.run(lambda s: s.insert_events(events, batch.captures)) if events else 0
     state.metrics.agent_events.labels("stored").inc(stored)
     state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)

@@ -1,8 +1,12 @@
 """A call an approved exemption let through: the exemption named on its event (and, by enforce.client_headers,
-in X-Tollhouse-Exemption), and the use audited, one entry per call."""
+in X-Tollhouse-Exemption), and the use audited, one entry per call: where it was let through, and at the
+control plane when an agent's event arrives (once per event, however often the agent sends it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from tollhouse.events.journal import PROVISIONAL
 from tollhouse.events.model import CallEvent
 from tollhouse.gateway.state import GatewayState
 from tollhouse.policy.decide import Verdict
@@ -24,3 +28,18 @@ def audit_use(state: GatewayState, event: CallEvent, verdict: Verdict) -> None:
         "id": event.exemption_id, "event_id": event.id, "subject": event.subject, "rules": waived,
         "provider": event.provider, "model": event.requested_model, "decision": event.decision,
         "status": event.status})
+
+
+async def audit_agent_uses(state: GatewayState, events: Sequence[CallEvent], agent: str) -> None:
+    """The control plane's `exemption.used` entries for an agent's batch (call before storing it): one per event
+    an exemption let through that is not stored yet (a resent batch adds none)."""
+    exempted = [e for e in events if e.exemption_id and e.usage_source != PROVISIONAL and e.decision != "block"]
+    if not exempted:
+        return
+    ids = [e.id for e in exempted]
+    known = await state.runner.run(lambda s: s.stored_event_ids(ids))
+    for e in exempted:
+        if e.id not in known:
+            state.audit.record("exemption.used", e.subject, {
+                "id": e.exemption_id, "event_id": e.id, "subject": e.subject, "provider": e.provider,
+                "model": e.requested_model, "decision": e.decision, "status": e.status, "via": f"agent:{agent}"})
