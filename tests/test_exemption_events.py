@@ -10,6 +10,8 @@ import orjson
 
 from shipping import call
 from test_store_control import T0, exemption
+from tollhouse.agent.apply import parse_grants
+from tollhouse.control.overrides import Grant
 from tollhouse.events.journal import journal_line, leftover_events
 from tollhouse.events.model import Capture
 from tollhouse.events.records import APPROVED, OVERRIDE, REVOKED
@@ -56,3 +58,12 @@ def test_the_store_keeps_scope_revokes_once_and_notes_each_expiry_once(store: St
     assert store.note_expired_overrides(T0 + 2000) == []
     expired = store.exemption("x1")
     assert expired is not None and expired.expired_ms == T0 + 1000 and expired.status == APPROVED
+
+
+def test_a_bundle_exemption_that_cannot_be_read_is_left_out_and_said() -> None:
+    good = Grant("ex-1", "alice", "approved-models", ("gpt-4o",), ("openai",), T0)
+    grants, errors = parse_grants([good.json(), {**good.json(), "models": []}, {"id": "ex-3"}, "x"])
+    assert grants == [good]
+    assert errors[0] == "exemption not applied: exemption 'ex-1': missing or invalid models"
+    assert "subject, rule_id, models, providers, expires_ms" in errors[1] and "object" in errors[2]
+    assert parse_grants({"not": "a list"}) == ([], ["the bundle's exemptions are not a list (dict); none applied"])

@@ -63,18 +63,17 @@ class Grant:
         """A grant from a bundle; ValueError says what is wrong."""
         if not isinstance(data, dict):
             raise ValueError(f"an exemption must be an object, got {type(data).__name__}")
-        texts = {k: data.get(k) for k in ("id", "subject", "rule_id")}
-        lists = {k: data.get(k) for k in ("models", "providers")}
+        texts = {k: v for k in ("id", "subject", "rule_id") if isinstance(v := data.get(k), str) and v}
+        lists = {k: tuple(v) for k in ("models", "providers")
+                 if isinstance(v := data.get(k), list) and v and all(isinstance(n, str) and n for n in v)}
         expires = data.get("expires_ms")
-        bad = [k for k, v in texts.items() if not isinstance(v, str) or not v]
-        bad += [k for k, v in lists.items() if not isinstance(v, list) or not v
-                or not all(isinstance(n, str) and n for n in v)]
+        bad = [k for k in ("id", "subject", "rule_id") if k not in texts]
+        bad += [k for k in ("models", "providers") if k not in lists]
         if not isinstance(expires, int) or isinstance(expires, bool):
             bad.append("expires_ms")
-        if bad:
+        if bad or not isinstance(expires, int):
             raise ValueError(f"exemption {data.get('id')!r}: missing or invalid {', '.join(bad)}")
-        return Grant(str(texts["id"]), str(texts["subject"]), str(texts["rule_id"]),
-                     tuple(lists["models"] or ()), tuple(lists["providers"] or ()), int(expires))  # type: ignore[arg-type]
+        return Grant(texts["id"], texts["subject"], texts["rule_id"], lists["models"], lists["providers"], expires)
 
 
 def grant_of(x: Exemption) -> Grant | None:
