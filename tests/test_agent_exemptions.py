@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -18,6 +18,7 @@ import raw_http
 from conftest import Gateway, Mock, upstreams
 from test_agent import DIRECTORY, Agent, _put, _until
 from test_exemptions import _inputs
+from test_ledger_gateway import FakeClock
 from tollhouse.events.model import event_from_row
 from tollhouse.events.wire import to_wire
 
@@ -150,3 +151,35 @@ def test_a_cached_bundle_brings_the_control_planes_exemptions_back_offline(fleet
         assert again.status_of("gpt-4o") == 200 and again.status_of("gpt-4.5-preview") == 403
     finally:
         again.stop()
+
+
+def test_an_expiry_noted_at_the_control_plane_reaches_the_agent(gateway_factory: Any, mock: Mock,
+                                                                tmp_path: Path) -> None:
+    fake = FakeClock(datetime.now(UTC))  # the control plane's clock; the agent keeps the real one
+    control = Gateway({"providers": upstreams(mock.url), "directory": DIRECTORY,
+                       "exemptions": {"refresh_interval_s": 0.05}}, tmp_path / "control", clock=fake).start()
+    try:
+        status, body, _ = control.request("POST", "/api/v1/agent/tokens", {"label": "laptops"})
+        assert status == 201
+        _put(control, "/api/v1/policy", {"rules": [ALLOW_MINI]})
+        _put(control, "/api/v1/agent-policy", {"enforcement": "on"})
+        agent = Agent(control.url, json.loads(body)["token"], tmp_path / "agent", mock).start()
+        try:
+            status, body, _ = control.request("POST", "/api/v1/exemptions", {
+                "subject": "alice", "rule": "approved-models", "provider": "openai", "model": "gpt-4o",
+                "justification": "evals"}, token=None)
+            exemption_id = json.loads(body)["id"]
+            _control_api(control, "POST", f"/api/v1/exemptions/{exemption_id}/approve", {"hours": 1})
+            _until(lambda: _held(agent) == 1, 2.0)
+            assert agent.status_of("gpt-4o") == 200
+            fake.now += 3600  # an hour later at the control plane: the override has expired there
+            _until(lambda: _held(agent) == 0, 2.0)
+            assert agent.status_of("gpt-4o") == 403
+            status, raw, _ = control.get("/api/v1/audit?limit=1000")
+            assert status == 200
+            expired = [e["data"]["id"] for e in json.loads(raw)["entries"] if e["kind"] == "exemption.expired"]
+            assert expired == [exemption_id]
+        finally:
+            agent.stop()
+    finally:
+        control.stop()
