@@ -13,6 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 import raw_http
 from conftest import Gateway, Mock, upstreams
@@ -24,7 +25,7 @@ from tollhouse.events.wire import to_wire
 
 ALLOW_MINI = {"id": "approved-models", "scope": "org", "severity": "BLOCK",
               "condition": {"type": "MODEL_ALLOWLIST", "models": ["gpt-4o-mini"]}}
-CHAT = [{"role": "user", "content": "hi"}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
