@@ -24,7 +24,7 @@ from test_gateway_sdks import oai
 from test_ledger_gateway import PRICED, FakeClock, budget_rule
 from test_policy_gateway import ALLOWLIST, DIRECTORY, REDIRECT
 from tollhouse.config import DirectoryConfig
-from tollhouse.control.exemptions import OverrideSet
+from tollhouse.control.overrides import OverrideSet
 from tollhouse.directory import Directory
 from tollhouse.events.records import APPROVED, OVERRIDE, Exemption
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
@@ -182,7 +182,7 @@ def test_blocked_call_to_form_to_override_that_expires(enforcing: Gateway, mock:
     headers = _passes(gw)
     assert headers["x-tollhouse-decision"] == "allow" and headers["x-tollhouse-exemption"] == exemption_id
     assert mock.stats.total == calls + 1
-    assert _blocked(gw, "o1")["rule_id"] == "no-o1"  # other rules still apply
+    assert _blocked(gw, "o1")["rule_id"] == "approved-models"  # the override covers gpt-4o only
     assert _blocked(gw, user="bob")["rule_id"] == "approved-models"  # and only to alice
     _, page, _ = _http(gw, "GET", status_path)
     assert b"approved" in page and b"carol" in page and b"2026-03-02T12:00:00.000Z" in page
@@ -466,14 +466,23 @@ def test_engine_sets_waived_violations_apart() -> None:
     assert kept.model == "claude-3-opus-20240229" and kept.redirect is None and kept.action == "allow"
 
 
-def test_override_set_respects_expiry_and_keeps_the_longest() -> None:
-    def approved(xid: str, subject: str, rule: str, expires_ms: int) -> Exemption:
-        return Exemption(xid, 0, APPROVED, subject, subject, rule, None, None, None, None, None, "why",
-                         "carol", 1, OVERRIDE, expires_ms)
+def test_override_set_respects_expiry_scope_and_keeps_the_longest() -> None:
+    def approved(xid: str, subject: str, rule: str, expires_ms: int, model: str | None = None,
+                 scope_models: str | None = None) -> Exemption:
+        return Exemption(xid, 0, APPROVED, subject, subject, rule, "openai" if model else None, model, None, None,
+                         None, "why", "carol", 1, OVERRIDE, expires_ms, scope_models=scope_models)
 
-    overrides = OverrideSet([approved("a", "alice", "r1", 100), approved("b", "alice", "r1", 300),
-                             approved("c", "alice", "r2", 200), approved("d", "bob", "r1", 50)])
-    assert overrides.for_subject("alice", 150) == {"r1": "b", "r2": "c"}
-    assert overrides.for_subject("alice", 250) == {"r1": "b"}
-    assert overrides.for_subject("alice", 300) == {} and overrides.for_subject("carol", 0) == {}
-    assert overrides.size == 3
+    overrides = OverrideSet.of([approved("a", "alice", "r1", 100), approved("b", "alice", "r1", 300),
+                                approved("c", "alice", "r2", 200), approved("d", "bob", "r1", 50),
+                                approved("e", "bob", "r2", 500, "gpt-4o"),
+                                approved("f", "bob", "r3", 500, "gpt-4o", scope_models="gpt-4o*,o1")])
+    assert overrides.for_call("alice", "openai", "any", 150) == {"r1": "b", "r2": "c"}
+    assert overrides.for_call("alice", "anthropic", None, 250) == {"r1": "b"}
+    assert overrides.for_call("alice", "openai", "x", 300) == {} and overrides.for_call("carol", "openai", "x", 0) == {}
+    assert overrides.for_call("bob", "openai", "gpt-4o", 100) == {"r2": "e", "r3": "f"}
+    assert overrides.for_call("bob", "openai", "gpt-4o-mini", 100) == {"r3": "f"}
+    assert overrides.for_call("bob", "anthropic", "gpt-4o", 100) == {}  # only the provider requested
+    assert overrides.for_call("bob", "openai", "o1", 100) == {"r3": "f"}
+    assert overrides.for_call("bob", "openai", None, 100) == {}
+    assert overrides.size == 6
+    assert OverrideSet.of(reversed([approved("a", "alice", "r1", 100)])).digest != OverrideSet().digest

@@ -9,7 +9,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,9 +36,11 @@ from tollhouse.audit.checkpoint import (
 )
 from tollhouse.audit.export import cef, jsonl
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
+from tollhouse.control.overrides import OverrideSet
 from tollhouse.demo import run_demo
-from tollhouse.directory import Directory, Subject
+from tollhouse.directory import Directory
 from tollhouse.events.store import Store, StoreError, is_postgres, open_store, sqlite_path
+from tollhouse.explain import UsageSource, explain_call
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
@@ -48,8 +51,8 @@ from tollhouse.keys import create_key
 from tollhouse.mock.provider import MockSettings, run_mock_provider
 from tollhouse.model_limits import worst_output_tokens
 from tollhouse.money import fmt_usd
-from tollhouse.policy.decide import Gate, decide
-from tollhouse.policy.engine import CallFacts, CompiledPolicy
+from tollhouse.policy.decide import CountersDown, Usage
+from tollhouse.policy.engine import CallFacts, Cap
 from tollhouse.policy.explain_live import live_usage, usage_lines
 from tollhouse.policy.timewindow import zone
 from tollhouse.pricing import PriceBook
@@ -474,8 +477,8 @@ def policy_explain(
     no_live: Annotated[bool, typer.Option("--no-live", help="Judge on the rules alone, without the store's "
                                           "spend, leases and exemptions.")] = False,
 ) -> None:
-    """Show which rules apply to a call, at which scope, and why; and the decision, on the organisation's live
-    spend (the store's, plus the budget leases agents hold) unless --no-live."""
+    """Show which rules apply to a call, at which scope, and why; the exemptions in force; and the decision, on
+    the organisation's live spend (the store's, plus the budget leases agents hold) unless --no-live."""
     settings = _settings(config)
     p = settings.policy
     try:
@@ -494,42 +497,55 @@ def policy_explain(
         now = now.replace(tzinfo=UTC)
     subject = Directory(settings.directory).subject(user, project)
     host = urlsplit(settings.providers[provider].upstream).hostname or ""
-    decision = holder.current.evaluate(CallFacts(provider, host, model), subject, now, explain=True)
+    overrides, source = _live_overrides(settings, data_dir, int(now.timestamp() * 1000))
     typer.echo(f"subject {subject.id} ({subject.kind}); team chain: {' > '.join(subject.teams) or '-'}; "
                f"project {subject.project or '-'}; cost centre {subject.cost_centre or '-'}")
     typer.echo(f"call: {provider} ({host}) model {model} at {now.isoformat(timespec='minutes')}")
-    levels = [lv.label for lv in holder.current.levels(subject)]
-    typer.echo(f"scopes, most specific first: {', '.join(levels)}")
-    for line in decision.trace or ("(no rule applies)",):
-        typer.echo("  " + line)
+    typer.echo(f"exemptions: {source}")
     enforced = enforced_for(settings.enforcement, settings.policy.enforce_teams, subject)
-    top = decision.top
-    verdict = decision.action.upper()
-    if decision.redirect is not None:
-        typer.echo(f"model after redirect: {decision.model}")
-    if decision.caps and not no_live:  # the organisation's live numbers: the store's spend and agents' leases
-        verdict_live = _explain_live(settings, data_dir, holder.current, subject, provider, host, decision.model
-                                     or model, now, enforced)
-        if verdict_live is not None:
-            return
-    typer.echo(f"decision: {verdict}" + (f" by rule {top.rule.id}: {top.reason}" if top else "")
-               + ("" if enforced else "  (observe mode: recorded as would-" + decision.action + ", not applied)"))
+    call = CallFacts(provider, host, model)
+    if no_live:
+        explained = explain_call(holder.current, call, subject, now, enforced, OverrideSet())
+    else:
+        with _live_spend(settings, data_dir, provider, model, now) as usage:
+            explained = explain_call(holder.current, call, subject, now, enforced, overrides, usage)
+    for line in explained.lines:
+        typer.echo(line)
 
 
-def _explain_live(settings: Settings, data_dir: Path | None, policy: CompiledPolicy, subject: Subject,
-                  provider: str, host: str, model: str, now: datetime, enforced: bool) -> str | None:
-    """Print each cap's live usage and the decision on a call at the model's worst case (as the gateway would
-    decide it); None when the store cannot be read (the rules-only decision is printed instead)."""
+def _live_overrides(settings: Settings, data_dir: Path | None, now_ms: int) -> tuple[OverrideSet, str]:
+    """The approved exemption overrides in force in the store (never created here), and where they came from."""
+    url, where = settings.store.url, _data_dir(data_dir)
+    if not is_postgres(url) and not sqlite_path(url, where).exists():
+        return OverrideSet(), f"no store at {sqlite_path(url, where)}; judged without any (give --data-dir)"
+    try:
+        store = open_store(url, where)
+        try:
+            rows = store.active_overrides(now_ms)
+        finally:
+            store.close()
+    except StoreError as exc:
+        return OverrideSet(), f"the store could not be read ({exc}); judged without any"
+    found = OverrideSet.of(rows)
+    return found, f"{found.size} approved override(s) in force in the store"
+
+
+@contextmanager
+def _live_spend(settings: Settings, data_dir: Path | None, provider: str, model: str, now: datetime
+                ) -> Iterator[UsageSource | None]:
+    """What explain_call asks for the caps that count a call: each cap's live used (the store's settled spend in
+    its window, plus the budget leases agents hold) and what a call of `model` at its worst case adds. None
+    (caps not judged on spend, said in the output) when the store cannot be read."""
     ddir = _data_dir(data_dir)
     if not is_postgres(settings.store.url) and not sqlite_path(settings.store.url, ddir).exists():
-        typer.echo(f"(live spend not shown: no store at {sqlite_path(settings.store.url, ddir)}; pass the gateway's "
-                   "--data-dir, or --no-live)")
-        return None
+        yield None
+        return
     try:
         store = open_store(settings.store.url, ddir)
     except StoreError as exc:
         typer.echo(f"(live spend not shown: the store cannot be read: {exc})")
-        return None
+        yield None
+        return
     lc = settings.ledger
     prices = PriceBook(settings.pricing.overrides)
     price_provider = settings.price_provider_id(provider)
@@ -537,27 +553,23 @@ def _explain_live(settings: Settings, data_dir: Path | None, policy: CompiledPol
     cost = prices.token_cost_nusd(price_provider, model, 1, output)
     need = {"spend": cost or 0, "input_tokens": 1, "output_tokens": output, "requests": 1}
     directory = Directory(settings.directory)
-    now_ms = int(now.timestamp() * 1000)
+
+    def usage(caps: Sequence[Cap]) -> Usage:
+        try:
+            found = live_usage(store, directory, caps, need, int(now.timestamp() * 1000), lc.billing_day,
+                               zone(lc.timezone))
+        except StoreError as exc:
+            return CountersDown(str(exc), "the store cannot be read")
+        typer.echo(f"live usage (a call of {model} at its worst case: {output:,} output tokens"
+                   f"{'' if cost is None else ', ' + fmt_usd(cost)}):")
+        for line in usage_lines(found, now):
+            typer.echo(line)
+        return found
+
     try:
-        caps = policy.evaluate(CallFacts(provider, host, model), subject, now).caps
-        usage = live_usage(store, directory, caps, need, now_ms, lc.billing_day, zone(lc.timezone))
-    except StoreError as exc:
-        typer.echo(f"(live spend not shown: the store cannot be read: {exc})")
-        return None
+        yield usage
     finally:
         store.close()
-    typer.echo(f"live usage (store: {settings.store.url or 'the data dir'}; a call of {model} at its worst case: "
-               f"{output:,} output tokens{'' if cost is None else ', ' + fmt_usd(cost)}):")
-    for line in usage_lines(usage, now):
-        typer.echo(line)
-    gate = Gate(enforced, (), cost is not None, settings.pricing.unpriced, settings.counters.fail_open)
-    verdict = decide(gate, policy, CallFacts(provider, host, model), subject, now, usage=usage)
-    action = verdict.applied if enforced else (verdict.would or verdict.applied)
-    reason = verdict.reason or ""
-    rule = f" by rule {verdict.rule_id}" if verdict.rule_id else ""
-    typer.echo(f"decision: {action.upper()}{rule}" + (f": {reason}" if reason and action != "allow" else "")
-               + ("" if enforced else f"  (observe mode: recorded as would-{action}, not applied)"))
-    return action
 
 
 @audit_app.command("verify")

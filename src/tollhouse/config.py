@@ -12,6 +12,7 @@ from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 import yaml
@@ -316,6 +317,17 @@ class ExemptionsConfig(_Frozen):
     max_pending_per_subject: int = Field(default=20, ge=1)
     max_pending_per_address: int = Field(default=20, ge=1)
     max_pending: int = Field(default=10_000, ge=1)
+    # The gateway whose queue holds this one's exemptions (an agent: its control plane, set by `tollhouse agent`).
+    # Block errors link to its console form, and this gateway's exemption routes redirect there. Empty: this one.
+    authority_url: str = ""
+
+    @field_validator("authority_url")
+    @classmethod
+    def _authority(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError(f"{value!r} is not an http(s) URL; example: \"https://tollhouse.acme.internal\"")
+        return value.rstrip("/")
 
 
 class LedgerConfig(_Frozen):
@@ -525,4 +537,15 @@ def load_settings(path: Path | None) -> Settings:
         data = orjson.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, orjson.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
-    return parse_settings(data, str(path))
+    return parse_settings(_relative_to(data, path.parent), str(path))
+
+
+def _relative_to(data: object, base: Path) -> object:
+    """A relative `policy.rules_file` is relative to the config file's directory, whatever the working
+    directory of the command that reads it (serve, policy explain, workers)."""
+    policy = data.get("policy") if isinstance(data, dict) else None
+    rules_file = policy.get("rules_file") if isinstance(policy, dict) else None
+    if not isinstance(data, dict) or not isinstance(policy, dict) or not isinstance(rules_file, str) \
+            or not rules_file or Path(rules_file).expanduser().is_absolute():
+        return data
+    return {**data, "policy": {**policy, "rules_file": str(base.absolute() / rules_file)}}

@@ -4,6 +4,7 @@ The directory and the policy are published into the local store as new versions 
 "control-plane"), through the same holders the gateway uses, so the local audit trail records each change
 with its diff. They are checked together: a bundle that renames a team and retargets its rules is accepted.
 A part that does not validate is not applied; the previous one stays in force and /healthz says why.
+The approved exemption overrides replace the set in force whole (the agent's own store is never their source).
 The agent policy is re-resolved under the local layers (environment, managed file) and applied live:
 enforcement and capture mode at once, an upstream proxy change by rebuilding the provider clients.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from tollhouse.agent.settings import AgentSettings, LocalLayers, SettingsError
 from tollhouse.config import DirectoryConfig
 from tollhouse.control.agent_policy import AgentPolicyError, parse_agent_policy
+from tollhouse.control.overrides import Grant, OverrideSet
 from tollhouse.events.records import AGENT_POLICY
 from tollhouse.gateway.directory_holder import DirectoryError, parse_directory
 from tollhouse.gateway.live import LiveSettings
@@ -66,9 +68,16 @@ class BundleApplier:
         note = f"bundle {bundle.get('etag')}"
         errors = await self._documents(bundle, note)
         errors += await self._agent_policy(bundle, note)
+        errors += self._exemptions(bundle)
         for error in errors:
             log.error("control-plane bundle %s: %s", bundle.get("etag"), error)
         self.errors = errors
+
+    def _exemptions(self, bundle: dict[str, Any]) -> list[str]:
+        """The control plane's approved overrides replace the set in force (a bundle without them: none)."""
+        grants, errors = parse_grants(bundle.get("exemptions", []))
+        self._state.override_loader.follow(OverrideSet(grants))
+        return errors
 
     async def _agent_policy(self, bundle: dict[str, Any], note: str) -> list[str]:
         body = policy_content(bundle)
@@ -124,6 +133,21 @@ class BundleApplier:
                 holder.error = str(exc)
                 errors.append(f"policy not applied, keeping version {holder.current.version}: {exc}")
         return errors
+
+
+def parse_grants(raw: object) -> tuple[list[Grant], list[str]]:
+    """The bundle's exemptions: the valid ones, and why the others were left out (an override that cannot be
+    read is not applied: it only ever allows more)."""
+    if not isinstance(raw, list):
+        return [], [f"the bundle's exemptions are not a list ({type(raw).__name__}); none applied"]
+    grants: list[Grant] = []
+    errors: list[str] = []
+    for item in raw:
+        try:
+            grants.append(Grant.from_json(item))
+        except ValueError as exc:
+            errors.append(f"exemption not applied: {exc}")
+    return grants, errors
 
 
 def _json(cfg: DirectoryConfig) -> dict[str, Any]:

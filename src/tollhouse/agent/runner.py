@@ -32,6 +32,7 @@ from tollhouse.agent.ship_metrics import ShipMetrics
 from tollhouse.agent.shipper import Shipper
 from tollhouse.agent.updater import Updater, restart_in_place, running_version
 from tollhouse.config import DirectoryConfig, Settings
+from tollhouse.control.overrides import OverrideSet
 from tollhouse.events import spool
 from tollhouse.events.store import StoreError
 from tollhouse.gateway.app import serve
@@ -128,6 +129,8 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
             for follower in follow:
                 follower(settings)
 
+        # Exemptions are the control plane's: none until its bundle (or the cached one) brings them.
+        state.override_loader.follow(OverrideSet())
         applier = BundleApplier(state, layers, effective, on_settings=on_settings)
         sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
                           {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
@@ -137,7 +140,7 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
 
         def agent_health() -> dict[str, Any]:
             return {"id": ident, "user": applier.effective["user"], "settings": applier.effective.shown(),
-                    "bundle_errors": applier.errors}
+                    "bundle_errors": applier.errors, "exemptions": state.overrides.current.size}
 
         add_health_section(state, "control_plane", sync.health)
         add_health_section(state, "agent", agent_health)
@@ -176,9 +179,13 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
 
         return cleanup
 
+    settings = gateway_settings(local, effective)
+    # Block errors link to the control plane's exemption form; this agent's exemption routes redirect there.
+    settings = settings.model_copy(update={"exemptions": settings.exemptions.model_copy(
+        update={"authority_url": opts.control_plane.rstrip("/")})})
     lc = local.ledger
     # Every cap is the control plane's: this machine spends against budget leases (agent/leases.py).
     leases = LeaseLedger(opts.control_plane, opts.token, ident, lc.billing_day, zone(lc.timezone),
                          lc.reservation_ttl_s, proxy=effective["upstream_proxy"] or None)
-    await serve(gateway_settings(local, effective), data_dir, opts.host, opts.port, ready, stop, clock,
+    await serve(settings, data_dir, opts.host, opts.port, ready, stop, clock,
                 extension=extension, make_ledger=lambda _loader: leases)

@@ -1,5 +1,5 @@
-"""Exemptions (pure): what a request must hold, how a policy owner's decision is read, and the set of
-approved overrides the gateway consults on every call.
+"""Exemptions (pure): what a request must hold and how a policy owner's decision is read (the overrides in
+force are control.overrides).
 
 A request names the subject, the rule (which must be in the current policy) and a justification; the call's
 provider, model, team, project and time come pre-filled from the block error's exemption link. Every
@@ -8,13 +8,13 @@ problem is reported with the field it is about.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Any
 
-from tollhouse.events.records import APPROVED, OVERRIDE, PENDING, RULE_EDIT, Exemption, PendingCounts
+from tollhouse.control.overrides import MAX_NAMES
+from tollhouse.events.records import OVERRIDE, PENDING, RULE_EDIT, Exemption, PendingCounts
 from tollhouse.subject_ids import valid_subject_id
 
 MAX_JUSTIFICATION = 2000  # characters, for a justification, a note or a denial reason
@@ -65,9 +65,12 @@ class Approval:
     hours: int  # override duration (0 for a rule edit)
     rule: dict[str, Any] | None  # the full rule, for a rule edit
     note: str | None
+    # An override's scope when wider than the call requested: model and provider names or patterns ("*": any)
+    models: tuple[str, ...] | None = None
+    providers: tuple[str, ...] | None = None
 
 
-def _text(data: Mapping[str, object], name: str, problems: list[Problem], required: bool = False,
+def text_field(data: Mapping[str, object], name: str, problems: list[Problem], required: bool = False,
           limit: int = MAX_FIELD, what: str = "") -> str | None:
     """A string field, stripped; '' counts as absent."""
     raw = data.get(name)
@@ -109,7 +112,7 @@ def parse_request(data: Mapping[str, object], rule_ids: Collection[str], exempti
     """A new pending exemption from a request (JSON or form fields). Raises ExemptionProblems.
     `is_subject`: whether the directory has this person or service (None: anyone)."""
     problems: list[Problem] = []
-    subject = _text(data, "subject", problems, required=True, what=" (who was blocked)")
+    subject = text_field(data, "subject", problems, required=True, what=" (who was blocked)")
     if subject is not None and (bad := valid_subject_id(subject)) is not None:
         problems.append(Problem("subject", f"subject is not a valid id: {bad}"))
         subject = None
@@ -118,14 +121,14 @@ def parse_request(data: Mapping[str, object], rule_ids: Collection[str], exempti
                                 "name the person (or service) whose call was blocked, as in the block error"))
         subject = None
     rule_raw = data.get("rule") if data.get("rule") not in (None, "") else data.get("rule_id")
-    rule = _text({"rule": rule_raw}, "rule", problems, required=True, what=" (the id of the rule that blocked)")
+    rule = text_field({"rule": rule_raw}, "rule", problems, required=True, what=" (the id of the rule that blocked)")
     if rule is not None and rule not in rule_ids:
         known = ", ".join(sorted(rule_ids)[:30]) or "the policy has no rules"
         problems.append(Problem("rule", f"rule {rule!r} is not in the current policy (rules: {known})"))
-    justification = _text(data, "justification", problems, required=True, limit=MAX_JUSTIFICATION,
+    justification = text_field(data, "justification", problems, required=True, limit=MAX_JUSTIFICATION,
                           what=": say why the call is needed")
-    provider, model, team, project = (_text(data, name, problems) for name in _OPTIONAL)
-    requester = _text(data, "requester", problems)
+    provider, model, team, project = (text_field(data, name, problems) for name in _OPTIONAL)
+    requester = text_field(data, "requester", problems)
     call_ts_ms = _call_time(data, problems)
     if problems:
         raise ExemptionProblems(problems)
@@ -189,14 +192,37 @@ def _hours(raw: object, problems: list[Problem]) -> int:
     return value
 
 
+def _scope(data: Mapping[str, object], name: str, problems: list[Problem]) -> tuple[str, ...] | None:
+    """A list of names or patterns (JSON), or the same comma- or space-separated (a form); None: not given."""
+    raw = data.get(name)
+    if raw is None or raw == "" or raw == []:
+        return None
+    items = raw.replace(",", " ").split() if isinstance(raw, str) else raw
+    example = '["gpt-4o", "gpt-4o-mini"], or ["*"] for any' if name == "models" else '["openai"], or ["*"] for any'
+    if not isinstance(items, list) or not items or not all(isinstance(n, str) for n in items):
+        problems.append(Problem(name, f"{name} must be a list of names or patterns such as {example}; got {raw!r}"))
+        return None
+    out = tuple(dict.fromkeys(n.strip() for n in items if n.strip()))
+    bad = [n for n in out if "," in n or len(n) > MAX_FIELD or any(c.isspace() for c in n)]
+    if bad or not out or len(out) > MAX_NAMES:
+        problems.append(Problem(name, f"{name} must be 1 to {MAX_NAMES} names or patterns of at most {MAX_FIELD} "
+                                      f"characters without commas or spaces, such as {example}; got {raw!r}"))
+        return None
+    return out
+
+
 def parse_approval(data: Mapping[str, object]) -> Approval:
-    """{"kind": "override", "hours": 24, "note": ...} or {"kind": "rule_edit", "rule": {...}}."""
+    """{"kind": "override", "hours": 24, "note": ..., "models": [...], "providers": [...]} or
+    {"kind": "rule_edit", "rule": {...}}. An override covers the model and provider requested unless `models` /
+    `providers` widen it."""
     problems: list[Problem] = []
     kind = data.get("kind") or OVERRIDE
-    note = _text(data, "note", problems, limit=MAX_JUSTIFICATION)
+    note = text_field(data, "note", problems, limit=MAX_JUSTIFICATION)
+    models = providers = None
     if kind == OVERRIDE:
         hours = _hours(data.get("hours"), problems)
         rule = None
+        models, providers = _scope(data, "models", problems), _scope(data, "providers", problems)
     elif kind == RULE_EDIT:
         hours = 0
         raw_rule = data.get("rule")
@@ -208,45 +234,14 @@ def parse_approval(data: Mapping[str, object]) -> Approval:
         hours, rule = 0, None
     if problems:
         raise ExemptionProblems(problems)
-    return Approval(str(kind), hours, rule, note)
+    return Approval(str(kind), hours, rule, note, models, providers)
 
 
 def parse_denial(data: Mapping[str, object]) -> str:
     """The reason the requester is told."""
     problems: list[Problem] = []
-    reason = _text(data, "reason", problems, required=True, limit=MAX_JUSTIFICATION,
+    reason = text_field(data, "reason", problems, required=True, limit=MAX_JUSTIFICATION,
                    what=": tell the requester why")
     if problems or reason is None:
         raise ExemptionProblems(problems)
     return reason
-
-
-_NONE: Mapping[str, str] = MappingProxyType({})
-
-
-class OverrideSet:
-    """Approved one-off overrides by subject: (subject, rule) → (exemption id, expiry). Immutable; the
-    gateway builds a new one from the store and swaps it in whole."""
-
-    __slots__ = ("_by_subject", "size")
-
-    def __init__(self, exemptions: Iterable[Exemption] = ()) -> None:
-        by_subject: dict[str, dict[str, tuple[str, int]]] = {}
-        for x in exemptions:
-            if x.status != APPROVED or x.decision_kind != OVERRIDE or x.rule_id is None or x.expires_ms is None:
-                continue
-            rules = by_subject.setdefault(x.subject, {})
-            held = rules.get(x.rule_id)
-            if held is None or x.expires_ms > held[1]:  # the longest-lasting of several wins
-                rules[x.rule_id] = (x.id, x.expires_ms)
-        self._by_subject: Mapping[str, Mapping[str, tuple[str, int]]] = MappingProxyType(
-            {s: MappingProxyType(r) for s, r in by_subject.items()})
-        self.size = sum(len(r) for r in by_subject.values())
-
-    def for_subject(self, subject: str, now_ms: int) -> Mapping[str, str]:
-        """Rule id → exemption id of the subject's overrides still in force at `now_ms`."""
-        rules = self._by_subject.get(subject)
-        if not rules:
-            return _NONE
-        live = {rule: xid for rule, (xid, expires_ms) in rules.items() if expires_ms > now_ms}
-        return live or _NONE

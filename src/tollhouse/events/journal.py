@@ -204,9 +204,12 @@ def leftover_events(directory: Path) -> Iterable[Leftover]:
                 continue
             try:
                 row = orjson.loads(line)
+                # The captured [prompt, response] (a list) follows the columns; a line written before a column
+                # was added has fewer of them (the later ones have defaults).
+                captured = row.pop() if row and isinstance(row[-1], list) else None
                 event = CallEvent(*row[:len(COLUMNS)])
-                if len(row) > len(COLUMNS):
-                    out.captures[event.id] = Capture(*row[len(COLUMNS)])
+                if captured is not None:
+                    out.captures[event.id] = Capture(*captured)
             except (orjson.JSONDecodeError, TypeError):
                 log.warning("skipping a torn journal line in %s", path)
                 continue

@@ -47,6 +47,8 @@ class CallEvent(NamedTuple):
     error: str | None
     # metered | governed | free | unknown (DESIGN.md "Every request is classified"); added in schema 6
     endpoint_class: str = "metered"
+    # the approved exemption(s) that let the call past a rule it violated (comma-separated); added in schema 7
+    exemption_id: str | None = None
 
 
 COLUMNS = CallEvent._fields
@@ -112,6 +114,7 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
         "client_disconnected": bool(row["client_disconnected"]),
         "error": row["error"],
         "endpoint_class": row["endpoint_class"],
+        "exemption_id": row["exemption_id"],
     }
     if "prompt" in row:  # read with its captured content
         out["prompt"], out["response"] = row["prompt"], row["response"]

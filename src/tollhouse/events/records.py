@@ -14,6 +14,7 @@ AGENT_POLICY = "agent_policy"
 
 # Exemption status and decision kinds.
 PENDING, APPROVED, DENIED = "pending", "approved", "denied"
+REVOKED = "revoked"  # an approved override ended early by a policy owner
 OVERRIDE, RULE_EDIT = "override", "rule_edit"
 
 
@@ -56,6 +57,13 @@ class Exemption:
     expires_ms: int | None = None
     note: str | None = None
     client_address: str | None = None  # the address the request came from (queue limits; not shown publicly)
+    # An approved override's scope: comma-separated model and provider names or patterns ("*": any). None: the
+    # model and provider requested (see control.overrides.grant_of).
+    scope_models: str | None = None
+    scope_providers: str | None = None
+    revoked_ms: int | None = None  # ended early (status revoked) by `revoked_by`
+    revoked_by: str | None = None
+    expired_ms: int | None = None  # when its expiry was noted (and audited, once)
 
     def json(self) -> dict[str, Any]:
         return {"id": self.id, "created": _iso(self.created_ms), "created_ms": self.created_ms,
@@ -63,7 +71,13 @@ class Exemption:
                 "rule_id": self.rule_id, "provider": self.provider, "model": self.model, "team": self.team,
                 "project": self.project, "call_ts_ms": self.call_ts_ms, "justification": self.justification,
                 "reviewer": self.reviewer, "decided_ms": self.decided_ms, "decision_kind": self.decision_kind,
-                "expires": _iso(self.expires_ms), "expires_ms": self.expires_ms, "note": self.note}
+                "expires": _iso(self.expires_ms), "expires_ms": self.expires_ms, "note": self.note,
+                "models": _names(self.scope_models), "providers": _names(self.scope_providers),
+                "revoked": _iso(self.revoked_ms), "revoked_by": self.revoked_by}
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [n for n in text.split(",") if n]
 
 
 @dataclass(frozen=True, slots=True)

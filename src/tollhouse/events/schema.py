@@ -16,7 +16,7 @@ _TYPES = {
 
 
 # Columns added by later migrations (migration 1 creates the rest).
-_LATER_COLUMNS = frozenset({"endpoint_class"})
+_LATER_COLUMNS = frozenset({"endpoint_class", "exemption_id"})
 
 
 def _event_columns() -> str:
@@ -143,7 +143,17 @@ _SCRIPTS: tuple[str, ...] = (
     CREATE INDEX exemptions_status_subject ON exemptions (status, subject);
     CREATE INDEX exemptions_status_address ON exemptions (status, client_address);
     """,
-    # 7: budget leases the control plane granted to agents (control/leases.py), kept across its restarts
+    # 7: the exemption that let a call through; an approved override's scope (models and providers,
+    # comma-separated names or patterns), its early revocation, and when its expiry was noted (audited once)
+    """
+    ALTER TABLE events ADD COLUMN exemption_id TEXT;
+    ALTER TABLE exemptions ADD COLUMN scope_models TEXT;
+    ALTER TABLE exemptions ADD COLUMN scope_providers TEXT;
+    ALTER TABLE exemptions ADD COLUMN revoked_ms {int};
+    ALTER TABLE exemptions ADD COLUMN revoked_by TEXT;
+    ALTER TABLE exemptions ADD COLUMN expired_ms {int};
+    """,
+    # 8: budget leases the control plane granted to agents (control/leases.py), kept across its restarts
     """
     CREATE TABLE leases (
         agent TEXT NOT NULL,

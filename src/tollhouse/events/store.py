@@ -24,6 +24,7 @@ from tollhouse.events.records import (
     DENIED,
     OVERRIDE,
     PENDING,
+    REVOKED,
     AgentRecord,
     Checkpoint,
     DocumentVersion,
@@ -374,16 +375,43 @@ class Store:
         return [Exemption(**r) for r in rows]
 
     def decide_exemption(self, exemption_id: str, status: str, reviewer: str, decided_ms: int,
-                         decision_kind: str | None, expires_ms: int | None, note: str | None) -> Exemption | None:
-        """Approve or deny a pending exemption; None when there is none with that id pending."""
+                         decision_kind: str | None, expires_ms: int | None, note: str | None,
+                         scope_models: str | None = None, scope_providers: str | None = None) -> Exemption | None:
+        """Approve or deny a pending exemption; None when there is none with that id pending. `scope_*`: an
+        override's models and providers (comma-separated)."""
         if status not in (APPROVED, DENIED):
             raise ValueError(f"an exemption is decided as {APPROVED} or {DENIED}, not {status!r}")
         with self.db.transaction():
             changed = self.db.execute(
                 "UPDATE exemptions SET status = ?, reviewer = ?, decided_ms = ?, decision_kind = ?, expires_ms = ?, "
-                "note = ? WHERE id = ? AND status = ?",
-                (status, reviewer, decided_ms, decision_kind, expires_ms, note, exemption_id, PENDING))
+                "note = ?, scope_models = ?, scope_providers = ? WHERE id = ? AND status = ?",
+                (status, reviewer, decided_ms, decision_kind, expires_ms, note, scope_models, scope_providers,
+                 exemption_id, PENDING))
             return self.exemption(exemption_id) if changed else None
+
+    def revoke_exemption(self, exemption_id: str, revoked_by: str, now_ms: int) -> Exemption | None:
+        """End an approved override still in force; None when there is none with that id."""
+        with self.db.transaction():
+            changed = self.db.execute(
+                "UPDATE exemptions SET status = ?, revoked_ms = ?, revoked_by = ? WHERE id = ? AND status = ? "
+                "AND decision_kind = ? AND expires_ms > ?",
+                (REVOKED, now_ms, revoked_by, exemption_id, APPROVED, OVERRIDE, now_ms))
+            return self.exemption(exemption_id) if changed else None
+
+    def note_expired_overrides(self, now_ms: int) -> list[Exemption]:
+        """Approved overrides whose expiry has passed and was not noted yet, now noted (each is returned by
+        exactly one call, whichever gateway sharing the store makes it)."""
+        out: list[Exemption] = []
+        with self.db.transaction():
+            rows = self.db.query("SELECT id FROM exemptions WHERE status = ? AND decision_kind = ? AND expires_ms <= ? "
+                                 "AND expired_ms IS NULL ORDER BY expires_ms, id", (APPROVED, OVERRIDE, now_ms))
+            for row in rows:
+                if self.db.execute("UPDATE exemptions SET expired_ms = ? WHERE id = ? AND expired_ms IS NULL",
+                                   (now_ms, row["id"])):
+                    found = self.exemption(row["id"])
+                    if found is not None:
+                        out.append(found)
+        return out
 
     def active_overrides(self, now_ms: int) -> list[Exemption]:
         """Approved overrides that have not expired, oldest first."""

@@ -51,6 +51,7 @@ class WireEvent(BaseModel):
     client_disconnected: bool = False
     error: str | None = None
     endpoint_class: str = Field(default="metered", pattern="^(metered|governed|free|unknown)$")
+    exemption_id: str | None = Field(default=None, min_length=1, max_length=1024)
     prompt: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
     response: str | None = Field(default=None, max_length=MAX_CAPTURE_CHARS)
 
@@ -79,6 +80,8 @@ class BatchError(ValueError):
 
 def to_wire(event: CallEvent, capture: Capture | None = None) -> dict[str, Any]:
     out = event._asdict()
+    if out["exemption_id"] is None:
+        del out["exemption_id"]  # absent unless set: a control plane older than the field still takes the event
     if capture is not None:
         out.update((k, v) for k, v in capture._asdict().items() if v is not None)
     return out

@@ -11,6 +11,7 @@ from tollhouse.events.model import CallEvent
 from tollhouse.events.store import StoreError
 from tollhouse.events.wire import BatchError, from_wire
 from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
+from tollhouse.gateway.exemption_use import audit_agent_uses
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import AGENT_POLICY, actor, agent_policy_json, json_body
 from tollhouse.gateway.state import GatewayState
@@ -77,20 +78,27 @@ async def list_agents(request: Request, state: GatewayState) -> Response:
 # the bundle
 
 def _etag(state: GatewayState) -> str:
+    """Changes whenever the bundle does: the policy, agent policy and directory versions, and the content of the
+    exemption overrides in force (an approval, revocation or expiry wakes the long-poll like an edit)."""
     agent_version = state.docs.feed.versions.get(AGENT_POLICY, 0)
-    return f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.current.version}"'
+    return (f'"p{state.policy.current.version}.a{agent_version}.d{state.directory.current.version}'
+            f'.x{state.overrides.current.digest}"')
 
 
 async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
     doc = await state.docs.latest(AGENT_POLICY)
     # after the await: the policy and directory in force now, each read once (`raw` changes with the policy)
     policy, rules, directory = state.policy.current, state.policies.raw, state.directory.current
+    overrides = state.overrides.current
     return {
         "etag": etag,
         "policy": {"version": policy.version, "rules": rules, "timezone": state.settings.policy.timezone},
         "agent_policy": agent_policy_json(doc, redact=False),  # the agent needs the proxy's credentials
         "directory": {"version": directory.version,
                       **directory.config.model_dump(mode="json", exclude_defaults=True)},
+        # The approved overrides in force (every subject's: they are small), each with what it covers and its
+        # expiry; the agent's calls are judged with them (agent/apply.py).
+        "exemptions": [g.json() for g in overrides.grants],
     }
 
 
@@ -144,7 +152,9 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
     fresh = await state.runner.run(lambda s: s.insert_new_events(events, batch.captures)) if events else []
     stored = len(fresh)
     if fresh:  # their spend reaches the counters, and the agent's leases hold that much less
-        await count_shipped(state, request.header("x-tollhouse-agent-id") or who, fresh)
+        agent = request.header(_AGENT_HEADERS[0]) or who
+        await count_shipped(state, agent, fresh)
+        audit_agent_uses(state, fresh, agent)
     state.metrics.agent_events.labels("stored").inc(stored)
     state.metrics.agent_events.labels("duplicate").inc(len(events) - stored)
     return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})

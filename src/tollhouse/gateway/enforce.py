@@ -69,6 +69,12 @@ def render_block(state: GatewayState, route: ProviderRoute, verdict: Verdict, su
                           decision="block")
 
 
+def exemption_console(state: GatewayState) -> str:
+    """The console whose queue takes exemption requests: the authority's (an agent's control plane), else ours."""
+    authority = state.settings.exemptions.authority_url
+    return f"{authority}/console/" if authority else state.console_url
+
+
 def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, subject: Subject,
                    model: str | None, ts: datetime) -> Response:
     top = verdict.decision.top if verdict.decision is not None else None
@@ -76,7 +82,7 @@ def block_response(state: GatewayState, route: ProviderRoute, verdict: Verdict, 
     rule = top.rule
     status = verdict.status  # 429 for a rolling window, else 403
     policy_url = state.settings.policy_url or state.console_url + "policy"
-    exemption_url = state.console_url + "exemptions/new?" + urlencode({
+    exemption_url = exemption_console(state) + "exemptions/new?" + urlencode({
         "rule": rule.id, "provider": route.id, "model": model or "", "subject": subject.id,
         "team": subject.team or "", "project": subject.project or "", "ts": ts.isoformat(timespec="seconds"),
     }, quote_via=quote)

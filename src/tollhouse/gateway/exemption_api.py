@@ -1,8 +1,9 @@
 """The exemption workflow's JSON API under /api/v1/exemptions.
 
 Filing a request (POST /api/v1/exemptions) and reading one by its id need no admin token: requesters are
-ordinary users, and an id is a random capability handed only to whoever filed it. Listing the queue and
-deciding need the admin token; the reviewer is named by X-Tollhouse-Actor (else "admin").
+ordinary users, and an id is a random capability handed only to whoever filed it. Listing the queue,
+deciding and revoking an approved override need the admin token; the reviewer is named by X-Tollhouse-Actor
+(else "admin").
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 
 from tollhouse.control.exemptions import ExemptionError, ExemptionProblems
-from tollhouse.events.records import APPROVED, DENIED, PENDING
+from tollhouse.events.records import APPROVED, DENIED, PENDING, REVOKED
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.admin import BadParameter, api_error, int_param
 from tollhouse.gateway.client_address import client_address
@@ -21,7 +22,7 @@ from tollhouse.gateway.policy_api import actor
 from tollhouse.gateway.state import GatewayState
 
 _MAX_BODY = 64 * 1024
-_STATUSES = (PENDING, APPROVED, DENIED)
+_STATUSES = (PENDING, APPROVED, DENIED, REVOKED)
 
 
 def error_response(state: GatewayState, exc: ExemptionError) -> Response:
@@ -94,6 +95,10 @@ async def approve(request: Request, state: GatewayState) -> Response:
 
 async def deny(request: Request, state: GatewayState) -> Response:
     return await _decide(request, state, exemptions.deny)
+
+
+async def revoke(request: Request, state: GatewayState) -> Response:
+    return await _decide(request, state, exemptions.revoke)
 
 
 async def _decide(request: Request, state: GatewayState, action: exemptions.Decide) -> Response:

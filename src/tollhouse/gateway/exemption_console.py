@@ -4,7 +4,8 @@ For requesters, no sign-in: the form a block error's exemption link opens, pre-f
 (GET /console/exemptions/new?...), filing it (POST /console/exemptions), and the request's status page
 (GET /console/exemptions/{id}).
 
-For the policy owner: the queue (GET /console/exemptions) with approve and deny buttons. It needs the admin
+For the policy owner: the queue (GET /console/exemptions) with approve and deny buttons, and a revoke button
+for each approved override still in force. It needs the admin
 token, sent once through a sign-in form (POST /console/login) that sets a signed session cookie (HttpOnly,
 SameSite=Strict, 12 hours) naming the reviewer; the token never appears in a URL. A bearer token works too.
 Cookie-authenticated posts from another origin are refused.
@@ -26,8 +27,9 @@ from tollhouse.control.exemptions import (
     ExemptionError,
     ExemptionProblems,
 )
+from tollhouse.control.overrides import grant_of
 from tollhouse.events.model import iso_ts
-from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, Exemption
+from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKED, Exemption
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console import STYLE
@@ -54,7 +56,7 @@ _LABELS = {"subject": "Who was blocked", "rule": "Rule", "provider": "Provider",
            "project": "Project", "ts": "Time of the call", "requester": "Your name (if not the subject)"}
 _EXTRA_STYLE = """form.inline{display:inline}input,textarea{font:inherit}textarea{width:40em;height:8em}
 .err{color:#a00}.note{background:#f4f4f4;padding:.5em 1em}.pending{color:#a60}.approved{color:#070}
-.denied{color:#a00}td.wrap{max-width:30em;white-space:pre-wrap}"""
+.denied{color:#a00}.revoked{color:#a00}td.wrap{max-width:30em;white-space:pre-wrap}"""
 
 
 def _page(title: str, body: str, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -147,11 +149,24 @@ def _outcome(state: GatewayState, x: Exemption) -> str:
         return f"Denied by {by}: {x.note or 'no reason given'}"
     if x.decision_kind != OVERRIDE:
         return f"Approved by {by} as a change to the policy."
+    note = f" Note: {x.note}" if x.note else ""
+    if x.status == REVOKED:
+        return (f"Approved by {by}, then revoked by {x.revoked_by or 'the policy owner'} at {_ts(x.revoked_ms)}: "
+                f"rule {x.rule_id} applies to {x.subject} again.{note}")
     now_ms = int(state.clock() * 1000)
     until = "until" if (x.expires_ms or 0) > now_ms else "; it expired at"
-    note = f" Note: {x.note}" if x.note else ""
-    return (f"Approved by {by}: calls by {x.subject} that rule {x.rule_id} blocks are allowed {until} "
+    return (f"Approved by {by}: calls by {x.subject} {_scope(x)} that rule {x.rule_id} blocks are allowed {until} "
             f"{_ts(x.expires_ms)}.{note}")
+
+
+def _scope(x: Exemption) -> str:
+    """What an approved override covers, in words."""
+    grant = grant_of(x) if x.status in (APPROVED, REVOKED) else None
+    if grant is None:
+        return ""
+    models = "any model" if "*" in grant.models else "model " + ", ".join(grant.models)
+    providers = "any provider" if "*" in grant.providers else "provider " + ", ".join(grant.providers)
+    return f"to {models} of {providers}"
 
 
 async def status_page(request: Request, state: GatewayState) -> Response:
@@ -234,10 +249,13 @@ async def logout(request: Request, state: GatewayState) -> Response:
 
 def _decision_forms(x: Exemption) -> str:
     base = f"{QUEUE_PATH}/{escape(x.id)}"
+    requested = x.model or "any model"
     return (f'<form class="inline" method="post" action="{base}/approve">'
             f'<input name="hours" type="number" min="{MIN_HOURS}" max="{MAX_HOURS}" value="{DEFAULT_HOURS}" '
             'size="4" aria-label="hours"> h <input name="note" placeholder="note (optional)" '
-            f'maxlength="{MAX_JUSTIFICATION}"> <button>Approve override</button></form><br>'
+            f'maxlength="{MAX_JUSTIFICATION}"> <input name="models" aria-label="models" '
+            f'placeholder="models: {escape(requested)} (* for any)" maxlength="{MAX_FIELD}"> '
+            "<button>Approve override</button></form><br>"
             f'<form class="inline" method="post" action="{base}/deny"><input name="reason" required '
             f'placeholder="reason" maxlength="{MAX_JUSTIFICATION}"> <button>Deny</button></form>')
 
@@ -263,11 +281,12 @@ async def queue(request: Request, state: GatewayState) -> Response:
                 " / ".join(v for v in (x.provider, x.model, x.team, x.project, _ts(x.call_ts_ms)) if v),
                 x.justification)
         + f"<td>{_decision_forms(x)}</td></tr>" for x in reversed(pending))  # oldest first
+    now_ms = int(state.clock() * 1000)
     done = "".join(
         f"<tr><td>{link(x)}</td>"
         + cells(_ts(x.created_ms), x.subject, x.rule_id, x.status, x.reviewer, _ts(x.decided_ms),
-                _ts(x.expires_ms) if x.status == APPROVED else "", x.note)
-        + "</tr>" for x in decided)
+                _ts(x.expires_ms) if x.status in (APPROVED, REVOKED) else "", _scope(x), x.note)
+        + f"<td>{_revoke_form(x) if _in_force(x, now_ms) else ''}</td></tr>" for x in decided)
     body = (f'<h1>Exemption requests</h1><div>Signed in as <b>{escape(who)}</b> ({escape(user.role)}). '
             f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></div>'
             f"<h2>Pending ({len(pending)})</h2><p>Approving allows the subject's calls that the rule blocks, "
@@ -276,7 +295,8 @@ async def queue(request: Request, state: GatewayState) -> Response:
             + (f"<table>{head}<th>Decide</th></tr>{waiting}</table>" if pending else "<p>Nothing is waiting.</p>")
             + "<h2>Recently decided</h2>"
             + ("<table><tr><th>Id</th><th>Requested</th><th>Subject</th><th>Rule</th><th>Status</th>"
-               f"<th>Reviewer</th><th>Decided</th><th>Expires</th><th>Note / reason</th></tr>{done}</table>"
+               f"<th>Reviewer</th><th>Decided</th><th>Expires</th><th>Covers</th><th>Note / reason</th><th></th></tr>"
+               f"{done}</table>"
                if decided else "<p>None yet.</p>"))
     return _page("Exemption requests", body)
 
@@ -287,6 +307,20 @@ async def approve(request: Request, state: GatewayState) -> Response:
 
 async def deny(request: Request, state: GatewayState) -> Response:
     return await _decide(request, state, exemptions.deny)
+
+
+async def revoke(request: Request, state: GatewayState) -> Response:
+    return await _decide(request, state, exemptions.revoke)
+
+
+def _in_force(x: Exemption, now_ms: int) -> bool:
+    return x.status == APPROVED and x.decision_kind == OVERRIDE and (x.expires_ms or 0) > now_ms
+
+
+def _revoke_form(x: Exemption) -> str:
+    return (f'<form class="inline" method="post" action="{QUEUE_PATH}/{escape(x.id)}/revoke">'
+            f'<input name="reason" placeholder="reason (optional)" maxlength="{MAX_JUSTIFICATION}"> '
+            "<button>Revoke</button></form>")
 
 
 async def _decide(request: Request, state: GatewayState, action: exemptions.Decide) -> Response:

@@ -1,11 +1,14 @@
 """Routes of the exemption workflow: the JSON API under /api/v1/exemptions and the console pages under
 /console/exemptions (and the console sign-in). `admin` True: the bearer admin token is required (checked by
-the app); the console's queue pages check their own sign-in (cookie or bearer)."""
+the app); the console's queue pages check their own sign-in (cookie or bearer). A gateway whose exemptions are
+another's (`exemptions.authority_url`: an agent's control plane) redirects every workflow path there."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+
+import orjson
 
 from tollhouse.gateway import exemption_api as api
 from tollhouse.gateway import exemption_console as console
@@ -25,17 +28,41 @@ ROUTES: tuple[tuple[str, str, Handler, bool], ...] = (
     ("GET", "/api/v1/exemptions/{id}", api.get_exemption, False),
     ("POST", "/api/v1/exemptions/{id}/approve", api.approve, True),
     ("POST", "/api/v1/exemptions/{id}/deny", api.deny, True),
+    ("POST", "/api/v1/exemptions/{id}/revoke", api.revoke, True),
     ("GET", "/console/exemptions/new", console.new_request, False),
     ("POST", "/console/exemptions", console.file_request, False),
     ("GET", "/console/exemptions/{id}", console.status_page, False),
     ("GET", "/console/exemptions", console.queue, False),
     ("POST", "/console/exemptions/{id}/approve", console.approve, False),
     ("POST", "/console/exemptions/{id}/deny", console.deny, False),
+    ("POST", "/console/exemptions/{id}/revoke", console.revoke, False),
     ("GET", "/console/login", console.login_form, False),
     ("POST", "/console/login", console.login, False),
     ("POST", "/console/logout", console.logout, False),
 )
-_SPLIT = tuple((method, tuple(path.split("/")), handler, admin) for method, path, handler, admin in ROUTES)
+_QUEUE_PREFIXES = ("/api/v1/exemptions", "/console/exemptions")
+
+
+def _at_authority(handler: Handler) -> Handler:
+    """The handler, on the gateway that holds the queue; elsewhere (an agent, exemptions.authority_url set) a
+    307 to the same path there, so a request is filed, read and decided in the one queue policy owners see."""
+
+    async def routed(request: Request, state: GatewayState) -> Response:
+        authority = state.settings.exemptions.authority_url
+        if not authority:
+            return await handler(request, state)
+        query = f"?{request.query_string}" if request.query_string else ""
+        location = f"{authority}{request.raw_path or request.path}{query}"
+        body = orjson.dumps({"error": {"message": f"exemptions are filed and decided at {authority}: this "
+                                       f"gateway's queue is not used; go to {location}",
+                                       "code": "exemptions_elsewhere", "location": location}})
+        return Response(307, body, [("location", location), ("content-type", "application/json")])
+
+    return routed
+
+
+_SPLIT = tuple((method, tuple(path.split("/")), _at_authority(handler) if path.startswith(_QUEUE_PREFIXES)
+                else handler, admin) for method, path, handler, admin in ROUTES)
 
 
 def _params(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:

@@ -1,6 +1,6 @@
 """The exemption workflow's operations, shared by the JSON API and the console pages: file a request,
-approve it (a one-off override, or a rule edit), deny it. Each is stored, audited, and (approvals)
-put in force on this gateway at once."""
+approve it (a one-off override, or a rule edit), deny it, revoke an override early. Each is stored, audited,
+and (approvals, revocations) put in force on this gateway at once and on agents through their bundle."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tollhouse.control.exemptions import (
+    MAX_JUSTIFICATION,
     ExemptionError,
     ExemptionProblems,
     Problem,
@@ -19,9 +20,11 @@ from tollhouse.control.exemptions import (
     parse_denial,
     parse_request,
     queue_check,
+    text_field,
 )
+from tollhouse.control.overrides import default_scope
 from tollhouse.events.model import iso_ts
-from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, RULE_EDIT, Exemption
+from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKED, RULE_EDIT, Exemption
 from tollhouse.gateway.policy_holder import FileAuthoritative, RulesFileError, VersionConflict
 from tollhouse.gateway.state import GatewayState
 
@@ -76,8 +79,9 @@ async def pending_exemption(state: GatewayState, exemption_id: str) -> Exemption
         raise ExemptionError(404, "not_found", f"no exemption request with id {exemption_id!r}")
     if x.status != PENDING:
         when = f" at {iso_ts(x.decided_ms)}" if x.decided_ms else ""
+        who = x.revoked_by if x.status == REVOKED else x.reviewer
         raise ExemptionError(409, "already_decided", f"exemption {x.id} was already {x.status} by "
-                             f"{x.reviewer or 'someone'}{when}; only a pending request can be decided (file a new "
+                             f"{who or 'someone'}{when}; only a pending request can be decided (file a new "
                              "request if the situation changed)")
     return x
 
@@ -98,19 +102,53 @@ async def approve(state: GatewayState, exemption_id: str, data: Mapping[str, obj
         return await _approve_rule_edit(state, x, approval.rule, approval.note, reviewer)
     now_ms = int(state.clock() * 1000)
     expires_ms = now_ms + approval.hours * 3_600_000
+    requested_models, requested_providers = default_scope(x)
+    models, providers = approval.models or requested_models, approval.providers or requested_providers
     decided = _decided(await state.runner.run(lambda s: s.decide_exemption(
-        exemption_id, APPROVED, reviewer, now_ms, OVERRIDE, expires_ms, approval.note)), exemption_id)
+        exemption_id, APPROVED, reviewer, now_ms, OVERRIDE, expires_ms, approval.note, ",".join(models),
+        ",".join(providers))), exemption_id)
     state.audit.record("exemption.approved", reviewer, {
         "id": x.id, "subject": x.subject, "rule_id": x.rule_id, "reviewer": reviewer, "kind": OVERRIDE,
         "hours": approval.hours, "expires": iso_ts(expires_ms), "note": approval.note,
-        "justification": x.justification})
+        "justification": x.justification, "models": list(models), "providers": list(providers),
+        "requested_model": x.model, "requested_provider": x.provider})
+    await _reload(state, x.id, "approved")
+    log.info("exemption %s approved by %s: %s may pass rule %s for %d h (models %s, providers %s)", x.id, reviewer,
+             x.subject, x.rule_id, approval.hours, ",".join(models), ",".join(providers))
+    return decided
+
+
+async def _reload(state: GatewayState, exemption_id: str, what: str) -> None:
+    """Put the change in force on this gateway now (and, through the bundle, on agents)."""
     try:
         await state.override_loader.refresh()
     except Exception as exc:  # stored and audited; the periodic refresh puts it in force
-        log.error("exemption %s approved but the overrides could not be reloaded yet: %s", x.id, exc)
-    log.info("exemption %s approved by %s: %s may pass rule %s for %d h", x.id, reviewer, x.subject, x.rule_id,
-             approval.hours)
-    return decided
+        log.error("exemption %s %s but the overrides could not be reloaded yet: %s", exemption_id, what, exc)
+
+
+async def revoke(state: GatewayState, exemption_id: str, data: Mapping[str, object], revoker: str) -> Exemption:
+    """End an approved override early: calls stop passing at once here, on agents within their long-poll.
+    Raises ExemptionError (404; 409: not an override in force). `data`: {"reason": optional}."""
+    problems: list[Problem] = []
+    reason = text_field(data, "reason", problems, limit=MAX_JUSTIFICATION)
+    if problems:
+        raise ExemptionProblems(problems)
+    now_ms = int(state.clock() * 1000)
+    revoked = await state.runner.run(lambda s: s.revoke_exemption(exemption_id, revoker, now_ms))
+    if revoked is None:
+        x = await state.runner.run(lambda s: s.exemption(exemption_id))
+        if x is None:
+            raise ExemptionError(404, "not_found", f"no exemption request with id {exemption_id!r}")
+        why = "has expired" if x.status == APPROVED and x.decision_kind == OVERRIDE else \
+            f"is {x.status}" + (f" ({x.decision_kind})" if x.decision_kind else "")
+        raise ExemptionError(409, "not_in_force", f"exemption {x.id} {why}; only an approved override still in "
+                             "force can be revoked")
+    state.audit.record("exemption.revoked", revoker, {
+        "id": revoked.id, "subject": revoked.subject, "rule_id": revoked.rule_id, "revoked_by": revoker,
+        "reason": reason, "expires": iso_ts(revoked.expires_ms) if revoked.expires_ms else None})
+    await _reload(state, revoked.id, "revoked")
+    log.info("exemption %s revoked by %s", revoked.id, revoker)
+    return revoked
 
 
 async def _approve_rule_edit(state: GatewayState, x: Exemption, rule: dict[str, Any], note: str | None,

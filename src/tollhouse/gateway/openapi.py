@@ -21,6 +21,8 @@ _EVENT_PROPS: dict[str, Any] = {
     "decision": {"type": "string", "enum": ["allow", "warn", "redirect", "block"]},
     "rule_id": {"type": ["string", "null"]},
     "usage_source": {"type": "string", "enum": ["response", "partial", "estimate", "none", "unparsed", "reserved"]},
+    "exemption_id": {"type": ["string", "null"], "description": "the approved exemption(s), comma-separated, that "
+                     "let the call past a rule it violated (also sent as X-Tollhouse-Exemption)"},
 }
 # Enterprise capture mode: what the call said (GET /api/v1/events/{id}, or the list with ?include=content).
 _CONTENT_PROPS: dict[str, Any] = {
@@ -32,7 +34,7 @@ _CONTENT_PROPS: dict[str, Any] = {
 
 _EXEMPTION_PROPS: dict[str, Any] = {
     "id": {"type": "string"},
-    "status": {"type": "string", "enum": ["pending", "approved", "denied"]},
+    "status": {"type": "string", "enum": ["pending", "approved", "denied", "revoked"]},
     "created": {"type": "string", "format": "date-time"},
     "requester": {"type": "string"},
     "subject": {"type": "string"},
@@ -48,6 +50,12 @@ _EXEMPTION_PROPS: dict[str, Any] = {
     "decision_kind": {"type": ["string", "null"], "enum": ["override", "rule_edit", None]},
     "expires": {"type": ["string", "null"], "format": "date-time"},
     "note": {"type": ["string", "null"], "description": "the reviewer's note, or the reason for a denial"},
+    "models": {"type": ["array", "null"], "items": {"type": "string"}, "description": "an override's models "
+               "(names or patterns, * for any): the model requested unless the approval widened it"},
+    "providers": {"type": ["array", "null"], "items": {"type": "string"}, "description": "an override's providers "
+                  "(names or patterns, * for any): the provider requested unless the approval widened it"},
+    "revoked": {"type": ["string", "null"], "format": "date-time"},
+    "revoked_by": {"type": ["string", "null"]},
     "active": {"type": "boolean", "description": "an approved override in force now"},
     "status_url": {"type": "string", "description": "the console page that shows the request's status"},
 }
@@ -101,7 +109,7 @@ _EXEMPTION_PATHS: dict[str, Any] = {
             "summary": "The exemption queue, newest first",
             "parameters": [
                 {"name": "status", "in": "query",
-                 "schema": {"type": "string", "enum": ["pending", "approved", "denied", "all"]}},
+                 "schema": {"type": "string", "enum": ["pending", "approved", "denied", "revoked", "all"]}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
             ],
             "responses": {
@@ -126,6 +134,10 @@ _EXEMPTION_PATHS: dict[str, Any] = {
         "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
             "kind": {"type": "string", "enum": ["override", "rule_edit"], "default": "override"},
             "hours": {"type": "integer", "minimum": 1, "maximum": 720, "default": 24},
+            "models": {"type": "array", "items": {"type": "string"}, "description": "override: the models it "
+                       "covers (names or patterns, [\"*\"] for any); default: the model requested"},
+            "providers": {"type": "array", "items": {"type": "string"}, "description": "override: the providers "
+                          "it covers ([\"*\"] for any); default: the provider requested"},
             "rule": {"type": "object", "description": "rule_edit: the full rule to add or replace"},
             "note": {"type": "string", "maxLength": 2000}}}}}},
         "responses": {"200": {"description": "approved", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS},
@@ -137,6 +149,18 @@ _EXEMPTION_PATHS: dict[str, Any] = {
             "type": "object", "required": ["reason"],
             "properties": {"reason": {"type": "string", "maxLength": 2000}}}}}},
         "responses": {"200": {"description": "denied", "content": _ONE_EXEMPTION}, **_DECIDE_ERRORS},
+    }},
+    "/api/v1/exemptions/{id}/revoke": {"post": {
+        "summary": "End an approved override early: calls stop passing at once (on agents within the bundle's "
+                   "long-poll). Audited as exemption.revoked; the revoker is X-Tollhouse-Actor (default admin)",
+        "parameters": [*_ID_PARAM, {"name": "X-Tollhouse-Actor", "in": "header", "schema": {"type": "string"}}],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+            "reason": {"type": "string", "maxLength": 2000}}}}}},
+        "responses": {"200": {"description": "revoked", "content": _ONE_EXEMPTION},
+                      "401": {"description": "missing or wrong admin token"},
+                      "404": {"description": "no such exemption", "content": _json("Error")},
+                      "409": {"description": "not an approved override in force (pending, denied, a rule edit, "
+                                             "expired or already revoked)", "content": _json("Error")}},
     }},
 }
 

@@ -31,6 +31,7 @@ from tollhouse.gateway import enforce, storage
 from tollhouse.gateway.capture import capturing
 from tollhouse.gateway.content import inspect_request, redact_answer
 from tollhouse.gateway.errors import error_response
+from tollhouse.gateway.exemption_use import exemption_ids
 from tollhouse.gateway.forward import Outbound, Progress, client_gone, forward
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, Streamed
 from tollhouse.gateway.identify import PROJECT_HEADER, USER_HEADER, Identity, identify
@@ -205,7 +206,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             state.writer, ts_ms, ident.subject, route.id, where.endpoint_name, where.forward_path,
             where.endpoint_class, seen.model, got.facts.model, got.facts.stream,
             verdict.applied if verdict is not None else "allow", verdict.rule_id if verdict is not None else None,
-            verdict.would if verdict is not None else None, worst)
+            verdict.would if verdict is not None else None, worst, exemption_ids(verdict))
         answer = await forward(request, state, out, body, got.facts.stream, seen)
         if inspection is not None and seen.response_text:  # captured, and content rules apply: redact it too
             seen.response_text = await redact_answer(state, policy, seen.response_text, ident.subject)
@@ -238,11 +239,13 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
                      None if inspection is None else inspection.rule_ids,
                      frozenset() if inspection is None else inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
-    exemptions = state.overrides.current.for_subject(subject.id, ts_ms)
+    overrides = state.overrides.current  # an override covers the model and provider it was approved for
+    exemptions = overrides.for_call(subject.id, route.id, got.facts.model, ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions)
     for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
         # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
-        judged = decide(gate, policy, call._replace(model=name), subject, now, exemptions)
+        judged = decide(gate, policy, call._replace(model=name), subject, now,
+                        overrides.for_call(subject.id, route.id, name, ts_ms))
         if judged.blocked:
             verdict = judged
             break

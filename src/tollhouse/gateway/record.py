@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from tollhouse.directory import Subject
 from tollhouse.events.model import CallEvent, capture
+from tollhouse.gateway.exemption_use import audit_use, exemption_ids
 from tollhouse.gateway.forward import Progress
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import Charge
@@ -70,6 +71,7 @@ def record(state: GatewayState, call: Finished) -> None:
     error = seen.error if refusal is None else refusal.message
     if verdict is not None and verdict.counters_down is not None:
         error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
+    exempted = exemption_ids(verdict)
     # Positional, in column order (a tuple: built once per call, on the hot path).
     event = CallEvent(
         call.event_id or state.writer.new_id(call.ts_ms), call.ts_ms, subject.id, subject.kind, subject.team,
@@ -78,12 +80,14 @@ def record(state: GatewayState, call: Finished) -> None:
         usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost, _SOURCE[seen.usage_source],
         decision, verdict.rule_id if verdict is not None else None, verdict.would if verdict is not None else None,
         round(elapsed * 1000, 3), round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None,
-        seen.client_disconnected, error, call.endpoint_class)
+        seen.client_disconnected, error, call.endpoint_class, exempted)
     state.writer.record(event, capture(call.prompt, seen.response_text) if call.capture else None)
     if verdict is not None:
         if verdict.enforced and decision != "block" and verdict.decision is not None:
             for waived in verdict.decision.waived:
                 m.exemption_passes.labels(waived.rule.id).inc()
+            if exempted is not None:
+                audit_use(state, event, verdict)
         if verdict.blocked:
             _audit_block(state, event, verdict)
     # The event is durable (journaled) before the answer leaves; counting it is not on the answer's path:

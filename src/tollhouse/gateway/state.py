@@ -21,8 +21,8 @@ from tollhouse.audit.log import AuditLog
 from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
 from tollhouse.config import ProviderConfig, Settings
 from tollhouse.control.documents import ChangeFeed, Documents
-from tollhouse.control.exemptions import OverrideSet
 from tollhouse.control.leases import LeaseBook, LeaseSizing
+from tollhouse.control.overrides import OverrideSet
 from tollhouse.directory import Directory
 from tollhouse.events.journal import PROVISIONAL, Journal, Recovered, recover
 from tollhouse.events.model import CallEvent
@@ -31,7 +31,7 @@ from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
-from tollhouse.gateway.overrides import OverrideHolder
+from tollhouse.gateway.overrides import EXEMPTIONS_FEED, OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.routes_memo import RouteMemo
@@ -331,7 +331,8 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
     providers: Published[Mapping[str, ProviderRoute]] = Published(MappingProxyType({
         pid: _provider_route(pid, cfg, settings, settings.upstream_proxy) for pid, cfg in settings.providers.items()}))
     lifespan.adopt("provider clients", lambda: _close_clients(providers.current))
-    overrides = OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s)
+    overrides = OverrideHolder(runner, clock, settings.exemptions.refresh_interval_s, audit.record,
+                               lambda generation: docs.feed.set(EXEMPTIONS_FEED, generation))
     lifespan.add("exemption overrides", overrides.start, overrides.stop)
     lifespan.add("policy file watch", policy.start, policy.stop)
     return GatewayState(

@@ -45,7 +45,7 @@ def problem(writer: EventWriter, metrics: GatewayMetrics) -> Problem | None:
 
 def begin_call(writer: EventWriter, ts_ms: int, subject: Subject, provider: str, endpoint: str, path: str,
                endpoint_class: str, model: str | None, requested_model: str | None, stream: bool, decision: str,
-               rule_id: str | None, would: str | None, worst: Charge | None) -> str:
+               rule_id: str | None, would: str | None, worst: Charge | None, exemption_id: str | None = None) -> str:
     """Journal the intent of a call about to be forwarded, at its worst case (`worst`: what it reserved);
     returns the id its final event must carry (the final event supersedes the intent)."""
     event_id = writer.new_id(ts_ms)
@@ -55,7 +55,7 @@ def begin_call(writer: EventWriter, ts_ms: int, subject: Subject, provider: str,
         endpoint, path, endpoint_class == "metered", model, requested_model, stream, 0,
         worst.input_tokens if worst is not None else 0, worst.output_tokens if worst is not None else 0, 0, 0,
         worst.spend_nusd if worst is not None else None, PROVISIONAL, decision, rule_id, would, 0.0, None, False,
-        UNFINISHED, endpoint_class)))
+        UNFINISHED, endpoint_class, exemption_id)))
     return event_id
 
 
