@@ -214,9 +214,41 @@ def test_policy_explain_counts_live_spend_and_leases(tmp_path: Path) -> None:
 
     assert "decision: ALLOW" in explain()  # 32,000 + 800 fits
     # bob's laptop holds a lease of 7,500 it has not spent yet: 39,500 used, the next call would pass the cap
-    store.save_leases([LeaseRow("bob-laptop", "ml-cap", "team", "ml", month, "e1", 0, 7_500, 0, 0,
+    store.save_leases([LeaseRow("bob-laptop", "ml-cap", "team", "ml", month, "e1", 0, 7_500, 0, 0, 0,
                                 now_ms + 60_000, True)])
     live = explain()
     assert "$0.000039 of $0.00004 used" in live and "decision: BLOCK by rule ml-cap" in live
     assert "decision: ALLOW" in explain("--no-live")  # the rules alone
     store.close()
+
+
+def test_token_rate_windows_are_leased_the_same_way() -> None:
+    """A rolling tokens-per-minute cap: grants stop at the window's room and the room comes back as it rolls."""
+    rate = CompiledPolicy(parse_rules([{"id": "tpm", "scope": "team", "team": "ml", "action": {"type": "hard_stop"},
+                                        "condition": {"type": "usage", "metric": "tokens_per_minute",
+                                                      "threshold": 1000}}]), 1)
+    item = LeaseItem("tpm", "team", "ml", 0)
+
+    async def run() -> None:
+        stored: list[tuple[int, int]] = []  # (ts, tokens)
+
+        async def loader(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
+            return [(ts - ts % bucket_ms, "openai", 0, n, 0, 1) for ts, n in stored if ts >= since_ms]
+
+        ledger = LocalLedger(loader, 1, UTC, 900)
+        book = LeaseBook(ledger, LeaseSizing(ttl_s=60, fraction=0.4), 1, UTC)  # 400-token leases
+        grant = (await book.grant("a", "e", [item], rate, T0))[0]
+        assert grant.error is None and grant.granted == 400 and grant.limit == 1000
+        spent = LeaseItem("tpm", "team", "ml", 400, 700)  # a spent its 400; a call of 700 waits
+        grant = (await book.grant("a", "e", [spent], rate, T0))[0]
+        assert grant.granted == 1000  # only the window's room (600 more), not 400 + 700
+        usage = [StoredUsage(T0, SCOPES, Charge("openai", 0, 1000, 0, 1))]  # a ships its 1,000 tokens
+        stored.append((T0, 1000))
+        ledger.count_stored(usage, rate.count_windows)
+        await book.drawn("a", usage, T0)
+        other = (await book.grant("b", "e", [item], rate, T0 + 1_000))[0]
+        assert other.granted == 0 and other.used == 1000  # the minute is full
+        later = (await book.grant("b", "e", [item], rate, T0 + 62_000))[0]
+        assert later.granted == 400  # a minute later the window has room again
+
+    asyncio.run(run())

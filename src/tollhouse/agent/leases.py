@@ -104,6 +104,8 @@ class LeaseLedger:
     connected: bool = False
     error: str | None = None
     requests: int = 0
+    retry_s: float = 2.0  # after a failed request, calls do not wait for the control plane for this long
+    _down_until: float = 0.0  # monotonic
 
     # the Ledger protocol
 
@@ -116,9 +118,10 @@ class LeaseLedger:
 
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings) -> ReserveResult:
         try:
-            return self._reserve_now(caps, charge, now_ms, ceilings)
+            return self._reserve_now(caps, charge, now_ms, ceilings, asked=self.mono() < self._down_until)
         except _Ask as ask:
-            await self._ask(ask.needs, now_ms)
+            if self.mono() >= self._down_until:  # a control plane that just failed is not waited for again
+                await self._ask(ask.needs, now_ms)
         try:
             return self._reserve_now(caps, charge, now_ms, ceilings, asked=True)
         except _Ask as ask:  # still no usable lease: the control plane did not answer
@@ -352,6 +355,7 @@ class LeaseLedger:
         error = str(exc) or type(exc).__name__
         if isinstance(exc, TimeoutError):
             error = f"no answer within {self.ask_timeout_s:g} s"
+        self._down_until = self.mono() + self.retry_s
         if self.connected or self.error is None:
             log.warning("budget leases: cannot reach the control plane at %s (%s); spending what is left of the "
                         "current leases", self.control_plane, error)

@@ -86,7 +86,7 @@ class LeaseItem:
 @dataclass(frozen=True, slots=True)
 class Grant:
     granted: int  # the epoch's cumulative grant: the agent may spend up to this in all
-    used: int  # the counter's used without this lease (settled, in flight, other leases)
+    used: int  # the counter's used without what this epoch of the agent spent or holds (it adds its own)
     limit: int
     ttl_s: float
     error: str | None = None
@@ -106,6 +106,7 @@ class Lease:
     granted: int = 0
     reported: int = 0
     drawn: int = 0
+    drawn_base: int = 0  # `drawn` when this epoch began (the epoch's own shipped spend is drawn - drawn_base)
     expires_ms: int = 0
     live: bool = False
     reservation: object | None = None
@@ -119,7 +120,7 @@ class Lease:
     def row(self, rule: str) -> LeaseRow:
         scope, ident = self.cap.counter
         return LeaseRow(self.agent, rule, scope, ident, self.period, self.epoch, self.offset, self.granted,
-                        self.reported, self.drawn, self.expires_ms, self.live)
+                        self.reported, self.drawn, self.drawn_base, self.expires_ms, self.live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +239,7 @@ class LeaseBook:
             lease.offset = lease.granted
             lease.reported = max(lease.reported, lease.granted)
             lease.epoch = epoch
+            lease.drawn_base = lease.drawn
         lease.reported = max(lease.reported, lease.offset + item.consumed)
         used = await self.ledger.cap_used(cap, now_ms)
         others = used - lease.held
@@ -251,7 +253,7 @@ class LeaseBook:
             free = max(0, room - max(0, floor - lease.drawn))
             sharing = 1 + sum(1 for other in self._on_counter(cap) if other is not lease and other.live
                               and other.outstanding and other.expires_ms > now_ms)
-            size = min(self.sizing.size(cap), max(item.need, free // sharing))
+            size = max(item.need, min(self.sizing.size(cap), free // sharing))  # the waiting call's need first
             want = lease.offset + item.consumed + size
             granted = max(floor, min(want, lease.drawn + max(0, room)))
             if lease.live and lease.expires_ms > now_ms:
@@ -266,9 +268,11 @@ class LeaseBook:
         except StoreError as exc:  # not kept: not granted (what it had stays, and still expires)
             lease.granted, lease.live, lease.expires_ms = max(before[0], floor), before[1], before[2]
             await self._hold(lease, now_ms)
-            return Grant(lease.granted - lease.offset, max(0, others), cap.units, self.sizing.ttl_s,
-                         f"the control plane could not record the lease: {exc}")
-        return Grant(lease.granted - lease.offset, max(0, others), cap.units, self.sizing.ttl_s)
+            return Grant(lease.granted - lease.offset, max(0, others - (lease.drawn - lease.drawn_base)), cap.units,
+                         self.sizing.ttl_s, f"the control plane could not record the lease: {exc}")
+        # the fleet's count without anything this epoch of the agent spent or holds: the agent adds its own
+        outside = max(0, others - (lease.drawn - lease.drawn_base))
+        return Grant(lease.granted - lease.offset, outside, cap.units, self.sizing.ttl_s)
 
     async def _hold(self, lease: Lease, now_ms: int, force: bool = False) -> None:
         """Make the ledger hold what the lease has outstanding (release the old hold, reserve the new one)."""
@@ -328,7 +332,7 @@ class LeaseBook:
                 gone.append((row.agent, row.rule, row.scope, row.ident))
                 continue
             lease = Lease(row.agent, cap, row.period, row.epoch, row.offset, row.granted, row.reported, row.drawn,
-                          row.expires_ms, row.live and row.expires_ms > now_ms)
+                          row.drawn_base, row.expires_ms, row.live and row.expires_ms > now_ms)
             self._add((row.agent, row.rule, row.scope, row.ident), lease)
             await self._hold(lease, now_ms)
         if gone:

@@ -166,6 +166,7 @@ _SCRIPTS: tuple[str, ...] = (
         granted {int} NOT NULL,
         reported {int} NOT NULL,
         drawn {int} NOT NULL,
+        drawn_base {int} NOT NULL,
         expires_ms {int} NOT NULL,
         live BOOLEAN NOT NULL,
         PRIMARY KEY (agent, rule, scope, ident)

@@ -448,9 +448,11 @@ class Store:
         with self.db.transaction():
             self.db.executemany(
                 "INSERT INTO leases (agent, rule, scope, ident, period, epoch, lease_offset, granted, reported, drawn, "
-                "expires_ms, live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent, rule, scope, ident) "
+                "drawn_base, expires_ms, live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (agent, rule, scope, ident) "
                 "DO UPDATE SET period = excluded.period, epoch = excluded.epoch, lease_offset = excluded.lease_offset, "
                 "granted = excluded.granted, reported = excluded.reported, drawn = excluded.drawn, "
+                "drawn_base = excluded.drawn_base, "
                 "expires_ms = excluded.expires_ms, live = excluded.live", [tuple(r) for r in rows])
 
     def delete_leases(self, keys: Sequence[tuple[str, str, str, str]]) -> None:
@@ -462,7 +464,7 @@ class Store:
     def load_leases(self) -> list[LeaseRow]:
         return [LeaseRow(r["agent"], r["rule"], r["scope"], r["ident"], int(r["period"]), r["epoch"],
                          int(r["lease_offset"]), int(r["granted"]), int(r["reported"]), int(r["drawn"]),
-                         int(r["expires_ms"]), bool(r["live"]))
+                         int(r["drawn_base"]), int(r["expires_ms"]), bool(r["live"]))
                 for r in self.db.query("SELECT * FROM leases ORDER BY agent, rule, scope, ident")]
 
 
@@ -477,6 +479,7 @@ class LeaseRow(NamedTuple):
     granted: int
     reported: int
     drawn: int
+    drawn_base: int  # `drawn` when the agent's current epoch began
     expires_ms: int
     live: bool
 

@@ -333,6 +333,17 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": {"description": "{received, stored, duplicates}"},
                           "400": {"description": "invalid batch; nothing stored. error.problems names the bad "
                                   "events and fields (up to 20), error.bad lists every bad event's index"}}}},
+        "/api/v1/agent/leases": {"post": {
+            "summary": "An agent's budget leases, all its caps in one request: {epoch, leases: [{rule, scope, id, "
+                       "consumed, need, release}]} (at most 256). Amounts in counter units (nano-dollars for spend "
+                       "caps). The answer, in the same order: {ttl_s, leases: [{granted, used, limit, ttl_s, "
+                       "error}]}; `granted` is the epoch's cumulative grant, `used` the fleet's count without this "
+                       "lease",
+            "security": [{"admin": []}, {"enrollment": []}],
+            "parameters": [{"name": "X-Tollhouse-Agent-Id", "in": "header", "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "{ttl_s, leases}"},
+                          "400": {"description": "a malformed request, naming the bad item"},
+                          "503": {"description": "the budget counters are unavailable"}}}},
         "/api/v1/events/{id}": {"get": {
             "summary": "One call event, with its captured prompt and response (enterprise capture mode)",
             "parameters": _ID_PARAM,
