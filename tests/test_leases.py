@@ -137,6 +137,9 @@ def test_a_fleet_never_spends_past_the_cap_and_the_count_never_drifts(ops: list[
         used = await fleet.used()
         assert sum(fleet.stored) == fleet.spent  # every call reached the store once
         assert fleet.spent <= used <= fleet.spent + fleet.stranded_bound
+        # once a killed agent's carry has had its time, nothing stays stranded: the count is exact
+        await fleet.book.sweep(T0 + 3_600_000)
+        assert await fleet.ledger.cap_used(fleet.cap, T0 + 3_600_000) == fleet.spent
 
     asyncio.run(run())
 
@@ -214,7 +217,7 @@ def test_policy_explain_counts_live_spend_and_leases(tmp_path: Path) -> None:
 
     assert "decision: ALLOW" in explain()  # 32,000 + 800 fits
     # bob's laptop holds a lease of 7,500 it has not spent yet: 39,500 used, the next call would pass the cap
-    store.save_leases([LeaseRow("bob-laptop", "ml-cap", "team", "ml", month, "e1", 0, 7_500, 0, 0, 0,
+    store.save_leases([LeaseRow("bob-laptop", "ml-cap", "team", "ml", month, "e1", 0, 7_500, 0, 0, 0, 0, 0,
                                 now_ms + 60_000, True)])
     live = explain()
     assert "$0.000039 of $0.00004 used" in live and "decision: BLOCK by rule ml-cap" in live

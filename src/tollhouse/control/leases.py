@@ -14,8 +14,11 @@ before that: it measures the TTL from before it asked), `reported - drawn`. Neit
 Grants never exceed the cap's room, so the counter's used plus every lease outstanding stays within the cap:
 what the fleet can spend over a cap is at most the leases outstanding when it is reached (see the README).
 
-An agent process that restarts starts a new *epoch* (its own cumulative amounts restart at zero); what the
-earlier epoch was granted is assumed spent until its events arrive (never undercounted).
+An agent process that restarts starts a new *epoch* (its own cumulative amounts restart at zero). What the
+earlier process was granted beyond what it reported or shipped (its *carry*: it may have spent it just before
+it died) is held as spent until `carry_ms` after its lease would have expired, time for its spooled calls to
+arrive; then it is let go. So a killed agent strands nothing for long, and what it could have spent unseen is
+at most the part of one lease it had not reported (renewals report at each third of a lease).
 """
 
 from __future__ import annotations
@@ -107,6 +110,8 @@ class Lease:
     reported: int = 0
     drawn: int = 0
     drawn_base: int = 0  # `drawn` when this epoch began (the epoch's own shipped spend is drawn - drawn_base)
+    carry: int = 0  # an earlier epoch's grant not seen reported or shipped, held as spent until carry_until_ms
+    carry_until_ms: int = 0
     expires_ms: int = 0
     live: bool = False
     reservation: object | None = None
@@ -120,7 +125,15 @@ class Lease:
     def row(self, rule: str) -> LeaseRow:
         scope, ident = self.cap.counter
         return LeaseRow(self.agent, rule, scope, ident, self.period, self.epoch, self.offset, self.granted,
-                        self.reported, self.drawn, self.drawn_base, self.expires_ms, self.live)
+                        self.reported, self.drawn, self.drawn_base, self.carry, self.carry_until_ms, self.expires_ms,
+                        self.live)
+
+    def forgive(self) -> None:
+        """The earlier epoch's carry is let go: it counts as spent no more (its calls, if any, have arrived)."""
+        self.offset -= self.carry
+        self.granted -= self.carry
+        self.reported -= self.carry
+        self.carry = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +198,7 @@ class LeaseBook:
     billing_day: int
     tz: ZoneInfo
     refresh_ms: int = 300_000  # a hold is reserved again after this long (a third of the reservation TTL)
+    carry_ms: int = 300_000  # how long after its lease's expiry a restarted agent's earlier grant stays held
     save: Callable[[Sequence[LeaseRow]], Awaitable[None]] = _no_save
     delete: Callable[[Sequence[tuple[str, str, str, str]]], Awaitable[None]] = _no_delete
     _leases: dict[tuple[str, str, str, str], Lease] = field(default_factory=dict)  # (agent, rule, scope, id)
@@ -236,6 +250,9 @@ class LeaseBook:
     async def _grant_one(self, agent: str, epoch: str, item: LeaseItem, cap: Cap, now_ms: int) -> Grant:
         lease = self._lease(agent, item, cap, now_ms)
         if lease.epoch != epoch:  # the agent restarted: what its earlier process was granted counts as spent
+            if lease.epoch:  # (a second restart adds its own carry to the first's)
+                lease.carry += max(0, lease.granted - max(lease.reported, lease.drawn))
+            lease.carry_until_ms = max(lease.expires_ms, now_ms) + self.carry_ms
             lease.offset = lease.granted
             lease.reported = max(lease.reported, lease.granted)
             lease.epoch = epoch
@@ -332,7 +349,8 @@ class LeaseBook:
                 gone.append((row.agent, row.rule, row.scope, row.ident))
                 continue
             lease = Lease(row.agent, cap, row.period, row.epoch, row.offset, row.granted, row.reported, row.drawn,
-                          row.drawn_base, row.expires_ms, row.live and row.expires_ms > now_ms)
+                          row.drawn_base, row.carry, row.carry_until_ms, row.expires_ms,
+                          row.live and row.expires_ms > now_ms)
             self._add((row.agent, row.rule, row.scope, row.ident), lease)
             await self._hold(lease, now_ms)
         if gone:
@@ -347,6 +365,9 @@ class LeaseBook:
         for key, lease in list(self._leases.items()):
             if lease.live and lease.expires_ms <= now_ms:
                 lease.live = False
+                expired.append(lease)
+            if lease.carry and lease.carry_until_ms <= now_ms:
+                lease.forgive()
                 expired.append(lease)
             await self._hold(lease, now_ms)  # what it holds now; an old hold is reserved again
             if not lease.live and lease.held == 0 and lease.expires_ms + 86_400_000 <= now_ms:

@@ -167,6 +167,8 @@ _SCRIPTS: tuple[str, ...] = (
         reported {int} NOT NULL,
         drawn {int} NOT NULL,
         drawn_base {int} NOT NULL,
+        carry {int} NOT NULL,
+        carry_until_ms {int} NOT NULL,
         expires_ms {int} NOT NULL,
         live BOOLEAN NOT NULL,
         PRIMARY KEY (agent, rule, scope, ident)

@@ -448,11 +448,12 @@ class Store:
         with self.db.transaction():
             self.db.executemany(
                 "INSERT INTO leases (agent, rule, scope, ident, period, epoch, lease_offset, granted, reported, drawn, "
-                "drawn_base, expires_ms, live) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "drawn_base, carry, carry_until_ms, expires_ms, live) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (agent, rule, scope, ident) "
                 "DO UPDATE SET period = excluded.period, epoch = excluded.epoch, lease_offset = excluded.lease_offset, "
                 "granted = excluded.granted, reported = excluded.reported, drawn = excluded.drawn, "
-                "drawn_base = excluded.drawn_base, "
+                "drawn_base = excluded.drawn_base, carry = excluded.carry, carry_until_ms = excluded.carry_until_ms, "
                 "expires_ms = excluded.expires_ms, live = excluded.live", [tuple(r) for r in rows])
 
     def delete_leases(self, keys: Sequence[tuple[str, str, str, str]]) -> None:
@@ -464,7 +465,8 @@ class Store:
     def load_leases(self) -> list[LeaseRow]:
         return [LeaseRow(r["agent"], r["rule"], r["scope"], r["ident"], int(r["period"]), r["epoch"],
                          int(r["lease_offset"]), int(r["granted"]), int(r["reported"]), int(r["drawn"]),
-                         int(r["drawn_base"]), int(r["expires_ms"]), bool(r["live"]))
+                         int(r["drawn_base"]), int(r["carry"]), int(r["carry_until_ms"]), int(r["expires_ms"]),
+                         bool(r["live"]))
                 for r in self.db.query("SELECT * FROM leases ORDER BY agent, rule, scope, ident")]
 
 
@@ -480,6 +482,8 @@ class LeaseRow(NamedTuple):
     reported: int
     drawn: int
     drawn_base: int  # `drawn` when the agent's current epoch began
+    carry: int  # an earlier epoch's grant held as spent until carry_until_ms
+    carry_until_ms: int
     expires_ms: int
     live: bool
 

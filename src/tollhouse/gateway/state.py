@@ -319,7 +319,8 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
         await runner.run(lambda s: s.delete_leases(keys))
 
     leases = LeaseBook(ledger, LeaseSizing(lc.lease_ttl_s, lc.lease_usd, lc.lease_fraction), lc.billing_day,
-                       zone(lc.timezone), int(lc.reservation_ttl_s * 1000 / 3), save_leases, delete_leases)
+                       zone(lc.timezone), refresh_ms=int(lc.reservation_ttl_s * 1000 / 3), save=save_leases,
+                       delete=delete_leases)
 
     async def take_back_leases() -> None:
         rows = await runner.run(lambda s: s.load_leases())
