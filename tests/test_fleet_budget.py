@@ -8,6 +8,7 @@ most 16 tokens and the mock answers 16, so a call reserves and spends exactly 80
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import openai
 import pytest
 
 from conftest import ADMIN, Gateway, Mock, free_port, upstreams
+from test_ledger_redis import redis_server
 
 NUSD = 1_000_000_000
 CALL_NUSD = 16 * 50
@@ -146,9 +148,18 @@ def _hammer(agents: list[AgentProcess], per_agent: int) -> dict[str, list[tuple[
     return results
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, mock: Mock) -> Iterator[dict[str, Any]]:
-    plane = Gateway(_plane_config(mock), tmp_path / "plane").start()
+@pytest.fixture(params=["local", "redis"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path, mock: Mock) -> Iterator[dict[str, Any]]:
+    """A control plane (its counters embedded, or in Redis) and three agent processes."""
+    with contextlib.ExitStack() as stack:
+        config = _plane_config(mock)
+        if request.param == "redis":
+            config["counters"] = {"url": stack.enter_context(redis_server(free_port(), tmp_path))}
+        yield from _fleet(config, tmp_path, mock)
+
+
+def _fleet(config: dict[str, Any], tmp_path: Path, mock: Mock) -> Iterator[dict[str, Any]]:
+    plane = Gateway(config, tmp_path / "plane").start()
     started: list[AgentProcess] = []
     box: dict[str, Any] = {"plane": plane, "agents": started, "mock": mock, "tmp": tmp_path}
     try:
