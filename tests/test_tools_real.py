@@ -1,0 +1,80 @@
+"""The real coding agents through the gateway: what an engineer sees when policy acts (issue 17).
+
+Claude Code (`claude -p`), Codex CLI (`codex exec`) and Gemini CLI (`gemini -p`), installed by scripts/test,
+talk to the gateway in front of `tollhouse mock-provider`; the gateway's events count the calls that reached it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import real_tools
+from conftest import Gateway, Mock, upstreams
+from real_tools import Run
+
+pytestmark = pytest.mark.slow
+
+Driver = Callable[[str, Path, str, str], Run]
+# (tool, driver, provider, a model the rules allow, a model they refuse)
+TOOLS: list[tuple[str, Driver, str, str, str]] = [
+    ("claude", real_tools.claude, "anthropic", "claude-3-5-haiku-20241022", "claude-opus-4-1-20250805"),
+    ("codex", real_tools.codex, "openai", "gpt-4o-mini", "gpt-4o"),
+    ("gemini", real_tools.gemini, "gemini", "gemini-2.5-flash", "gemini-2.5-pro"),
+]
+IDS = [t[0] for t in TOOLS]
+
+
+def _config(mock: Mock, allowed: str, refused: str, rules: list[dict[str, Any]] | None = None,
+            **policy: Any) -> dict[str, Any]:
+    return {
+        "enforcement": "on",
+        "policy_url": "https://policy.example/ai",
+        "providers": upstreams(mock.url, api_key="sk-real-provider-key"),
+        "identity": {"default_user": "alice"},
+        "directory": {"org": "acme", "teams": [{"id": "platform"}], "people": [{"id": "alice", "team": "platform"}]},
+        "policy": {"rules": rules if rules is not None else [
+            {"id": "approved-models", "scope": "org",
+             "condition": {"type": "model", "operator": "in", "models": [refused]},
+             "action": {"type": "hard_stop", "message": "Use an approved model, see infosec/approved-models.md"},
+             "enabled": True}], **policy},
+    }
+
+
+def _assert_reads_as_block(run: Run, refused: str) -> None:
+    out = run.output
+    assert "approved-models" in out, out
+    assert refused in out, out
+    assert "Use an approved model" in out, out
+    assert "https://policy.example/ai" in out, out
+    assert "exemptions/new?" in out, out
+    lowered = out.lower()
+    assert "authenticat" not in lowered, out
+    assert '{"error"' not in out and '"type": "error"' not in out and '"type":"error"' not in out, out
+    assert "[object Object]" not in out, out
+
+
+@pytest.mark.parametrize(("tool", "drive", "provider", "allowed", "refused"), TOOLS, ids=IDS)
+def test_allowed_prompt_answers(tool: str, drive: Driver, provider: str, allowed: str, refused: str,
+                                mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    gw: Gateway = gateway_factory(_config(mock, allowed, refused))
+    run = drive(gw.url, tmp_path / "home", "Say hello", allowed)
+    assert run.code == 0, run.output
+    events = [e for e in gw.events() if e["provider"] == provider]
+    assert events and all(e["decision"] == "allow" for e in events), events
+    assert any(e["model"] == allowed and e["output_tokens"] > 0 for e in events), events
+
+
+@pytest.mark.parametrize(("tool", "drive", "provider", "allowed", "refused"), TOOLS, ids=IDS)
+def test_blocked_prompt_shows_the_reason_once(tool: str, drive: Driver, provider: str, allowed: str, refused: str,
+                                               mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    gw: Gateway = gateway_factory(_config(mock, allowed, refused))
+    run = drive(gw.url, tmp_path / "home", "Say hello", refused)
+    _assert_reads_as_block(run, refused)
+    events = gw.events()
+    assert len(events) == 1, events  # one prompt, one call: nothing retried
+    assert events[0]["decision"] == "block" and events[0]["rule_id"] == "approved-models", events
+    assert mock.stats.total == 0  # never reached the provider
