@@ -78,3 +78,34 @@ def test_blocked_prompt_shows_the_reason_once(tool: str, drive: Driver, provider
     assert len(events) == 1, events  # one prompt, one call: nothing retried
     assert events[0]["decision"] == "block" and events[0]["rule_id"] == "approved-models", events
     assert mock.stats.total == 0  # never reached the provider
+
+
+@pytest.mark.parametrize(("tool", "drive", "provider", "allowed", "refused"), TOOLS, ids=IDS)
+def test_soft_cap_notice_shows_after_the_answer(tool: str, drive: Driver, provider: str, allowed: str,
+                                                refused: str, mock: Mock, gateway_factory: Any,
+                                                tmp_path: Path) -> None:
+    rules = [{"id": "team-budget-soft", "scope": "org",
+              "condition": {"type": "model", "operator": "in", "models": [allowed]},
+              "action": {"type": "soft_cap", "message": "Team budget at 85% this month"}, "enabled": True}]
+    gw: Gateway = gateway_factory(_config(mock, allowed, refused, rules))
+    run = drive(gw.url, tmp_path / "home", "Say hello", allowed)
+    assert run.code == 0, run.output
+    out = run.output
+    assert "lorem ipsum" in out, out  # the model's real answer ...
+    assert "Tollhouse warning (rule team-budget-soft)" in out and "Team budget at 85% this month" in out, out
+    assert out.index("lorem ipsum") < out.index("Tollhouse warning"), out  # ... then the notice
+    events = [e for e in gw.events() if e["model"] == allowed]
+    assert events and all(e["decision"] == "warn" for e in events), events
+
+
+@pytest.mark.parametrize(("tool", "drive", "provider", "allowed", "refused"), TOOLS, ids=IDS)
+def test_error_style_is_still_shown_once(tool: str, drive: Driver, provider: str, allowed: str, refused: str,
+                                         mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    """policy.per_subject can ask for errors; what each tool then does with a 403 is measured here: the reason
+    reaches the output, and no tool calls more than its own retry policy allows (Codex: 6 calls)."""
+    gw: Gateway = gateway_factory(_config(mock, allowed, refused, None, per_subject={"alice": {"block_style": "error"}}))
+    run = drive(gw.url, tmp_path / "home", "Say hello", refused)
+    assert "approved-models" in run.output, run.output
+    calls = len(gw.events())
+    assert calls == {"claude": 1, "codex": 6, "gemini": 1}[tool], (calls, run.output)
+    assert all(e["decision"] == "block" for e in gw.events())

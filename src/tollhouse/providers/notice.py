@@ -13,7 +13,6 @@ import orjson
 
 from tollhouse.providers.answers import (
     anthropic_text_block_events,
-    gemini_text_chunk,
     responses_item_events,
     responses_message_item,
     sse_event,
@@ -74,12 +73,16 @@ def append_to_body(family: Family, endpoint: Endpoint, body: bytes, notice: str)
 
 
 class NoticeStream:
-    """Passes a stream's bytes through, adding `notice` once as a text delta just before the stream ends:
-    OpenAI chat / completions before the chunk that carries finish_reason (else before [DONE]); the Responses
-    API as a message item before response.completed; Anthropic as a text block before message_delta; Gemini
-    (alt=sse) before the chunk with finishReason. A stream without that point (an error) is left as it is."""
+    """Passes a stream's bytes through, adding `notice` once to the answer's text just before the stream ends:
+    - OpenAI chat / completions: a content chunk before the chunk that carries finish_reason (else before [DONE]);
+    - Responses API: one more text delta of the last message (its done events and response.completed carry the
+      longer text), or a message item of its own before response.completed when the answer has no message;
+    - Anthropic: one more text delta of the last text block before message_delta, or a text block of its own;
+    - Gemini (alt=sse): one more text part in the chunk that carries finishReason.
+    The few events that may end the answer are held until the next one says whether they do. A stream without
+    that point (an error, a cut) is passed on unchanged."""
 
-    __slots__ = ("_done", "_endpoint", "_family", "_last_index", "_notice", "_parser")
+    __slots__ = ("_done", "_endpoint", "_family", "_held", "_last_index", "_notice", "_parser", "_text_blocks")
 
     def __init__(self, family: Family, endpoint: Endpoint, notice: str) -> None:
         self._family = family
@@ -87,7 +90,9 @@ class NoticeStream:
         self._notice = notice
         self._parser = SseParser()
         self._done = False
+        self._held: list[SseEvent] = []
         self._last_index = -1  # Anthropic: the highest content block index; Responses: output index
+        self._text_blocks: set[int] = set()  # Anthropic: content blocks of type text
 
     def feed(self, chunk: bytes) -> bytes:
         if self._done:
@@ -95,48 +100,58 @@ class NoticeStream:
         out: list[bytes] = []
         events = self._parser.feed(chunk)
         for i, ev in enumerate(events):
-            extra, replaced = self._before(ev)
-            if extra:
-                out.append(extra)
-                self._done = True
-                out.append(ev.raw if replaced is None else replaced)
+            out.extend(self._step(ev))
+            if self._done:
                 out.extend(e.raw for e in events[i + 1:])
                 out.append(self._parser.pending)
                 self._parser = SseParser()
-                return b"".join(out)
-            out.append(ev.raw)
+                break
         return b"".join(out)
 
     def finish(self) -> bytes:
-        return b"" if self._done else self._parser.pending
+        if self._done:
+            return b""
+        held = b"".join(e.raw for e in self._held)
+        self._held = []
+        return held + self._parser.pending
 
-    def _before(self, ev: SseEvent) -> tuple[bytes, bytes | None]:
-        """What goes before `ev` (the notice if `ev` ends the answer, else nothing), and what replaces `ev`
-        (None: it is sent as it came)."""
-        data = ev.data
-        if not data:
-            return b"", None
+    def _flush(self) -> list[bytes]:
+        held = [e.raw for e in self._held]
+        self._held = []
+        return held
+
+    def _step(self, ev: SseEvent) -> list[bytes]:
+        if not ev.data:
+            return [*self._flush(), ev.raw] if not self._held else self._hold(ev)
         if self._family is Family.anthropic:
-            return self._anthropic(ev), None
-        if data == b"[DONE]":
-            return (self._openai_chunk({}) if self._endpoint is not Endpoint.responses else b""), None
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return b"", None
-        if not isinstance(obj, dict):
-            return b"", None
+            return self._anthropic(ev)
+        if ev.data == b"[DONE]":
+            if self._endpoint is Endpoint.responses:
+                return [*self._flush(), ev.raw]
+            self._done = True
+            return [self._openai_chunk({}), ev.raw]
+        obj = _object(ev.data)
+        if obj is None:
+            return [*self._flush(), ev.raw]
+        if self._endpoint is Endpoint.responses and self._family is Family.openai:
+            return self._responses(ev, ev.event or str(obj.get("type") or ""), obj)
         if self._family is Family.gemini:
-            if any(c.get("finishReason") for c in _dicts(obj.get("candidates"))):
-                model, rid = obj.get("modelVersion"), obj.get("responseId")
-                return sse_event(gemini_text_chunk(self._notice, model if isinstance(model, str) else None,
-                                                   rid if isinstance(rid, str) else None, False)), None
-            return b"", None
-        if self._endpoint is Endpoint.responses:
-            return self._responses(ev.event or str(obj.get("type") or ""), obj)
+            cands = _dicts(obj.get("candidates"))
+            finished = [c for c in cands if c.get("finishReason")]
+            if not finished:
+                return [ev.raw]
+            self._done = True
+            if not _append_to({"candidates": finished[:1]}, Family.gemini, self._endpoint, self._notice):
+                return [ev.raw]
+            return [sse_event(obj)]
         if any(c.get("finish_reason") for c in _dicts(obj.get("choices"))):
-            return self._openai_chunk(obj), None
-        return b"", None
+            self._done = True
+            return [self._openai_chunk(obj), ev.raw]
+        return [ev.raw]
+
+    def _hold(self, ev: SseEvent) -> list[bytes]:
+        self._held.append(ev)
+        return []
 
     def _openai_chunk(self, like: dict[str, Any]) -> bytes:
         chunk: dict[str, Any] = {k: like[k] for k in ("id", "object", "created", "model") if k in like}
@@ -147,14 +162,19 @@ class NoticeStream:
                                  "finish_reason": None}]
         return sse_event(chunk)
 
-    def _responses(self, event: str, obj: dict[str, Any]) -> tuple[bytes, bytes | None]:
-        """The notice as one more message item before response.completed, which is re-sent with the item in its
-        output and its sequence number moved past the item's events."""
+    def _responses(self, ev: SseEvent, event: str, obj: dict[str, Any]) -> list[bytes]:
         index = obj.get("output_index")
         if isinstance(index, int):
             self._last_index = max(self._last_index, index)
+        if event == "response.output_text.done":
+            return [*self._flush(), *self._hold(ev)]
+        if self._held and event in ("response.content_part.done", "response.output_item.done"):
+            return self._hold(ev)
         if event != "response.completed":
-            return b"", None
+            return [*self._flush(), ev.raw]
+        self._done = True
+        if self._held:
+            return self._responses_extend(obj)
         seq = obj.get("sequence_number")
         first = seq if isinstance(seq, int) else 0
         events = list(responses_item_events("msg_tollhouse_notice", self._last_index + 1, self._notice, first))
@@ -162,19 +182,72 @@ class NoticeStream:
         if isinstance(response, dict) and isinstance(response.get("output"), list):
             response["output"].append(responses_message_item("msg_tollhouse_notice", self._notice))
         obj["sequence_number"] = first + len(events)
-        return b"".join(sse_event(fields, name) for name, fields in events), sse_event(obj, "response.completed")
+        return [*(sse_event(fields, name) for name, fields in events), sse_event(obj, "response.completed")]
 
-    def _anthropic(self, ev: SseEvent) -> bytes:
+    def _responses_extend(self, completed: dict[str, Any]) -> list[bytes]:
+        """The last message's text grows by the notice: one more delta, and the done events say so."""
+        held = [(e.event, _object(e.data) or {}) for e in self._held]
+        self._held = []
+        done = held[0][1]
+        item_id = done.get("item_id")
+        delta = {k: done[k] for k in ("item_id", "output_index", "content_index") if k in done}
+        seq = done.get("sequence_number")
+        out = [sse_event({"type": "response.output_text.delta", "sequence_number": seq, **delta,
+                          "delta": self._notice}, "response.output_text.delta")]
+        for name, obj in [*held, ("response.completed", completed)]:
+            if isinstance(obj.get("sequence_number"), int):
+                obj["sequence_number"] += 1
+            if isinstance(obj.get("text"), str):
+                obj["text"] += self._notice
+            part = obj.get("part")
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                part["text"] += self._notice
+            item = obj.get("item")
+            items = [item] if isinstance(item, dict) else []
+            response = obj.get("response")
+            if isinstance(response, dict):
+                items += _dicts(response.get("output"))
+            for it in items:
+                texts = [c for c in _dicts(it.get("content")) if isinstance(c.get("text"), str)]
+                if it.get("id") == item_id and texts:
+                    texts[-1]["text"] += self._notice
+            out.append(sse_event(obj, name or str(obj.get("type") or "")))
+        return out
+
+    def _anthropic(self, ev: SseEvent) -> list[bytes]:
+        if self._held:
+            if ev.event == "ping":
+                return self._hold(ev)
+            if ev.event == "message_delta":
+                stop = _object(self._held[0].data) or {}
+                index = stop.get("index")
+                self._done = True
+                added = sse_event({"type": "content_block_delta", "index": index,
+                                   "delta": {"type": "text_delta", "text": self._notice}}, "content_block_delta")
+                return [added, *self._flush(), ev.raw]
+            flushed = self._flush()
+            return [*flushed, *self._anthropic(ev)]
         if ev.event == "content_block_start":
-            try:
-                obj = orjson.loads(ev.data)
-            except orjson.JSONDecodeError:
-                return b""
-            index = obj.get("index") if isinstance(obj, dict) else None
+            obj = _object(ev.data) or {}
+            index = obj.get("index")
+            block = obj.get("content_block")
             if isinstance(index, int):
                 self._last_index = max(self._last_index, index)
-            return b""
+                if isinstance(block, dict) and block.get("type") == "text":
+                    self._text_blocks.add(index)
+            return [ev.raw]
+        if ev.event == "content_block_stop":
+            index = (_object(ev.data) or {}).get("index")
+            return self._hold(ev) if index in self._text_blocks else [ev.raw]
         if ev.event == "message_delta":
-            return anthropic_text_block_events(self._last_index + 1, self._notice)
-        return b""
+            self._done = True
+            return [anthropic_text_block_events(self._last_index + 1, self._notice), ev.raw]
+        return [ev.raw]
 
+
+def _object(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
