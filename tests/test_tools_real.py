@@ -103,7 +103,8 @@ def test_error_style_is_still_shown_once(tool: str, drive: Driver, provider: str
                                          mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
     """policy.per_subject can ask for errors; what each tool then does with a 403 is measured here: the reason
     reaches the output, and no tool calls more than its own retry policy allows (Codex: 6 calls)."""
-    gw: Gateway = gateway_factory(_config(mock, allowed, refused, None, per_subject={"alice": {"block_style": "error"}}))
+    gw: Gateway = gateway_factory(_config(mock, allowed, refused, None,
+                                          per_subject={"alice": {"block_style": "error"}}))
     run = drive(gw.url, tmp_path / "home", "Say hello", refused)
     assert "approved-models" in run.output, run.output
     calls = len(gw.events())
