@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,6 @@ def _env(home: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 def _run(argv: list[str], env: dict[str, str], cwd: Path) -> Run:
-    import time
-
     started = time.monotonic()
     try:
         done = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True,
