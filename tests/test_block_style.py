@@ -68,14 +68,20 @@ def test_sdks_keep_their_exceptions_under_auto(mock: Mock, gateway_factory: Any)
     assert mock.stats.total == 0
 
 
-def test_sdks_get_rate_limit_errors_under_auto(mock: Mock, gateway_factory: Any) -> None:
+def test_sdks_get_rate_limit_errors_under_auto_and_do_not_retry(mock: Mock, gateway_factory: Any) -> None:
     gw = _gateway(gateway_factory, mock, [HOURLY])
-    with pytest.raises(openai.RateLimitError):
-        _oai(gw).chat.completions.create(model="gpt-4o-mini", max_tokens=10,
+    retrying = openai.OpenAI(base_url=gw.url + "/openai/v1", api_key="k", max_retries=3,
+                             default_headers={"X-Tollhouse-User": "alice"})
+    with pytest.raises(openai.RateLimitError) as err:
+        retrying.chat.completions.create(model="gpt-4o-mini", max_tokens=10,
                                          messages=[{"role": "user", "content": "hi"}])
+    assert err.value.response.headers["x-should-retry"] == "false"
+    ant = anthropic.Anthropic(base_url=gw.url + "/anthropic", api_key="k", max_retries=3,
+                              default_headers={"X-Tollhouse-User": "alice"})
     with pytest.raises(anthropic.RateLimitError):
-        _claude(gw).messages.create(model="claude-3-5-haiku-20241022", max_tokens=10,
-                                    messages=[{"role": "user", "content": "hi"}])
+        ant.messages.create(model="claude-3-5-haiku-20241022", max_tokens=10,
+                            messages=[{"role": "user", "content": "hi"}])
+    assert len(gw.events()) == 2  # x-should-retry: false: one call each, not four
 
 
 def test_claude_code_gets_the_block_as_a_message(mock: Mock, gateway_factory: Any) -> None:
