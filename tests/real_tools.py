@@ -16,6 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TOOLS_BIN = REPO / ".cache" / "npm-tools" / "node_modules" / ".bin"
 RUN_TIMEOUT_S = 40
+_NOWHERE = "http://127.0.0.1:9"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ def _env(home: Path, extra: dict[str, str]) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TERM", "SYSTEMROOT")}
     return {**keep, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "NO_COLOR": "1",
+            # Loopback only: anything else goes to a proxy that is not there (the discard port) and fails at once.
+            "HTTPS_PROXY": _NOWHERE, "HTTP_PROXY": _NOWHERE, "https_proxy": _NOWHERE, "http_proxy": _NOWHERE,
             "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "CI": "1", **extra}
 
 

@@ -156,6 +156,13 @@ def test_notice_joins_the_end_of_a_stream(family: Family, endpoint: Endpoint, up
         assert seqs == sorted(set(seqs))
 
 
+def test_a_gemini_array_stream_passes_at_once() -> None:
+    notice = NoticeStream(Family.gemini, Endpoint.stream_generate, NOTICE)
+    first = b'[{"candidates": [{"content": {"parts": [{"text": "Hel"}]}}]}'
+    assert notice.feed(first) == first  # not held back waiting for an event that never comes
+    assert notice.feed(b',\r\n{"candidates": []}]') == b',\r\n{"candidates": []}]'
+
+
 def test_a_stream_that_never_ends_its_answer_is_unchanged() -> None:
     cut = _sse(("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}),
                ("content_block_stop", {"type": "content_block_stop", "index": 0}))

@@ -97,6 +97,10 @@ class NoticeStream:
     def feed(self, chunk: bytes) -> bytes:
         if self._done:
             return chunk
+        if self._family is Family.gemini and not self._parser.pending and not self._held \
+                and chunk.lstrip()[:1] == b"[":
+            self._done = True  # Gemini without alt=sse: one JSON array, not events; the header tells the warning
+            return chunk
         out: list[bytes] = []
         events = self._parser.feed(chunk)
         for i, ev in enumerate(events):
