@@ -63,9 +63,11 @@ def test_allowed_prompt_answers(tool: str, drive: Driver, provider: str, allowed
     gw: Gateway = gateway_factory(_config(mock, allowed, refused))
     run = drive(gw.url, tmp_path / "home", "Say hello", allowed)
     assert run.code == 0, run.output
-    events = [e for e in gw.events() if e["provider"] == provider]
-    assert events and all(e["decision"] == "allow" for e in events), events
-    assert any(e["model"] == allowed and e["output_tokens"] > 0 for e in events), events
+    assert "lorem ipsum" in run.output, run.output  # the mock's answer, shown
+    events = gw.events()
+    assert len(events) == 1, events  # one prompt, one call
+    assert events[0]["provider"] == provider and events[0]["decision"] == "allow", events
+    assert events[0]["model"] == allowed and events[0]["output_tokens"] > 0, events
 
 
 @pytest.mark.parametrize(("tool", "drive", "provider", "allowed", "refused"), TOOLS, ids=IDS)
