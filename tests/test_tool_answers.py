@@ -57,7 +57,8 @@ def test_block_style_precedence(policy: dict[str, Any], subject: str, asked: str
 def test_soft_cap_notice_precedence() -> None:
     assert soft_cap_notice(PolicyConfig(), "a", None, "Claude Code") == "message"
     assert soft_cap_notice(PolicyConfig(), "a", None, None) == "header"
-    assert soft_cap_notice(PolicyConfig.model_validate({"soft_cap_notice": "header"}), "a", None, "Claude Code") == "header"
+    header = PolicyConfig.model_validate({"soft_cap_notice": "header"})
+    assert soft_cap_notice(header, "a", None, "Claude Code") == "header"
     per = PolicyConfig.model_validate({"per_subject": {"a": {"soft_cap_notice": "message"}}})
     assert soft_cap_notice(per, "a", None, None) == "message"
     assert soft_cap_notice(per, "a", "header", None) == "header"
