@@ -213,7 +213,8 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
         message = (f"Tollhouse: the stream from provider '{route.id}' ended abnormally "
                    f"({type(exc).__name__}); the answer is incomplete.")
         try:
-            await transport.send_bytes(stream_error_event(route.family, message, "upstream_stream_error"))
+            held = noted.finish() if noted is not None else b""  # events held for the notice go out first
+            await transport.send_bytes(held + stream_error_event(route.family, message, "upstream_stream_error"))
         except ProtocolClosed:
             client_gone(state, route, seen)
     finally:
