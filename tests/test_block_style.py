@@ -189,7 +189,13 @@ def test_soft_cap_notice_is_appended_for_tools_only(mock: Mock, gateway_factory:
 def test_a_redirect_names_the_model_that_answered(mock: Mock, gateway_factory: Any) -> None:
     rule = {"id": "cheaper", "scope": "org", "condition": {"type": "model", "operator": "in", "models": ["gpt-4o"]},
             "action": {"type": "redirect", "model": "gpt-4o-mini"}, "enabled": True}
-    gw = _gateway(gateway_factory, mock, [rule])
+    opus = {"id": "cheaper-claude", "scope": "org",
+            "condition": {"type": "model", "operator": "in", "models": ["claude-opus-4-1-20250805"]},
+            "action": {"type": "redirect", "model": "claude-3-5-haiku-20241022"}, "enabled": True}
+    gw = _gateway(gateway_factory, mock, [rule, opus])
+    with _claude(gw, CLAUDE_CODE).messages.stream(model="claude-opus-4-1-20250805", max_tokens=20,
+                                                 messages=[{"role": "user", "content": "hi"}]) as stream:
+        assert stream.get_final_message().model == "claude-3-5-haiku-20241022"
     for agent in (None, CODEX):
         chat = _oai(gw, agent).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         assert chat.model == "gpt-4o-mini"

@@ -112,3 +112,18 @@ def test_error_style_is_still_shown_once(tool: str, drive: Driver, provider: str
     calls = len(gw.events())
     assert calls == {"claude": 1, "codex": 6, "gemini": 1}[tool], (calls, run.output)
     assert all(e["decision"] == "block" for e in gw.events())
+
+
+@pytest.mark.parametrize(("tool", "drive", "provider", "allowed", "refused"), TOOLS, ids=IDS)
+def test_rate_window_block_says_when_it_frees_up(tool: str, drive: Driver, provider: str, allowed: str,
+                                                 refused: str, mock: Mock, gateway_factory: Any,
+                                                 tmp_path: Path) -> None:
+    rules = [{"id": "hourly-tokens", "scope": "individual",
+              "condition": {"type": "usage", "metric": "tokens_per_hour", "threshold": 1, "window": "1h"},
+              "action": {"type": "hard_stop", "message": "Hourly token budget"}, "enabled": True}]
+    gw: Gateway = gateway_factory(_config(mock, allowed, refused, rules))
+    run = drive(gw.url, tmp_path / "home", "Say hello", allowed)
+    assert "hourly-tokens" in run.output and "frees up in about" in run.output, run.output
+    assert "authenticat" not in run.output.lower() and "Reconnecting" not in run.output, run.output
+    events = gw.events()
+    assert len(events) == 1 and events[0]["decision"] == "block", events  # a 429 would have been retried
