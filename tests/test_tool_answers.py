@@ -37,6 +37,20 @@ def test_interactive_tools_are_recognised(agent: str | None, title: str | None, 
     assert interactive_tool(agent, title) == tool
 
 
+@pytest.mark.parametrize(("title", "referer", "tool"), [
+    (None, "https://cline.bot", "Cline"),
+    (None, "https://aider.chat/", "Aider"),
+    (None, "https://docs.continue.dev/x", "Continue"),
+    (None, "https://blazed.io/", None),  # a name inside another site's name is not the tool
+    (None, "not a url", None),
+    (None, "http://[::1", None),
+    ("My Zed Fork", None, None),
+    (" Aider ", None, "Aider"),
+])
+def test_tools_named_by_title_or_site(title: str | None, referer: str | None, tool: str | None) -> None:
+    assert interactive_tool("OpenAI/Python 1.99.0", title, referer) == tool
+
+
 @pytest.mark.parametrize(("policy", "subject", "asked", "tool", "style"), [
     ({}, "alice", None, "Claude Code", "message"),
     ({}, "alice", None, None, "error"),

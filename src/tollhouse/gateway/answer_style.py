@@ -11,6 +11,7 @@ gateways), `error` / `header` for everything else (SDKs and programs keep their 
 from __future__ import annotations
 
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from tollhouse.config import BlockStyle, PolicyConfig, SoftCapNotice
 
@@ -38,11 +39,11 @@ _TOOL_AGENTS: tuple[tuple[str, str], ...] = (
     ("opencode/", "opencode"),
     ("githubcopilotchat", "Copilot Chat"),
 )
-# The app names tools send as X-Title (and HTTP-Referer) to OpenAI-compatible gateways.
-_TOOL_TITLES: tuple[tuple[str, str], ...] = (
-    ("cline", "Cline"), ("aider", "Aider"), ("roo code", "Roo Code"), ("roo-code", "Roo Code"),
-    ("kilo code", "Kilo Code"), ("continue", "Continue"), ("zed", "Zed"),
-)
+# The app names tools send as X-Title, and the sites they send as HTTP-Referer, to OpenAI-compatible gateways.
+_TOOL_TITLES = {"cline": "Cline", "aider": "Aider", "roo code": "Roo Code", "kilo code": "Kilo Code",
+                "continue": "Continue", "zed": "Zed"}
+_TOOL_SITES = {"cline.bot": "Cline", "aider.chat": "Aider", "roocode.com": "Roo Code", "kilocode.ai": "Kilo Code",
+               "continue.dev": "Continue", "zed.dev": "Zed"}
 
 
 def interactive_tool(user_agent: str | None, title: str | None = None, referer: str | None = None) -> str | None:
@@ -51,10 +52,16 @@ def interactive_tool(user_agent: str | None, title: str | None = None, referer: 
     for fragment, name in _TOOL_AGENTS:
         if fragment in ua:
             return name
-    named = f"{title or ''} {referer or ''}".lower()
-    for fragment, name in _TOOL_TITLES:
-        if fragment in named:
-            return name
+    if title and (named := _TOOL_TITLES.get(title.strip().lower())):
+        return named
+    if referer:
+        try:
+            host = urlsplit(referer.strip()).hostname or ""
+        except ValueError:  # not a URL (a caller's header: anything may come)
+            host = ""
+        for site, name in _TOOL_SITES.items():
+            if host == site or host.endswith("." + site):
+                return name
     return None
 
 
