@@ -364,11 +364,40 @@ class AuditConfig(_Frozen):
         return value
 
 
+class BlockStyle(StrEnum):
+    """How a blocked call is answered: `error` (the provider's error shape and status), `message` (a normal,
+    successful answer in the provider's shape whose text is the block message), `auto` (message for the
+    interactive tools recognised by their User-Agent, error for programs and SDKs)."""
+
+    auto = "auto"
+    error = "error"
+    message = "message"
+
+
+class SoftCapNotice(StrEnum):
+    """How a soft cap's warning reaches the caller: `header` (X-Tollhouse-Warning only), `message` (also appended
+    to the assistant's answer, streams included), `auto` (message for interactive tools, header otherwise)."""
+
+    auto = "auto"
+    header = "header"
+    message = "message"
+
+
+class AnswerStyle(_Frozen):
+    """A person's or service's own choice of block_style / soft_cap_notice (unset: the policy's)."""
+
+    block_style: BlockStyle | None = None
+    soft_cap_notice: SoftCapNotice | None = None
+
+
 class PolicyConfig(_Frozen):
     rules: tuple[dict[str, Any], ...] = ()
     rules_file: str | None = None  # YAML/JSON list of rules (or {"rules": [...]}); hot-reloaded
     timezone: str = "UTC"  # default IANA zone for time windows
     enforce_teams: tuple[str, ...] = ()  # phased rollout: enforce for these teams (and below) while off
+    block_style: BlockStyle = BlockStyle.auto
+    soft_cap_notice: SoftCapNotice = SoftCapNotice.auto
+    per_subject: dict[str, AnswerStyle] = Field(default_factory=dict)  # person or service id -> its own styles
     _compiled: tuple[Rule, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
@@ -449,6 +478,11 @@ class Settings(_Frozen):
         for team in self.policy.enforce_teams:
             if team not in teams:
                 raise ValueError(f"policy.enforce_teams: {team!r} is not a team in directory.teams")
+        known = {p.id for p in self.directory.people} | {s.id for s in self.directory.services}
+        for subject in self.policy.per_subject:
+            if known and subject not in known:
+                raise ValueError(f"policy.per_subject: {subject!r} is not a person or service in the directory "
+                                 "(directory.people / directory.services)")
         if self.policy.rules:
             problems = target_problems(self.policy.compiled_rules, self.directory)
             if problems:

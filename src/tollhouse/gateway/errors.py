@@ -11,6 +11,7 @@ from tollhouse.providers.family import Family
 from tollhouse.providers.protocols import protocol_for
 
 DECISION_HEADER = "x-tollhouse-decision"
+SHOULD_RETRY_HEADER = "x-should-retry"
 
 
 def error_body(family: Family, status: int, message: str, code: str, extra: dict[str, Any] | None = None) -> bytes:
@@ -21,6 +22,8 @@ def error_response(family: Family, status: int, message: str, code: str,
                    extra: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
                    decision: str = "allow") -> Response:
     h = [("content-type", "application/json"), (DECISION_HEADER, decision)]
+    if decision == "block":  # the OpenAI and Anthropic SDKs (and the tools built on them) honour it: no retry
+        h.append((SHOULD_RETRY_HEADER, "false"))
     if headers:
         h += list(headers.items())
     return Response(status, error_body(family, status, message, code, extra), h)

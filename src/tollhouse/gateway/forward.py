@@ -22,6 +22,7 @@ from tollhouse.ledger.types import NANO_PER_USD
 from tollhouse.policy.decide import Verdict
 from tollhouse.providers.base import Endpoint, StreamMeter
 from tollhouse.providers.family import Family
+from tollhouse.providers.notice import NoticeStream, append_to_body
 from tollhouse.providers.text import StreamText, response_text
 from tollhouse.providers.usage import Usage, UsageSource
 from tollhouse.wire.client import (
@@ -61,12 +62,12 @@ class Progress:
 class Outbound:
     """A call on its way out: where it goes and what the client is told with its answer."""
 
-    __slots__ = ("budget_remaining_nusd", "capture", "endpoint", "hide_usage", "metered", "path", "redactor",
-                 "route", "started", "upstream_key", "verdict")
+    __slots__ = ("budget_remaining_nusd", "capture", "endpoint", "hide_usage", "metered", "notice", "path",
+                 "redactor", "route", "started", "upstream_key", "verdict")
 
     def __init__(self, route: ProviderRoute, path: str, endpoint: Endpoint, metered: bool, upstream_key: str | None,
                  verdict: Verdict | None, hide_usage: bool, capture: bool, started: float,
-                 redactor: Redactor | None) -> None:
+                 redactor: Redactor | None, notice: str | None = None) -> None:
         self.route = route
         self.path = path
         self.endpoint = endpoint
@@ -78,6 +79,7 @@ class Outbound:
         self.started = started
         self.redactor = redactor  # the gateway injected a key: it never goes back to the caller
         self.budget_remaining_nusd = verdict.budget_remaining_nusd if verdict is not None else None
+        self.notice = notice  # soft_cap_notice: message: appended to the answer's text
 
 
 _NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding"}  # (accept-encoding: we ask for identity, below)
@@ -130,6 +132,8 @@ async def forward(request: Request, state: GatewayState, out: Outbound, body: by
             if out.metered and upstream.status < 400:
                 meter_response(out, seen, data)
             data = redact.body(data, out.redactor)
+            if out.notice is not None and out.metered and upstream.status < 400:
+                data = append_to_body(route.family, out.endpoint, data, out.notice)
             return Response(upstream.status, data, client_headers(upstream, out))
         try:  # each upstream chunk is forwarded the moment it arrives
             return await _stream(request, state, out, upstream, seen)
@@ -178,16 +182,22 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
             text = StreamText(route.family, out.endpoint)
     transport = redact.stream(request.proto.response_stream(upstream.status, client_headers(upstream, out)),
                               out.redactor)
+    noted = NoticeStream(route.family, out.endpoint, out.notice) \
+        if out.notice is not None and meter is not None else None
     finished = False
     try:
         while (raw := await upstream.next_chunk()) is not None:
             if text is not None:
                 text.feed(raw)
             data = meter.feed(raw) if meter is not None else raw
+            if noted is not None:
+                data = noted.feed(data)
             if data:
                 await transport.send_bytes(data)
         if meter is not None and (tail := meter.finish()):
-            await transport.send_bytes(tail)
+            await transport.send_bytes(noted.feed(tail) if noted is not None else tail)
+        if noted is not None and (held := noted.finish()):
+            await transport.send_bytes(held)
         await redact.flush(transport)
         finished = True
     except ProtocolClosed:
@@ -203,7 +213,8 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
         message = (f"Tollhouse: the stream from provider '{route.id}' ended abnormally "
                    f"({type(exc).__name__}); the answer is incomplete.")
         try:
-            await transport.send_bytes(stream_error_event(route.family, message, "upstream_stream_error"))
+            held = noted.finish() if noted is not None else b""  # events held for the notice go out first
+            await transport.send_bytes(held + stream_error_event(route.family, message, "upstream_stream_error"))
         except ProtocolClosed:
             client_gone(state, route, seen)
     finally:

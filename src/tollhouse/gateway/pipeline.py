@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from tollhouse.events.store import StoreError
-from tollhouse.gateway import enforce, storage
+from tollhouse.gateway import enforce, storage, tool_answers
 from tollhouse.gateway.capture import capturing
 from tollhouse.gateway.content import inspect_request, redact_answer
 from tollhouse.gateway.errors import error_response
@@ -182,7 +182,9 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                                                        ts_ms)
         if verdict is not None and verdict.blocked:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
-                                        datetime.fromtimestamp(now_s, UTC))
+                                        datetime.fromtimestamp(now_s, UTC),
+                                        tool_answers.block_as_message(request, state, ident.subject, where.endpoint,
+                                                                      got.facts.stream, ts_ms))
             seen.status = resp.status
             return resp
         body, path, hide_usage = got.body, where.forward_path, False
@@ -199,7 +201,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
             if not body:
                 body = orjson.dumps(parsed)
         out = Outbound(route, path, where.endpoint, metered, ident.upstream_key, verdict, hide_usage, capture,
-                       started, ident.redactor)
+                       started, ident.redactor, tool_answers.notice(request, state, ident.subject, verdict))
         # The intent, journaled at the worst case before the provider can spend: a kill -9 from here on still
         # leaves the call counted (the final event replaces it).
         event_id = storage.begin_call(
