@@ -614,7 +614,8 @@ def report_overhead(o: Json) -> list[str]:
              f"| mock provider alone (reference) | {o['mock_direct']['requests_per_s']:.0f} | "
              f"{o['mock_direct']['p50_ms']} | {o['mock_direct']['p99_ms']} | | |\n",
              f"**Leases vs no cap: median per-round throughput ratio {ratio['rps']:.3f} "
-             f"({(1 - ratio['rps']) * 100:+.1f} % cost; target within 5 %: {'met' if ratio['rps'] >= 0.95 else 'NOT met'}); added latency p50 "
+             f"({(1 - ratio['rps']) * 100:+.1f} % cost; target within 5 %: "
+             f"{'met' if ratio['rps'] >= 0.95 else 'NOT met'}); added latency p50 "
              f"{ratio['p50_added_ms']:+} ms, p99 {ratio['p99_added_ms']:+} ms** (medians of the per-round "
              "differences).\n"]
     if "leases/base_local_cap" in o["ratios"]:
@@ -666,7 +667,8 @@ def report_overspend(runs: list[Json]) -> list[str]:
                      f"{s['spend_samples']} samples; within the bound: **{s['within_bound']}**, overspend ≤ 0: "
                      f"**{s['overspend_nusd'] <= 0}**; answered/refused per agent: {per_agent}; spend API "
                      f"{s['spend_api_nusd']} n$ (equals the sum of events: "
-                     f"{s['spend_api_nusd'] == s['recorded_nusd']}), counter used {s['counter_used_nusd']} n$, answered calls' spend {s['answered_spend_nusd']} n$; "
+                     f"{s['spend_api_nusd'] == s['recorded_nusd']}), counter used {s['counter_used_nusd']} n$, "
+                     f"answered calls' spend {s['answered_spend_nusd']} n$; "
                      f"leases outstanding at the first refusal {s['leases_outstanding_at_first_refusal_nusd']} n$, "
                      f"most at any sample {s['leases_outstanding_max_nusd']} n$"
                      f"{'' if s['cap_reached_in_samples'] else NOT_REACHED}.")
