@@ -230,7 +230,10 @@ class LeaseBook:
         lease.live = not item.release
         lease.expires_ms = now_ms + int(self.sizing.ttl_s * 1000) + GRACE_MS
         await self._hold(lease, now_ms, force=True)
-        return Grant(lease.granted - lease.offset, max(0, others), cap.units, self.sizing.ttl_s)
+        # `used` tells the agent the rest of the fleet's use: the agent adds its own epoch's spend itself, so the
+        # part of it the counter already counts (`drawn`) is left out, and an earlier epoch's grant is counted in
+        fleet = others - lease.drawn + lease.offset
+        return Grant(lease.granted - lease.offset, max(0, fleet), cap.units, self.sizing.ttl_s)
 
     async def _hold(self, lease: Lease, now_ms: int, force: bool = False) -> None:
         """Make the ledger hold what the lease has outstanding (release the old hold, reserve the new one)."""
