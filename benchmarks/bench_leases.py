@@ -547,15 +547,15 @@ def at_cap(samples: Sequence[Sample], cap: int, lease: int) -> Sample | None:
     return next((s for s in samples if s.used + lease > cap), None)
 
 
-def overspend(work: Path, cap_calls: int, load: Load) -> Json:
+def overspend(work: Path, cap_calls: int, load: Load, src: Path = SRC, code: str = "this checkout") -> Json:
     cap = cap_calls * CALL_NUSD
     lease = max(1, int(cap * 0.01))  # the default lease_fraction
     stack = Stack(work)
     try:
         mock = stack.mock()
-        plane = stack.plane("plane", mock, [team_cap(cap / NUSD)])  # default lease sizes
+        plane = stack.plane("plane", mock, [team_cap(cap / NUSD)], src=src)  # default lease sizes
         token = enroll(plane)
-        agents = [stack.agent(f"agent-{p}", p, mock, plane, token) for p in PEOPLE]
+        agents = [stack.agent(f"agent-{p}", p, mock, plane, token, src) for p in PEOPLE]
         for agent in agents:
             stack.connected(agent)
         run = asyncio.run(_load(plane, agents, load, cap_calls * 10))
@@ -573,6 +573,7 @@ def overspend(work: Path, cap_calls: int, load: Load) -> Json:
         status, spend = http("GET", plane.url + "/api/v1/spend?scope=team&id=ml")
         assert status == 200, spend
         leases_end = round(spend["caps"][0]["leases_outstanding"] * NUSD)
+        agents_end = {a.name: health(a)["budget_leases"]["leases"] for a in agents}
     finally:
         stack.stop()
     samples: list[Sample] = run["samples"]
@@ -583,7 +584,7 @@ def overspend(work: Path, cap_calls: int, load: Load) -> Json:
     # the bound: leases outstanding when the cap was reached (if it never was, the most held at any sample)
     outstanding_at_cap = reached.outstanding if reached else max(x.outstanding for x in samples)
     figures = overspend_figures(cap, recorded, outstanding_at_cap, leases_end)
-    return {"load": load.name, **figures, "cap_reached_in_samples": reached is not None, "calls": calls,
+    return {"load": load.name, "code": code, **figures, "cap_reached_in_samples": reached is not None, "calls": calls,
             "answered": answered, "refused": calls - answered,
             "premature_refusals": premature_refusals(run["timeline"]),
             "answered_spend_nusd": answered * CALL_NUSD, "spend_api_nusd": round(spend["spend_usd"] * NUSD),
@@ -591,7 +592,7 @@ def overspend(work: Path, cap_calls: int, load: Load) -> Json:
             "leases_outstanding_at_first_refusal_nusd": at_refusal.outstanding if at_refusal else None,
             "leases_outstanding_max_nusd": max(x.outstanding for x in samples), "lease_nusd": lease,
             "workers_per_agent": load.workers, "pause_s": load.pause_s, "load_seconds": run["seconds"],
-            "spend_samples": len(samples),
+            "spend_samples": len(samples), "agents_end": agents_end, "leases_end": spend["leases"],
             "per_agent": {name: {"answered": st.count(200), "refused": len(st) - st.count(200)}
                           for name, st in run["statuses"].items()}}
 
@@ -655,7 +656,8 @@ NOT_REACHED = " (no sample saw the cap reached: the bound uses the most held at 
 
 
 def report_overspend(runs: list[Json]) -> list[str]:
-    rows = [f"| {s['load']} | {s['cap_nusd']} | {s['recorded_nusd']} | {s['leases_outstanding_at_cap_nusd']} | "
+    rows = [f"| {s['load']} | {s['code']} | {s['cap_nusd']} | {s['recorded_nusd']} | "
+            f"{s['leases_outstanding_at_cap_nusd']} | "
             f"{s['bound_nusd']} | **{s['overspend_nusd']}** | {s['leases_outstanding_end_nusd']} | "
             f"{s['cap_used_pct']} % | "
             f"{s['answered']} / {s['refused']} | {s['premature_refusals']} |" for s in runs]
@@ -663,7 +665,8 @@ def report_overspend(runs: list[Json]) -> list[str]:
     for s in runs:
         per_agent = ", ".join(f"{k.removeprefix('agent-')} {v['answered']}/{v['refused']}"
                               for k, v in s["per_agent"].items())
-        notes.append(f"- {s['load']}: {s['workers_per_agent']} caller(s) per agent, {s['load_seconds']} s, "
+        notes.append(f"- {s['load']}, {s['code']}: {s['workers_per_agent']} caller(s) per agent, "
+                     f"{s['load_seconds']} s, "
                      f"{s['spend_samples']} samples; within the bound: **{s['within_bound']}**, overspend ≤ 0: "
                      f"**{s['overspend_nusd'] <= 0}**; answered/refused per agent: {per_agent}; spend API "
                      f"{s['spend_api_nusd']} n$ (equals the sum of events: "
@@ -679,10 +682,11 @@ def report_overspend(runs: list[Json]) -> list[str]:
             "refused for 2 s on end. `GET /api/v1/spend` sampled every 20 ms; *at the cap* is the first sample where "
             "the control plane's counter (spend counted plus leases held) leaves less than one lease of room. "
             "Amounts in n$ (1e-9 USD).\n",
-            "| load | cap | recorded spend (sum of events) | leases outstanding at the cap | bound (cap + those) | "
+            "| load | code | cap | recorded spend (sum of events) | leases outstanding at the cap | "
+            "bound (cap + those) | "
             "overspend (recorded - cap) | leases outstanding at the end | cap used | answered / refused | "
             "refused before a later answer |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "", *notes, ""]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "", *notes, ""]
 
 
 def report(r: Json) -> str:
@@ -708,6 +712,9 @@ def main() -> None:
     ap.add_argument("--base-src", type=Path, default=None,
                     help="src/ of a checkout before leases (e.g. a worktree of 381571d): a third overhead column")
     ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--compare-src", type=Path, default=None,
+                    help="src/ of another checkout: phase 3 runs on it too (e.g. before a fix)")
+    ap.add_argument("--compare-label", default="the other checkout", help="what --compare-src is, in the report")
     ap.add_argument("--only", choices=PHASES, action="append", help="run only this phase (repeatable)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -727,8 +734,11 @@ def main() -> None:
             print("3. overspend", file=sys.stderr)
             loads = [(Load("burst: 8 concurrent callers per agent, back to back", 8, 0.0), 300 if quick else 1000),
                      (Load("steady: 1 caller per agent, 10 calls/s each", 1, 0.1), 60 if quick else 150)]
-            result["overspend"] = [overspend(work / f"overspend-{n}", calls, load)
-                                   for n, (load, calls) in enumerate(loads)]
+            codes = [(SRC, "this checkout")]
+            if args.compare_src is not None:
+                codes.append((args.compare_src, args.compare_label))
+            result["overspend"] = [overspend(work / f"overspend-{n}-{m}", calls, load, src, code)
+                                   for n, (load, calls) in enumerate(loads) for m, (src, code) in enumerate(codes)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
