@@ -719,7 +719,14 @@ def report_overspend(runs: list[Json]) -> list[str]:
             "bound (cap + those) | "
             "overspend (recorded - cap) | leases outstanding at the end | cap used | answered / refused | "
             "refused before a later answer |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "", *notes, ""]
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|", *rows, "",
+            "Leases outstanding, as the control plane counts them, are what it granted less what the agents' "
+            "shipped events have drawn: spend not yet shipped (agents ship about every second) is part of it, so "
+            "in a burst shorter than that nearly the whole cap is outstanding and the bound is loose; the overspend "
+            "column is the measured fact (≤ 0: the fleet never spent past the cap). *Refused before a later "
+            "answer* counts refusals while other agents still held leases on what was left (they spent it "
+            "afterwards); *cap used* under 100 % is budget left in lease fragments smaller than one call, given "
+            "back when a lease idles for a TTL.\n", *notes, ""]
 
 
 def report(r: Json) -> str:
