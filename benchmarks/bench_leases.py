@@ -729,9 +729,19 @@ def report_overspend(runs: list[Json]) -> list[str]:
             "back when a lease idles for a TTL.\n", *notes, ""]
 
 
+def checkout(src: Path) -> str:
+    """The commit a src/ directory is checked out at ('+' when it has uncommitted changes)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+" if git("status", "--porcelain", "--", ".") else "")
+
+
 def report(r: Json) -> str:
     lines = ["# Budget leases: per-call cost, renewals, overspend at the cap\n",
-             f"{r['date']} · {r['machine']} · `python benchmarks/bench_leases.py{' --quick' if r['quick'] else ''}` "
+             f"{r['date']} · {r['machine']} · commit {r['commit']} · "
+             f"`python benchmarks/bench_leases.py{' --quick' if r['quick'] else ''}` "
              "(mock provider, control planes and agents as separate processes on loopback; load generators on the "
              "same machine, which other jobs share).\n"]
     if "overhead" in r:
@@ -762,7 +772,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-leases-"))
     result: Json = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                    "quick": quick}
+                    "quick": quick, "commit": checkout(SRC)}
     try:
         if "overhead" in phases:
             print("1. per-call overhead", file=sys.stderr)
@@ -774,7 +784,7 @@ def main() -> None:
             print("3. overspend", file=sys.stderr)
             loads = [(Load("burst: 8 concurrent callers per agent, back to back", 8, 0.0), 300 if quick else 1000),
                      (Load("steady: 1 caller per agent, 10 calls/s each", 1, 0.1), 60 if quick else 150)]
-            codes = [(SRC, "this checkout")]
+            codes = [(SRC, f"this checkout ({checkout(SRC)})")]
             if args.compare_src is not None:
                 codes.append((args.compare_src, args.compare_label))
             result["overspend"] = [overspend(work / f"overspend-{n}-{m}", calls, load, src, code)
