@@ -344,7 +344,8 @@ def overhead(work: Path, seconds: float, rounds: int, connections: int, base_src
                                                     for a, b in zip(runs["leases"], runs[other], strict=True)), 3)}
     return {"seconds": seconds, "rounds": rounds, "load": f"wrk -t1 -c{connections} --latency",
             "mock_direct": {k: mock_direct[k] for k in ("requests_per_s", "p50_ms", "p99_ms")},
-            "configs": summary, "ratios": ratios, "lease_requests_by_agent": leases_health.get("requests")}
+            "configs": summary, "ratios": ratios, "lease_requests_by_agent": leases_health.get("requests"),
+            "base_commit": checkout(base_src) if base_src is not None else None}
 
 
 # ------------------------------------------------------------------------------------------- 2. renewals
@@ -619,7 +620,7 @@ def overspend(work: Path, cap_calls: int, load: Load, src: Path = SRC, code: str
 
 def report_overhead(o: Json) -> list[str]:
     title = {"leases": "leases (hard team cap, never reached)", "no_cap": "no cap (calls not counted)",
-             "base_local_cap": "before leases (381571d): the same cap counted on the laptop"}
+             "base_local_cap": f"before leases ({o.get('base_commit')}): the same cap counted on the laptop"}
     rows = [f"| {title.get(c, c)} | {v['requests_per_s']:.0f} | {v['p50_ms']} | {v['p99_ms']} | {v['agent_cpu_us']} | "
             f"{v['plane_cpu_us']} | {v['errors']} | {', '.join(str(round(x['requests_per_s'])) for x in v['rounds'])} |"
             for c, v in o["configs"].items()]
