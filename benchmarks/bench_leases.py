@@ -676,10 +676,10 @@ def report_renewals(n: Json) -> list[str]:
             f"| wrk, one thread, {n['agents']} connections, agents round robin, closed loop | "
             f"{w['renewals_per_s']:.0f} | {w['p50_ms']} | {w['p99_ms']} | {w['control_plane_cpu_cores']} | "
             f"{per_renewal(w)} | |\n",
-            "The aiohttp client saturates its one core before the control plane does (its p50 is queueing in the "
-            "client); wrk loads the control plane harder, but on this shared 2-CPU machine the control plane may "
-            "not get a whole core (see its CPU column): its CPU per renewal is the capacity figure (one core "
-            "answers about 1e6 / that many renewals a second). At the "
+            "Closed loop, 1,000 requests are always in flight: the rate is set by whichever process gets least "
+            "of the 2 CPUs (the Python client, wrk, the control plane, other jobs), and the latency is mostly "
+            "queueing. The control plane's CPU per renewal is the capacity figure: one core answers about "
+            "1e6 / that many renewals a second. At the "
             "default TTL (60 s) an agent in use renews about every 20 s: 1,000 agents ask ~50 times a second. "
             f"Grants short of a full lease: {n['short_grants']}. Afterwards `GET /api/v1/spend` listed "
             f"{n['leases_listed']} leases in {n['spend_api_ms_with_leases']} ms; control plane RSS "
@@ -744,7 +744,8 @@ def report(r: Json) -> str:
              f"{r['date']} · {r['machine']} · commit {r['commit']} · "
              f"`python benchmarks/bench_leases.py{' --quick' if r['quick'] else ''}` "
              "(mock provider, control planes and agents as separate processes on loopback; load generators on the "
-             "same machine, which other jobs share).\n"]
+             f"same machine, which other jobs share: load average {r['load_average_before']:.1f} before the run, "
+             f"{r['load_average_after']:.1f} after).\n"]
     if "overhead" in r:
         lines += report_overhead(r["overhead"])
     if "renewals" in r:
@@ -773,7 +774,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-leases-"))
     result: Json = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-                    "quick": quick, "commit": checkout(SRC)}
+                    "quick": quick, "commit": checkout(SRC), "load_average_before": os.getloadavg()[0]}
     try:
         if "overhead" in phases:
             print("1. per-call overhead", file=sys.stderr)
@@ -792,6 +793,7 @@ def main() -> None:
                                    for n, (load, calls) in enumerate(loads) for m, (src, code) in enumerate(codes)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    result["load_average_after"] = os.getloadavg()[0]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "leases.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "leases.md").write_text(report(result))
