@@ -50,6 +50,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 
@@ -274,6 +275,53 @@ def run_wrk(url: str, seconds: float, script: Path, connections: int) -> Json:
     return parse_wrk(done.stdout)
 
 
+def hot_path(calls: int) -> Json:
+    """In-process, what the ledger costs a call: reserve + settle on one hard team cap, the agent's LeaseLedger
+    (a held, live lease: no round trip) against the LocalLedger the agent used before leases (counter loaded).
+    Interleaved repeats, the best of each (the least disturbed by other jobs)."""
+    from tollhouse.agent.leases import Held, LeaseKey, LeaseLedger
+    from tollhouse.config import DirectoryConfig
+    from tollhouse.directory import Directory
+    from tollhouse.ledger.local import HistoryRow, LocalLedger
+    from tollhouse.ledger.types import Charge
+    from tollhouse.policy.engine import CallFacts, CompiledPolicy
+    from tollhouse.policy.rules import parse_rules
+
+    directory = Directory(DirectoryConfig.model_validate(DIRECTORY))
+    policy = CompiledPolicy(parse_rules([team_cap(1_000_000.0)]))
+    caps = policy.evaluate(CallFacts("openai", "api.openai.com", "gpt-4o-mini"), directory.subject("alice"),
+                           datetime.datetime.now(datetime.UTC)).caps
+    ceilings: list[int | None] = [c.units for c in caps]
+    charge = Charge("openai", CALL_NUSD, 0, 0, 0)
+    zone = ZoneInfo("UTC")
+
+    async def no_history(scope: str, ident: str, since: int, bucket: int) -> list[HistoryRow]:
+        return []
+
+    async def run() -> dict[str, float]:
+        now_ms = int(time.time() * 1000)
+        local = LocalLedger(no_history, 1, zone, reservation_ttl_s=900)
+        await local.warm(caps, now_ms)
+        leased = LeaseLedger("http://127.0.0.1:9", "token", "bench", 1, zone)
+        for cap in caps:
+            key: LeaseKey = (cap.rule.id, cap.counter[0], cap.counter[1])
+            leased.leases[key] = Held(cap, leased._period(cap, now_ms), granted=10**15, limit=cap.units,
+                                      answered=True, expires=leased.mono() + 3600, size=10**15,
+                                      last_use=leased.mono())
+        best = {"lease_ledger_us": float("inf"), "local_ledger_us": float("inf")}
+        for _ in range(5):
+            for name, ledger in (("lease_ledger_us", leased), ("local_ledger_us", local)):
+                started = time.perf_counter()
+                for _ in range(calls):
+                    reserved = ledger.try_reserve(caps, charge, now_ms, ceilings)
+                    assert reserved is not None and reserved.reservation is not None
+                    ledger.settle(reserved.reservation, charge)
+                best[name] = min(best[name], (time.perf_counter() - started) / calls * 1e6)
+        return {k: round(v, 2) for k, v in best.items()}
+
+    return asyncio.run(run())
+
+
 KEYS = ("requests_per_s", "p50_ms", "p99_ms", "agent_cpu_us", "plane_cpu_us")
 
 
@@ -345,7 +393,8 @@ def overhead(work: Path, seconds: float, rounds: int, connections: int, base_src
     return {"seconds": seconds, "rounds": rounds, "load": f"wrk -t1 -c{connections} --latency",
             "mock_direct": {k: mock_direct[k] for k in ("requests_per_s", "p50_ms", "p99_ms")},
             "configs": summary, "ratios": ratios, "lease_requests_by_agent": leases_health.get("requests"),
-            "base_commit": checkout(base_src) if base_src is not None else None}
+            "base_commit": checkout(base_src) if base_src is not None else None,
+            "hot_path": hot_path(20_000)}
 
 
 # ------------------------------------------------------------------------------------------- 2. renewals
@@ -646,6 +695,13 @@ def report_overhead(o: Json) -> list[str]:
         lines.append(f"Leases vs the previous commit's agent counting the same cap alone: throughput ratio "
                      f"{b['rps']:.3f}, p50 {b['p50_added_ms']:+} ms, p99 {b['p99_added_ms']:+} ms, agent CPU per call "
                      f"{b['agent_cpu']:.3f}.\n")
+    hot = o["hot_path"]
+    per_call = o["configs"]["leases"]["agent_cpu_us"]
+    added = hot["lease_ledger_us"] - hot["local_ledger_us"]
+    lines.append(f"In-process, the ledger's part of a call (reserve + settle on the team cap, best of 5 × 20,000): "
+                 f"**LeaseLedger {hot['lease_ledger_us']} µs** with a held lease, LocalLedger (the agent before "
+                 f"leases) {hot['local_ledger_us']} µs: leases add {added:.1f} µs per call, "
+                 f"{added / per_call * 100:.1f} % of the agent's {per_call} µs of CPU per call above.\n")
     lines.append(f"The agent sent {o['lease_requests_by_agent']} lease requests over the whole run: a held lease is "
                  "renewed in the background, no call waits for the control plane. All processes and wrk share the "
                  "machine's 2 CPUs (with other jobs): req/s moves with whatever else runs, so CPU per call (from "
