@@ -117,15 +117,18 @@ class LeaseLedger:
             return None
 
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings) -> ReserveResult:
-        try:
-            return self._reserve_now(caps, charge, now_ms, ceilings, asked=self.mono() < self._down_until)
-        except _Ask as ask:
-            if self.mono() >= self._down_until:  # a control plane that just failed is not waited for again
+        down = self.mono() < self._down_until  # a control plane that just failed is not waited for again
+        for attempt in range(3):
+            # a grant this machine's other calls spent while the answer was on its way (the control plane had
+            # room for this call when asked) is asked for once more, not read as the cap being reached
+            final = down or attempt == 2 or (attempt == 1 and not self.connected)
+            try:
+                return self._reserve_now(caps, charge, now_ms, ceilings, asked=final)
+            except _Ask as ask:
+                if final:  # still no usable lease: the control plane did not answer
+                    raise self._unavailable(ask.needs) from None
                 await self._ask(ask.needs, now_ms)
-        try:
-            return self._reserve_now(caps, charge, now_ms, ceilings, asked=True)
-        except _Ask as ask:  # still no usable lease: the control plane did not answer
-            raise self._unavailable(ask.needs) from None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def settle(self, reservation: object, actual: Charge) -> None:
         assert isinstance(reservation, Reservation)
@@ -257,23 +260,38 @@ class LeaseLedger:
 
     async def _ask(self, needs: dict[LeaseKey, tuple[Cap, int]], now_ms: int) -> None:
         """Ask for these leases now, with every other lease held. One request is in flight at a time: a call
-        that finds one going waits for its answer instead."""
-        if self._asking is not None:
+        that finds one going waits for its answer instead, and asks itself if that answer does not cover it."""
+        while self._asking is not None:
             await asyncio.shield(self._asking)
-            return
+            if self._answered_for(needs):
+                return
         self._asking = asyncio.get_running_loop().create_future()
         try:
             for key, (cap, _) in needs.items():
                 if key not in self.leases or self.leases[key].period != self._period(cap, now_ms):
                     self.leases[key] = Held(cap, self._period(cap, now_ms), limit=cap.units)
-            try:
-                await asyncio.wait_for(self._send(list(self.leases.items()),
-                                                  {k: n for k, (_, n) in needs.items()}), self.ask_timeout_s)
+            try:  # in this task: the caller reserves from the answer before any other call can spend it
+                async with asyncio.timeout(self.ask_timeout_s):
+                    await self._send(list(self.leases.items()), {k: n for k, (_, n) in needs.items()})
             except (TimeoutError, RequestError, LeaseProtocolError) as exc:
                 self._failed(exc)
         finally:
             self._asking.set_result(None)
             self._asking = None
+
+    def _answered_for(self, needs: dict[LeaseKey, tuple[Cap, int]]) -> bool:
+        """Whether the last answer settles these needs: the leases cover them, or the control plane did not
+        answer, or it has just said it has no room for them (asking again at once would not help)."""
+        if not self.connected:
+            return True
+        now = self.mono()
+        for key, (_, need) in needs.items():
+            held = self.leases.get(key)
+            if held is None or not held.answered or held.expires <= now:
+                return False
+            if held.left < need and now - held.refused_at > 1.0:
+                return False
+        return True
 
     def _maybe_renew(self) -> None:
         """Renew in the background when a lease in use is a third spent-through or a third of its time is gone."""
@@ -318,9 +336,10 @@ class LeaseLedger:
                     ) -> None:
         sent = self.mono()  # a lease is spent no later than its TTL after we asked (the control plane frees it
         #                     after that, measured from when it answered)
+        asked_at = {key: held.consumed for key, held in items}
         body = {"epoch": self.epoch, "leases": [
-            {"rule": key[0], "scope": key[1], "id": key[2], "consumed": held.consumed, "need": needs.get(key, 0),
-             "release": release} for key, held in items]}
+            {"rule": key[0], "scope": key[1], "id": key[2], "consumed": asked_at[key], "need": needs.get(key, 0),
+             "release": release} for key, _ in items]}
         if self._client is None:
             self._client = build_client(30.0, self.proxy)
         self.requests += 1
@@ -348,8 +367,10 @@ class LeaseLedger:
         now = self.mono()
         for key, need in needs.items():
             held = self.leases[key]
-            if held.left < need:
-                held.refused_at = now  # the cap has no room for this call: not asked again for a second
+            # the cap has no room for this call: not asked again for a second (a grant that covered it when asked
+            # but was spent since by other calls of this machine is no refusal)
+            if held.granted - asked_at.get(key, held.consumed) < need:
+                held.refused_at = now
 
     def _failed(self, exc: BaseException) -> None:
         error = str(exc) or type(exc).__name__

@@ -280,16 +280,17 @@ class LeaseBook:
         lease.live = not item.release
         lease.expires_ms = now_ms + int(self.sizing.ttl_s * 1000) + GRACE_MS
         await self._hold(lease, now_ms, force=True)
+        # `used` tells the agent the rest of the fleet's use: the agent adds its own epoch's spend itself, so the
+        # part of it the counter already counts (`drawn`) is left out, and an earlier epoch's grant is counted in
+        fleet = max(0, others - lease.drawn + lease.offset)
         try:
             await self.save([lease.row(item.rule)])  # kept before the agent may spend it
         except StoreError as exc:  # not kept: not granted (what it had stays, and still expires)
             lease.granted, lease.live, lease.expires_ms = max(before[0], floor), before[1], before[2]
             await self._hold(lease, now_ms)
-            return Grant(lease.granted - lease.offset, max(0, others - (lease.drawn - lease.drawn_base)), cap.units,
-                         self.sizing.ttl_s, f"the control plane could not record the lease: {exc}")
-        # the fleet's count without anything this epoch of the agent spent or holds: the agent adds its own
-        outside = max(0, others - (lease.drawn - lease.drawn_base))
-        return Grant(lease.granted - lease.offset, outside, cap.units, self.sizing.ttl_s)
+            return Grant(lease.granted - lease.offset, fleet, cap.units, self.sizing.ttl_s,
+                         f"the control plane could not record the lease: {exc}")
+        return Grant(lease.granted - lease.offset, fleet, cap.units, self.sizing.ttl_s)
 
     async def _hold(self, lease: Lease, now_ms: int, force: bool = False) -> None:
         """Make the ledger hold what the lease has outstanding (release the old hold, reserve the new one)."""
