@@ -71,9 +71,9 @@ def email_message(a: Stored, channel: EmailChannel, to: str, message_id: str) ->
     return msg
 
 
-def _smtp_send(channel: EmailChannel, msg: EmailMessage, ca_file: str | None) -> None:
+def _smtp_send(channel: EmailChannel, msg: EmailMessage) -> None:
     s = channel.server()
-    context = ssl.create_default_context(cafile=ca_file)
+    context = ssl.create_default_context(cafile=channel.ca_file)
     try:
         smtp: smtplib.SMTP
         if s.tls == "ssl":
@@ -100,11 +100,10 @@ def _smtp_send(channel: EmailChannel, msg: EmailMessage, ca_file: str | None) ->
 class Sender:
     """Sends deliveries over the configured channels (one HTTP session, reused)."""
 
-    def __init__(self, cfg: AlertsConfig, timeout_s: float = 10.0, ca_file: str | None = None) -> None:
+    def __init__(self, cfg: AlertsConfig, timeout_s: float = 10.0) -> None:
         self.cfg = cfg
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
-        self._ca_file = ca_file  # a private CA for SMTP servers (tests; internal relays)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -144,4 +143,4 @@ class Sender:
                 raise DeliveryError(f"email channel {d.channel!r} has no recipients: give it `to:` or name "
                                     "addresses in a rule's notify")
             msg = email_message(d.alert, channel, to, d.idempotency_key)
-            await asyncio.to_thread(_smtp_send, channel, msg, self._ca_file)
+            await asyncio.to_thread(_smtp_send, channel, msg)

@@ -63,6 +63,7 @@ class EmailChannel(_Frozen):
     sender: str = Field(alias="from")
     to: tuple[str, ...] = ()  # default recipients (a rule's notify may name others)
     timeout_s: float = Field(default=20.0, gt=0)
+    ca_file: str | None = None  # trust this CA (PEM) for the server's certificate (an internal relay)
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     @field_validator("smtp")
