@@ -146,7 +146,7 @@ class AnomalyConfig(_Frozen):
     weeks: int = Field(default=6, ge=2, le=26)  # trailing weeks of same-weekday history for the daily baseline
     # A value is anomalous when it is above ratio x the top of its usual range and above the robust bound
     # (median + sigmas x 1.4826 x MAD) and at least the minimum volume of its metric.
-    ratio: float = Field(default=1.5, gt=1)
+    ratio: float = Field(default=2.0, gt=1)
     sigmas: float = Field(default=4.0, gt=0)
     min_usd: float = Field(default=10.0, ge=0)
     min_tokens: int = Field(default=200_000, ge=0)
