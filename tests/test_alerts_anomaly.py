@@ -57,7 +57,8 @@ def test_no_alert_on_a_normal_monday_after_a_quiet_weekend() -> None:
     now = MONDAY + timedelta(hours=17, minutes=30)
     usage = {"ml": _hours(MONDAY, 6, 8.0, 17)}
     since = anomaly_scan.history_since_ms(int(now.timestamp() * 1000), CFG)
-    assert anomaly_scan.scan(usage, "team", int(now.timestamp() * 1000), since, UTC_ZONE, CFG, "http://g/console/") == []
+    now_ms = int(now.timestamp() * 1000)
+    assert anomaly_scan.scan(usage, "team", now_ms, since, UTC_ZONE, CFG, "http://g/console/") == []
     # ... nor at 09:30, its first busy hour after a weekend of almost nothing (hours compare with weekdays).
     early = MONDAY + timedelta(hours=9, minutes=30)
     assert anomaly_scan.scan({"ml": _hours(MONDAY, 6, 8.0, 9)}, "team", int(early.timestamp() * 1000), since,

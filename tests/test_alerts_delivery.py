@@ -76,7 +76,7 @@ def test_a_busy_loop_sends_one_message_per_channel_with_its_count(mock: Mock, ga
         assert rcpts == ["eng-leads@company.com"] and "no-gpt4o" in msg["Subject"]
         assert msg["Message-ID"].startswith("<al_") and smtp.logins  # authenticated, after STARTTLS
         # Secrets are masked wherever the API shows channels and deliveries.
-        status, raw, _ = gw.get("/api/v1/alerts")
+        _, raw, _ = gw.get("/api/v1/alerts")
         shown = raw.decode()
         for secret in ("secretpath", hook.secret or "", SmtpReceiver.PASSWORD):
             assert secret not in shown

@@ -36,6 +36,11 @@ def usd(nusd: int | float | Decimal) -> str:
     return f"${value:,.2f}" if value < 1000 else f"${value:,.0f}"
 
 
+def pct(fraction: float) -> str:
+    """Whole percent, rounded down: 99.5 % of a cap is not "100 %"."""
+    return f"{int(fraction * 100 + 1e-9)}%"
+
+
 def alerting(rule: Rule) -> bool:
     """Alert and WARN rules alert; any rule that names `notify` does too."""
     return rule.severity is Severity.warn or bool(rule.notify)
@@ -148,20 +153,20 @@ class Evaluator:
         projected = value * (end - start) / elapsed
         period = "month" if cap.window.monthly else cap.window.label
         pace = (f" At this pace it reaches {shown(projected)} by the end of the {period} "
-                f"({projected / u.limit:.0%} of the cap).") if cap.window.monthly else ""
+                f"({pct(projected / u.limit)} of the cap).") if cap.window.monthly else ""
         text = (f"{who} has used {shown(value)} of its {shown(u.limit)} {period}ly cap in rule {cap.rule.id} "
-                f"({fraction:.0%}, past the {threshold:.0%} threshold).{pace}")
+                f"({pct(fraction)}, past the {pct(threshold)} threshold).{pace}")
         if threshold >= 1:
             text += " Calls over the cap are " + ("refused." if cap.rule.severity >= Severity.block else
                                                   f"{cap.rule.severity.name}ed, not refused.")
         fields = [("Rule", f"{cap.rule.id} ({cap.rule.type_name})"), ("Scope", who),
-                  ("Used", f"{shown(value)} of {shown(u.limit)} ({fraction:.0%})"),
-                  ("Threshold", f"{threshold:.0%}"),
+                  ("Used", f"{shown(value)} of {shown(u.limit)} ({pct(fraction)})"),
+                  ("Threshold", f"{pct(threshold)}"),
                   ("Period", f"{_hhmm(start, self.tz)} to {_hhmm(end, self.tz)}")]
         if cap.window.monthly:
             fields.append(("Projected", shown(projected)))
         severity = "critical" if threshold >= 1 else ("warning" if threshold >= 0.8 else "info")
-        title = f"Budget {cap.rule.id}: {who} at {fraction:.0%} of its {shown(u.limit)} cap"
+        title = f"Budget {cap.rule.id}: {who} at {pct(fraction)} of its {shown(u.limit)} cap"
         return Alert(key, "budget", severity, title, text, tuple(fields), self._links(e))
 
 
