@@ -148,3 +148,34 @@ def _health(gw: Gateway) -> dict[str, Any]:
     _, body, _ = gw.get("/healthz", token=None)
     section: dict[str, Any] = json.loads(body)["alerts"]
     return section
+
+
+def test_exemption_requests_reach_policy_owners_and_decisions_the_requester(mock: Mock, gateway_factory: Any,
+                                                                           tmp_path: Path) -> None:
+    slack, hook, smtp = HttpReceiver().start(), HttpReceiver(new_secret()).start(), SmtpReceiver(tmp_path).start()
+    try:
+        cfg = _config(mock, slack, hook, smtp, policy_owners=["ops-slack", "ai-policy@acme.example"])
+        people = [dict(p, email="alice@acme.example") if p["id"] == "alice" else p for p in DIRECTORY["people"]]
+        cfg["directory"] = dict(DIRECTORY, people=people)
+        gw: Gateway = gateway_factory(cfg)
+        status, body, _ = gw.request("POST", "/api/v1/exemptions", {
+            "subject": "alice", "rule": "no-gpt4o", "justification": "benchmarking gpt-4o"}, token=None)
+        assert status == 201, body
+        exemption_id = json.loads(body)["id"]
+        slack.log.wait_for(lambda items: len(items) >= 1)
+        rcpts, msg = smtp.log.wait_for(lambda items: len(items) >= 1)[0]
+        assert rcpts == ["ai-policy@acme.example"] and exemption_id in msg["Subject"]
+        assert "benchmarking gpt-4o" in json.dumps(slack.log.items[0][1])
+        status, body, _ = gw.request("POST", f"/api/v1/exemptions/{exemption_id}/deny", {"reason": "use the mini"})
+        assert status == 200, body
+        items = smtp.log.wait_for(lambda items: len(items) >= 2)
+        rcpts, msg = items[1]
+        assert rcpts == ["alice@acme.example"] and "denied" in msg["Subject"]
+        assert "use the mini" in msg.get_payload()
+        wait_until(lambda: len(_alerts(gw)) == 2 and all(a["state"] == "delivered" for a in _alerts(gw)),
+                   what="both delivered")
+        assert len(slack.log.items) == 1  # the decision goes to the requester only
+    finally:
+        slack.stop()
+        hook.stop()
+        smtp.stop()

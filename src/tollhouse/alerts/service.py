@@ -126,6 +126,8 @@ class AlertService:
                     await self.scan_anomalies()
             except StoreError as exc:
                 log.warning("alerts: the store is unavailable (%s); alerts are evaluated again on the next tick", exc)
+            except Exception:  # a bug here must not end alerting: say so and go on with the next tick
+                log.exception("alerts: evaluation failed unexpectedly; going on with the next tick")
 
     async def _close_windows(self) -> None:
         now = self.now_ms()
@@ -185,6 +187,9 @@ class AlertService:
                 sent = await self.deliver_once()
             except StoreError as exc:
                 log.warning("alerts: the store is unavailable (%s); deliveries resume when it is back", exc)
+                sent = 0
+            except Exception:
+                log.exception("alerts: delivery failed unexpectedly; trying again")
                 sent = 0
             if not sent:
                 self._wake.clear()
@@ -261,6 +266,10 @@ def install(state: GatewayState) -> AlertService | None:
     deliverer = Background("tollhouse-alerts-deliver", service.deliver_loop)
 
     async def start() -> None:
+        try:  # before the server listens: a first run follows the audit trail from here on
+            await service.follow_audit()
+        except StoreError as exc:
+            log.warning("alerts: cannot read the audit trail yet (%s); exemption notices start once it can", exc)
         await evaluator.start()
         await deliverer.start()
 
