@@ -56,12 +56,12 @@ def test_budget_thresholds_fire_once_per_cap_and_period_with_the_projection() ->
     def offer(used_usd: float, cost: float) -> list[str]:
         usage = CapUsage(cap, int(used_usd * NANO), int(cost * NANO), 1000 * NANO, 0)
         verdict = Verdict(Outcome.allow, True, usage=(usage,))
-        return [r.alert.title for r in ev.evaluate([(_event(ts, cost), verdict)])]
+        return [r.alert.title for r in ev.evaluate([(_event(ts, cost), verdict)])[0]]
 
     assert offer(100, 1) == []
     assert offer(499, 2) == ["Budget team-cap: team ml at 50% of its $1,000 cap"]
     assert offer(510, 2) == []  # 50 % again: once per period
-    raised = ev.evaluate([(_event(ts, 5), Verdict(Outcome.allow, True, usage=(
+    raised, _ = ev.evaluate([(_event(ts, 5), Verdict(Outcome.allow, True, usage=(
         CapUsage(cap, 990 * NANO, 5 * NANO, 1000 * NANO, 0),)))])  # 80 % was skipped: only the highest is sent
     assert [r.alert.key.rsplit(":", 1)[1] for r in raised] == ["0.8"]
     text = raised[0].alert.text

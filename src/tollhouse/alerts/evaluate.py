@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -59,6 +60,7 @@ class Evaluator:
         self.tz = tz
         self._window_ms = int(cfg.dedup_window_s * 1000)
         self._thresholds_done: set[str] = set()  # budget alert keys raised by this process (skip the store)
+        self._known: dict[tuple[str, str, int], str] = {}  # rule dedup windows open here -> their alert id
 
     def _links(self, e: CallEvent) -> tuple[tuple[str, str], ...]:
         links = [("Policy", self.console + "policy")]
@@ -68,25 +70,59 @@ class Evaluator:
                       quote(e.subject, safe="")))
         return tuple(links)
 
-    def evaluate(self, batch: Sequence[Offered]) -> list[Raised]:
-        fired: dict[str, tuple[CallEvent, Violation, bool, int]] = {}
-        budget: dict[str, Raised] = {}
+    def evaluate(self, batch: Sequence[Offered]) -> tuple[list[Raised], dict[str, int]]:
+        """New alerts, and firings to add to alerts raised already (alert id -> count)."""
+        window = self._window_ms
+        fired: dict[tuple[str, str, int], list[Any]] = {}  # (rule, subject, window start) -> [event, v, enforced, n]
+        caps: dict[tuple[str, tuple[str, str, str]], tuple[CallEvent, CapUsage]] = {}
         for event, verdict in batch:
             decision = verdict.decision
             if decision is not None:
                 for v in decision.violations:
-                    if not alerting(v.rule):
+                    rule = v.rule
+                    if rule.severity is not Severity.warn and not rule.notify:
                         continue
-                    start = event.ts_ms - event.ts_ms % self._window_ms
-                    key = f"rule:{v.rule.id}:{event.subject}:{start}"
+                    key = (rule.id, event.subject, event.ts_ms - event.ts_ms % window)
                     seen = fired.get(key)
-                    fired[key] = (seen[0], seen[1], seen[2], seen[3] + 1) if seen else (event, v, verdict.enforced, 1)
-            for u in verdict.usage:
-                raised = self._threshold(event, u)
-                if raised is not None:
-                    budget[raised.alert.key] = raised
-        out = [self._rule_alert(key, *item) for key, item in fired.items()]
-        return out + list(budget.values())
+                    if seen is None:
+                        fired[key] = [event, v, verdict.enforced, 1]
+                    else:
+                        seen[3] += 1
+            for u in verdict.usage:  # per cap, its highest count in the batch
+                ck = (u.cap.rule.id, u.cap.key)
+                had = caps.get(ck)
+                if had is None or u.used >= had[1].used:
+                    caps[ck] = (event, u)
+        raised: list[Raised] = []
+        bumps: dict[str, int] = {}
+        known = self._known
+        for key, (event, v, enforced, count) in fired.items():
+            alert_id = known.get(key)
+            if alert_id is not None:
+                bumps[alert_id] = bumps.get(alert_id, 0) + count
+                continue
+            r = self._rule_alert(f"rule:{key[0]}:{key[1]}:{key[2]}", event, v, enforced, count)
+            known[key] = r.alert.id
+            raised.append(r)
+        for event, u in caps.values():
+            found = self._threshold(event, u)
+            if found is not None:
+                raised.append(found)
+        return raised, bumps
+
+    def expire(self, now_ms: int) -> None:
+        """Forget dedup windows that are over (their alerts are closed by the store)."""
+        cutoff = now_ms - self._window_ms
+        for key in [k for k in self._known if k[2] < cutoff]:
+            del self._known[key]
+
+    def forget(self, raised: Sequence[Raised]) -> None:
+        """These could not be stored: raise them again when they fire again."""
+        ids = {r.alert.id for r in raised}
+        for key in [k for k, v in self._known.items() if v in ids]:
+            del self._known[key]
+        for r in raised:
+            self._thresholds_done.discard(r.alert.key)
 
     def _rule_alert(self, key: str, e: CallEvent, v: Violation, enforced: bool, count: int) -> Raised:
         rule = v.rule

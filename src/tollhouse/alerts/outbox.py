@@ -42,6 +42,12 @@ def add_fired(store: Store, alert: Alert, targets: Sequence[tuple[str, str]], no
         return False
 
 
+def bump(store: Store, counts: Mapping[str, int], now_ms: int) -> None:
+    """Firings of alerts raised already (alert id -> how many more)."""
+    store.db.executemany("UPDATE alerts SET fire_count = fire_count + ?, last_ms = ? WHERE id = ?",
+                         [(n, now_ms, alert_id) for alert_id, n in counts.items()])
+
+
 def closing(store: Store, now_ms: int) -> list[Stored]:
     """Windowed alerts whose window is over (each returned once, to the caller that closed it)."""
     with store.db.transaction(lock="alerts"):

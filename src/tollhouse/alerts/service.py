@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -33,7 +33,8 @@ from tollhouse.policy.timewindow import zone
 
 log = logging.getLogger("tollhouse.alerts")
 
-TICK_S = 0.25  # how often the hand-off queue is drained
+TICK_S = 0.1  # how often the hand-off queue is drained
+CLOSE_EVERY_S = 1.0  # how often dedup windows that are over are closed (and their counts sent)
 AUDIT_EVERY_S = 2.0
 POLL_S = 1.0  # the deliverer looks for due deliveries at least this often
 
@@ -87,9 +88,10 @@ class AlertService:
 
     # the evaluator
 
-    async def store(self, raised: Sequence[Raised]) -> None:
-        """Put alerts in the outbox (windowed ones add to their counts); wake the deliverer."""
-        if not raised:
+    async def store(self, raised: Sequence[Raised], bumps: Mapping[str, int] | None = None) -> None:
+        """Put alerts in the outbox (windowed ones add to their counts), add firings to alerts raised already;
+        wake the deliverer."""
+        if not raised and not bumps:
             return
         now = self.now_ms()
 
@@ -101,25 +103,38 @@ class AlertService:
                         new += outbox.add_fired(s, r.alert, r.targets, now, r.count)
                     else:
                         new += outbox.add_alert(s, r.alert, r.targets, now, r.count)
+                if bumps:
+                    outbox.bump(s, bumps, now)
             return new
 
-        new = await self.state.runner.run(write)
+        try:
+            new = await self.state.runner.run(write)
+        except StoreError:
+            self.evaluator.forget(raised)
+            raise
         if new:
             self.counters.raised += new
             self._wake.set()
 
+    async def evaluate_batch(self) -> None:
+        batch = self.state.alerts.drain()
+        if batch:
+            raised, bumps = self.evaluator.evaluate(batch)
+            await self.store(raised, bumps)
+
     async def evaluate_loop(self) -> None:
         n = 0
         audit_every = max(1, int(AUDIT_EVERY_S / TICK_S))
+        close_every = max(1, int(CLOSE_EVERY_S / TICK_S))
         anomaly_every = max(1, int(self.cfg.anomaly.interval_s / TICK_S))
         while True:
             await asyncio.sleep(TICK_S)
             n += 1
             try:
-                batch = self.state.alerts.drain()
-                if batch:
-                    await self.store(self.evaluator.evaluate(batch))
-                await self._close_windows()
+                await self.evaluate_batch()
+                if n % close_every == 0:
+                    self.evaluator.expire(self.now_ms())
+                    await self._close_windows()
                 if n % audit_every == 1 or audit_every == 1:
                     await self.follow_audit()
                 if self.cfg.anomaly.enabled and n % anomaly_every == 1:
@@ -283,9 +298,7 @@ def _stopper(service: AlertService, *loops: Background) -> Any:
         for loop in loops:
             await loop.stop()
         try:  # what the last tick had not stored yet
-            batch = service.state.alerts.drain()
-            if batch:
-                await service.store(service.evaluator.evaluate(batch))
+            await service.evaluate_batch()
         except StoreError as exc:
             log.warning("alerts: %s; alerts of the last %.2f s before the stop were not stored", exc, TICK_S)
         await service.close()
