@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,6 +32,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 from anomaly_history import generate, score
 from bench_gateway import (
@@ -96,51 +99,58 @@ def policy(alerts: Json | None) -> Json:
     return cfg
 
 
-async def paced(target: Target, pool: list[bytes], rate: float, seconds: float) -> Json:
-    """Open loop: call i is due at start + i / rate, whatever earlier calls are doing."""
+async def paced(targets: list[Target], pools: list[list[bytes]], rate: float, seconds: float) -> list[Json]:
+    """Open loop: call i is due at start + i / rate, whatever earlier calls are doing, and goes to
+    targets[i % len(targets)] (two targets: paired calls under the same conditions)."""
     total = int(rate * seconds)
-    latencies: list[int] = []
+    n = len(targets)
+    latencies: list[list[int]] = [[] for _ in targets]
+    statuses: list[Counter[int]] = [Counter() for _ in targets]
+    errors = [0] * n
     lateness: list[float] = []
-    statuses: Counter[int] = Counter()
-    errors = 0
-    next_i = 0
+    next_i = [0] * n
     start = time.perf_counter() + 0.05
 
-    async def worker() -> None:
-        nonlocal next_i, errors
-        reader, writer = await asyncio.open_connection(HOST, target.port)
+    async def worker(which: int) -> None:
+        reader, writer = await asyncio.open_connection(HOST, targets[which].port)
+        pool = pools[which]
         try:
-            while next_i < total:
-                i = next_i
-                next_i += 1
+            while True:
+                k = next_i[which]
+                i = k * n + which
+                if i >= total:
+                    return
+                next_i[which] += 1
                 due = start + i / rate
                 delay = due - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 lateness.append(max(0.0, time.perf_counter() - due))
                 t0 = time.perf_counter_ns()
-                writer.write(pool[i % len(pool)])
+                writer.write(pool[k % len(pool)])
                 try:
-                    statuses[await _read_response(reader)] += 1
+                    statuses[which][await _read_response(reader)] += 1
                 except (OSError, ValueError, asyncio.IncompleteReadError):
-                    errors += 1
+                    errors[which] += 1
                     return
-                latencies.append(time.perf_counter_ns() - t0)
+                latencies[which].append(time.perf_counter_ns() - t0)
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    await asyncio.gather(*(worker() for _ in range(WORKERS)))
+    await asyncio.gather(*(worker(w % n) for w in range(WORKERS * n)))
     elapsed = time.perf_counter() - start
-    return {**percentiles_ms(latencies), "calls": len(latencies), "rate_per_s": round(len(latencies) / elapsed, 1),
-            "non_2xx": sum(n for s, n in statuses.items() if not 200 <= s < 300), "errors": errors,
-            "client_late_p99_ms": round(statistics.quantiles(lateness, n=100)[98] * 1000, 2)}
+    late = round(statistics.quantiles(lateness, n=100)[98] * 1000, 2)
+    return [{**percentiles_ms(latencies[w]), "calls": len(latencies[w]),
+             "rate_per_s": round(len(latencies[w]) / elapsed, 1),
+             "non_2xx": sum(c for st, c in statuses[w].items() if not 200 <= st < 300), "errors": errors[w],
+             "client_late_p99_ms": late} for w in range(n)]
 
 
 def merge(rounds: list[Json]) -> Json:
-    keys = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "gateway_cpu_ms_per_call")
-    out: Json = {k: round(statistics.median(r[k] for r in rounds), 3) for k in keys}
+    keys = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "gateway_cpu_ms_per_call", "client_late_p99_ms")
+    out: Json = {k: round(statistics.median(r[k] for r in rounds), 4) for k in keys if k in rounds[0]}
     out["calls"] = sum(r["calls"] for r in rounds)
     out["rate_per_s"] = round(statistics.fmean(r["rate_per_s"] for r in rounds), 1)
     out["non_2xx"] = sum(r["non_2xx"] for r in rounds)
@@ -196,16 +206,24 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
                        "on": Target("on", on_port, "/openai/v1/chat/completions")}
             pools = {k: [request_bytes(t, body, {USER_HEADER: p}) for p in PEOPLE] for k, t in targets.items()}
             for k, t in targets.items():  # warm up
-                asyncio.run(paced(t, pools[k], rate / 4, 1.0))
+                uvloop.run(paced([t], [pools[k]], rate / 4, 1.0))
             results: dict[str, list[Json]] = {"off": [], "on": []}
             pids = {"off": services[1].proc.pid, "on": services[2].proc.pid}
             for i in range(rounds):
                 for k in (("off", "on") if i % 2 == 0 else ("on", "off")):
                     cpu0 = cpu_seconds(pids[k])
-                    measured = asyncio.run(paced(targets[k], pools[k], rate, seconds))
+                    [measured] = uvloop.run(paced([targets[k]], [pools[k]], rate, seconds))
                     measured["gateway_cpu_ms_per_call"] = round((cpu_seconds(pids[k]) - cpu0) * 1000 /
                                                                 max(measured["calls"], 1), 4)
                     results[k].append(measured)
+            # Paired: one paced stream at `rate`, alternate calls to each gateway (the same moments, the same
+            # machine load for both).
+            paired: dict[str, list[Json]] = {"off": [], "on": []}
+            for _ in range(rounds):
+                off_r, on_r = uvloop.run(paced([targets["off"], targets["on"]], [pools["off"], pools["on"]], rate,
+                                               seconds))
+                paired["off"].append(off_r)
+                paired["on"].append(on_r)
             base = f"http://{HOST}:{on_port}"
 
             def alerts_now() -> list[Json]:
@@ -213,7 +231,7 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
                 listed: list[Json] = body.get("alerts", [])
                 return listed
 
-            sent_on = sum(r["calls"] for r in results["on"]) + int(rate / 4 * 1.0)
+            sent_on = sum(r["calls"] for r in results["on"] + paired["on"]) + int(rate / 4 * 1.0)
             wait_for(lambda: sum(a["count"] for a in alerts_now() if a["kind"] == "rule"
                                  and a["fields"].get("Rule", "").startswith("mini-watch")) >= sent_on, 30)
             wait_for(lambda: all(a["state"] == "delivered" for a in alerts_now()), 30)
@@ -234,6 +252,7 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
         "rate_per_s": rate, "seconds_per_round": seconds, "rounds": rounds, "people": len(PEOPLE),
         "latency": {"alerts_off": merge(results["off"]), "alerts_on": merge(results["on"])},
+        "paired": {"alerts_off": merge(paired["off"]), "alerts_on": merge(paired["on"])},
         "alerts": {
             "by_kind": dict(kinds), "rule_alerts": len(rule_alerts),
             "rule_firings_counted": sum(a["count"] for a in rule_alerts), "calls_sent_to_alerts_on": sent_on,
@@ -258,15 +277,18 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
 
 
 def _cpus() -> int:
-    import os
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def report(r: Json) -> str:
     off, on = r["latency"]["alerts_off"], r["latency"]["alerts_on"]
     a, o, an = r["alerts"], r["offer_ns_per_call"], r["anomaly"]
+    poff, pon = r["paired"]["alerts_off"], r["paired"]["alerts_on"]
+    paired_rows = "\n".join(f"| {k} | {poff[k]} | {pon[k]} | {pon[k] - poff[k]:+.3f} |"
+                            for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms"))
     rows = "\n".join(f"| {k} | {off[k]} | {on[k]} | {on[k] - off[k]:+.3f} |"
-                     for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "gateway_cpu_ms_per_call"))
+                     for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "gateway_cpu_ms_per_call",
+                               "client_late_p99_ms"))
     return f"""# Alerts: evaluation off the request path
 
 `python benchmarks/bench_alerts.py --rate {r['rate_per_s']:g} --seconds {r['seconds_per_round']:g} --rounds \
@@ -284,6 +306,14 @@ the rounds' percentiles); gateway CPU is the process's user+system time per call
 | calls | {off['calls']} | {on['calls']} | |
 | achieved calls/s | {off['rate_per_s']} | {on['rate_per_s']} | |
 | non-2xx / errors | {off['non_2xx']} / {off['errors']} | {on['non_2xx']} / {on['errors']} | |
+
+Paired: one open-loop stream of {r['rate_per_s']:g} calls/s, alternate calls to each gateway (both at
+{r['rate_per_s'] / 2:g} calls/s, at the same moments under the same load), {r['rounds']} rounds of
+{r['seconds_per_round']:g} s:
+
+| | alerts off | alerts on | on - off |
+|---|---|---|---|
+{paired_rows}
 
 What the alerts-on gateway raised from {a['calls_sent_to_alerts_on']} calls (warm-up included) that all fired
 `mini-watch`: {a['rule_alerts']} alerts for it (one per person per one-hour dedup window) counting
