@@ -73,6 +73,7 @@ class AlertService:
         self.counters = _Counters()
         self._wake = asyncio.Event()
         self._lease_ms = int(self.cfg.delivery_timeout_s * 3000) + 1000
+        self._bumps: dict[str, int] = {}  # firings of alerts raised already, not yet written (alert id -> count)
 
     def now_ms(self) -> int:
         return int(self.state.clock() * 1000)
@@ -116,11 +117,23 @@ class AlertService:
             self.counters.raised += new
             self._wake.set()
 
-    async def evaluate_batch(self) -> None:
+    async def evaluate_batch(self, flush: bool = True) -> None:
+        """New alerts go to the store at once; further firings of alerts raised already are added up here and
+        written when `flush` (once a second: a count is at most that late)."""
         batch = self.state.alerts.drain()
+        raised: list[Raised] = []
         if batch:
             raised, bumps = self.evaluator.evaluate(batch)
-            await self.store(raised, bumps)
+            for alert_id, count in bumps.items():
+                self._bumps[alert_id] = self._bumps.get(alert_id, 0) + count
+        if raised or (flush and self._bumps):
+            bumps, self._bumps = (self._bumps, {}) if flush else ({}, self._bumps)
+            try:
+                await self.store(raised, bumps)
+            except StoreError:
+                for alert_id, count in bumps.items():  # kept for the next flush
+                    self._bumps[alert_id] = self._bumps.get(alert_id, 0) + count
+                raise
 
     async def evaluate_loop(self) -> None:
         n = 0
@@ -131,7 +144,7 @@ class AlertService:
             await asyncio.sleep(TICK_S)
             n += 1
             try:
-                await self.evaluate_batch()
+                await self.evaluate_batch(flush=n % close_every == 0)
                 if n % close_every == 0:
                     self.evaluator.expire(self.now_ms())
                     await self._close_windows()
