@@ -29,9 +29,11 @@ import threading
 import time
 import timeit
 from collections import Counter
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import uvloop
 
@@ -51,9 +53,16 @@ from bench_gateway import (
     start_mock,
     stop_service,
 )
+from tollhouse.alerts.config import AlertsConfig
+from tollhouse.alerts.evaluate import Evaluator
 from tollhouse.alerts.handoff import AlertQueue
+from tollhouse.alerts.routing import Router
 from tollhouse.events.model import CallEvent
+from tollhouse.ledger.types import CapUsage
+from tollhouse.policy.compiled import MONTHLY, ScopeKind
 from tollhouse.policy.decide import Outcome, Verdict
+from tollhouse.policy.engine import Cap, Decision, Level, Violation
+from tollhouse.policy.rules import parse_rules
 
 HERE = Path(__file__).resolve().parent
 Json = dict[str, Any]
@@ -179,6 +188,36 @@ def offer_cost_ns() -> Json:
     return out
 
 
+def evaluate_cost_us() -> float:
+    """The background evaluation's CPU per call (in-process): batches of 100 calls from 20 people, each firing
+    two alert rules and counted by a cap that is over its thresholds (the benchmark policy's worst case)."""
+    cap_rule, watch = parse_rules([
+        {"id": "eng-budget", "scope": "team", "team": "eng", "condition": {"type": "budget", "threshold": 0.02},
+         "action": {"type": "alert"}},
+        {"id": "mini-watch", "scope": "org", "condition": {"type": "model", "operator": "in", "models": ["x"]},
+         "action": {"type": "alert"}}])
+    cap = Cap(cap_rule, Level(1, ScopeKind.team, "eng"), ("team", "eng"), MONTHLY, None, "spend", Decimal("0.02"))
+    violations = (Violation(watch, Level(0, ScopeKind.org, None), "x"), Violation(cap_rule, cap.level, "over"))
+    decision = Decision("allow", "gpt-4o-mini", "gpt-4o-mini", violations=violations)
+    usage = (CapUsage(cap, 30_000_000, 1_000_000, 20_000_000, 0),)
+    batch = [(_event(f"dev{i % 20:02d}"), Verdict(Outcome.allow, True, decision, usage=usage)) for i in range(100)]
+    cfg = AlertsConfig.model_validate({"channels": {"ops": {"type": "slack", "url": "https://h.example/x"}},
+                                       "default": ["ops"]})
+    evaluator = Evaluator(cfg, Router(cfg), "http://gw/console/", 1, ZoneInfo("UTC"))
+    evaluator.evaluate(batch)
+    rounds = 500
+    start = time.process_time()
+    for _ in range(rounds):
+        evaluator.evaluate(batch)
+    return round((time.process_time() - start) / rounds / len(batch) * 1e6, 2)
+
+
+def _event(subject: str) -> CallEvent:
+    return CallEvent("e", int(time.time() * 1000), subject, "employee", "eng", None, None, "openai", "chat",
+                     "/v1/chat/completions", True, "gpt-4o-mini", "gpt-4o-mini", False, 200, 25, 16, 0, 0, 100,
+                     "response", "allow", None, None, 1.0, 1.0, False, None)
+
+
 def wait_for(check: Any, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -189,6 +228,7 @@ def wait_for(check: Any, timeout_s: float) -> bool:
 
 
 def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
+    load_before = os.getloadavg()[0]
     slack = SlackStandIn()
     with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
         work = Path(tmp)
@@ -249,7 +289,8 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
     fp = sum(s.false_positives for s in anomaly_scores)
     fn = sum(s.false_negatives for s in anomaly_scores)
     result: Json = {
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus(),
+                    "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)},
         "rate_per_s": rate, "seconds_per_round": seconds, "rounds": rounds, "people": len(PEOPLE),
         "latency": {"alerts_off": merge(results["off"]), "alerts_on": merge(results["on"])},
         "paired": {"alerts_off": merge(paired["off"]), "alerts_on": merge(paired["on"])},
@@ -264,6 +305,7 @@ def run(rate: float, seconds: float, rounds: int, out_dir: Path) -> Json:
             "health": health.get("alerts"),
         },
         "offer_ns_per_call": offer_cost_ns(),
+        "evaluate_us_per_call": evaluate_cost_us(),
         "anomaly": {"seeds": 10, "team_days": sum(s.days_judged for s in anomaly_scores), "spikes": tp + fn,
                     "true_positives": tp, "false_positives": fp, "false_negatives": fn,
                     "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0,
@@ -292,7 +334,9 @@ def report(r: Json) -> str:
     return f"""# Alerts: evaluation off the request path
 
 `python benchmarks/bench_alerts.py --rate {r['rate_per_s']:g} --seconds {r['seconds_per_round']:g} --rounds \
-{r['rounds']}` on {r['machine']['cpus']} CPUs (shared with other work), Python {r['machine']['python']}.
+{r['rounds']}` on {r['machine']['cpus']} CPUs shared with other work (1-minute load average \
+{r['machine']['load_avg_1m_before']} before, {r['machine']['load_avg_1m_after']} after), Python \
+{r['machine']['python']}.
 
 Two `tollhouse serve` gateways in front of the mock provider, one policy: a WARN rule firing on **every** call
 and a $0.02 monthly team budget (thresholds 50/80/100 %). Alerts off: no channels. Alerts on: a Slack stand-in.
@@ -324,6 +368,8 @@ thresholds, once each); all delivered: {a['all_delivered']}; messages received b
 
 The request path's one alerting statement (`AlertQueue.offer`, in-process, best of 5 x 1M):
 {o['alerts_off']} ns per call with alerts off, {o['alerts_on_rule_fires']} ns with alerts on and the rule firing.
+The background evaluation of a call (two alert rules firing, a cap past its thresholds; in-process, on the
+event loop every 0.1 s, never awaited by a call): {r['evaluate_us_per_call']} µs of CPU per call.
 
 Anomaly detection on generated history ({an['seeds']} seeds, {an['team_days']} team-days judged, {an['spikes']}
 known spikes, holiday weeks and quiet days): precision {an['precision']}, recall {an['recall']}
