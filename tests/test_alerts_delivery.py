@@ -122,6 +122,8 @@ def test_receivers_down_for_a_while_then_up_get_every_alert_exactly_once(mock: M
     health = _health(gw)
     assert health["status"] == "failing" and health["channels"]["siem"]["state"] == "failing"
     assert "secretpath" not in json.dumps(health)
+    status, page, _ = gw.get("/console/")
+    assert status == 200 and b"Alert channels failing" in page and b"ops-slack" in page and b"secretpath" not in page
     pending = _alerts(gw, "rule")
     assert len(pending) == 3 and all(a["state"] == "pending" for a in pending)
     tried = [d for a in pending for d in a["deliveries"] if d["channel"] == "ops-slack" and d["attempts"]]
@@ -155,7 +157,8 @@ def test_exemption_requests_reach_policy_owners_and_decisions_the_requester(mock
     slack, hook, smtp = HttpReceiver().start(), HttpReceiver(new_secret()).start(), SmtpReceiver(tmp_path).start()
     try:
         cfg = _config(mock, slack, hook, smtp, policy_owners=["ops-slack", "ai-policy@acme.example"])
-        people = [dict(p, email="alice@acme.example") if p["id"] == "alice" else p for p in DIRECTORY["people"]]
+        listed: list[dict[str, Any]] = DIRECTORY["people"]  # type: ignore[assignment]
+        people = [dict(p, email="alice@acme.example") if p["id"] == "alice" else p for p in listed]
         cfg["directory"] = dict(DIRECTORY, people=people)
         gw: Gateway = gateway_factory(cfg)
         status, body, _ = gw.request("POST", "/api/v1/exemptions", {
