@@ -5,6 +5,7 @@ even when a receiver was down for a while; secrets never shown."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from alert_receivers import HttpReceiver, SmtpReceiver, messages, new_secret, wa
 from conftest import Gateway, Mock, upstreams
 from test_gateway_sdks import oai
 from test_policy_gateway import DIRECTORY
+from tollhouse.events.model import CallEvent
+from tollhouse.events.store import open_store
 
 WARN_RULE = {"id": "no-gpt4o", "scope": "org",
              "condition": {"type": "model", "operator": "in", "models": ["gpt-4o"]},
@@ -182,3 +185,32 @@ def test_exemption_requests_reach_policy_owners_and_decisions_the_requester(mock
         slack.stop()
         hook.stop()
         smtp.stop()
+
+
+def test_an_anomaly_in_the_store_reaches_the_anomaly_channel(mock: Mock, gateway_factory: Any, tmp_path: Path
+                                                             ) -> None:
+    data = tmp_path / "data"
+    store = open_store("", data)
+    now_ms = int(time.time() * 1000) - 1000
+    week_ms = 7 * 24 * 3_600_000
+
+    def spent(i: int, ts_ms: int, usd: float) -> CallEvent:
+        return CallEvent(f"h{i}", ts_ms, "bob", "employee", "platform", None, None, "openai", "chat",
+                         "/v1/chat/completions", True, "gpt-4o", "gpt-4o", False, 200, 10, 10, 0, 0, int(usd * 1e9),
+                         "response", "allow", None, None, 1.0, 1.0, False, None)
+
+    store.insert_events([spent(k, now_ms - k * week_ms, 70.0 + k) for k in range(1, 7)] + [spent(0, now_ms, 500.0)])
+    store.close()
+    slack, hook, smtp = HttpReceiver().start(), HttpReceiver(new_secret()), SmtpReceiver(tmp_path)
+    try:
+        cfg = _config(mock, slack, hook, smtp, anomaly={"enabled": True, "channels": ["ops-slack"], "hourly": False})
+        gw: Gateway = gateway_factory(cfg, data)
+        items = slack.log.wait_for(lambda items: len(items) >= 2)  # the team and the person
+        texts = sorted(i[1]["blocks"][0]["text"]["text"] for i in items)
+        weekday = time.strftime("%A", time.gmtime(now_ms / 1000))
+        assert any(f"platform spent $500 today; its usual {weekday} is $71.00-$76.00" in t for t in texts), texts
+        assert any(f"bob spent $500 today; its usual {weekday} is $71.00-$76.00" in t for t in texts), texts
+        kinds = [a["kind"] for a in _alerts(gw)]
+        assert kinds == ["anomaly", "anomaly"]
+    finally:
+        slack.stop()
