@@ -139,3 +139,14 @@ def test_exemption_notices_go_to_owners_and_to_the_requester() -> None:
     assert n is not None and not n.to_owners and n.requester_email == "alice@acme.example"
     assert "was approved by pat until 2026-12-08" in n.alert.text
     assert notice(decided, "alice", {}, "http://gw/console/") is None  # no address known: nobody to tell
+
+
+def test_a_rolling_token_cap_names_its_window() -> None:
+    rule = parse_rules([{"id": "burst", "scope": "team", "team": "ml", "condition": {
+        "type": "usage", "metric": "tokens", "threshold": 1000, "window": "1h"}, "action": {"type": "alert"}}])[0]
+    cap = Cap(rule, Level(1, ScopeKind.team, "ml"), ("team", "ml"), rule.count_window, None, "tokens", Decimal(1000))
+    ev = Evaluator(CFG, Router(CFG), "http://gw/console/", 1, ZoneInfo("UTC"))
+    verdict = Verdict(Outcome.allow, True, usage=(CapUsage(cap, 880, 20, 1000, 0),))
+    [raised], _ = ev.evaluate([(_event(datetime(2026, 12, 11, 10, 30, tzinfo=UTC), 0), verdict)])
+    assert raised.alert.text.startswith("team ml has used 900 tokens of its 1,000 tokens 1h rolling cap in rule burst")
+    assert "At this pace" not in raised.alert.text  # projections are for monthly caps

@@ -190,7 +190,8 @@ class Evaluator:
         period = "month" if cap.window.monthly else cap.window.label
         pace = (f" At this pace it reaches {shown(projected)} by the end of the {period} "
                 f"({pct(projected / u.limit)} of the cap).") if cap.window.monthly else ""
-        text = (f"{who} has used {shown(value)} of its {shown(u.limit)} {period}ly cap in rule {cap.rule.id} "
+        kind = "monthly" if cap.window.monthly else f"{period} rolling"
+        text = (f"{who} has used {shown(value)} of its {shown(u.limit)} {kind} cap in rule {cap.rule.id} "
                 f"({pct(fraction)}, past the {pct(threshold)} threshold).{pace}")
         if threshold >= 1:
             text += " Calls over the cap are " + ("refused." if cap.rule.severity >= Severity.block else
