@@ -124,6 +124,11 @@ def test_outbox_stores_an_alert_once_and_claims_and_retries(store: Store) -> Non
     [shown] = outbox.list_alerts(store, 10)
     assert shown["state"] == "delivered" and shown["count"] == 10
     assert {d["channel"]: d["attempts"] for d in shown["deliveries"]} == {"ops-slack": 1, "mail": 2}
+    waiting = Alert("budget:x", "budget", "info", "t", "x")
+    assert outbox.add_alert(store, waiting, (("ops-slack", ""),), 1_200)
+    assert outbox.prune(store, 1_000) == 0  # nothing that old
+    assert outbox.prune(store, 10_000) == 1  # the delivered one; the one still waiting is kept
+    assert [a["id"] for a in outbox.list_alerts(store, 10)] == [waiting.id]
 
 
 def test_exemption_notices_go_to_owners_and_to_the_requester() -> None:

@@ -164,6 +164,7 @@ class AlertsConfig(_Frozen):
     retry_min_s: float = Field(default=2.0, gt=0)  # the first wait after a failed delivery (doubling from there) ...
     retry_max_s: float = Field(default=300.0, gt=0)  # ... up to this
     delivery_timeout_s: float = Field(default=10.0, gt=0)  # one attempt (HTTP request, SMTP session)
+    retention_days: float = Field(default=90, gt=0)  # delivered alerts are forgotten after this
     failing_after: int = Field(default=5, ge=1)  # consecutive failures after which /healthz shows a channel failing
 
     @field_validator("budget_thresholds")

@@ -85,6 +85,21 @@ def mark_failed(store: Store, d: Delivery, next_ms: int, error: str) -> None:
                      (next_ms, error[:500], d.alert.id, d.channel, d.target, PENDING))
 
 
+def prune(store: Store, before_ms: int) -> int:
+    """Forget alerts raised before `before_ms` whose deliveries are all done (a pending one is never
+    dropped); how many."""
+    with store.db.transaction(lock="alerts"):
+        done = [r["id"] for r in store.db.query(
+            "SELECT id FROM alerts a WHERE created_ms < ? AND closed = ? AND NOT EXISTS (SELECT 1 FROM "
+            "alert_deliveries d WHERE d.alert_id = a.id AND d.status = ?)", (before_ms, True, PENDING))]
+        for begin in range(0, len(done), 500):
+            part = done[begin:begin + 500]
+            marks = ", ".join("?" for _ in part)
+            store.db.execute(f"DELETE FROM alert_deliveries WHERE alert_id IN ({marks})", part)
+            store.db.execute(f"DELETE FROM alerts WHERE id IN ({marks})", part)
+        return len(done)
+
+
 def pending_by_channel(store: Store) -> dict[str, int]:
     rows = store.db.query("SELECT channel, COUNT(*) AS n FROM alert_deliveries WHERE status = ? GROUP BY channel",
                           (PENDING,))

@@ -139,6 +139,7 @@ class AlertService:
         n = 0
         audit_every = max(1, int(AUDIT_EVERY_S / TICK_S))
         close_every = max(1, int(CLOSE_EVERY_S / TICK_S))
+        prune_every = max(1, int(3600 / TICK_S))
         anomaly_every = max(1, int(self.cfg.anomaly.interval_s / TICK_S))
         while True:
             await asyncio.sleep(TICK_S)
@@ -152,6 +153,9 @@ class AlertService:
                     await self.follow_audit()
                 if self.cfg.anomaly.enabled and n % anomaly_every == 1:
                     await self.scan_anomalies()
+                if n % prune_every == 1:
+                    before = self.now_ms() - int(self.cfg.retention_days * 86_400_000)
+                    await self.state.runner.run(partial(outbox.prune, before_ms=before))
             except StoreError as exc:
                 log.warning("alerts: the store is unavailable (%s); alerts are evaluated again on the next tick", exc)
             except Exception:  # a bug here must not end alerting: say so and go on with the next tick
