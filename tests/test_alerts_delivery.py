@@ -121,7 +121,8 @@ def test_receivers_down_for_a_while_then_up_get_every_alert_exactly_once(mock: M
     for who in people:
         _call(gw, who)
     # While they are down, the alerts wait in the outbox and the channels show failing in /healthz.
-    wait_until(lambda: _health(gw)["channels"]["ops-slack"]["state"] == "failing", what="slack failing")
+    wait_until(lambda: _health(gw)["channels"]["ops-slack"]["state"] == "failing" and len(_alerts(gw, "rule")) == 3,
+               what="slack failing, three alerts stored")
     health = _health(gw)
     assert health["status"] == "failing" and health["channels"]["siem"]["state"] == "failing"
     assert "secretpath" not in json.dumps(health)
