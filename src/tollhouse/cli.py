@@ -26,6 +26,7 @@ from tollhouse.agent.runner import AgentOptions, local_config_problems, run_agen
 from tollhouse.agent.service_files import UNIT_NAME
 from tollhouse.agent.settings import LocalLayers, SettingsError, check_url
 from tollhouse.agent.show import agent_data_dir, effective_settings, render_text
+from tollhouse.alerts.test_send import AlertTestError, send_test
 from tollhouse.audit.chain import AuditEntry, first_problem
 from tollhouse.audit.checkpoint import (
     SigningKeyError,
@@ -73,6 +74,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit tra
 app.add_typer(audit_app, name="audit")
 config_app = typer.Typer(no_args_is_help=True, help="The agent's effective settings.")
 app.add_typer(config_app, name="config")
+alerts_app = typer.Typer(no_args_is_help=True, help="Alert channels (Slack, email, webhooks).")
+app.add_typer(alerts_app, name="alerts")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the store and state live.")]
@@ -635,6 +638,19 @@ def audit_export(
     for entry in store.audit_entries(since):
         typer.echo(render(entry))
     store.close()
+
+
+@alerts_app.command("test")
+def alerts_test(
+    channel: Annotated[str, typer.Argument(help="A channel name in alerts.channels.")],
+    to: Annotated[str | None, typer.Option(help="Email channels: send to this address (default: its `to`).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Send a test alert over CHANNEL now; exit 0 when the channel accepted it, 1 (saying why) when not."""
+    try:
+        typer.echo(send_test(_settings(config).alerts, channel, to))
+    except AlertTestError as exc:
+        _fail(str(exc), 1)
 
 
 @app.command()

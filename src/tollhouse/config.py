@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from tollhouse.alerts.config import AlertsConfig
 from tollhouse.audit.syslog import parse_syslog_url
 from tollhouse.policy.rules import PolicyError, Rule, ScopeKind, parse_rules
 from tollhouse.policy.timewindow import zone
@@ -156,6 +157,7 @@ class Person(_Frozen):
     projects: tuple[str, ...] = ()
     kind: Literal["employee", "contractor"] = "employee"
     cost_centre: str | None = None
+    email: str | None = None  # where alerts about this person's own requests go (exemption decisions)
     provider_key_sha256: tuple[str, ...] = ()
 
     @field_validator("provider_key_sha256")
@@ -447,6 +449,7 @@ class Settings(_Frozen):
     events: EventsConfig = EventsConfig()
     exemptions: ExemptionsConfig = ExemptionsConfig()
     audit: AuditConfig = AuditConfig()
+    alerts: AlertsConfig = AlertsConfig()
 
     @field_validator("providers", mode="before")
     @classmethod

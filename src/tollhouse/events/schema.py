@@ -174,6 +174,37 @@ _SCRIPTS: tuple[str, ...] = (
         PRIMARY KEY (agent, rule, scope, ident)
     );
     """,
+    # 9: alerts and their outbox (alerts/outbox.py): one row per alert (its dedup key's hash is its id; a
+    # windowed alert counts its firings until `closes_ms`), one per delivery to a channel (and address), retried
+    # until the channel accepts it
+    """
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        created_ms {int} NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL,
+        fire_count {int} NOT NULL,
+        last_ms {int} NOT NULL,
+        closes_ms {int},
+        closed BOOLEAN NOT NULL
+    );
+    CREATE INDEX alerts_created ON alerts (created_ms);
+    CREATE INDEX alerts_open ON alerts (closed, closes_ms);
+    CREATE TABLE alert_deliveries (
+        alert_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts {int} NOT NULL,
+        next_ms {int} NOT NULL,
+        last_error TEXT,
+        delivered_ms {int},
+        PRIMARY KEY (alert_id, channel, target)
+    );
+    CREATE INDEX alert_deliveries_due ON alert_deliveries (status, next_ms);
+    """,
 )
 
 

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from tollhouse.alerts import api as alerts_api
+from tollhouse.alerts import service as alerts
 from tollhouse.config import Settings
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import (
@@ -45,6 +47,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/events"): (admin.list_events, True),
     ("GET", "/api/v1/spend"): (spend.spend, True),
     ("GET", "/api/v1/audit"): (admin.list_audit, True),
+    ("GET", "/api/v1/alerts"): (alerts_api.list_alerts, True),
     ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
     ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
     # versioned policy and agent policy
@@ -175,6 +178,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     state = await build_state(settings, data_dir, f"http://{host}:{port}", clock, worker, make_ledger)
     lifespan = state.lifespan
     lifespan.add("start-up audit", lambda: _announce(state))
+    alerts.install(state)  # the alert service (issue 19), when alerts.channels are configured
     cleanup: Callable[[], Awaitable[None]] | None = None
 
     async def start_extension() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
+from tollhouse.alerts.console_banner import alert_banner
 from tollhouse.events.model import event_json
 from tollhouse.gateway.http import Request, Response, text_response
 from tollhouse.gateway.state import GatewayState
@@ -30,4 +31,5 @@ async def console(request: Request, state: GatewayState) -> Response:
             f"</head><body><h1>Tollhouse</h1><p>Org <b>{escape(state.directory.current.org)}</b> · enforcement "
             f"<b>{state.live_settings.current.enforcement.value}</b> · last {len(events)} calls, ${total:.6f}</p>"
             f"<table><tr>{head}</tr>{body}</table></body></html>")
+    html = html.replace("<h1>Tollhouse</h1>", "<h1>Tollhouse</h1>" + alert_banner(state), 1)  # issue 19
     return text_response(html, "text/html; charset=utf-8")

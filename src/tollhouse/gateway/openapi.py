@@ -249,6 +249,20 @@ OPENAPI: dict[str, Any] = {
             ],
             "responses": {"200": {"description": "entries"}, "400": {"description": "bad parameter"}},
         }},
+        "/api/v1/alerts": {"get": {
+            "summary": "Alerts newest first (rules, budget thresholds, anomalies, exemptions), each with its count "
+                       "and its deliveries' states (pending with attempts and last error, or delivered); the "
+                       "channels (secrets masked) and their health",
+            "parameters": [
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "before_ms", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                 "description": "alerts created before this time (the `next` link pages with it)"},
+                {"name": "kind", "in": "query", "schema": {"type": "string", "enum": [
+                    "rule", "rule.summary", "budget", "anomaly", "exemption.requested", "exemption.decided",
+                    "test"]}},
+            ],
+            "responses": {"200": {"description": "alerts"}, "400": {"description": "bad parameter"}},
+        }},
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {

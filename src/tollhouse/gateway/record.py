@@ -82,6 +82,7 @@ def record(state: GatewayState, call: Finished) -> None:
         round(elapsed * 1000, 3), round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None,
         seen.client_disconnected, error, call.endpoint_class, exempted)
     state.writer.record(event, capture(call.prompt, seen.response_text) if call.capture else None)
+    state.alerts.offer(event, verdict)  # alerting happens off the request path (alerts/service.py)
     if verdict is not None:
         if verdict.enforced and decision != "block" and verdict.decision is not None:
             for waived in verdict.decision.waived:

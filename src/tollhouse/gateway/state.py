@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from redis.exceptions import RedisError
 
+from tollhouse.alerts.handoff import AlertQueue
 from tollhouse.audit.checkpoint import load_or_create_signing_key
 from tollhouse.audit.log import AuditLog
 from tollhouse.audit.syslog import SyslogForwarder, parse_syslog_url
@@ -122,6 +123,7 @@ class GatewayState:
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     lifespan: Lifespan  # every component with background work or resources, started and stopped in order
     routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
+    alerts: AlertQueue = field(default_factory=AlertQueue)  # finished calls handed to the alert service
 
     async def close(self) -> None:
         """Stop everything that started, in reverse order (see Lifespan.stop)."""

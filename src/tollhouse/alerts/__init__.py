@@ -1,0 +1,1 @@
+"""Alerts that reach people: Slack, email and signed webhooks, from a durable outbox."""
