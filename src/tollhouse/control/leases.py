@@ -23,6 +23,7 @@ at most the part of one lease it had not reported (renewals report at each third
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,7 @@ class Lease:
     reservation: object | None = None
     held: int = 0  # what `reservation` holds in the ledger
     held_ms: int = 0  # when it was reserved (reservations expire after ledger.reservation_ttl_s: renewed before)
+    holding: asyncio.Lock = field(default_factory=asyncio.Lock)  # one change of the hold at a time
 
     @property
     def outstanding(self) -> int:
@@ -276,10 +278,13 @@ class LeaseBook:
             if lease.live and lease.expires_ms > now_ms:
                 granted = max(granted, lease.granted)  # a live grant is never taken back unasked
         before = (lease.granted, lease.live, lease.expires_ms)
+        kept = max(floor, lease.granted) if lease.live and lease.expires_ms > now_ms else floor
         lease.granted = granted
         lease.live = not item.release
         lease.expires_ms = now_ms + int(self.sizing.ttl_s * 1000) + GRACE_MS
-        await self._hold(lease, now_ms, force=True)
+        # the new part of the grant is reserved under the cap, atomically with every other grant and call (a
+        # grant computed from numbers another request changed meanwhile gets only what is left)
+        await self._hold(lease, now_ms, force=True, ceiling=cap.units, kept=max(0, kept - lease.drawn))
         # `used` tells the agent the rest of the fleet's use: the agent adds its own epoch's spend itself, so the
         # part of it the counter already counts (`drawn`) is left out, and an earlier epoch's grant is counted in
         fleet = max(0, others - lease.drawn + lease.offset)
@@ -292,8 +297,16 @@ class LeaseBook:
                          f"the control plane could not record the lease: {exc}")
         return Grant(lease.granted - lease.offset, fleet, cap.units, self.sizing.ttl_s)
 
-    async def _hold(self, lease: Lease, now_ms: int, force: bool = False) -> None:
-        """Make the ledger hold what the lease has outstanding (release the old hold, reserve the new one)."""
+    async def _hold(self, lease: Lease, now_ms: int, force: bool = False, ceiling: int | None = None,
+                    kept: int = 0) -> None:
+        """Make the ledger hold what the lease has outstanding (release the old hold, reserve the new one). One
+        at a time per lease: a reserve that waits (Redis) must not cross another change of the same hold. With
+        a `ceiling`, only `kept` (spent or granted before) is held whatever the counter says; the rest of the
+        grant shrinks to what fits under the ceiling."""
+        async with lease.holding:
+            await self._rehold(lease, now_ms, force, ceiling, kept)
+
+    async def _rehold(self, lease: Lease, now_ms: int, force: bool, ceiling: int | None, kept: int) -> None:
         amount = lease.outstanding
         fresh = now_ms - lease.held_ms < self.refresh_ms
         if amount == lease.held and (amount == 0 or (lease.reservation is not None and fresh and not force)):
@@ -303,10 +316,20 @@ class LeaseBook:
             lease.reservation, lease.held = None, 0
         if amount == 0:
             return
-        charge = charge_of(lease.cap, amount)
-        result = self.ledger.try_reserve([lease.cap], charge, now_ms, [None])
-        if result is None:
-            result = await self.ledger.reserve([lease.cap], charge, now_ms, [None])
+        for _ in range(3):
+            bound = None if ceiling is None or amount <= kept else ceiling
+            charge = charge_of(lease.cap, amount)
+            result = self.ledger.try_reserve([lease.cap], charge, now_ms, [bound])
+            if result is None:
+                result = await self.ledger.reserve([lease.cap], charge, now_ms, [bound])
+            if result.reservation is not None:
+                break
+            # over the ceiling: another grant or call took part of the room since it was read
+            fits = max(kept, min(amount, (ceiling or 0) - result.usage[0].used))
+            lease.granted -= amount - fits
+            amount = fits
+        else:
+            raise StoreError("the budget counter kept changing while a lease was reserved; try again")
         lease.reservation, lease.held, lease.held_ms = result.reservation, amount, now_ms
 
     async def drawn(self, agent: str, usage: Sequence[StoredUsage], now_ms: int) -> None:

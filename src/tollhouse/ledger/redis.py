@@ -79,6 +79,7 @@ class RedisLedger:
         self._flush_scheduled = False
         # Counters a settle could not reach: rebuilt from the store (which has those calls) before next use.
         self._stale: set[str] = set()
+        self._loading: dict[str, bool] = {}  # counters being read from the store: usage stored meanwhile (True)
         self._on_settle_error = on_settle_error
         self.url = url
         self._month = (0, 0, 0)  # [start ms, end ms) of the billing month last seen, and its month id
@@ -114,6 +115,9 @@ class RedisLedger:
             spans = tuple((0, 0) if w.monthly else (w.seconds * 1000, bucket_ms(w))
                           for _ in scopes for w in windows)
             ttl = max(60_000, *(self._data_ttl_at(w, ts_ms) for w in windows))
+            for key in keys:
+                if key in self._loading:
+                    self._loading[key] = True
             self._next += 1
             member = f"stored.{id(self):x}.{self._next}.{n}"  # never a reservation: the script just counts
             self.settle(RedisReservation(member, keys, spans, ts_ms, (ttl,)), charge)
@@ -130,13 +134,27 @@ class RedisLedger:
         return self._data_ttl_at(cap.window, now_ms)
 
     async def _load_counter(self, cap: Cap, now_ms: int) -> None:
+        """Build the counter from the store. Usage stored by someone else while it is read (`count_stored`) may
+        or may not be in what was read: then the counter is unmarked, that usage's queued count is sent (to an
+        unmarked counter it adds nothing) and the counter is read again, so it is never counted twice."""
+        key = self._key(cap, now_ms)
         start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
         window_ms, b_ms = self._window(cap)
-        rows = await self._loader(cap.counter[0], cap.counter[1], start, b_ms or 1000)
-        args: list[str | int] = [self._data_ttl(cap, now_ms), window_ms]
-        for ts, provider, spend, inp, outp, reqs in rows:
-            args += [ts, provider, spend, inp, outp, reqs]
-        await self._load(keys=[self._key(cap, now_ms)], args=args)
+        for _ in range(3):
+            self._loading[key] = False
+            try:
+                rows = await self._loader(cap.counter[0], cap.counter[1], start, b_ms or 1000)
+                args: list[str | int] = [self._data_ttl(cap, now_ms), window_ms]
+                for ts, provider, spend, inp, outp, reqs in rows:
+                    args += [ts, provider, spend, inp, outp, reqs]
+                await self._load(keys=[key], args=args)
+            finally:
+                dirty = self._loading.pop(key, False)
+            if not dirty:
+                return
+            await self._redis.hdel(f"{key}:t", "L")
+            await self.flushed()
+        raise StoreError("Redis counters could not be loaded from the store (usage kept arriving while reading)")
 
     async def reserve(self, caps: Sequence[Cap], charge: Charge, now_ms: int, ceilings: Ceilings) -> ReserveResult:
         check_ceilings(caps, ceilings)
