@@ -83,11 +83,17 @@ class EventWriter:
         self._writing: list[CallEvent] = []  # the batch the store thread is committing
         self._id_prefix = os.urandom(4).hex()
         self._id_seq = itertools.count()
+        self._id_ms = -1  # the millisecond `_id_head` is for
+        self._id_head = ""  # the ids of that millisecond start with this
         self._drop_logged = 0.0
 
     def new_id(self, ts_ms: int) -> str:
-        """Unique, time-ordered event ids without a syscall per call (uuid4 reads os.urandom)."""
-        return f"{ts_ms:012x}{self._id_prefix}{next(self._id_seq) & 0xFFFFFFFF:08x}"
+        """Unique, time-ordered event ids without a syscall per call (uuid4 reads os.urandom): the time in
+        ms, this writer's random prefix, a sequence number (the head is formatted once per millisecond)."""
+        if ts_ms != self._id_ms:
+            self._id_ms = ts_ms
+            self._id_head = f"{ts_ms:012x}{self._id_prefix}"
+        return "%s%08x" % (self._id_head, next(self._id_seq) & 0xFFFFFFFF)  # noqa: UP031 (the fastest form)
 
     def unsaved(self) -> list[CallEvent]:
         """Events recorded but not (yet) committed to the store: the batch being written, then pending.

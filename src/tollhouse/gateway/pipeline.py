@@ -38,7 +38,7 @@ from tollhouse.gateway.record import Finished, record
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import Charge, ReserveResult
 from tollhouse.model_limits import worst_output_tokens
-from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
+from tollhouse.policy.decide import CountersDown, Gate, Outcome, Problem, Verdict, decide
 from tollhouse.policy.dlp import Inspection
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
 from tollhouse.providers.base import Endpoint, RequestFacts
@@ -240,14 +240,19 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     now = datetime.fromtimestamp(now_s, UTC)
     exemptions = state.overrides.current.for_subject(subject.id, ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions)
-    for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
-        # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
-        judged = decide(gate, policy, call._replace(model=name), subject, now, exemptions)
-        if judged.blocked:
-            verdict = judged
-            break
-    enforce.count_violations(state, verdict, subject, got.facts.model)
-    if verdict.blocked or not verdict.caps or where.endpoint_class not in _JUDGED:
+    facts = got.facts
+    if facts.batch_models and not facts.model and not verdict.blocked:
+        for name in facts.batch_models:
+            # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
+            judged = decide(gate, policy, call._replace(model=name), subject, now, exemptions)
+            if judged.blocked:
+                verdict = judged
+                break
+    decision = verdict.decision
+    if decision is not None and decision.violations:
+        enforce.count_violations(state, verdict, subject, facts.model)
+    if decision is None or not decision.caps or verdict.outcome is Outcome.block \
+            or where.endpoint_class not in _JUDGED:
         # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
         return verdict, None, None
     charge, priced = _worst_case(state, route, got, verdict)
@@ -257,10 +262,10 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
         if verdict.blocked:
             return verdict, None, None
     try:
-        ceilings = verdict.ceilings
-        reserved = state.ledger.try_reserve(verdict.caps, charge, ts_ms, ceilings)
+        caps, ceilings = verdict.caps, verdict.ceilings
+        reserved = state.ledger.try_reserve(caps, charge, ts_ms, ceilings)
         if reserved is None:  # a counter to load from the store first, or a Redis round trip
-            reserved = await state.ledger.reserve(verdict.caps, charge, ts_ms, ceilings)
+            reserved = await state.ledger.reserve(caps, charge, ts_ms, ceilings)
     except StoreError as exc:
         verdict = decide(gate, policy, call, subject, now, exemptions, CountersDown(str(exc)))
         _counters_down(state, verdict, subject.id, route.id, got.facts.model, ts_ms, str(exc))
@@ -268,7 +273,10 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     if state.outage.ongoing:
         state.outage.succeeded(ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage, judged=verdict)
-    return verdict, _kept(state, reserved, verdict), charge
+    if verdict.outcome is Outcome.block:
+        _release(state, reserved)
+        return verdict, None, charge
+    return verdict, reserved.reservation, charge
 
 
 def _charged_at_worst(where: Classified, got: Read, worst: Charge | None) -> Charge | None:
@@ -279,12 +287,10 @@ def _charged_at_worst(where: Classified, got: Read, worst: Charge | None) -> Cha
     return worst
 
 
-def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> object | None:
-    """The reservation stands unless the verdict refuses the call (nothing was spent: it is released)."""
-    if reserved.reservation is not None and verdict.blocked:
+def _release(state: GatewayState, reserved: ReserveResult) -> None:
+    """A refused call spent nothing: its reservation (if one was made) is released."""
+    if reserved.reservation is not None:
         state.ledger.settle(reserved.reservation, Charge("", 0, 0, 0, 0))
-        return None
-    return reserved.reservation
 
 
 def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict | None
@@ -297,7 +303,12 @@ def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: V
     input_est = max(len(got.body) // 4, 1)
     prices = state.prices
     default = state.settings.ledger.default_max_output_tokens
-    models = (model,) if model else facts.batch_models
+    if model:  # the usual case: one model
+        limit = prices.max_output_tokens(route.price_provider, model)
+        output_max = worst_output_tokens(facts.max_output_tokens, limit, default) * facts.choices
+        cost = prices.token_cost_nusd(route.price_provider, model, input_est, output_max)
+        return Charge(route.id, cost or 0, input_est, output_max), cost is not None
+    models = facts.batch_models
     if not models:
         output_max = 0 if facts.max_output_tokens is None and got.parsed is None else \
             worst_output_tokens(facts.max_output_tokens, None, default)

@@ -218,20 +218,21 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
     return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, gate.priced, shadowed)
 
 
-def _over(u: CapUsage, priced: bool) -> bool:
-    """The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts as
-    nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not zero."""
-    return u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit)
-
-
 def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, str], usage: tuple[CapUsage, ...],
            observed: Problem | None, counters_down: str | None, priced: bool = True,
            shadowed: Decision | None = None) -> Verdict:
     if decision is None:
         return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down)
     if usage:
-        over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
-        if over:
+        over: list[Violation] | None = None
+        for u in usage:
+            # The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts
+            # as nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not 0.
+            if u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit):
+                if over is None:
+                    over = []
+                over.append(Violation(u.cap.rule, u.cap.level, cap_reason(u)))
+        if over is not None:
             decision = with_violations(decision, over)
             if shadowed is not None:
                 shadowed = with_violations(shadowed, over)
