@@ -221,7 +221,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         # kill -9 can never lose a call the client has already been answered.
         record(state, Finished(route, where.endpoint_name, where.endpoint_class, where.forward_path, ident.subject,
                                got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
-                               started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst), event_id))
+                               started, ts_ms, prompt, capture,
+                               None if worst is None else _charged_at_worst(where, got, worst), event_id))
 
 
 async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified, ident: Identity, got: Read,
@@ -279,12 +280,10 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     return verdict, reserved.reservation, charge
 
 
-def _charged_at_worst(where: Classified, got: Read, worst: Charge | None) -> Charge | None:
+def _charged_at_worst(where: Classified, got: Read, worst: Charge) -> Charge | None:
     """Calls whose usage the answer does not tell are settled at the worst case they reserved: governed
     endpoints (images, batches, ...) and Responses API background calls (usage known only when polled)."""
-    if worst is None or not (where.endpoint_class == "governed" or got.facts.background):
-        return None
-    return worst
+    return worst if where.endpoint_class == "governed" or got.facts.background else None
 
 
 def _release(state: GatewayState, reserved: ReserveResult) -> None:

@@ -117,8 +117,10 @@ class Verdict(NamedTuple):
         if self.refusal is not None and self.enforced:
             return None
         d = self.decision
-        found = d.rule_id if d is not None and (self.enforced or self.shadowed is None) else None
-        if found is None and self.shadowed is not None and self.would is not None:
+        if self.shadowed is None:  # the usual case: no shadow rules
+            return d.rule_id if d is not None else None
+        found = d.rule_id if d is not None and self.enforced else None
+        if found is None and self.would is not None:
             found = self.shadowed.rule_id
         return found
 
@@ -189,7 +191,8 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
     function's verdict on the same call before the ledger's numbers were known; its rules' judgement is reused
     (the rules' part depends on nothing the numbers change)."""
     enforced = gate.enforced
-    for problem in gate.problems:
+    problems = gate.problems
+    for problem in problems:
         if problem.always:
             return Verdict(Outcome.block, enforced, refusal=problem)
     decision: Decision | None = None
@@ -200,7 +203,7 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
         decision = policy.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
         if policy.shadow is not None:
             shadowed = policy.shadow.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
-    observed = gate.problems[0] if gate.problems else None
+    observed = problems[0] if problems else None
     if observed is not None and enforced:
         return Verdict(Outcome.block, True, decision, observed, exemptions)
     caps = decision.caps if decision is not None else ()
