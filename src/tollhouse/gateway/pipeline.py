@@ -235,9 +235,8 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     enforced = enforce.enforced(state, subject)
     settings = state.settings
     gate = Gate(enforced, problems, True, settings.pricing.unpriced, settings.counters.fail_open)
-    call = CallFacts(route.id, route.host, got.facts.model,
-                     None if inspection is None else inspection.rule_ids,
-                     frozenset() if inspection is None else inspection.unchecked)
+    call = CallFacts(route.id, route.host, got.facts.model) if inspection is None else \
+        CallFacts(route.id, route.host, got.facts.model, inspection.rule_ids, inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
     exemptions = state.overrides.current.for_subject(subject.id, ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions)
