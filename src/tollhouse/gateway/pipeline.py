@@ -179,7 +179,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         if problems or not policy.empty:
             verdict, reservation, worst = await _judge(state, policy, where, ident, got, problems, inspection, now_s,
                                                        ts_ms)
-        if verdict is not None and verdict.blocked:
+        if verdict is not None and verdict.outcome is Outcome.block:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
                                         datetime.fromtimestamp(now_s, UTC))
             seen.status = resp.status
