@@ -252,7 +252,7 @@ class EventWriter:
         try:
             if journal is not None and journal.rotate(self._open.values()):
                 self._journal_again()
-            await self._runner.run(lambda s, b=batch, c=captures: s.insert_events(b, c))  # type: ignore[misc]
+            await self._runner.run(lambda s, b=batch, c=captures: _store_batch(s, journal, b, c))  # type: ignore[misc]
         except BaseException:
             self._writing = []
             self._pending = batch + self._pending
@@ -266,8 +266,6 @@ class EventWriter:
         for event_id in captures or ():
             del self._captures[event_id]
         self.written += len(batch)
-        if journal is not None:
-            journal.committed()  # the covered segments' events are all in this batch
         return True
 
     def _journal_again(self) -> None:
@@ -278,3 +276,14 @@ class EventWriter:
             if not journal.append(event, self._captures.get(event_id)):
                 return
             del self._volatile[event_id]
+
+
+def _store_batch(store: Store, journal: Journal | None, batch: list[CallEvent],
+                 captures: dict[str, Capture] | None) -> None:
+    """On the store thread: the batch committed, then the journal's file work (trimming the segments it set
+    aside, deleting those whose events are all stored: this batch covers them), off the event loop."""
+    if journal is not None:
+        journal.close_retired()
+    store.insert_events(batch, captures)
+    if journal is not None:
+        journal.committed()
