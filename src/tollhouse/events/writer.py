@@ -280,10 +280,12 @@ class EventWriter:
 
 def _store_batch(store: Store, journal: Journal | None, batch: list[CallEvent],
                  captures: dict[str, Capture] | None) -> None:
-    """On the store thread: the batch committed, then the journal's file work (trimming the segments it set
-    aside, deleting those whose events are all stored: this batch covers them), off the event loop."""
+    """On the store thread: the batch committed, and the journal's file work off the event loop: trimming the
+    segments it set aside, deleting those whose events are all stored (this batch covers them), and making the
+    segment its next rotation starts."""
     if journal is not None:
         journal.close_retired()
     store.insert_events(batch, captures)
     if journal is not None:
         journal.committed()
+        journal.prepare_spare()
