@@ -261,8 +261,9 @@ class EventWriter:
         if self.store_error is not None:
             log.warning("events are being written to the store again (%d in this batch)", len(batch))
             self.store_error = None
-        for event in batch:
-            self._volatile.pop(event.id, None)
+        if self._volatile:  # (a loop over the batch on the event loop only when the journal was down)
+            for event in batch:
+                self._volatile.pop(event.id, None)
         for event_id in captures or ():
             del self._captures[event_id]
         self.written += len(batch)
