@@ -16,6 +16,16 @@ and `error` says why; the writer calls `rotate` again later, which brings it bac
 
 A call in flight journals an *intent* first (a provisional event, `usage_source` "reserved", see
 `EventWriter.begin`); its final event carries the same id and supersedes it at replay (`recover`).
+
+File-system work that need not happen on the request path does not: a segment the journal is done with
+(taken by the writer, or full) is only set aside, and `close_retired` unmaps and trims it later; `committed`
+deletes files; `prepare_spare` creates (allocates and maps) the segment the next rotation starts, under a
+name the previous rotation reserved. The writer runs these three on its store thread, next to the batch's
+commit, while the event loop keeps serving calls; the writer never rotates while that job runs. Only these
+three may run on another thread: besides the spare and the deletion lists, which only they and `rotate`
+touch, they share with `append` only the `_retired` deque, whose appends and pops are atomic. A retired
+segment's lines are already in the page cache: closing it later changes nothing a replay would read. A
+spare holds no line until a rotation takes it (a killed process may leave one, empty: replay skips it).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import contextlib
 import logging
 import mmap
 import os
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -83,6 +94,9 @@ class Journal:
         self._covered: list[Path] = []  # segments whose events are all in the writer's hands
         self._filled: list[Path] = []  # full segments whose events the writer has not taken yet
         self._undeleted: list[Path] = []  # committed segments the file system would not let us delete yet
+        self._retired: deque[_Segment] = deque()  # segments written to for the last time, not closed yet
+        self._spare: _Segment | None = None  # made ahead off the loop: the next rotation starts it
+        self._spare_path: Path | None = None  # the name reserved for the next spare
         self._segment: _Segment | None = None
         self.error: str | None = None  # why the journal is down (None: it is up)
         self._seq = 0
@@ -134,7 +148,7 @@ class Journal:
         if segment is None:
             return False
         if len(line) > segment.free:
-            segment.close()
+            self._retired.append(segment)
             self._filled.append(segment.path)
             segment = self._segment = self._open_next(max(self._segment_bytes, len(line)))
             if segment is None:
@@ -148,21 +162,45 @@ class Journal:
         starts with the `carry` lines (the intents of calls still in flight, whose old segments are
         about to be deleted). Also brings a down journal back up. False: it is (still) down."""
         if self._segment is not None:
-            self._segment.close()
+            self._retired.append(self._segment)
             self._covered.append(self._segment.path)
         self._covered += self._filled
         self._filled.clear()
-        self._segment = self._open_next(self._segment_bytes)
+        spare, self._spare = self._spare, None
+        if spare is not None and self.error is not None:
+            log.warning("the journal in %s is writable again", self._dir)
+            self.error = None
+        self._segment = spare or self._open_next(self._segment_bytes)
         if self._segment is None:
             return False
+        self._seq += 1
+        self._spare_path = self._dir / f"segment-{self._seq:010d}.jsonl"
         return all(self.append_line(line) for line in carry)
+
+    def prepare_spare(self) -> None:
+        """Create the segment the next rotation starts, under the name the last one reserved (if that fails, the
+        rotation creates one itself, and says what is wrong). May run on another thread (see the module's doc)."""
+        path, self._spare_path = self._spare_path, None
+        if path is None or self._spare is not None:
+            return
+        try:
+            self._spare = _Segment(path, self._segment_bytes)
+        except OSError:
+            return
 
     def adopt(self, paths: list[Path]) -> None:
         """Segments an earlier run left, whose events the writer now holds: deleted once they are stored."""
         self._filled[:0] = paths
 
+    def close_retired(self) -> None:
+        """Unmap and trim the segments set aside (their file ends at their last line). May run on another
+        thread (see the module's doc)."""
+        while self._retired:
+            self._retired.popleft().close()
+
     def committed(self) -> None:
-        """Everything taken so far is in the store: drop the segments that held it."""
+        """Everything taken so far is in the store: drop the segments that held it. May run on another
+        thread (see the module's doc)."""
         self._undeleted += self._covered
         self._covered.clear()
         kept: list[Path] = []
@@ -174,6 +212,12 @@ class Journal:
         self._undeleted = kept
 
     def close(self, drained: bool) -> None:
+        self.close_retired()
+        spare, self._spare = self._spare, None
+        if spare is not None:  # it holds nothing
+            spare.close()
+            with contextlib.suppress(OSError):
+                spare.path.unlink()
         if self._segment is not None:
             self._segment.close()
         if drained:

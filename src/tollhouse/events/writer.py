@@ -83,11 +83,17 @@ class EventWriter:
         self._writing: list[CallEvent] = []  # the batch the store thread is committing
         self._id_prefix = os.urandom(4).hex()
         self._id_seq = itertools.count()
+        self._id_ms = -1  # the millisecond `_id_head` is for
+        self._id_head = ""  # the ids of that millisecond start with this
         self._drop_logged = 0.0
 
     def new_id(self, ts_ms: int) -> str:
-        """Unique, time-ordered event ids without a syscall per call (uuid4 reads os.urandom)."""
-        return f"{ts_ms:012x}{self._id_prefix}{next(self._id_seq) & 0xFFFFFFFF:08x}"
+        """Unique, time-ordered event ids without a syscall per call (uuid4 reads os.urandom): the time in
+        ms, this writer's random prefix, a sequence number (the head is formatted once per millisecond)."""
+        if ts_ms != self._id_ms:
+            self._id_ms = ts_ms
+            self._id_head = f"{ts_ms:012x}{self._id_prefix}"
+        return "%s%08x" % (self._id_head, next(self._id_seq) & 0xFFFFFFFF)  # noqa: UP031 (the fastest form)
 
     def unsaved(self) -> list[CallEvent]:
         """Events recorded but not (yet) committed to the store: the batch being written, then pending.
@@ -246,7 +252,7 @@ class EventWriter:
         try:
             if journal is not None and journal.rotate(self._open.values()):
                 self._journal_again()
-            await self._runner.run(lambda s, b=batch, c=captures: s.insert_events(b, c))  # type: ignore[misc]
+            await self._runner.run(lambda s, b=batch, c=captures: _store_batch(s, journal, b, c))  # type: ignore[misc]
         except BaseException:
             self._writing = []
             self._pending = batch + self._pending
@@ -255,13 +261,12 @@ class EventWriter:
         if self.store_error is not None:
             log.warning("events are being written to the store again (%d in this batch)", len(batch))
             self.store_error = None
-        for event in batch:
-            self._volatile.pop(event.id, None)
+        if self._volatile:  # (a loop over the batch on the event loop only when the journal was down)
+            for event in batch:
+                self._volatile.pop(event.id, None)
         for event_id in captures or ():
             del self._captures[event_id]
         self.written += len(batch)
-        if journal is not None:
-            journal.committed()  # the covered segments' events are all in this batch
         return True
 
     def _journal_again(self) -> None:
@@ -272,3 +277,16 @@ class EventWriter:
             if not journal.append(event, self._captures.get(event_id)):
                 return
             del self._volatile[event_id]
+
+
+def _store_batch(store: Store, journal: Journal | None, batch: list[CallEvent],
+                 captures: dict[str, Capture] | None) -> None:
+    """On the store thread: the batch committed, and the journal's file work off the event loop: trimming the
+    segments it set aside, deleting those whose events are all stored (this batch covers them), and making the
+    segment its next rotation starts."""
+    if journal is not None:
+        journal.close_retired()
+    store.insert_events(batch, captures)
+    if journal is not None:
+        journal.committed()
+        journal.prepare_spare()

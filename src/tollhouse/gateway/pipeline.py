@@ -39,7 +39,7 @@ from tollhouse.gateway.record import Finished, record
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import Charge, LeaseUnavailable, ReserveResult
 from tollhouse.model_limits import worst_output_tokens
-from tollhouse.policy.decide import CountersDown, Gate, Problem, Verdict, decide
+from tollhouse.policy.decide import CountersDown, Gate, Outcome, Problem, Verdict, decide
 from tollhouse.policy.dlp import Inspection
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
 from tollhouse.providers.base import Endpoint, RequestFacts
@@ -180,7 +180,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         if problems or not policy.empty:
             verdict, reservation, worst = await _judge(state, policy, where, ident, got, problems, inspection, now_s,
                                                        ts_ms)
-        if verdict is not None and verdict.blocked:
+        if verdict is not None and verdict.outcome is Outcome.block:
             resp = enforce.render_block(state, route, verdict, ident.subject, got.facts.model,
                                         datetime.fromtimestamp(now_s, UTC),
                                         tool_answers.block_as_message(request, state, ident.subject, where.endpoint,
@@ -224,7 +224,8 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         # kill -9 can never lose a call the client has already been answered.
         record(state, Finished(route, where.endpoint_name, where.endpoint_class, where.forward_path, ident.subject,
                                got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
-                               started, ts_ms, prompt, capture, _charged_at_worst(where, got, worst), event_id))
+                               started, ts_ms, prompt, capture,
+                               None if worst is None else _charged_at_worst(where, got, worst), event_id))
 
 
 async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified, ident: Identity, got: Read,
@@ -237,22 +238,26 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     enforced = enforce.enforced(state, subject)
     settings = state.settings
     gate = Gate(enforced, problems, True, settings.pricing.unpriced, settings.counters.fail_open)
-    call = CallFacts(route.id, route.host, got.facts.model,
-                     None if inspection is None else inspection.rule_ids,
-                     frozenset() if inspection is None else inspection.unchecked)
+    call = CallFacts(route.id, route.host, got.facts.model) if inspection is None else \
+        CallFacts(route.id, route.host, got.facts.model, inspection.rule_ids, inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
     overrides = state.overrides.current  # an override covers the model and provider it was approved for
     exemptions = overrides.for_call(subject.id, route.id, got.facts.model, ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions)
-    for name in () if got.facts.model or verdict.blocked else got.facts.batch_models:
-        # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
-        judged = decide(gate, policy, call._replace(model=name), subject, now,
-                        overrides.for_call(subject.id, route.id, name, ts_ms))
-        if judged.blocked:
-            verdict = judged
-            break
-    enforce.count_violations(state, verdict, subject, got.facts.model)
-    if verdict.blocked or not verdict.caps or where.endpoint_class not in _JUDGED:
+    facts = got.facts
+    if facts.batch_models and not facts.model and not verdict.blocked:
+        for name in facts.batch_models:
+            # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
+            judged = decide(gate, policy, call._replace(model=name), subject, now,
+                            overrides.for_call(subject.id, route.id, name, ts_ms))
+            if judged.blocked:
+                verdict = judged
+                break
+    decision = verdict.decision
+    if decision is not None and decision.violations:
+        enforce.count_violations(state, verdict, subject, facts.model)
+    if decision is None or not decision.caps or verdict.outcome is Outcome.block \
+            or where.endpoint_class not in _JUDGED:
         # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
         return verdict, None, None
     charge, priced = _worst_case(state, route, got, verdict)
@@ -262,10 +267,10 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
         if verdict.blocked:
             return verdict, None, None
     try:
-        ceilings = verdict.ceilings
-        reserved = state.ledger.try_reserve(verdict.caps, charge, ts_ms, ceilings)
+        caps, ceilings = verdict.caps, verdict.ceilings
+        reserved = state.ledger.try_reserve(caps, charge, ts_ms, ceilings)
         if reserved is None:  # a counter to load from the store first, or a Redis round trip
-            reserved = await state.ledger.reserve(verdict.caps, charge, ts_ms, ceilings)
+            reserved = await state.ledger.reserve(caps, charge, ts_ms, ceilings)
     except StoreError as exc:
         down = CountersDown(str(exc), exc.because) if isinstance(exc, LeaseUnavailable) else CountersDown(str(exc))
         verdict = decide(gate, policy, call, subject, now, exemptions, down)
@@ -274,23 +279,22 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     if state.outage.ongoing:
         state.outage.succeeded(ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage, judged=verdict)
-    return verdict, _kept(state, reserved, verdict), charge
+    if verdict.outcome is Outcome.block:
+        _release(state, reserved)
+        return verdict, None, charge
+    return verdict, reserved.reservation, charge
 
 
-def _charged_at_worst(where: Classified, got: Read, worst: Charge | None) -> Charge | None:
+def _charged_at_worst(where: Classified, got: Read, worst: Charge) -> Charge | None:
     """Calls whose usage the answer does not tell are settled at the worst case they reserved: governed
     endpoints (images, batches, ...) and Responses API background calls (usage known only when polled)."""
-    if worst is None or not (where.endpoint_class == "governed" or got.facts.background):
-        return None
-    return worst
+    return worst if where.endpoint_class == "governed" or got.facts.background else None
 
 
-def _kept(state: GatewayState, reserved: ReserveResult, verdict: Verdict) -> object | None:
-    """The reservation stands unless the verdict refuses the call (nothing was spent: it is released)."""
-    if reserved.reservation is not None and verdict.blocked:
+def _release(state: GatewayState, reserved: ReserveResult) -> None:
+    """A refused call spent nothing: its reservation (if one was made) is released."""
+    if reserved.reservation is not None:
         state.ledger.settle(reserved.reservation, Charge("", 0, 0, 0, 0))
-        return None
-    return reserved.reservation
 
 
 def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: Verdict | None
@@ -303,7 +307,12 @@ def _worst_case(state: GatewayState, route: ProviderRoute, got: Read, verdict: V
     input_est = max(len(got.body) // 4, 1)
     prices = state.prices
     default = state.settings.ledger.default_max_output_tokens
-    models = (model,) if model else facts.batch_models
+    if model:  # the usual case: one model
+        limit = prices.max_output_tokens(route.price_provider, model)
+        output_max = worst_output_tokens(facts.max_output_tokens, limit, default) * facts.choices
+        cost = prices.token_cost_nusd(route.price_provider, model, input_est, output_max)
+        return Charge(route.id, cost or 0, input_est, output_max), cost is not None
+    models = facts.batch_models
     if not models:
         output_max = 0 if facts.max_output_tokens is None and got.parsed is None else \
             worst_output_tokens(facts.max_output_tokens, None, default)

@@ -66,31 +66,33 @@ def record(state: GatewayState, call: Finished) -> None:
         if cost is None:
             m.unpriced.labels(route.id, m.model_label(model)).inc()
     subject = call.subject
-    decision = verdict.applied if verdict is not None else "allow"
-    refusal = verdict.refusal if verdict is not None and verdict.blocked else None
-    error = seen.error if refusal is None else refusal.message
-    if verdict is not None and verdict.counters_down is not None:
-        error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
-    exempted = exemption_ids(verdict)
+    decision, rule_id, would, error, exempted = "allow", None, None, seen.error, None
+    if verdict is not None:
+        decision, rule_id, would = verdict.applied, verdict.rule_id, verdict.would
+        if decision == "block" and verdict.refusal is not None:
+            error = verdict.refusal.message
+        if verdict.counters_down is not None:
+            error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
+        exempted = exemption_ids(verdict)
     # Positional, in column order (a tuple: built once per call, on the hot path).
     event = CallEvent(
         call.event_id or state.writer.new_id(call.ts_ms), call.ts_ms, subject.id, subject.kind, subject.team,
         subject.project, subject.cost_centre, route.id, call.endpoint, call.path, metered, model,
         call.requested_model, call.stream, seen.status if seen.status else 499, usage.input_tokens,
         usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost, _SOURCE[seen.usage_source],
-        decision, verdict.rule_id if verdict is not None else None, verdict.would if verdict is not None else None,
-        round(elapsed * 1000, 3), round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None,
-        seen.client_disconnected, error, call.endpoint_class, exempted)
+        decision, rule_id, would, round(elapsed * 1000, 3),
+        round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None, seen.client_disconnected, error,
+        call.endpoint_class, exempted)
     state.writer.record(event, capture(call.prompt, seen.response_text) if call.capture else None)
     state.alerts.offer(event, verdict)  # alerting happens off the request path (alerts/service.py)
     if verdict is not None:
-        if verdict.enforced and decision != "block" and verdict.decision is not None:
+        if decision == "block":
+            _audit_block(state, event, verdict)
+        elif verdict.enforced and verdict.decision is not None and verdict.decision.waived:
             for waived in verdict.decision.waived:
                 m.exemption_passes.labels(waived.rule.id).inc()
             if exempted is not None:
                 audit_use(state, event, verdict)
-        if verdict.blocked:
-            _audit_block(state, event, verdict)
     # The event is durable (journaled) before the answer leaves; counting it is not on the answer's path:
     # the loop runs this right after the handler returns, in order, before it handles anything that
     # arrives later (such as this client's next call).

@@ -49,13 +49,14 @@ def begin_call(writer: EventWriter, ts_ms: int, subject: Subject, provider: str,
     """Journal the intent of a call about to be forwarded, at its worst case (`worst`: what it reserved);
     returns the id its final event must carry (the final event supersedes the intent)."""
     event_id = writer.new_id(ts_ms)
+    input_tokens, output_tokens, spend = (0, 0, None) if worst is None else \
+        (worst.input_tokens, worst.output_tokens, worst.spend_nusd)
     # The CallEvent's columns in order, serialised straight from a plain tuple (this runs for every call).
     writer.begin_line(event_id, row_line((
         event_id, ts_ms, subject.id, subject.kind, subject.team, subject.project, subject.cost_centre, provider,
-        endpoint, path, endpoint_class == "metered", model, requested_model, stream, 0,
-        worst.input_tokens if worst is not None else 0, worst.output_tokens if worst is not None else 0, 0, 0,
-        worst.spend_nusd if worst is not None else None, PROVISIONAL, decision, rule_id, would, 0.0, None, False,
-        UNFINISHED, endpoint_class, exemption_id)))
+        endpoint, path, endpoint_class == "metered", model, requested_model, stream, 0, input_tokens, output_tokens,
+        0, 0, spend, PROVISIONAL, decision, rule_id, would, 0.0, None, False, UNFINISHED, endpoint_class,
+        exemption_id)))
     return event_id
 
 

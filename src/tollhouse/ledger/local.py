@@ -37,19 +37,41 @@ HistoryRow = tuple[int, str, int, int, int, int]
 Loader = Callable[[str, str, int, int], Awaitable[list[HistoryRow]]]
 
 
-def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int], sign: int = 1) -> None:
+# The additions below are unrolled, one function each: they run several times per call.
+
+def _add(into: dict[str, list[int]], provider: str, vec: Sequence[int]) -> None:
+    """Add `vec` to `provider`'s row of `into`."""
+    s, i, o, r = vec
     row = into.get(provider)
     if row is None:
-        row = into[provider] = [0, 0, 0, 0]
-    _add_vec(row, vec, sign)
+        into[provider] = [s, i, o, r]
+        return
+    row[0] += s
+    row[1] += i
+    row[2] += o
+    row[3] += r
 
 
-def _add_vec(row: list[int], vec: Sequence[int], sign: int = 1) -> None:
-    s, i, o, r = vec  # unrolled: this runs several times per call
-    row[0] += sign * s
-    row[1] += sign * i
-    row[2] += sign * o
-    row[3] += sign * r
+def _add_both(into: dict[str, list[int]], provider: str, total: list[int], vec: Sequence[int]) -> None:
+    """Add `vec` to `provider`'s row of `into` and to `total` (the same table summed over providers)."""
+    s, i, o, r = vec
+    row = into.get(provider)
+    if row is None:
+        into[provider] = [s, i, o, r]
+    else:
+        row[0] += s
+        row[1] += i
+        row[2] += o
+        row[3] += r
+    total[0] += s
+    total[1] += i
+    total[2] += o
+    total[3] += r
+
+
+def _negated(vec: Sequence[int]) -> tuple[int, int, int, int]:
+    s, i, o, r = vec
+    return (-s, -i, -o, -r)
 
 
 def _sum(table: dict[str, list[int]], metric: str, providers: frozenset[str] | None) -> int:
@@ -114,8 +136,7 @@ class Counter:
         while buckets and buckets[0][0] + self.bucket_ms <= floor:
             _, table = buckets.popleft()
             for provider, vec in table.items():
-                _add(self.totals, provider, vec, -1)
-                _add_vec(self.totals_all, vec, -1)
+                _add_both(self.totals, provider, self.totals_all, _negated(vec))
 
     def settled(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         if self.window.monthly:
@@ -138,10 +159,9 @@ class Counter:
         reserved = self.reserved
         return self.settled(metric, providers, now_ms) + (_sum(reserved, metric, providers) if reserved else 0)
 
-    def reserve(self, provider: str, vec: Sequence[int], sign: int = 1) -> None:
-        """Hold (sign 1) or release (sign -1) an in-flight call's worst case."""
-        _add(self.reserved, provider, vec, sign)
-        _add_vec(self.reserved_all, vec, sign)
+    def reserve(self, provider: str, vec: Sequence[int]) -> None:
+        """Hold an in-flight call's worst case (release it with the negated vector)."""
+        _add_both(self.reserved, provider, self.reserved_all, vec)
 
     def add_settled(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
         if self.window.monthly:
@@ -153,12 +173,10 @@ class Counter:
                     self.month_all.pop(old, None)
                 table = self.months[mid] = {}
                 self.month_all[mid] = [0, 0, 0, 0]
-            _add(table, provider, vec)
-            _add_vec(self.month_all[mid], vec)
+            _add_both(table, provider, self.month_all[mid], vec)
             return
         start = ts_ms - ts_ms % self.bucket_ms
-        _add(self.totals, provider, vec)
-        _add_vec(self.totals_all, vec)
+        _add_both(self.totals, provider, self.totals_all, vec)
         for b_start, existing in reversed(self.buckets):  # newest first: almost always the last one
             if b_start == start:
                 _add(existing, provider, vec)
@@ -348,8 +366,9 @@ class LocalLedger:
     def _release(self, res: Reservation) -> None:
         res.held = False
         self._reservations.pop(res.rid, None)
+        negated = _negated(res.vector)
         for counter in res.counters:
-            counter.reserve(res.provider, res.vector, -1)
+            counter.reserve(res.provider, negated)
 
     def expire(self, now_ms: int) -> int:
         """Release the hold of reservations older than the reservation TTL (a crash, or a very long call), so

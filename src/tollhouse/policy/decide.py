@@ -118,8 +118,10 @@ class Verdict(NamedTuple):
         if self.refusal is not None and self.enforced:
             return None
         d = self.decision
-        found = d.rule_id if d is not None and (self.enforced or self.shadowed is None) else None
-        if found is None and self.shadowed is not None and self.would is not None:
+        if self.shadowed is None:  # the usual case: no shadow rules
+            return d.rule_id if d is not None else None
+        found = d.rule_id if d is not None and self.enforced else None
+        if found is None and self.would is not None:
             found = self.shadowed.rule_id
         return found
 
@@ -190,7 +192,8 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
     function's verdict on the same call before the ledger's numbers were known; its rules' judgement is reused
     (the rules' part depends on nothing the numbers change)."""
     enforced = gate.enforced
-    for problem in gate.problems:
+    problems = gate.problems
+    for problem in problems:
         if problem.always:
             return Verdict(Outcome.block, enforced, refusal=problem)
     decision: Decision | None = None
@@ -201,7 +204,7 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
         decision = policy.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
         if policy.shadow is not None:
             shadowed = policy.shadow.evaluate(call, subject, now, waived=exemptions.keys())  # type: ignore[arg-type]
-    observed = gate.problems[0] if gate.problems else None
+    observed = problems[0] if problems else None
     if observed is not None and enforced:
         return Verdict(Outcome.block, True, decision, observed, exemptions)
     caps = decision.caps if decision is not None else ()
@@ -219,20 +222,21 @@ def decide(gate: Gate, policy: CompiledPolicy | None, call: CallFacts, subject: 
     return _rules(decision, enforced, exemptions, tuple(usage or ()), observed, None, gate.priced, shadowed)
 
 
-def _over(u: CapUsage, priced: bool) -> bool:
-    """The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts as
-    nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not zero."""
-    return u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit)
-
-
 def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, str], usage: tuple[CapUsage, ...],
            observed: Problem | None, counters_down: str | None, priced: bool = True,
            shadowed: Decision | None = None) -> Verdict:
     if decision is None:
         return Verdict(Outcome.allow, enforced, None, observed, exemptions, usage, counters_down)
     if usage:
-        over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if _over(u, priced)]
-        if over:
+        over: list[Violation] | None = None
+        for u in usage:
+            # The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts
+            # as nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not 0.
+            if u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit):
+                if over is None:
+                    over = []
+                over.append(Violation(u.cap.rule, u.cap.level, cap_reason(u)))
+        if over is not None:
             decision = with_violations(decision, over)
             if shadowed is not None:
                 shadowed = with_violations(shadowed, over)

@@ -99,33 +99,27 @@ class Decision:
     trace: tuple[str, ...] = ()
     waived: tuple[Violation, ...] = ()  # violations of waived rules: they did not count
     waived_rules: frozenset[str] = frozenset()  # the rule ids waived for this call
-    # Per cap, its limit when going over it refuses the call (a hard cap, not waived), else None: computed
-    # once with the (memoised) decision, read on every call's reserve.
+    # Computed once with the (memoised) decision, read on every call: per cap, its limit when going over it
+    # refuses the call (a hard cap, not waived), else None; the violation that decided the outcome (most
+    # severe, first of equals); the rule that decided it (that violation's, else the redirect's).
     hard_limits: tuple[int | None, ...] = field(init=False, default=())
+    top: Violation | None = field(init=False, default=None)
+    rule_id: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hard_limits", tuple(cap.units if cap.hard else None for cap in self.caps))
-
-    @property
-    def top(self) -> Violation | None:
-        """The violation that decided the outcome (most severe; first of equals)."""
         best: Violation | None = None
         for v in self.violations:
             if best is None or v.rule.severity > best.rule.severity:
                 best = v
-        return best
+        object.__setattr__(self, "top", best)
+        rule = best.rule if best is not None else self.redirect.rule if self.redirect is not None else None
+        object.__setattr__(self, "rule_id", rule.id if rule is not None else None)
 
     @property
     def severity(self) -> Severity | None:
         top = self.top
         return top.rule.severity if top else None
-
-    @property
-    def rule_id(self) -> str | None:
-        top = self.top
-        if top is not None:
-            return top.rule.id
-        return self.redirect.rule.id if self.redirect else None
 
 
 @dataclass(frozen=True, slots=True)

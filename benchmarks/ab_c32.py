@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Enforcing c=32 throughput of two source trees side by side, finely interleaved.
+
+Both gateways run at once against one nginx upstream (the suite's canned completion, the suite's enforcing
+config: 1,000 rules + personal budget + team token window, 1,000 people); wrk's c=32 load then alternates
+between them in short windows (A B, B A, A B, ...), so a change in the machine's background load falls on
+both alike. Per window pair it prints req/s of each and their ratio; at the end the ratio of the summed
+requests, the median of the pair ratios and the gateways' CPU per request.
+
+    PYTHONPATH=NEW/src python benchmarks/ab_c32.py --base-src BASE/src [--pairs 12] [--seconds 3]
+
+(BASE/src: e.g. a worktree of the old commit: git worktree add --detach /tmp/old b841367.) Written because
+the suite's c32 runs, target then baseline 10 s each, swing 0.6x-1.4x on this shared two-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_gateway import (
+    CHAT_BODY,
+    Target,
+    build_scenarios,
+    cpu_seconds,
+    free_port,
+    gateway_config,
+    run_wrk,
+    start_gateway,
+    stop_service,
+    write_wrk_script,
+)
+from suite import process_tree, start_upstream
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-src", type=Path, required=True)
+    parser.add_argument("--pairs", type=int, default=12)
+    parser.add_argument("--seconds", type=int, default=3)
+    args = parser.parse_args()
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    with tempfile.TemporaryDirectory(prefix="tollhouse-ab-") as tmp:
+        work = Path(tmp)
+        up_port = free_port()
+        upstream = start_upstream(work, up_port)
+        services = []
+        try:
+            scenario = build_scenarios(["rules-1000+budget"], datetime.datetime.now(datetime.UTC))[0]
+            targets: dict[str, Target] = {}
+            pids: dict[str, list[int]] = {}
+            for name, src in (("new", None), ("base", args.base_src)):
+                port = free_port()
+                service = start_gateway(port, gateway_config(up_port, scenario.config), work, name, src=src)
+                services.append(service)
+                targets[name] = Target(name, port, "/openai/v1/chat/completions")
+                pids[name] = process_tree(service.proc.pid)
+            script = write_wrk_script(work / "c32.lua", CHAT_BODY, scenario.users)
+            for name in ("new", "base"):  # warm: every subject's counters loaded
+                run_wrk(wrk, targets[name], script, 2)
+            total = {"new": 0, "base": 0}
+            cpu = {"new": 0.0, "base": 0.0}
+            ratios = []
+            for i in range(args.pairs):
+                order = ("new", "base") if i % 2 == 0 else ("base", "new")
+                rps = {}
+                for name in order:
+                    before = sum(cpu_seconds(p) for p in pids[name])
+                    result = run_wrk(wrk, targets[name], script, args.seconds)
+                    cpu[name] += sum(cpu_seconds(p) for p in pids[name]) - before
+                    n = int(result.get("requests") or 0)
+                    total[name] += n
+                    rps[name] = n / args.seconds
+                ratios.append(rps["new"] / rps["base"])
+                print(f"pair {i + 1:2d} ({order[0]} first): new {rps['new']:7.0f} req/s, base {rps['base']:7.0f} "
+                      f"req/s, ratio {ratios[-1]:.3f}", flush=True)
+            print(f"summed requests ratio {total['new'] / total['base']:.3f}; median pair ratio "
+                  f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); CPU ms per request "
+                  f"new {cpu['new'] * 1000 / total['new']:.4f}, base {cpu['base'] * 1000 / total['base']:.4f} "
+                  f"(ratio {(cpu['new'] / total['new']) / (cpu['base'] / total['base']):.3f})")
+        finally:
+            for service in services:
+                stop_service(service)
+            stop_service(upstream)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
