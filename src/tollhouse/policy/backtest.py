@@ -1,0 +1,229 @@
+"""Policy backtest (pure): what a policy would have done to stored traffic, call by call, in time order.
+
+A `Simulation` replays past calls through the same `decide()` the gateway runs, enforcing, with budget counters
+simulated the way the gateway's embedded ledger would have kept them (its `Counter`s through `LocalLedger`:
+monthly windows in the organisation's zone from its billing day, rolling windows in buckets, a team's caps
+counting everyone under the team, refused calls counting nothing). What it cannot know it does not guess:
+
+- a call is judged on what it really used (the gateway judges the worst case before the call; history knows
+  the actual usage), re-priced at the model it would have gone to when a redirect changes it (or undoes one);
+- a call refused in history was never forwarded: if the rules let it through, its usage is unknown and counted
+  as nothing (`cost_unknown`);
+- a call the gateway itself refused (unknown key, unreadable body, ...: blocked with no rule) is not judged;
+- CONTENT_DLP rules need the prompt, which history does not keep: the calls they apply to are `not_evaluable` for
+  them (judged as if the prompt matched nothing, and said so).
+
+Counters that begin before the window are loaded, as the gateway does, from what was stored before it
+(`HistoryLoader`). Exemptions are not replayed (the calls are judged as if nobody held one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+from tollhouse.config import Unpriced
+from tollhouse.directory import Directory, Subject
+from tollhouse.ledger.local import HistoryRow, LocalLedger
+from tollhouse.ledger.types import CapUsage, Charge
+from tollhouse.ledger.windows import window_bounds_ms
+from tollhouse.money import cap_reason
+from tollhouse.policy.decide import Gate, Verdict, decide
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
+from tollhouse.policy.rules import Kind, Mode
+from tollhouse.pricing import PriceBook
+from tollhouse.providers.usage import Usage
+
+JUDGED = frozenset({"metered", "governed"})  # endpoint classes whose model is judged and whose usage counts
+
+# (scope, ids, since_ms, until_ms, bucket_ms) -> settled usage rows stored in [since, until), as the ledger's
+# loader gives them: (bucket start ms, provider, spend nano-USD, input tokens, output tokens, requests)
+HistoryLoader = Callable[[str, Sequence[str], int, int, int], list[HistoryRow]]
+
+
+class Past(NamedTuple):
+    """One stored call, as the backtest reads it (the store's columns, in this order)."""
+
+    seq: int
+    ts_ms: int
+    subject: str
+    subject_kind: str
+    team: str | None
+    project: str | None
+    cost_centre: str | None
+    provider: str
+    endpoint_class: str
+    model: str | None  # the model the upstream answered as (after a redirect)
+    requested_model: str | None  # the model the caller asked for: what is judged
+    status: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_nusd: int | None
+    decision: str  # as recorded: allow | warn | redirect | block
+    rule_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What judging a past call needs besides the rules: the directory (team chains), prices, where each provider
+    route points, the ledger's calendar, and the pricing and counters settings decide() reads."""
+
+    directory: Directory
+    prices: PriceBook
+    hosts: dict[str, str]  # provider route id -> upstream host name
+    price_providers: dict[str, str]  # provider route id -> its id in the price table
+    billing_day: int
+    tz: ZoneInfo
+    unpriced: Unpriced = Unpriced.block
+    counters_fail_open: bool = False
+
+
+class Judged(NamedTuple):
+    """One simulation's verdict on one call, and what the call uses going where the verdict sends it (what it
+    would have cost, for a call the verdict refuses: the cost the refusal prevents)."""
+
+    verdict: Verdict | None  # None: refused by the gateway itself in history (not judged)
+    charge: Charge
+    known: bool  # its usage is known (False: refused in history, let through here)
+    unevaluable: tuple[str, ...]  # content rules that applied but could not be judged (no prompt)
+    saved_nusd: int = 0  # a redirect: the cost at the model asked for less the cost at the substitute
+
+    @property
+    def outcome(self) -> str:
+        return "block" if self.verdict is None else self.verdict.applied
+
+
+_NOTHING = Charge("", 0, 0, 0, 0)
+
+
+def shadow_ids(policy: CompiledPolicy) -> frozenset[str]:
+    return frozenset(r.id for r in policy.rules if r.enabled and r.mode is Mode.shadow)
+
+
+class Simulation:
+    """One policy, enforcing, over past calls given in time order, with its own budget counters."""
+
+    def __init__(self, policy: CompiledPolicy, setting: Setting, since_ms: int, history: HistoryLoader) -> None:
+        self.policy = policy
+        self.setting = setting
+        self.since_ms = since_ms
+        self._history = history
+        self._ledger = LocalLedger(_no_loader, setting.billing_day, setting.tz, 1e12)
+        self._shadow = shadow_ids(policy)
+        self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
+        self._subjects: dict[tuple[object, ...], Subject] = {}
+
+    def subject(self, p: Past) -> Subject:
+        key = (p.subject, p.subject_kind, p.team, p.project, p.cost_centre)
+        found = self._subjects.get(key)
+        if found is None:
+            found = Subject(p.subject, p.subject_kind, p.team, self.setting.directory.team_chain(p.team), p.project,
+                            p.cost_centre)
+            if len(self._subjects) < 200_000:
+                self._subjects[key] = found
+        return found
+
+    def judge(self, p: Past) -> Judged:
+        if p.decision == "block" and p.rule_id is None:
+            return Judged(None, _NOTHING, True, ())
+        s = self.setting
+        policy = self.policy
+        subject = self.subject(p)
+        judged_class = p.endpoint_class in JUDGED
+        model = p.requested_model if judged_class else None
+        call = CallFacts(p.provider, s.hosts.get(p.provider, ""), model)
+        now = datetime.fromtimestamp(p.ts_ms / 1000, UTC)
+        gate = Gate(True, (), True, s.unpriced, s.counters_fail_open)
+        verdict = decide(gate, policy, call, subject, now)
+        unevaluable: tuple[str, ...] = ()
+        if self._content and model is not None and p.endpoint_class == "metered":
+            unevaluable = tuple(r.id for r in policy.content_rules(subject))
+        upstream = verdict.decision.model if verdict.decision is not None else model
+        charge, priced, known = self._charge(p, upstream)
+        if verdict.blocked:
+            return Judged(verdict, charge, known, unevaluable)
+        caps = verdict.caps
+        extra = self._shadow_caps(verdict)
+        if not judged_class or not (caps or extra):
+            return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
+        if not priced:
+            verdict = decide(gate._replace(priced=False), policy, call, subject, now)
+            if verdict.blocked:
+                return Judged(verdict, charge, known, unevaluable)
+            gate = gate._replace(priced=False)
+        every = (*caps, *extra)
+        self._load(every, p.ts_ms)
+        reserved = self._ledger.reserve_now(every, charge, p.ts_ms, (*verdict.ceilings, *(None,) * len(extra)))
+        n = len(caps)
+        verdict = decide(gate, policy, call, subject, now, usage=reserved.usage[:n] if n else None, judged=verdict)
+        if extra:
+            verdict = _with_shadow_usage(verdict, reserved.usage[n:])
+        if reserved.reservation is not None:
+            self._ledger.settle(reserved.reservation, _NOTHING if verdict.blocked else charge)
+        return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
+
+    def _saved(self, p: Past, verdict: Verdict, charge: Charge) -> int:
+        d = verdict.decision
+        if d is None or d.redirect is None or verdict.blocked:
+            return 0
+        return self._charge(p, d.requested_model)[0].spend_nusd - charge.spend_nusd
+
+    def _shadow_caps(self, verdict: Verdict) -> tuple[Cap, ...]:
+        """The caps of shadow rules: judged (counted, never refusing) beside the rules in force."""
+        shadowed = verdict.shadowed
+        if shadowed is None or not self._shadow:
+            return ()
+        return tuple(c for c in shadowed.caps if c.rule.id in self._shadow)
+
+    def _charge(self, p: Past, model: str | None) -> tuple[Charge, bool, bool]:
+        """What the call uses going to `model`: (charge, the model has a price, the usage is known)."""
+        s = self.setting
+        if p.decision == "block":  # never forwarded: what it would have used is unknown
+            return Charge(p.provider, 0, 0, 0, 1), model is not None and self._priced(p.provider, model), False
+        requests = 1 if p.status < 400 else 0
+        sent = p.model if p.decision == "redirect" else p.requested_model
+        if model == sent or p.endpoint_class != "metered" or model is None:
+            cost = p.cost_nusd
+            priced = cost is not None or model is None or self._priced(p.provider, model)
+        else:  # a redirect made (or undone) here: the same tokens at the other model's price
+            cost = s.prices.cost_nusd(s.price_providers.get(p.provider, p.provider), model,
+                                      Usage(p.input_tokens, p.output_tokens, p.cache_read_tokens,
+                                            p.cache_write_tokens))
+            priced = cost is not None
+        return Charge(p.provider, cost or 0, p.input_tokens, p.output_tokens, requests), priced, True
+
+    def _priced(self, provider: str, model: str) -> bool:
+        s = self.setting
+        return s.prices.known(s.price_providers.get(provider, provider), model)
+
+    def _load(self, caps: Sequence[Cap], ts_ms: int) -> None:
+        """Counters used for the first time start from what was stored before the window, as the gateway's do."""
+        s = self.setting
+        for cap in caps:
+            counter = self._ledger.counter(cap.key, cap.window)
+            if counter.loaded:
+                continue
+            start, _ = window_bounds_ms(cap.window, ts_ms, s.billing_day, s.tz)
+            if start < self.since_ms:
+                scope, ident = cap.counter
+                ids = s.directory.descendants(ident) if scope == "team" else (ident,)
+                for ts, provider, spend, inp, outp, reqs in self._history(scope, ids or (ident,), start,
+                                                                         self.since_ms, counter.bucket_ms or 1000):
+                    counter.add_settled(ts, provider, (spend, inp, outp, reqs))
+            counter.loaded = True
+
+
+def _with_shadow_usage(verdict: Verdict, usage: Sequence[CapUsage]) -> Verdict:
+    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if u.used + u.need > u.limit]
+    if not over or verdict.shadowed is None:
+        return verdict
+    return verdict._replace(shadowed=with_violations(verdict.shadowed, over))
+
+
+async def _no_loader(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
+    raise AssertionError("the backtest loads its counters itself")  # pragma: no cover
