@@ -24,12 +24,13 @@ def stream_calls(store: Store, since_ms: int, until_ms: int, page: int = PAGE) -
     last_ts, last_seq = since_ms, -1
     make = Past._make
     while True:
-        rows = store.db.query(_PAGE_SQL, (last_ts, until_ms, last_ts, last_seq, page))
+        rows = store.db.tuples(_PAGE_SQL, (last_ts, until_ms, last_ts, last_seq, page))
         for row in rows:
-            yield make(row.values())
+            yield make(row)
         if len(rows) < page:
             return
-        last_ts, last_seq = int(rows[-1]["ts_ms"]), int(rows[-1]["seq"])
+        last = make(rows[-1])
+        last_ts, last_seq = int(last.ts_ms), int(last.seq)
 
 
 def settled_between(store: Store, scope: str, ids: Sequence[str], since_ms: int, until_ms: int, bucket_ms: int

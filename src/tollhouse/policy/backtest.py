@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo
 
 from tollhouse.config import Unpriced
 from tollhouse.directory import Directory, Subject
-from tollhouse.ledger.local import HistoryRow, LocalLedger
-from tollhouse.ledger.types import CapUsage, Charge
+from tollhouse.ledger.local import Counter, HistoryRow
+from tollhouse.ledger.types import CapUsage, Charge, metric_of
 from tollhouse.ledger.windows import window_bounds_ms
 from tollhouse.money import cap_reason
 from tollhouse.policy.decide import Gate, Verdict, decide
@@ -113,7 +113,7 @@ class Simulation:
         self.setting = setting
         self.since_ms = since_ms
         self._history = history
-        self._ledger = LocalLedger(_no_loader, setting.billing_day, setting.tz, 1e12)
+        self._counters: dict[tuple[str, str, str], Counter] = {}
         self._shadow = shadow_ids(policy)
         self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
         self._subjects: dict[tuple[object, ...], Subject] = {}
@@ -128,7 +128,8 @@ class Simulation:
                 self._subjects[key] = found
         return found
 
-    def judge(self, p: Past) -> Judged:
+    def judge(self, p: Past, now: datetime | None = None) -> Judged:
+        """The verdict on one past call (`now`: its time as a datetime, when the caller has it already)."""
         if p.decision == "block" and p.rule_id is None:
             return Judged(None, _NOTHING, True, ())
         s = self.setting
@@ -137,7 +138,7 @@ class Simulation:
         judged_class = p.endpoint_class in JUDGED
         model = p.requested_model if judged_class else None
         call = CallFacts(p.provider, s.hosts.get(p.provider, ""), model)
-        now = datetime.fromtimestamp(p.ts_ms / 1000, UTC)
+        now = now or datetime.fromtimestamp(p.ts_ms / 1000, UTC)
         gate = Gate(True, (), True, s.unpriced, s.counters_fail_open)
         verdict = decide(gate, policy, call, subject, now)
         unevaluable: tuple[str, ...] = ()
@@ -156,16 +157,37 @@ class Simulation:
             if verdict.blocked:
                 return Judged(verdict, charge, known, unevaluable)
             gate = gate._replace(priced=False)
-        every = (*caps, *extra)
-        self._load(every, p.ts_ms)
-        reserved = self._ledger.reserve_now(every, charge, p.ts_ms, (*verdict.ceilings, *(None,) * len(extra)))
-        n = len(caps)
-        verdict = decide(gate, policy, call, subject, now, usage=reserved.usage[:n] if n else None, judged=verdict)
+        counters, usage = self._read(caps, charge, p.ts_ms)
+        verdict = decide(gate, policy, call, subject, now, usage=usage or None, judged=verdict)
         if extra:
-            verdict = _with_shadow_usage(verdict, reserved.usage[n:])
-        if reserved.reservation is not None:
-            self._ledger.settle(reserved.reservation, _NOTHING if verdict.blocked else charge)
+            more, shadow_usage = self._read(extra, charge, p.ts_ms)
+            counters += [c for c in more if c not in counters]
+            verdict = _with_shadow_usage(verdict, shadow_usage)
+        if not verdict.blocked:  # counted, as the gateway settles a call that went (a refused one counts nothing)
+            vec = charge.vector()
+            if any(vec):
+                for counter in counters:
+                    counter.add_settled(p.ts_ms, charge.provider, vec)
         return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
+
+    def _read(self, caps: Sequence[Cap], charge: Charge, ts_ms: int) -> tuple[list[Counter], list[CapUsage]]:
+        """Each cap's counter (each once) and what the ledger would tell decide(): used before this call, this
+        call's need, the limit. (Calls are replayed one at a time: no other call holds a reservation.)"""
+        counters: list[Counter] = []
+        usage: list[CapUsage] = []
+        vec = charge.vector()
+        provider = charge.provider
+        table = self._counters
+        for cap in caps:
+            counter = table.get(cap.key)
+            if counter is None:
+                counter = table[cap.key] = self._load(cap, ts_ms)
+            if counter not in counters:
+                counters.append(counter)
+            providers = cap.providers
+            need = metric_of(vec, cap.metric) if providers is None or provider in providers else 0
+            usage.append(CapUsage(cap, counter.settled(cap.metric, providers, ts_ms), need, cap.units, 0))
+        return counters, usage
 
     def _saved(self, p: Past, verdict: Verdict, charge: Charge) -> int:
         d = verdict.decision
@@ -201,21 +223,19 @@ class Simulation:
         s = self.setting
         return s.prices.known(s.price_providers.get(provider, provider), model)
 
-    def _load(self, caps: Sequence[Cap], ts_ms: int) -> None:
-        """Counters used for the first time start from what was stored before the window, as the gateway's do."""
+    def _load(self, cap: Cap, ts_ms: int) -> Counter:
+        """A counter used for the first time starts from what was stored before the window, as the gateway's do."""
         s = self.setting
-        for cap in caps:
-            counter = self._ledger.counter(cap.key, cap.window)
-            if counter.loaded:
-                continue
-            start, _ = window_bounds_ms(cap.window, ts_ms, s.billing_day, s.tz)
-            if start < self.since_ms:
-                scope, ident = cap.counter
-                ids = s.directory.descendants(ident) if scope == "team" else (ident,)
-                for ts, provider, spend, inp, outp, reqs in self._history(scope, ids or (ident,), start,
-                                                                         self.since_ms, counter.bucket_ms or 1000):
-                    counter.add_settled(ts, provider, (spend, inp, outp, reqs))
-            counter.loaded = True
+        counter = Counter(cap.window, s.billing_day, s.tz)
+        start, _ = window_bounds_ms(cap.window, ts_ms, s.billing_day, s.tz)
+        if start < self.since_ms:
+            scope, ident = cap.counter
+            ids = s.directory.descendants(ident) if scope == "team" else (ident,)
+            for ts, provider, spend, inp, outp, reqs in self._history(scope, ids or (ident,), start, self.since_ms,
+                                                                     counter.bucket_ms or 1000):
+                counter.add_settled(ts, provider, (spend, inp, outp, reqs))
+        counter.loaded = True
+        return counter
 
 
 def _with_shadow_usage(verdict: Verdict, usage: Sequence[CapUsage]) -> Verdict:
@@ -223,7 +243,3 @@ def _with_shadow_usage(verdict: Verdict, usage: Sequence[CapUsage]) -> Verdict:
     if not over or verdict.shadowed is None:
         return verdict
     return verdict._replace(shadowed=with_violations(verdict.shadowed, over))
-
-
-async def _no_loader(scope: str, ident: str, since_ms: int, bucket_ms: int) -> list[HistoryRow]:
-    raise AssertionError("the backtest loads its counters itself")  # pragma: no cover

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from tollhouse.events.model import iso_ts
@@ -173,8 +174,9 @@ def run_backtest(calls: Iterable[Past], proposed: CompiledPolicy, in_force: Comp
     same = proposed.rules == in_force.rules
     tally = Tally({r.id: RuleTally(r) for r in proposed.rules if r.enabled}, shadow_ids(proposed))
     for p in calls:
-        judged = mine.judge(p)
-        tally.add(p, judged, judged if same else theirs.judge(p))
+        now = datetime.fromtimestamp(p.ts_ms / 1000, UTC)
+        judged = mine.judge(p, now)
+        tally.add(p, judged, judged if same else theirs.judge(p, now))
     out = tally.json(since_ms, until_ms)
     out["content_rules"] = [r.id for r in proposed.rules if r.enabled and r.kind is Kind.content]
     return out
