@@ -40,11 +40,10 @@ import psycopg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gateway import background_load, free_port, machine_info  # noqa: E402
-
-from tollhouse.events.model import COLUMNS, CallEvent  # noqa: E402
-from tollhouse.events.pg_local import DEFAULT_BIN, LocalPostgres  # noqa: E402
-from tollhouse.events.store import open_store  # noqa: E402
+from bench_gateway import background_load, free_port, machine_info
+from tollhouse.events.model import COLUMNS, CallEvent
+from tollhouse.events.pg_local import DEFAULT_BIN, LocalPostgres
+from tollhouse.events.store import open_store
 
 Json = dict[str, Any]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -200,8 +199,8 @@ def markdown(results: Json) -> str:
              "`tollhouse policy backtest proposed.yaml --days 14 --json` in its own process (start-up included), "
              f"over a store of {results['calls']:,} calls in the window plus {PRE_WINDOW:,} before it. "
              f"Target: {TARGET_S:g} s.", "",
-             "| backend | calls replayed | seconds | calls/s | peak RSS MB | 1 day: calls | 1 day: s | 1 day: peak RSS MB "
-             "| target met |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| backend | calls replayed | seconds | calls/s | peak RSS MB | 1 day: calls | 1 day: s "
+             "| 1 day: peak RSS MB | target met |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for b in results["backends"]:
         d = b["one_day"]
         lines.append(f"| {b['backend']} | {b['replayed']:,} | {b['seconds']} | {b['calls_per_s']:,} | "

@@ -280,7 +280,8 @@ def test_a_redirect_is_repriced_at_the_substitute_and_its_saving_reported() -> N
 
 def test_a_month_boundary_in_the_orgs_zone_resets_a_monthly_budget() -> None:
     """Billing day 5 in New York: 23:59 on the 4th local time is the old month, 00:00 on the 5th the new one."""
-    rules = [{"id": "m", "scope": "org", "condition": {"type": "budget", "threshold": 0.001}, "action": {"type": "block"}}]
+    rules = [{"id": "m", "scope": "org", "condition": {"type": "budget", "threshold": 0.001},
+              "action": {"type": "block"}}]
     policy = CompiledPolicy(parse_rules(rules))
     end = int(datetime(2026, 3, 5, tzinfo=TZ).timestamp() * 1000)
     calls = [past(1, end - 120_000, 0, "gpt-4o-mini", 4000, 0, "allow"),  # $0.0006
