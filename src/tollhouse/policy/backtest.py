@@ -116,7 +116,11 @@ class Simulation:
         self._counters: dict[tuple[str, str, str], Counter] = {}
         self._shadow = shadow_ids(policy)
         self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
+        self._timed = any(r.enabled and r.kind is Kind.time for r in policy.rules)
+        self._gate = Gate(True, (), True, setting.unpriced, setting.counters_fail_open)
         self._subjects: dict[tuple[object, ...], Subject] = {}
+        # The verdict before counting, per call shape (it depends on nothing else: see CompiledPolicy.evaluate).
+        self._first: dict[tuple[object, ...], tuple[CallFacts, Verdict, tuple[str, ...]]] = {}
 
     def subject(self, p: Past) -> Subject:
         key = (p.subject, p.subject_kind, p.team, p.project, p.cost_centre)
@@ -132,18 +136,24 @@ class Simulation:
         """The verdict on one past call (`now`: its time as a datetime, when the caller has it already)."""
         if p.decision == "block" and p.rule_id is None:
             return Judged(None, _NOTHING, True, ())
-        s = self.setting
         policy = self.policy
         subject = self.subject(p)
         judged_class = p.endpoint_class in JUDGED
         model = p.requested_model if judged_class else None
-        call = CallFacts(p.provider, s.hosts.get(p.provider, ""), model)
         now = now or datetime.fromtimestamp(p.ts_ms / 1000, UTC)
-        gate = Gate(True, (), True, s.unpriced, s.counters_fail_open)
-        verdict = decide(gate, policy, call, subject, now)
-        unevaluable: tuple[str, ...] = ()
-        if self._content and model is not None and p.endpoint_class == "metered":
-            unevaluable = tuple(r.id for r in policy.content_rules(subject))
+        gate = self._gate
+        shape = (subject, p.provider, model, p.endpoint_class, p.ts_ms // 60_000 if self._timed else 0)
+        first = self._first.get(shape)
+        if first is None:
+            call = CallFacts(p.provider, self.setting.hosts.get(p.provider, ""), model)
+            unevaluable: tuple[str, ...] = ()
+            if self._content and model is not None and p.endpoint_class == "metered":
+                unevaluable = tuple(r.id for r in policy.content_rules(subject))
+            first = (call, decide(gate, policy, call, subject, now), unevaluable)
+            if len(self._first) >= 100_000:
+                self._first.clear()
+            self._first[shape] = first
+        call, verdict, unevaluable = first
         upstream = verdict.decision.model if verdict.decision is not None else model
         charge, priced, known = self._charge(p, upstream)
         if verdict.blocked:

@@ -114,10 +114,12 @@ class Tally:
         would = verdict.would
         if would is not None:
             self.shadow_would[would] += 1
-        if verdict.decision is not None:
-            self._per_rule(p, mine, verdict.decision, applied=True)
-        if verdict.shadowed is not None:
-            self._per_rule(p, mine, verdict.shadowed, applied=False)
+        d = verdict.decision
+        if d is not None and (d.violations or d.redirect is not None):
+            self._per_rule(p, mine, d, applied=True)
+        d = verdict.shadowed
+        if d is not None and (d.violations or d.redirect is not None):
+            self._per_rule(p, mine, d, applied=False)
 
     def _per_rule(self, p: Past, mine: Judged, d: Decision, applied: bool) -> None:
         """Each rule's own part in one call: its violations (by its severity) and its redirect. Rules in force are
