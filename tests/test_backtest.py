@@ -21,11 +21,12 @@ from tollhouse.events.store import Store
 from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
 from tollhouse.money import cap_reason
-from tollhouse.policy.backtest import Past, Setting, Simulation, shadow_ids
+from tollhouse.policy.backtest import Past, Setting, Simulation
 from tollhouse.policy.backtest_report import run_backtest
 from tollhouse.policy.decide import Gate, Verdict, decide
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
 from tollhouse.policy.rules import parse_rules
+from tollhouse.policy.shadow import shadow_ids
 from tollhouse.pricing import PriceBook
 
 TZ = ZoneInfo("America/New_York")

@@ -30,10 +30,10 @@ from tollhouse.directory import Directory, Subject
 from tollhouse.ledger.local import Counter, HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
 from tollhouse.ledger.windows import window_bounds_ms
-from tollhouse.money import cap_reason
 from tollhouse.policy.decide import Gate, Verdict, decide
-from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
-from tollhouse.policy.rules import Kind, Mode
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
+from tollhouse.policy.rules import Kind
+from tollhouse.policy.shadow import shadow_caps, shadow_ids, with_shadow_usage
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.usage import Usage
 
@@ -101,10 +101,6 @@ class Judged(NamedTuple):
 _NOTHING = Charge("", 0, 0, 0, 0)
 
 
-def shadow_ids(policy: CompiledPolicy) -> frozenset[str]:
-    return frozenset(r.id for r in policy.rules if r.enabled and r.mode is Mode.shadow)
-
-
 class Simulation:
     """One policy, enforcing, over past calls given in time order, with its own budget counters."""
 
@@ -159,7 +155,7 @@ class Simulation:
         if verdict.blocked:
             return Judged(verdict, charge, known, unevaluable)
         caps = verdict.caps
-        extra = self._shadow_caps(verdict)
+        extra = shadow_caps(verdict, self._shadow)
         if not judged_class or not (caps or extra):
             return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
         if not priced:
@@ -172,7 +168,7 @@ class Simulation:
         if extra:
             more, shadow_usage = self._read(extra, charge, p.ts_ms)
             counters += [c for c in more if c not in counters]
-            verdict = _with_shadow_usage(verdict, shadow_usage)
+            verdict = with_shadow_usage(verdict, shadow_usage)
         if not verdict.blocked:  # counted, as the gateway settles a call that went (a refused one counts nothing)
             vec = charge.vector()
             if any(vec):
@@ -204,13 +200,6 @@ class Simulation:
         if d is None or d.redirect is None or verdict.blocked:
             return 0
         return self._charge(p, d.requested_model)[0].spend_nusd - charge.spend_nusd
-
-    def _shadow_caps(self, verdict: Verdict) -> tuple[Cap, ...]:
-        """The caps of shadow rules: judged (counted, never refusing) beside the rules in force."""
-        shadowed = verdict.shadowed
-        if shadowed is None or not self._shadow:
-            return ()
-        return tuple(c for c in shadowed.caps if c.rule.id in self._shadow)
 
     def _charge(self, p: Past, model: str | None) -> tuple[Charge, bool, bool]:
         """What the call uses going to `model`: (charge, the model has a price, the usage is known)."""
@@ -246,10 +235,3 @@ class Simulation:
                 counter.add_settled(ts, provider, (spend, inp, outp, reqs))
         counter.loaded = True
         return counter
-
-
-def _with_shadow_usage(verdict: Verdict, usage: Sequence[CapUsage]) -> Verdict:
-    over = [Violation(u.cap.rule, u.cap.level, cap_reason(u)) for u in usage if u.used + u.need > u.limit]
-    if not over or verdict.shadowed is None:
-        return verdict
-    return verdict._replace(shadowed=with_violations(verdict.shadowed, over))

@@ -14,9 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollhouse.events.model import iso_ts
-from tollhouse.policy.backtest import HistoryLoader, Judged, Past, Setting, Simulation, shadow_ids
+from tollhouse.policy.backtest import HistoryLoader, Judged, Past, Setting, Simulation
 from tollhouse.policy.engine import CompiledPolicy, Decision
 from tollhouse.policy.rules import Kind, Rule, Severity
+from tollhouse.policy.shadow import shadow_ids
 
 MAX_LISTED = 100  # subjects and teams listed per rule (all are counted)
 _NANO = 1_000_000_000
