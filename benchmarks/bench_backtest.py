@@ -155,7 +155,9 @@ def peak_rss_mb(cfg_path: Path, rules_path: Path, data_dir: Path, days: int) -> 
                "e = time.perf_counter() - t\n"
                "sys.stderr.write(p.stderr.decode())\n"
                "sys.stdout.write(json.dumps({'rc': p.returncode, 's': e, "
-               "'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, 'out': p.stdout.decode()}))\n")
+               "'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+               "'cpu_s': resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime "
+               "+ resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime, 'out': p.stdout.decode()}))\n")
     argv = [sys.executable, "-c", wrapper, sys.executable, "-m", "tollhouse", "policy", "backtest", str(rules_path),
             "--days", str(days), "--json", "--config", str(cfg_path), "--data-dir", str(data_dir)]
     done = subprocess.run(argv, capture_output=True, env={**os.environ, "TOLLHOUSE_LOG_LEVEL": "warning"},
@@ -163,7 +165,8 @@ def peak_rss_mb(cfg_path: Path, rules_path: Path, data_dir: Path, days: int) -> 
     got = json.loads(done.stdout)
     if got["rc"] != 0:
         raise SystemExit(f"backtest failed ({got['rc']}): {done.stderr.decode()}")
-    return {"seconds": round(got["s"], 2), "report": json.loads(got["out"])}, round(got["rss_kb"] / 1024, 1)
+    return ({"seconds": round(got["s"], 2), "cpu_seconds": round(got["cpu_s"], 2), "report": json.loads(got["out"])},
+            round(got["rss_kb"] / 1024, 1))
 
 
 def bench_backend(name: str, url: str, work: Path, n: int, now_ms: int) -> Json:
@@ -187,9 +190,10 @@ def bench_backend(name: str, url: str, work: Path, n: int, now_ms: int) -> Json:
     one_day, rss_1d = peak_rss_mb(cfg_path, rules_path, data_dir, 1)
     r = full["report"]
     return {"backend": name, "calls_stored": n + PRE_WINDOW, "load_s": round(load_s, 1),
-            "replayed": r["calls"], "seconds": full["seconds"],
+            "replayed": r["calls"], "seconds": full["seconds"], "cpu_seconds": full["cpu_seconds"],
             "calls_per_s": round(r["calls"] / full["seconds"]), "peak_rss_mb": rss,
-            "one_day": {"replayed": one_day["report"]["calls"], "seconds": one_day["seconds"], "peak_rss_mb": rss_1d},
+            "one_day": {"replayed": one_day["report"]["calls"], "seconds": one_day["seconds"],
+                        "cpu_seconds": one_day["cpu_seconds"], "peak_rss_mb": rss_1d},
             "target_met": full["seconds"] <= TARGET_S, "report": {k: v for k, v in r.items() if k != "rules"},
             "rules": r["rules"]}
 
@@ -199,11 +203,12 @@ def markdown(results: Json) -> str:
              "`tollhouse policy backtest proposed.yaml --days 14 --json` in its own process (start-up included), "
              f"over a store of {results['calls']:,} calls in the window plus {PRE_WINDOW:,} before it. "
              f"Target: {TARGET_S:g} s.", "",
-             "| backend | calls replayed | seconds | calls/s | peak RSS MB | 1 day: calls | 1 day: s "
-             "| 1 day: peak RSS MB | target met |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| backend | calls replayed | seconds (wall) | CPU s | calls/s | peak RSS MB | 1 day: calls | 1 day: s "
+             "| 1 day: peak RSS MB | target met (wall) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for b in results["backends"]:
         d = b["one_day"]
-        lines.append(f"| {b['backend']} | {b['replayed']:,} | {b['seconds']} | {b['calls_per_s']:,} | "
+        lines.append(f"| {b['backend']} | {b['replayed']:,} | {b['seconds']} | {b['cpu_seconds']} | "
+                     f"{b['calls_per_s']:,} | "
                      f"{b['peak_rss_mb']} | {d['replayed']:,} | {d['seconds']} | {d['peak_rss_mb']} | "
                      f"{'yes' if b['target_met'] else 'NO'} |")
     first = results["backends"][0]
@@ -224,7 +229,10 @@ def markdown(results: Json) -> str:
               "1 day.",
               "- PostgreSQL: private server on 127.0.0.1, fsync off (the test suite's); SQLite: a file, WAL.",
               "", f"Run {m['date']}: tollhouse {m.get('tollhouse')} ({m.get('commit')}), Python {m['python']}, "
-              f"{m['nproc']} CPUs ({m.get('cpu_model')}). Before the run: {results['load_before']}.", ""]
+              f"{m['nproc']} CPUs ({m.get('cpu_model')}), shared with other work: before the run "
+              f"{results['load_before']}, "
+              f"after it {results['load_after']}. CPU s is the command's own user + system time: what it costs on an "
+              "idle core; the wall time includes waiting for the CPU on this shared machine.", ""]
     return "\n".join(lines)
 
 
@@ -237,6 +245,7 @@ def main() -> None:
     args = ap.parse_args()
     n = 100_000 if args.quick else args.calls
     load = background_load()
+    load["loadavg_1m"] = os.getloadavg()[0]
     now_ms = int(time.time() * 1000)
     out: list[Json] = []
     with tempfile.TemporaryDirectory(prefix="tollhouse-bt-") as tmp:
@@ -256,7 +265,8 @@ def main() -> None:
             print(json.dumps({k: v for k, v in out[-1].items() if k not in ("rules", "report")}), flush=True)
     agree = all(b["rules"] == out[0]["rules"] and b["report"]["changed"] == out[0]["report"]["changed"]
                 for b in out)
-    results = {"calls": n, "backends": out, "agree": agree, "machine": machine_info(None), "load_before": load}
+    results = {"calls": n, "backends": out, "agree": agree, "machine": machine_info(None), "load_before": load,
+               "load_after": {"loadavg_1m": round(os.getloadavg()[0], 2)}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backtest.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "backtest.md").write_text(markdown(results))

@@ -99,6 +99,9 @@ class Judged(NamedTuple):
 
 
 _NOTHING = Charge("", 0, 0, 0, 0)
+# What a call's shape decides before counting: its facts, the verdict, the content rules that cannot be judged,
+# the shadow rules' caps, the model it goes to.
+_First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None]
 
 
 class Simulation:
@@ -112,11 +115,13 @@ class Simulation:
         self._counters: dict[tuple[str, str, str], Counter] = {}
         self._shadow = shadow_ids(policy)
         self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
-        self._timed = any(r.enabled and r.kind is Kind.time for r in policy.rules)
+        # Time rules: a call's verdict depends on which of their windows it falls in (not on the minute itself,
+        # but for the time shown in a violation's reason, which the backtest does not report).
+        self._windows = tuple(r.window for r in policy.rules if r.enabled and r.kind is Kind.time and r.window)
         self._gate = Gate(True, (), True, setting.unpriced, setting.counters_fail_open)
         self._subjects: dict[tuple[object, ...], Subject] = {}
         # The verdict before counting, per call shape (it depends on nothing else: see CompiledPolicy.evaluate).
-        self._first: dict[tuple[object, ...], tuple[CallFacts, Verdict, tuple[str, ...]]] = {}
+        self._first: dict[tuple[object, ...], _First] = {}
 
     def subject(self, p: Past) -> Subject:
         key = (p.subject, p.subject_kind, p.team, p.project, p.cost_centre)
@@ -138,24 +143,25 @@ class Simulation:
         model = p.requested_model if judged_class else None
         now = now or datetime.fromtimestamp(p.ts_ms / 1000, UTC)
         gate = self._gate
-        shape = (subject, p.provider, model, p.endpoint_class, p.ts_ms // 60_000 if self._timed else 0)
+        shape = (subject, p.provider, model, p.endpoint_class,
+                 tuple(w.contains(now) for w in self._windows) if self._windows else ())
         first = self._first.get(shape)
         if first is None:
             call = CallFacts(p.provider, self.setting.hosts.get(p.provider, ""), model)
             unevaluable: tuple[str, ...] = ()
             if self._content and model is not None and p.endpoint_class == "metered":
                 unevaluable = tuple(r.id for r in policy.content_rules(subject))
-            first = (call, decide(gate, policy, call, subject, now), unevaluable)
-            if len(self._first) >= 100_000:
+            verdict = decide(gate, policy, call, subject, now)
+            first = (call, verdict, unevaluable, shadow_caps(verdict, self._shadow),
+                     verdict.decision.model if verdict.decision is not None else model)
+            if len(self._first) >= 20_000:
                 self._first.clear()
             self._first[shape] = first
-        call, verdict, unevaluable = first
-        upstream = verdict.decision.model if verdict.decision is not None else model
+        call, verdict, unevaluable, extra, upstream = first
         charge, priced, known = self._charge(p, upstream)
         if verdict.blocked:
             return Judged(verdict, charge, known, unevaluable)
         caps = verdict.caps
-        extra = shadow_caps(verdict, self._shadow)
         if not judged_class or not (caps or extra):
             return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
         if not priced:
