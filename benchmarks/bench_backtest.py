@@ -5,7 +5,7 @@ A store is filled with N calls over the last 14 days (plus 50,000 in the 16 days
 monthly and 30-day counters start from): 500 people in 20 teams (two levels), four models on two providers, a
 few calls refused and redirected by the policy in force. Then the real command runs, as an operator would:
 
-    tollhouse policy backtest proposed.yaml --days 14 --json --config bench.yaml
+    tollhouse policy backtest proposed.yaml --days 14 --json --config bench.yaml --until <when the store was filled>
 
 in its own process, timed from start to exit (Python start-up and imports included), its peak RSS read from the
 kernel (wait4 rusage). The proposed policy has every kind the replay simulates: an org monthly budget, team
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,14 @@ IN_FORCE = [
      "action": {"type": "block"}},
 ]
 PROPOSED = [
-    {"id": "org-month", "scope": "org", "condition": {"type": "budget", "threshold": 40000, "window": "monthly"},
+    {"id": "org-month", "scope": "org", "condition": {"type": "budget", "threshold": 4000, "window": "monthly"},
      "action": {"type": "hard_stop"}},
-    {"id": "team-month", "scope": "team", "condition": {"type": "budget", "threshold": 800, "window": "monthly"},
+    {"id": "team-month", "scope": "team", "condition": {"type": "budget", "threshold": 250, "window": "monthly"},
      "action": {"type": "hard_stop"}},
     {"id": "eng-month", "scope": "team", "team": "eng", "condition": {"type": "budget", "threshold": 2500},
      "action": {"type": "soft_cap"}},
     {"id": "person-month", "scope": "individual",
-     "condition": {"type": "MONTHLY_SPEND_CAP_PER_SUBJECT", "provider": "openai", "threshold": 60},
+     "condition": {"type": "MONTHLY_SPEND_CAP_PER_SUBJECT", "provider": "openai", "threshold": 8},
      "action": {"type": "hard_stop"}},
     {"id": "person-tph", "scope": "individual",
      "condition": {"type": "usage", "metric": "tokens_per_hour", "threshold": 40000, "window": "1h"},
@@ -148,7 +149,7 @@ def fill_postgres(url: str, data_dir: Path, events: Iterator[CallEvent]) -> None
         conn.execute("VACUUM ANALYZE events")
 
 
-def peak_rss_mb(cfg_path: Path, rules_path: Path, data_dir: Path, days: int) -> tuple[Json, float]:
+def peak_rss_mb(cfg_path: Path, rules_path: Path, data_dir: Path, days: int, until_ms: int) -> tuple[Json, float]:
     """Run the command with its peak RSS measured (the child's rusage, via a wrapper that reports it)."""
     wrapper = ("import resource, subprocess, sys, time, json\n"
                "t = time.perf_counter(); p = subprocess.run(sys.argv[1:], capture_output=True)\n"
@@ -159,7 +160,8 @@ def peak_rss_mb(cfg_path: Path, rules_path: Path, data_dir: Path, days: int) -> 
                "'cpu_s': resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime "
                "+ resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime, 'out': p.stdout.decode()}))\n")
     argv = [sys.executable, "-c", wrapper, sys.executable, "-m", "tollhouse", "policy", "backtest", str(rules_path),
-            "--days", str(days), "--json", "--config", str(cfg_path), "--data-dir", str(data_dir)]
+            "--days", str(days), "--json", "--config", str(cfg_path), "--data-dir", str(data_dir),
+            "--until", datetime.fromtimestamp(until_ms / 1000, UTC).isoformat()]
     done = subprocess.run(argv, capture_output=True, env={**os.environ, "TOLLHOUSE_LOG_LEVEL": "warning"},
                           check=False)
     got = json.loads(done.stdout)
@@ -186,8 +188,8 @@ def bench_backend(name: str, url: str, work: Path, n: int, now_ms: int) -> Json:
     cfg_path, rules_path = work / f"{name}.yaml", work / "proposed.yaml"
     cfg_path.write_text(yaml.safe_dump(config(url)))
     rules_path.write_text(yaml.safe_dump({"rules": PROPOSED}))
-    full, rss = peak_rss_mb(cfg_path, rules_path, data_dir, 14)
-    one_day, rss_1d = peak_rss_mb(cfg_path, rules_path, data_dir, 1)
+    full, rss = peak_rss_mb(cfg_path, rules_path, data_dir, 14, now_ms)
+    one_day, rss_1d = peak_rss_mb(cfg_path, rules_path, data_dir, 1, now_ms)
     r = full["report"]
     return {"backend": name, "calls_stored": n + PRE_WINDOW, "load_s": round(load_s, 1),
             "replayed": r["calls"], "seconds": full["seconds"], "cpu_seconds": full["cpu_seconds"],
@@ -265,7 +267,9 @@ def main() -> None:
             print(json.dumps({k: v for k, v in out[-1].items() if k not in ("rules", "report")}), flush=True)
     agree = all(b["rules"] == out[0]["rules"] and b["report"]["changed"] == out[0]["report"]["changed"]
                 for b in out)
-    results = {"calls": n, "backends": out, "agree": agree, "machine": machine_info(None), "load_before": load,
+    machine = machine_info(None)
+    machine["commit"] = machine.get("commit") or os.environ.get("TOLLHOUSE_COMMIT")
+    results = {"calls": n, "backends": out, "agree": agree, "machine": machine, "load_before": load,
                "load_after": {"loadavg_1m": round(os.getloadavg()[0], 2)}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "backtest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -90,6 +90,10 @@ def test_the_command_replays_the_same_store_as_text_and_json(mock: Mock, gateway
     assert "shadow rules (try-no-mini) would change: block 4" in text.stdout
     assert any(line.startswith("no-4o") and " 1 " in line for line in text.stdout.splitlines())
 
+    before = _cli("policy", "backtest", str(rules), "--json", "--until", "2001-01-01T00:00:00", *common)
+    assert before.returncode == 0 and json.loads(before.stdout)["calls"] == 0
+    assert json.loads(before.stdout)["to"] == "2001-01-01T00:00:00.000Z"
+
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump([{"id": "y", "scope": "org", "condition": {"type": "budget"}}]))
     failed = _cli("policy", "backtest", str(bad), *common)

@@ -520,6 +520,8 @@ def policy_backtest(
     days: Annotated[int, typer.Option(help="Replay the calls stored in the last DAYS days.", min=1,
                                       max=MAX_DAYS)] = 14,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    until: Annotated[str | None, typer.Option(help="Replay the DAYS days before this ISO time (default: now).")
+                     ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -531,6 +533,12 @@ def policy_backtest(
         raw = read_rules_file(file)
     except RulesFileError as exc:
         _fail(str(exc), 1)
+    try:
+        end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+    except ValueError:
+        _fail(f"--until {until!r} is not an ISO time such as 2026-11-23T14:00:00+00:00", 1)
+        raise AssertionError from None
+    end = end if end.tzinfo is not None else end.replace(tzinfo=UTC)
     ddir = _data_dir(data_dir)
     if not is_postgres(settings.store.url) and not sqlite_path(settings.store.url, ddir).exists():
         _fail(f"no store at {sqlite_path(settings.store.url, ddir)}: nothing to replay (give --data-dir, or the "
@@ -552,7 +560,7 @@ def policy_backtest(
             _fail(f"{file}: {len(exc.problems)} problem(s); nothing was replayed", 1)
             return
         setting = setting_of(settings, directory, PriceBook(settings.pricing.overrides))
-        report = backtest_store(store, proposed, in_force, setting, days, int(datetime.now(UTC).timestamp() * 1000))
+        report = backtest_store(store, proposed, in_force, setting, days, int(end.timestamp() * 1000))
     except StoreError as exc:
         _fail(f"the store could not be read: {exc}", 1)
         return

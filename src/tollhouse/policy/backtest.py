@@ -99,6 +99,7 @@ class Judged(NamedTuple):
 
 
 _NOTHING = Charge("", 0, 0, 0, 0)
+_QUARTER_HOUR_MS = 900_000
 # What a call's shape decides before counting: its facts, the verdict, the content rules that cannot be judged,
 # the shadow rules' caps, the model it goes to.
 _First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None]
@@ -236,8 +237,10 @@ class Simulation:
         if start < self.since_ms:
             scope, ident = cap.counter
             ids = s.directory.descendants(ident) if scope == "team" else (ident,)
+            # a month's counter needs no finer time than a quarter hour (every zone's midnight falls on one)
+            bucket = counter.bucket_ms or _QUARTER_HOUR_MS
             for ts, provider, spend, inp, outp, reqs in self._history(scope, ids or (ident,), start, self.since_ms,
-                                                                     counter.bucket_ms or 1000):
+                                                                     bucket):
                 counter.add_settled(ts, provider, (spend, inp, outp, reqs))
         counter.loaded = True
         return counter
