@@ -1,8 +1,8 @@
 """Policy backtest (pure): what a policy would have done to stored traffic, call by call, in time order.
 
 A `Simulation` replays past calls through the same `decide()` the gateway runs, enforcing, with budget counters
-simulated the way the gateway's embedded ledger would have kept them (its `Counter`s through `LocalLedger`:
-monthly windows in the organisation's zone from its billing day, rolling windows in buckets, a team's caps
+simulated the way the gateway's embedded ledger would have kept them (policy/backtest_counter.py: monthly
+windows in the organisation's zone from its billing day, rolling windows in the ledger's buckets, a team's caps
 counting everyone under the team, refused calls counting nothing). What it cannot know it does not guess:
 
 - a call is judged on what it really used (the gateway judges the worst case before the call; history knows
@@ -27,9 +27,10 @@ from zoneinfo import ZoneInfo
 
 from tollhouse.config import Unpriced
 from tollhouse.directory import Directory, Subject
-from tollhouse.ledger.local import Counter, HistoryRow
+from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
-from tollhouse.ledger.windows import window_bounds_ms
+from tollhouse.ledger.windows import bucket_ms, window_bounds_ms
+from tollhouse.policy.backtest_counter import Running
 from tollhouse.policy.decide import Gate, Verdict, decide
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
 from tollhouse.policy.rules import Kind
@@ -113,7 +114,7 @@ class Simulation:
         self.setting = setting
         self.since_ms = since_ms
         self._history = history
-        self._counters: dict[tuple[str, str, str], Counter] = {}
+        self._counters: dict[tuple[str, str, str], Running] = {}
         self._shadow = shadow_ids(policy)
         self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
         # Time rules: a call's verdict depends on which of their windows it falls in (not on the minute itself,
@@ -180,13 +181,13 @@ class Simulation:
             vec = charge.vector()
             if any(vec):
                 for counter in counters:
-                    counter.add_settled(p.ts_ms, charge.provider, vec)
+                    counter.add(p.ts_ms, charge.provider, vec)
         return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
 
-    def _read(self, caps: Sequence[Cap], charge: Charge, ts_ms: int) -> tuple[list[Counter], list[CapUsage]]:
+    def _read(self, caps: Sequence[Cap], charge: Charge, ts_ms: int) -> tuple[list[Running], list[CapUsage]]:
         """Each cap's counter (each once) and what the ledger would tell decide(): used before this call, this
         call's need, the limit. (Calls are replayed one at a time: no other call holds a reservation.)"""
-        counters: list[Counter] = []
+        counters: list[Running] = []
         usage: list[CapUsage] = []
         vec = charge.vector()
         provider = charge.provider
@@ -199,7 +200,7 @@ class Simulation:
                 counters.append(counter)
             providers = cap.providers
             need = metric_of(vec, cap.metric) if providers is None or provider in providers else 0
-            usage.append(CapUsage(cap, counter.settled(cap.metric, providers, ts_ms), need, cap.units, 0))
+            usage.append(CapUsage(cap, counter.used(cap.metric, providers, ts_ms), need, cap.units, 0))
         return counters, usage
 
     def _saved(self, p: Past, verdict: Verdict, charge: Charge) -> int:
@@ -229,18 +230,18 @@ class Simulation:
         s = self.setting
         return s.prices.known(s.price_providers.get(provider, provider), model)
 
-    def _load(self, cap: Cap, ts_ms: int) -> Counter:
+    def _load(self, cap: Cap, ts_ms: int) -> Running:
         """A counter used for the first time starts from what was stored before the window, as the gateway's do."""
         s = self.setting
-        counter = Counter(cap.window, s.billing_day, s.tz)
+        counter = Running(cap.window, s.billing_day, s.tz)
+        counter.advance(ts_ms)
         start, _ = window_bounds_ms(cap.window, ts_ms, s.billing_day, s.tz)
         if start < self.since_ms:
             scope, ident = cap.counter
             ids = s.directory.descendants(ident) if scope == "team" else (ident,)
             # a month's counter needs no finer time than a quarter hour (every zone's midnight falls on one)
-            bucket = counter.bucket_ms or _QUARTER_HOUR_MS
+            bucket = bucket_ms(cap.window) if not cap.window.monthly else _QUARTER_HOUR_MS
             for ts, provider, spend, inp, outp, reqs in self._history(scope, ids or (ident,), start, self.since_ms,
                                                                      bucket):
-                counter.add_settled(ts, provider, (spend, inp, outp, reqs))
-        counter.loaded = True
+                counter.add(ts, provider, (spend, inp, outp, reqs))
         return counter
