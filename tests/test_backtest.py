@@ -18,14 +18,16 @@ from tollhouse.directory import Directory
 from tollhouse.events.history import settled_between, stream_calls
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import Store
+from tollhouse.ledger.local import Counter as LedgerCounter
 from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
 from tollhouse.money import cap_reason
 from tollhouse.policy.backtest import Past, Setting, Simulation
+from tollhouse.policy.backtest_counter import Running
 from tollhouse.policy.backtest_report import run_backtest
 from tollhouse.policy.decide import Gate, Verdict, decide
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
-from tollhouse.policy.rules import parse_rules
+from tollhouse.policy.rules import MONTHLY, parse_count_window, parse_rules
 from tollhouse.policy.shadow import shadow_ids
 from tollhouse.pricing import PriceBook
 
@@ -336,3 +338,23 @@ def test_settled_usage_before_the_window_counts_a_team_and_the_teams_under_it(st
     assert rows == [(1_000, "openai", 12, 20, 40, 2)]
     assert settled_between(store, "org", (), 0, 10_000, 10_000) == [(0, "openai", 22, 40, 80, 4)]
     assert settled_between(store, "subject", ("ann",), 0, 5_000, 500) == [(1_000, "openai", 5, 10, 20, 1)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["monthly", "10m", "1h", "30d"]), st.integers(1, 28),
+       st.lists(st.tuples(st.integers(0, 3_000_000_000), st.sampled_from(["openai", "anthropic"]),
+                          st.integers(0, 1000), st.integers(0, 1000)), min_size=1, max_size=40))
+def test_the_backtest_counter_holds_what_the_ledgers_counter_holds(
+        window_text: str, billing_day: int, calls: list[tuple[int, str, int, int]]) -> None:
+    """Calls in time order: the forward-only counter and the embedded ledger's Counter agree at every call."""
+    window = parse_count_window(window_text, MONTHLY)
+    ours, ledgers = Running(window, billing_day, TZ), LedgerCounter(window, billing_day, TZ)
+    ts = 1_770_000_000_000
+    for gap, provider, spend, tokens in calls:
+        ts += gap // 100
+        for metric in ("spend", "tokens", "input_tokens"):
+            for providers in (None, frozenset({"openai"})):
+                assert ours.used(metric, providers, ts) == ledgers.settled(metric, providers, ts)
+        vec = (spend, tokens, tokens // 2, 1)
+        ours.add(ts, provider, vec)
+        ledgers.add_settled(ts, provider, vec)
