@@ -62,7 +62,11 @@ class Running:
 
     def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         """What the counter holds at `now_ms`, in counter units, over `providers` (None: all of them)."""
-        self.advance(now_ms)
+        if self.monthly:
+            if now_ms >= self._end:
+                self.advance(now_ms)
+        elif self._buckets and self._buckets[0][0] + self._bucket <= now_ms - self._span:
+            self.advance(now_ms)
         if providers is None:
             return metric_of(self.all, metric)
         index = _INDEX.get(metric)
@@ -74,11 +78,19 @@ class Running:
 
     def add(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
         """Count a call (or a row of history) at `ts_ms`, inside the month or window the counter is at."""
+        s, i, o, r = vec
         row = self.by_provider.get(provider)
         if row is None:
             row = self.by_provider[provider] = [0, 0, 0, 0]
-        _into(row, vec)
-        _into(self.all, vec)
+        row[0] += s
+        row[1] += i
+        row[2] += o
+        row[3] += r
+        row = self.all
+        row[0] += s
+        row[1] += i
+        row[2] += o
+        row[3] += r
         if self.monthly:
             return
         start = ts_ms - ts_ms % self._bucket
@@ -96,6 +108,9 @@ class Running:
             table = found
         cell = table.get(provider)
         if cell is None:
-            table[provider] = list(vec)
+            table[provider] = [s, i, o, r]
         else:
-            _into(cell, vec)
+            cell[0] += s
+            cell[1] += i
+            cell[2] += o
+            cell[3] += r
