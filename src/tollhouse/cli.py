@@ -36,6 +36,7 @@ from tollhouse.audit.checkpoint import (
     verify_checkpoints,
 )
 from tollhouse.audit.export import cef, jsonl
+from tollhouse.backtest import MAX_DAYS, backtest_store, in_force_of, render_report, setting_of
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.control.overrides import OverrideSet
 from tollhouse.demo import run_demo
@@ -514,6 +515,61 @@ def policy_explain(
             explained = explain_call(holder.current, call, subject, now, enforced, overrides, usage)
     for line in explained.lines:
         typer.echo(line)
+
+
+@policy_app.command("backtest")
+def policy_backtest(
+    file: Annotated[Path, typer.Argument(help="Proposed rules file (list or {rules: [...]}) or a config file.")],
+    days: Annotated[int, typer.Option(help="Replay the calls stored in the last DAYS days.", min=1,
+                                      max=MAX_DAYS)] = 14,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    until: Annotated[str | None, typer.Option(help="Replay the DAYS days before this ISO time (default: now).")
+                     ] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """What the proposed rules would have done to the stored calls of the last DAYS days, enforcing, beside the
+    policy in force: per rule the calls it would block, warn and redirect, the cost it would have prevented, the
+    subjects and teams hit; and how many calls' decisions change."""
+    settings = _settings(config)
+    try:
+        raw = read_rules_file(file)
+    except RulesFileError as exc:
+        _fail(str(exc), 1)
+    try:
+        end = datetime.fromisoformat(until) if until else datetime.now(UTC)
+    except ValueError:
+        _fail(f"--until {until!r} is not an ISO time such as 2026-11-23T14:00:00+00:00", 1)
+        raise AssertionError from None
+    end = end if end.tzinfo is not None else end.replace(tzinfo=UTC)
+    ddir = _data_dir(data_dir)
+    if not is_postgres(settings.store.url) and not sqlite_path(settings.store.url, ddir).exists():
+        _fail(f"no store at {sqlite_path(settings.store.url, ddir)}: nothing to replay (give --data-dir, or the "
+              "--config whose store.url the gateway records to)", 1)
+    store = _open_store(settings, data_dir)
+    try:
+        found = in_force_of(store, settings)
+        if isinstance(found, list):
+            for line in found:
+                typer.echo(line, err=True)
+            _fail("the policy in force could not be read; nothing was replayed", 1)
+            return
+        in_force, directory = found
+        try:
+            proposed = compile_rules(raw, settings.policy.timezone, directory.config, 0, str(file))
+        except RulesFileError as exc:
+            for line in exc.problems:
+                typer.echo(line, err=True)
+            _fail(f"{file}: {len(exc.problems)} problem(s); nothing was replayed", 1)
+            return
+        setting = setting_of(settings, directory, PriceBook(settings.pricing.overrides))
+        report = backtest_store(store, proposed, in_force, setting, days, int(end.timestamp() * 1000))
+    except StoreError as exc:
+        _fail(f"the store could not be read: {exc}", 1)
+        return
+    finally:
+        store.close()
+    typer.echo(json.dumps(report, indent=2) if as_json else render_report(report))
 
 
 def _live_overrides(settings: Settings, data_dir: Path | None, now_ms: int) -> tuple[OverrideSet, str]:

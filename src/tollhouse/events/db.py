@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 
 class StoreError(Exception):
@@ -48,6 +48,10 @@ class Db(ABC):
     @abstractmethod
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Rows as column -> value."""
+
+    def tuples(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows as plain tuples in column order (cheaper than `query` for many rows)."""
+        return [tuple(r.values()) for r in self.query(sql, args)]
 
     @abstractmethod
     def transaction(self, lock: str | None = None) -> Any:
@@ -95,6 +99,13 @@ class SqliteDb(Db):
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._errors():
             return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def tuples(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._errors():
+            cur = self._db.cursor()
+            cur.row_factory = None
+            rows: list[tuple[Any, ...]] = cur.execute(sql, args).fetchall()
+            return rows
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
@@ -197,6 +208,10 @@ class PostgresDb(Db):
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._errors() as conn:
             return conn.execute(_pg_sql(sql), args).fetchall()
+
+    def tuples(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._errors() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            return cur.execute(_pg_sql(sql), args).fetchall()
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:

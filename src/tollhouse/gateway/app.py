@@ -15,6 +15,7 @@ from tollhouse.events.store import StoreError
 from tollhouse.gateway import (
     admin,
     agent_api,
+    backtest_api,
     console,
     console_session,
     exemption_routes,
@@ -56,6 +57,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/policy/versions"): (policy_api.list_versions, True),
     ("GET", "/api/v1/policy/diff"): (policy_api.diff_versions, True),
     ("POST", "/api/v1/policy/rollback"): (policy_api.rollback_policy, True),
+    ("POST", "/api/v1/policy/backtest"): (backtest_api.backtest, True),
     ("GET", "/api/v1/agent-policy"): (policy_api.get_agent_policy, True),
     ("PUT", "/api/v1/agent-policy"): (policy_api.put_agent_policy, True),
     ("GET", "/api/v1/agent-policy/versions"): (policy_api.list_versions, True),

@@ -297,6 +297,23 @@ OPENAPI: dict[str, Any] = {
             "requestBody": {"content": {"application/json": {"schema": {
                 "type": "object", "required": ["version"], "properties": {"version": {"type": "integer"}}}}}},
             "responses": {"200": {"description": "the new version"}, "404": {"description": "no such version"}}}},
+        "/api/v1/policy/backtest": {"post": {
+            "summary": "What proposed rules would have done to the stored calls of the last `days` (default 14), "
+                       "enforcing, beside the policy in force: replayed in time order through the gateway's decision "
+                       "with budget counters simulated; nothing is changed",
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["rules"],
+                "properties": {"rules": {"type": "array", "items": {"type": "object"}},
+                               "days": {"type": "integer", "minimum": 1, "maximum": 366, "default": 14}}}}}},
+            "responses": {
+                "200": {"description": "{from, to, calls, judged, changed, changes, outcomes, in_force_outcomes, "
+                                       "cost_usd_blocked, cost_unknown, not_evaluable, shadow: {rules, would}, rules: "
+                                       "[{id, mode, would_block, would_warn, would_redirect, would_log, "
+                                       "cost_usd_blocked, cost_usd_saved_by_redirect, subjects, teams, first, last, "
+                                       "not_evaluable}]}"},
+                "400": {"description": "the rules do not validate (every problem listed) or days is out of range",
+                        "content": _json("Error")},
+                "503": {"description": "the store cannot be read", "content": _json("Error")}}}},
         "/api/v1/agent-policy": {
             "get": {"summary": "The agent policy (seven settings + release_index), proxy passwords masked",
                     "responses": {"200": {"description": "agent policy"}}},

@@ -1,0 +1,185 @@
+"""The backtest's answer (pure): proposed rules and the policy in force, each replayed over the same past calls
+(policy/backtest.py), tallied per rule and compared call by call.
+
+`run_backtest(calls, proposed, in_force, setting, since_ms, until_ms, history)` reads `calls` once, in time order
+(an iterator: the store streams them), and keeps only counters and tallies, never the calls themselves.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tollhouse.events.model import iso_ts
+from tollhouse.policy.backtest import HistoryLoader, Judged, Past, Setting, Simulation
+from tollhouse.policy.engine import CompiledPolicy, Decision
+from tollhouse.policy.rules import Kind, Rule, Severity
+from tollhouse.policy.shadow import shadow_ids
+
+MAX_LISTED = 100  # subjects and teams listed per rule (all are counted)
+_NANO = 1_000_000_000
+
+
+def _usd(nusd: int) -> float:
+    return round(nusd / _NANO, 6)
+
+
+@dataclass(slots=True)
+class RuleTally:
+    rule: Rule
+    would_block: int = 0
+    would_warn: int = 0
+    would_log: int = 0
+    would_redirect: int = 0
+    not_evaluable: int = 0
+    blocked_nusd: int = 0
+    saved_nusd: int = 0
+    subjects: set[str] = field(default_factory=set)
+    teams: set[str] = field(default_factory=set)
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+    def hit(self, p: Past) -> None:
+        self.subjects.add(p.subject)
+        if p.team:
+            self.teams.add(p.team)
+        if self.first_ms is None:
+            self.first_ms = p.ts_ms
+        self.last_ms = p.ts_ms
+
+    def json(self) -> dict[str, Any]:
+        r = self.rule
+        return {
+            "id": r.id, "type": r.type_name, "mode": r.mode.value, "severity": r.severity.name.upper(),
+            "would_block": self.would_block, "would_warn": self.would_warn, "would_log": self.would_log,
+            "would_redirect": self.would_redirect, "cost_usd_blocked": _usd(self.blocked_nusd),
+            "cost_usd_saved_by_redirect": _usd(self.saved_nusd),
+            "subjects": sorted(self.subjects)[:MAX_LISTED], "subjects_count": len(self.subjects),
+            "teams": sorted(self.teams)[:MAX_LISTED], "teams_count": len(self.teams),
+            "first": iso_ts(self.first_ms) if self.first_ms is not None else None,
+            "last": iso_ts(self.last_ms) if self.last_ms is not None else None,
+            "not_evaluable": self.not_evaluable,
+        }
+
+
+@dataclass(slots=True)
+class Tally:
+    """Everything counted over the replay (bounded: per rule, per outcome, per subject and team hit)."""
+
+    rules: dict[str, RuleTally]
+    shadow: frozenset[str]
+    calls: int = 0
+    refused_by_gateway: int = 0
+    changed: int = 0
+    changes: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    in_force: Counter[str] = field(default_factory=Counter)
+    shadow_would: Counter[str] = field(default_factory=Counter)
+    blocked_nusd: int = 0
+    in_force_blocked_nusd: int = 0
+    cost_unknown: int = 0
+    not_evaluable: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+    def add(self, p: Past, mine: Judged, theirs: Judged) -> None:
+        self.calls += 1
+        if self.first_ms is None:
+            self.first_ms = p.ts_ms
+        self.last_ms = p.ts_ms
+        verdict = mine.verdict
+        if verdict is None:
+            self.refused_by_gateway += 1
+            return
+        now, before = mine.outcome, theirs.outcome
+        self.outcomes[now] += 1
+        self.in_force[before] += 1
+        if now != before:
+            self.changed += 1
+            self.changes[f"{before}->{now}"] += 1
+        if now == "block":
+            self.blocked_nusd += mine.charge.spend_nusd
+        elif not mine.known:
+            self.cost_unknown += 1
+        if before == "block":
+            self.in_force_blocked_nusd += theirs.charge.spend_nusd
+        if mine.unevaluable:
+            self.not_evaluable += 1
+            for rid in mine.unevaluable:
+                found = self.rules.get(rid)
+                if found is not None:
+                    found.not_evaluable += 1
+        would = verdict.would
+        if would is not None:
+            self.shadow_would[would] += 1
+        d = verdict.decision
+        if d is not None and (d.violations or d.redirect is not None):
+            self._per_rule(p, mine, d, applied=True)
+        d = verdict.shadowed
+        if d is not None and (d.violations or d.redirect is not None):
+            self._per_rule(p, mine, d, applied=False)
+
+    def _per_rule(self, p: Past, mine: Judged, d: Decision, applied: bool) -> None:
+        """Each rule's own part in one call: its violations (by its severity) and its redirect. Rules in force are
+        read from the applied decision, shadow rules from the decision with them applied."""
+        shadow = self.shadow
+        for v in d.violations:
+            rid = v.rule.id
+            if (rid in shadow) == applied:
+                continue
+            t = self.rules.get(rid)
+            if t is None:
+                continue
+            sev = v.rule.severity
+            if sev is Severity.block:
+                t.would_block += 1
+                t.blocked_nusd += mine.charge.spend_nusd
+            elif sev is Severity.log:
+                t.would_log += 1
+            else:
+                t.would_warn += 1
+            t.hit(p)
+        r = d.redirect
+        if r is not None and (r.rule.id in shadow) != applied:
+            t = self.rules.get(r.rule.id)
+            if t is not None:
+                t.would_redirect += 1
+                t.saved_nusd += mine.saved_nusd
+                t.hit(p)
+
+    def json(self, since_ms: int, until_ms: int) -> dict[str, Any]:
+        def outcomes(c: Counter[str]) -> dict[str, int]:
+            return {k: c.get(k, 0) for k in ("allow", "warn", "redirect", "block")}
+
+        return {
+            "from": iso_ts(since_ms), "to": iso_ts(until_ms),
+            "first_call": iso_ts(self.first_ms) if self.first_ms is not None else None,
+            "last_call": iso_ts(self.last_ms) if self.last_ms is not None else None,
+            "calls": self.calls, "judged": self.calls - self.refused_by_gateway,
+            "refused_by_gateway": self.refused_by_gateway,
+            "changed": self.changed, "changes": dict(sorted(self.changes.items())),
+            "outcomes": outcomes(self.outcomes), "in_force_outcomes": outcomes(self.in_force),
+            "cost_usd_blocked": _usd(self.blocked_nusd), "in_force_cost_usd_blocked": _usd(self.in_force_blocked_nusd),
+            "cost_unknown": self.cost_unknown, "not_evaluable": self.not_evaluable,
+            "shadow": {"rules": sorted(self.shadow), "would": dict(sorted(self.shadow_would.items()))},
+            "rules": [t.json() for t in self.rules.values()],
+        }
+
+
+def run_backtest(calls: Iterable[Past], proposed: CompiledPolicy, in_force: CompiledPolicy, setting: Setting,
+                 since_ms: int, until_ms: int, history: HistoryLoader) -> dict[str, Any]:
+    """Replay `calls` (time order) under `proposed` and under `in_force`; the report as JSON-ready data."""
+    mine = Simulation(proposed, setting, since_ms, history)
+    theirs = Simulation(in_force, setting, since_ms, history)
+    same = proposed.rules == in_force.rules
+    tally = Tally({r.id: RuleTally(r) for r in proposed.rules if r.enabled}, shadow_ids(proposed))
+    for p in calls:
+        now = datetime.fromtimestamp(p.ts_ms / 1000, UTC)
+        judged = mine.judge(p, now)
+        tally.add(p, judged, judged if same else theirs.judge(p, now))
+    out = tally.json(since_ms, until_ms)
+    out["content_rules"] = [r.id for r in proposed.rules if r.enabled and r.kind is Kind.content]
+    return out
