@@ -50,6 +50,10 @@ class Db(ABC):
         """Rows as column -> value."""
 
     @abstractmethod
+    def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Run one statement with a RETURNING clause per row; every row they returned."""
+
+    @abstractmethod
     def transaction(self, lock: str | None = None) -> Any:
         """A context manager: one write transaction, committed at the end, rolled back on error.
         Transactions that name the same `lock` never run at once, whatever process runs them."""
@@ -95,6 +99,10 @@ class SqliteDb(Db):
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._errors():
             return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+
+    def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        with self._errors():
+            return [dict(r) for row in rows for r in self._db.execute(sql, row).fetchall()]
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
@@ -197,6 +205,18 @@ class PostgresDb(Db):
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._errors() as conn:
             return conn.execute(_pg_sql(sql), args).fetchall()
+
+    def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        out: list[dict[str, Any]] = []
+        with self._errors() as conn, conn.cursor() as cur:
+            cur.executemany(_pg_sql(sql), rows, returning=True)
+            while True:
+                out.extend(cur.fetchall())
+                if not cur.nextset():
+                    break
+        return out
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:

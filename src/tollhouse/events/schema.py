@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import get_type_hints
 
 from tollhouse.events.model import CallEvent
+from tollhouse.events.rollup import migration_sql
 
 _TYPES = {
     # SQLite integers are 64-bit whatever the name; INTEGER PRIMARY KEY is the rowid itself.
@@ -174,6 +175,11 @@ _SCRIPTS: tuple[str, ...] = (
         PRIMARY KEY (agent, rule, scope, ident)
     );
     """,
+    # 9: reserved for another branch's migration (merged separately); nothing here
+    "",
+    # 10: usage rollups per hour (events/rollup.py), kept up to date by every event insert; filled from the events
+    # already stored
+    migration_sql(),
 )
 
 
