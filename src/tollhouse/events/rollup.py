@@ -1,34 +1,46 @@
-"""Usage rollups: calls, tokens and cost per hour, kept up to date as events are written.
+"""Usage rollups: calls, tokens and cost per hour and per local day, kept up to date as events are written.
 
-Two tables (schema migration 10), one row per hour and key, with the key's missing values stored as '':
+Four tables (schema migration 10), one row per period and key, a key's missing values stored as '':
 
-- ``usage_hourly``: by (hour, subject, team, project, cost_centre, provider, model): what a person used;
-- ``usage_hourly_org``: the same without the subject: smaller, for every view that does not need people.
+- ``usage_hourly`` / ``usage_daily``: by (period, subject, team, project, cost_centre, provider, model);
+- ``usage_hourly_org`` / ``usage_daily_org``: the same without the subject: far fewer rows, for every view that
+  does not need people.
+
+An hour is keyed by its start (``hour_ms``, Unix ms). A day is a local date of the organisation's timezone (the
+store's `day zone`), keyed by ``day_ms``: that date's midnight *UTC* in Unix ms (a calendar date, not an instant:
+the local midnight is another instant, and not 24 hours from the next one across a DST change).
 
 `Store.insert_events` adds the events it actually inserted (never a replayed or duplicated one) in the same
-transaction, so a rollup always equals its events. Days are derived from hours when read (`usage.py`), in the
-organisation's timezone: a local day is the hours that start on that local date.
+transaction, so a rollup always equals its events. When the day zone changes, the day tables are rebuilt from the
+hours, each hour on the local date it starts on (`rebuild_days`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from tollhouse.events.db import Db
 from tollhouse.events.model import CallEvent
 
 HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 
-PERSON_TABLE = "usage_hourly"
-ORG_TABLE = "usage_hourly_org"
-# key columns of each table, after hour_ms
 PERSON_KEY = ("subject", "team", "project", "cost_centre", "provider", "model")
 ORG_KEY = ("team", "project", "cost_centre", "provider", "model")
 MEASURES = ("calls", "errors", "blocked", "would_block", "input_tokens", "output_tokens", "cost_nusd")
-TABLES = {PERSON_TABLE: PERSON_KEY, ORG_TABLE: ORG_KEY}
+# table -> (period column, key columns)
+TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "usage_hourly": ("hour_ms", PERSON_KEY), "usage_hourly_org": ("hour_ms", ORG_KEY),
+    "usage_daily": ("day_ms", PERSON_KEY), "usage_daily_org": ("day_ms", ORG_KEY),
+}
+HOUR_TABLES = ("usage_hourly", "usage_hourly_org")
+DAY_TABLES = ("usage_daily", "usage_daily_org")
+DAY_ZONE_KEY = "usage_day_zone"  # meta: the zone the day tables are in
 
-# The measures of a set of events, in SQL over the events table (the migration's backfill; the benchmark's).
+# The measures of a set of events, in SQL over the events table.
 _MEASURES_SQL = ("COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
                  "SUM(CASE WHEN decision = 'block' THEN 1 ELSE 0 END), "
                  "SUM(CASE WHEN would = 'block' THEN 1 ELSE 0 END), "
@@ -37,36 +49,42 @@ _MEASURES_SQL = ("COUNT(*), SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), "
 
 def table_sql(table: str, int_type: str = "{int}") -> str:
     """CREATE TABLE for one rollup (a migration's text: `int_type` is filled in per dialect)."""
-    key = TABLES[table]
-    cols = ", ".join([f"hour_ms {int_type} NOT NULL", *(f"{k} TEXT NOT NULL" for k in key),
+    period, key = TABLES[table]
+    cols = ", ".join([f"{period} {int_type} NOT NULL", *(f"{k} TEXT NOT NULL" for k in key),
                       *(f"{m} {int_type} NOT NULL" for m in MEASURES)])
-    return f"CREATE TABLE {table} ({cols}, PRIMARY KEY (hour_ms, {', '.join(key)}))"
+    # SQLite: stored in key order (WITHOUT ROWID), so a range of periods is read in one sweep of the table
+    return f"CREATE TABLE {table} ({cols}, PRIMARY KEY ({period}, {', '.join(key)})) {{rowless}}"
 
 
-def backfill_sql(table: str, where: str = "") -> str:
-    """Add the rollup of the events (those matching `where`, SQL) to `table`, in one statement."""
-    key = TABLES[table]
+def _accumulate(table: str) -> str:
+    period, key = TABLES[table]
+    return (f"ON CONFLICT ({period}, {', '.join(key)}) DO UPDATE SET "
+            + ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES))
+
+
+def backfill_sql(table: str, where: str = "", day_offset_ms: int = 0) -> str:
+    """Add the rollup of the stored events (those matching `where`, SQL) to `table`, in one statement; a day table's
+    dates at a fixed UTC offset (`day_offset_ms`; 0: UTC)."""
+    period, key = TABLES[table]
     keyed = ", ".join(f"COALESCE({k}, '')" for k in key)
     groups = ", ".join(str(i) for i in range(1, len(key) + 2))
-    return (f"INSERT INTO {table} (hour_ms, {', '.join(key)}, {', '.join(MEASURES)}) "
-            f"SELECT (ts_ms / {HOUR_MS}) * {HOUR_MS}, {keyed}, {_MEASURES_SQL} FROM events "
-            f"{'WHERE ' + where + ' ' if where else 'WHERE true '}GROUP BY {groups} "
-            f"ON CONFLICT (hour_ms, {', '.join(key)}) DO UPDATE SET "
-            + ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES))
+    span = f"((ts_ms + {day_offset_ms}) / {DAY_MS}) * {DAY_MS}" if period == "day_ms" else \
+        f"(ts_ms / {HOUR_MS}) * {HOUR_MS}"
+    return (f"INSERT INTO {table} ({period}, {', '.join(key)}, {', '.join(MEASURES)}) "
+            f"SELECT {span}, {keyed}, {_MEASURES_SQL} FROM events WHERE {where or 'true'} GROUP BY {groups} "
+            + _accumulate(table))
 
 
 def migration_sql() -> str:
-    """Migration 10: both rollup tables, filled from the events already stored."""
-    return ";\n".join([table_sql(PERSON_TABLE), table_sql(ORG_TABLE), backfill_sql(PERSON_TABLE),
-                       backfill_sql(ORG_TABLE)])
+    """Migration 10: the rollup tables, filled from the events already stored (days in UTC until a zone is set)."""
+    return ";\n".join([*(table_sql(t) for t in TABLES), *(backfill_sql(t) for t in TABLES),
+                       f"INSERT INTO meta (key, value) VALUES ('{DAY_ZONE_KEY}', 'UTC')"])
 
 
 def _upsert_sql(table: str) -> str:
-    key = TABLES[table]
-    cols = ("hour_ms", *key, *MEASURES)
-    return (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) "
-            f"ON CONFLICT (hour_ms, {', '.join(key)}) DO UPDATE SET "
-            + ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES))
+    period, key = TABLES[table]
+    cols = (period, *key, *MEASURES)
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) " + _accumulate(table)
 
 
 UPSERT = {table: _upsert_sql(table) for table in TABLES}
@@ -77,34 +95,89 @@ def _measures(e: CallEvent) -> tuple[int, ...]:
             e.output_tokens, e.cost_nusd or 0)
 
 
-def aggregate(events: Iterable[CallEvent]) -> dict[str, list[tuple[Any, ...]]]:
-    """table -> rows to upsert (hour, key..., measures...) summing `events`."""
-    person: dict[tuple[Any, ...], list[int]] = {}
+def _add(into: dict[tuple[Any, ...], list[int]], key: tuple[Any, ...], values: Sequence[int]) -> None:
+    found = into.get(key)
+    if found is None:
+        into[key] = list(values)
+    else:
+        for i, v in enumerate(values):
+            found[i] += v
+
+
+def local_date_ms(ts_ms: int, zone: ZoneInfo) -> int:
+    """The local date of an instant, as that date's midnight UTC in Unix ms (the day tables' `day_ms`)."""
+    day = datetime.fromtimestamp(ts_ms / 1000, zone).date()
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+
+
+def aggregate(events: Iterable[CallEvent], zone: ZoneInfo) -> dict[str, list[tuple[Any, ...]]]:
+    """table -> rows to upsert (period, key..., measures...) summing `events`; days are local dates in `zone`."""
+    person_hours: dict[tuple[Any, ...], list[int]] = {}
+    person_days: dict[tuple[Any, ...], list[int]] = {}
+    day_of_minute: dict[int, int] = {}  # the local date of each minute met (zones differ from UTC by whole minutes)
     for e in events:
-        key = (e.ts_ms // HOUR_MS * HOUR_MS, e.subject or "", e.team or "", e.project or "", e.cost_centre or "",
-               e.provider or "", e.model or "")
+        minute = e.ts_ms // 60_000
+        day = day_of_minute.get(minute)
+        if day is None:
+            day = day_of_minute[minute] = local_date_ms(e.ts_ms, zone)
+        key = (e.subject or "", e.team or "", e.project or "", e.cost_centre or "", e.provider or "", e.model or "")
         values = _measures(e)
-        found = person.get(key)
-        if found is None:
-            person[key] = list(values)
-        else:
-            for i, v in enumerate(values):
-                found[i] += v
-    org: dict[tuple[Any, ...], list[int]] = {}
-    for key, sums in person.items():
-        short = (key[0], *key[2:])
-        found = org.get(short)
-        if found is None:
-            org[short] = list(sums)
-        else:
-            for i, v in enumerate(sums):
-                found[i] += v
-    return {PERSON_TABLE: [(*k, *v) for k, v in person.items()], ORG_TABLE: [(*k, *v) for k, v in org.items()]}
+        _add(person_hours, (e.ts_ms // HOUR_MS * HOUR_MS, *key), values)
+        _add(person_days, (day, *key), values)
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for person, org, rows in (("usage_hourly", "usage_hourly_org", person_hours),
+                              ("usage_daily", "usage_daily_org", person_days)):
+        teams: dict[tuple[Any, ...], list[int]] = {}
+        for key, sums in rows.items():
+            _add(teams, (key[0], *key[2:]), sums)
+        out[person] = [(*k, *v) for k, v in rows.items()]
+        out[org] = [(*k, *v) for k, v in teams.items()]
+    return out
 
 
-def add(db: Db, events: Sequence[CallEvent]) -> None:
+def add(db: Db, events: Sequence[CallEvent], zone: ZoneInfo) -> None:
     """Add `events` (just inserted, in the caller's transaction) to the rollups."""
     if not events:
         return
-    for table, rows in aggregate(events).items():
+    for table, rows in aggregate(events, zone).items():
         db.executemany(UPSERT[table], rows)
+
+
+def rebuild_days(db: Db, zone: ZoneInfo) -> None:
+    """Rebuild the day tables from the hour tables for `zone` (in the caller's transaction): each hour goes to the
+    local date it starts on, one statement per stretch of hours at one UTC offset (DST changes split them)."""
+    for table in DAY_TABLES:
+        db.execute(f"DELETE FROM {table}")
+    bounds = db.query("SELECT MIN(hour_ms) AS lo, MAX(hour_ms) AS hi FROM usage_hourly")
+    lo, hi = bounds[0]["lo"], bounds[0]["hi"]
+    if lo is not None:
+        for start, end, offset in _offset_stretches(int(lo), int(hi) + HOUR_MS, zone):
+            for day_table, hour_table in (("usage_daily", "usage_hourly"), ("usage_daily_org", "usage_hourly_org")):
+                _, key = TABLES[day_table]
+                cols = ", ".join(key)
+                sums = ", ".join(f"SUM({m})" for m in MEASURES)
+                db.execute(f"INSERT INTO {day_table} (day_ms, {cols}, {', '.join(MEASURES)}) "
+                           f"SELECT ((hour_ms + {offset}) / {DAY_MS}) * {DAY_MS}, {cols}, {sums} FROM {hour_table} "
+                           f"WHERE hour_ms >= ? AND hour_ms < ? GROUP BY 1, {cols} " + _accumulate(day_table),
+                           (start, end))
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+               (DAY_ZONE_KEY, zone.key))
+
+
+def _offset_stretches(lo: int, hi: int, zone: ZoneInfo) -> list[tuple[int, int, int]]:
+    """[start, end, UTC offset in ms) of each run of hours in [lo, hi) at one offset."""
+    out: list[tuple[int, int, int]] = []
+    hour = lo
+    while hour < hi:
+        offset = _offset_ms(hour, zone)
+        end = hour + HOUR_MS
+        while end < hi and _offset_ms(end, zone) == offset:
+            end += HOUR_MS
+        out.append((hour, end, offset))
+        hour = end
+    return out
+
+
+def _offset_ms(ts_ms: int, zone: ZoneInfo) -> int:
+    delta = datetime.fromtimestamp(ts_ms / 1000, zone).utcoffset()
+    return int(delta.total_seconds() * 1000) if delta is not None else 0

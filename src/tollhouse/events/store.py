@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -144,9 +145,22 @@ class Store:
         self.db = db
         try:
             self._migrate()
+            # the zone the usage day rollups are in (UTC until `use_day_zone` names the organisation's)
+            row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
+            self.day_zone = ZoneInfo(row["value"] if row else "UTC")
         except BaseException:
             db.close()
             raise
+
+    def use_day_zone(self, name: str) -> None:
+        """Keep the usage day rollups in local dates of the IANA zone `name` (ledger.timezone); rebuilt from the
+        hourly rollups when the zone changed (once, whichever process sharing the store asks first)."""
+        zone = ZoneInfo(name)
+        with self.db.transaction(lock="usage-day-zone"):
+            row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
+            if row is None or row["value"] != zone.key:
+                rollup.rebuild_days(self.db, zone)
+        self.day_zone = zone
 
     def _migrate(self) -> None:
         scripts = migrations(self.db.dialect)
@@ -194,7 +208,7 @@ class Store:
                 inserted = self.db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
             else:
                 inserted = self.db.executemany_returning(_INSERT_EVENT, events)
-            rollup.add(self.db, _inserted(events, {r["id"] for r in inserted}))
+            rollup.add(self.db, _inserted(events, {r["id"] for r in inserted}), self.day_zone)
             if captures:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
             return len(inserted)
@@ -269,10 +283,10 @@ class Store:
         rows = self.db.query(sql, [since_ms, until_ms, *args])
         return {r["provider"]: (int(r["c"]), int(r["i"]), int(r["o"]), int(r["n"])) for r in rows}
 
-    def usage_hours(self, group_by: Sequence[str], since_ms: int, until_ms: int,
-                    filters: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-        """Usage per hour from the rollups (see events/usage.py `hours`)."""
-        return usage.hours(self.db, group_by, since_ms, until_ms, filters)
+    def usage_rows(self, period: str, group_by: Sequence[str], since: int, until: int,
+                   filters: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+        """Usage per hour or local day from the rollups (see events/usage.py `rows`)."""
+        return usage.rows(self.db, period, group_by, since, until, filters)
 
     def usage_seen(self, column: str, value: str) -> bool:
         """Whether any stored call has `value` in rollup `column` (subject, team, project, ...)."""

@@ -62,9 +62,9 @@ async def baseline(request: Request, state: GatewayState) -> Response:
     since = params.local_ms(datetime(first_day.year, first_day.month, first_day.day, tzinfo=tz))
     until = params.local_ms(datetime(end_day.year, end_day.month, end_day.day, tzinfo=tz))
     rng = params.Range(since, until, tz, billing_day)
-    found = await rows(state, ["provider", "model"], rng, params.Filters({"team": teams}))
+    found = await rows(state, "day", ["provider", "model"], rng, params.Filters({"team": teams}))
     daily_totals: dict[int, Totals] = {}
-    day_of = bucketer("day", tz, billing_day, since, until)
+    day_of = bucketer("day", "day", tz, billing_day, since, until)
     for buckets in by_bucket(found, [], day_of).values():
         for (start, _), t in buckets.items():
             daily_totals[start] = t
@@ -76,7 +76,7 @@ async def baseline(request: Request, state: GatewayState) -> Response:
         daily.append({"date": day.isoformat(), "weekend": day.weekday() >= 5, "calls": t.calls,
                       "input_tokens": t.input_tokens, "output_tokens": t.output_tokens, "cost_usd": usd(t.cost_nusd),
                       "blocked": t.blocked, "would_block": t.would_block})
-    mix = by_bucket(found, ["provider", "model"], bucketer("total", tz, billing_day, since, until))
+    mix = by_bucket(found, ["provider", "model"], bucketer("total", "day", tz, billing_day, since, until))
     total_calls = sum(d["calls"] for d in daily) or 1
     total_cost = sum(t.cost_nusd for b in mix.values() for t in b.values()) or 1
     models: list[dict[str, Any]] = []

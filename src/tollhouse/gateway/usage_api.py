@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollhouse.events.rollup import DAY_MS, HOUR_MS, local_date_ms
 from tollhouse.gateway import usage_params as params
 from tollhouse.gateway import usage_report
 from tollhouse.gateway.admin import ApiError
@@ -18,18 +19,27 @@ _REPORT_PARAMS = (*_USAGE_PARAMS, "format")
 _MAX_DAYS = {"hour": 93, "day": 1100, "month": 1100, "total": 1100}
 
 
-async def rows(state: GatewayState, columns: list[str], rng: params.Range, filters: params.Filters
+async def rows(state: GatewayState, source: str, columns: list[str], rng: params.Range, filters: params.Filters
                ) -> list[dict[str, Any]]:
-    """The hourly rollup rows of a view, after the events recorded so far are written (never hanging)."""
-    since = rng.since_ms // 3_600_000 * 3_600_000  # the hour `from` falls in
+    """The rollup rows of a view (`source`: hour or day), after the events recorded so far are written (never
+    hanging). Hours: those starting in the range, and the one `from` falls in; days: the local dates it touches."""
+    if source == "hour":
+        since, until = rng.since_ms // HOUR_MS * HOUR_MS, rng.until_ms
+    else:
+        since, until = local_date_ms(rng.since_ms, rng.tz), local_date_ms(rng.until_ms - 1, rng.tz) + DAY_MS
     try:
         found: list[dict[str, Any]]
         found, _ = await read_store(state.writer, state.runner.run,
-                                    lambda s: s.usage_hours(columns, since, rng.until_ms, filters.columns))
+                                    lambda s: s.usage_rows(source, columns, since, until, filters.columns))
     except StorageUnavailable as exc:
         raise ApiError(503, f"usage cannot be read right now: {exc}. Retry shortly.", "event_store_unavailable"
                        ) from None
     return found
+
+
+def source_of(interval: str) -> str:
+    """The rollup an interval is read from: hours for hours, local days for the rest."""
+    return "hour" if interval == "hour" else "day"
 
 
 def _key_json(names: list[str], key: Key) -> Any:
@@ -44,8 +54,10 @@ async def usage(request: Request, state: GatewayState) -> Response:
     rng = params.time_range(query, state, _MAX_DAYS[interval])
     filters = await params.filters(query, state, state.directory.current)
     columns = [params.DIMENSIONS[d] for d in dims]
-    found = await rows(state, columns, rng, filters)
-    grouped = by_bucket(found, columns, bucketer(interval, rng.tz, rng.billing_day, rng.since_ms, rng.until_ms))
+    source = source_of(interval)
+    found = await rows(state, source, columns, rng, filters)
+    grouped = by_bucket(found, columns, bucketer(interval, source, rng.tz, rng.billing_day, rng.since_ms,
+                                                 rng.until_ms))
     series = []
     grand = Totals()
     for key, buckets in grouped.items():
@@ -53,8 +65,8 @@ async def usage(request: Request, state: GatewayState) -> Response:
         points = []
         for (start, _), t in sorted(buckets.items()):
             points.append({"t": rng.iso(start), **measures_json(t)})
-            total.values = [a + b for a, b in zip(total.values, t.values, strict=True)]
-        grand.values = [a + b for a, b in zip(grand.values, total.values, strict=True)]
+            total.merge(t)
+        grand.merge(total)
         series.append({"key": _key_json(dims, key), "totals": measures_json(total), "points": points})
     series.sort(key=lambda s: (-s["totals"]["cost_usd"], -s["totals"]["calls"], str(s["key"])))
     return json_response({
@@ -77,8 +89,10 @@ async def spend_csv(request: Request, state: GatewayState) -> Response:
         dims = [*dims, *(d for d in ("provider", "model") if d not in dims)]
         interval = "day"
     columns = [params.DIMENSIONS[d] for d in dims]
-    found = await rows(state, columns, rng, filters)
-    grouped = by_bucket(found, columns, bucketer(interval, rng.tz, rng.billing_day, rng.since_ms, rng.until_ms))
+    source = source_of(interval)
+    found = await rows(state, source, columns, rng, filters)
+    grouped = by_bucket(found, columns, bucketer(interval, source, rng.tz, rng.billing_day, rng.since_ms,
+                                                 rng.until_ms))
     if fmt == "focus":
         body = usage_report.focus_csv(dims, grouped, rng, state.directory.current.org or "tollhouse")
     else:

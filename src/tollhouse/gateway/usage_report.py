@@ -59,7 +59,7 @@ def focus_csv(dims: list[str], grouped: dict[Key, dict[tuple[int, int], Totals]]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([*FOCUS_COLUMNS, *(_FOCUS_DIMENSION[d] for d in extra)])
-    month = bucketer("month", rng.tz, rng.billing_day, rng.since_ms, rng.until_ms)
+    month = bucketer("month", "hour", rng.tz, rng.billing_day, rng.since_ms, rng.until_ms)
     for (start, end), key, t in _ordered(grouped):
         values = dict(zip(dims, key, strict=True))
         provider = values["provider"] or "unknown"
