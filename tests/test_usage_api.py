@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gateway, Mock, upstreams
-from usage_seed import event, ms
 
+from conftest import Gateway, Mock, upstreams
 from tollhouse.events.store import open_store
+from usage_seed import event, ms
 
 NOW = ms("2026-12-07T12:00:00Z") / 1000
 DIRECTORY = {

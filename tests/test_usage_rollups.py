@@ -6,11 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from usage_seed import event, ms
-
 from tollhouse.events.model import event_from_row
 from tollhouse.events.rollup import TABLES
 from tollhouse.events.store import Store, open_store
+from usage_seed import event, ms
 
 _SUMS = "COUNT(*) AS calls, SUM(input_tokens) AS i, SUM(output_tokens) AS o, SUM(cost_nusd) AS c"
 
