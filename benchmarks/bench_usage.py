@@ -337,7 +337,7 @@ def markdown(results: Json) -> str:
                   f"{seed['bytes'] / 1e9:.2f} GB.", "",
                   "| kind | query | p50 | p95 | max | body bytes |", "|---|---|---:|---:|---:|---:|"]
         for q in store["queries"]:
-            lines.append(f"| {q['kind']} | {q['query']} | {q['p50_ms']} | {q['p95_ms']} | {q['max_ms']} | "
+            lines.append(f"| {q['kind']} | {q['query']} | {q['p50_ms']} | {q['p95_ms']} | {q.get('max_ms', '-')} | "
                          f"{q['bytes']:,} |")
         worst = max(q["p95_ms"] for q in store["queries"] if q["kind"] == "usage")
         lines += ["", f"Worst usage p95: {worst} ms ({'meets' if worst <= 200 else 'MISSES'} the 200 ms target).", ""]
@@ -384,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["stores"].append({"store": store, "seed": seed, "queries": measure(server, args.reps, now)})
             finally:
                 server.stop()
+            write_results(results, args.out, args.name, markdown)  # each store's figures as soon as they are in
         finally:
             if pg is not None:
                 pg.stop()
