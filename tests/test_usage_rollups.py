@@ -3,10 +3,11 @@ the events already stored, and days kept in the organisation's local dates. On S
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tollhouse.events.model import event_from_row
+from tollhouse.events.model import CallEvent, event_from_row
 from tollhouse.events.rollup import TABLES
 from tollhouse.events.store import Store, open_store
 from usage_seed import event, ms
@@ -112,3 +113,41 @@ def test_a_dst_change_day_is_one_local_day(store: Store) -> None:
     store.db.execute("DELETE FROM events")
     store.insert_events(events)
     assert _days(store) == rebuilt
+
+
+def test_writers_sharing_a_store_count_each_event_once(store_url: str, tmp_path: Path) -> None:
+    """Two gateways write calls of the same people and models at once, in opposite orders (their rollup updates
+    touch the same rows: no deadlock), then each re-sends all of it (a retried upload racing the first: nothing
+    counted twice)."""
+    keys = [(s, m) for s in ("alice", "bob", "carol") for m in ("gpt-4o", "gpt-4o-mini")]
+    rounds = [[event(f"2026-12-01T10:{r:02d}:00Z", subject=s, model=m, cost_nusd=r + 1) for s, m in keys]
+              for r in range(40)]
+    mine = [[event(f"2026-12-01T10:{r:02d}:30Z", subject=s, model=m, cost_nusd=r + 2) for s, m in reversed(keys)]
+            for r in range(40)]
+    stores = [open_store(store_url, tmp_path) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def deliver(store: Store, batches: list[list[CallEvent]]) -> None:
+        try:
+            for batch in batches:
+                store.insert_events(batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def race(first: list[list[CallEvent]], second: list[list[CallEvent]]) -> None:
+        threads = [threading.Thread(target=deliver, args=(stores[0], first)),
+                   threading.Thread(target=deliver, args=(stores[1], second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+
+    try:
+        race(rounds, mine)
+        race(rounds + mine, rounds + mine)
+        assert errors == []
+        _all_match(stores[0])
+        assert _from_events(stores[0])["calls"] == 2 * 40 * len(keys)
+    finally:
+        for s in stores:
+            s.close()

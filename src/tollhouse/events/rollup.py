@@ -130,8 +130,10 @@ def aggregate(events: Iterable[CallEvent], zone: ZoneInfo) -> dict[str, list[tup
         teams: dict[tuple[Any, ...], list[int]] = {}
         for key, sums in rows.items():
             _add(teams, (key[0], *key[2:]), sums)
-        out[person] = [(*k, *v) for k, v in rows.items()]
-        out[org] = [(*k, *v) for k, v in teams.items()]
+        # in key order: concurrent writers (gateways sharing PostgreSQL) lock the rows they update in one order,
+        # so they wait for each other rather than deadlock
+        out[person] = [(*k, *v) for k, v in sorted(rows.items())]
+        out[org] = [(*k, *v) for k, v in sorted(teams.items())]
     return out
 
 
