@@ -4,6 +4,7 @@ Usage Specification) for FinOps tools: a row per day, provider (the service) and
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ def money(nusd: int) -> str:
     return f"{sign}{whole}.{frac:09d}"
 
 
+@functools.lru_cache(maxsize=4096)
 def _utc(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -47,8 +49,9 @@ def plain_csv(dims: list[str], grouped: dict[Key, dict[tuple[int, int], Totals]]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(["period_start", "period_end", *dims, *_MEASURE_COLUMNS])
+    iso = functools.cache(rng.iso)  # the rows share a few period bounds
     for (start, end), key, t in _ordered(grouped):
-        writer.writerow([rng.iso(start), rng.iso(end), *("" if k is None else k for k in key), t.calls, t.blocked,
+        writer.writerow([iso(start), iso(end), *("" if k is None else k for k in key), t.calls, t.blocked,
                          t.would_block, t.errors, t.input_tokens, t.output_tokens, money(t.cost_nusd)])
     return out.getvalue()
 
