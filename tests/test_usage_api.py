@@ -175,6 +175,7 @@ def test_events_filters_work_or_are_refused(gw: Gateway) -> None:
 def test_spend_of_an_unknown_team_is_404(gw: Gateway) -> None:
     assert get_json(gw, "/api/v1/spend?scope=team&id=finance", 404)["error"]["code"] == "not_found"
     assert get_json(gw, "/api/v1/spend?scope=person&id=mallory", 404)["error"]["code"] == "not_found"
+    assert "window" in get_json(gw, "/api/v1/spend?scope=team&id=ml&period=month", 400)["error"]["message"]
     known = get_json(gw, "/api/v1/spend?scope=team&id=engineering")
     assert known["requests"] == 3 and known["spend_usd"] == pytest.approx(4.0)
 

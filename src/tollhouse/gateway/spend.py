@@ -8,7 +8,7 @@ from tollhouse.events.store import StoreError
 from tollhouse.gateway.admin import api_error
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.state import GatewayState
-from tollhouse.gateway.usage_params import known_ids
+from tollhouse.gateway.usage_params import check_names, known_ids
 from tollhouse.ledger.local import NANO_PER_USD
 from tollhouse.ledger.windows import window_bounds_ms
 from tollhouse.policy.rules import MONTHLY, parse_count_window
@@ -25,6 +25,7 @@ def _iso(ms: int) -> str:
 
 async def spend(request: Request, state: GatewayState) -> Response:
     q = request.query
+    check_names(q, ("scope", "id", "window", "provider"))
     scope = _SCOPES.get(q.get("scope", ""))
     ident = q.get("id", "*" if scope == "org" else "")
     if scope is None or not ident:
