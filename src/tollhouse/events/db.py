@@ -168,6 +168,10 @@ class PostgresDb(Db):
             try:
                 self._conn = psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
                                              connect_timeout=self._timeout, application_name="tollhouse")
+                # Usage views group tens of thousands of rollup rows: sorted and hashed in memory, not spilled to
+                # disk (the default 4 MB does), and never JIT-compiled (compiling costs more than such a query)
+                self._conn.execute("SET work_mem = '64MB'")
+                self._conn.execute("SET jit = off")
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
         return self._conn
