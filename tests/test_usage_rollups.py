@@ -151,3 +151,24 @@ def test_writers_sharing_a_store_count_each_event_once(store_url: str, tmp_path:
     finally:
         for s in stores:
             s.close()
+
+
+def test_the_people_rollup_agrees_with_the_full_one(store: Store) -> None:
+    store.insert_events([event(f"2026-12-0{d}T{h:02d}:10:00Z", subject=s, model=m, cost_nusd=d * h)
+                         for d in (1, 2) for h in (3, 15) for s in ("alice", "bob") for m in ("a", "b")])
+    store.use_day_zone("America/New_York")  # rebuilt from the hours, as a gateway does at start
+    store.insert_events([event("2026-12-02T23:00:00Z", subject="bob", cost_nusd=5)])  # and kept up to date
+    span = (0, ms("2030-01-01T00:00:00Z"))
+    narrow = store.usage_rows("day", ["subject", "team"], *span, {})  # served by usage_daily_people
+    full = store.usage_rows("day", ["subject", "team", "model"], *span, {})  # by usage_daily
+
+    def sums(rows: list[dict[str, object]]) -> dict[tuple[object, object, object], tuple[object, object]]:
+        out: dict[tuple[object, object, object], list[int]] = {}
+        for r in rows:
+            k = (r["period_ms"], r["subject"], r["team"])
+            got = out.setdefault(k, [0, 0])
+            got[0] += int(str(r["calls"]))
+            got[1] += int(str(r["cost_nusd"]))
+        return {k: (v[0], v[1]) for k, v in out.items()}
+
+    assert sums(narrow) == sums(full) and len(narrow) == 6  # 30 Nov, 1 and 2 Dec in New York, two people

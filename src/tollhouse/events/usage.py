@@ -16,6 +16,8 @@ COLUMNS = frozenset(rollup.PERSON_KEY)
 def _table(period: str, columns: set[str]) -> str:
     """The smallest rollup of `period` (hour | day) that has every column asked for."""
     base = "usage_hourly" if period == "hour" else "usage_daily"
+    if period == "day" and "subject" in columns and columns <= set(rollup.PEOPLE_KEY):
+        return "usage_daily_people"
     return f"{base}_org" if columns <= set(rollup.ORG_KEY) else base
 
 
