@@ -21,6 +21,8 @@ import typer
 
 from tollhouse import __version__
 from tollhouse.agent import install as agent_install
+from tollhouse.agent.flags import SOURCE as FLAG_SOURCE
+from tollhouse.agent.flags import forget_flags, record_flags, running_flags
 from tollhouse.agent.managed import local_layers
 from tollhouse.agent.runner import AgentOptions, local_config_problems, run_agent
 from tollhouse.agent.service_files import UNIT_NAME
@@ -193,6 +195,10 @@ def agent(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Run the agent: the gateway's routes on this machine, policy from the control plane (cached offline)."""
+    # the flags given (a host flag equal to the default is not told apart from none), for `config show`
+    given = {"control_plane": control_plane, "token": token, "port": None if port is None else str(port),
+             "host": None if host == "127.0.0.1" else host, "config": str(config) if config else None,
+             "data_dir": str(data_dir) if data_dir else None}
     layers = _layers()
     try:
         effective = layers.resolve(None)
@@ -229,6 +235,7 @@ def agent(
 
     def ready(state: GatewayState, bound: int) -> None:
         _freeze_startup_heap()
+        record_flags(ddir, given)
         plane = state.health.current["control_plane"]()
         assert isinstance(plane, dict)
         typer.echo(f"Tollhouse agent {__version__} listening on http://{host}:{bound} for user "
@@ -243,6 +250,8 @@ def agent(
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    finally:
+        forget_flags(ddir)
 
 
 @config_app.command("show")
@@ -252,11 +261,14 @@ def config_show(
 ) -> None:
     """Every effective agent setting and its source: env, managed, control-plane (cached bundle) or default."""
     layers = _layers()
+    ddir = agent_data_dir(data_dir, layers)
     try:
-        shown = effective_settings(layers, agent_data_dir(data_dir, layers)).shown()
+        shown = effective_settings(layers, ddir).shown()
     except SettingsError as exc:
         _fail(str(exc))
         raise AssertionError from exc
+    for name, value in running_flags(ddir).items():  # what the agent running there was started with
+        shown[name] = {"value": value, "source": FLAG_SOURCE}
     typer.echo(json.dumps(shown, indent=2) if as_json else render_text(shown))
 
 
@@ -319,7 +331,8 @@ def demo(
     except StoreError as exc:
         _fail(str(exc))
     except OSError as exc:
-        _fail(f"cannot listen: {exc.strerror or exc}")
+        hint = "" if "--mock-port" in str(exc) else "; pass --port with a free port, or stop what uses it"
+        _fail(f"the demo cannot start: {exc.strerror or exc}{hint}")
 
 
 @app.command()
@@ -428,6 +441,18 @@ def keys_revoke(prefix: str, config: ConfigOpt = None, data_dir: DataDirOpt = No
     typer.echo(f"revoked {prefix}")
 
 
+def _existing_store(settings: Settings, data_dir: Path | None) -> Store:
+    """The store, refusing to create one (a command that reads a trail must not answer for an empty new store)."""
+    if not is_postgres(settings.store.url):
+        path = sqlite_path(settings.store.url, _data_dir(data_dir))
+        if not path.is_file():
+            where = "--data-dir" if data_dir is not None else (
+                "TOLLHOUSE_DATA_DIR" if os.environ.get("TOLLHOUSE_DATA_DIR") else "the default data dir")
+            _fail(f"no store at {path} ({where}): no audit trail to read. Pass --data-dir with the gateway's data "
+                  "directory, or --config with the config whose store.url names its store", 1)
+    return _open_store(settings, data_dir)
+
+
 def _open_store(settings: Settings, data_dir: Path | None) -> Store:
     try:
         return open_store(settings.store.url, _data_dir(data_dir))
@@ -443,12 +468,16 @@ def policy_check(
                                                 "target (default: FILE itself when it is a config).")] = None,
 ) -> None:
     """Validate rules: exit 0, or print every problem with its rule id and field and exit 1."""
+    whole = _config_of(file)  # FILE is a whole config: its rules, or the rules file it names
+    rules_file = Path(whole.policy.rules_file) if whole is not None and whole.policy.rules_file else None
     try:
-        raw = read_rules_file(file)
+        raw = read_rules_file(rules_file or file)
     except RulesFileError as exc:
-        _fail(str(exc), 1)
-    directory = _settings(config).directory if config else _directory_of(file)
-    timezone = _settings(config).policy.timezone if config else "UTC"
+        _fail(str(exc) + (f" (the rules_file of {file})" if rules_file else ""), 1)
+    context = _settings(config) if config else whole
+    directory = context.directory if context is not None else DirectoryConfig()
+    timezone = context.policy.timezone if context is not None else "UTC"
+    file = rules_file or file
     try:
         compiled = compile_rules(raw, timezone, directory, 1, str(file))
     except RulesFileError as exc:
@@ -460,13 +489,13 @@ def policy_check(
     typer.echo(f"{file}: OK, {len(compiled.rules)} rules ({enabled} enabled)")
 
 
-def _directory_of(file: Path) -> DirectoryConfig:
-    """The directory in FILE when it is a whole config; otherwise none (targets are not checked)."""
+def _config_of(file: Path) -> Settings | None:
+    """FILE as a whole config (a relative policy.rules_file resolved from FILE's folder), or None when it is not
+    one (a rules file)."""
     try:
-        settings = load_settings(file)
+        return load_settings(file)
     except ConfigError:
-        return DirectoryConfig()
-    return settings.directory
+        return None
 
 
 @policy_app.command("explain")
@@ -640,7 +669,7 @@ def audit_verify(
 ) -> None:
     """Check the audit trail's hash chain and signed checkpoints: exit 0, or 1 naming the first problem."""
     settings = _settings(config)
-    store = _open_store(settings, data_dir)
+    store = _existing_store(settings, data_dir)
     checkpoints = store.checkpoints()
     covered = {c.seq for c in checkpoints}
     kept: list[AuditEntry] = []  # the entries checkpoints cover, and the last one (memory stays flat)
@@ -690,7 +719,7 @@ def audit_export(
     if render is None:
         _fail(f"--format {fmt!r}: use jsonl or cef", 1)
         raise AssertionError
-    store = _open_store(_settings(config), data_dir)
+    store = _existing_store(_settings(config), data_dir)
     for entry in store.audit_entries(since):
         typer.echo(render(entry))
     store.close()

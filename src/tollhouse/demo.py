@@ -114,13 +114,24 @@ async def run_demo(data_dir: Path, port: int, mock_port: int, calls: int, stop: 
                    exit_after: bool = False) -> None:
     mock_runner = web.AppRunner(build_mock_app(MockSettings(latency_ms=20, chunk_delay_ms=5)), access_log=None)
     await mock_runner.setup()
-    await web.TCPSite(mock_runner, "127.0.0.1", mock_port).start()
+    try:
+        await web.TCPSite(mock_runner, "127.0.0.1", mock_port).start()
+    except OSError as exc:
+        await mock_runner.cleanup()
+        raise OSError(f"the mock provider cannot listen on 127.0.0.1:{mock_port}: {exc.strerror or exc}; pass "
+                      "--mock-port with a free port, or stop what uses it") from None
     mock_url = f"http://127.0.0.1:{mock_port}"
     started: asyncio.Future[tuple[GatewayState, int]] = asyncio.get_running_loop().create_future()
     gateway = asyncio.create_task(serve(demo_settings(mock_url), data_dir, "127.0.0.1", port,
                                         lambda st, p: started.set_result((st, p)), stop))
     try:
-        state, bound = await started
+        # the gateway either starts or fails to (its port taken, its store unusable): never wait on it forever
+        waiting: list[asyncio.Future[Any]] = [started, gateway]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            await gateway  # raises why it did not start
+            return  # stopped (Ctrl-C) before it was up
+        state, bound = started.result()
         base = f"http://127.0.0.1:{bound}"
         print(f"Tollhouse demo: mock provider {mock_url}, gateway {base}, data in {data_dir}")
         print(f"Driving {calls} calls from {len(PEOPLE)} people and a service in {len(TEAMS)} teams...")

@@ -128,7 +128,9 @@ class BundleApplier:
                 errors.append(f"directory not applied, keeping version {state.directory.current.version}: {exc}")
         if compiled is not None and isinstance(raw, list) and (raw != holder.raw or holder.source != ACTOR):
             try:
-                await holder.publish(raw, ACTOR, ACTOR, note, timezone=tz)
+                # the control plane's version, not only this agent's local copy's (numbered 1, 2, ... here)
+                await holder.publish(raw, ACTOR, ACTOR, f"control-plane policy version {policy.get('version')}, "
+                                     f"{note}", timezone=tz)
             except RulesFileError as exc:
                 holder.error = str(exc)
                 errors.append(f"policy not applied, keeping version {holder.current.version}: {exc}")

@@ -54,6 +54,10 @@ class Db(ABC):
         return [tuple(r.values()) for r in self.query(sql, args)]
 
     @abstractmethod
+    def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Run one statement with a RETURNING clause per row; every row they returned."""
+
+    @abstractmethod
     def transaction(self, lock: str | None = None) -> Any:
         """A context manager: one write transaction, committed at the end, rolled back on error.
         Transactions that name the same `lock` never run at once, whatever process runs them."""
@@ -106,6 +110,10 @@ class SqliteDb(Db):
             cur.row_factory = None
             rows: list[tuple[Any, ...]] = cur.execute(sql, args).fetchall()
             return rows
+
+    def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        with self._errors():
+            return [dict(r) for row in rows for r in self._db.execute(sql, row).fetchall()]
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
@@ -171,6 +179,10 @@ class PostgresDb(Db):
             try:
                 self._conn = psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
                                              connect_timeout=self._timeout, application_name="tollhouse")
+                # Usage views group tens of thousands of rollup rows: sorted and hashed in memory, not spilled to
+                # disk (the default 4 MB does), and never JIT-compiled (compiling costs more than such a query)
+                self._conn.execute("SET work_mem = '64MB'")
+                self._conn.execute("SET jit = off")
             except psycopg.Error as exc:
                 raise self._unreachable(exc) from None
         return self._conn
@@ -212,6 +224,18 @@ class PostgresDb(Db):
     def tuples(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._errors() as conn, conn.cursor(row_factory=tuple_row) as cur:
             return cur.execute(_pg_sql(sql), args).fetchall()
+
+    def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        if not rows:
+            return []
+        out: list[dict[str, Any]] = []
+        with self._errors() as conn, conn.cursor() as cur:
+            cur.executemany(_pg_sql(sql), rows, returning=True)
+            while True:
+                out.extend(cur.fetchall())
+                if not cur.nextset():
+                    break
+        return out
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:

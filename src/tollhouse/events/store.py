@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+from zoneinfo import ZoneInfo
 
 import orjson
 
 from tollhouse.audit.chain import GENESIS, AuditEntry, canonical, entry_hash
+from tollhouse.events import rollup, usage
 from tollhouse.events.db import Db, PostgresDb, SqliteDb, StoreConflict, StoreError
 from tollhouse.events.model import COLUMNS, CallEvent, Capture
 from tollhouse.events.records import (
@@ -46,15 +48,16 @@ _CREDENTIAL_TABLES: dict[type[Any], tuple[str, str]] = {
     KeyRecord: ("gateway_keys", "key_hash"),
     EnrollmentToken: ("enrollment_tokens", "token_hash"),
 }
+EVENT_FILTER_COLUMNS = frozenset({"subject", "team", "project", "cost_centre", "provider", "model", "decision"})
 _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
 _INSERT_EVENT = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
-                 "ON CONFLICT (id) DO NOTHING")
+                 "ON CONFLICT (id) DO NOTHING RETURNING id")
 # SQLite: a whole batch in one statement over a JSON array of rows. The sqlite3 module lets go of the GIL
 # around every step, so row-by-row inserts hand the GIL back and forth with the serving thread once per
 # event; this hands it over once per batch. (JSON keeps every value's type: text, integer, real, null.)
 _INSERT_EVENTS_JSON = (f"INSERT INTO events ({', '.join(COLUMNS)}) "
                        f"SELECT {', '.join(f'value ->> {i}' for i in range(len(COLUMNS)))} FROM json_each(?) "
-                       "WHERE true ON CONFLICT (id) DO NOTHING")
+                       "WHERE true ON CONFLICT (id) DO NOTHING RETURNING id")
 _INSERT_CAPTURE = ("INSERT INTO event_content (event_id, prompt, response) VALUES (?, ?, ?) "
                    "ON CONFLICT (event_id) DO NOTHING")
 # An event row with its captured content (NULL when nothing was captured).
@@ -84,6 +87,18 @@ def _scope_filter(scope: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
     if column is None:
         return "", []
     return f" AND {column} IN ({', '.join('?' for _ in ids)})", list(ids)
+
+
+def _inserted(events: Sequence[CallEvent], new_ids: set[str]) -> Sequence[CallEvent]:
+    """The events an insert stored: those whose id it returned, the first of a batch naming an id twice."""
+    if len(new_ids) == len(events):
+        return events
+    out = []
+    for e in events:
+        if e.id in new_ids:
+            out.append(e)
+            new_ids.discard(e.id)
+    return out
 
 
 def is_postgres(url: str) -> bool:
@@ -130,9 +145,22 @@ class Store:
         self.db = db
         try:
             self._migrate()
+            # the zone the usage day rollups are in (UTC until `use_day_zone` names the organisation's)
+            row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
+            self.day_zone = ZoneInfo(row["value"] if row else "UTC")
         except BaseException:
             db.close()
             raise
+
+    def use_day_zone(self, name: str) -> None:
+        """Keep the usage day rollups in local dates of the IANA zone `name` (ledger.timezone); rebuilt from the
+        hourly rollups when the zone changed (once, whichever process sharing the store asks first)."""
+        zone = ZoneInfo(name)
+        with self.db.transaction(lock="usage-day-zone"):
+            row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
+            if row is None or row["value"] != zone.key:
+                rollup.rebuild_days(self.db, zone)
+        self.day_zone = zone
 
     def _migrate(self) -> None:
         scripts = migrations(self.db.dialect)
@@ -171,15 +199,19 @@ class Store:
 
     def insert_events(self, events: Sequence[CallEvent], captures: Mapping[str, Capture] | None = None) -> int:
         """Store events, and the captured content of those in `captures` (event id → capture), in one
-        transaction; ones whose id is already stored are skipped. Returns how many events were new."""
+        transaction; ones whose id is already stored are skipped. Returns how many events were new. The usage
+        rollups count the new ones, in the same transaction."""
         with self.db.transaction():
-            if self.db.dialect == "sqlite":
-                new = self.db.execute(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),)) if events else 0
+            if not events:
+                inserted: list[dict[str, Any]] = []
+            elif self.db.dialect == "sqlite":
+                inserted = self.db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
             else:
-                new = self.db.executemany(_INSERT_EVENT, events)
+                inserted = self.db.executemany_returning(_INSERT_EVENT, events)
+            rollup.add(self.db, _inserted(events, {r["id"] for r in inserted}), self.day_zone)
             if captures:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
-            return new
+            return len(inserted)
 
     def insert_new_events(self, events: Sequence[CallEvent], captures: Mapping[str, Capture] | None = None
                           ) -> list[CallEvent]:
@@ -203,13 +235,20 @@ class Store:
         return self._row(f"{EVENTS_WITH_CONTENT} WHERE events.id = ?", (event_id,))
 
     def list_events(self, limit: int, subject: str | None = None, before_seq: int | None = None,
-                    content: bool = False) -> list[dict[str, Any]]:
-        """Newest first; with `content`, each row also has its captured `prompt` and `response`."""
+                    content: bool = False, filters: Mapping[str, Sequence[str]] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Newest first; with `content`, each row also has its captured `prompt` and `response`. `filters`:
+        column (one of EVENT_FILTER_COLUMNS) -> the values kept."""
         where: list[str] = []
         args: list[Any] = []
         if subject is not None:
             where.append("subject = ?")
             args.append(subject)
+        for column, values in sorted((filters or {}).items()):
+            if column not in EVENT_FILTER_COLUMNS:
+                raise ValueError(f"events are not filtered on {column!r}")
+            where.append(f"events.{column} IN ({', '.join('?' for _ in values)})")
+            args.extend(values)
         if before_seq is not None:
             where.append("seq < ?")
             args.append(before_seq)
@@ -243,6 +282,15 @@ class Store:
                f"WHERE ts_ms >= ? AND ts_ms < ? AND decision != 'block'{where} GROUP BY provider")
         rows = self.db.query(sql, [since_ms, until_ms, *args])
         return {r["provider"]: (int(r["c"]), int(r["i"]), int(r["o"]), int(r["n"])) for r in rows}
+
+    def usage_rows(self, period: str, group_by: Sequence[str], since: int, until: int,
+                   filters: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+        """Usage per hour or local day from the rollups (see events/usage.py `rows`)."""
+        return usage.rows(self.db, period, group_by, since, until, filters)
+
+    def usage_seen(self, column: str, value: str) -> bool:
+        """Whether any stored call has `value` in rollup `column` (subject, team, project, ...)."""
+        return usage.seen(self.db, column, value)
 
     # audit trail
 

@@ -66,28 +66,7 @@ def int_param(query: dict[str, str], name: str, default: int | None, lo: int, hi
     return value
 
 
-async def list_events(request: Request, state: GatewayState) -> Response:
-    query = request.query
-    try:
-        limit = int_param(query, "limit", 100, 1, 10_000) or 100
-        before = int_param(query, "before", None, 0, 2**62)
-    except BadParameter as exc:
-        return api_error(400, str(exc), "bad_parameter")
-    subject = query.get("subject")
-    include = query.get("include")
-    if include not in (None, "content"):
-        raise ApiError(400, f"query parameter 'include' can only be 'content', got {include!r}", "bad_parameter")
-    # Read your own writes, but never hang: a store that does not answer gets a 503 within seconds.
-    rows, unsaved = await _read(state, lambda s: s.list_events(limit, subject, before, content=include is not None))
-    body: dict[str, object] = {"events": [event_json(r) for r in rows]}
-    if unsaved:
-        body["unsaved"] = unsaved  # recorded, not yet in the store (storage failing): listed once written
-    if rows and len(rows) == limit:
-        body["next"] = f"/api/v1/events?limit={limit}&before={rows[-1]['seq']}"
-    return json_response(body)
-
-
-async def _read(state: GatewayState, fn: Callable[[Store], T]) -> tuple[T, int]:
+async def read(state: GatewayState, fn: Callable[[Store], T]) -> tuple[T, int]:
     try:
         return await storage.read_store(state.writer, state.runner.run, fn)
     except storage.StorageUnavailable as exc:
@@ -98,7 +77,7 @@ async def _read(state: GatewayState, fn: Callable[[Store], T]) -> tuple[T, int]:
 async def get_event(request: Request, state: GatewayState) -> Response:
     """One event with its captured prompt and response (null when not captured: telemetry capture mode)."""
     event_id = request.params["id"]
-    row, _ = await _read(state, lambda s: s.event(event_id))
+    row, _ = await read(state, lambda s: s.event(event_id))
     if row is None:
         raise ApiError(404, f"no event with id {event_id!r}", "not_found")
     return json_response({"event": event_json(row)})

@@ -16,13 +16,16 @@ from tollhouse.gateway import (
     admin,
     agent_api,
     backtest_api,
+    baseline,
     console,
     console_session,
+    events_api,
     exemption_routes,
     lease_api,
     pipeline,
     policy_api,
     spend,
+    usage_api,
 )
 from tollhouse.gateway.errors import error_response
 from tollhouse.gateway.http import Request, Response, Streamed, json_response
@@ -45,7 +48,11 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/metrics"): (admin.metrics, False),
     ("GET", "/console/"): (console.console, False),
     ("GET", "/api/v1/openapi.json"): (admin.openapi, False),
-    ("GET", "/api/v1/events"): (admin.list_events, True),
+    ("GET", "/api/v1/events"): (events_api.list_events, True),
+    # usage from the rollups: series, the spend report (CSV, FOCUS), a team's baseline
+    ("GET", "/api/v1/usage"): (usage_api.usage, True),
+    ("GET", "/api/v1/reports/spend.csv"): (usage_api.spend_csv, True),
+    ("GET", "/api/v1/baseline"): (baseline.baseline, True),
     ("GET", "/api/v1/spend"): (spend.spend, True),
     ("GET", "/api/v1/audit"): (admin.list_audit, True),
     ("GET", "/api/v1/alerts"): (alerts_api.list_alerts, True),

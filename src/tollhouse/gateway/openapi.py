@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tollhouse.gateway.openapi_usage import EVENT_FILTERS, USAGE_PATHS
+
 _EVENT_PROPS: dict[str, Any] = {
     "id": {"type": "string"},
     "ts": {"type": "string", "format": "date-time"},
@@ -210,7 +212,7 @@ OPENAPI: dict[str, Any] = {
             "summary": "Calls through the gateway, newest first",
             "parameters": [
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
-                {"name": "subject", "in": "query", "schema": {"type": "string"}},
+                *EVENT_FILTERS,
                 {"name": "before", "in": "query", "schema": {"type": "integer"},
                  "description": "page: the `next` link of the previous page carries it"},
                 {"name": "include", "in": "query", "schema": {"type": "string", "enum": ["content"]},
@@ -221,11 +223,13 @@ OPENAPI: dict[str, Any] = {
                     "type": "object", "properties": {
                         "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                         "next": {"type": "string"}}}}}},
-                "400": {"description": "bad parameter", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+                "400": {"description": "bad parameter, or one it does not take (the valid ones are listed)",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "401": {"description": "missing or wrong admin token"},
+                "404": {"description": "a team, project or person no one knows"},
             },
         }},
+        **USAGE_PATHS,
         "/api/v1/spend": {"get": {
             "summary": "Spend, tokens and requests of a person, team, project, service or the org, with each "
                        "cap's limit, used and remaining",
@@ -238,6 +242,7 @@ OPENAPI: dict[str, Any] = {
                 {"name": "provider", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {"200": {"description": "spend report"}, "400": {"description": "bad parameter"},
+                          "404": {"description": "a team, project or person no one knows"},
                           "503": {"description": "budget counters unavailable"}},
         }},
         "/api/v1/audit": {"get": {

@@ -209,7 +209,8 @@ class PolicyHolder:
         previous = {"rules": self.raw if before is None else before}
         doc = await self._docs.publish("policy", {"rules": raw}, actor, source, previous, note)
         self._install(CompiledPolicy(compiled.rules, version=doc.version), raw, source)
-        log.info("policy version %d from %s (%s): %d rules", doc.version, source, actor, len(compiled.rules))
+        log.info("policy version %d from %s (%s): %d rules%s", doc.version, source, actor, len(compiled.rules),
+                 f" ({note})" if note else "")
         return doc
 
     def start(self, interval_s: float = 1.0) -> None:

@@ -8,11 +8,13 @@ from tollhouse.events.store import StoreError
 from tollhouse.gateway.admin import api_error
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.usage_params import check_names, known_ids
 from tollhouse.ledger.local import NANO_PER_USD
 from tollhouse.ledger.windows import window_bounds_ms
 from tollhouse.policy.rules import MONTHLY, parse_count_window
 from tollhouse.policy.timewindow import zone
 
+_CHECKED = {"subject": "person", "team": "team", "project": "project"}
 _SCOPES = {"person": "subject", "subject": "subject", "individual": "subject", "service": "subject",
            "team": "team", "project": "project", "org": "org"}
 
@@ -23,6 +25,7 @@ def _iso(ms: int) -> str:
 
 async def spend(request: Request, state: GatewayState) -> Response:
     q = request.query
+    check_names(q, ("scope", "id", "window", "provider"))
     scope = _SCOPES.get(q.get("scope", ""))
     ident = q.get("id", "*" if scope == "org" else "")
     if scope is None or not ident:
@@ -37,7 +40,8 @@ async def spend(request: Request, state: GatewayState) -> Response:
     lc = state.settings.ledger
     start, end = window_bounds_ms(window, now_ms, lc.billing_day, zone(lc.timezone))
     directory, policy = state.directory.current, state.policy.current  # one version of each for the answer
-    ids = directory.descendants(ident) if scope == "team" else (ident,)
+    # a team: it and the teams below it; an id neither the directory nor the history knows: 404
+    ids = (ident,) if scope == "org" else await known_ids(state, directory, _CHECKED[scope], ident)
     await state.writer.flush(2.0)  # never hang on failing storage
     totals = await state.runner.run(lambda s: s.usage_totals(scope, ids, start, min(end, now_ms + 1)))
     if provider:

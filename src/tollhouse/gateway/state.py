@@ -256,6 +256,7 @@ async def build_state(settings: Settings, data_dir: Path, public_url: str,
     store = open_store(settings.store.url, data_dir)
     lifespan = Lifespan()
     try:
+        store.use_day_zone(settings.ledger.timezone)  # usage day rollups in the organisation's local dates
         return await _build(settings, data_dir, public_url, clock, worker, policy, signer, store, lifespan,
                             make_ledger)
     except BaseException:
