@@ -104,6 +104,10 @@ _QUARTER_HOUR_MS = 900_000
 # What a call's shape decides before counting: its facts, the verdict, the content rules that cannot be judged,
 # the shadow rules' caps, the model it goes to.
 _First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None]
+# A call shape's caps resolved once to their counters: each cap with its counter, and every counter the call
+# counts in (each once): the caps' first, then the shadow caps'.
+_Reads = tuple[tuple[Cap, Running], ...]
+_Plan = tuple[_Reads, _Reads, tuple[Running, ...]]
 
 
 class Simulation:
@@ -124,6 +128,7 @@ class Simulation:
         self._subjects: dict[tuple[object, ...], Subject] = {}
         # The verdict before counting, per call shape (it depends on nothing else: see CompiledPolicy.evaluate).
         self._first: dict[tuple[object, ...], _First] = {}
+        self._plans: dict[tuple[object, ...], _Plan] = {}  # per call shape, for its priced verdict's caps
 
     def subject(self, p: Past) -> Subject:
         key = (p.subject, p.subject_kind, p.team, p.project, p.cost_centre)
@@ -158,6 +163,7 @@ class Simulation:
                      verdict.decision.model if verdict.decision is not None else model)
             if len(self._first) >= 20_000:
                 self._first.clear()
+                self._plans.clear()
             self._first[shape] = first
         call, verdict, unevaluable, extra, upstream = first
         charge, priced, known = self._charge(p, upstream)
@@ -166,42 +172,47 @@ class Simulation:
         caps = verdict.caps
         if not judged_class or not (caps or extra):
             return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
-        if not priced:
+        ts_ms = p.ts_ms
+        vec = charge.vector()
+        if priced:
+            plan = self._plans.get(shape)
+            if plan is None:
+                plan = self._plans[shape] = self._plan(caps, extra, ts_ms)
+            reads, shadow_reads, counters = plan
+            usage = _usage(reads, vec, charge.provider, ts_ms)
+        else:
             verdict = decide(gate._replace(priced=False), policy, call, subject, now)
             if verdict.blocked:
                 return Judged(verdict, charge, known, unevaluable)
             gate = gate._replace(priced=False)
-        counters, usage = self._read(caps, charge, p.ts_ms)
+            reads, shadow_reads, counters = self._plan(verdict.caps, extra, ts_ms)
+            usage = _usage(reads, vec, charge.provider, ts_ms)
         verdict = decide(gate, policy, call, subject, now, usage=usage or None, judged=verdict)
-        if extra:
-            more, shadow_usage = self._read(extra, charge, p.ts_ms)
-            counters += [c for c in more if c not in counters]
-            verdict = with_shadow_usage(verdict, shadow_usage)
-        if not verdict.blocked:  # counted, as the gateway settles a call that went (a refused one counts nothing)
-            vec = charge.vector()
-            if any(vec):
-                for counter in counters:
-                    counter.add(p.ts_ms, charge.provider, vec)
+        if shadow_reads:
+            verdict = with_shadow_usage(verdict, _usage(shadow_reads, vec, charge.provider, ts_ms))
+        # counted, as the gateway settles a call that went (a refused one counts nothing)
+        if not verdict.blocked and any(vec):
+            provider = charge.provider
+            for counter in counters:
+                counter.add(ts_ms, provider, vec)
         return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
 
-    def _read(self, caps: Sequence[Cap], charge: Charge, ts_ms: int) -> tuple[list[Running], list[CapUsage]]:
-        """Each cap's counter (each once) and what the ledger would tell decide(): used before this call, this
-        call's need, the limit. (Calls are replayed one at a time: no other call holds a reservation.)"""
+    def _plan(self, caps: Sequence[Cap], extra: Sequence[Cap], ts_ms: int) -> _Plan:
+        """Each cap with its counter (a counter used for the first time is loaded now, at `ts_ms`), and the
+        counters a call counted in adds to, each once."""
+        reads = tuple((cap, self._counter(cap, ts_ms)) for cap in caps)
+        shadow_reads = tuple((cap, self._counter(cap, ts_ms)) for cap in extra)
         counters: list[Running] = []
-        usage: list[CapUsage] = []
-        vec = charge.vector()
-        provider = charge.provider
-        table = self._counters
-        for cap in caps:
-            counter = table.get(cap.key)
-            if counter is None:
-                counter = table[cap.key] = self._load(cap, ts_ms)
+        for _, counter in (*reads, *shadow_reads):
             if counter not in counters:
                 counters.append(counter)
-            providers = cap.providers
-            need = metric_of(vec, cap.metric) if providers is None or provider in providers else 0
-            usage.append(CapUsage(cap, counter.used(cap.metric, providers, ts_ms), need, cap.units, 0))
-        return counters, usage
+        return reads, shadow_reads, tuple(counters)
+
+    def _counter(self, cap: Cap, ts_ms: int) -> Running:
+        counter = self._counters.get(cap.key)
+        if counter is None:
+            counter = self._counters[cap.key] = self._load(cap, ts_ms)
+        return counter
 
     def _saved(self, p: Past, verdict: Verdict, charge: Charge) -> int:
         d = verdict.decision
@@ -245,3 +256,15 @@ class Simulation:
                                                                      bucket):
                 counter.add(ts, provider, (spend, inp, outp, reqs))
         return counter
+
+
+def _usage(reads: _Reads, vec: tuple[int, int, int, int], provider: str, ts_ms: int) -> list[CapUsage]:
+    """What the ledger would tell decide() for each cap: used before this call, this call's need, the limit.
+    (Calls are replayed one at a time: no other call holds a reservation.)"""
+    usage: list[CapUsage] = []
+    for cap, counter in reads:
+        providers = cap.providers
+        metric = cap.metric
+        need = metric_of(vec, metric) if providers is None or provider in providers else 0
+        usage.append(CapUsage(cap, counter.used(metric, providers, ts_ms), need, cap.units, 0))
+    return usage
