@@ -28,9 +28,9 @@ from zoneinfo import ZoneInfo
 from tollhouse.config import Unpriced
 from tollhouse.directory import Directory, Subject
 from tollhouse.ledger.local import HistoryRow
-from tollhouse.ledger.types import CapUsage, Charge, metric_of
+from tollhouse.ledger.types import CapUsage, Charge
 from tollhouse.ledger.windows import bucket_ms, window_bounds_ms
-from tollhouse.policy.backtest_counter import Running
+from tollhouse.policy.backtest_counter import TOKENS, Running, index_of
 from tollhouse.policy.decide import Gate, Verdict, decide
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
 from tollhouse.policy.rules import Kind
@@ -106,7 +106,7 @@ _QUARTER_HOUR_MS = 900_000
 _First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None]
 # A call shape's caps resolved once to their counters: each cap with its counter, and every counter the call
 # counts in (each once): the caps' first, then the shadow caps'.
-_Reads = tuple[tuple[Cap, Running], ...]
+_Reads = tuple[tuple[Cap, Running, int], ...]  # (cap, its counter, its metric's place in a usage vector)
 _Plan = tuple[_Reads, _Reads, tuple[Running, ...]]
 
 
@@ -200,10 +200,10 @@ class Simulation:
     def _plan(self, caps: Sequence[Cap], extra: Sequence[Cap], ts_ms: int) -> _Plan:
         """Each cap with its counter (a counter used for the first time is loaded now, at `ts_ms`), and the
         counters a call counted in adds to, each once."""
-        reads = tuple((cap, self._counter(cap, ts_ms)) for cap in caps)
-        shadow_reads = tuple((cap, self._counter(cap, ts_ms)) for cap in extra)
+        reads = tuple((cap, self._counter(cap, ts_ms), index_of(cap.metric)) for cap in caps)
+        shadow_reads = tuple((cap, self._counter(cap, ts_ms), index_of(cap.metric)) for cap in extra)
         counters: list[Running] = []
-        for _, counter in (*reads, *shadow_reads):
+        for _, counter, _ in (*reads, *shadow_reads):
             if counter not in counters:
                 counters.append(counter)
         return reads, shadow_reads, tuple(counters)
@@ -262,9 +262,11 @@ def _usage(reads: _Reads, vec: tuple[int, int, int, int], provider: str, ts_ms: 
     """What the ledger would tell decide() for each cap: used before this call, this call's need, the limit.
     (Calls are replayed one at a time: no other call holds a reservation.)"""
     usage: list[CapUsage] = []
-    for cap, counter in reads:
+    for cap, counter, index in reads:
         providers = cap.providers
-        metric = cap.metric
-        need = metric_of(vec, metric) if providers is None or provider in providers else 0
-        usage.append(CapUsage(cap, counter.used(metric, providers, ts_ms), need, cap.units, 0))
+        if providers is not None and provider not in providers:
+            need = 0
+        else:
+            need = vec[index] if index != TOKENS else vec[1] + vec[2]
+        usage.append(CapUsage(cap, counter.used_at(index, providers, ts_ms), need, cap.units, 0))
     return usage

@@ -18,6 +18,12 @@ from tollhouse.ledger.windows import bucket_ms, window_bounds_ms
 from tollhouse.policy.rules import Window
 
 _INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
+TOKENS = 4  # the place `index_of` gives "tokens": input plus output
+
+
+def index_of(metric: str) -> int:
+    """A metric's place in a usage vector (spend, input tokens, output tokens, requests), or TOKENS."""
+    return _INDEX.get(metric, TOKENS)
 
 
 def _into(row: list[int], vec: Sequence[int], sign: int = 1) -> None:
@@ -74,6 +80,27 @@ class Running:
         for provider, vec in self.by_provider.items():
             if provider in providers:
                 total += vec[index] if index is not None else vec[1] + vec[2]
+        return total
+
+    def used_at(self, index: int, providers: frozenset[str] | None, now_ms: int) -> int:
+        """`used` with the metric given by its place in a usage vector (TOKENS: input plus output)."""
+        if self.monthly:
+            if now_ms >= self._end:
+                self.advance(now_ms)
+        elif self._buckets and self._buckets[0][0] + self._bucket <= now_ms - self._span:
+            self.advance(now_ms)
+        if providers is None:
+            vec = self.all
+            return vec[index] if index != TOKENS else vec[1] + vec[2]
+        total = 0
+        if index == TOKENS:
+            for provider, vec in self.by_provider.items():
+                if provider in providers:
+                    total += vec[1] + vec[2]
+        else:
+            for provider, vec in self.by_provider.items():
+                if provider in providers:
+                    total += vec[index]
         return total
 
     def add(self, ts_ms: int, provider: str, vec: Sequence[int]) -> None:
