@@ -25,8 +25,7 @@ def stream_calls(store: Store, since_ms: int, until_ms: int, page: int = PAGE) -
     make = Past._make
     while True:
         rows = store.db.tuples(_PAGE_SQL, (last_ts, until_ms, last_ts, last_seq, page))
-        for row in rows:
-            yield make(row)
+        yield from map(make, rows)
         if len(rows) < page:
             return
         last = make(rows[-1])

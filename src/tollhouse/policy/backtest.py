@@ -102,8 +102,8 @@ class Judged(NamedTuple):
 _NOTHING = Charge("", 0, 0, 0, 0)
 _QUARTER_HOUR_MS = 900_000
 # What a call's shape decides before counting: its facts, the verdict, the content rules that cannot be judged,
-# the shadow rules' caps, the model it goes to.
-_First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None]
+# the shadow rules' caps, the model it goes to, who makes it.
+_First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None, Subject]
 # A call shape's caps resolved once to their counters: each cap with its counter, and every counter the call
 # counts in (each once): the caps' first, then the shadow caps'.
 _Reads = tuple[tuple[Cap, Running, int], ...]  # (cap, its counter, its metric's place in a usage vector)
@@ -145,27 +145,29 @@ class Simulation:
         if p.decision == "block" and p.rule_id is None:
             return Judged(None, _NOTHING, True, ())
         policy = self.policy
-        subject = self.subject(p)
         judged_class = p.endpoint_class in JUDGED
         model = p.requested_model if judged_class else None
         now = now or datetime.fromtimestamp(p.ts_ms / 1000, UTC)
         gate = self._gate
-        shape = (subject, p.provider, model, p.endpoint_class,
-                 tuple(w.contains(now) for w in self._windows) if self._windows else ())
+        windows = self._windows
+        # the call's shape: who (subject, kind, team, project, cost centre), where, which time windows it is in
+        shape = (p[2:7], p.provider, model, p.endpoint_class,
+                 tuple([w.contains(now) for w in windows]) if windows else ())
         first = self._first.get(shape)
         if first is None:
+            subject = self.subject(p)
             call = CallFacts(p.provider, self.setting.hosts.get(p.provider, ""), model)
             unevaluable: tuple[str, ...] = ()
             if self._content and model is not None and p.endpoint_class == "metered":
                 unevaluable = tuple(r.id for r in policy.content_rules(subject))
             verdict = decide(gate, policy, call, subject, now)
             first = (call, verdict, unevaluable, shadow_caps(verdict, self._shadow),
-                     verdict.decision.model if verdict.decision is not None else model)
+                     verdict.decision.model if verdict.decision is not None else model, subject)
             if len(self._first) >= 20_000:
                 self._first.clear()
                 self._plans.clear()
             self._first[shape] = first
-        call, verdict, unevaluable, extra, upstream = first
+        call, verdict, unevaluable, extra, upstream, subject = first
         charge, priced, known = self._charge(p, upstream)
         if verdict.blocked:
             return Judged(verdict, charge, known, unevaluable)
