@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
-from tollhouse.ledger.types import metric_of
 from tollhouse.ledger.windows import bucket_ms, window_bounds_ms
 from tollhouse.policy.rules import Window
 
@@ -68,19 +67,7 @@ class Running:
 
     def used(self, metric: str, providers: frozenset[str] | None, now_ms: int) -> int:
         """What the counter holds at `now_ms`, in counter units, over `providers` (None: all of them)."""
-        if self.monthly:
-            if now_ms >= self._end:
-                self.advance(now_ms)
-        elif self._buckets and self._buckets[0][0] + self._bucket <= now_ms - self._span:
-            self.advance(now_ms)
-        if providers is None:
-            return metric_of(self.all, metric)
-        index = _INDEX.get(metric)
-        total = 0
-        for provider, vec in self.by_provider.items():
-            if provider in providers:
-                total += vec[index] if index is not None else vec[1] + vec[2]
-        return total
+        return self.used_at(index_of(metric), providers, now_ms)
 
     def used_at(self, index: int, providers: frozenset[str] | None, now_ms: int) -> int:
         """`used` with the metric given by its place in a usage vector (TOKENS: input plus output)."""
