@@ -592,6 +592,7 @@ def policy_backtest(
             _fail(f"{file}: {len(exc.problems)} problem(s); nothing was replayed", 1)
             return
         setting = setting_of(settings, directory, PriceBook(settings.pricing.overrides))
+        _freeze_startup_heap()  # the replay makes garbage by the million: keep its collections off start-up's heap
         report = backtest_store(store, proposed, in_force, setting, days, int(end.timestamp() * 1000))
     except StoreError as exc:
         _fail(f"the store could not be read: {exc}", 1)
