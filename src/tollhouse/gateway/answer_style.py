@@ -77,31 +77,28 @@ def _parsed(kind: type[_Style], value: str | None) -> _Style | None:
         return None  # an unknown value in a caller's header: ignored, the configuration decides
 
 
+def _pick(styles: tuple[_Style | None, ...], tool: str | None, otherwise: str) -> str:
+    """The first style that is set; when that is `auto` (or none is): `message` for an interactive tool, else
+    `otherwise`."""
+    style = next((s for s in styles if s is not None), None)
+    if style is None or style.value == "auto":
+        return "message" if tool is not None else otherwise
+    return style.value
+
+
 def block_style(policy: PolicyConfig, subject_id: str, asked: str | None, tool: str | None
                 ) -> Literal["error", "message"]:
     """How a blocked call from this subject (asked: its X-Tollhouse-Block-Style; tool: interactive_tool())
     is answered."""
     own = policy.per_subject.get(subject_id)
-    for style in (_parsed(BlockStyle, asked), own.block_style if own is not None else None, policy.block_style):
-        if style is BlockStyle.error:
-            return "error"
-        if style is BlockStyle.message:
-            return "message"
-        if style is BlockStyle.auto:
-            break
-    return "message" if tool is not None else "error"
+    styles = (_parsed(BlockStyle, asked), own.block_style if own is not None else None, policy.block_style)
+    return "message" if _pick(styles, tool, "error") == "message" else "error"
 
 
 def soft_cap_notice(policy: PolicyConfig, subject_id: str, asked: str | None, tool: str | None
                     ) -> Literal["header", "message"]:
     """Whether a soft cap's warning is also appended to this subject's answer."""
     own = policy.per_subject.get(subject_id)
-    for style in (_parsed(SoftCapNotice, asked), own.soft_cap_notice if own is not None else None,
-                  policy.soft_cap_notice):
-        if style is SoftCapNotice.header:
-            return "header"
-        if style is SoftCapNotice.message:
-            return "message"
-        if style is SoftCapNotice.auto:
-            break
-    return "message" if tool is not None else "header"
+    styles = (_parsed(SoftCapNotice, asked), own.soft_cap_notice if own is not None else None,
+              policy.soft_cap_notice)
+    return "message" if _pick(styles, tool, "header") == "message" else "header"
