@@ -30,7 +30,7 @@ from pyreqwest.client import Client
 from tollhouse.gateway.upstream import RequestError, build_client
 from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import CapUsage, Ceilings, Charge, LeaseUnavailable, ReserveResult, check_ceilings, need_of
-from tollhouse.ledger.windows import month_id, month_seconds_left, window_bounds_ms
+from tollhouse.ledger.windows import BillingMonths, month_seconds_left
 from tollhouse.policy.engine import Cap
 from tollhouse.policy.rules import Window
 
@@ -106,7 +106,10 @@ class LeaseLedger:
     requests: int = 0
     retry_s: float = 2.0  # after a failed request, calls do not wait for the control plane for this long
     _down_until: float = 0.0  # monotonic
-    _month_span: tuple[int, int, int] = (0, 0, 0)  # [start, end) ms of the billing month last looked up, its id
+    _months: BillingMonths = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._months = BillingMonths(self.billing_day, self.tz)
 
     # the Ledger protocol
 
@@ -242,15 +245,7 @@ class LeaseLedger:
             held.reserved -= need
 
     def _period(self, cap: Cap, now_ms: int) -> int:
-        if not cap.window.monthly:
-            return 0
-        start, end, mid = self._month_span
-        if start <= now_ms < end:
-            return mid  # computed once a month, not once a call
-        start, end = window_bounds_ms(cap.window, now_ms, self.billing_day, self.tz)
-        mid = month_id(now_ms, self.billing_day, self.tz)
-        self._month_span = (start, end, mid)
-        return mid
+        return self._months.of(now_ms)[2] if cap.window.monthly else 0
 
     # talking to the control plane
 

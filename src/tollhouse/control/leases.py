@@ -36,7 +36,7 @@ from tollhouse.events.store import LeaseRow
 from tollhouse.ledger.base import Ledger
 from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import NANO_PER_USD, Charge, need_of
-from tollhouse.ledger.windows import month_id
+from tollhouse.ledger.windows import BillingMonths
 from tollhouse.policy.compiled import Kind, Rule, ScopeKind
 from tollhouse.policy.engine import Cap, CompiledPolicy, Level
 
@@ -208,8 +208,11 @@ class LeaseBook:
     _by_cap: dict[tuple[object, ...], list[Lease]] = field(default_factory=dict)  # leases counting one cap
     grants: int = 0  # lease requests answered (a metric)
 
+    def __post_init__(self) -> None:
+        self._months = BillingMonths(self.billing_day, self.tz)
+
     def _period(self, cap: Cap, now_ms: int) -> int:
-        return month_id(now_ms, self.billing_day, self.tz) if cap.window.monthly else 0
+        return self._months.of(now_ms)[2] if cap.window.monthly else 0
 
     def cap_for(self, policy: CompiledPolicy, item: LeaseItem) -> Cap:
         rule = next((r for r in policy.rules if r.id == item.rule), None)

@@ -20,7 +20,7 @@ from tollhouse.ledger.types import NANO_PER_USD as NANO_PER_USD
 from tollhouse.ledger.types import CapUsage, Ceilings, check_ceilings, metric_of
 from tollhouse.ledger.types import Charge as Charge
 from tollhouse.ledger.types import ReserveResult as ReserveResult
-from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
+from tollhouse.ledger.windows import BillingMonths, bucket_ms, month_seconds_left, window_bounds_ms
 from tollhouse.policy.engine import Cap
 from tollhouse.policy.rules import Window
 
@@ -112,7 +112,7 @@ class Counter:
         self._window_ms = window.seconds * 1000
         self.bucket_ms = bucket_ms(window) if not window.monthly else 0
         self.months: dict[int, dict[str, list[int]]] = {}
-        self._month_span = (0, 0, 0)  # [start, end) ms of the last month looked up, and its id
+        self._months = BillingMonths(billing_day, tz)
         self.buckets: deque[tuple[int, dict[str, list[int]]]] = deque()
         self.totals: dict[str, list[int]] = {}  # rolling: the sum of `buckets`
         self.reserved: dict[str, list[int]] = {}
@@ -122,13 +122,7 @@ class Counter:
         self.loaded = False
 
     def _month(self, ts_ms: int) -> int:
-        start, end, mid = self._month_span
-        if start <= ts_ms < end:
-            return mid
-        mid = month_id(ts_ms, self._billing_day, self._tz)
-        start, end = window_bounds_ms(self.window, ts_ms, self._billing_day, self._tz)
-        self._month_span = (start, end, mid)
-        return mid
+        return self._months.of(ts_ms)[2]
 
     def _expire(self, now_ms: int) -> None:
         floor = now_ms - self._window_ms

@@ -23,7 +23,7 @@ from tollhouse.ledger.local import Loader
 from tollhouse.ledger.redis_lua import LOAD, RESERVE, SETTLE
 from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import CapUsage, Ceilings, Charge, ReserveResult, check_ceilings
-from tollhouse.ledger.windows import bucket_ms, month_id, month_seconds_left, window_bounds_ms
+from tollhouse.ledger.windows import BillingMonths, bucket_ms, month_seconds_left, window_bounds_ms
 from tollhouse.policy.engine import Cap
 from tollhouse.policy.rules import Window
 
@@ -82,26 +82,16 @@ class RedisLedger:
         self._loading: dict[str, bool] = {}  # counters being read from the store: usage stored meanwhile (True)
         self._on_settle_error = on_settle_error
         self.url = url
-        self._month = (0, 0, 0)  # [start ms, end ms) of the billing month last seen, and its month id
-
-    def _month_of(self, now_ms: int) -> tuple[int, int, int]:
-        """The billing month holding `now_ms`: computed once a month, not once a call."""
-        month = self._month
-        if not month[0] <= now_ms < month[1]:
-            start, end = window_bounds_ms(Window(monthly=True), now_ms, self._billing_day, self._tz)
-            month = self._month = (start, end, month_id(now_ms, self._billing_day, self._tz))
-        return month
+        self._months = BillingMonths(billing_day, tz)
+        self._month_of = self._months.of
 
     def _key(self, cap: Cap, now_ms: int) -> str:
-        """One hash tag for every ledger key: a script touching several counters stays in one slot."""
-        scope, ident = cap.counter
-        if cap.window.monthly:
-            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{self._month_of(now_ms)[2]}"
-        return f"{self._prefix}:{{ledger}}:{scope}:{ident}:w{cap.window.seconds}"
+        return self._key_at(cap.counter[0], cap.counter[1], cap.window, now_ms)
 
     def _key_at(self, scope: str, ident: str, window: Window, ts_ms: int) -> str:
+        """One hash tag for every ledger key: a script touching several counters stays in one slot."""
         if window.monthly:
-            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{month_id(ts_ms, self._billing_day, self._tz)}"
+            return f"{self._prefix}:{{ledger}}:{scope}:{ident}:m{self._month_of(ts_ms)[2]}"
         return f"{self._prefix}:{{ledger}}:{scope}:{ident}:w{window.seconds}"
 
     def count_stored(self, usage: Sequence[StoredUsage], windows: Sequence[Window]) -> None:

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from tollhouse.policy.rules import Window
 
 ROLLING_BUCKETS = 600
+_MONTH = Window(monthly=True)
 
 
 def month_start(ts: datetime, billing_day: int, tz: ZoneInfo) -> datetime:
@@ -33,6 +34,26 @@ def month_id(ts_ms: int, billing_day: int, tz: ZoneInfo) -> int:
     """An integer naming the billing month of a Unix-ms instant: year * 12 + month index."""
     start = month_start(datetime.fromtimestamp(ts_ms / 1000, tz), billing_day, tz)
     return start.year * 12 + start.month - 1
+
+
+class BillingMonths:
+    """The billing month holding an instant, as (start ms, end ms, month id): computed once a month, not once a
+    call (the last month looked up is kept)."""
+
+    __slots__ = ("_billing_day", "_span", "_tz")
+
+    def __init__(self, billing_day: int, tz: ZoneInfo) -> None:
+        self._billing_day = billing_day
+        self._tz = tz
+        self._span = (0, 0, 0)
+
+    def of(self, ts_ms: int) -> tuple[int, int, int]:
+        span = self._span
+        if span[0] <= ts_ms < span[1]:
+            return span
+        start, end = window_bounds_ms(_MONTH, ts_ms, self._billing_day, self._tz)
+        span = self._span = (start, end, month_id(ts_ms, self._billing_day, self._tz))
+        return span
 
 
 def bucket_ms(window: Window) -> int:
