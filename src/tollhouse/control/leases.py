@@ -124,9 +124,13 @@ class Lease:
     def outstanding(self) -> int:
         return max(0, (self.granted if self.live else self.reported) - self.drawn)
 
-    def row(self, rule: str) -> LeaseRow:
-        scope, ident = self.cap.counter
-        return LeaseRow(self.agent, rule, scope, ident, self.period, self.epoch, self.offset, self.granted,
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        """(agent, rule id, scope kind, scope id): the book's and the store's key."""
+        return (self.agent, self.cap.rule.id, *self.cap.counter)
+
+    def row(self) -> LeaseRow:
+        return LeaseRow(*self.key, self.period, self.epoch, self.offset, self.granted,
                         self.reported, self.drawn, self.drawn_base, self.carry, self.carry_until_ms, self.expires_ms,
                         self.live)
 
@@ -249,7 +253,7 @@ class LeaseBook:
         if lease is not None:  # a new month, or the rule changed: the old lease ends (what it holds is freed)
             self._drop(lease)
         lease = Lease(agent, cap, period)
-        self._add(key, lease)
+        self._add(lease)
         return lease
 
     async def _grant_one(self, agent: str, epoch: str, item: LeaseItem, cap: Cap, now_ms: int) -> Grant:
@@ -292,7 +296,7 @@ class LeaseBook:
         # part of it the counter already counts (`drawn`) is left out, and an earlier epoch's grant is counted in
         fleet = max(0, others - lease.drawn + lease.offset)
         try:
-            await self.save([lease.row(item.rule)])  # kept before the agent may spend it
+            await self.save([lease.row()])  # kept before the agent may spend it
         except StoreError as exc:  # not kept: not granted (what it had stays, and still expires)
             lease.granted, lease.live, lease.expires_ms = max(before[0], floor), before[1], before[2]
             await self._hold(lease, now_ms)
@@ -357,12 +361,9 @@ class LeaseBook:
         if not leases:
             return
         try:
-            await self.save([lease.row(self._rule_of(lease)) for lease in leases])
+            await self.save([lease.row() for lease in leases])
         except StoreError as exc:
             log.warning("could not save %d budget lease(s): %s", len(leases), exc)
-
-    def _rule_of(self, lease: Lease) -> str:
-        return lease.cap.rule.id
 
     async def load(self, rows: Sequence[LeaseRow], policy: CompiledPolicy, now_ms: int) -> int:
         """Take back the leases a previous run granted (before serving): each holds what it has outstanding
@@ -378,7 +379,7 @@ class LeaseBook:
             lease = Lease(row.agent, cap, row.period, row.epoch, row.offset, row.granted, row.reported, row.drawn,
                           row.drawn_base, row.carry, row.carry_until_ms, row.expires_ms,
                           row.live and row.expires_ms > now_ms)
-            self._add((row.agent, row.rule, row.scope, row.ident), lease)
+            self._add(lease)
             await self._hold(lease, now_ms)
         if gone:
             await self.delete(gone)
@@ -412,9 +413,8 @@ class LeaseBook:
         if lease.reservation is not None:
             self.ledger.settle(lease.reservation, charge_of(lease.cap, 0))
             lease.reservation, lease.held = None, 0
-        key = next((k for k, v in self._leases.items() if v is lease), None)
-        if key is not None:
-            del self._leases[key]
+        if self._leases.get(lease.key) is lease:
+            del self._leases[lease.key]
         for listed in (self._by_agent.get(lease.agent), self._by_cap.get(_cap_id(lease.cap))):
             if listed is not None and lease in listed:
                 listed.remove(lease)
@@ -422,13 +422,11 @@ class LeaseBook:
     def _on_counter(self, cap: Cap) -> list[Lease]:
         return self._by_cap.get(_cap_id(cap), [])
 
-    def _add(self, key: tuple[str, str, str, str], lease: Lease) -> None:
-        self._leases[key] = lease
+    def _add(self, lease: Lease) -> None:
+        self._leases[lease.key] = lease
         self._by_agent.setdefault(lease.agent, []).append(lease)
         self._by_cap.setdefault(_cap_id(lease.cap), []).append(lease)
 
-    def outstanding(self, counter: tuple[str, str] | None = None,
-                    keep: Callable[[Lease], bool] = lambda _: True) -> list[Lease]:
-        """Leases holding something, optionally of one counter."""
-        return [lease for lease in self._leases.values()
-                if lease.held and (counter is None or lease.cap.counter == counter) and keep(lease)]
+    def holding(self, cap: Cap) -> list[Lease]:
+        """The leases on this cap that hold something."""
+        return [lease for lease in self._on_counter(cap) if lease.held]

@@ -57,8 +57,7 @@ async def spend(request: Request, state: GatewayState) -> Response:
             return api_error(503, f"budget counters unavailable: {exc}", "counters_unavailable")
         limit = cap.units
         scale = NANO_PER_USD if cap.metric == "spend" else 1
-        leased = [lease for lease in state.leases.outstanding(cap.counter) if lease.cap.key == cap.key
-                  and lease.cap.metric == cap.metric and lease.cap.providers == cap.providers]
+        leased = state.leases.holding(cap)
         for lease in leased:
             lease_rows.append({"agent": lease.agent, "rule_id": lease.cap.rule.id, "metric": lease.cap.metric,
                                "window": lease.cap.window.label, "outstanding": lease.held / scale,
