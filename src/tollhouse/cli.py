@@ -651,7 +651,7 @@ def _live_spend(settings: Settings, data_dir: Path | None, provider: str, model:
             return CountersDown(str(exc), "the store cannot be read")
         typer.echo(f"live usage (a call of {model} at its worst case: {output:,} output tokens"
                    f"{'' if cost is None else ', ' + fmt_usd(cost)}):")
-        for line in usage_lines(found, now):
+        for line in usage_lines(found):
             typer.echo(line)
         return found
 

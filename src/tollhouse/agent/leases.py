@@ -316,8 +316,13 @@ class LeaseLedger:
 
     async def _renew(self) -> None:
         now = self.mono()
-        active = [(k, h) for k, h in self.leases.items() if now - h.last_use < self.ttl_s or h.reserved]
-        idle = [(k, h) for k, h in self.leases.items() if (k, h) not in active and h.left]
+        active: list[tuple[LeaseKey, Held]] = []
+        idle: list[tuple[LeaseKey, Held]] = []
+        for key, held in self.leases.items():
+            if now - held.last_use < self.ttl_s or held.reserved:
+                active.append((key, held))
+            elif held.left:
+                idle.append((key, held))
         try:
             if active:
                 await asyncio.wait_for(self._send(active, {}), self.ask_timeout_s * 3)

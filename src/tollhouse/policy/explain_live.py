@@ -5,7 +5,6 @@ worst case, the same function the gateway decides with."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from tollhouse.directory import Directory
@@ -47,14 +46,13 @@ def live_usage(store: Store, directory: Directory, caps: Sequence[Cap], need: di
     return out
 
 
-def usage_lines(usage: Sequence[CapUsage], now: datetime) -> list[str]:
+def usage_lines(usage: Sequence[CapUsage]) -> list[str]:
     lines = []
     for u in usage:
         cap = u.cap
         lines.append(f"  cap {cap.rule.id} ({cap.counter[0]} {cap.counter[1]}, {cap.window.label}, {cap.metric}): "
                      f"{_shown(cap, u.used)} of {_shown(cap, u.limit)} used (leases outstanding included); this "
                      f"call at its worst case adds {_shown(cap, u.need)}")
-    del now
     return lines
 
 
