@@ -201,6 +201,13 @@ class Store:
         """Store events, and the captured content of those in `captures` (event id → capture), in one
         transaction; ones whose id is already stored are skipped. Returns how many events were new. The usage
         rollups count the new ones, in the same transaction."""
+        return len(self.insert_new_events(events, captures))
+
+    def insert_new_events(self, events: Sequence[CallEvent], captures: Mapping[str, Capture] | None = None
+                          ) -> Sequence[CallEvent]:
+        """`insert_events`, returning the events that were new: the ones the insert itself reports stored (a
+        retried batch's events come back once, however many deliveries race): what an ingest counts in the
+        budget counters."""
         with self.db.transaction():
             if not events:
                 inserted: list[dict[str, Any]] = []
@@ -208,27 +215,11 @@ class Store:
                 inserted = self.db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
             else:
                 inserted = self.db.executemany_returning(_INSERT_EVENT, events)
-            rollup.add(self.db, _inserted(events, {r["id"] for r in inserted}), self.day_zone)
+            fresh = _inserted(events, {r["id"] for r in inserted})
+            rollup.add(self.db, fresh, self.day_zone)
             if captures:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
-            return len(inserted)
-
-    def insert_new_events(self, events: Sequence[CallEvent], captures: Mapping[str, Capture] | None = None
-                          ) -> list[CallEvent]:
-        """`insert_events`, returning the events that were new (a retried batch's events come back once): what
-        an ingest counts in the budget counters."""
-        if not events:
-            return []
-        with self.db.transaction(lock="ingest"):  # two deliveries of one batch: one of them stores it
-            seen: set[str] = set()
-            ids = [e.id for e in events]
-            for begin in range(0, len(ids), 500):
-                part = ids[begin:begin + 500]
-                rows = self.db.query(f"SELECT id FROM events WHERE id IN ({', '.join('?' for _ in part)})", part)
-                seen.update(r["id"] for r in rows)
-            fresh = {e.id: e for e in events if e.id not in seen}  # a batch naming an id twice stores it once
-            self.insert_events(list(fresh.values()), {k: v for k, v in (captures or {}).items() if k in fresh})
-            return list(fresh.values())
+            return fresh
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         """One event by id, with its captured `prompt` and `response` (None when not captured)."""

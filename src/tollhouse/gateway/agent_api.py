@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tollhouse.events.model import CallEvent
@@ -160,7 +161,7 @@ async def ingest_events(request: Request, state: GatewayState) -> Response:
     return json_response({"received": len(events), "stored": stored, "duplicates": len(events) - stored})
 
 
-async def count_shipped(state: GatewayState, agent: str, events: list[CallEvent]) -> None:
+async def count_shipped(state: GatewayState, agent: str, events: Sequence[CallEvent]) -> None:
     directory, policy = state.directory.current, state.policy.current
     usage = stored_usage(events, directory.team_chain)
     state.ledger.count_stored(usage, policy.count_windows)
