@@ -11,13 +11,13 @@ from pathlib import Path
 from tollhouse.alerts import api as alerts_api
 from tollhouse.alerts import service as alerts
 from tollhouse.config import Settings
+from tollhouse.console import pages as console_pages
 from tollhouse.events.store import StoreError
 from tollhouse.gateway import (
     admin,
     agent_api,
     backtest_api,
     baseline,
-    console,
     console_session,
     events_api,
     exemption_routes,
@@ -46,7 +46,6 @@ Extension = Callable[[GatewayState], Awaitable[Callable[[], Awaitable[None]]]]
 _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/healthz"): (admin.healthz, False),
     ("GET", "/metrics"): (admin.metrics, False),
-    ("GET", "/console/"): (console.console, False),
     ("GET", "/api/v1/openapi.json"): (admin.openapi, False),
     ("GET", "/api/v1/events"): (events_api.list_events, True),
     # usage from the rollups: series, the spend report (CSV, FOCUS), a team's baseline
@@ -97,7 +96,8 @@ def routes() -> list[tuple[str, str]]:
     fixed = [(m, p) for m, p in _API]
     templated = [(m, f"{p}{{{param}}}") for (m, p), (_, _, param) in _API_PREFIXED.items()]
     exemptions = [(m, p) for m, p, _, _ in exemption_routes.ROUTES]  # exemption workflow (issue 6)
-    return sorted(fixed + templated + exemptions)
+    pages = [(page.method, page.path) for page in console_pages.registry().PAGES]
+    return sorted(fixed + templated + exemptions + pages)
 
 
 def _route(request: Request) -> tuple[Handler, bool] | Response:
@@ -110,6 +110,8 @@ def _route(request: Request) -> tuple[Handler, bool] | Response:
     if exemption is not None:
         return exemption
     # --- end exemption workflow ---
+    if path.startswith("/console/"):
+        return console_pages.route(request)
     if path.startswith("/api/v1/") or path in ("/healthz", "/metrics", "/console/"):
         for (method, prefix), (handler, admin_only, param) in _API_PREFIXED.items():
             if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:

@@ -33,6 +33,7 @@ _CONSOLE = "/console/"
 # (method, path pattern) open without sign-in: the requester's side of the exemption workflow
 _PUBLIC = (
     ("GET", re.compile(r"/console/login")),
+    ("GET", re.compile(r"/console/static/[A-Za-z0-9_.-]{1,80}")),  # vendored scripts and the style sheet
     ("POST", re.compile(r"/console/login")),
     ("POST", re.compile(r"/console/logout")),
     ("GET", re.compile(r"/console/exemptions/new")),
@@ -94,7 +95,7 @@ def session_value(state: GatewayState, user: ConsoleUser) -> str:
     return f"{payload}.{_sign(state, payload)}"
 
 
-def _cookie(request: Request, name: str) -> str | None:
+def cookie_value(request: Request, name: str) -> str | None:
     for part in (request.header("cookie") or "").split(";"):
         key, _, value = part.strip().partition("=")
         if key == name:
@@ -104,7 +105,7 @@ def _cookie(request: Request, name: str) -> str | None:
 
 def session_user(request: Request, state: GatewayState) -> ConsoleUser | None:
     """The user a valid, unexpired session cookie names; None for no cookie, a bad signature, or expiry."""
-    value = _cookie(request, COOKIE)
+    value = cookie_value(request, COOKIE)
     if not value:
         return None
     payload, _, signature = value.rpartition(".")

@@ -1,0 +1,84 @@
+"""A console page's declaration: method, path template, handler and the roles that may open it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from tollhouse.gateway.console_session import ROLES, ConsoleUser
+from tollhouse.gateway.http import Request, Response
+from tollhouse.gateway.state import GatewayState
+
+PageHandler = Callable[[Request, GatewayState, ConsoleUser], Awaitable[Response]]
+
+ALL_ROLES: frozenset[str] = frozenset(ROLES)
+ADMIN: frozenset[str] = frozenset({"admin"})
+POLICY: frozenset[str] = frozenset({"admin", "policy_owner"})  # who changes policy and decides exemptions
+MONEY: frozenset[str] = frozenset({"admin", "finance", "policy_owner", "auditor"})
+AUDIT: frozenset[str] = frozenset({"admin", "auditor"})
+
+_PARAM = re.compile(r"\{([a-z_]+)\}")
+STATIC = "/console/static/"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    method: str
+    path: str  # a template: "/console/teams/{team}"; a parameter matches one path segment
+    handler: PageHandler
+    roles: frozenset[str] = ALL_ROLES
+    title: str = ""  # the navigation's label; empty: not in the navigation
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = self.roles - ALL_ROLES
+        if unknown:
+            raise ValueError(f"page {self.path}: unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
+        parts = _PARAM.split(self.path)  # literal, name, literal, name, ..., literal
+        regex = "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/]+)" for i, part in enumerate(parts))
+        object.__setattr__(self, "_pattern", re.compile(regex))
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self._pattern.fullmatch(path)
+        return None if found is None else found.groupdict()
+
+
+def registry() -> ModuleType:
+    from tollhouse.console import registry as module  # the page modules import this one
+
+    return module
+
+
+def route(request: Request) -> tuple[Callable[[Request, GatewayState], Awaitable[Response]], bool]:
+    """The handler the app calls for a /console/ path: the page, checked against the signed-in user's role
+    (the app's sign-in gate has already turned anonymous browsers away), a static file, or a 404/405 page."""
+    from tollhouse.console import render
+    from tollhouse.gateway.console_session import signed_in
+
+    path = request.path
+    if path.startswith(STATIC):
+        name = path[len(STATIC):]
+
+        async def static(request: Request, state: GatewayState) -> Response:
+            return render.static(name)
+        return static, False
+    found: tuple[Page, dict[str, str]] | bool = registry().find(request.method, path)
+
+    async def page(request: Request, state: GatewayState) -> Response:
+        user = signed_in(request, state)
+        if isinstance(found, bool):
+            status, message = (405, f"{request.method} is not allowed on {path}") if found else (
+                404, f"There is no console page at {path}.")
+            return render.error_page(request, state, user, status, message)
+        if user is None:  # the gate lets only public paths through unsigned; no page is public
+            return render.error_page(request, state, None, 403, "Sign in to see this page.")
+        declared, params = found
+        if user.role not in declared.roles:
+            allowed = ", ".join(sorted(declared.roles))
+            return render.error_page(request, state, user, 403, f"Your role ({user.role}) may not open this page; "
+                                     f"it is for {allowed}. Ask a Tollhouse admin if you need it.")
+        request.params.update(params)
+        return await declared.handler(request, state, user)
+    return page, False
