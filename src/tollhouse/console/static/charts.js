@@ -31,7 +31,7 @@
 
   function draw(holder) {
     var source = document.getElementById(holder.getAttribute("data-chart"));
-    if (!source) return;
+    if (!source || holder.classList.contains("drawn")) return;
     var data = JSON.parse(source.textContent);
     var series = data.series || [];
     var lines = data.lines || [];
@@ -97,5 +97,5 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () { drawAll(document); });
-  document.addEventListener("htmx:afterSettle", function (e) { drawAll(e.target); });
+  document.addEventListener("htmx:afterSettle", function () { drawAll(document); });
 })();
