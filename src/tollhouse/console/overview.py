@@ -76,7 +76,7 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
         mtd_cost=usd(mtd.cost_nusd), mtd_calls=mtd.calls, last_same_cost=usd(last_same.cost_nusd),
         last_same_calls=last_same.calls, last_month_cost=usd(last_month.cost_nusd), change=change,
         blocked_total=mtd.blocked, would_total=mtd.would_block,
-        chart={**chart(by_team, top=TOP), "timezone": tz.key},
+        chart={**chart(by_team, top=TOP, now_ms=now_ms), "timezone": tz.key},
         top_models=_top(by_model), top_people=_top(by_person),
         by_rule=stopped.by_rule, recent_blocked=stopped.recent,
         at_risk=[c for c in caps if c.at_risk], caps_count=len(caps))

@@ -115,7 +115,7 @@ async def team_page(request: Request, state: GatewayState, user: ConsoleUser) ->
         sub_teams=[t for t in teams if t != team_id],
         members=[p for p in cfg.people if p.team == team_id], services=[s for s in cfg.services if s.team == team_id],
         projects=[p for p in cfg.projects if p.team == team_id], baseline=base, caps=statuses, burn=burn,
-        daily_chart={**chart(mix_days, top=6), "timezone": month.tz.key})
+        daily_chart={**chart(mix_days, top=6, now_ms=now_ms), "timezone": month.tz.key})
 
 
 PAGES = (

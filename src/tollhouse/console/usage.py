@@ -63,7 +63,7 @@ async def usage(request: Request, state: GatewayState, user: ConsoleUser) -> Res
     return render(request, state, user, "usage.html", "Usage", problem=None, rows=rows, total=total,
                   group=dims[0] if dims else None, interval=interval, since=rng.iso(rng.since_ms),
                   until=rng.iso(rng.until_ms), csv=f"/console/usage.csv?{urlencode(query)}",
-                  chart={**chart(data, top=10), "timezone": rng.tz.key}, **base)
+                  chart={**chart(data, top=10, now_ms=int(state.clock() * 1000)), "timezone": rng.tz.key}, **base)
 
 
 async def usage_csv(request: Request, state: GatewayState, user: ConsoleUser) -> Response:

@@ -75,15 +75,18 @@ def label(key: Key) -> str:
     return " / ".join(NONE_LABEL if k is None else k for k in key) or "all"
 
 
-def chart(data: Series, measure: str = "cost_nusd", top: int = 8, stacked: bool = True) -> dict[str, Any]:
-    """The JSON static/charts.js draws: the `top` biggest keys, the rest summed as (others); cost in dollars."""
+def chart(data: Series, measure: str = "cost_nusd", top: int = 8, stacked: bool = True,
+          now_ms: int | None = None) -> dict[str, Any]:
+    """The JSON static/charts.js draws: the `top` biggest keys, the rest summed as (others); cost in dollars.
+    Buckets starting after `now_ms` have no value (the chart stops at now)."""
     scale = 1e9 if measure == "cost_nusd" else 1
     ranked = [key for key, _ in data.ranked(measure)]
     shown, rest = ranked[:top], ranked[top:]
     out: list[dict[str, Any]] = []
 
-    def values(keys: list[Key]) -> list[float]:
-        return [round(sum(getattr(data.groups[k].get(s, Totals()), measure) for k in keys) / scale, 9)
+    def values(keys: list[Key]) -> list[float | None]:
+        return [None if now_ms is not None and s > now_ms else
+                round(sum(getattr(data.groups[k].get(s, Totals()), measure) for k in keys) / scale, 9)
                 for s in data.starts]
 
     for key in shown:

@@ -38,7 +38,7 @@
     var fmt = data.unit === "usd" ? money : number;
     var stacked = !!data.stacked;
     var columns = [data.x];
-    var running = data.x.map(function () { return 0; });
+    var running = data.x.map(function () { return null; });
     var opts = {
       width: Math.max(320, holder.clientWidth || 800),
       height: Number(holder.getAttribute("data-height") || 260),
@@ -55,7 +55,10 @@
       var values = s.values;
       var color = PALETTE[i % PALETTE.length];
       if (stacked) {
-        running = running.map(function (acc, j) { return acc + (values[j] || 0); });
+        // a bucket no series has a value for (the future) stays empty
+        running = running.map(function (acc, j) {
+          return acc == null && values[j] == null ? null : (acc || 0) + (values[j] || 0);
+        });
         columns.push(running.slice());
       } else {
         columns.push(values);
@@ -65,6 +68,7 @@
         stroke: color,
         fill: stacked ? fill(color) : undefined,
         width: 1.5,
+        points: {show: data.x.length <= 40},
         value: stacked ? function (u, v, si, idx) { return idx == null ? "" : fmt(values[idx]); }
                        : function (u, v) { return fmt(v); }
       });
