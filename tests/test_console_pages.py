@@ -135,3 +135,11 @@ def test_billing_month_follows_billing_day_and_timezone() -> None:
     assert datetime.fromtimestamp(this.until_ms / 1000, tz) == datetime(2026, 12, 15, tzinfo=tz)
     assert datetime.fromtimestamp(last.since_ms / 1000, tz) == datetime(2026, 10, 15, tzinfo=tz)
     assert last.until_ms == this.since_ms
+
+
+def test_teams_index_sums_the_teams_below(gw: Gateway) -> None:
+    status, body, _ = as_role(gw, "/console/teams", "finance")
+    assert status == 200
+    row = body.split('href="/console/teams/engineering"')[1].split("</tr>")[0]
+    # engineering's own calls: none; with platform ($13.50) and ml ($9) below it: $22.50 (+ today's cheap calls)
+    assert '<td class="num">$0</td><td class="num">$22.50' in row

@@ -42,10 +42,12 @@ async def index(request: Request, state: GatewayState, user: ConsoleUser) -> Res
     teams = []
     for team in cfg.teams:
         t = data.totals.get((team.id,))
+        below = [data.totals[(d,)] for d in directory.descendants(team.id) if (d,) in data.totals]
         teams.append({"id": team.id, "parent": team.parent, "cost_centre": team.cost_centre,
                       "people": sum(1 for p in cfg.people if p.team == team.id),
                       "projects": sum(1 for p in cfg.projects if p.team == team.id),
-                      "cost": usd(t.cost_nusd if t else 0), "calls": t.calls if t else 0})
+                      "cost": usd(t.cost_nusd if t else 0), "calls": t.calls if t else 0,
+                      "cost_all": usd(sum(b.cost_nusd for b in below))})
     return render(request, state, user, "teams.html", "Teams", teams=teams, month_start=data.starts[0])
 
 
