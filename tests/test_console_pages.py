@@ -4,6 +4,7 @@ wrong queries (400), the usage CSV, and the budget projection."""
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -108,12 +109,23 @@ def test_usage_csv_is_the_spend_report_for_a_cookie_user(gw: Gateway) -> None:
     assert status == 400 and "is not a dimension" in body
 
 
-def test_overview_counts_the_whole_org_not_a_page_of_events(gw: Gateway) -> None:
-    status, body, _ = as_role(gw, "/console/", "finance")
-    assert status == 200
+def test_overview_counts_the_whole_org_not_a_page_of_events(mock: Mock, tmp_path: Path, store_url: str) -> None:
+    with seeded_gateway(mock.url, tmp_path, store_url) as gw:  # SQLite and PostgreSQL
+        status, body, _ = as_role(gw, "/console/", "finance")
+        blocked_status, blocked_body, _ = as_role(gw, "/console/events/" + _first_blocked(gw), "auditor")
+    assert status == 200 and blocked_status == 200 and "no-gpt4o" in blocked_body
     assert '<div class="big">$24.75</div>' in body  # 9 days x ($1.5 + $1 + $0.25), plus today's cheap calls
     assert '<div class="big">$90</div>' in body  # November: 30 x $3
     assert "platform-budget" in body and "2026-12-15" in body  # $13.50 of $20 by the 10th: out on the 15th
+    by_rule = body.split('id="blocked-by-rule"')[1].split("</table>")[0]
+    assert '<td>no-gpt4o</td><td class="num">2</td><td class="num">0</td>' in by_rule
+    assert body.split('id="recent-blocked"')[1].count("/console/events/") == 2
+
+
+def _first_blocked(gw: Gateway) -> str:
+    status, body, _ = gw.get("/api/v1/events?decision=block&limit=1")
+    assert status == 200, body
+    return str(json.loads(body)["events"][0]["id"])
 
 
 def test_projection_is_linear_over_the_billing_month() -> None:
