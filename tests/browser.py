@@ -53,7 +53,10 @@ class PageProblems:
             self.problems.append(f"HTTP {response.status} for {response.request.method} {response.url}")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API leaves its event loop set as the main thread's running loop
+# while it is started, so every later test calling asyncio.run() would fail ("cannot be called from a running
+# event loop"). Started per browser-test module, it is stopped before the next module's tests run.
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Playwright]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium; "
@@ -62,7 +65,7 @@ def playwright_instance() -> Iterator[Playwright]:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     b = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
     try:
