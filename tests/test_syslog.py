@@ -150,8 +150,8 @@ class TcpReceiver:
                 self.frames.append(rest[:int(length)])
                 buf = rest[int(length):]
                 count += 1
-                if self._close_after is not None and count >= self._close_after:
-                    return
+            if self._close_after is not None and count >= self._close_after:
+                return  # hangs up having kept every whole frame it read (a receiver drops none it has read)
             try:
                 chunk = conn.recv(65536)
             except TimeoutError:
