@@ -12,6 +12,8 @@ from tollhouse.alerts import api as alerts_api
 from tollhouse.alerts import service as alerts
 from tollhouse.config import Settings
 from tollhouse.events.store import StoreError
+from tollhouse.forward import api as forward_api
+from tollhouse.forward.service import add_forward_proxy
 from tollhouse.gateway import (
     admin,
     agent_api,
@@ -56,6 +58,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/spend"): (spend.spend, True),
     ("GET", "/api/v1/audit"): (admin.list_audit, True),
     ("GET", "/api/v1/alerts"): (alerts_api.list_alerts, True),
+    ("GET", "/api/v1/hosts"): (forward_api.hosts, True),  # hosts seen by the forward proxy (issue 21)
     ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
     ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
     # versioned policy and agent policy
@@ -215,6 +218,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
             raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
 
     lifespan.add("server", listen, lambda: server.stop(grace_s=10))
+    add_forward_proxy(state, host, GatewayApp(state))  # forward_proxy.port: the CONNECT proxy (issue 21)
     lifespan.add("agent long-polls", stop=state.docs.feed.close)  # answered first, rather than hold the shutdown
     await lifespan.start()
     try:

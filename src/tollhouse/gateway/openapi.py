@@ -268,6 +268,21 @@ OPENAPI: dict[str, Any] = {
             ],
             "responses": {"200": {"description": "alerts"}, "400": {"description": "bad parameter"}},
         }},
+        "/api/v1/hosts": {"get": {
+            "summary": "Hosts reached through the forward proxy (forward_proxy.port), most recently seen first: "
+                       "connections (intercepted, denied), bytes up and down of tunnels, first and last seen "
+                       "(first_ms, last_ms), the people, `known_ai` with the `vendor` for known AI API hosts, and "
+                       "`managed` for intercepted (governed) hosts",
+            "parameters": [
+                {"name": "known_ai", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "managed", "in": "query", "schema": {"type": "boolean"},
+                 "description": "false: AI services used outside the managed ones (with known_ai=true)"},
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                 "description": "hosts last seen at or after this time (ms)"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+            ],
+            "responses": {"200": {"description": "hosts"}, "400": {"description": "bad parameter"}},
+        }},
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {
