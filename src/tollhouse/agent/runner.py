@@ -72,8 +72,12 @@ def local_config_problems(settings: Settings) -> list[str]:
 def gateway_settings(local: Settings, effective: AgentSettings) -> Settings:
     """The data plane's start-up settings: the local config with the effective agent settings on top."""
     identity = local.identity.model_copy(update={"default_user": effective["user"]})
+    forward_port = effective["forward_proxy_port"]  # TOLLHOUSE_FORWARD_PROXY_PORT over the config's forward_proxy.port
+    forward = local.forward_proxy.model_copy(update={"port": int(forward_port)}) if forward_port else \
+        local.forward_proxy
     return local.model_copy(update={"enforcement": effective.enforcement, "capture_mode": effective.capture_mode,
-                                    "upstream_proxy": effective["upstream_proxy"] or None, "identity": identity})
+                                    "upstream_proxy": effective["upstream_proxy"] or None, "identity": identity,
+                                    "forward_proxy": forward})
 
 
 def agent_id(data_dir: Path) -> str:
