@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -268,3 +272,31 @@ def test_proxy_authorization_with_a_gateway_key_names_the_person(mock: Mock, gat
     sock = connect(port, b"CONNECT nowhere.invalid:443 HTTP/1.1\r\n\r\n")
     assert read_all(sock).startswith(b"HTTP/1.1 502")
     assert sorted(_hosts(gw)["nowhere.invalid"]["people"]) == ["127.0.0.1", "alice"]
+
+
+def _tool_env(gw: Gateway) -> dict[str, str]:
+    """A process environment as `tollhouse install --forward-proxy` writes it (nothing else proxy-related)."""
+    info = proxy_info(gw)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.endswith("_BASE_URL")}
+    env.update({"HTTPS_PROXY": proxy_url(gw), "NO_PROXY": "127.0.0.1,localhost,::1",
+                "NODE_EXTRA_CA_CERTS": info["ca"], "SSL_CERT_FILE": info["ca_bundle"],
+                "REQUESTS_CA_BUNDLE": info["ca_bundle"], "CURL_CA_BUNDLE": info["ca_bundle"]})
+    return env
+
+
+def test_the_environment_alone_sends_the_sdk_and_curl_through(mock: Mock, gateway_factory: Any) -> None:
+    gw: Gateway = gateway_factory(proxy_config(mock))
+    env = _tool_env(gw)
+    script = ("import openai; c = openai.OpenAI(api_key='sk-x', max_retries=0); print(c.chat.completions.create("
+              "model='gpt-4o-mini', max_tokens=3, messages=[{'role': 'user', 'content': 'hi'}])"
+              ".usage.completion_tokens)")
+    sdk = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert sdk.returncode == 0 and sdk.stdout.strip() == "3", sdk.stderr
+    if shutil.which("curl"):
+        out = subprocess.run(["curl", "-sS", "https://api.anthropic.com/v1/messages", "-H", "x-api-key: k",
+                              "-H", "anthropic-version: 2023-06-01", "-H", "content-type: application/json", "-d",
+                              '{"model": "claude-3-5-haiku-20241022", "max_tokens": 4, "messages": '
+                              '[{"role": "user", "content": "hi"}]}'], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0 and json.loads(out.stdout)["usage"]["output_tokens"] == 4, out.stderr
+    assert {e["provider"] for e in gw.events()} == ({"openai", "anthropic"} if shutil.which("curl") else {"openai"})
