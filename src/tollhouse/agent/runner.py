@@ -35,6 +35,7 @@ from tollhouse.config import DirectoryConfig, Settings
 from tollhouse.control.overrides import OverrideSet
 from tollhouse.events import spool
 from tollhouse.events.store import StoreError
+from tollhouse.forward.ship import HostReporter
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState, add_health_section
 from tollhouse.lifespan import Background, Lifespan
@@ -54,6 +55,7 @@ class AgentOptions:
     retry: Retry = field(default_factory=Retry)
     ship_interval_s: float = 1.0  # how often the shipper looks at the spool
     update_interval_s: float = 3600.0  # how often the updater reads the release index (and on policy changes)
+    hosts_interval_s: float = 60.0  # how often the forward proxy's hosts are reported to the control plane
     retention_days: float = 100.0  # shipped events older than this leave the laptop's store (budget windows
     #                                the local ledger counts must fit inside it)
     restart: Callable[[], None] = restart_in_place  # after an update is installed
@@ -176,6 +178,11 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         Background("tollhouse-agent-leases", leases.run_renewals).add_to(parts)
         add_health_section(state, "budget_leases", leases.health)
         Background("tollhouse-agent-prune", lambda: _prune_loop(state, opts.retention_days, clock)).add_to(parts)
+        if state.settings.forward_proxy.port is not None:  # the forward proxy's hosts, to the control plane
+            hosts = HostReporter(state.runner, opts.control_plane, opts.token, ident, local_proxy,
+                                 opts.hosts_interval_s)
+            parts.add("forward-proxy hosts report", hosts.start, hosts.stop)
+            add_health_section(state, "forward_proxy_hosts", hosts.health)
         await parts.start()
 
         async def cleanup() -> None:

@@ -92,9 +92,10 @@ class HostBook:
         return len(self._pending)
 
 
-_UPSERT = (
-    "INSERT INTO forward_hosts (host, person, connections, intercepted, denied, bytes_up, bytes_down, first_ms, "
-    "last_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host, person) DO UPDATE SET "
+_COLUMNS = "host, person, agent, connections, intercepted, denied, bytes_up, bytes_down, first_ms, last_ms"
+_ADD = (
+    f"INSERT INTO forward_hosts ({_COLUMNS}) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (host, person, agent) DO UPDATE SET "
     "connections = forward_hosts.connections + excluded.connections, "
     "intercepted = forward_hosts.intercepted + excluded.intercepted, "
     "denied = forward_hosts.denied + excluded.denied, "
@@ -104,30 +105,62 @@ _UPSERT = (
     "ELSE forward_hosts.first_ms END, "
     "last_ms = CASE WHEN excluded.last_ms > forward_hosts.last_ms THEN excluded.last_ms "
     "ELSE forward_hosts.last_ms END")
+# an agent reports its own running totals: the latest report replaces the row (resending is harmless)
+_REPLACE = (
+    f"INSERT INTO forward_hosts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (host, person, agent) DO UPDATE SET connections = excluded.connections, "
+    "intercepted = excluded.intercepted, denied = excluded.denied, bytes_up = excluded.bytes_up, "
+    "bytes_down = excluded.bytes_down, first_ms = excluded.first_ms, last_ms = excluded.last_ms "
+    "WHERE excluded.last_ms >= forward_hosts.last_ms")
 
 
 def save_hosts(store: Store, rows: Sequence[HostRow]) -> None:
-    """Add tallies to the stored ones (one transaction)."""
+    """Add this process's tallies to its stored totals (one transaction)."""
     if rows:
         with store.db.transaction():
-            store.db.executemany(_UPSERT, [tuple(r) for r in rows])
+            store.db.executemany(_ADD, [tuple(r) for r in rows])
+
+
+def save_agent_hosts(store: Store, agent: str, rows: Sequence[HostRow]) -> None:
+    """An agent's reported totals (its own rows, replaced)."""
+    if rows:
+        with store.db.transaction():
+            store.db.executemany(_REPLACE, [(r.host, r.person, agent, *tuple(r)[2:]) for r in rows])
+
+
+def own_hosts_since(store: Store, since_ms: int, limit: int) -> list[HostRow]:
+    """This process's own totals (what an agent reports), rows seen at or after `since_ms`, oldest first."""
+    rows = store.db.query(
+        "SELECT host, person, connections, intercepted, denied, bytes_up, bytes_down, first_ms, last_ms "
+        "FROM forward_hosts WHERE agent = '' AND last_ms >= ? ORDER BY last_ms, host, person LIMIT ?",
+        (since_ms, limit))
+    return [HostRow(r["host"], r["person"], *(int(r[c]) for c in HostRow._fields[2:])) for r in rows]
 
 
 def list_hosts(store: Store, since_ms: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-    """Hosts seen since `since_ms`, most recently seen first: totals, and the people who used each."""
+    """Hosts seen since `since_ms`, most recently seen first: totals over this gateway and every agent, the
+    people who used each, and how many agents reported it."""
     rows = store.db.query(
-        "SELECT host, person, connections, intercepted, denied, bytes_up, bytes_down, first_ms, last_ms "
-        "FROM forward_hosts WHERE last_ms >= ? ORDER BY host, last_ms DESC", (since_ms,))
+        "SELECT host, person, agent, connections, intercepted, denied, bytes_up, bytes_down, first_ms, last_ms "
+        "FROM forward_hosts WHERE last_ms >= ? ORDER BY host", (since_ms,))
     hosts: dict[str, dict[str, Any]] = {}
+    people: dict[str, set[str]] = {}
+    agents: dict[str, set[str]] = {}
     for r in rows:
         h = hosts.get(r["host"])
         if h is None:
             h = hosts[r["host"]] = {"host": r["host"], "connections": 0, "intercepted": 0, "denied": 0,
                                     "bytes_up": 0, "bytes_down": 0, "first_ms": int(r["first_ms"]),
-                                    "last_ms": int(r["last_ms"]), "people": []}
+                                    "last_ms": int(r["last_ms"])}
+            people[r["host"]], agents[r["host"]] = set(), set()
         for column in ("connections", "intercepted", "denied", "bytes_up", "bytes_down"):
             h[column] += int(r[column])
         h["first_ms"] = min(h["first_ms"], int(r["first_ms"]))
         h["last_ms"] = max(h["last_ms"], int(r["last_ms"]))
-        h["people"].append(r["person"])
+        people[r["host"]].add(r["person"])
+        if r["agent"]:
+            agents[r["host"]].add(r["agent"])
+    for host, h in hosts.items():
+        h["people"] = sorted(people[host])
+        h["agents"] = len(agents[host])
     return sorted(hosts.values(), key=lambda h: (-h["last_ms"], h["host"]))[:limit]

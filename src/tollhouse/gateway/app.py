@@ -84,6 +84,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
     ("POST", "/api/v1/agent/notices"): (agent_api.notices, False),
     ("POST", "/api/v1/agent/leases"): (lease_api.leases, False),
+    ("POST", "/api/v1/agent/hosts"): (forward_api.agent_hosts, False),  # agents' forward-proxy hosts (issue 21)
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),

@@ -283,6 +283,18 @@ OPENAPI: dict[str, Any] = {
             ],
             "responses": {"200": {"description": "hosts"}, "400": {"description": "bad parameter"}},
         }},
+        "/api/v1/agent/hosts": {"post": {
+            "summary": "An agent's forward-proxy host totals (enrollment token and X-Tollhouse-Agent-Id): each row "
+                       "replaces the agent's previous report for that host and person",
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "hosts": {"type": "array", "maxItems": 5000, "items": {"type": "object", "properties": {
+                    "host": {"type": "string"}, "person": {"type": "string"},
+                    **{k: {"type": "integer", "minimum": 0} for k in (
+                        "connections", "intercepted", "denied", "bytes_up", "bytes_down", "first_ms", "last_ms")}},
+                    "required": ["host", "person"]}}}, "required": ["hosts"]}}}},
+            "responses": {"200": {"description": "stored"}, "400": {"description": "a bad report"},
+                          "401": {"description": "no valid enrollment token"}},
+        }},
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {
