@@ -300,3 +300,21 @@ def test_the_environment_alone_sends_the_sdk_and_curl_through(mock: Mock, gatewa
                              timeout=60)
         assert out.returncode == 0 and json.loads(out.stdout)["usage"]["output_tokens"] == 4, out.stderr
     assert {e["provider"] for e in gw.events()} == ({"openai", "anthropic"} if shutil.which("curl") else {"openai"})
+
+
+def test_a_proxy_that_requires_a_key_refuses_connections_without_one(mock: Mock, gateway_factory: Any) -> None:
+    """(The default when the proxy binds other than a loopback address: it must not be an open proxy.)"""
+    gw: Gateway = gateway_factory(proxy_config(mock, require_auth=True))
+    assert proxy_info(gw)["require_auth"] is True
+    status, body, _ = gw.request("POST", "/api/v1/keys", {"user": "alice"})
+    assert status == 201, body
+    key = json.loads(body)["key"]
+    port = proxy_info(gw)["port"]
+    refused = read_all(connect(port, b"CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n"))
+    assert refused.startswith(b"HTTP/1.1 407") and b"proxy-authenticate: Basic" in refused
+    assert b"forward_proxy.require_auth" in refused
+    token = base64.b64encode(f"alice:{key}".encode()).decode()
+    sock = connect(port, f"CONNECT api.openai.com:443 HTTP/1.1\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode())
+    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    sock.close()
+    assert proxy_info(gateway_factory(proxy_config(mock)))["require_auth"] is False  # bound to 127.0.0.1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
 from collections.abc import Mapping
 
@@ -50,14 +51,26 @@ def proxy_key(authorization: str | None) -> str | None:
     return password or user or None
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class _Who:
     """Who a connection is recorded under: a gateway key's subject (Proxy-Authorization), else the configured
-    default user (the agent: this machine's person), else the client's address."""
+    default user (the agent: this machine's person), else the client's address. With `required`, a connection
+    without a key is refused (a proxy reachable from the network is no open proxy)."""
 
-    def __init__(self, state: GatewayState) -> None:
+    def __init__(self, state: GatewayState, required: bool) -> None:
         self.state = state
+        self.required = required
 
     async def __call__(self, authorization: str | None, address: str) -> str:
+        if not authorization and self.required:
+            raise ProxyAuthRefused("this forward proxy takes connections with a Tollhouse gateway key only "
+                                   "(forward_proxy.require_auth): use HTTPS_PROXY=http://user:GATEWAY_KEY@host:port")
         if authorization:
             key = proxy_key(authorization)
             subject = await self.state.keys.subject_for(key) if key else None
@@ -102,22 +115,24 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
         return
     routes = routes_of(settings)
     bind = cfg.host or host
+    required = cfg.require_auth if cfg.require_auth is not None else not _loopback(bind)
     holder: dict[str, ForwardProxy | LocalCA] = {}
 
     async def start() -> None:
         ca = await asyncio.to_thread(load_or_create, state.data_dir, cfg.intercept)
         providers = {h: p for h, p in routes.provider_hosts}
         proxy = ForwardProxy(cfg, routes, LeafCache(ca, cfg.leaf_cache), _inner_servers(state, app, providers),
-                             state.hosts, _Who(state), state.clock)
+                             state.hosts, _Who(state, required), state.clock)
         assert cfg.port is not None
         port = await proxy.start(bind, cfg.port)
         holder["proxy"], holder["ca"] = proxy, ca
-        log.info("forward proxy listening on http://%s:%d (HTTPS_PROXY); intercepting %s; CA %s", bind, port,
-                 ", ".join(cfg.intercept) or "nothing", ca.files.cert)
+        log.info("forward proxy listening on http://%s:%d (HTTPS_PROXY); intercepting %s; CA %s%s", bind, port,
+                 ", ".join(cfg.intercept) or "nothing", ca.files.cert,
+                 "; a gateway key is required (Proxy-Authorization)" if required else "")
         add_health_section(state, "forward_proxy", lambda: {
             "port": port, "host": bind, "intercept": list(cfg.intercept), "ca": str(ca.files.cert),
             "ca_bundle": str(ca.files.bundle), "ca_sha256": ca.fingerprint, "open": proxy.open_count(),
-            "refused": proxy.refused, "leaf_certificates": len(proxy.leaves)})
+            "refused": proxy.refused, "leaf_certificates": len(proxy.leaves), "require_auth": required})
 
     async def stop() -> None:
         proxy = holder.get("proxy")
