@@ -250,7 +250,7 @@ def test_http2_only_clients_get_no_h2(mock: Mock, gateway_factory: Any) -> None:
     assert tls.selected_alpn_protocol() is None
     tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
     answer = read_all(tls)  # the HTTP/1.1 server refuses the HTTP/2 preface and closes
-    assert answer.startswith(b"HTTP/1.1 400") and b"PRI" in answer, answer
+    assert answer.startswith(b"HTTP/1.1 505") and b"HTTP/2 is not served here" in answer, answer
 
 
 def test_proxy_authorization_with_a_gateway_key_names_the_person(mock: Mock, gateway_factory: Any,

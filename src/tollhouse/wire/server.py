@@ -314,6 +314,8 @@ class _Connection(asyncio.Protocol):
             refusal = exc.__context__  # raised in a callback: httptools wraps it
             if isinstance(refusal, _Refusal):
                 self._refuse(refusal.status, str(refusal))
+            elif data.startswith(b"PRI * HTTP/2.0"):  # an HTTP/2 client with prior knowledge
+                self._refuse(505, "HTTP/2 is not served here; use HTTP/1.1")
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
         except _Refusal as refusal:
