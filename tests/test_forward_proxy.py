@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from conftest import Gateway, Mock
+from connect_proxy import ConnectProxy
 from forward_helpers import (
     EchoTLSServer,
     connect,
@@ -318,3 +319,25 @@ def test_a_proxy_that_requires_a_key_refuses_connections_without_one(mock: Mock,
     assert read_head(sock).startswith(b"HTTP/1.1 200")
     sock.close()
     assert proxy_info(gateway_factory(proxy_config(mock)))["require_auth"] is False  # bound to 127.0.0.1
+
+
+def test_tunnels_go_through_the_upstream_proxy_when_one_is_set(mock: Mock, gateway_factory: Any,
+                                                               tmp_path: Path) -> None:
+    chain, cert = self_signed(tmp_path)
+    server = EchoTLSServer(chain)
+    with ConnectProxy(auth=("svc", "s3cret")) as corporate:
+        gw: Gateway = gateway_factory({**proxy_config(mock), "upstream_proxy": corporate.url_with_auth})
+        port = proxy_info(gw)["port"]
+        try:
+            sock = connect(port, f"CONNECT localhost:{server.port} HTTP/1.1\r\n\r\n".encode())
+            assert read_head(sock).startswith(b"HTTP/1.1 200")
+            tls = ssl.create_default_context(cafile=str(cert)).wrap_socket(sock, server_hostname="localhost")
+            tls.sendall(b"through two proxies\n")
+            assert tls.recv(100) == b"echo: through two proxies\n"
+            tls.close()
+            assert corporate.tunnels == [f"localhost:{server.port}"] and corporate.refused == 0
+            # a tunnel the upstream proxy refuses is a 502 that says so
+            answer = read_all(connect(port, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n\r\n"))
+            assert answer.startswith(b"HTTP/1.1 502") and b"upstream proxy" in answer, answer
+        finally:
+            server.close()

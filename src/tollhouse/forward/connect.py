@@ -26,6 +26,7 @@ from typing import cast
 
 from tollhouse.config import ForwardProxyConfig
 from tollhouse.forward.ca import LeafCache
+from tollhouse.forward.chain import connect_via
 from tollhouse.forward.hostmatch import HostList, ip_of, name_matches
 from tollhouse.forward.hosts import HostBook
 from tollhouse.forward.tunnel import Tunnel
@@ -259,6 +260,10 @@ class _ProxyConnection(asyncio.Protocol):
     async def _tunnel(self, target: _Target, person: str) -> None:
         proxy = self.proxy
         host, port = target.host, target.port
+        via = proxy.upstream_proxy()
+        if via is not None:
+            await self._tunnel_via(via, target, person)
+            return
         try:
             infos = await asyncio.wait_for(self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
                                            proxy.cfg.connect_timeout_s)
@@ -285,6 +290,26 @@ class _ProxyConnection(asyncio.Protocol):
             self.close(_answer(502, f"cannot reach {host}:{port}: {failure or 'no address'}", "bad_gateway"))
             return
         proxy.book.connection(host, person, proxy.now_ms())
+        self._join(tunnel)
+
+    async def _tunnel_via(self, via: str, target: _Target, person: str) -> None:
+        """Through the organisation's proxy (`upstream_proxy`): names only are judged by the deny list here, the
+        addresses being the upstream proxy's to resolve."""
+        proxy = self.proxy
+        tunnel = Tunnel(self.loop, proxy.tunnel_closed, target.host, person)
+        try:
+            await connect_via(self.loop, via, target.host, target.port, tunnel.upstream, proxy.cfg.connect_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            proxy.book.connection(target.host, person, proxy.now_ms())
+            self.close(_answer(502, f"cannot reach {target.host}:{target.port} through the upstream proxy: "
+                                    f"{exc or 'timed out'}", "bad_gateway"))
+            return
+        proxy.book.connection(target.host, person, proxy.now_ms())
+        self._join(tunnel)
+
+    def _join(self, tunnel: Tunnel) -> None:
+        """Answer 200 and hand the client's connection to the tunnel (whose upstream end is connected)."""
+        proxy = self.proxy
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             tunnel.close()
@@ -301,7 +326,9 @@ class ForwardProxy:
 
     def __init__(self, cfg: ForwardProxyConfig, routes: ProxyRoutes, leaves: LeafCache,
                  inner: Mapping[str, HttpServer], book: HostBook, who: Who,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 upstream_proxy: Callable[[], str | None] = lambda: None) -> None:
+        """`upstream_proxy()`: the organisation's proxy tunnels go through, read per connection (it can change)."""
         self.cfg = cfg
         self.routes = routes
         self.leaves = leaves
@@ -309,6 +336,7 @@ class ForwardProxy:
         self.book = book
         self.who = who
         self.clock = clock
+        self.upstream_proxy = upstream_proxy
         self.loop = asyncio.get_running_loop()
         self.connections: set[_ProxyConnection] = set()
         self.tunnels: set[Tunnel] = set()

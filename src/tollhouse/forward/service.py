@@ -122,7 +122,8 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
         ca = await asyncio.to_thread(load_or_create, state.data_dir, cfg.intercept)
         providers = {h: p for h, p in routes.provider_hosts}
         proxy = ForwardProxy(cfg, routes, LeafCache(ca, cfg.leaf_cache), _inner_servers(state, app, providers),
-                             state.hosts, _Who(state, required), state.clock)
+                             state.hosts, _Who(state, required), state.clock,
+                             lambda: state.live_settings.current.upstream_proxy)
         assert cfg.port is not None
         port = await proxy.start(bind, cfg.port)
         holder["proxy"], holder["ca"] = proxy, ca
