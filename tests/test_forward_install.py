@@ -74,6 +74,12 @@ def test_ca_export_prints_the_certificate_and_reissues_when_the_intercept_list_c
     cert = x509.load_pem_x509_certificate(out.stdout)
     assert out.stdout == (tmp_path / "data/forward-proxy/ca.pem").read_bytes()
     assert "api.openai.com" in permitted_hosts(cert)
+    # ca export never re-issues the certificate a running proxy uses (its list is the proxy's config's)
+    narrower = tmp_path / "narrower.yaml"
+    narrower.write_text("forward_proxy: {port: 0, intercept: [api.openai.com]}\n")
+    again = subprocess.run([sys.executable, "-m", "tollhouse", "ca", "export", "-c", str(narrower), "--data-dir",
+                            str(tmp_path / "data")], capture_output=True, env=env, timeout=60, check=True)
+    assert again.stdout == out.stdout
     ca = load_or_create(tmp_path / "data", ["api.openai.com", "*.openai.azure.com"])
     assert ca.hosts == (".openai.azure.com", "api.openai.com")
     assert ca.cert.public_key() == cert.public_key()  # same key, new constraints

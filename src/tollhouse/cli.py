@@ -250,6 +250,10 @@ def agent(
                    f"{plane['running_on']}; data in {ddir})")
         typer.echo(f"  export OPENAI_BASE_URL=http://{host}:{bound}/openai/v1")
         typer.echo(f"  export ANTHROPIC_BASE_URL=http://{host}:{bound}/anthropic")
+        proxy = state.health.current.get("forward_proxy")
+        if proxy is not None and isinstance(info := proxy(), dict):
+            typer.echo(f"  export HTTPS_PROXY=http://{info['host']}:{info['port']} "
+                       f"NODE_EXTRA_CA_CERTS={info['ca']} SSL_CERT_FILE={info['ca_bundle']}")
 
     try:
         _run(lambda stop: run_agent(local, layers, opts, ddir, ready, stop))
@@ -756,10 +760,11 @@ def ca_export(
     data_dir: DataDirOpt = None,
     bundle: Annotated[bool, typer.Option("--bundle", help="The system's roots plus ours (for SSL_CERT_FILE).")] = False,
 ) -> None:
-    """Print the forward proxy's CA certificate (PEM); made in the data directory if it is not there yet."""
+    """Print the forward proxy's CA certificate (PEM); made in the data directory (for the config's
+    forward_proxy.intercept) if it is not there yet. An existing one is printed as it is."""
     settings = _settings(config)
     try:
-        ca = load_or_create(_data_dir(data_dir), settings.forward_proxy.intercept)
+        ca = load_or_create(_data_dir(data_dir), settings.forward_proxy.intercept, reissue=False)
     except CAError as exc:
         _fail(str(exc))
         raise AssertionError from exc

@@ -226,12 +226,13 @@ class LeafCache:
 
 
 def ca_files(data_dir: Path) -> CAFiles:
-    return CAFiles(data_dir / CA_DIR)
+    return CAFiles(data_dir.absolute() / CA_DIR)
 
 
-def load_or_create(data_dir: Path, hosts: Sequence[str]) -> LocalCA:
-    """The data directory's CA, made if missing and re-issued if its constraints are not exactly `hosts`;
-    `ca.pem` and `ca-bundle.pem` written beside it."""
+def load_or_create(data_dir: Path, hosts: Sequence[str], reissue: bool = True) -> LocalCA:
+    """The data directory's CA, made if missing and (with `reissue`) re-issued if its constraints are not exactly
+    `hosts`; `ca.pem` and `ca-bundle.pem` written beside it. Without `reissue` a valid certificate there is kept
+    whatever its hosts (`ca export`, `install`: the running proxy's list is its config's, not theirs)."""
     files = ca_files(data_dir)
     wanted = tuple(sorted({_constraint(h) for h in hosts}))
     try:
@@ -244,7 +245,7 @@ def load_or_create(data_dir: Path, hosts: Sequence[str]) -> LocalCA:
             log.info("made the forward-proxy CA key %s (mode 0600; it never leaves this directory)", files.key)
         os.chmod(files.key, 0o600)
         cert = _load_cert(files.cert)
-        if cert is None or cert.public_key() != key.public_key() or permitted_hosts(cert) != wanted \
+        if cert is None or cert.public_key() != key.public_key() or (reissue and permitted_hosts(cert) != wanted) \
                 or cert.not_valid_after_utc < _now() + datetime.timedelta(days=30):
             if cert is not None:
                 log.warning("re-issued the forward-proxy CA certificate %s for the hosts %s (it was for %s): clients "

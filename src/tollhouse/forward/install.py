@@ -77,7 +77,7 @@ def install_forward_proxy(root: Path, data_dir: Path, port: int, user: str | Non
                           write: Write) -> tuple[dict[str, str], list[str]]:
     """Make (or keep) the CA in `data_dir` and write the files above with `write(path, content, mode)`.
     Returns the tools' environment and notes. Raises CAError."""
-    ca = load_or_create(data_dir, ForwardProxyConfig().intercept)
+    ca = load_or_create(data_dir, ForwardProxyConfig().intercept, reissue=False)
     notes = _chown_to(user, (ca.files.directory, ca.files.key, ca.files.cert, ca.files.bundle)) if chown else []
     files = ProxyFiles(root)
     env = tool_environment(files, port)
