@@ -89,6 +89,8 @@ def test_openai_and_anthropic_sdks_with_default_base_urls_are_recorded(mock: Moc
     assert hosts["api.openai.com"]["managed"] and hosts["api.openai.com"]["known_ai"]
     assert hosts["api.openai.com"]["vendor"] == "OpenAI" and hosts["api.openai.com"]["intercepted"] >= 1
     assert hosts["api.anthropic.com"]["people"] == ["alice"]
+    metrics = gw.get("/metrics")[1]
+    assert b'tollhouse_forward_connections_total{outcome="intercepted"} 2.0' in metrics, metrics
 
 
 def test_a_blocking_rule_blocks_an_intercepted_call_in_the_provider_shape(mock: Mock, gateway_factory: Any) -> None:
@@ -172,6 +174,9 @@ def test_other_hosts_are_tunnelled_untouched_and_listed(mock: Mock, gateway_fact
         assert seen["connections"] == 1 and seen["managed"] is False and seen["known_ai"] is False
         assert seen["bytes_down"] >= 300000 and seen["bytes_up"] > 0 and seen["people"] == ["alice"]
         assert _hosts(gw, "?known_ai=true").get("localhost") is None
+        metrics = gw.get("/metrics")[1]
+        assert b'tollhouse_forward_connections_total{outcome="tunnelled"} 1.0' in metrics
+        assert b'tollhouse_forward_tunnel_bytes_total{direction="down"}' in metrics
     finally:
         server.close()
 

@@ -29,6 +29,7 @@ from tollhouse.forward.ca import LeafCache
 from tollhouse.forward.chain import connect_via
 from tollhouse.forward.hostmatch import HostList, ip_of, name_matches
 from tollhouse.forward.hosts import HostBook
+from tollhouse.forward.metrics import ProxyMetrics
 from tollhouse.forward.tunnel import Tunnel
 from tollhouse.wire.server import HttpServer
 
@@ -182,10 +183,13 @@ class _ProxyConnection(asyncio.Protocol):
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
-    def close(self, answer: bytes | None = None) -> None:
+    def close(self, answer: bytes | None = None, outcome: str = "refused") -> None:
+        """Answer (a refusal: counted under `outcome`) and close."""
         if self.closed:
             return
         self.closed = True
+        if answer is not None:
+            self.proxy.count(outcome)
         self.proxy.connections.discard(self)
         if self.transport is not None:
             if answer is not None:
@@ -225,7 +229,7 @@ class _ProxyConnection(asyncio.Protocol):
         log.info("forward proxy: refused a tunnel to %s for %s (forward_proxy.deny: %s)", host, person, entry)
         self.close(_answer(403, f"connections to {host} are refused by your organisation's Tollhouse policy "
                                 f"(forward_proxy.deny: {entry}); ask your Tollhouse administrator if you need it",
-                           "host_denied"))
+                           "host_denied"), "denied")
 
     async def _intercept(self, host: str, provider: str, person: str) -> None:
         proxy = self.proxy
@@ -247,6 +251,7 @@ class _ProxyConnection(asyncio.Protocol):
             log.info("forward proxy: no TLS session with %s for %s (%s); a client that does not trust the "
                      "forward-proxy CA (tollhouse ca export) fails here", self._address(), host,
                      exc or type(exc).__name__)
+            proxy.count("failed")
             transport.abort()
             return
         finally:
@@ -255,6 +260,7 @@ class _ProxyConnection(asyncio.Protocol):
         if tls is None:
             transport.abort()
             return
+        proxy.count("intercepted")
         session.connection_made(tls)
 
     async def _tunnel(self, target: _Target, person: str) -> None:
@@ -269,7 +275,7 @@ class _ProxyConnection(asyncio.Protocol):
                                            proxy.cfg.connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             proxy.book.connection(host, person, proxy.now_ms())
-            self.close(_answer(502, f"cannot resolve {host}: {exc or 'timed out'}", "bad_gateway"))
+            self.close(_answer(502, f"cannot resolve {host}: {exc or 'timed out'}", "bad_gateway"), "failed")
             return
         for info in infos:
             entry = proxy.routes.deny.address_match(str(info[4][0]))
@@ -287,7 +293,8 @@ class _ProxyConnection(asyncio.Protocol):
                 failure = exc
         else:
             proxy.book.connection(host, person, proxy.now_ms())
-            self.close(_answer(502, f"cannot reach {host}:{port}: {failure or 'no address'}", "bad_gateway"))
+            self.close(_answer(502, f"cannot reach {host}:{port}: {failure or 'no address'}", "bad_gateway"),
+                       "failed")
             return
         proxy.book.connection(host, person, proxy.now_ms())
         self._join(tunnel)
@@ -302,7 +309,7 @@ class _ProxyConnection(asyncio.Protocol):
         except (OSError, TimeoutError) as exc:
             proxy.book.connection(target.host, person, proxy.now_ms())
             self.close(_answer(502, f"cannot reach {target.host}:{target.port} through the upstream proxy: "
-                                    f"{exc or 'timed out'}", "bad_gateway"))
+                                    f"{exc or 'timed out'}", "bad_gateway"), "failed")
             return
         proxy.book.connection(target.host, person, proxy.now_ms())
         self._join(tunnel)
@@ -317,6 +324,7 @@ class _ProxyConnection(asyncio.Protocol):
         self.closed = True
         proxy.connections.discard(self)
         proxy.tunnels.add(tunnel)
+        proxy.count("tunnelled")
         transport.write(_ESTABLISHED)
         tunnel.attach_client(transport, bytes(self.buffer))
 
@@ -327,7 +335,8 @@ class ForwardProxy:
     def __init__(self, cfg: ForwardProxyConfig, routes: ProxyRoutes, leaves: LeafCache,
                  inner: Mapping[str, HttpServer], book: HostBook, who: Who,
                  clock: Callable[[], float] = time.time,
-                 upstream_proxy: Callable[[], str | None] = lambda: None) -> None:
+                 upstream_proxy: Callable[[], str | None] = lambda: None,
+                 metrics: ProxyMetrics | None = None) -> None:
         """`upstream_proxy()`: the organisation's proxy tunnels go through, read per connection (it can change)."""
         self.cfg = cfg
         self.routes = routes
@@ -337,6 +346,8 @@ class ForwardProxy:
         self.who = who
         self.clock = clock
         self.upstream_proxy = upstream_proxy
+        self.metrics = metrics if metrics is not None else ProxyMetrics()
+        self.metrics.open.set_function(self.open_count)
         self.loop = asyncio.get_running_loop()
         self.connections: set[_ProxyConnection] = set()
         self.tunnels: set[Tunnel] = set()
@@ -351,8 +362,13 @@ class ForwardProxy:
     def open_count(self) -> int:
         return len(self.connections) + len(self.tunnels)
 
+    def count(self, outcome: str) -> None:
+        self.metrics.connections.labels(outcome).inc()
+
     def tunnel_closed(self, tunnel: Tunnel) -> None:
         self.tunnels.discard(tunnel)
+        self.metrics.tunnel_bytes.labels("up").inc(tunnel.up)
+        self.metrics.tunnel_bytes.labels("down").inc(tunnel.down)
         self.book.transferred(tunnel.host, tunnel.person, self.now_ms(), tunnel.up, tunnel.down)
 
     async def start(self, host: str, port: int) -> int:

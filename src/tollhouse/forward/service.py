@@ -18,6 +18,7 @@ from tollhouse.forward.connect import ForwardProxy, ProxyAuthRefused, ProxyRoute
 from tollhouse.forward.hostmatch import HostList
 from tollhouse.forward.hosts import save_hosts
 from tollhouse.forward.intercept import as_provider
+from tollhouse.forward.metrics import ProxyMetrics
 from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.state import GatewayState, add_health_section
 from tollhouse.gateway.wire_limits import server_limits
@@ -123,7 +124,7 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
         providers = {h: p for h, p in routes.provider_hosts}
         proxy = ForwardProxy(cfg, routes, LeafCache(ca, cfg.leaf_cache), _inner_servers(state, app, providers),
                              state.hosts, _Who(state, required), state.clock,
-                             lambda: state.live_settings.current.upstream_proxy)
+                             lambda: state.live_settings.current.upstream_proxy, ProxyMetrics(state.metrics.registry))
         assert cfg.port is not None
         port = await proxy.start(bind, cfg.port)
         holder["proxy"], holder["ca"] = proxy, ca
@@ -133,7 +134,8 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
         add_health_section(state, "forward_proxy", lambda: {
             "port": port, "host": bind, "intercept": list(cfg.intercept), "ca": str(ca.files.cert),
             "ca_bundle": str(ca.files.bundle), "ca_sha256": ca.fingerprint, "open": proxy.open_count(),
-            "refused": proxy.refused, "leaf_certificates": len(proxy.leaves), "require_auth": required})
+            "refused": proxy.refused, "leaf_certificates": len(proxy.leaves), "require_auth": required,
+            "tls_sessions": sum(len(server.connections) for server in proxy.inner.values())})
 
     async def stop() -> None:
         proxy = holder.get("proxy")
