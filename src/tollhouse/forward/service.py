@@ -109,7 +109,7 @@ async def _flusher(state: GatewayState) -> None:
 
 def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
     """With `forward_proxy.port` set, run the proxy (bound to `forward_proxy.host`, else `host`) under the
-    state's lifespan, after the gateway's own server."""
+    state's lifespan: added before the gateway's own server, it is listening by the time the gateway is."""
     settings = state.settings
     cfg = settings.forward_proxy
     if cfg.port is None:

@@ -1,0 +1,59 @@
+"""`tollhouse serve` as a process (uvloop, as deployed) with forward_proxy on: the banner names HTTPS_PROXY and the
+CA, the SDK with its default base URL is governed through it, SIGTERM stops it with the host tallies stored."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import ssl
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import Mock, free_port, upstreams
+from test_operations import _wait_healthy
+
+pytestmark = pytest.mark.slow
+TOKEN = "tok-forward"
+
+
+def test_serve_runs_the_forward_proxy_under_uvloop(mock: Mock, tmp_path: Path) -> None:
+    port, proxy_port, data = free_port(), free_port(), tmp_path / "d"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"admin_token": TOKEN, "providers": upstreams(mock.url),
+                               "identity": {"default_user": "alice"},
+                               "directory": {"org": "acme", "teams": [{"id": "t"}],
+                                             "people": [{"id": "alice", "team": "t"}]},
+                               "forward_proxy": {"port": proxy_port}}))
+    proc = subprocess.Popen([sys.executable, "-m", "tollhouse", "serve", "--config", str(cfg), "--port", str(port),
+                             "--data-dir", str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}")
+        bundle = data.absolute() / "forward-proxy" / "ca-bundle.pem"
+        http = openai.DefaultHttpxClient(proxy=f"http://127.0.0.1:{proxy_port}",
+                                         verify=ssl.create_default_context(cafile=str(bundle)))
+        client = openai.OpenAI(api_key="sk-x", http_client=http, max_retries=0, timeout=20)
+        for _ in range(3):
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/events",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            events = json.loads(resp.read())["events"]
+        assert [(e["subject"], e["provider"]) for e in events] == [("alice", "openai")] * 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"Forward proxy: HTTPS_PROXY=http://127.0.0.1:{proxy_port}" in out
+    assert f"NODE_EXTRA_CA_CERTS={data.absolute() / 'forward-proxy' / 'ca.pem'}" in out
+    assert "Traceback" not in err
+    db = sqlite3.connect(data / "tollhouse.db")
+    try:  # the tallies the flusher had not stored yet were stored on the way out
+        assert db.execute("SELECT intercepted FROM forward_hosts WHERE host = 'api.openai.com'").fetchall() == [(1,)]
+    finally:
+        db.close()
