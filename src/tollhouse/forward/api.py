@@ -50,7 +50,8 @@ async def hosts(request: Request, state: GatewayState) -> Response:
         vendor = vendor_of(row["host"])
         row["known_ai"] = vendor is not None
         row["vendor"] = vendor
-        row["managed"] = intercepted.name_match(row["host"]) is not None
+        # intercepted here, or by an agent whose own intercept list names it
+        row["managed"] = intercepted.name_match(row["host"]) is not None or row["intercepted"] > 0
         if (known is None or row["known_ai"] == known) and (managed is None or row["managed"] == managed):
             out.append(row)
     return json_response({"hosts": out[:limit]})

@@ -11,14 +11,16 @@ so: clients must be given the new `ca.pem` (re-run `tollhouse install --forward-
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import logging
 import os
 import ssl
 import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,30 +239,46 @@ def load_or_create(data_dir: Path, hosts: Sequence[str], reissue: bool = True) -
     wanted = tuple(sorted({_constraint(h) for h in hosts}))
     try:
         files.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-        key = _load_key(files.key)
-        if key is None:
-            key = ec.generate_private_key(ec.SECP256R1())
-            _write(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()), 0o600)
-            log.info("made the forward-proxy CA key %s (mode 0600; it never leaves this directory)", files.key)
-        os.chmod(files.key, 0o600)
-        cert = _load_cert(files.cert)
-        if cert is None or cert.public_key() != key.public_key() or (reissue and permitted_hosts(cert) != wanted) \
-                or cert.not_valid_after_utc < _now() + datetime.timedelta(days=30):
-            if cert is not None:
-                log.warning("re-issued the forward-proxy CA certificate %s for the hosts %s (it was for %s): clients "
-                            "must trust the new one (re-run `tollhouse install --forward-proxy`, or hand out "
-                            "`tollhouse ca export`)", files.cert, ", ".join(wanted),
-                            ", ".join(permitted_hosts(cert)) or "no hosts")
-            cert = _issue_ca(key, hosts)
-            _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-        ca = LocalCA(files, key, cert)
-        bundle = system_roots().rstrip(b"\n") + b"\n" + ca.pem
-        if _read(files.bundle) != bundle:
-            _write(files.bundle, bundle, 0o644)
+        with _locked(files.directory / ".lock"):  # `serve --workers N`, `ca export`: one makes it, all use it
+            return _load_or_create(files, hosts, wanted, reissue)
     except OSError as exc:
         raise CAError(f"{files.directory}: cannot keep the forward-proxy CA there: {exc.strerror or exc} (check "
                       "the data directory's owner and permissions)") from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _load_or_create(files: CAFiles, hosts: Sequence[str], wanted: tuple[str, ...], reissue: bool) -> LocalCA:
+    """(load_or_create, under the lock)"""
+    key = _load_key(files.key)
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()), 0o600)
+        log.info("made the forward-proxy CA key %s (mode 0600; it never leaves this directory)", files.key)
+    os.chmod(files.key, 0o600)
+    cert = _load_cert(files.cert)
+    if cert is None or cert.public_key() != key.public_key() or (reissue and permitted_hosts(cert) != wanted) \
+            or cert.not_valid_after_utc < _now() + datetime.timedelta(days=30):
+        if cert is not None:
+            log.warning("re-issued the forward-proxy CA certificate %s for the hosts %s (it was for %s): clients "
+                        "must trust the new one (re-run `tollhouse install --forward-proxy`, or hand out "
+                        "`tollhouse ca export`)", files.cert, ", ".join(wanted),
+                        ", ".join(permitted_hosts(cert)) or "no hosts")
+        cert = _issue_ca(key, hosts)
+        _write(files.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    ca = LocalCA(files, key, cert)
+    bundle = system_roots().rstrip(b"\n") + b"\n" + ca.pem
+    if _read(files.bundle) != bundle:
+        _write(files.bundle, bundle, 0o644)
     return ca
 
 

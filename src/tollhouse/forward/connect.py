@@ -371,11 +371,12 @@ class ForwardProxy:
         self.metrics.tunnel_bytes.labels("down").inc(tunnel.down)
         self.book.transferred(tunnel.host, tunnel.person, self.now_ms(), tunnel.up, tunnel.down)
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
         for server in self.inner.values():
             server.start_detached()
         try:
-            self._server = await self.loop.create_server(lambda: _ProxyConnection(self), host, port, backlog=1024)
+            self._server = await self.loop.create_server(lambda: _ProxyConnection(self), host, port, backlog=1024,
+                                                         reuse_port=reuse_port or None)
         except OSError as exc:
             raise OSError(f"the forward proxy could not listen on {host}:{port} (forward_proxy.port): "
                           f"{exc.strerror or exc}") from None

@@ -107,9 +107,10 @@ async def _flusher(state: GatewayState) -> None:
         await flush_hosts(state)
 
 
-def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
+def add_forward_proxy(state: GatewayState, host: str, app: Handler, reuse_port: bool = False) -> None:
     """With `forward_proxy.port` set, run the proxy (bound to `forward_proxy.host`, else `host`) under the
-    state's lifespan: added before the gateway's own server, it is listening by the time the gateway is."""
+    state's lifespan: added before the gateway's own server, it is listening by the time the gateway is.
+    `reuse_port`: one of `serve --workers N`, which share the proxy's port as they share the gateway's."""
     settings = state.settings
     cfg = settings.forward_proxy
     if cfg.port is None:
@@ -126,7 +127,7 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler) -> None:
                              state.hosts, _Who(state, required), state.clock,
                              lambda: state.live_settings.current.upstream_proxy, ProxyMetrics(state.metrics.registry))
         assert cfg.port is not None
-        port = await proxy.start(bind, cfg.port)
+        port = await proxy.start(bind, cfg.port, reuse_port)
         holder["proxy"], holder["ca"] = proxy, ca
         log.info("forward proxy listening on http://%s:%d (HTTPS_PROXY); intercepting %s; CA %s%s", bind, port,
                  ", ".join(cfg.intercept) or "nothing", ca.files.cert,

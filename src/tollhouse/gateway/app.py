@@ -218,7 +218,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         except OSError as exc:
             raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
 
-    add_forward_proxy(state, host, GatewayApp(state))  # forward_proxy.port: the CONNECT proxy (issue 21)
+    add_forward_proxy(state, host, GatewayApp(state), worker is not None)  # forward_proxy.port (issue 21)
     lifespan.add("server", listen, lambda: server.stop(grace_s=10))
     lifespan.add("agent long-polls", stop=state.docs.feed.close)  # answered first, rather than hold the shutdown
     await lifespan.start()
