@@ -3,7 +3,9 @@ timeout; and the pieces the proxy decides with (CONNECT parsing, host lists, the
 
 from __future__ import annotations
 
+import json
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -12,11 +14,12 @@ from typing import Any
 import pytest
 
 from conftest import Mock
-from forward_helpers import connect, proxy_config, proxy_info, read_all, read_head
+from forward_helpers import EchoTLSServer, connect, proxy_config, proxy_info, read_all, self_signed
 from tollhouse.forward.ca import LeafCache, load_or_create
 from tollhouse.forward.catalogue import vendor_of
 from tollhouse.forward.connect import _Refused, parse_connect
 from tollhouse.forward.hostmatch import HostList
+from tollhouse.forward.sni import server_name
 
 
 class TcpServer:
@@ -54,7 +57,10 @@ class TcpServer:
 
 def _tunnel(port: int, target_port: int) -> socket.socket:
     sock = connect(port, f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode())
-    assert read_head(sock) == b"HTTP/1.1 200 Connection established\r\n\r\n"
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):  # a byte at a time: what follows the head is the host's
+        head += sock.recv(1)
+    assert head == b"HTTP/1.1 200 Connection established\r\n\r\n"
     return sock
 
 
@@ -150,3 +156,37 @@ def test_the_leaf_cache_keeps_the_most_recent(tmp_path: Path) -> None:
     cache.context("b.openai.azure.com")
     cache.context("c.openai.azure.com")  # evicts a (least recently used)
     assert len(cache) == 2 and cache.context("a.openai.azure.com") is not first and cache.minted == 4
+
+
+def test_a_tunnel_whose_tls_asks_for_an_intercepted_host_is_closed(mock: Mock, gateway_factory: Any,
+                                                                   tmp_path: Path) -> None:
+    """CONNECT to an address (or another name) with SNI api.openai.com would reach the provider ungoverned: closed,
+    and listed under the name it asked for; an SNI that is nobody's business goes through, listed too."""
+    chain, cert = self_signed(tmp_path)
+    server = EchoTLSServer(chain)
+    gw = gateway_factory(proxy_config(mock))
+    port = proxy_info(gw)["port"]
+    try:
+        sock = _tunnel(port, server.port)
+        with pytest.raises((ssl.SSLError, OSError)):
+            ssl.create_default_context(cafile=str(cert)).wrap_socket(sock, server_hostname="api.openai.com")
+        sock = _tunnel(port, server.port)
+        tls = ssl.create_default_context(cafile=str(cert)).wrap_socket(sock, server_hostname="localhost")
+        tls.sendall(b"hi\n")
+        assert tls.recv(100) == b"echo: hi\n"
+        tls.close()
+        hosts = {h["host"]: h for h in json.loads(gw.get("/api/v1/hosts")[1])["hosts"]}
+        assert hosts["api.openai.com"]["denied"] == 1 and hosts["127.0.0.1"]["connections"] == 2
+        assert hosts["localhost"]["connections"] == 1 and hosts["localhost"]["denied"] == 0
+    finally:
+        server.close()
+
+
+def test_server_names_are_read_from_client_hellos() -> None:
+    hello_bio, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(hello_bio, out, server_hostname="API.Anthropic.com")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = out.read()
+    assert server_name(hello) == "api.anthropic.com"
+    assert server_name(hello[:60]) is None and server_name(b"GET / HTTP/1.1\r\n") is None and server_name(b"") is None

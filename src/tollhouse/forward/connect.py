@@ -30,6 +30,7 @@ from tollhouse.forward.chain import connect_via
 from tollhouse.forward.hostmatch import HostList, ip_of, name_matches
 from tollhouse.forward.hosts import HostBook
 from tollhouse.forward.metrics import ProxyMetrics
+from tollhouse.forward.sni import server_name
 from tollhouse.forward.tunnel import Tunnel
 from tollhouse.wire.server import HttpServer
 
@@ -322,11 +323,30 @@ class _ProxyConnection(asyncio.Protocol):
             tunnel.close()
             return
         self.closed = True
+        tunnel.inspect = lambda first: self._server_name_allowed(tunnel, first)
         proxy.connections.discard(self)
         proxy.tunnels.add(tunnel)
         proxy.count("tunnelled")
         transport.write(_ESTABLISHED)
         tunnel.attach_client(transport, bytes(self.buffer))
+
+
+    def _server_name_allowed(self, tunnel: Tunnel, first: bytes) -> bool:
+        """A tunnel whose TLS asks for another name than the one CONNECTed to (an address, a fronting domain) is
+        recorded under that name too, and closed when that name is intercepted or denied: reaching a governed
+        host so would bypass its governance."""
+        name = server_name(first)
+        if name is None or name == tunnel.host:
+            return True
+        proxy = self.proxy
+        denied = proxy.routes.deny.name_match(name)
+        bypass = denied is not None or proxy.routes.provider_for(name) is not None
+        proxy.book.connection(name, tunnel.person, proxy.now_ms(), denied=bypass)
+        if bypass:
+            log.warning("forward proxy: closed a tunnel to %s whose TLS asks for %s (%s); CONNECT %s:443 instead",
+                        tunnel.host, name, "forward_proxy.deny" if denied else "intercepted", name)
+            proxy.count("denied")
+        return not bypass
 
 
 class ForwardProxy:

@@ -32,6 +32,11 @@ class _End(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         tunnel.last_active = tunnel.loop.time()
+        if not self.upstream and tunnel.inspect is not None:
+            inspect, tunnel.inspect = tunnel.inspect, None
+            if not inspect(data):
+                tunnel.close(abort=True)
+                return
         if self.upstream:
             tunnel.down += len(data)
         else:
@@ -79,6 +84,8 @@ class Tunnel:
         self.last_active = loop.time()
         self.closed = False
         self._on_close = on_close
+        # shown the client's first bytes (its TLS ClientHello) once; False closes the tunnel
+        self.inspect: Callable[[bytes], bool] | None = None
 
     def attach_client(self, transport: asyncio.Transport, early: bytes) -> None:
         """Take over the client's connection (its reading paused); `early`: bytes it sent already."""
