@@ -190,3 +190,11 @@ def test_server_names_are_read_from_client_hellos() -> None:
     hello = out.read()
     assert server_name(hello) == "api.anthropic.com"
     assert server_name(hello[:60]) is None and server_name(b"GET / HTTP/1.1\r\n") is None and server_name(b"") is None
+
+
+def test_a_head_sent_a_byte_at_a_time_is_read(mock: Mock, gateway_factory: Any) -> None:
+    gw = gateway_factory(proxy_config(mock, deny=["blocked.example"]))
+    sock = connect(proxy_info(gw)["port"], b"")
+    for byte in b"CONNECT blocked.example:443 HTTP/1.1\r\nUser-Agent: slow\r\n\r\n":
+        sock.sendall(bytes([byte]))
+    assert read_all(sock).startswith(b"HTTP/1.1 403")

@@ -136,6 +136,8 @@ class _ProxyConnection(asyncio.Protocol):
         self.loop = proxy.loop
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
+        self.scanned = 0  # bytes of the buffer already searched for the head's end (a head sent a byte at a time
+        #                  costs linear time, not quadratic)
         self.deadline = self.loop.time() + proxy.cfg.head_timeout_s
         self.task: asyncio.Task[None] | None = None
         self.closed = False
@@ -160,7 +162,8 @@ class _ProxyConnection(asyncio.Protocol):
             return
         self.buffer += data
         limit = self.proxy.cfg.max_head_bytes
-        end = _HEAD_END.search(self.buffer)
+        end = _HEAD_END.search(self.buffer, max(0, self.scanned - 3))
+        self.scanned = len(self.buffer)
         if end is None or end.start() > limit:
             if len(self.buffer) > limit:
                 self.close(_answer(431, f"the CONNECT request's head exceeds {limit} bytes "
@@ -207,6 +210,15 @@ class _ProxyConnection(asyncio.Protocol):
         return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
 
     async def _dispatch(self, target: _Target) -> None:
+        try:
+            await self._answer(target)
+        except Exception:
+            # The proxy's error boundary: logged with the details, the client told, never a traceback to it.
+            log.exception("forward proxy: internal error answering CONNECT %s:%d", target.host, target.port)
+            self.close(_answer(500, "the forward proxy hit an internal error; it has been logged. Retry, and tell "
+                                    "your Tollhouse administrator if it persists", "internal_error"), "failed")
+
+    async def _answer(self, target: _Target) -> None:
         proxy = self.proxy
         try:
             person = await proxy.who(target.headers.get("proxy-authorization"), self._address())
