@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -92,3 +93,16 @@ def test_workers_share_the_proxy_port_and_one_ca(mock: Mock, redis_url: str, tmp
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err
+
+
+def test_a_busy_proxy_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        taken = busy.getsockname()[1]
+        cfg = tmp_path / "c.json"
+        cfg.write_text(json.dumps({"forward_proxy": {"port": taken}}))
+        done = subprocess.run([sys.executable, "-m", "tollhouse", "serve", "--config", str(cfg), "--port",
+                               str(free_port()), "--data-dir", str(tmp_path / "d")], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 2
+    assert f"the forward proxy cannot listen on 127.0.0.1:{taken} (forward_proxy.port)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -46,6 +46,7 @@ from tollhouse.directory import Directory
 from tollhouse.events.store import Store, StoreError, is_postgres, open_store, sqlite_path
 from tollhouse.explain import UsageSource, explain_call
 from tollhouse.forward.ca import CAError, load_or_create
+from tollhouse.forward.connect import ProxyListenError
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
@@ -177,6 +178,8 @@ def serve(
         _run(lambda stop: serve_gateway(settings, ddir, host, port, ready, stop, worker=worker))
     except (StoreError, RulesFileError, SigningKeyError) as exc:
         _fail(str(exc))
+    except ProxyListenError as exc:
+        _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
@@ -258,6 +261,8 @@ def agent(
     try:
         _run(lambda stop: run_agent(local, layers, opts, ddir, ready, stop))
     except (StoreError, RulesFileError, SigningKeyError, SettingsError) as exc:
+        _fail(str(exc))
+    except ProxyListenError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

@@ -42,6 +42,10 @@ _MAX_HEADERS = 100
 _ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 
 
+class ProxyListenError(OSError):
+    """The forward proxy cannot listen on forward_proxy.port; the message says where and why."""
+
+
 class ProxyAuthRefused(Exception):
     """Proxy-Authorization was given and names no valid key (407)."""
 
@@ -410,8 +414,10 @@ class ForwardProxy:
             self._server = await self.loop.create_server(lambda: _ProxyConnection(self), host, port, backlog=1024,
                                                          reuse_port=reuse_port or None)
         except OSError as exc:
-            raise OSError(f"the forward proxy could not listen on {host}:{port} (forward_proxy.port): "
-                          f"{exc.strerror or exc}") from None
+            for server in self.inner.values():
+                await server.stop(0)
+            raise ProxyListenError(f"the forward proxy cannot listen on {host}:{port} (forward_proxy.port): "
+                                   f"{exc.strerror or exc}; choose a free port, or stop what uses it") from None
         self._sweeper = self.loop.create_task(self._sweep(), name="tollhouse-forward-sweep")
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port

@@ -9,17 +9,16 @@ import base64
 import binascii
 import ipaddress
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable
 
 from tollhouse.config import Settings
 from tollhouse.events.store import StoreError
-from tollhouse.forward.ca import LeafCache, LocalCA, load_or_create
+from tollhouse.forward.ca import LeafCache, load_or_create
 from tollhouse.forward.connect import ForwardProxy, ProxyAuthRefused, ProxyRoutes
 from tollhouse.forward.hostmatch import HostList
 from tollhouse.forward.hosts import save_hosts
 from tollhouse.forward.intercept import as_provider
 from tollhouse.forward.metrics import ProxyMetrics
-from tollhouse.gateway.metrics import GatewayMetrics
 from tollhouse.gateway.state import GatewayState, add_health_section
 from tollhouse.gateway.wire_limits import server_limits
 from tollhouse.lifespan import Background
@@ -82,11 +81,11 @@ class _Who:
         return self.state.settings.identity.default_user or address
 
 
-def _inner_servers(state: GatewayState, app: Handler, providers: Mapping[str, str]) -> dict[str, HttpServer]:
+def _inner_servers(state: GatewayState, app: Handler, providers: Iterable[str]) -> dict[str, HttpServer]:
+    """One HTTP server per intercepted provider (no socket of its own): the gateway's app under /{provider}."""
     limits = server_limits(state.settings.limits)
-    metrics: GatewayMetrics = state.metrics
-    return {pid: HttpServer(as_provider(app, pid), limits=limits, on_refused=metrics.connections_refused.inc)
-            for pid in sorted(set(providers.values()))}
+    return {pid: HttpServer(as_provider(app, pid), limits=limits, on_refused=state.metrics.connections_refused.inc)
+            for pid in sorted(set(providers))}
 
 
 async def flush_hosts(state: GatewayState) -> None:
@@ -118,17 +117,17 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler, reuse_port: 
     routes = routes_of(settings)
     bind = cfg.host or host
     required = cfg.require_auth if cfg.require_auth is not None else not _loopback(bind)
-    holder: dict[str, ForwardProxy | LocalCA] = {}
+    running: list[ForwardProxy] = []
 
     async def start() -> None:
         ca = await asyncio.to_thread(load_or_create, state.data_dir, cfg.intercept)
-        providers = {h: p for h, p in routes.provider_hosts}
+        providers = (pid for _, pid in routes.provider_hosts)
         proxy = ForwardProxy(cfg, routes, LeafCache(ca, cfg.leaf_cache), _inner_servers(state, app, providers),
                              state.hosts, _Who(state, required), state.clock,
                              lambda: state.live_settings.current.upstream_proxy, ProxyMetrics(state.metrics.registry))
         assert cfg.port is not None
         port = await proxy.start(bind, cfg.port, reuse_port)
-        holder["proxy"], holder["ca"] = proxy, ca
+        running.append(proxy)
         log.info("forward proxy listening on http://%s:%d (HTTPS_PROXY); intercepting %s; CA %s%s", bind, port,
                  ", ".join(cfg.intercept) or "nothing", ca.files.cert,
                  "; a gateway key is required (Proxy-Authorization)" if required else "")
@@ -139,8 +138,7 @@ def add_forward_proxy(state: GatewayState, host: str, app: Handler, reuse_port: 
             "tls_sessions": sum(len(server.connections) for server in proxy.inner.values())})
 
     async def stop() -> None:
-        proxy = holder.get("proxy")
-        if isinstance(proxy, ForwardProxy):
+        for proxy in running:
             await proxy.stop()
         await flush_hosts(state)
 
