@@ -66,14 +66,14 @@ def test_the_migration_fills_the_rollups_from_the_stored_events(store_url: str, 
     store.insert_events([event(f"2026-11-{d:02d}T{h:02d}:30:00Z", subject=s, cost_nusd=d * h)
                          for d in (3, 4, 30) for h in (1, 9, 23) for s in ("alice", "bob")])
     # as a store of schema 9 was: events, no rollups
-    for table in TABLES:
+    for table in (*TABLES, "forward_hosts"):  # (forward_hosts: migration 11)
         store.db.execute(f"DROP TABLE {table}")
     store.db.execute("DELETE FROM meta WHERE key = 'usage_day_zone'")
     store.db.execute("UPDATE schema_version SET version = 9")
     store.close()
     reopened = open_store(store_url, tmp_path)
     try:
-        assert reopened.schema_version() == 10
+        assert reopened.schema_version() >= 10
         _all_match(reopened)
         assert _from_events(reopened)["calls"] == 18
     finally:

@@ -45,6 +45,8 @@ from tollhouse.demo import run_demo
 from tollhouse.directory import Directory
 from tollhouse.events.store import Store, StoreError, is_postgres, open_store, sqlite_path
 from tollhouse.explain import UsageSource, explain_call
+from tollhouse.forward.ca import CAError, load_or_create
+from tollhouse.forward.connect import ProxyListenError
 from tollhouse.gateway.app import serve as serve_gateway
 from tollhouse.gateway.enforce import enforced_for
 from tollhouse.gateway.policy_holder import RulesFileError, compile_rules, initial_policy, read_rules_file
@@ -79,6 +81,8 @@ config_app = typer.Typer(no_args_is_help=True, help="The agent's effective setti
 app.add_typer(config_app, name="config")
 alerts_app = typer.Typer(no_args_is_help=True, help="Alert channels (Slack, email, webhooks).")
 app.add_typer(alerts_app, name="alerts")
+ca_app = typer.Typer(no_args_is_help=True, help="The forward proxy's local certificate authority.")
+app.add_typer(ca_app, name="ca")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML or JSON config file.")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Where the store and state live.")]
@@ -165,10 +169,16 @@ def serve(
         typer.echo(f"  Events:    curl -H \"Authorization: Bearer {admin_token_shell(settings, ddir)}\" "
                    f"http://{host}:{bound}/api/v1/events")
         typer.echo(f"  Console:   http://{host}:{bound}/console/")
+        proxy = state.health.current.get("forward_proxy")
+        if proxy is not None and isinstance(info := proxy(), dict):
+            typer.echo(f"  Forward proxy: HTTPS_PROXY=http://{info['host']}:{info['port']} "
+                       f"NODE_EXTRA_CA_CERTS={info['ca']} SSL_CERT_FILE={info['ca_bundle']}")
 
     try:
         _run(lambda stop: serve_gateway(settings, ddir, host, port, ready, stop, worker=worker))
     except (StoreError, RulesFileError, SigningKeyError) as exc:
+        _fail(str(exc))
+    except ProxyListenError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
@@ -243,10 +253,16 @@ def agent(
                    f"{plane['running_on']}; data in {ddir})")
         typer.echo(f"  export OPENAI_BASE_URL=http://{host}:{bound}/openai/v1")
         typer.echo(f"  export ANTHROPIC_BASE_URL=http://{host}:{bound}/anthropic")
+        proxy = state.health.current.get("forward_proxy")
+        if proxy is not None and isinstance(info := proxy(), dict):
+            typer.echo(f"  export HTTPS_PROXY=http://{info['host']}:{info['port']} "
+                       f"NODE_EXTRA_CA_CERTS={info['ca']} SSL_CERT_FILE={info['ca_bundle']}")
 
     try:
         _run(lambda stop: run_agent(local, layers, opts, ddir, ready, stop))
     except (StoreError, RulesFileError, SigningKeyError, SettingsError) as exc:
+        _fail(str(exc))
+    except ProxyListenError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
@@ -345,9 +361,13 @@ def install(
     data_dir: DataDirOpt = None,
     port: Annotated[int | None, typer.Option(help="Agent port (default 8788, or the value installed).")] = None,
     enable: Annotated[bool, typer.Option("--enable", help="Also enable and start the service (systemd).")] = False,
+    forward_proxy: Annotated[bool, typer.Option("--forward-proxy", help="Also run the CONNECT proxy and send the "
+                                                "machine's tools through it (HTTPS_PROXY, the CA).")] = False,
+    forward_proxy_port: Annotated[int | None, typer.Option(help="The CONNECT proxy's port (default 8789).")] = None,
 ) -> None:
     """Install the agent: managed config, systemd unit, launchd plist, data directory. Idempotent."""
-    opts = agent_install.InstallOptions(control_plane, token, user, data_dir, port, prefix)
+    opts = agent_install.InstallOptions(control_plane, token, user, data_dir, port, prefix,
+                                        forward_proxy=forward_proxy, forward_proxy_port=forward_proxy_port)
     is_root = os.geteuid() == 0
     try:
         if enable:
@@ -737,6 +757,23 @@ def alerts_test(
         typer.echo(send_test(_settings(config).alerts, channel, to))
     except AlertTestError as exc:
         _fail(str(exc), 1)
+
+
+@ca_app.command("export")
+def ca_export(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    bundle: Annotated[bool, typer.Option("--bundle", help="The system's roots plus ours (for SSL_CERT_FILE).")] = False,
+) -> None:
+    """Print the forward proxy's CA certificate (PEM); made in the data directory (for the config's
+    forward_proxy.intercept) if it is not there yet. An existing one is printed as it is."""
+    settings = _settings(config)
+    try:
+        ca = load_or_create(_data_dir(data_dir), settings.forward_proxy.intercept, reissue=False)
+    except CAError as exc:
+        _fail(str(exc))
+        raise AssertionError from exc
+    sys.stdout.buffer.write(ca.files.bundle.read_bytes() if bundle else ca.pem)
 
 
 @app.command()

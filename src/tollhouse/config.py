@@ -90,6 +90,13 @@ class ProviderConfig(_Frozen):
     # Paths (after the /{provider} prefix; '*' for any one segment) let through while enforcing although the
     # gateway does not know their class. Stored normalised, as requests are matched.
     passthrough: tuple[str, ...] = ()
+    # Host names the forward proxy intercepts for this provider (forward_proxy.intercept; README "Forward-proxy mode")
+    hosts: tuple[str, ...] = ()
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return host_names(value)
 
     @field_validator("passthrough")
     @classmethod
@@ -117,6 +124,59 @@ class ProviderConfig(_Frozen):
         if self.api_key_env:
             return os.environ.get(self.api_key_env) or None
         return None
+
+
+def host_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Host names, lower-cased, checked for shape (a leading '*.' allowed)."""
+    out = []
+    for i, name in enumerate(value):
+        host = name.strip().lower().rstrip(".")
+        bare = host.removeprefix("*.")
+        labels = bare.split(".")
+        if not bare or not all(part and len(part) <= 63 and part.replace("-", "").isalnum() for part in labels):
+            raise ValueError(f"[{i}] {name!r} is not a host name; example: api.openai.com (or *.openai.azure.com)")
+        out.append(host)
+    return tuple(out)
+
+
+class ForwardProxyConfig(_Frozen):
+    """forward_proxy: an HTTP CONNECT proxy for tools that cannot set a base URL (README "Forward-proxy mode")."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)  # None: off; 0: any free port
+    host: str | None = None  # the address to bind; None: the gateway's own (127.0.0.1 by default)
+    intercept: tuple[str, ...] = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
+    deny: tuple[str, ...] = ()  # hosts, *.wildcards, IP addresses or CIDRs refused (403)
+    max_connections: int = Field(default=1000, gt=0)
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    head_timeout_s: float = Field(default=10.0, gt=0)  # accept to the end of the CONNECT head
+    handshake_timeout_s: float = Field(default=10.0, gt=0)  # the TLS handshake of an intercepted connection
+    connect_timeout_s: float = Field(default=10.0, gt=0)  # reaching a tunnelled host
+    idle_timeout_s: float = Field(default=300.0, gt=0)  # a tunnel with no byte either way
+    leaf_cache: int = Field(default=256, gt=0)  # leaf certificates kept minted
+    # CONNECTs must carry a gateway key in Proxy-Authorization; None: when bound to other than a loopback address
+    require_auth: bool | None = None
+
+    @field_validator("intercept")
+    @classmethod
+    def _intercept(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return host_names(value)
+
+    @field_validator("deny")
+    @classmethod
+    def _deny(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for i, entry in enumerate(value):
+            try:
+                out.append(str(ipaddress.ip_network(entry.strip(), strict=False)))
+                continue
+            except ValueError:
+                pass
+            try:
+                out.extend(host_names((entry,)))
+            except ValueError:
+                raise ValueError(f"[{i}] {entry!r} is neither a host (evil.example), a wildcard (*.evil.example) "
+                                 "nor an address or CIDR (203.0.113.0/24)") from None
+        return tuple(out)
 
 
 class IdentityConfig(_Frozen):
@@ -450,6 +510,7 @@ class Settings(_Frozen):
     exemptions: ExemptionsConfig = ExemptionsConfig()
     audit: AuditConfig = AuditConfig()
     alerts: AlertsConfig = AlertsConfig()
+    forward_proxy: ForwardProxyConfig = ForwardProxyConfig()
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -461,7 +522,8 @@ class Settings(_Frozen):
             return value
         merged: dict[str, Any] = {}
         for pid, (upstream, family) in _DEFAULT_UPSTREAMS.items():
-            merged[pid] = {"upstream": upstream, "family": family.value, "api_key_env": f"{pid.upper()}_API_KEY"}
+            merged[pid] = {"upstream": upstream, "family": family.value, "api_key_env": f"{pid.upper()}_API_KEY",
+                           "hosts": [urlsplit(upstream).hostname]}
         if "gemini" in merged:
             merged["gemini"]["api_key_env"] = "GEMINI_API_KEY"
         for pid, entry in value.items():
@@ -474,6 +536,22 @@ class Settings(_Frozen):
             else:
                 merged[pid] = entry
         return merged
+
+    @model_validator(mode="after")
+    def _intercepted_hosts(self) -> Settings:
+        """Every intercepted host is some provider's (providers.NAME.hosts), and only one's."""
+        owners: dict[str, str] = {}
+        for pid, cfg in self.providers.items():
+            for host in cfg.hosts:
+                if host in owners:
+                    raise ValueError(f"providers.{pid}.hosts: {host!r} is also a host of providers.{owners[host]}")
+                owners[host] = pid
+        if self.forward_proxy.port is not None:
+            for host in self.forward_proxy.intercept:
+                if host not in owners:
+                    raise ValueError(f"forward_proxy.intercept: {host!r} is no provider's host; add it to "
+                                     "providers.NAME.hosts for the provider it stands for, or remove it")
+        return self
 
     @model_validator(mode="after")
     def _policy_targets(self) -> Settings:

@@ -20,10 +20,12 @@ from urllib.parse import urlsplit
 
 from tollhouse.agent.managed_env import ManagedEnvError, merge_env, parse_env
 from tollhouse.agent.service_files import UNIT_NAME, ServiceSpec, launchd_plist, systemd_unit
+from tollhouse.forward import install as forward_install
 
 DEFAULT_PORT = 8788
 CONTROL_PLANE, TOKEN, USER = "TOLLHOUSE_CONTROL_PLANE", "TOLLHOUSE_TOKEN", "TOLLHOUSE_USER"
 DATA_DIR, PORT = "TOLLHOUSE_DATA_DIR", "TOLLHOUSE_PORT"
+FORWARD_PROXY_PORT = "TOLLHOUSE_FORWARD_PROXY_PORT"
 
 
 Runner = Callable[[Sequence[str]], int]  # runs a command, returns its exit code
@@ -69,6 +71,8 @@ class InstallOptions:
     port: int | None = None
     prefix: Path | None = None
     python: str = sys.executable
+    forward_proxy: bool = False  # also run the CONNECT proxy and send the machine's tools through it
+    forward_proxy_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,7 @@ class InstallResult:
     settings: dict[str, str]  # the managed file's values after install
     changes: list[FileChange]
     notes: list[str] = field(default_factory=list)
+    proxy_env: dict[str, str] = field(default_factory=dict)  # install --forward-proxy: the tools' environment
 
     @property
     def port(self) -> int:
@@ -90,7 +95,8 @@ class InstallResult:
 
     def tool_exports(self) -> list[str]:
         base = f"http://127.0.0.1:{self.port}"
-        return [f"export OPENAI_BASE_URL={base}/openai/v1", f"export ANTHROPIC_BASE_URL={base}/anthropic"]
+        return [f"export OPENAI_BASE_URL={base}/openai/v1", f"export ANTHROPIC_BASE_URL={base}/anthropic",
+                *(f"export {k}={v}" for k, v in self.proxy_env.items())]
 
 
 def _need_root(layout: Layout, is_root: bool) -> None:
@@ -107,6 +113,8 @@ def _check(opts: InstallOptions) -> None:
                                "example: https://tollhouse.example.com")
     if opts.port is not None and not 1 <= opts.port <= 65535:
         raise InstallError(f"--port {opts.port} is not a port number (1..65535)")
+    if opts.forward_proxy_port is not None and not 1 <= opts.forward_proxy_port <= 65535:
+        raise InstallError(f"--forward-proxy-port {opts.forward_proxy_port} is not a port number (1..65535)")
     if opts.user is not None and (not opts.user or any(c.isspace() for c in opts.user)):
         raise InstallError(f"--user {opts.user!r} is not an account name")
 
@@ -148,7 +156,9 @@ def _settings(opts: InstallOptions, layout: Layout, existing: dict[str, str]) ->
     """The managed values install sets: what it was told, else what the file holds, else the defaults."""
     told = {CONTROL_PLANE: opts.control_plane, TOKEN: opts.token, USER: opts.user,
             DATA_DIR: str(opts.data_dir.resolve()) if opts.data_dir is not None else None,
-            PORT: str(opts.port) if opts.port is not None else None}
+            PORT: str(opts.port) if opts.port is not None else None,
+            FORWARD_PROXY_PORT: (str(opts.forward_proxy_port or forward_install.DEFAULT_PORT)
+                                 if opts.forward_proxy or opts.forward_proxy_port else None)}
     defaults = {DATA_DIR: str(layout.default_data_dir), PORT: str(DEFAULT_PORT)}
     out: dict[str, str] = {}
     for key, value in told.items():
@@ -202,10 +212,24 @@ def install(opts: InstallOptions, *, is_root: bool) -> InstallResult:
         _write(layout.plist, launchd_plist(spec), 0o644),
         data_change,
     ]
+    proxy_env: dict[str, str] = {}
+    if FORWARD_PROXY_PORT in settings:
+        written: list[FileChange] = []
+        try:
+            proxy_env, proxy_notes = forward_install.install_forward_proxy(
+                layout.root, data_dir, int(settings[FORWARD_PROXY_PORT]), user, is_root and layout.prefix is None,
+                lambda path, content, mode: written.append(_write(path, content, mode)))
+        except forward_install.CAError as exc:
+            raise InstallError(str(exc)) from None
+        except ValueError:
+            raise InstallError(f"{layout.managed_file}: {FORWARD_PROXY_PORT}={settings[FORWARD_PROXY_PORT]!r} is "
+                               "not a port number; pass --forward-proxy-port to replace it") from None
+        changes += written
+        notes += proxy_notes
     if CONTROL_PLANE not in settings or TOKEN not in settings:
         notes.append("no control plane and token set: the agent will run on the managed file and built-in "
                      "defaults (re-run with --control-plane URL --token T to connect it)")
-    return InstallResult(layout, parse_env(managed), changes, notes)
+    return InstallResult(layout, parse_env(managed), changes, notes, proxy_env)
 
 
 def _remove(path: Path) -> FileChange:
@@ -232,7 +256,8 @@ def uninstall(prefix: Path | None, *, purge: bool, is_root: bool, systemctl: Run
     managed_by_systemd = systemctl is not None and prefix is None and layout.unit.exists()
     if managed_by_systemd and systemctl is not None:
         systemctl(["systemctl", "disable", "--now", UNIT_NAME])
-    changes = [_remove(layout.managed_file), _remove(layout.unit), _remove(layout.plist)]
+    changes = [_remove(layout.managed_file), _remove(layout.unit), _remove(layout.plist),
+               *(_remove(path) for path in forward_install.ProxyFiles(layout.root).all() if path.exists())]
     if managed_by_systemd and systemctl is not None:
         systemctl(["systemctl", "daemon-reload"])
     if not purge:

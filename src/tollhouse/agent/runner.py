@@ -35,6 +35,7 @@ from tollhouse.config import DirectoryConfig, Settings
 from tollhouse.control.overrides import OverrideSet
 from tollhouse.events import spool
 from tollhouse.events.store import StoreError
+from tollhouse.forward.ship import HostReporter
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState, add_health_section
 from tollhouse.lifespan import Background, Lifespan
@@ -54,6 +55,7 @@ class AgentOptions:
     retry: Retry = field(default_factory=Retry)
     ship_interval_s: float = 1.0  # how often the shipper looks at the spool
     update_interval_s: float = 3600.0  # how often the updater reads the release index (and on policy changes)
+    hosts_interval_s: float = 60.0  # how often the forward proxy's hosts are reported to the control plane
     retention_days: float = 100.0  # shipped events older than this leave the laptop's store (budget windows
     #                                the local ledger counts must fit inside it)
     restart: Callable[[], None] = restart_in_place  # after an update is installed
@@ -72,8 +74,12 @@ def local_config_problems(settings: Settings) -> list[str]:
 def gateway_settings(local: Settings, effective: AgentSettings) -> Settings:
     """The data plane's start-up settings: the local config with the effective agent settings on top."""
     identity = local.identity.model_copy(update={"default_user": effective["user"]})
+    forward_port = effective["forward_proxy_port"]  # TOLLHOUSE_FORWARD_PROXY_PORT over the config's forward_proxy.port
+    forward = local.forward_proxy.model_copy(update={"port": int(forward_port)}) if forward_port else \
+        local.forward_proxy
     return local.model_copy(update={"enforcement": effective.enforcement, "capture_mode": effective.capture_mode,
-                                    "upstream_proxy": effective["upstream_proxy"] or None, "identity": identity})
+                                    "upstream_proxy": effective["upstream_proxy"] or None, "identity": identity,
+                                    "forward_proxy": forward})
 
 
 def agent_id(data_dir: Path) -> str:
@@ -172,6 +178,11 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         Background("tollhouse-agent-leases", leases.run_renewals).add_to(parts)
         add_health_section(state, "budget_leases", leases.health)
         Background("tollhouse-agent-prune", lambda: _prune_loop(state, opts.retention_days, clock)).add_to(parts)
+        if state.settings.forward_proxy.port is not None:  # the forward proxy's hosts, to the control plane
+            hosts = HostReporter(state.runner, opts.control_plane, opts.token, ident, local_proxy,
+                                 opts.hosts_interval_s)
+            parts.add("forward-proxy hosts report", hosts.start, hosts.stop)
+            add_health_section(state, "forward_proxy_hosts", hosts.health)
         await parts.start()
 
         async def cleanup() -> None:

@@ -63,6 +63,12 @@ def _text(value: str) -> str:
     return value
 
 
+def _port(value: str) -> str:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{value!r} is not a port number (1-65535); example: \"8789\"")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Key:
     name: str  # the setting's name in `config show` and the agent policy
@@ -82,6 +88,7 @@ KEYS: tuple[Key, ...] = (
     Key("user", _text, local=True),
     Key("control_plane", _url, local=True),
     Key("token", _text, secret=True, local=True),
+    Key("forward_proxy_port", _port, local=True),  # the CONNECT proxy (install --forward-proxy); "" off
     *(Key(name, None) for name in _POLICY_KEYS),
 )
 ENV_NAMES = frozenset(k.env for k in KEYS)
@@ -138,7 +145,7 @@ def resolve(env: Mapping[str, str], managed: Mapping[str, str], control_plane: M
     """Pick each setting from the highest layer that sets it and validate it there. Raises SettingsError
     listing every bad value with its key, its layer and an example."""
     defaults = AgentPolicy().model_dump(mode="json")
-    defaults.update(log_level="info", user=login, control_plane="", token="")
+    defaults.update(log_level="info", user=login, control_plane="", token="", forward_proxy_port="")
     cp = control_plane or {}
     values: dict[str, Setting] = {}
     problems: list[str] = []

@@ -210,6 +210,24 @@ _SCRIPTS: tuple[str, ...] = (
     # 10: usage rollups per hour (events/rollup.py), kept up to date by every event insert; filled from the events
     # already stored
     migration_sql(),
+    # 11: hosts reached through the forward proxy (forward/hosts.py), one row per host, person and agent ('' for
+    # this gateway's own proxy, added to in batches; an agent's rows hold the totals it last reported)
+    """
+    CREATE TABLE forward_hosts (
+        host TEXT NOT NULL,
+        person TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        connections {int} NOT NULL,
+        intercepted {int} NOT NULL,
+        denied {int} NOT NULL,
+        bytes_up {int} NOT NULL,
+        bytes_down {int} NOT NULL,
+        first_ms {int} NOT NULL,
+        last_ms {int} NOT NULL,
+        PRIMARY KEY (host, person, agent)
+    );
+    CREATE INDEX forward_hosts_last ON forward_hosts (last_ms);
+    """,
 )
 
 

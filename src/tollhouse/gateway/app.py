@@ -13,6 +13,8 @@ from tollhouse.alerts import service as alerts
 from tollhouse.config import Settings
 from tollhouse.console import pages as console_pages
 from tollhouse.events.store import StoreError
+from tollhouse.forward import api as forward_api
+from tollhouse.forward.service import add_forward_proxy
 from tollhouse.gateway import (
     admin,
     agent_api,
@@ -55,6 +57,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("GET", "/api/v1/spend"): (spend.spend, True),
     ("GET", "/api/v1/audit"): (admin.list_audit, True),
     ("GET", "/api/v1/alerts"): (alerts_api.list_alerts, True),
+    ("GET", "/api/v1/hosts"): (forward_api.hosts, True),  # hosts seen by the forward proxy (issue 21)
     ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
     ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
     # versioned policy and agent policy
@@ -80,6 +83,7 @@ _API: dict[tuple[str, str], tuple[Handler, bool]] = {
     ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
     ("POST", "/api/v1/agent/notices"): (agent_api.notices, False),
     ("POST", "/api/v1/agent/leases"): (lease_api.leases, False),
+    ("POST", "/api/v1/agent/hosts"): (forward_api.agent_hosts, False),  # agents' forward-proxy hosts (issue 21)
 }
 _API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
     ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
@@ -216,6 +220,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         except OSError as exc:
             raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
 
+    add_forward_proxy(state, host, GatewayApp(state), worker is not None)  # forward_proxy.port (issue 21)
     lifespan.add("server", listen, lambda: server.stop(grace_s=10))
     lifespan.add("agent long-polls", stop=state.docs.feed.close)  # answered first, rather than hold the shutdown
     await lifespan.start()

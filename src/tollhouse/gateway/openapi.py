@@ -268,6 +268,33 @@ OPENAPI: dict[str, Any] = {
             ],
             "responses": {"200": {"description": "alerts"}, "400": {"description": "bad parameter"}},
         }},
+        "/api/v1/hosts": {"get": {
+            "summary": "Hosts reached through the forward proxy (forward_proxy.port), most recently seen first: "
+                       "connections (intercepted, denied), bytes up and down of tunnels, first and last seen "
+                       "(first_ms, last_ms), the people, `known_ai` with the `vendor` for known AI API hosts, and "
+                       "`managed` for intercepted (governed) hosts",
+            "parameters": [
+                {"name": "known_ai", "in": "query", "schema": {"type": "boolean"}},
+                {"name": "managed", "in": "query", "schema": {"type": "boolean"},
+                 "description": "false: AI services used outside the managed ones (with known_ai=true)"},
+                {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0},
+                 "description": "hosts last seen at or after this time (ms)"},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000}},
+            ],
+            "responses": {"200": {"description": "hosts"}, "400": {"description": "bad parameter"}},
+        }},
+        "/api/v1/agent/hosts": {"post": {
+            "summary": "An agent's forward-proxy host totals (enrollment token and X-Tollhouse-Agent-Id): each row "
+                       "replaces the agent's previous report for that host and person",
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "hosts": {"type": "array", "maxItems": 5000, "items": {"type": "object", "properties": {
+                    "host": {"type": "string"}, "person": {"type": "string"},
+                    **{k: {"type": "integer", "minimum": 0} for k in (
+                        "connections", "intercepted", "denied", "bytes_up", "bytes_down", "first_ms", "last_ms")}},
+                    "required": ["host", "person"]}}}, "required": ["hosts"]}}}},
+            "responses": {"200": {"description": "stored"}, "400": {"description": "a bad report"},
+                          "401": {"description": "no valid enrollment token"}},
+        }},
         "/api/v1/keys": {
             "get": {"summary": "Gateway virtual keys (prefixes only)", "responses": {"200": {"description": "keys"}}},
             "post": {

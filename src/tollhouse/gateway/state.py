@@ -29,6 +29,7 @@ from tollhouse.events.journal import PROVISIONAL, Journal, Recovered, recover
 from tollhouse.events.model import CallEvent
 from tollhouse.events.store import LeaseRow, Store, StoreError, open_store
 from tollhouse.events.writer import EventWriter, StoreRunner
+from tollhouse.forward.hosts import HostBook
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
@@ -124,6 +125,7 @@ class GatewayState:
     lifespan: Lifespan  # every component with background work or resources, started and stopped in order
     routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
     alerts: AlertQueue = field(default_factory=AlertQueue)  # finished calls handed to the alert service
+    hosts: HostBook = field(default_factory=HostBook)  # hosts the forward proxy saw, not yet stored (issue 21)
 
     async def close(self) -> None:
         """Stop everything that started, in reverse order (see Lifespan.stop)."""

@@ -314,6 +314,8 @@ class _Connection(asyncio.Protocol):
             refusal = exc.__context__  # raised in a callback: httptools wraps it
             if isinstance(refusal, _Refusal):
                 self._refuse(refusal.status, str(refusal))
+            elif data.startswith(b"PRI * HTTP/2.0"):  # an HTTP/2 client with prior knowledge
+                self._refuse(505, "HTTP/2 is not served here; use HTTP/1.1")
             else:
                 self._refuse(400, f"malformed HTTP request: {exc}")
         except _Refusal as refusal:
@@ -635,6 +637,17 @@ class HttpServer:
         self._sweeper = self.loop.create_task(self._sweep(), name="tollhouse-http-idle")
         sock = self._server.sockets[0]
         return int(sock.getsockname()[1])
+
+    def start_detached(self) -> None:
+        """Serve only connections handed over with `connection_protocol` (no listening socket): keep their
+        deadlines. The forward proxy's TLS sessions are served so."""
+        if self.limits.max_connections is None:
+            self.max_connections = default_max_connections(raise_fd_limit())
+        self._sweeper = self.loop.create_task(self._sweep(), name="tollhouse-http-idle")
+
+    def connection_protocol(self) -> asyncio.Protocol:
+        """A protocol serving one connection made elsewhere; call its `connection_made` with the transport."""
+        return _Connection(self)
 
     def head_too_large(self) -> _Refusal:
         return _Refusal(431, f"the request line and headers exceed {self.limits.max_header_bytes} bytes "

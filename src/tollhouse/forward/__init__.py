@@ -1,0 +1,1 @@
+"""Forward-proxy mode: an HTTP CONNECT proxy that intercepts the providers' hosts and tunnels every other one."""
