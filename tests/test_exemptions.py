@@ -383,8 +383,10 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     _, page, _ = _http(gw, "GET", "/console/exemptions", headers=cookie)
     assert b"Nothing is waiting" in page
 
-    # Sessions end: signing out clears the cookie; a session lasts 12 hours.
-    status, _, headers = _http(gw, "POST", "/console/logout", headers=cookie)
+    # Sessions end: signing out (with the page's CSRF token) clears the cookie; a session lasts 12 hours.
+    assert _form(gw, "/console/logout", {}, cookie)[0] == 400  # no token: not signed out
+    assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 200
+    status, _, headers = _form(gw, "/console/logout", {"csrf": _inputs(page).values["csrf"]}, cookie)
     assert status == 303 and "Max-Age=0" in headers["set-cookie"]
     clock.now = T0.timestamp() + 12 * 3600 + 1
     assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 303

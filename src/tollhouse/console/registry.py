@@ -10,19 +10,6 @@ PAGES: tuple[Page, ...] = (
 )
 
 
-def find(method: str, path: str) -> tuple[Page, dict[str, str]] | bool:
-    """The page and its path parameters; False: no such page; True: the path exists for another method."""
-    other_method = False
-    for page in PAGES:
-        params = page.match(path)
-        if params is None:
-            continue
-        if page.method == method:
-            return page, params
-        other_method = True
-    return other_method
-
-
 def navigation(role: str) -> list[tuple[str, str]]:
     """(label, path) of the pages in the navigation a role may open, in table order."""
     return [(p.title, p.path) for p in PAGES if p.title and p.method == "GET" and role in p.roles

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from html import escape
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
+from tollhouse.console import csrf
 from tollhouse.control.exemptions import (
     DEFAULT_HOURS,
     MAX_FIELD,
@@ -35,18 +36,16 @@ from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console import STYLE
 from tollhouse.gateway.console_session import (
     ADMIN_ROLE,
-    COOKIE,
     LOGIN_PATH,
-    SESSION_S,
     ConsoleUser,
-    cookie_attributes,
     safe_next,
-    session_value,
+    session_cookies,
     sign_in_redirect,
     signed_in,
 )
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
 from tollhouse.gateway.policy_api import actor
+from tollhouse.gateway.sso import START_PATH
 from tollhouse.gateway.state import GatewayState
 
 QUEUE_PATH = "/console/exemptions"
@@ -207,8 +206,13 @@ def _cross_site(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc != (request.header("host") or "")
 
 
-def _login_page(problem: str | None = None, status: int = 401, next_path: str | None = None) -> Response:
-    body = (f"<h1>Sign in to the Tollhouse console</h1>{_errors([problem] if problem else [])}"
+def _login_page(state: GatewayState, problem: str | None = None, status: int = 401, next_path: str | None = None
+                ) -> Response:
+    oidc = state.settings.console.oidc
+    sso = "" if oidc is None else (
+        f'<p><a id="sso" href="{START_PATH}?next={quote(safe_next(next_path), safe="/")}">{escape(oidc.label)}</a>'
+        "</p><p>Or sign in with the admin token:</p>")
+    body = (f"<h1>Sign in to the Tollhouse console</h1>{_errors([problem] if problem else [])}{sso}"
             f'<form method="post" action="{LOGIN_PATH}"><table>'
             '<tr><th><label for="token">Admin token</label></th><td><input id="token" name="token" '
             'type="password" required autocomplete="current-password"></td></tr>'
@@ -220,7 +224,7 @@ def _login_page(problem: str | None = None, status: int = 401, next_path: str | 
 
 
 async def login_form(request: Request, state: GatewayState) -> Response:
-    return _login_page(status=200, next_path=request.query.get("next"))
+    return _login_page(state, status=200, next_path=request.query.get("next"))
 
 
 async def login(request: Request, state: GatewayState) -> Response:
@@ -230,21 +234,28 @@ async def login(request: Request, state: GatewayState) -> Response:
     try:
         form = await _form(request)
     except ExemptionError as exc:
-        return _login_page(str(exc), exc.status)
+        return _login_page(state, str(exc), exc.status)
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
-        return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
+        return _login_page(state, "That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
                            next_path=form.get("next"))
     name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
-    user = ConsoleUser(name, ADMIN_ROLE)
-    cookie = f"{COOKIE}={session_value(state, user)}; {cookie_attributes(state, SESSION_S)}"
-    return _see_other(safe_next(form.get("next")), [("set-cookie", cookie)])
+    return _see_other(safe_next(form.get("next")), session_cookies(state, ConsoleUser(name, ADMIN_ROLE)))
 
 
 async def logout(request: Request, state: GatewayState) -> Response:
+    """Sign out: the session cookies are cleared. A signed-in browser must send the form's CSRF token."""
     if _cross_site(request):
         return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
-    return _see_other(LOGIN_PATH, [("set-cookie", f"{COOKIE}=; {cookie_attributes(state, 0)}")])
+    try:
+        form = await _form(request)
+    except ExemptionError as exc:
+        return _page("Not signed out", _errors(exc.messages), exc.status)
+    if not csrf.valid(request, state, form):
+        return _page("Not signed out", _errors(["The sign-out form is missing its security token or it is stale "
+                                                "(signed in again since?). Reload the page and sign out again."]),
+                     400)
+    return _see_other(LOGIN_PATH, session_cookies(state, None))
 
 
 def _decision_forms(x: Exemption) -> str:
@@ -288,7 +299,8 @@ async def queue(request: Request, state: GatewayState) -> Response:
                 _ts(x.expires_ms) if x.status in (APPROVED, REVOKED) else "", _scope(x), x.note)
         + f"<td>{_revoke_form(x) if _in_force(x, now_ms) else ''}</td></tr>" for x in decided)
     body = (f'<h1>Exemption requests</h1><div>Signed in as <b>{escape(who)}</b> ({escape(user.role)}). '
-            f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></div>'
+            f'<form class="inline" method="post" action="/console/logout"><input type="hidden" name="{csrf.FIELD}" '
+            f'value="{escape(csrf.token(request, state))}"><button>Sign out</button></form></div>'
             f"<h2>Pending ({len(pending)})</h2><p>Approving allows the subject's calls that the rule blocks, "
             "for the hours given. To change the rule for everyone instead, approve through the API with "
             "<code>{&quot;kind&quot;: &quot;rule_edit&quot;, &quot;rule&quot;: {...}}</code>.</p>"

@@ -32,6 +32,7 @@ from tollhouse.events.writer import EventWriter, StoreRunner
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
+from tollhouse.gateway.oidc_client import OidcClient
 from tollhouse.gateway.overrides import EXEMPTIONS_FEED, OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
@@ -124,6 +125,7 @@ class GatewayState:
     lifespan: Lifespan  # every component with background work or resources, started and stopped in order
     routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
     alerts: AlertQueue = field(default_factory=AlertQueue)  # finished calls handed to the alert service
+    sso: OidcClient = field(default_factory=OidcClient)  # the console's single sign-on: provider metadata, keys
 
     async def close(self) -> None:
         """Stop everything that started, in reverse order (see Lifespan.stop)."""
