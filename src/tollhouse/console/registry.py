@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from tollhouse.console import overview
+from tollhouse.console import events, overview, teams, usage
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
     *overview.PAGES,
+    *events.PAGES,
+    *usage.PAGES,
+    *teams.PAGES,
 )
 
 

@@ -1,0 +1,23 @@
+"""Signing in to the console as a role in tests: a session cookie built like gateway/console_session does.
+
+Interim helper until role sign-in (OIDC) lands; the signature is shared by every console test.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+SESSION_S = 12 * 3600
+
+
+def role_cookie(admin_token: str, name: str, role: str, now: float | None = None) -> str:
+    """"tollhouse_console=<value>": a session for `name` with `role`, valid 12 hours from `now` (default: now)."""
+    expires = int(time.time() if now is None else now) + SESSION_S
+    encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+    payload = f"{expires}.{role}.{encoded}"
+    signature = hmac.new(admin_token.encode(), b"tollhouse-console-session\0" + payload.encode(),
+                         hashlib.sha256).hexdigest()
+    return f"tollhouse_console={payload}.{signature}"
