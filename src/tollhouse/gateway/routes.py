@@ -67,7 +67,7 @@ async def openapi(request: Request, state: GatewayState) -> Response:
 
 @cache
 def _document() -> bytes:
-    return orjson.dumps(openapi_document(doc.DOCUMENT, table()))
+    return orjson.dumps(openapi_document(doc.DOCUMENT, (*API, *EXEMPTIONS)))  # the console's pages are not API
 
 
 async def static(request: Request, state: GatewayState) -> Response:
@@ -222,15 +222,14 @@ def page_route(page: Page) -> Route:
     return Route(page.method, page.path, call, PAGE, page.roles, page.title)
 
 
-@cache
 def table() -> tuple[Route, ...]:
-    """Every route: the API, the exemption workflow, sign-in, and the console's pages."""
-    from tollhouse.console.registry import PAGES  # the page modules import the console, which imports the gateway
+    """Every route: the API, the exemption workflow, sign-in, and the console's pages (as registered now)."""
+    from tollhouse.console import registry  # the page modules import the console, which imports the gateway
 
-    return (*API, *EXEMPTIONS, *SIGN_IN, *(page_route(p) for p in PAGES))
+    return (*API, *EXEMPTIONS, *SIGN_IN, *(page_route(p) for p in registry.PAGES))
 
 
-@cache
 def router() -> Router:
+    """The routes compiled (the app compiles them once, when it starts)."""
     return Router(table())
 
