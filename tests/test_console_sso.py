@@ -335,3 +335,27 @@ def test_the_sign_in_page_offers_sso_only_when_configured(tmp_path: Path) -> Non
         assert status == 303 and "Max-Age=3600" in headers["set-cookie"]  # console.session_hours
     finally:
         gw.stop()
+
+
+@pytest.mark.slow
+def test_sign_in_with_sso_in_a_real_browser(gw: Gateway, idp: OidcProvider, page: Any) -> None:
+    """Chromium through the provider's own form and back to the page the sign-in started from, signed in there
+    and on the API; the sign-out button works. (Provider and gateway share a host here, so this does not show the
+    cross-site case the callback's self-refreshing page is for.)"""
+    # the provider's form asks a CDN for its style sheet: nothing leaves this machine, it gets an empty one
+    page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"),
+               lambda route: route.fulfill(status=200, body="", content_type="text/css"))
+    page.goto(f"{gw.url}/console/login?next=/console/usage")
+    page.click("#sso")
+    page.wait_for_url(f"{idp.url}/oauth2/authorize*")
+    page.get_by_placeholder("sub").fill("u-ada")
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(f"{gw.url}/console/usage*")
+    assert "ada (policy_owner)" in page.inner_text("header")
+    page.goto(f"{gw.url}/api/v1/usage")  # the API the pages fetch from, with the same session
+    assert json.loads(page.inner_text("body"))["timezone"] == "UTC"
+    page.goto(f"{gw.url}/console/")
+    page.click("form.signout button")
+    page.wait_for_url(f"{gw.url}/console/login")
+    page.goto(f"{gw.url}/console/")
+    page.wait_for_url(f"{gw.url}/console/login?next=/console/")
