@@ -121,6 +121,10 @@ def test_each_role_reads_what_it_may(gateway: Gateway) -> None:
                 assert status == 200, (role, path, body)
             else:
                 assert status == 403 and body["error"]["roles"] == sorted(allowed), (role, path, body)
+    # what calls said (captured prompts and responses) is for the admin and the auditor
+    assert _as(gateway, "finance", "GET", "/api/v1/events?include=content")[0] == 403
+    assert _as(gateway, "auditor", "GET", "/api/v1/events?include=content")[0] == 200
+    assert _as(gateway, "policy_owner", "GET", "/api/v1/events/ev-1")[0] == 403
     # no session, a forged one, or a wrong bearer token next to a good session: 401 as before
     assert raw_request(gateway.port, "GET", "/api/v1/usage")[0] == 401
     forged = role_cookie("not-the-admin-token", "mallory", "admin")

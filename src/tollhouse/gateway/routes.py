@@ -39,7 +39,7 @@ from tollhouse.gateway.router import Auth, Handler, Route, Router, openapi_docum
 from tollhouse.gateway.state import GatewayState
 
 # who reads what (writes: ADMIN, or POLICY for policy, agent policy and exemptions)
-READ_ALL = ALL_ROLES - {"finance", "policy_owner"}  # admin, auditor: keys, agents, alerts, tokens
+READ_ALL = ALL_ROLES - {"finance", "policy_owner"}  # admin, auditor: keys, agents, alerts, what calls said
 USAGE = ALL_ROLES  # usage, reports, baselines, spend, events, the directory
 POLICY_READ = POLICY | AUDIT  # policy and agent policy, their history; the exemption queue
 
@@ -82,7 +82,7 @@ API: tuple[Route, ...] = (
     # calls and usage (from the rollups: series, the spend report as CSV or FOCUS, a team's baseline)
     Route("GET", "/api/v1/events", events_api.list_events, roles=USAGE,
           summary="Calls through the gateway, newest first", doc=doc.GET_EVENTS),
-    Route("GET", "/api/v1/events/{id}", admin.get_event, roles=USAGE, doc=doc.GET_EVENTS_ID,
+    Route("GET", "/api/v1/events/{id}", admin.get_event, roles=READ_ALL, doc=doc.GET_EVENTS_ID,
           summary="One call event, with its captured prompt and response (enterprise capture mode)"),
     Route("GET", "/api/v1/usage", usage_api.usage, roles=USAGE, doc=usage_doc.GET_USAGE,
           summary="Calls, tokens and cost over time, by team, project, cost centre, person, provider or model "
