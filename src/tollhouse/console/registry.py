@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from tollhouse.console import overview
+from tollhouse.console import overview, policy
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
     *overview.PAGES,
+    *policy.PAGES,
 )
 
 
