@@ -1,7 +1,7 @@
-"""Routes of the exemption workflow: the JSON API under /api/v1/exemptions and the console pages under
-/console/exemptions (and the console sign-in). `admin` True: the bearer admin token is required (checked by
-the app); the console's queue pages check their own sign-in (cookie or bearer). A gateway whose exemptions are
-another's (`exemptions.authority_url`: an agent's control plane) redirects every workflow path there."""
+"""Routes of the exemption workflow: the JSON API under /api/v1/exemptions, the requester's console pages under
+/console/exemptions (and the console sign-in); the queue and its decisions are console pages
+(console/exemptions.py). `admin` True: the bearer admin token is required (checked by the app). A gateway whose
+exemptions are another's (`exemptions.authority_url`: an agent's control plane) redirects every workflow path there."""
 
 from __future__ import annotations
 
@@ -32,36 +32,38 @@ ROUTES: tuple[tuple[str, str, Handler, bool], ...] = (
     ("GET", "/console/exemptions/new", console.new_request, False),
     ("POST", "/console/exemptions", console.file_request, False),
     ("GET", "/console/exemptions/{id}", console.status_page, False),
-    ("GET", "/console/exemptions", console.queue, False),
-    ("POST", "/console/exemptions/{id}/approve", console.approve, False),
-    ("POST", "/console/exemptions/{id}/deny", console.deny, False),
-    ("POST", "/console/exemptions/{id}/revoke", console.revoke, False),
     ("GET", "/console/login", console.login_form, False),
     ("POST", "/console/login", console.login, False),
     ("POST", "/console/logout", console.logout, False),
 )
-_QUEUE_PREFIXES = ("/api/v1/exemptions", "/console/exemptions")
+QUEUE_PREFIXES = ("/api/v1/exemptions", "/console/exemptions")
 
 
-def _at_authority(handler: Handler) -> Handler:
-    """The handler, on the gateway that holds the queue; elsewhere (an agent, exemptions.authority_url set) a
-    307 to the same path there, so a request is filed, read and decided in the one queue policy owners see."""
+def elsewhere(request: Request, state: GatewayState) -> Response | None:
+    """None on the gateway that holds the queue; elsewhere (an agent, exemptions.authority_url set) a 307 to the
+    same path there, so a request is filed, read and decided in the one queue policy owners see."""
+    authority = state.settings.exemptions.authority_url
+    if not authority:
+        return None
+    query = f"?{request.query_string}" if request.query_string else ""
+    location = f"{authority}{request.raw_path or request.path}{query}"
+    body = orjson.dumps({"error": {"message": f"exemptions are filed and decided at {authority}: this "
+                                   f"gateway's queue is not used; go to {location}",
+                                   "code": "exemptions_elsewhere", "location": location}})
+    return Response(307, body, [("location", location), ("content-type", "application/json")])
+
+
+def at_authority(handler: Handler) -> Handler:
+    """The handler, on the gateway that holds the queue; elsewhere a 307 there (see `elsewhere`)."""
 
     async def routed(request: Request, state: GatewayState) -> Response:
-        authority = state.settings.exemptions.authority_url
-        if not authority:
-            return await handler(request, state)
-        query = f"?{request.query_string}" if request.query_string else ""
-        location = f"{authority}{request.raw_path or request.path}{query}"
-        body = orjson.dumps({"error": {"message": f"exemptions are filed and decided at {authority}: this "
-                                       f"gateway's queue is not used; go to {location}",
-                                       "code": "exemptions_elsewhere", "location": location}})
-        return Response(307, body, [("location", location), ("content-type", "application/json")])
+        redirect = elsewhere(request, state)
+        return redirect if redirect is not None else await handler(request, state)
 
     return routed
 
 
-_SPLIT = tuple((method, tuple(path.split("/")), _at_authority(handler) if path.startswith(_QUEUE_PREFIXES)
+_SPLIT = tuple((method, tuple(path.split("/")), at_authority(handler) if path.startswith(QUEUE_PREFIXES)
                 else handler, admin) for method, path, handler, admin in ROUTES)
 
 
@@ -80,8 +82,8 @@ def _params(pattern: tuple[str, ...], parts: list[str]) -> dict[str, str] | None
 
 
 def match(request: Request) -> tuple[Handler, bool] | Response | None:
-    """The handler for a workflow path (and whether it needs the admin token), a 404/405 for other paths
-    under the workflow's prefixes, None for everything else."""
+    """The handler for a workflow path (and whether it needs the admin token), a 404/405 for other API paths
+    under the workflow's prefixes, None for everything else (other console paths go to the console's pages)."""
     path = request.path
     if not path.startswith(_PREFIXES):
         return None
@@ -95,6 +97,8 @@ def match(request: Request) -> tuple[Handler, bool] | Response | None:
             request.params.update(params)
             return handler, admin
         allowed.append(method)
+    if path.startswith("/console/"):
+        return None  # the policy owner's queue and decisions are console pages (console/exemptions.py)
     if allowed:
         return api_error(405, f"{request.method} is not allowed on {path} (allowed: {', '.join(allowed)})",
                          "method_not_allowed")
