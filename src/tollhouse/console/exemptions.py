@@ -6,12 +6,12 @@ gateway/exemption_console.py."""
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
+from tollhouse.console import dates
 from tollhouse.console.forms import FormRefused, checked_form, see_other
 from tollhouse.console.pages import ALL_ROLES, POLICY, Page
 from tollhouse.console.render import error_page, render
@@ -52,10 +52,7 @@ class Filters:
         out = []
         if self.status and self.status not in STATUSES:
             out.append(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
-        for name, value in (("from", self.since), ("to", self.until)):
-            if value and _day(value) is None:
-                out.append(f"{name} {value!r} is not a date; use YYYY-MM-DD")
-        return out
+        return out + dates.problems(**{"from": self.since, "to": self.until})
 
     def query(self, page: int) -> str:
         fields = {"status": self.status, "subject": self.subject, "rule": self.rule, "from": self.since,
@@ -63,26 +60,10 @@ class Filters:
         return urlencode({k: v for k, v in fields.items() if v})
 
 
-def _day(value: str) -> datetime.date | None:
-    try:
-        return datetime.date.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 def _filters(query: dict[str, str]) -> Filters:
     page = query.get("page", "1")
     return Filters(query.get("status", ""), query.get("subject", "").strip(), query.get("rule", "").strip(),
                    query.get("from", ""), query.get("to", ""), int(page) if page.isdigit() and page != "0" else 1)
-
-
-def _bounds_ms(f: Filters, zone: ZoneInfo) -> tuple[int | None, int | None]:
-    def start(d: datetime.date) -> int:
-        return int(datetime.datetime.combine(d, datetime.time(), zone).timestamp() * 1000)
-
-    since, until = _day(f.since) if f.since else None, _day(f.until) if f.until else None
-    return (start(since) if since else None,
-            start(until + datetime.timedelta(days=1)) if until else None)
 
 
 def in_force(x: Exemption, now_ms: int) -> bool:
@@ -107,7 +88,7 @@ async def queue(request: Request, state: GatewayState, user: ConsoleUser) -> Res
     if not problems:
         status = f.status or None
         found = await state.runner.run(lambda s: s.list_exemptions(status, _SCAN))
-        lo, hi = _bounds_ms(f, ZoneInfo(state.settings.ledger.timezone))
+        lo, hi = dates.bounds_ms(f.since, f.until, ZoneInfo(state.settings.ledger.timezone))
         history = [x for x in found if (not f.subject or f.subject.lower() in x.subject.lower())
                    and (not f.rule or f.rule == x.rule_id) and (lo is None or x.created_ms >= lo)
                    and (hi is None or x.created_ms < hi)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from tollhouse.console import exemptions, overview, policy
+from tollhouse.console import audit, exemptions, overview, policy
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
     *overview.PAGES,
     *policy.PAGES,
     *exemptions.PAGES,
+    *audit.PAGES,
 )
 
 
