@@ -80,7 +80,7 @@ def test_review_publish_history_rollback(gw: Gateway) -> None:
     assert status == 200 and "added: no-o1" in text(page)
     status, page, _ = owner.post("/console/policy/rollback", {"version": "1"})
     assert status == 400 and _versions(gw) == [2, 1]  # not confirmed
-    status, _, headers = owner.post("/console/policy/rollback", {"version": "1", "confirm": "yes"})
+    status, _, _ = owner.post("/console/policy/rollback", {"version": "1", "confirm": "yes"})
     assert status == 303 and _versions(gw) == [3, 2, 1]
     _, body, _ = gw.get("/api/v1/policy")
     assert [r["id"] for r in json.loads(body)["rules"]] == ["approved-models", "no-o1"]

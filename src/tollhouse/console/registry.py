@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollhouse.console import audit, exemptions, overview, policy
+from tollhouse.console import agents, audit, directory, exemptions, keys, overview, policy
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
@@ -10,6 +10,9 @@ PAGES: tuple[Page, ...] = (
     *policy.PAGES,
     *exemptions.PAGES,
     *audit.PAGES,
+    *agents.PAGES,
+    *keys.PAGES,
+    *directory.PAGES,
 )
 
 
