@@ -3,7 +3,7 @@
 `browser` is one chromium for the session; `page` is a fresh context and page for one test that fails the test
 on any console error, uncaught page error, failed request or HTTP error answer (>= 400) the test did not say it
 expects. Sign in with `sign_in_cookie` (a role's session cookie) or `sign_in_admin` (the /console/login form).
-Use in a test module: `from browser import browser, page, page_problems, playwright_instance  # noqa: F401`.
+tests/conftest.py imports the fixtures, so every test module can ask for `page`.
 """
 
 from __future__ import annotations

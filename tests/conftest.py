@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from browser import browser, page, page_problems, playwright_instance  # noqa: F401  (browser tests' fixtures)
 from tollhouse.config import parse_settings
 from tollhouse.events.pg_local import DEFAULT_BIN, LocalPostgres, PostgresUnavailable
 from tollhouse.events.store import Store, open_store

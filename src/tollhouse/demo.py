@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import orjson
 from aiohttp import web
 
 from tollhouse.config import Settings, parse_settings
+from tollhouse.demo_history import history, seed_history
+from tollhouse.events.store import StoreError
 from tollhouse.gateway.app import serve
 from tollhouse.gateway.state import GatewayState, admin_token_hint, admin_token_shell
 from tollhouse.mock.provider import MockSettings, build_mock_app
@@ -121,8 +124,15 @@ async def run_demo(data_dir: Path, port: int, mock_port: int, calls: int, stop: 
         raise OSError(f"the mock provider cannot listen on 127.0.0.1:{mock_port}: {exc.strerror or exc}; pass "
                       "--mock-port with a free port, or stop what uses it") from None
     mock_url = f"http://127.0.0.1:{mock_port}"
+    settings = demo_settings(mock_url)
+    past = history(int(time.time() * 1000), [*PEOPLE, *SERVICES], WORKLOAD)
+    try:
+        await asyncio.to_thread(seed_history, settings.store.url, data_dir, past)
+    except StoreError as exc:
+        await mock_runner.cleanup()
+        raise OSError(f"the demo cannot write its history into the store in {data_dir}: {exc}") from None
     started: asyncio.Future[tuple[GatewayState, int]] = asyncio.get_running_loop().create_future()
-    gateway = asyncio.create_task(serve(demo_settings(mock_url), data_dir, "127.0.0.1", port,
+    gateway = asyncio.create_task(serve(settings, data_dir, "127.0.0.1", port,
                                         lambda st, p: started.set_result((st, p)), stop))
     try:
         # the gateway either starts or fails to (its port taken, its store unusable): never wait on it forever
@@ -134,6 +144,7 @@ async def run_demo(data_dir: Path, port: int, mock_port: int, calls: int, stop: 
         state, bound = started.result()
         base = f"http://127.0.0.1:{bound}"
         print(f"Tollhouse demo: mock provider {mock_url}, gateway {base}, data in {data_dir}")
+        print(f"Wrote two weeks of past calls ({len(past)}) so the console has a baseline.")
         print(f"Driving {calls} calls from {len(PEOPLE)} people and a service in {len(TEAMS)} teams...")
         ok = await drive_traffic(base, calls)
         print(f"Done: {ok}/{calls} calls answered 2xx.")

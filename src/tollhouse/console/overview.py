@@ -1,21 +1,85 @@
-"""The overview page (/console/): for now the recent calls; the full overview is issue 18's."""
+"""The overview page (/console/): this billing month against the same days of the last one, spend over time by
+team, the top models and people, blocked and would-be-blocked calls, and the budgets at risk. Every figure is
+the organisation's total from the usage rollups."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from tollhouse.alerts.console_banner import alert_banner
+from tollhouse.console import blocked, budgets
+from tollhouse.console.errors import failed
 from tollhouse.console.pages import ALL_ROLES, Page
 from tollhouse.console.render import render
-from tollhouse.events.model import event_json
+from tollhouse.console.usage_data import Series, chart, label, month_range, series, usd
+from tollhouse.gateway.admin import ApiError
 from tollhouse.gateway.console_session import ConsoleUser
 from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.state import GatewayState
+from tollhouse.gateway.storage import StorageUnavailable
+from tollhouse.gateway.usage_params import Filters, Range
+from tollhouse.gateway.usage_series import Totals
+
+TOP = 8
+
+
+def _between(data: Series, since_ms: int, until_ms: int) -> Totals:
+    """The totals of the buckets starting in [since_ms, until_ms)."""
+    out = Totals()
+    for buckets in data.groups.values():
+        for start, t in buckets.items():
+            if since_ms <= start < until_ms:
+                out.merge(t)
+    return out
+
+
+def _top(data: Series) -> list[dict[str, Any]]:
+    return [{"key": label(k), "raw": k[0], "cost": usd(t.cost_nusd), "calls": t.calls,
+             "tokens": t.input_tokens + t.output_tokens} for k, t in data.ranked()[:TOP]]
 
 
 async def overview(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    await state.writer.flush(2.0)  # never hang on failing storage
-    rows = await state.runner.run(lambda s: s.list_events(200))
-    return render(request, state, user, "overview.html", "Overview", events=[event_json(r) for r in rows],
-                  banner=alert_banner(state))
+    try:
+        return await _overview(request, state, user)
+    except (ApiError, StorageUnavailable) as exc:
+        return failed(request, state, user, exc)
+
+
+async def _overview(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+    now_ms = int(state.clock() * 1000)
+    this, last = month_range(state, now_ms), month_range(state, now_ms, 1)
+    tz = this.tz
+    both = Range(last.since_ms, this.until_ms, tz, this.billing_day)
+    by_team = await series(state, ["team"], "day", both, Filters())
+    today = datetime.fromtimestamp(now_ms / 1000, tz)
+    elapsed_days = (today.date() - datetime.fromtimestamp(this.since_ms / 1000, tz).date()).days + 1
+    last_days = [s for s in by_team.starts if last.since_ms <= s < this.since_ms][:elapsed_days]
+    last_until = last_days[-1] + 1 if last_days else last.since_ms
+    mtd = _between(by_team, this.since_ms, this.until_ms)
+    last_month = _between(by_team, last.since_ms, this.since_ms)
+    last_same = _between(by_team, last.since_ms, last_until)
+    mtd_range = Range(this.since_ms, this.until_ms, tz, this.billing_day)
+    by_model = await series(state, ["model"], "day", mtd_range, Filters())
+    by_person = await series(state, ["person"], "day", mtd_range, Filters())
+    stopped = await blocked.blocked(state, this.since_ms, this.until_ms)
+    active = [("org", "*")] + [("team", t.id) for t in state.directory.current.config.teams] + [
+        ("project", p) for p in state.directory.current.project_ids()] + [
+        ("subject", k[0]) for k in by_person.totals if k[0]]
+    caps = await budgets.statuses(state, active, now_ms)
+    change = None
+    if last_same.cost_nusd:
+        change = (mtd.cost_nusd - last_same.cost_nusd) / last_same.cost_nusd
+    return render(
+        request, state, user, "overview.html", "Overview", banner=alert_banner(state),
+        month_start=this.since_ms, last_start=last.since_ms, elapsed_days=elapsed_days,
+        mtd_cost=usd(mtd.cost_nusd), mtd_calls=mtd.calls, last_same_cost=usd(last_same.cost_nusd),
+        last_same_calls=last_same.calls, last_month_cost=usd(last_month.cost_nusd), change=change,
+        blocked_total=mtd.blocked, would_total=mtd.would_block,
+        chart={**chart(by_team, top=TOP, now_ms=now_ms), "timezone": tz.key},
+        top_models=_top(by_model), top_people=_top(by_person),
+        by_rule=stopped.by_rule, recent_blocked=stopped.recent,
+        at_risk=[c for c in caps if c.at_risk], caps_count=len(caps))
 
 
 PAGES = (

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from tollhouse.console import agents, audit, directory, exemptions, keys, overview, policy
+from tollhouse.console import agents, audit, directory, events, exemptions, keys, overview, policy, teams, usage
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
     *overview.PAGES,
+    *events.PAGES,
+    *usage.PAGES,
+    *teams.PAGES,
     *policy.PAGES,
     *exemptions.PAGES,
     *audit.PAGES,
