@@ -126,3 +126,34 @@ def test_each_role_sees_what_it_may_do(gw: Gateway, page: Page, page_problems: P
     expect(page.locator("main")).to_contain_text("Your role (finance) may not open this page")
     _, body, _ = gw.get(f"/api/v1/exemptions/{exemption_id}")
     assert json.loads(body)["exemption"]["status"] == "pending"  # nothing was decided
+
+
+def test_admin_pages_draw_and_act(gw: Gateway, page: Page) -> None:
+    _as(page, gw, "admin", "ada")
+    page.goto(f"{gw.url}/console/keys")
+    page.fill("input[name=user]", "alice")
+    page.fill("input[name=label]", "laptop")
+    page.click("#create button")
+    secret = page.inner_text("#secret")
+    assert secret.startswith("th-")
+    page.goto(f"{gw.url}/console/keys")
+    assert secret not in page.content()
+    page.click("#keys button:text-is('Revoke')")
+    expect(page.locator("[role=status]")).to_contain_text(f"Revoked {secret[:10]}")
+
+    page.click("header nav a:text-is('Agents')")
+    page.fill("input[name=label]", "laptops")
+    page.click("#tokens button:text-is('Create token')")
+    expect(page.locator("#new-token")).to_contain_text("shown only this once")
+    expect(page.locator("#tokens table")).to_contain_text("laptops")
+
+    page.click("header nav a:text-is('Directory')")
+    expect(page.locator("#cost-centres")).to_contain_text("CC-100")
+    page.fill("textarea[name=directory]", "teams:\n  - id: a\n    parent: nowhere\n")
+    expect(page.locator("#check")).to_contain_text("nowhere")
+    page.fill("textarea[name=directory]", json.dumps(dict(DIRECTORY, people=[{"id": "zed", "team": "research"},
+                                                                             *DIRECTORY["people"]])))
+    expect(page.locator("#check")).to_contain_text("OK:")
+    page.click("#editor button")
+    expect(page.locator("[role=status]").first).to_contain_text("Published directory version 2")
+    expect(page.locator("#people")).to_contain_text("zed")
