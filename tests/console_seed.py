@@ -67,10 +67,11 @@ def post_chat(gw: Gateway, user: str, model: str = "gpt-4o-mini") -> int:
 
 
 @contextmanager
-def seeded_gateway(mock_url: str, tmp_path: Path) -> Iterator[Gateway]:
+def seeded_gateway(mock_url: str, tmp_path: Path, store_url: str | None = None) -> Iterator[Gateway]:
     """The gateway (clock fixed at NOW, enforcement on) with the history above and four live calls today:
-    alice and bob twice each (allowed) and carol once on gpt-4o (blocked by no-gpt4o)."""
-    store_url = f"sqlite:///{tmp_path / 'store.db'}"
+    alice and bob twice each (allowed) and carol once on gpt-4o (blocked by no-gpt4o). `store_url`: an empty
+    store (default: SQLite in tmp_path)."""
+    store_url = store_url or f"sqlite:///{tmp_path / 'store.db'}"
     store = open_store(store_url, tmp_path)
     store.insert_events(backdated())
     store.close()

@@ -4,6 +4,7 @@ wrong queries (400), the usage CSV, and the budget projection."""
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -108,12 +109,23 @@ def test_usage_csv_is_the_spend_report_for_a_cookie_user(gw: Gateway) -> None:
     assert status == 400 and "is not a dimension" in body
 
 
-def test_overview_counts_the_whole_org_not_a_page_of_events(gw: Gateway) -> None:
-    status, body, _ = as_role(gw, "/console/", "finance")
-    assert status == 200
+def test_overview_counts_the_whole_org_not_a_page_of_events(mock: Mock, tmp_path: Path, store_url: str) -> None:
+    with seeded_gateway(mock.url, tmp_path, store_url) as gw:  # SQLite and PostgreSQL
+        status, body, _ = as_role(gw, "/console/", "finance")
+        blocked_status, blocked_body, _ = as_role(gw, "/console/events/" + _first_blocked(gw), "auditor")
+    assert status == 200 and blocked_status == 200 and "no-gpt4o" in blocked_body
     assert '<div class="big">$24.75</div>' in body  # 9 days x ($1.5 + $1 + $0.25), plus today's cheap calls
     assert '<div class="big">$90</div>' in body  # November: 30 x $3
     assert "platform-budget" in body and "2026-12-15" in body  # $13.50 of $20 by the 10th: out on the 15th
+    by_rule = body.split('id="blocked-by-rule"')[1].split("</table>")[0]
+    assert '<td>no-gpt4o</td><td class="num">2</td><td class="num">0</td>' in by_rule
+    assert body.split('id="recent-blocked"')[1].count("/console/events/") == 2
+
+
+def _first_blocked(gw: Gateway) -> str:
+    status, body, _ = gw.get("/api/v1/events?decision=block&limit=1")
+    assert status == 200, body
+    return str(json.loads(body)["events"][0]["id"])
 
 
 def test_projection_is_linear_over_the_billing_month() -> None:
@@ -143,3 +155,26 @@ def test_teams_index_sums_the_teams_below(gw: Gateway) -> None:
     row = body.split('href="/console/teams/engineering"')[1].split("</tr>")[0]
     # engineering's own calls: none; with platform ($13.50) and ml ($9) below it: $22.50 (+ today's cheap calls)
     assert '<td class="num">$0</td><td class="num">$22.50' in row
+
+
+def test_chart_keeps_the_biggest_series_sums_the_rest_and_stops_at_now() -> None:
+    from tollhouse.console.usage_data import Series, chart
+    from tollhouse.gateway.usage_series import Totals
+
+    def totals(cost: int) -> Totals:
+        t = Totals()
+        t.cost_nusd, t.calls = cost, 1
+        return t
+
+    day = 86_400_000
+    groups = {("a",): {0: totals(3_000_000_000)}, ("b",): {0: totals(1_000_000_000), day: totals(500_000_000)},
+              ("c",): {day: totals(250_000_000)}, (None,): {0: totals(100_000_000)}}
+    sums = {k: Totals() for k in groups}
+    for k, buckets in groups.items():
+        for t in buckets.values():
+            sums[k].merge(t)
+    data = Series("day", [0, day, 2 * day], groups, sums, Totals())
+    drawn = chart(data, top=2, now_ms=day)
+    assert drawn["x"] == [0, 86_400, 172_800] and drawn["unit"] == "usd" and drawn["stacked"]
+    assert [(s["label"], s["values"]) for s in drawn["series"]] == [
+        ("a", [3.0, 0.0, None]), ("b", [1.0, 0.5, None]), ("(others)", [0.1, 0.25, None])]

@@ -62,6 +62,7 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
     mtd_range = Range(this.since_ms, this.until_ms, tz, this.billing_day)
     by_model = await series(state, ["model"], "day", mtd_range, Filters())
     by_person = await series(state, ["person"], "day", mtd_range, Filters())
+    by_project = await series(state, ["project"], "day", mtd_range, Filters())
     stopped = await blocked.blocked(state, this.since_ms, this.until_ms)
     active = [("org", "*")] + [("team", t.id) for t in state.directory.current.config.teams] + [
         ("project", p) for p in state.directory.current.project_ids()] + [
@@ -77,7 +78,7 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
         last_same_calls=last_same.calls, last_month_cost=usd(last_month.cost_nusd), change=change,
         blocked_total=mtd.blocked, would_total=mtd.would_block,
         chart={**chart(by_team, top=TOP, now_ms=now_ms), "timezone": tz.key},
-        top_models=_top(by_model), top_people=_top(by_person),
+        top_models=_top(by_model), top_people=_top(by_person), top_projects=_top(by_project),
         by_rule=stopped.by_rule, recent_blocked=stopped.recent,
         at_risk=[c for c in caps if c.at_risk], caps_count=len(caps))
 
