@@ -23,6 +23,7 @@ class ChainStatus:
     last_hash: str | None
     checkpoints: int
     last_checkpoint_seq: int | None
+    unchecked: str | None = None  # why the signed checkpoints could not be checked (their public key)
 
     @property
     def ok(self) -> bool:
@@ -50,11 +51,12 @@ def verify_trail(store: Store, public_key: Path) -> ChainStatus:
                 kept.append(batch[-1])
 
     problem = first_problem(stream())
+    unchecked = None
     if problem is None and checkpoints:
         try:
             problem = verify_checkpoints(kept, checkpoints, load_public_key(public_key))
         except SigningKeyError as exc:
-            problem = f"{len(checkpoints)} signed checkpoints, but {exc}"
+            unchecked = f"{len(checkpoints)} signed checkpoints, but {exc}"
     last = max(kept, key=lambda e: e.seq) if kept else None
     return ChainStatus(count, problem, last.seq if last else None, last.hash if last else None, len(checkpoints),
-                       checkpoints[-1].seq if checkpoints else None)
+                       checkpoints[-1].seq if checkpoints else None, unchecked)
