@@ -140,6 +140,9 @@ def test_directory_read_by_all_edited_by_admin(gw: Gateway) -> None:
     assert status == 303
     after = _api(gw, "GET", "/api/v1/directory")
     assert after["version"] == current["version"] + 1 and "zed" in [p["id"] for p in after["directory"]["people"]]
+    status, page, _ = Browser(gw, "finance").get(f"/console/directory/diff?from={current['version']}")
+    assert status == 200 and "added people[zed]" in text(page)
+    assert admin.get("/console/directory/diff?from=99")[0] == 404
 
 
 def test_unknown_console_paths_and_methods(gw: Gateway) -> None:

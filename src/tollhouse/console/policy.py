@@ -8,14 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
-
 from tollhouse.backtest import MAX_DAYS
+from tollhouse.console.diffs import diff_view
 from tollhouse.console.forms import FormRefused, checked_form, fragment, see_other
 from tollhouse.console.pages import ALL_ROLES, POLICY, Page
 from tollhouse.console.policy_text import Checked, as_text, check
 from tollhouse.console.render import error_page, render
-from tollhouse.control.diff import Change, diff_documents, item_summary
 from tollhouse.events.records import DocumentVersion
 from tollhouse.gateway.admin import ApiError
 from tollhouse.gateway.backtest_api import replay
@@ -36,17 +34,8 @@ def _can_edit(user: ConsoleUser) -> bool:
     return user.role in POLICY
 
 
-def _change_rows(changes: list[Change]) -> list[dict[str, Any]]:
-    def shown(value: Any) -> str:
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
-
-    return [{"op": c.op, "path": c.dotted, "before": shown(c.before) if c.op != "added" else "",
-             "after": shown(c.after) if c.op != "removed" else ""} for c in changes]
-
-
 def _diff(before: list[Any], after: list[Any]) -> dict[str, Any]:
-    changes = diff_documents({"rules": before}, {"rules": after})
-    return {"changes": _change_rows(changes), **item_summary(changes)}
+    return diff_view({"rules": before}, {"rules": after})
 
 
 async def _doc(state: GatewayState, version: int) -> DocumentVersion | None:
@@ -68,7 +57,7 @@ async def _page(request: Request, state: GatewayState, user: ConsoleUser, text: 
     history = await state.docs.history(KIND, HISTORY, None)
     query = request.query
     return render(request, state, user, "policy.html", "Policy", status,
-                  version=policy.version, doc=current, sentences=[describe_rule(r) for r in policy.rules],
+                  version=policy.version, doc=current, sentences=[(r.id, describe_rule(r)) for r in policy.rules],
                   can_edit=_can_edit(user), file_note=_file_note(state),
                   text=text if text is not None else as_text(state.policies.raw), problems=problems or [],
                   note=note, history=history, published=query.get("published", ""),
@@ -109,7 +98,7 @@ async def review(request: Request, state: GatewayState, user: ConsoleUser) -> Re
     return render(request, state, user, "policy_review.html", "Review the new policy",
                   text=text, note=note, base_version=policy.version, next_version=policy.version + 1,
                   diff=_diff(state.policies.raw, checked.rules), days=BACKTEST_DAYS, max_days=MAX_DAYS,
-                  sentences=[describe_rule(r) for r in checked.policy.rules] if checked.policy else [],
+                  sentences=[(r.id, describe_rule(r)) for r in checked.policy.rules] if checked.policy else [],
                   file_note=_file_note(state))
 
 
