@@ -153,3 +153,40 @@ def test_unknown_console_paths_and_methods(gw: Gateway) -> None:
     status, page, _ = admin.get("/console/nothing-here")
     assert status == 404 and b"There is no console page" in page
     assert ADMIN.encode() not in page
+
+
+def test_exemption_queue_roles_and_unknown_ids(gw: Gateway) -> None:
+    status, raw, _ = gw.request("POST", "/api/v1/exemptions", {"subject": "alice", "rule": "approved-models",
+                                                               "justification": "evals"}, token=None)
+    assert status == 201
+    exemption_id = json.loads(raw)["id"]
+    for role in ("finance", "auditor"):
+        status, page, _ = Browser(gw, role).get("/console/exemptions")
+        assert status == 200 and exemption_id.encode() in page and b"/approve" not in page and b"Read-only" in page
+        assert Browser(gw, role).post(f"/console/exemptions/{exemption_id}/deny", {"reason": "no"})[0] == 403
+    owner = Browser(gw, "policy_owner", "olga")
+    page = owner.get("/console/exemptions")[1]
+    assert f"/console/exemptions/{exemption_id}/approve".encode() in page
+    status, page, _ = owner.post("/console/exemptions/ex-nope/approve", {"hours": "2"})
+    assert status == 404 and b"Not decided" in page
+    assert owner.post(f"/console/exemptions/{exemption_id}/approve", {"hours": "2"}, csrf=False)[0] == 400
+    status, page, _ = owner.get("/console/exemptions?status=bogus&from=x")
+    assert status == 200 and "'bogus' is not one of" in text(page) and "'x' is not a date" in text(page)
+    assert json.loads(gw.get(f"/api/v1/exemptions/{exemption_id}")[1])["exemption"]["status"] == "pending"
+    assert owner.post(f"/console/exemptions/{exemption_id}/approve", {"hours": "2", "models": "gpt-4o gpt-4.1"}
+                      )[0] == 303
+    words = text(owner.get("/console/exemptions?status=approved&subject=ali")[1])
+    assert "approved (in force)" in words and "olga" in words and "gpt-4.1" in words
+    assert "None match these filters" in text(owner.get("/console/exemptions?subject=nobody")[1])
+
+
+def test_an_agent_silent_for_ten_minutes_is_stale() -> None:
+    from tollhouse.console.agents import STALE_S, _row
+    from tollhouse.events.records import AgentRecord
+
+    now = 10_000_000_000
+    seen = AgentRecord("a", "h", "1", "the-x", 0, now - STALE_S * 1000 - 1, {"policy_version": 2})
+    row = _row(seen, now, current=3)
+    assert row["stale"] and row["behind"] and row["policy"] == 2
+    fresh = _row(AgentRecord("a", "h", "1", None, 0, now - 1000, {"policy_version": 3}), now, current=3)
+    assert not fresh["stale"] and not fresh["behind"]
