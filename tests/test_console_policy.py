@@ -105,3 +105,24 @@ def test_roles_csrf_and_missing_versions(gw: Gateway) -> None:
     # an invalid policy is not published: the editor comes back with the problems
     status, page, _ = owner.post("/console/policy/publish", {"rules": "- id: x\n  condition: {type: nope}\n"})
     assert status == 400 and b"rule x" in page and _versions(gw) == [1]
+
+
+def test_a_slow_backtest_is_said_not_waited_for(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tollhouse.console import policy
+
+    monkeypatch.setattr(policy, "BACKTEST_WAIT_S", 0.0)  # the gateway runs in this process: no replay is that fast
+    status, frag, _ = Browser(gw, "policy_owner").post("/console/policy/backtest", {"rules": json.dumps([NO_O1])})
+    assert status == 200 and "took longer than 0 s" in text(frag) and "tollhouse policy backtest" in text(frag)
+    status, frag, _ = Browser(gw, "policy_owner").post("/console/policy/backtest", {"rules": "[]", "days": "999"})
+    assert "days must be a whole number from 1 to 366" in text(frag)
+
+
+def test_a_rules_file_policy_is_edited_in_the_file(mock: Mock, gateway_factory: Any, tmp_path: Any) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(json.dumps([NO_O1]))
+    gw: Gateway = gateway_factory({"providers": upstreams(mock.url), "policy": {"rules_file": str(rules)}})
+    owner = Browser(gw, "policy_owner")
+    page = owner.get("/console/policy")[1]
+    assert f"This gateway's policy is the rules file {rules}" in text(page) and b'class="rollback"' not in page
+    status, page, _ = owner.post("/console/policy/publish", {"rules": "[]"})
+    assert status == 409 and "rules file" in text(page) and _versions(gw) == [1]
