@@ -158,7 +158,8 @@ def test_a_page_outside_the_role_shows_the_403_page(gw: Gateway, page: Page, pag
         "GET", "/console/admin-only", registry.PAGES[0].handler, ADMIN_ONLY, "Admin only")))
     sign_in_cookie(page, gw.url, role_cookie(ADMIN, "fiona", "finance", NOW))
     page.goto(f"{gw.url}/console/")
-    assert page.locator("header nav a").all_inner_texts() == ["Overview", "Usage", "Teams"]
+    assert page.locator("header nav a").all_inner_texts() == ["Overview", "Usage", "Teams", "Policy", "Exemptions",
+                                                              "Directory"]
     page_problems.expect_status(403)
     answer = page.goto(f"{gw.url}/console/admin-only")
     assert answer is not None and answer.status == 403
