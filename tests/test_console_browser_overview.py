@@ -146,3 +146,14 @@ def test_screenshots_of_the_overview_and_a_team_page(gw: Gateway, page: Page) ->
         target = folder / f"{name}.png"
         page.screenshot(path=str(target), full_page=True)
         assert target.stat().st_size > 10_000
+
+
+def test_a_page_outside_the_role_shows_the_403_page(gw: Gateway, page: Page, page_problems: PageProblems) -> None:
+    sign_in_cookie(page, gw.url, role_cookie(ADMIN, "fiona", "finance", NOW))
+    page.goto(f"{gw.url}/console/")
+    assert page.locator("header nav a").all_inner_texts() == ["Overview", "Usage", "Teams", "Policy", "Exemptions",
+                                                              "Directory"]
+    page_problems.expect_status(403)
+    answer = page.goto(f"{gw.url}/console/keys")  # the admin's
+    assert answer is not None and answer.status == 403
+    assert "Your role (finance) may not open this page" in page.inner_text("main")

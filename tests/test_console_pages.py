@@ -162,3 +162,26 @@ def test_teams_index_sums_the_teams_below(gw: Gateway) -> None:
     row = body.split('href="/console/teams/engineering"')[1].split("</tr>")[0]
     # engineering's own calls: none; with platform ($13.50) and ml ($9) below it: $22.50 (+ today's cheap calls)
     assert '<td class="num">$0</td><td class="num">$22.50' in row
+
+
+def test_chart_keeps_the_biggest_series_sums_the_rest_and_stops_at_now() -> None:
+    from tollhouse.console.usage_data import Series, chart
+    from tollhouse.gateway.usage_series import Totals
+
+    def totals(cost: int) -> Totals:
+        t = Totals()
+        t.cost_nusd, t.calls = cost, 1
+        return t
+
+    day = 86_400_000
+    groups = {("a",): {0: totals(3_000_000_000)}, ("b",): {0: totals(1_000_000_000), day: totals(500_000_000)},
+              ("c",): {day: totals(250_000_000)}, (None,): {0: totals(100_000_000)}}
+    sums = {k: Totals() for k in groups}
+    for k, buckets in groups.items():
+        for t in buckets.values():
+            sums[k].merge(t)
+    data = Series("day", [0, day, 2 * day], groups, sums, Totals())
+    drawn = chart(data, top=2, now_ms=day)
+    assert drawn["x"] == [0, 86_400, 172_800] and drawn["unit"] == "usd" and drawn["stacked"]
+    assert [(s["label"], s["values"]) for s in drawn["series"]] == [
+        ("a", [3.0, 0.0, None]), ("b", [1.0, 0.5, None]), ("(others)", [0.1, 0.25, None])]

@@ -368,13 +368,17 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     assert name in cookie["Cookie"]
     for tampered in (cookie["Cookie"].replace(name, "bWFsbG9yeQ"), cookie["Cookie"] + "0"):  # mallory; bad signature
         assert _http(gw, "GET", "/console/exemptions", headers={"Cookie": tampered})[0] == 303
-    status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok"},
+    # A cookie-authenticated form needs the page's CSRF token: without it, nothing is decided.
+    status, page, _ = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3"}, cookie)
+    assert status == 400 and b"security token" in page
+    csrf = _inputs(_http(gw, "GET", "/console/exemptions", headers=cookie)[1]).values["csrf"]
+    status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok", "csrf": csrf},
                                {**cookie, "Origin": gw.url})  # the console's own page
     assert status == 303 and headers["location"] == "/console/exemptions"
-    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": ""}, cookie)
+    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": "", "csrf": csrf}, cookie)
     assert status == 400 and b"reason is required" in page
-    assert _form(gw, f"/console/exemptions/{second}/deny", {"reason": "not now"}, cookie)[0] == 303
-    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": "twice"}, cookie)
+    assert _form(gw, f"/console/exemptions/{second}/deny", {"reason": "not now", "csrf": csrf}, cookie)[0] == 303
+    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": "twice", "csrf": csrf}, cookie)
     assert status == 409 and b"already denied" in page
     _, body = _api(gw, "GET", "/api/v1/exemptions")
     decided = {x["id"]: (x["status"], x["reviewer"], x["note"]) for x in body["exemptions"]}

@@ -57,6 +57,14 @@ WORKLOAD: list[tuple[str, str, int]] = [
 ]
 
 
+# monthly team budgets that alert (the console's budgets at risk); small, as the demo's calls are cheap
+BUDGETS: list[dict[str, Any]] = [
+    {"id": f"{team}-budget", "scope": "team", "team": team, "action": {"type": "alert"},
+     "condition": {"type": "budget", "threshold": threshold, "window": "monthly"}}
+    for team, threshold in (("support", 1), ("ml", 5), ("platform", 10))
+]
+
+
 def demo_settings(mock_url: str) -> Settings:
     upstream = {"upstream": mock_url}
     return parse_settings({
@@ -65,6 +73,7 @@ def demo_settings(mock_url: str) -> Settings:
         "providers": {"openai": upstream, "anthropic": upstream, "gemini": upstream},
         "directory": {"org": "demo-corp", "teams": TEAMS, "projects": PROJECTS, "people": PEOPLE,
                       "services": SERVICES},
+        "policy": {"rules": BUDGETS},
     }, "(demo)")
 
 

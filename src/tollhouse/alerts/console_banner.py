@@ -20,6 +20,6 @@ def alert_banner(state: GatewayState) -> str:
         return ""
     items = "".join(f"<li><b>{escape(name)}</b>: {ch['consecutive_failures']} failed attempts, {ch['pending']} "
                     f"alerts waiting; last error: {escape(str(ch['last_error']))}</li>" for name, ch in failing)
-    return (f'<div style="background:#fde8e8;border:1px solid #e0a0a0;padding:6px 10px;margin:8px 0">'
+    return ('<div class="alert-banner" role="alert">'
             f"Alert channels failing (alerts are kept and retried until they are accepted):<ul>{items}</ul>"
             f'See <a href="/api/v1/alerts">/api/v1/alerts</a>.</div>')

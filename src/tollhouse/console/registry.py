@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollhouse.console import events, overview, teams, usage
+from tollhouse.console import agents, audit, directory, events, exemptions, keys, overview, policy, teams, usage
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
@@ -10,6 +10,12 @@ PAGES: tuple[Page, ...] = (
     *events.PAGES,
     *usage.PAGES,
     *teams.PAGES,
+    *policy.PAGES,
+    *exemptions.PAGES,
+    *audit.PAGES,
+    *agents.PAGES,
+    *keys.PAGES,
+    *directory.PAGES,
 )
 
 

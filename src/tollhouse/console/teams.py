@@ -105,9 +105,10 @@ async def team_page(request: Request, state: GatewayState, user: ConsoleUser) ->
             filters = Filters({"team": teams, **({"provider": tuple(sorted(cap.providers))} if cap.providers else {})})
             days = await series(state, [], "day", month, filters)
             burn.append({"rule": cap.rule.id, "chart": {**_burn_down(cap, days, now_ms), "timezone": month.tz.key}})
+        baseline_start = params.local_ms(datetime.fromisoformat(base["from"]).replace(tzinfo=month.tz))
         mix_days = await series(state, ["model"], "day", params.Range(
-            params.local_ms(datetime.fromisoformat(base["from"]).replace(tzinfo=month.tz)), month.until_ms,
-            month.tz, month.billing_day), Filters({"team": teams}))
+            min(baseline_start, month.since_ms), month.until_ms, month.tz, month.billing_day),
+            Filters({"team": teams}))
     except (ApiError, StorageUnavailable) as exc:
         return failed(request, state, user, exc)
     cfg = directory.config

@@ -164,8 +164,9 @@ API: tuple[Route, ...] = (
                   "`granted` is the epoch's cumulative grant, `used` the fleet's count without this lease"),
 )
 
-# The exemption workflow (issue 6): requesters file and follow without signing in; policy owners decide. On a
-# gateway whose queue is another's (exemptions.authority_url) every workflow path redirects there.
+# The exemption workflow (issue 6): requesters file and follow without signing in; policy owners decide (the
+# queue and its decisions are console pages: console/exemptions.py). On a gateway whose queue is another's
+# (exemptions.authority_url) every workflow path redirects there.
 EXEMPTIONS: tuple[Route, ...] = tuple(
     Route(r.method, r.path, at_authority(r.handler), r.auth, r.roles, r.summary, r.doc, r.segment) for r in (
         Route("POST", "/api/v1/exemptions", exemption.create, PUBLIC, doc=doc.POST_EXEMPTIONS,
@@ -191,12 +192,6 @@ EXEMPTIONS: tuple[Route, ...] = tuple(
         Route("GET", "/console/exemptions/new", exemption_page.new_request, PUBLIC),
         Route("POST", "/console/exemptions", exemption_page.file_request, PUBLIC),
         Route("GET", "/console/exemptions/{id}", exemption_page.status_page, PUBLIC, segment=EXEMPTION_ID),
-        Route("GET", "/console/exemptions", exemption_page.queue, PAGE, POLICY_READ, "Exemptions"),
-        Route("POST", "/console/exemptions/{id}/approve", exemption_page.approve, PAGE, POLICY,
-              segment=EXEMPTION_ID),
-        Route("POST", "/console/exemptions/{id}/deny", exemption_page.deny, PAGE, POLICY, segment=EXEMPTION_ID),
-        Route("POST", "/console/exemptions/{id}/revoke", exemption_page.revoke, PAGE, POLICY,
-              segment=EXEMPTION_ID),
     ))
 
 # Signing in and out of the console (admin token, or single sign-on when console.oidc is configured).
