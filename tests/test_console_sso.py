@@ -193,6 +193,10 @@ def test_roles_by_email_and_group_and_who_has_none(gw: Gateway, idp: OidcProvide
     status, _, headers = browser.go(f"{gw.url}/console/")
     assert status == 303 and headers["location"].startswith("/console/login")
     assert browser.go(f"{gw.url}/api/v1/usage")[0] == 401
+    # the directory in force names people: fred, added through the API, is shown by his id from then on
+    people = [*DIRECTORY["people"], {"id": "fred", "team": "platform", "email": "fred@acme.example"}]
+    assert gw.request("PUT", "/api/v1/directory", {**DIRECTORY, "people": people})[0] == 200
+    assert "Signed in as <b>fred</b> (finance)" in sign_in(gw, idp, "u-fred")[2]
     audit = json.loads(gw.get("/api/v1/audit")[1])["entries"]
     signed = [(e["actor"], e["data"]["role"]) for e in audit if e["kind"] == "console.sign_in"]
     assert ("nobody@acme.example", None) in signed and ("sam@acme.example", "auditor") in signed

@@ -80,10 +80,11 @@ def _email(claims: Mapping[str, Any]) -> str | None:
 
 
 def user_name(state: GatewayState, claims: Mapping[str, Any]) -> str:
-    """The directory person whose email is the token's (their id), else the email, else the subject."""
+    """The person of the directory in force whose email is the token's (their id), else the email, else the
+    subject."""
     email = _email(claims)
     if email is not None:
-        for person in state.settings.directory.people:
+        for person in state.directory.current.config.people:
             if person.email and person.email.strip().lower() == email:
                 return person.id
         return email
