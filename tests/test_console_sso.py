@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -284,7 +285,8 @@ def test_the_id_token_is_checked_against_the_providers_keys(idp: OidcProvider) -
         with pytest.raises(OidcError, match="nonce"):
             await client.verify(provider, token, CLIENT, "another nonce", None, now)
 
-    asyncio.run(run())
+    with ThreadPoolExecutor(1) as thread:  # its own event loop (Playwright's sync API may hold this thread's)
+        thread.submit(asyncio.run, run()).result()
 
 
 def _b64decode(part: str) -> bytes:

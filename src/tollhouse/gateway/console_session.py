@@ -23,7 +23,7 @@ from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.state import GatewayState
 
 COOKIE = "tollhouse_console"
-COOKIE_PATHS = ("/api/v1/", "/console/")  # the pages, and the API they fetch from
+COOKIE_PATHS = ("/api/v1/", "/console/")  # the API the pages fetch from, and the pages
 LOGIN_PATH = "/console/login"
 DEFAULT_NEXT = "/console/exemptions"
 ROLES = ("admin", "policy_owner", "finance", "auditor")  # DESIGN.md, "Seeing and deciding"
