@@ -337,8 +337,11 @@ def test_the_sign_in_page_offers_sso_only_when_configured(tmp_path: Path) -> Non
         assert status == 200 and 'id="sso"' in page and 'name="token"' in page  # the admin token form stays
         status, page, _ = Browser().go(f"{gw.url}/console/login/sso")
         assert status == 502 and "could not read the identity provider" in page and "admin token" in page
-        status, _, headers = Browser().go(f"{gw.url}/console/login", "POST", {"token": ADMIN})
+        status, _, headers = Browser().go(f"{gw.url}/console/login", "POST", {"token": ADMIN, "name": "root"})
         assert status == 303 and "Max-Age=3600" in headers["set-cookie"]  # console.session_hours
+        audit = json.loads(gw.get("/api/v1/audit")[1])["entries"]
+        assert [(e["actor"], e["data"]) for e in audit if e["kind"] == "console.sign_in"] == [
+            ("root", {"via": "admin_token", "role": "admin"})]
     finally:
         gw.stop()
 

@@ -222,6 +222,7 @@ async def login(request: Request, state: GatewayState) -> Response:
         return _login_page(state, "That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
                            next_path=form.get("next"))
     name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
+    state.audit.record("console.sign_in", name, {"via": "admin_token", "role": ADMIN_ROLE})
     return _see_other(safe_next(form.get("next")), session_cookies(state, ConsoleUser(name, ADMIN_ROLE)))
 
 
