@@ -100,8 +100,8 @@ def sign_in_cookie(page: Page, base_url: str, cookie: str) -> None:
     """Sign `page` in with a session cookie ("tollhouse_console=<value>", e.g. tests/console_roles.role_cookie)."""
     name, _, value = cookie.partition("=")
     host = urlsplit(base_url).hostname or "127.0.0.1"
-    page.context.add_cookies([{"name": name, "value": value, "domain": host, "path": "/console/",
-                               "httpOnly": True, "sameSite": "Strict"}])
+    page.context.add_cookies([{"name": name, "value": value, "domain": host, "path": path, "httpOnly": True,
+                               "sameSite": "Strict"} for path in ("/console/", "/api/v1/")])  # as the gateway sets it
 
 
 def sign_in_admin(page: Page, base_url: str, admin_token: str, name: str = "admin",

@@ -1,6 +1,6 @@
-"""Signing in to the console as a role in tests: a session cookie built like gateway/console_session does.
-
-Interim helper until role sign-in (OIDC) lands; the signature is shared by every console test.
+"""Signing in to the console as a role in tests: a session cookie built like gateway/console_session does
+(the same cookie single sign-on and the admin-token sign-in set; it works on /console/ and /api/v1/). The
+signature is shared by every console test.
 """
 
 from __future__ import annotations

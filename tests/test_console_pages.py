@@ -55,12 +55,19 @@ def test_every_role_sees_the_overview_usage_and_teams(gw: Gateway) -> None:
             assert "content-security-policy" in headers and "<script>" not in body  # no inline script
 
 
-def test_a_page_outside_the_role_answers_the_403_page(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_page_outside_the_role_answers_the_403_page(mock: Mock, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     async def secret(request: Any, state: Any, user: Any) -> Any:
         return render(request, state, user, "error.html", "Secret", message="admins only")
 
+    # the app compiles its routes when it starts: the page is registered before
     monkeypatch.setattr(registry, "PAGES", (*registry.PAGES, Page("GET", "/console/secret", secret, ADMIN_ONLY,
                                                                     "Secret")))
+    with seeded_gateway(mock.url, tmp_path) as gw:
+        _a_page_outside_the_role(gw)
+
+
+def _a_page_outside_the_role(gw: Gateway) -> None:
     status, body, _ = as_role(gw, "/console/secret", "finance")
     assert status == 403 and "Your role (finance) may not open this page; it is for admin" in body
     status, body, _ = as_role(gw, "/console/", "finance")

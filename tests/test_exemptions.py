@@ -368,13 +368,17 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     assert name in cookie["Cookie"]
     for tampered in (cookie["Cookie"].replace(name, "bWFsbG9yeQ"), cookie["Cookie"] + "0"):  # mallory; bad signature
         assert _http(gw, "GET", "/console/exemptions", headers={"Cookie": tampered})[0] == 303
-    status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok"},
+    # A cookie-authenticated form needs the page's CSRF token: without it, nothing is decided.
+    status, page, _ = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3"}, cookie)
+    assert status == 400 and b"security token" in page
+    csrf = _inputs(_http(gw, "GET", "/console/exemptions", headers=cookie)[1]).values["csrf"]
+    status, _, headers = _form(gw, f"/console/exemptions/{first}/approve", {"hours": "3", "note": "ok", "csrf": csrf},
                                {**cookie, "Origin": gw.url})  # the console's own page
     assert status == 303 and headers["location"] == "/console/exemptions"
-    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": ""}, cookie)
+    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": "", "csrf": csrf}, cookie)
     assert status == 400 and b"reason is required" in page
-    assert _form(gw, f"/console/exemptions/{second}/deny", {"reason": "not now"}, cookie)[0] == 303
-    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": "twice"}, cookie)
+    assert _form(gw, f"/console/exemptions/{second}/deny", {"reason": "not now", "csrf": csrf}, cookie)[0] == 303
+    status, page, _ = _form(gw, f"/console/exemptions/{second}/deny", {"reason": "twice", "csrf": csrf}, cookie)
     assert status == 409 and b"already denied" in page
     _, body = _api(gw, "GET", "/api/v1/exemptions")
     decided = {x["id"]: (x["status"], x["reviewer"], x["note"]) for x in body["exemptions"]}
@@ -383,8 +387,10 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     _, page, _ = _http(gw, "GET", "/console/exemptions", headers=cookie)
     assert b"Nothing is waiting" in page
 
-    # Sessions end: signing out clears the cookie; a session lasts 12 hours.
-    status, _, headers = _http(gw, "POST", "/console/logout", headers=cookie)
+    # Sessions end: signing out (with the page's CSRF token) clears the cookie; a session lasts 12 hours.
+    assert _form(gw, "/console/logout", {}, cookie)[0] == 400  # no token: not signed out
+    assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 200
+    status, _, headers = _form(gw, "/console/logout", {"csrf": _inputs(page).values["csrf"]}, cookie)
     assert status == 303 and "Max-Age=0" in headers["set-cookie"]
     clock.now = T0.timestamp() + 12 * 3600 + 1
     assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 303

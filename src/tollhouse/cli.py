@@ -29,15 +29,13 @@ from tollhouse.agent.service_files import UNIT_NAME
 from tollhouse.agent.settings import LocalLayers, SettingsError, check_url
 from tollhouse.agent.show import agent_data_dir, effective_settings, render_text
 from tollhouse.alerts.test_send import AlertTestError, send_test
-from tollhouse.audit.chain import AuditEntry, first_problem
 from tollhouse.audit.checkpoint import (
     SigningKeyError,
-    load_public_key,
     public_key_path,
     signing_key_path,
-    verify_checkpoints,
 )
 from tollhouse.audit.export import cef, jsonl
+from tollhouse.audit.verify import verify_trail
 from tollhouse.backtest import MAX_DAYS, backtest_store, in_force_of, render_report, setting_of
 from tollhouse.config import ConfigError, DirectoryConfig, Settings, load_settings
 from tollhouse.control.overrides import OverrideSet
@@ -691,40 +689,20 @@ def audit_verify(
     """Check the audit trail's hash chain and signed checkpoints: exit 0, or 1 naming the first problem."""
     settings = _settings(config)
     store = _existing_store(settings, data_dir)
-    checkpoints = store.checkpoints()
-    covered = {c.seq for c in checkpoints}
-    kept: list[AuditEntry] = []  # the entries checkpoints cover, and the last one (memory stays flat)
-    count = 0
-
-    def stream(page: int = 20_000) -> Iterator[AuditEntry]:
-        nonlocal count
-        after = 0
-        while batch := store.audit_entries(after, page):
-            for e in batch:
-                if e.seq in covered:
-                    kept.append(e)
-                yield e
-            count += len(batch)
-            after = batch[-1].seq
-            if not kept or kept[-1] is not batch[-1]:
-                kept.append(batch[-1])
-
-    problem = first_problem(stream())
-    store.close()
     key_path = public_key or public_key_path(signing_key_path(_data_dir(data_dir), settings.audit.signing_key_file))
-    if problem is None and checkpoints:
-        try:
-            problem = verify_checkpoints(kept, checkpoints, load_public_key(key_path))
-        except SigningKeyError as exc:
-            _fail(f"{len(checkpoints)} signed checkpoints, but {exc}", 1)
-    if problem is not None:
-        typer.echo(f"audit trail TAMPERED: {problem}", err=True)
+    try:
+        status = verify_trail(store, key_path)
+    finally:
+        store.close()
+    if status.unchecked is not None:
+        _fail(status.unchecked, 1)
+    if status.problem is not None:
+        typer.echo(f"audit trail TAMPERED: {status.problem}", err=True)
         raise typer.Exit(1)
-    signed = (f"{len(checkpoints)} signed checkpoints verified (the last covers #{checkpoints[-1].seq})"
-              if checkpoints else "no signed checkpoints yet (a removed tail would not show)")
-    last = max(kept, key=lambda e: e.seq) if kept else None
-    typer.echo(f"audit trail OK: {count} entries, chain intact"
-               + (f" (last #{last.seq}, hash {last.hash[:16]}...)" if last else "")
+    signed = (f"{status.checkpoints} signed checkpoints verified (the last covers #{status.last_checkpoint_seq})"
+              if status.checkpoints else "no signed checkpoints yet (a removed tail would not show)")
+    typer.echo(f"audit trail OK: {status.entries} entries, chain intact"
+               + (f" (last #{status.last_seq}, hash {(status.last_hash or '')[:16]}...)" if status.last_seq else "")
                + f"; {signed}")
 
 

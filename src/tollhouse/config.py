@@ -30,6 +30,7 @@ from pydantic import (
 
 from tollhouse.alerts.config import AlertsConfig
 from tollhouse.audit.syslog import parse_syslog_url
+from tollhouse.console.settings import ConsoleConfig
 from tollhouse.policy.rules import PolicyError, Rule, ScopeKind, parse_rules
 from tollhouse.policy.timewindow import zone
 from tollhouse.providers.family import Family
@@ -511,6 +512,7 @@ class Settings(_Frozen):
     audit: AuditConfig = AuditConfig()
     alerts: AlertsConfig = AlertsConfig()
     forward_proxy: ForwardProxyConfig = ForwardProxyConfig()
+    console: ConsoleConfig = ConsoleConfig()  # sign-in: session length, single sign-on, roles
 
     @field_validator("providers", mode="before")
     @classmethod

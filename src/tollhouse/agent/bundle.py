@@ -38,9 +38,12 @@ class Retry:
 class BundleSync:
     def __init__(self, control_plane: str, token: str, cache: BundleCache, apply: Apply,
                  agent_headers: dict[str, str], clock: Callable[[], float], wait_s: int = 30,
-                 retry: Retry = Retry(), upstream_proxy: str | None = None) -> None:
+                 retry: Retry = Retry(), upstream_proxy: str | None = None,
+                 live_headers: Callable[[], dict[str, str]] = dict) -> None:
+        """`live_headers`: what the agent tells the control plane on each poll (its user, its enforcement)."""
         self._url = control_plane.rstrip("/") + BUNDLE_PATH
         self._headers = {"authorization": f"Bearer {token}", **agent_headers}
+        self._live_headers = live_headers
         self._cache = cache
         self._apply = apply
         self._clock = clock
@@ -101,7 +104,7 @@ class BundleSync:
 
     async def poll_once(self) -> float:
         """One (long) poll; returns how long to wait before the next."""
-        headers = dict(self._headers)
+        headers = {**self._headers, **self._live_headers()}
         wait = 0
         if self.etag is not None and self.connected:
             headers["if-none-match"] = self.etag

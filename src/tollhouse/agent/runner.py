@@ -141,7 +141,9 @@ async def run_agent(local: Settings, layers: LocalLayers, opts: AgentOptions, da
         sync = BundleSync(opts.control_plane, opts.token, BundleCache(data_dir), applier,
                           {"x-tollhouse-agent-id": ident, "x-tollhouse-hostname": socket.gethostname(),
                            "x-tollhouse-agent-version": __version__},
-                          clock, opts.wait_s, opts.retry, effective["upstream_proxy"] or None)
+                          clock, opts.wait_s, opts.retry, effective["upstream_proxy"] or None,
+                          lambda: {"x-tollhouse-user": str(applier.effective["user"] or ""),
+                                   "x-tollhouse-enforcement": state.live_settings.current.enforcement.value})
         await sync.load_cached()
 
         def agent_health() -> dict[str, Any]:

@@ -20,7 +20,6 @@ MONEY: frozenset[str] = frozenset({"admin", "finance", "policy_owner", "auditor"
 AUDIT: frozenset[str] = frozenset({"admin", "auditor"})
 
 _PARAM = re.compile(r"\{([a-z_]+)\}")
-STATIC = "/console/static/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,36 +48,3 @@ def registry() -> ModuleType:
     from tollhouse.console import registry as module  # the page modules import this one
 
     return module
-
-
-def route(request: Request) -> tuple[Callable[[Request, GatewayState], Awaitable[Response]], bool]:
-    """The handler the app calls for a /console/ path: the page, checked against the signed-in user's role
-    (the app's sign-in gate has already turned anonymous browsers away), a static file, or a 404/405 page."""
-    from tollhouse.console import render
-    from tollhouse.gateway.console_session import signed_in
-
-    path = request.path
-    if path.startswith(STATIC):
-        name = path[len(STATIC):]
-
-        async def static(request: Request, state: GatewayState) -> Response:
-            return render.static(name)
-        return static, False
-    found: tuple[Page, dict[str, str]] | bool = registry().find(request.method, path)
-
-    async def page(request: Request, state: GatewayState) -> Response:
-        user = signed_in(request, state)
-        if isinstance(found, bool):
-            status, message = (405, f"{request.method} is not allowed on {path}") if found else (
-                404, f"There is no console page at {path}.")
-            return render.error_page(request, state, user, status, message)
-        if user is None:  # the gate lets only public paths through unsigned; no page is public
-            return render.error_page(request, state, None, 403, "Sign in to see this page.")
-        declared, params = found
-        if user.role not in declared.roles:
-            allowed = ", ".join(sorted(declared.roles))
-            return render.error_page(request, state, user, 403, f"Your role ({user.role}) may not open this page; "
-                                     f"it is for {allowed}. Ask a Tollhouse admin if you need it.")
-        request.params.update(params)
-        return await declared.handler(request, state, user)
-    return page, False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tollhouse.console import events, overview, teams, usage
+from tollhouse.console import agents, audit, directory, events, exemptions, keys, overview, policy, teams, usage
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
@@ -10,20 +10,13 @@ PAGES: tuple[Page, ...] = (
     *events.PAGES,
     *usage.PAGES,
     *teams.PAGES,
+    *policy.PAGES,
+    *exemptions.PAGES,
+    *audit.PAGES,
+    *agents.PAGES,
+    *keys.PAGES,
+    *directory.PAGES,
 )
-
-
-def find(method: str, path: str) -> tuple[Page, dict[str, str]] | bool:
-    """The page and its path parameters; False: no such page; True: the path exists for another method."""
-    other_method = False
-    for page in PAGES:
-        params = page.match(path)
-        if params is None:
-            continue
-        if page.method == method:
-            return page, params
-        other_method = True
-    return other_method
 
 
 def navigation(role: str) -> list[tuple[str, str]]:

@@ -15,7 +15,6 @@ from tollhouse.events.model import event_json
 from tollhouse.events.store import Store
 from tollhouse.gateway import storage
 from tollhouse.gateway.http import Request, Response, json_response
-from tollhouse.gateway.openapi import OPENAPI
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import create_key
 from tollhouse.subject_ids import valid_subject_id
@@ -140,10 +139,6 @@ async def revoke(request: Request, state: GatewayState, what: str, revoke_in: Ca
 
 async def revoke_gateway_key(request: Request, state: GatewayState) -> Response:
     return await revoke(request, state, "gateway key", lambda s, p: s.revoke_key(p), state.keys.forget)
-
-
-async def openapi(request: Request, state: GatewayState) -> Response:
-    return json_response(OPENAPI)
 
 
 async def healthz(request: Request, state: GatewayState) -> Response:

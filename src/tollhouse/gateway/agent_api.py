@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tollhouse.events.model import CallEvent
+from tollhouse.events.records import EnrollmentToken
 from tollhouse.events.store import StoreError
 from tollhouse.events.wire import BatchError, from_wire
 from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
@@ -52,10 +54,16 @@ async def create_token(request: Request, state: GatewayState) -> Response:
     label = data.get("label") if isinstance(data, dict) else None
     if label is not None and not isinstance(label, str):
         return api_error(400, 'body must be {"label": "optional text"}', "bad_request")
+    token, record = await issue_token(state, label, actor(request))
+    return json_response({"token": token, **record.json()}, 201)
+
+
+async def issue_token(state: GatewayState, label: str | None, by: str) -> tuple[str, EnrollmentToken]:
+    """A new enrollment token (the secret, returned once) and its stored record; audited."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(24)
     record = await state.runner.run(lambda s: s.add_enrollment_token(sha256_hex(token), token[:12], label))
-    state.audit.record("agent.token_created", actor(request), {"prefix": record.prefix, "label": label})
-    return json_response({"token": token, **record.json()}, 201)
+    state.audit.record("agent.token_created", by, {"prefix": record.prefix, "label": label})
+    return token, record
 
 
 async def list_tokens(request: Request, state: GatewayState) -> Response:
@@ -103,6 +111,21 @@ async def _bundle(state: GatewayState, etag: str) -> dict[str, Any]:
     }
 
 
+_HELD_POLICY = re.compile(r'"p(\d{1,18})\.')
+
+
+def agent_status(request: Request, state: GatewayState) -> dict[str, Any]:
+    """What an agent's poll says of it: the policy version it holds (its bundle's ETag; none yet: it is about to
+    get the current one), its user and enforcement (headers the agent sends)."""
+    held = _HELD_POLICY.match(request.header("if-none-match") or "")
+    status: dict[str, Any] = {"policy_version": int(held.group(1)) if held else state.policy.current.version}
+    for key in ("user", "enforcement"):
+        value = (request.header(f"x-tollhouse-{key}") or "").strip()[:200]
+        if value:
+            status[key] = value
+    return status
+
+
 async def bundle(request: Request, state: GatewayState) -> Response:
     """The agent's whole configuration. With `If-None-Match: <etag>` the answer is held until something
     changes (then the new bundle) or `wait` seconds pass (then 304), so an edit reaches agents at once."""
@@ -117,7 +140,8 @@ async def bundle(request: Request, state: GatewayState) -> Response:
     if agent_id:
         hostname, version = request.header(_AGENT_HEADERS[2]), request.header(_AGENT_HEADERS[1])
         now_ms = int(state.clock() * 1000)
-        await state.runner.run(lambda s: s.upsert_agent(agent_id[:128], hostname, version, who, now_ms, {}))
+        status = agent_status(request, state)
+        await state.runner.run(lambda s: s.upsert_agent(agent_id[:128], hostname, version, who, now_ms, status))
     etag = _etag(state)
     if request.header("if-none-match") == etag and wait:
         deadline = time.monotonic() + wait

@@ -1,4 +1,5 @@
-"""The application: routing, admin auth, the error boundary, and the server lifecycle."""
+"""The application: a request to its route (gateway/router.py) or to the provider pipeline, the error boundary,
+and the server lifecycle."""
 
 from __future__ import annotations
 
@@ -8,29 +9,17 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tollhouse.alerts import api as alerts_api
 from tollhouse.alerts import service as alerts
 from tollhouse.config import Settings
-from tollhouse.console import pages as console_pages
+from tollhouse.console import render
 from tollhouse.events.store import StoreError
-from tollhouse.forward import api as forward_api
 from tollhouse.forward.service import add_forward_proxy
-from tollhouse.gateway import (
-    admin,
-    agent_api,
-    backtest_api,
-    baseline,
-    console_session,
-    events_api,
-    exemption_routes,
-    lease_api,
-    pipeline,
-    policy_api,
-    spend,
-    usage_api,
-)
+from tollhouse.gateway import access, admin, pipeline
+from tollhouse.gateway.console_session import sign_in_redirect, signed_in
 from tollhouse.gateway.errors import error_response
-from tollhouse.gateway.http import Request, Response, Streamed, json_response
+from tollhouse.gateway.http import Request, Response, json_response
+from tollhouse.gateway.router import Found, Handler, Router
+from tollhouse.gateway.routes import router
 from tollhouse.gateway.state import GatewayState, MakeLedger, build_state
 from tollhouse.gateway.wire_limits import server_limits
 from tollhouse.lifespan import Background
@@ -39,98 +28,51 @@ from tollhouse.wire.server import Exchange, Head, HttpServer, ProtocolClosed
 
 log = logging.getLogger("tollhouse")
 
-Handler = Callable[[Request, GatewayState], Awaitable[Response | Streamed]]
 # Runs once the state is built, before the server listens (the agent applies its cached policy bundle and
 # starts syncing); returns what to run on the way out, before the state closes.
 Extension = Callable[[GatewayState], Awaitable[Callable[[], Awaitable[None]]]]
 
-# (method, path) → (handler, admin only)
-_API: dict[tuple[str, str], tuple[Handler, bool]] = {
-    ("GET", "/healthz"): (admin.healthz, False),
-    ("GET", "/metrics"): (admin.metrics, False),
-    ("GET", "/api/v1/openapi.json"): (admin.openapi, False),
-    ("GET", "/api/v1/events"): (events_api.list_events, True),
-    # usage from the rollups: series, the spend report (CSV, FOCUS), a team's baseline
-    ("GET", "/api/v1/usage"): (usage_api.usage, True),
-    ("GET", "/api/v1/reports/spend.csv"): (usage_api.spend_csv, True),
-    ("GET", "/api/v1/baseline"): (baseline.baseline, True),
-    ("GET", "/api/v1/spend"): (spend.spend, True),
-    ("GET", "/api/v1/audit"): (admin.list_audit, True),
-    ("GET", "/api/v1/alerts"): (alerts_api.list_alerts, True),
-    ("GET", "/api/v1/hosts"): (forward_api.hosts, True),  # hosts seen by the forward proxy (issue 21)
-    ("GET", "/api/v1/keys"): (admin.list_gateway_keys, True),
-    ("POST", "/api/v1/keys"): (admin.create_gateway_key, True),
-    # versioned policy and agent policy
-    ("GET", "/api/v1/policy"): (policy_api.get_policy, True),
-    ("PUT", "/api/v1/policy"): (policy_api.put_policy, True),
-    ("GET", "/api/v1/policy/versions"): (policy_api.list_versions, True),
-    ("GET", "/api/v1/policy/diff"): (policy_api.diff_versions, True),
-    ("POST", "/api/v1/policy/rollback"): (policy_api.rollback_policy, True),
-    ("POST", "/api/v1/policy/backtest"): (backtest_api.backtest, True),
-    ("GET", "/api/v1/agent-policy"): (policy_api.get_agent_policy, True),
-    ("PUT", "/api/v1/agent-policy"): (policy_api.put_agent_policy, True),
-    ("GET", "/api/v1/agent-policy/versions"): (policy_api.list_versions, True),
-    ("GET", "/api/v1/agent-policy/diff"): (policy_api.diff_versions, True),
-    ("GET", "/api/v1/directory"): (policy_api.get_directory, True),
-    ("PUT", "/api/v1/directory"): (policy_api.put_directory, True),
-    ("GET", "/api/v1/directory/versions"): (policy_api.list_versions, True),
-    ("GET", "/api/v1/directory/diff"): (policy_api.diff_versions, True),
-    # agents: enrollment tokens (admin); bundle and telemetry (an enrollment token or the admin token)
-    ("POST", "/api/v1/agent/tokens"): (agent_api.create_token, True),
-    ("GET", "/api/v1/agent/tokens"): (agent_api.list_tokens, True),
-    ("GET", "/api/v1/agents"): (agent_api.list_agents, True),
-    ("GET", "/api/v1/agent/bundle"): (agent_api.bundle, False),
-    ("POST", "/api/v1/agent/events"): (agent_api.ingest_events, False),
-    ("POST", "/api/v1/agent/notices"): (agent_api.notices, False),
-    ("POST", "/api/v1/agent/leases"): (lease_api.leases, False),
-    ("POST", "/api/v1/agent/hosts"): (forward_api.agent_hosts, False),  # agents' forward-proxy hosts (issue 21)
-}
-_API_PREFIXED: dict[tuple[str, str], tuple[Handler, bool, str]] = {
-    ("DELETE", "/api/v1/keys/"): (admin.revoke_gateway_key, True, "prefix"),
-    ("GET", "/api/v1/events/"): (admin.get_event, True, "id"),
-    ("GET", "/api/v1/policy/versions/"): (policy_api.get_version, True, "version"),
-    ("GET", "/api/v1/agent-policy/versions/"): (policy_api.get_version, True, "version"),
-    ("GET", "/api/v1/directory/versions/"): (policy_api.get_version, True, "version"),
-    ("DELETE", "/api/v1/agent/tokens/"): (agent_api.revoke_token, True, "prefix"),
-}
+# Paths the router answers (gateway/routes.py); every other path is a provider's: /{provider}/...
+_ROUTED = ("/api/v1/", "/console", "/healthz", "/metrics")
+
+
+def _not_a_provider() -> Response:
+    return json_response({"error": {"message": "Tollhouse proxies /{provider}/...; e.g. /openai/v1/chat/completions. "
+                                    "See /api/v1/openapi.json for the API.", "code": "not_found"}}, 404)
 
 
 def routes() -> list[tuple[str, str]]:
     """(method, path) of every control-plane route, path parameters as {name} (for docs and tests)."""
-    fixed = [(m, p) for m, p in _API]
-    templated = [(m, f"{p}{{{param}}}") for (m, p), (_, _, param) in _API_PREFIXED.items()]
-    exemptions = [(m, p) for m, p, _, _ in exemption_routes.ROUTES]  # exemption workflow (issue 6)
-    pages = [(page.method, page.path) for page in console_pages.registry().PAGES]
-    return sorted(fixed + templated + exemptions + pages)
+    return router().listing()
 
 
-def _route(request: Request) -> tuple[Handler, bool] | Response:
+def _resolve(request: Request, state: GatewayState, routes: Router) -> Handler | Response | None:
+    """The handler for a control-plane or console path, once the caller may call it; else the answer. None: not
+    the router's path after all (a provider whose name starts like one: /consoles/...)."""
     path = request.path
-    found = _API.get((request.method, path))
-    if found is not None:
-        return found
-    # --- exemption workflow (issue 6): its API and console paths route themselves ---
-    exemption = exemption_routes.match(request)
-    if exemption is not None:
-        return exemption
-    # --- end exemption workflow ---
-    if path.startswith("/console/"):
-        return console_pages.route(request)
-    if path.startswith("/api/v1/") or path in ("/healthz", "/metrics", "/console/"):
-        for (method, prefix), (handler, admin_only, param) in _API_PREFIXED.items():
-            if path.startswith(prefix) and len(path) > len(prefix) and "/" not in path[len(prefix):]:
-                if request.method != method:
-                    break
-                request.params[param] = path[len(prefix):]
-                return handler, admin_only
-        if any(p == path for _, p in _API):
-            return admin.api_error(405, f"{request.method} is not allowed on {path}", "method_not_allowed")
-        return admin.api_error(404, f"no such endpoint: {path}; see /api/v1/openapi.json", "not_found")
-    if path.count("/") < 2:
-        return json_response({"error": {"message": "Tollhouse proxies /{provider}/...; e.g. /openai/v1/chat/"
-                                        "completions. See /api/v1/openapi.json for the API.",
-                                        "code": "not_found"}}, 404)
-    return pipeline.handle, False
+    found = routes.match(request.method, path)
+    console = path.startswith("/console/") or path == "/console"
+    if isinstance(found, Found):
+        request.params.update(found.params)
+        refused = access.refusal(found.route, request, state)
+        return refused if refused is not None else found.route.handler
+    if console:
+        user = signed_in(request, state)
+        if user is None:  # nobody signed in learns nothing, not even which console paths exist
+            return sign_in_redirect(path + (f"?{request.query_string}" if request.query_string else ""))
+        if found.allowed:
+            page = render.error_page(request, state, user, 405, f"{request.method} is not allowed on {path}")
+            page.headers.append(("allow", ", ".join(found.allowed)))
+            return page
+        return render.error_page(request, state, user, 404, f"There is no console page at {path}.")
+    if not (path.startswith("/api/v1/") or found.allowed):
+        return None
+    if found.allowed:
+        resp = admin.api_error(405, f"{request.method} is not allowed on {path} (allowed: "
+                               f"{', '.join(found.allowed)})", "method_not_allowed")
+        resp.headers.append(("allow", ", ".join(found.allowed)))
+        return resp
+    return admin.api_error(404, f"no such endpoint: {path}; see /api/v1/openapi.json", "not_found")
 
 
 class GatewayApp:
@@ -138,22 +80,24 @@ class GatewayApp:
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
+        self.routes = router()  # compiled once
 
     async def __call__(self, head: Head, proto: Exchange) -> None:
         request = Request(head.method, head.path, head.query_string, head.headers, proto, head.raw_path)
-        if head.path.startswith("/console") and (refused := console_session.gate(request, self.state)) is not None:
-            proto.response_bytes(refused.status, refused.headers, refused.body)  # a console page, nobody signed in
-            return
-        routed = _route(request)
-        if isinstance(routed, Response):
-            proto.response_bytes(routed.status, routed.headers, routed.body)
-            return
-        handler, admin_only = routed
-        if admin_only and not admin.authorized(request, self.state):
-            resp = admin.api_error(401, "missing or wrong admin token: send 'Authorization: Bearer <admin_token>' "
-                                   "(config admin_token or TOLLHOUSE_ADMIN_TOKEN)", "unauthorized")
+        path = head.path
+        handler: Handler
+        routed = _resolve(request, self.state, self.routes) if path.startswith(_ROUTED) else None
+        if routed is not None:
+            if isinstance(routed, Response):
+                proto.response_bytes(routed.status, routed.headers, routed.body)
+                return
+            handler = routed
+        elif path.count("/") < 2:
+            resp = _not_a_provider()
             proto.response_bytes(resp.status, resp.headers, resp.body)
             return
+        else:
+            handler = pipeline.handle  # the hot path: a provider's call, after one prefix check
         try:
             result = await handler(request, self.state)
         except ProtocolClosed:

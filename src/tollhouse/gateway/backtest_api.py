@@ -32,11 +32,16 @@ async def backtest(request: Request, state: GatewayState) -> Response:
         data = {"rules": data}
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
         raise ApiError(400, _USAGE, "bad_request")
-    days = _days(data)
+    return json_response(await replay(state, data["rules"], _days(data)))
+
+
+async def replay(state: GatewayState, rules: list[Any], days: int) -> dict[str, Any]:
+    """The backtest report of `rules` over the stored calls of the last `days` (ApiError 400 when the rules do not
+    validate, 503 when the store cannot be read). Shared by the API and the console's policy page."""
     settings = state.settings
     directory = state.directory.current
     try:
-        proposed = compile_rules(data["rules"], settings.policy.timezone, state.policies.directory, 0, "rules")
+        proposed = compile_rules(rules, settings.policy.timezone, state.policies.directory, 0, "rules")
     except RulesFileError as exc:
         raise ApiError(400, f"the rules do not validate: {len(exc.problems)} problem(s); fix each and send them "
                        "again (nothing was replayed)", "invalid_rules", exc.problems) from None
@@ -46,7 +51,7 @@ async def backtest(request: Request, state: GatewayState) -> Response:
     await state.writer.flush(2.0)  # calls recorded a moment ago are replayed too (never hangs on failing storage)
     now_ms = int(state.clock() * 1000)
 
-    def replay() -> dict[str, Any]:
+    def run() -> dict[str, Any]:
         store = open_store(settings.store.url, state.data_dir)
         try:
             return backtest_store(store, proposed, in_force, setting, days, now_ms)
@@ -54,8 +59,7 @@ async def backtest(request: Request, state: GatewayState) -> Response:
             store.close()
 
     try:
-        report = await asyncio.to_thread(replay)
+        return await asyncio.to_thread(run)
     except StoreError as exc:
         raise ApiError(503, f"the stored calls cannot be read right now: {exc}. Retry shortly.",
                        "event_store_unavailable") from None
-    return json_response(report)

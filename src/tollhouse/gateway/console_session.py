@@ -1,11 +1,12 @@
-"""Who is signed in to the console, and the gate every page under /console/ passes.
+"""Who is signed in to the console, and the session cookie that says so.
 
-Every console page needs a signed-in user: a signed session cookie (set by /console/login, HttpOnly,
-SameSite=Strict, 12 hours) naming the user and their role, or the admin token as a bearer token (role
-admin). Only the requester's side of the exemption workflow is open without sign-in: the sign-in form
-itself, the exemption request form, filing it, and one request's status page (its id is a random
-capability handed to whoever filed it). Everything else under /console/, including pages added later and
-paths that do not exist, answers an anonymous browser with 303 to /console/login?next=PATH and no data.
+A session is a signed cookie (HMAC-SHA256 keyed by the admin token) naming the user and their role and when it
+ends (console.session_hours, default 12). It is set by the admin token sign-in (POST /console/login, role
+admin) or by single sign-on (console/sso: role from console.roles), HttpOnly and SameSite=Strict, once for
+/console/ (the pages) and once for /api/v1/ (the JSON and CSV the pages fetch); never for the provider paths,
+so it never travels to a provider. The admin token as a bearer token is role admin too. Which routes are open
+without a session is the router's declaration (gateway/routes.py, Auth.public); the app sends an anonymous
+browser anywhere else under /console/ to the sign-in.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -23,45 +23,19 @@ from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.state import GatewayState
 
 COOKIE = "tollhouse_console"
-SESSION_S = 12 * 3600
+COOKIE_PATHS = ("/api/v1/", "/console/")  # the API the pages fetch from, and the pages
 LOGIN_PATH = "/console/login"
 DEFAULT_NEXT = "/console/exemptions"
 ROLES = ("admin", "policy_owner", "finance", "auditor")  # DESIGN.md, "Seeing and deciding"
 ADMIN_ROLE = "admin"
 
 _CONSOLE = "/console/"
-# (method, path pattern) open without sign-in: the requester's side of the exemption workflow
-_PUBLIC = (
-    ("GET", re.compile(r"/console/login")),
-    ("GET", re.compile(r"/console/static/[A-Za-z0-9_.-]{1,80}")),  # vendored scripts and the style sheet
-    ("POST", re.compile(r"/console/login")),
-    ("POST", re.compile(r"/console/logout")),
-    ("GET", re.compile(r"/console/exemptions/new")),
-    ("POST", re.compile(r"/console/exemptions")),
-    ("GET", re.compile(r"/console/exemptions/(?!new$)[A-Za-z0-9_-]{1,64}")),
-)
 
 
 @dataclass(frozen=True, slots=True)
 class ConsoleUser:
     name: str
     role: str  # one of ROLES
-
-
-def is_public(method: str, path: str) -> bool:
-    """A console path anyone may open (the requester's pages and the sign-in)."""
-    return any(m == method and pattern.fullmatch(path) for m, pattern in _PUBLIC)
-
-
-def gate(request: Request, state: GatewayState) -> Response | None:
-    """None when the request may go on; else the redirect to the sign-in (a console page, nobody signed in)."""
-    path = request.path
-    if not (path.startswith(_CONSOLE) or path == "/console") or is_public(request.method, path):
-        return None
-    if signed_in(request, state) is not None:
-        return None
-    target = path + (f"?{request.query_string}" if request.query_string else "")
-    return sign_in_redirect(target)
 
 
 def sign_in_redirect(target: str) -> Response:
@@ -86,13 +60,24 @@ def _sign(state: GatewayState, payload: str) -> str:
                     hashlib.sha256).hexdigest()
 
 
+def session_seconds(state: GatewayState) -> int:
+    return int(state.settings.console.session_hours * 3600)
+
+
 def session_value(state: GatewayState, user: ConsoleUser) -> str:
     """The cookie's value: expiry, role and name (base64url), signed with the admin token."""
     if user.role not in ROLES:
         raise ValueError(f"unknown console role {user.role!r}; one of {', '.join(ROLES)}")
     name = base64.urlsafe_b64encode(user.name.encode()).decode().rstrip("=")
-    payload = f"{int(state.clock()) + SESSION_S}.{user.role}.{name}"
+    payload = f"{int(state.clock()) + session_seconds(state)}.{user.role}.{name}"
     return f"{payload}.{_sign(state, payload)}"
+
+
+def session_cookies(state: GatewayState, user: ConsoleUser | None) -> list[tuple[str, str]]:
+    """The Set-Cookie headers that sign `user` in (None: that sign out), for the pages and the API."""
+    value = session_value(state, user) if user is not None else ""
+    max_age = session_seconds(state) if user is not None else 0
+    return [("set-cookie", f"{COOKIE}={value}; {cookie_attributes(state, max_age, path)}") for path in COOKIE_PATHS]
 
 
 def cookie_value(request: Request, name: str) -> str | None:
@@ -128,6 +113,6 @@ def signed_in(request: Request, state: GatewayState, actor: str = ADMIN_ROLE) ->
     return session_user(request, state)
 
 
-def cookie_attributes(state: GatewayState, max_age: int) -> str:
+def cookie_attributes(state: GatewayState, max_age: int, path: str = "/console/", same_site: str = "Strict") -> str:
     secure = "; Secure" if state.console_url.startswith("https:") else ""
-    return f"Path=/console/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    return f"Path={path}; HttpOnly; SameSite={same_site}; Max-Age={max_age}{secure}"

@@ -86,11 +86,16 @@ class DirectoryHolder:
                       rules: tuple[Rule, ...] | None = None) -> DocumentVersion:
         """Validate (the directory itself, and every rule against it), store, apply. The rules are the
         current policy's, or `rules`: a policy about to be published with this directory (an agent's bundle)."""
+        cfg = self.check(data, rules)
+        return await self._store(cfg, actor, source, self._json(self.published.current.config), note)
+
+    def check(self, data: object, rules: tuple[Rule, ...] | None = None) -> DirectoryConfig:
+        """The directory `data` describes, validated itself and against every rule (raises DirectoryError)."""
         cfg = parse_directory(data)
         problems = target_problems(self._policy.current.rules if rules is None else rules, cfg)
         if problems:
             raise DirectoryError([f"the current policy would break: {p}; change the policy first" for p in problems])
-        return await self._store(cfg, actor, source, self._json(self.published.current.config), note)
+        return cfg
 
     async def _store(self, cfg: DirectoryConfig, actor: str, source: str, before: dict[str, Any],
                      note: str | None = None) -> DocumentVersion:

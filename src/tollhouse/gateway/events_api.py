@@ -14,6 +14,7 @@ from tollhouse.gateway.state import GatewayState
 
 DECISIONS = ("allow", "warn", "redirect", "block")
 _FILTERS = ("subject", "person", "team", "project", "cost_centre", "provider", "model", "decision")
+CONTENT_ROLES = ("admin", "auditor")  # who reads captured prompts and responses
 _PARAMS = ("limit", "before", "include", *_FILTERS)
 
 
@@ -28,6 +29,9 @@ async def list_events(request: Request, state: GatewayState) -> Response:
     include = query.get("include")
     if include not in (None, "content"):
         raise ApiError(400, f"query parameter 'include' can only be 'content', got {include!r}", "bad_parameter")
+    if include is not None and request.user is not None and request.user.role not in CONTENT_ROLES:
+        raise ApiError(403, f"your role ({request.user.role}) may not read what calls said (include=content); it "
+                       "needs the role admin or auditor", "forbidden")
     decisions = tuple(v for v in query.get("decision", "").split(",") if v)
     if "decision" in query and (not decisions or set(decisions) - set(DECISIONS)):
         raise params.bad(f"query parameter 'decision' takes {', '.join(DECISIONS)} (comma-separated); "

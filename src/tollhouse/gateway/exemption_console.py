@@ -4,11 +4,11 @@ For requesters, no sign-in: the form a block error's exemption link opens, pre-f
 (GET /console/exemptions/new?...), filing it (POST /console/exemptions), and the request's status page
 (GET /console/exemptions/{id}).
 
-For the policy owner: the queue (GET /console/exemptions) with approve and deny buttons, and a revoke button
-for each approved override still in force. It needs the admin
-token, sent once through a sign-in form (POST /console/login) that sets a signed session cookie (HttpOnly,
-SameSite=Strict, 12 hours) naming the reviewer; the token never appears in a URL. A bearer token works too.
-Cookie-authenticated posts from another origin are refused.
+The console sign-in with the admin token (POST /console/login sets the signed session cookies of
+gateway/console_session.py, role admin, naming the reviewer; the token never appears in a URL), the link to
+single sign-on when console.oidc is configured (gateway/sso.py), and sign-out (with the page's CSRF token).
+The policy owner's queue, its decisions and the history are console pages on the shared layout:
+console/exemptions.py. Cookie-authenticated posts from another origin are refused.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from html import escape
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
+from tollhouse.console import csrf
 from tollhouse.control.exemptions import (
-    DEFAULT_HOURS,
     MAX_FIELD,
-    MAX_HOURS,
     MAX_JUSTIFICATION,
-    MIN_HOURS,
     ExemptionError,
     ExemptionProblems,
 )
@@ -33,20 +31,9 @@ from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKE
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console import STYLE
-from tollhouse.gateway.console_session import (
-    ADMIN_ROLE,
-    COOKIE,
-    LOGIN_PATH,
-    SESSION_S,
-    ConsoleUser,
-    cookie_attributes,
-    safe_next,
-    session_value,
-    sign_in_redirect,
-    signed_in,
-)
+from tollhouse.gateway.console_session import ADMIN_ROLE, LOGIN_PATH, ConsoleUser, safe_next, session_cookies
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
-from tollhouse.gateway.policy_api import actor
+from tollhouse.gateway.sso import START_PATH
 from tollhouse.gateway.state import GatewayState
 
 QUEUE_PATH = "/console/exemptions"
@@ -141,7 +128,7 @@ async def file_request(request: Request, state: GatewayState) -> Response:
     return _see_other(f"{QUEUE_PATH}/{filed.exemption.id}?filed=1")
 
 
-def _outcome(state: GatewayState, x: Exemption) -> str:
+def outcome(state: GatewayState, x: Exemption) -> str:
     if x.status == PENDING:
         return "Waiting for the AI policy owner's decision. Come back to this page to see it."
     by = f"{x.reviewer or 'the policy owner'} at {_ts(x.decided_ms)}"
@@ -155,11 +142,11 @@ def _outcome(state: GatewayState, x: Exemption) -> str:
                 f"rule {x.rule_id} applies to {x.subject} again.{note}")
     now_ms = int(state.clock() * 1000)
     until = "until" if (x.expires_ms or 0) > now_ms else "; it expired at"
-    return (f"Approved by {by}: calls by {x.subject} {_scope(x)} that rule {x.rule_id} blocks are allowed {until} "
+    return (f"Approved by {by}: calls by {x.subject} {scope_words(x)} that rule {x.rule_id} blocks are allowed {until} "
             f"{_ts(x.expires_ms)}.{note}")
 
 
-def _scope(x: Exemption) -> str:
+def scope_words(x: Exemption) -> str:
     """What an approved override covers, in words."""
     grant = grant_of(x) if x.status in (APPROVED, REVOKED) else None
     if grant is None:
@@ -185,21 +172,15 @@ async def status_page(request: Request, state: GatewayState) -> Response:
                      _ts(x.call_ts_ms)), ("Requested", _ts(x.created_ms)), ("Requested by", x.requester),
                      ("Justification", x.justification)])
     body = (f"<h1>Exemption request {escape(x.id)}</h1>{banner}"
-            f'<p>Status: <b class="{escape(x.status)}">{escape(x.status)}</b>. {escape(_outcome(state, x))}</p>'
+            f'<p>Status: <b class="{escape(x.status)}">{escape(x.status)}</b>. {escape(outcome(state, x))}</p>'
             f"<table>{details}</table>")
     return _page(f"Exemption {x.id}", body)
 
 
-# the policy owner: sign-in, the queue, approve and deny
+# the console sign-in
 
 
-def reviewer(request: Request, state: GatewayState) -> str | None:
-    """Who is signed in to the console (a session cookie or the bearer admin token); None if nobody."""
-    user = signed_in(request, state, actor(request))
-    return user.name if user is not None else None
-
-
-def _cross_site(request: Request) -> bool:
+def cross_site(request: Request) -> bool:
     """A browser post from another origin (SameSite=Strict already keeps the cookie off it; belt and braces)."""
     origin = request.header("origin")
     if origin is None:
@@ -207,8 +188,13 @@ def _cross_site(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc != (request.header("host") or "")
 
 
-def _login_page(problem: str | None = None, status: int = 401, next_path: str | None = None) -> Response:
-    body = (f"<h1>Sign in to the Tollhouse console</h1>{_errors([problem] if problem else [])}"
+def _login_page(state: GatewayState, problem: str | None = None, status: int = 401, next_path: str | None = None
+                ) -> Response:
+    oidc = state.settings.console.oidc
+    sso = "" if oidc is None else (
+        f'<p><a id="sso" href="{START_PATH}?next={quote(safe_next(next_path), safe="/")}">{escape(oidc.label)}</a>'
+        "</p><p>Or sign in with the admin token:</p>")
+    body = (f"<h1>Sign in to the Tollhouse console</h1>{_errors([problem] if problem else [])}{sso}"
             f'<form method="post" action="{LOGIN_PATH}"><table>'
             '<tr><th><label for="token">Admin token</label></th><td><input id="token" name="token" '
             'type="password" required autocomplete="current-password"></td></tr>'
@@ -220,119 +206,36 @@ def _login_page(problem: str | None = None, status: int = 401, next_path: str | 
 
 
 async def login_form(request: Request, state: GatewayState) -> Response:
-    return _login_page(status=200, next_path=request.query.get("next"))
+    return _login_page(state, status=200, next_path=request.query.get("next"))
 
 
 async def login(request: Request, state: GatewayState) -> Response:
     """The admin token signs in with role admin (the role is kept in the session for roles to come)."""
-    if _cross_site(request):
+    if cross_site(request):
         return _page("Refused", "<p class=err>Sign-in from another site is refused.</p>", 403)
     try:
         form = await _form(request)
     except ExemptionError as exc:
-        return _login_page(str(exc), exc.status)
+        return _login_page(state, str(exc), exc.status)
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
-        return _login_page("That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
+        return _login_page(state, "That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
                            next_path=form.get("next"))
     name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
-    user = ConsoleUser(name, ADMIN_ROLE)
-    cookie = f"{COOKIE}={session_value(state, user)}; {cookie_attributes(state, SESSION_S)}"
-    return _see_other(safe_next(form.get("next")), [("set-cookie", cookie)])
+    state.audit.record("console.sign_in", name, {"via": "admin_token", "role": ADMIN_ROLE})
+    return _see_other(safe_next(form.get("next")), session_cookies(state, ConsoleUser(name, ADMIN_ROLE)))
 
 
 async def logout(request: Request, state: GatewayState) -> Response:
-    if _cross_site(request):
+    """Sign out: the session cookies are cleared. A signed-in browser must send the form's CSRF token."""
+    if cross_site(request):
         return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
-    return _see_other(LOGIN_PATH, [("set-cookie", f"{COOKIE}=; {cookie_attributes(state, 0)}")])
-
-
-def _decision_forms(x: Exemption) -> str:
-    base = f"{QUEUE_PATH}/{escape(x.id)}"
-    requested = x.model or "any model"
-    return (f'<form class="inline" method="post" action="{base}/approve">'
-            f'<input name="hours" type="number" min="{MIN_HOURS}" max="{MAX_HOURS}" value="{DEFAULT_HOURS}" '
-            'size="4" aria-label="hours"> h <input name="note" placeholder="note (optional)" '
-            f'maxlength="{MAX_JUSTIFICATION}"> <input name="models" aria-label="models" '
-            f'placeholder="models: {escape(requested)} (* for any)" maxlength="{MAX_FIELD}"> '
-            "<button>Approve override</button></form><br>"
-            f'<form class="inline" method="post" action="{base}/deny"><input name="reason" required '
-            f'placeholder="reason" maxlength="{MAX_JUSTIFICATION}"> <button>Deny</button></form>')
-
-
-async def queue(request: Request, state: GatewayState) -> Response:
-    user = signed_in(request, state, actor(request))
-    if user is None:  # the app's gate already sends anonymous browsers to the sign-in
-        return sign_in_redirect(request.path)
-    who = user.name
-    pending = await state.runner.run(lambda s: s.list_exemptions(PENDING, 500))
-    decided = [x for x in await state.runner.run(lambda s: s.list_exemptions(None, 100)) if x.status != PENDING]
-
-    def link(x: Exemption) -> str:
-        return f'<a href="{QUEUE_PATH}/{escape(x.id)}">{escape(x.id)}</a>'
-
-    def cells(*values: str | None) -> str:
-        return "".join(f'<td class="wrap">{escape(v or "")}</td>' for v in values)
-
-    head = "<tr><th>Id</th><th>Requested</th><th>Subject</th><th>Rule</th><th>Call</th><th>Justification</th>"
-    waiting = "".join(
-        f"<tr><td>{link(x)}</td>"
-        + cells(_ts(x.created_ms), x.subject, x.rule_id,
-                " / ".join(v for v in (x.provider, x.model, x.team, x.project, _ts(x.call_ts_ms)) if v),
-                x.justification)
-        + f"<td>{_decision_forms(x)}</td></tr>" for x in reversed(pending))  # oldest first
-    now_ms = int(state.clock() * 1000)
-    done = "".join(
-        f"<tr><td>{link(x)}</td>"
-        + cells(_ts(x.created_ms), x.subject, x.rule_id, x.status, x.reviewer, _ts(x.decided_ms),
-                _ts(x.expires_ms) if x.status in (APPROVED, REVOKED) else "", _scope(x), x.note)
-        + f"<td>{_revoke_form(x) if _in_force(x, now_ms) else ''}</td></tr>" for x in decided)
-    body = (f'<h1>Exemption requests</h1><div>Signed in as <b>{escape(who)}</b> ({escape(user.role)}). '
-            f'<form class="inline" method="post" action="/console/logout"><button>Sign out</button></form></div>'
-            f"<h2>Pending ({len(pending)})</h2><p>Approving allows the subject's calls that the rule blocks, "
-            "for the hours given. To change the rule for everyone instead, approve through the API with "
-            "<code>{&quot;kind&quot;: &quot;rule_edit&quot;, &quot;rule&quot;: {...}}</code>.</p>"
-            + (f"<table>{head}<th>Decide</th></tr>{waiting}</table>" if pending else "<p>Nothing is waiting.</p>")
-            + "<h2>Recently decided</h2>"
-            + ("<table><tr><th>Id</th><th>Requested</th><th>Subject</th><th>Rule</th><th>Status</th>"
-               f"<th>Reviewer</th><th>Decided</th><th>Expires</th><th>Covers</th><th>Note / reason</th><th></th></tr>"
-               f"{done}</table>"
-               if decided else "<p>None yet.</p>"))
-    return _page("Exemption requests", body)
-
-
-async def approve(request: Request, state: GatewayState) -> Response:
-    return await _decide(request, state, exemptions.approve)
-
-
-async def deny(request: Request, state: GatewayState) -> Response:
-    return await _decide(request, state, exemptions.deny)
-
-
-async def revoke(request: Request, state: GatewayState) -> Response:
-    return await _decide(request, state, exemptions.revoke)
-
-
-def _in_force(x: Exemption, now_ms: int) -> bool:
-    return x.status == APPROVED and x.decision_kind == OVERRIDE and (x.expires_ms or 0) > now_ms
-
-
-def _revoke_form(x: Exemption) -> str:
-    return (f'<form class="inline" method="post" action="{QUEUE_PATH}/{escape(x.id)}/revoke">'
-            f'<input name="reason" placeholder="reason (optional)" maxlength="{MAX_JUSTIFICATION}"> '
-            "<button>Revoke</button></form>")
-
-
-async def _decide(request: Request, state: GatewayState, action: exemptions.Decide) -> Response:
-    who = reviewer(request, state)
-    if who is None:
-        return sign_in_redirect(request.path)
-    if _cross_site(request):
-        return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
-    back = f'<p><a href="{QUEUE_PATH}">Back to the queue</a></p>'
     try:
-        await action(state, request.params["id"], await _form(request), who)
+        form = await _form(request)
     except ExemptionError as exc:
-        return _page("Not decided", f"<h1>Not decided</h1>{_errors(exc.messages)}{back}", exc.status)
-    return _see_other(QUEUE_PATH)
-
+        return _page("Not signed out", _errors(exc.messages), exc.status)
+    if not csrf.valid(request, state, form):
+        return _page("Not signed out", _errors(["The sign-out form is missing its security token or it is stale "
+                                                "(signed in again since?). Reload the page and sign out again."]),
+                     400)
+    return _see_other(LOGIN_PATH, session_cookies(state, None))

@@ -7,10 +7,13 @@ measurement over Granian + pyreqwest and over aiohttp: README.md, "Choosing the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl
 
 import orjson
+
+if TYPE_CHECKING:
+    from tollhouse.gateway.console_session import ConsoleUser
 
 
 class Headers(Protocol):
@@ -57,6 +60,7 @@ class Request:
     proto: HTTPProtocol
     raw_path: str  # the path as sent, still percent-encoded (what the proxy forwards)
     params: dict[str, str] = field(default_factory=dict)  # path parameters from the router
+    user: ConsoleUser | None = None  # who the router signed in (console pages and /api/v1 routes for users)
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)

@@ -1,4 +1,4 @@
-"""OpenAPI paths of the usage views: /api/v1/usage, /api/v1/reports/spend.csv, /api/v1/baseline; and the
+"""OpenAPI operations of the usage views: /api/v1/usage, /api/v1/reports/spend.csv, /api/v1/baseline; and the
 filters /api/v1/events takes."""
 
 from __future__ import annotations
@@ -37,59 +37,50 @@ _MEASURES: dict[str, Any] = {
 _BAD = {"description": "an unknown parameter (the valid ones are listed) or a bad value", "content": _ERR}
 _UNKNOWN = {"description": "a team, project or person neither the directory nor the recorded calls know",
             "content": _ERR}
-
-USAGE_PATHS: dict[str, Any] = {
-    "/api/v1/usage": {"get": {
-        "summary": "Calls, tokens and cost over time, by team, project, cost centre, person, provider or model "
-                   "(served from hourly rollups; days are local days in ledger.timezone)",
-        "parameters": [
-            _q("group_by", "the dimension each series is; none: one series, key \"all\"", {"type": "string",
-               "enum": _DIMENSIONS}),
-            _q("interval", "bucket of each point (hour: ranges up to 93 days)",
-               {"type": "string", "enum": ["day", "hour"], "default": "day"}),
-            *RANGE, *FILTERS],
-        "responses": {
-            "200": {"description": "series, the costliest first; points are the buckets with calls, oldest first",
-                    "content": {"application/json": {"schema": {"type": "object", "properties": {
-                        "group_by": {"type": ["string", "null"]}, "interval": {"type": "string"},
-                        "from": {"type": "string", "format": "date-time"},
-                        "to": {"type": "string", "format": "date-time"}, "timezone": {"type": "string"},
+GET_USAGE: dict[str, Any] = {
+    "parameters": [
+        _q("group_by", "the dimension each series is; none: one series, key \"all\"", {"type": "string",
+           "enum": _DIMENSIONS}),
+        _q("interval", "bucket of each point (hour: ranges up to 93 days)",
+           {"type": "string", "enum": ["day", "hour"], "default": "day"}),
+        *RANGE, *FILTERS],
+    "responses": {
+        "200": {"description": "series, the costliest first; points are the buckets with calls, oldest first",
+                "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "group_by": {"type": ["string", "null"]}, "interval": {"type": "string"},
+                    "from": {"type": "string", "format": "date-time"},
+                    "to": {"type": "string", "format": "date-time"}, "timezone": {"type": "string"},
+                    "totals": {"type": "object", "properties": _MEASURES},
+                    "series": {"type": "array", "items": {"type": "object", "properties": {
+                        "key": {"type": ["string", "null"], "description": "null: calls without one"},
                         "totals": {"type": "object", "properties": _MEASURES},
-                        "series": {"type": "array", "items": {"type": "object", "properties": {
-                            "key": {"type": ["string", "null"], "description": "null: calls without one"},
-                            "totals": {"type": "object", "properties": _MEASURES},
-                            "points": {"type": "array", "items": {"type": "object", "properties": {
-                                "t": {"type": "string", "format": "date-time"}, **_MEASURES}}}}}}}}}}},
-            "400": _BAD, "401": {"description": "missing or wrong admin token"}, "404": _UNKNOWN,
-            "503": {"description": "the event store cannot be read right now"}},
-    }},
-    "/api/v1/reports/spend.csv": {"get": {
-        "summary": "The spend report as CSV (chargeback): a row per period and group; format=focus: FOCUS 1.x "
-                   "columns (BilledCost, EffectiveCost, ChargePeriodStart, ServiceName, SkuId, Tags, ...) a row per "
-                   "day, provider and model, with x_Team, x_Project, x_CostCentre, x_Person for the groups asked",
-        "parameters": [
-            _q("group_by", "dimensions, comma-separated (default team)", {"type": "string", "default": "team"}),
-            _q("interval", "period of each row (csv)", {"type": "string", "enum": ["day", "hour", "month", "total"],
-                                                       "default": "day"}),
-            _q("format", "csv, or focus (FinOps Open Cost and Usage Specification columns)",
-               {"type": "string", "enum": ["csv", "focus"], "default": "csv"}),
-            *RANGE, *FILTERS],
-        "responses": {"200": {"description": "CSV; money as exact decimal dollars",
-                              "content": {"text/csv": {"schema": {"type": "string"}}}},
-                      "400": _BAD, "401": {"description": "missing or wrong admin token"}, "404": _UNKNOWN},
-    }},
-    "/api/v1/baseline": {"get": {
-        "summary": "What normal looks like for a team (and the teams below it): calls, tokens and cost per day "
-                   "(median, quartiles, mean, min, max; weekdays and weekends apart) and its model mix, over the "
-                   "last complete local days",
-        "parameters": [
-            {"name": "team", "in": "query", "required": True, "schema": {"type": "string"}},
-            _q("days", "how many days (1 to 366)", {"type": "integer", "default": 14, "minimum": 1, "maximum": 366}),
-            _q("to", "the last day included (a date); default: yesterday"),
-        ],
-        "responses": {"200": {"description": "the baseline: per_day, weekdays, weekends, model_mix, daily"},
-                      "400": _BAD, "401": {"description": "missing or wrong admin token"}, "404": _UNKNOWN},
-    }},
+                        "points": {"type": "array", "items": {"type": "object", "properties": {
+                            "t": {"type": "string", "format": "date-time"}, **_MEASURES}}}}}}}}}}},
+        "400": _BAD, "401": {"description": "missing or wrong admin token"}, "404": _UNKNOWN,
+        "503": {"description": "the event store cannot be read right now"}},
+}
+
+GET_REPORTS_SPEND_CSV: dict[str, Any] = {
+    "parameters": [
+        _q("group_by", "dimensions, comma-separated (default team)", {"type": "string", "default": "team"}),
+        _q("interval", "period of each row (csv)", {"type": "string", "enum": ["day", "hour", "month", "total"],
+                                                   "default": "day"}),
+        _q("format", "csv, or focus (FinOps Open Cost and Usage Specification columns)",
+           {"type": "string", "enum": ["csv", "focus"], "default": "csv"}),
+        *RANGE, *FILTERS],
+    "responses": {"200": {"description": "CSV; money as exact decimal dollars",
+                          "content": {"text/csv": {"schema": {"type": "string"}}}},
+                  "400": _BAD, "401": {"description": "missing or wrong admin token"}, "404": _UNKNOWN},
+}
+
+GET_BASELINE: dict[str, Any] = {
+    "parameters": [
+        {"name": "team", "in": "query", "required": True, "schema": {"type": "string"}},
+        _q("days", "how many days (1 to 366)", {"type": "integer", "default": 14, "minimum": 1, "maximum": 366}),
+        _q("to", "the last day included (a date); default: yesterday"),
+    ],
+    "responses": {"200": {"description": "the baseline: per_day, weekdays, weekends, model_mix, daily"},
+                  "400": _BAD, "401": {"description": "missing or wrong admin token"}, "404": _UNKNOWN},
 }
 
 EVENT_FILTERS = [p for p in FILTERS if p["name"] != "subject"] + [

@@ -22,7 +22,13 @@ POLICY, AGENT_POLICY, DIRECTORY = "policy", "agent_policy", "directory"
 
 
 def actor(request: Request) -> str:
-    """Who made an admin change: `X-Tollhouse-Actor` (e.g. an SSO name set by a fronting proxy), else admin."""
+    """Who made an admin change: the user the router signed in (a console session's user, or with the admin
+    token `X-Tollhouse-Actor`), else `X-Tollhouse-Actor`, else admin."""
+    return request.user.name if request.user is not None else actor_header(request)
+
+
+def actor_header(request: Request) -> str:
+    """`X-Tollhouse-Actor` (e.g. an SSO name set by a fronting proxy that holds the admin token), else admin."""
     name = (request.header(_ACTOR_HEADER) or "").strip()
     return name[:200] if name else "admin"
 

@@ -33,6 +33,7 @@ from tollhouse.forward.hosts import HostBook
 from tollhouse.gateway.directory_holder import DirectoryHolder
 from tollhouse.gateway.live import LiveSettings
 from tollhouse.gateway.metrics import GatewayMetrics
+from tollhouse.gateway.oidc_client import OidcClient
 from tollhouse.gateway.overrides import EXEMPTIONS_FEED, OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
@@ -126,6 +127,7 @@ class GatewayState:
     routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
     alerts: AlertQueue = field(default_factory=AlertQueue)  # finished calls handed to the alert service
     hosts: HostBook = field(default_factory=HostBook)  # hosts the forward proxy saw, not yet stored (issue 21)
+    sso: OidcClient = field(default_factory=OidcClient)  # the console's single sign-on: provider metadata, keys
 
     async def close(self) -> None:
         """Stop everything that started, in reverse order (see Lifespan.stop)."""

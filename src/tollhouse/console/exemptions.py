@@ -1,0 +1,146 @@
+"""The exemption queue (/console/exemptions): pending requests with approve (hours, optionally widened to more
+models or providers) and deny, approved overrides still in force with revoke, and the history with filters.
+Every signed-in role reads it; only policy roles decide (their forms are not shown to the others, and a post by
+them is refused by the router). The requester's own pages (the form, filing, the status page) stay public in
+gateway/exemption_console.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from tollhouse.console import dates
+from tollhouse.console.forms import FormRefused, checked_form, see_other
+from tollhouse.console.pages import ALL_ROLES, POLICY, Page
+from tollhouse.console.render import error_page, render
+from tollhouse.control.exemptions import (
+    DEFAULT_HOURS,
+    MAX_FIELD,
+    MAX_HOURS,
+    MAX_JUSTIFICATION,
+    MIN_HOURS,
+    ExemptionError,
+)
+from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKED, Exemption
+from tollhouse.gateway import exemptions
+from tollhouse.gateway.admin import authorized
+from tollhouse.gateway.console_session import ConsoleUser
+from tollhouse.gateway.exemption_console import cross_site, scope_words
+from tollhouse.gateway.exemption_routes import elsewhere
+from tollhouse.gateway.http import Request, Response
+from tollhouse.gateway.policy_api import actor
+from tollhouse.gateway.state import GatewayState
+
+PATH = "/console/exemptions"
+STATUSES = (PENDING, APPROVED, DENIED, REVOKED)
+PAGE_SIZE = 100
+_SCAN = 5000  # the newest requests the history filters look through
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    status: str
+    subject: str
+    rule: str
+    since: str  # YYYY-MM-DD, in the org's timezone
+    until: str
+    page: int
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.status and self.status not in STATUSES:
+            out.append(f"status {self.status!r} is not one of {', '.join(STATUSES)}")
+        return out + dates.problems(**{"from": self.since, "to": self.until})
+
+    def query(self, page: int) -> str:
+        fields = {"status": self.status, "subject": self.subject, "rule": self.rule, "from": self.since,
+                  "to": self.until, "page": str(page)}
+        return urlencode({k: v for k, v in fields.items() if v})
+
+
+def _filters(query: dict[str, str]) -> Filters:
+    page = query.get("page", "1")
+    return Filters(query.get("status", ""), query.get("subject", "").strip(), query.get("rule", "").strip(),
+                   query.get("from", ""), query.get("to", ""), int(page) if page.isdigit() and page != "0" else 1)
+
+
+def in_force(x: Exemption, now_ms: int) -> bool:
+    return x.status == APPROVED and x.decision_kind == OVERRIDE and (x.expires_ms or 0) > now_ms
+
+
+def _row(x: Exemption, now_ms: int) -> dict[str, Any]:
+    call = " / ".join(v for v in (x.provider, x.model, x.team, x.project) if v)
+    return {"x": x, "call": call, "covers": scope_words(x), "in_force": in_force(x, now_ms),
+            "expires": x.expires_ms if x.status in (APPROVED, REVOKED) else None}
+
+
+async def queue(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+    redirect = elsewhere(request, state)
+    if redirect is not None:
+        return redirect
+    f = _filters(request.query)
+    problems = f.problems()
+    now_ms = int(state.clock() * 1000)
+    pending = await state.runner.run(lambda s: s.list_exemptions(PENDING, 500))
+    history: list[Exemption] = []
+    if not problems:
+        status = f.status or None
+        found = await state.runner.run(lambda s: s.list_exemptions(status, _SCAN))
+        lo, hi = dates.bounds_ms(f.since, f.until, ZoneInfo(state.settings.ledger.timezone))
+        history = [x for x in found if (not f.subject or f.subject.lower() in x.subject.lower())
+                   and (not f.rule or f.rule == x.rule_id) and (lo is None or x.created_ms >= lo)
+                   and (hi is None or x.created_ms < hi)
+                   and (f.status or x.status != PENDING)]
+    first = (f.page - 1) * PAGE_SIZE
+    shown = history[first:first + PAGE_SIZE]
+    return render(request, state, user, "exemptions.html", "Exemption requests",
+                  who=user.name, can_decide=user.role in POLICY,
+                  pending=[_row(x, now_ms) for x in reversed(pending)],  # oldest first
+                  history=[_row(x, now_ms) for x in shown], total=len(history), filters=f, problems=problems,
+                  statuses=STATUSES, rules=sorted({r.id for r in state.policy.current.rules}),
+                  prev_query=f.query(f.page - 1) if f.page > 1 else None,
+                  next_query=f.query(f.page + 1) if first + PAGE_SIZE < len(history) else None,
+                  limits={"min": MIN_HOURS, "max": MAX_HOURS, "default": DEFAULT_HOURS, "field": MAX_FIELD,
+                          "text": MAX_JUSTIFICATION})
+
+
+async def _decide(request: Request, state: GatewayState, user: ConsoleUser, action: exemptions.Decide) -> Response:
+    redirect = elsewhere(request, state)
+    if redirect is not None:
+        return redirect
+    if cross_site(request):
+        return error_page(request, state, user, 403, "Refused: the request came from another site.")
+    try:
+        form = await checked_form(request, state, user, 64 * 1024)
+    except FormRefused as exc:
+        return exc.response
+    form.pop("csrf", None)
+    who = actor(request) if authorized(request, state) else user.name  # a bearer token: X-Tollhouse-Actor
+    try:
+        await action(state, request.params["id"], form, who)
+    except ExemptionError as exc:
+        return render(request, state, user, "exemption_refused.html", "Not decided", exc.status,
+                      messages=exc.messages)
+    return see_other(PATH)
+
+
+async def approve(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+    return await _decide(request, state, user, exemptions.approve)
+
+
+async def deny(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+    return await _decide(request, state, user, exemptions.deny)
+
+
+async def revoke(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+    return await _decide(request, state, user, exemptions.revoke)
+
+
+PAGES = (
+    Page("GET", PATH, queue, ALL_ROLES, "Exemptions"),
+    Page("POST", f"{PATH}/{{id}}/approve", approve, POLICY),
+    Page("POST", f"{PATH}/{{id}}/deny", deny, POLICY),
+    Page("POST", f"{PATH}/{{id}}/revoke", revoke, POLICY),
+)
