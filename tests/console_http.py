@@ -31,10 +31,12 @@ class Browser:
         assert found is not None, (status, page[:500])
         return found.group(1).decode()
 
-    def post(self, path: str, fields: dict[str, str], csrf: bool = True) -> Reply:
+    def post(self, path: str, fields: dict[str, str], csrf: bool = True, headers: dict[str, str] | None = None
+             ) -> Reply:
         data = {**({"csrf": self.csrf()} if csrf else {}), **fields}
         return raw_http.request(self.gw.port, "POST", path, urlencode(data).encode(),
-                                {"Cookie": self.cookie, "Content-Type": "application/x-www-form-urlencoded"})
+                                {"Cookie": self.cookie, "Content-Type": "application/x-www-form-urlencoded",
+                                 **(headers or {})})
 
 
 def text(page: bytes) -> str:

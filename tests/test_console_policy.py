@@ -99,6 +99,8 @@ def test_roles_csrf_and_missing_versions(gw: Gateway) -> None:
     assert status == 400
     status, _, _ = owner.post("/console/policy/rollback", {"version": "1", "confirm": "yes"}, csrf=False)
     assert status == 400 and _versions(gw) == [1]
+    status, page, _ = owner.post("/console/policy/publish", {"rules": rules}, headers={"Origin": "http://evil.example"})
+    assert status == 403 and b"another site" in page and _versions(gw) == [1]  # even with the token
     assert owner.get("/console/policy/rollback/9")[0] == 404
     assert owner.get("/console/policy/diff?from=1&to=9")[0] == 404
     assert owner.get("/console/policy/diff?from=x")[0] == 400

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tollhouse.console.forms import FormRefused, checked_form, see_other
+from tollhouse.console.forms import form_post, see_other
 from tollhouse.console.pages import ADMIN, AUDIT, Page
 from tollhouse.console.render import render
 from tollhouse.events.records import AgentRecord
@@ -18,6 +18,7 @@ from tollhouse.gateway.state import GatewayState
 PATH = "/console/agents"
 STALE_S = 10 * 60  # agents long-poll for at most a minute: ten minutes of silence means it is not running
 MAX_LABEL = 200
+SMALL_FORM = 64 * 1024
 
 
 def _row(a: AgentRecord, now_ms: int, current: int) -> dict[str, Any]:
@@ -44,20 +45,12 @@ async def agents_page(request: Request, state: GatewayState, user: ConsoleUser) 
     return await _page(request, state, user)
 
 
-async def create_token(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        form = await checked_form(request, state, user, 64 * 1024)
-    except FormRefused as exc:
-        return exc.response
+async def create_token(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     token, record = await issue_token(state, form.get("label", "").strip()[:MAX_LABEL] or None, user.name)
     return await _page(request, state, user, 201, created={"token": token, "prefix": record.prefix})
 
 
-async def revoke_token(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        await checked_form(request, state, user, 64 * 1024)
-    except FormRefused as exc:
-        return exc.response
+async def revoke_token(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     prefix = request.params["prefix"]
     count = await state.runner.run(lambda s: s.revoke_enrollment_token(prefix))
     if not count:
@@ -70,6 +63,6 @@ async def revoke_token(request: Request, state: GatewayState, user: ConsoleUser)
 
 PAGES = (
     Page("GET", PATH, agents_page, AUDIT, "Agents"),
-    Page("POST", f"{PATH}/tokens", create_token, ADMIN),
-    Page("POST", f"{PATH}/tokens/{{prefix}}/revoke", revoke_token, ADMIN),
+    Page("POST", f"{PATH}/tokens", form_post(create_token, SMALL_FORM), ADMIN),
+    Page("POST", f"{PATH}/tokens/{{prefix}}/revoke", form_post(revoke_token, SMALL_FORM), ADMIN),
 )

@@ -11,7 +11,7 @@ import yaml
 
 from tollhouse.config import DirectoryConfig
 from tollhouse.console.diffs import diff_view
-from tollhouse.console.forms import FormRefused, checked_form, fragment, see_other
+from tollhouse.console.forms import form_post, fragment, see_other
 from tollhouse.console.pages import ADMIN, ALL_ROLES, Page
 from tollhouse.console.render import error_page, render
 from tollhouse.gateway.console_session import ConsoleUser
@@ -85,22 +85,14 @@ async def directory_page(request: Request, state: GatewayState, user: ConsoleUse
     return await _page(request, state, user)
 
 
-async def validate(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
+async def validate(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     cfg, problems = check(state, form.get("directory", ""))
     counts = {"teams": len(cfg.teams), "people": len(cfg.people), "projects": len(cfg.projects),
               "services": len(cfg.services)} if cfg is not None else {}
     return fragment(state, "directory_check.html", problems=problems, counts=counts)
 
 
-async def publish(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
+async def publish(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     text, note = form.get("directory", ""), form.get("note", "")
     cfg, problems = check(state, text)
     if cfg is None:
@@ -135,6 +127,6 @@ async def diff_page(request: Request, state: GatewayState, user: ConsoleUser) ->
 PAGES = (
     Page("GET", PATH, directory_page, ALL_ROLES, "Directory"),
     Page("GET", f"{PATH}/diff", diff_page, ALL_ROLES),
-    Page("POST", f"{PATH}/validate", validate, ADMIN),
-    Page("POST", f"{PATH}/publish", publish, ADMIN),
+    Page("POST", f"{PATH}/validate", form_post(validate), ADMIN),
+    Page("POST", f"{PATH}/publish", form_post(publish), ADMIN),
 )

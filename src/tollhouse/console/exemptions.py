@@ -11,10 +11,10 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from tollhouse.console import dates
-from tollhouse.console.forms import FormRefused, checked_form, see_other
+from tollhouse.console import csrf, dates
+from tollhouse.console.forms import form_post, see_other
 from tollhouse.console.pages import ALL_ROLES, POLICY, Page
-from tollhouse.console.render import error_page, render
+from tollhouse.console.render import render
 from tollhouse.control.exemptions import (
     DEFAULT_HOURS,
     MAX_FIELD,
@@ -27,7 +27,7 @@ from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKE
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.admin import authorized
 from tollhouse.gateway.console_session import ConsoleUser
-from tollhouse.gateway.exemption_console import cross_site, scope_words
+from tollhouse.gateway.exemption_console import scope_words
 from tollhouse.gateway.exemption_routes import elsewhere
 from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.policy_api import actor
@@ -36,6 +36,7 @@ from tollhouse.gateway.state import GatewayState
 PATH = "/console/exemptions"
 STATUSES = (PENDING, APPROVED, DENIED, REVOKED)
 PAGE_SIZE = 100
+DECISION_BYTES = 64 * 1024
 _SCAN = 5000  # the newest requests the history filters look through
 
 
@@ -106,17 +107,12 @@ async def queue(request: Request, state: GatewayState, user: ConsoleUser) -> Res
                           "text": MAX_JUSTIFICATION})
 
 
-async def _decide(request: Request, state: GatewayState, user: ConsoleUser, action: exemptions.Decide) -> Response:
+async def _decide(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str],
+                  action: exemptions.Decide) -> Response:
     redirect = elsewhere(request, state)
     if redirect is not None:
         return redirect
-    if cross_site(request):
-        return error_page(request, state, user, 403, "Refused: the request came from another site.")
-    try:
-        form = await checked_form(request, state, user, 64 * 1024)
-    except FormRefused as exc:
-        return exc.response
-    form.pop("csrf", None)
+    form.pop(csrf.FIELD, None)
     who = actor(request) if authorized(request, state) else user.name  # a bearer token: X-Tollhouse-Actor
     try:
         await action(state, request.params["id"], form, who)
@@ -126,21 +122,21 @@ async def _decide(request: Request, state: GatewayState, user: ConsoleUser, acti
     return see_other(PATH)
 
 
-async def approve(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    return await _decide(request, state, user, exemptions.approve)
+async def approve(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
+    return await _decide(request, state, user, form, exemptions.approve)
 
 
-async def deny(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    return await _decide(request, state, user, exemptions.deny)
+async def deny(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
+    return await _decide(request, state, user, form, exemptions.deny)
 
 
-async def revoke(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    return await _decide(request, state, user, exemptions.revoke)
+async def revoke(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
+    return await _decide(request, state, user, form, exemptions.revoke)
 
 
 PAGES = (
     Page("GET", PATH, queue, ALL_ROLES, "Exemptions"),
-    Page("POST", f"{PATH}/{{id}}/approve", approve, POLICY),
-    Page("POST", f"{PATH}/{{id}}/deny", deny, POLICY),
-    Page("POST", f"{PATH}/{{id}}/revoke", revoke, POLICY),
+    Page("POST", f"{PATH}/{{id}}/approve", form_post(approve, DECISION_BYTES), POLICY),
+    Page("POST", f"{PATH}/{{id}}/deny", form_post(deny, DECISION_BYTES), POLICY),
+    Page("POST", f"{PATH}/{{id}}/revoke", form_post(revoke, DECISION_BYTES), POLICY),
 )

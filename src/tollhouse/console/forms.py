@@ -3,12 +3,15 @@ to do, nothing changed), redirects after a change, and htmx fragments (a templat
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 from tollhouse.console import csrf
+from tollhouse.console.pages import PageHandler
 from tollhouse.console.render import PAGE_HEADERS, environment, error_page
 from tollhouse.gateway.console_session import ConsoleUser
+from tollhouse.gateway.exemption_console import cross_site
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
 from tollhouse.gateway.state import GatewayState
 
@@ -39,6 +42,26 @@ async def checked_form(request: Request, state: GatewayState, user: ConsoleUser,
                                      "site, or from before you signed in again); nothing was changed. Reload the "
                                      "page and submit it again."))
     return form
+
+
+FormHandler = Callable[[Request, GatewayState, ConsoleUser, dict[str, str]], Awaitable[Response]]
+
+
+def form_post(handler: FormHandler, max_bytes: int = MAX_FORM) -> PageHandler:
+    """A page handler for a form post: refused from another site (403) or without this session's CSRF token
+    (400), before `handler` sees the form; nothing is changed either way."""
+
+    async def page(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+        if cross_site(request):
+            return error_page(request, state, user, 403, "Refused: the form was posted from another site; nothing "
+                              "was changed.")
+        try:
+            form = await checked_form(request, state, user, max_bytes)
+        except FormRefused as exc:
+            return exc.response
+        return await handler(request, state, user, form)
+
+    return page
 
 
 def see_other(location: str) -> Response:

@@ -3,7 +3,7 @@ creates it, and never again), create one for a person or service of the director
 
 from __future__ import annotations
 
-from tollhouse.console.forms import FormRefused, checked_form, see_other
+from tollhouse.console.forms import form_post, see_other
 from tollhouse.console.pages import ADMIN, Page
 from tollhouse.console.render import render
 from tollhouse.gateway.console_session import ConsoleUser
@@ -14,6 +14,7 @@ from tollhouse.subject_ids import valid_subject_id
 
 PATH = "/console/keys"
 MAX_LABEL = 200
+SMALL_FORM = 64 * 1024
 
 
 async def _page(request: Request, state: GatewayState, user: ConsoleUser, status: int = 200,
@@ -31,11 +32,7 @@ async def keys_page(request: Request, state: GatewayState, user: ConsoleUser) ->
     return await _page(request, state, user)
 
 
-async def create(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        form = await checked_form(request, state, user, 64 * 1024)
-    except FormRefused as exc:
-        return exc.response
+async def create(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     owner, label = form.get("user", "").strip(), form.get("label", "").strip()[:MAX_LABEL] or None
     problems = []
     if not owner:
@@ -54,11 +51,7 @@ async def create(request: Request, state: GatewayState, user: ConsoleUser) -> Re
     return await _page(request, state, user, 201, created={"key": key, "prefix": record.prefix, "user": owner})
 
 
-async def revoke(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        await checked_form(request, state, user, 64 * 1024)
-    except FormRefused as exc:
-        return exc.response
+async def revoke(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     prefix = request.params["prefix"]
     count = await state.runner.run(lambda s: s.revoke_key(prefix))
     if not count:
@@ -70,6 +63,6 @@ async def revoke(request: Request, state: GatewayState, user: ConsoleUser) -> Re
 
 PAGES = (
     Page("GET", PATH, keys_page, ADMIN, "Keys"),
-    Page("POST", PATH, create, ADMIN),
-    Page("POST", f"{PATH}/{{prefix}}/revoke", revoke, ADMIN),
+    Page("POST", PATH, form_post(create, SMALL_FORM), ADMIN),
+    Page("POST", f"{PATH}/{{prefix}}/revoke", form_post(revoke, SMALL_FORM), ADMIN),
 )

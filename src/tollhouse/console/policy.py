@@ -10,7 +10,7 @@ from typing import Any
 
 from tollhouse.backtest import MAX_DAYS
 from tollhouse.console.diffs import diff_view
-from tollhouse.console.forms import FormRefused, checked_form, fragment, see_other
+from tollhouse.console.forms import form_post, fragment, see_other
 from tollhouse.console.pages import ALL_ROLES, POLICY, Page
 from tollhouse.console.policy_text import Checked, as_text, check
 from tollhouse.console.render import error_page, render
@@ -72,24 +72,16 @@ def _checked(state: GatewayState, text: str) -> Checked:
     return check(text, state.settings.policy.timezone, state.policies.directory)
 
 
-async def validate(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+async def validate(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     """The editor's live check (htmx, as you type): the problems `tollhouse policy check` prints, with lines."""
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
     checked = _checked(state, form.get("rules", ""))
     rules = checked.policy.rules if checked.policy is not None else ()
     return fragment(state, "policy_check.html", problems=checked.problems, count=len(rules),
                     enabled=sum(1 for r in rules if r.enabled))
 
 
-async def review(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+async def review(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     """Before publishing: the diff against the policy in force beside the backtest (which the page loads)."""
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
     text, note = form.get("rules", ""), form.get("note", "")
     checked = _checked(state, text)
     if checked.rules is None or checked.problems:
@@ -106,13 +98,9 @@ def _days(raw: str) -> int | None:
     return int(raw) if raw.isdigit() and 1 <= int(raw) <= MAX_DAYS else None
 
 
-async def backtest(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+async def backtest(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     """The proposed rules replayed over the stored calls of the last `days` (htmx: the review page shows
     "running" until this answers); bounded by BACKTEST_WAIT_S."""
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
     days = _days(form.get("days", str(BACKTEST_DAYS)))
     if days is None:
         return fragment(state, "policy_backtest.html", report=None, days=BACKTEST_DAYS,
@@ -143,11 +131,7 @@ def _refused(request: Request, state: GatewayState, user: ConsoleUser, exc: Exce
     return error_page(request, state, user, 409, f"Not published: {exc}")
 
 
-async def publish(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
+async def publish(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     checked = _checked(state, form.get("rules", ""))
     if checked.rules is None or checked.problems:
         return await _page(request, state, user, form.get("rules", ""), checked.problems, form.get("note", ""), 400)
@@ -190,12 +174,8 @@ async def rollback_confirm(request: Request, state: GatewayState, user: ConsoleU
                   diff=_diff(state.policies.raw, list(doc.body.get("rules", []))))
 
 
-async def rollback(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
+async def rollback(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     """Make an earlier version current again, as a new version (history is never rewritten)."""
-    try:
-        form = await checked_form(request, state, user)
-    except FormRefused as exc:
-        return exc.response
     version = _version(form.get("version"))
     doc = await _doc(state, version) if version else None
     if doc is None or version is None:
@@ -215,10 +195,10 @@ async def rollback(request: Request, state: GatewayState, user: ConsoleUser) -> 
 PAGES = (
     Page("GET", PATH, policy_page, ALL_ROLES, "Policy"),
     Page("GET", f"{PATH}/diff", diff_page, ALL_ROLES),
-    Page("POST", f"{PATH}/validate", validate, POLICY),
-    Page("POST", f"{PATH}/review", review, POLICY),
-    Page("POST", f"{PATH}/backtest", backtest, POLICY),
-    Page("POST", f"{PATH}/publish", publish, POLICY),
+    Page("POST", f"{PATH}/validate", form_post(validate), POLICY),
+    Page("POST", f"{PATH}/review", form_post(review), POLICY),
+    Page("POST", f"{PATH}/backtest", form_post(backtest), POLICY),
+    Page("POST", f"{PATH}/publish", form_post(publish), POLICY),
     Page("GET", f"{PATH}/rollback/{{version}}", rollback_confirm, POLICY),
-    Page("POST", f"{PATH}/rollback", rollback, POLICY),
+    Page("POST", f"{PATH}/rollback", form_post(rollback), POLICY),
 )
