@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_an_empty_gateway_draws_every_page(gateway: Gateway, page: Page) -> None:
     sign_in_admin(page, gateway.url, ADMIN)
     page.wait_for_selector("#spend-chart canvas")
-    assert page.inner_text("#mtd .big") == "$0"
+    assert page.inner_text("#mtd .big") == "$0.00"
     assert "No calls this month." in page.inner_text("#top-models")
     assert "No spend or token cap is in force." in page.inner_text("#no-risk")
     page.click("header nav a:text-is('Usage')")

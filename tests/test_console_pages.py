@@ -122,7 +122,7 @@ def test_overview_counts_the_whole_org_not_a_page_of_events(mock: Mock, tmp_path
         blocked_status, blocked_body, _ = as_role(gw, "/console/events/" + _first_blocked(gw), "auditor")
     assert status == 200 and blocked_status == 200 and "no-gpt4o" in blocked_body
     assert '<div class="big">$24.75</div>' in body  # 9 days x ($1.5 + $1 + $0.25), plus today's cheap calls
-    assert '<div class="big">$90</div>' in body  # November: 30 x $3
+    assert '<div class="big">$90.00</div>' in body  # November: 30 x $3
     assert "platform-budget" in body and "2026-12-15" in body  # $13.50 of $20 by the 10th: out on the 15th
     by_rule = body.split('id="blocked-by-rule"')[1].split("</table>")[0]
     assert '<td>no-gpt4o</td><td class="num">2</td><td class="num">0</td>' in by_rule
@@ -161,7 +161,7 @@ def test_teams_index_sums_the_teams_below(gw: Gateway) -> None:
     assert status == 200
     row = body.split('href="/console/teams/engineering"')[1].split("</tr>")[0]
     # engineering's own calls: none; with platform ($13.50) and ml ($9) below it: $22.50 (+ today's cheap calls)
-    assert '<td class="num">$0</td><td class="num">$22.50' in row
+    assert '<td class="num">$0.00</td><td class="num">$22.50' in row
 
 
 def test_chart_keeps_the_biggest_series_sums_the_rest_and_stops_at_now() -> None:

@@ -31,11 +31,14 @@ PAGE_HEADERS = [("cache-control", "no-store"), ("x-frame-options", "DENY"), ("co
 
 
 def usd(value: float | int | Decimal | str | None) -> str:
-    """Dollars as people read them ("$12.34", "$0.000039"); "unpriced" for None (a model with no price)."""
+    """Dollars as people read them, cents always shown so a column reads alike ("$9.00", "$12.34",
+    "$1,200.00"), more digits where cents would hide the amount ("$0.000039"); "unpriced" for None (a model
+    with no price)."""
     if value is None:
         return "unpriced"
     nano = int((Decimal(str(value)) * NANO_PER_USD).to_integral_value())
-    return fmt_usd(nano)
+    shown = fmt_usd(nano)
+    return shown if "." in shown else f"{shown}.00"
 
 
 def count(value: int | float | None) -> str:
