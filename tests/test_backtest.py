@@ -23,7 +23,7 @@ from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
 from tollhouse.money import cap_reason
 from tollhouse.policy.backtest import Past, Setting, Simulation
-from tollhouse.policy.backtest_counter import Running
+from tollhouse.policy.backtest_counter import Running, index_of
 from tollhouse.policy.backtest_report import run_backtest
 from tollhouse.policy.decide import Gate, Verdict, decide
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
@@ -348,7 +348,8 @@ def test_the_backtest_counter_holds_what_the_ledgers_counter_holds(
         window_text: str, billing_day: int, calls: list[tuple[int, str, int, int]]) -> None:
     """Calls in time order: the forward-only counter and the embedded ledger's Counter agree at every call."""
     window = parse_count_window(window_text, MONTHLY)
-    ours, ledgers = Running(window, billing_day, TZ), LedgerCounter(window, billing_day, TZ)
+    reads = [(index_of(m), p) for m in ("spend", "tokens", "input_tokens") for p in (None, frozenset({"openai"}))]
+    ours, ledgers = Running(window, billing_day, TZ, reads), LedgerCounter(window, billing_day, TZ)
     ts = 1_770_000_000_000
     for gap, provider, spend, tokens in calls:
         ts += gap // 100
