@@ -26,7 +26,7 @@ from tollhouse.policy.backtest import Past, Setting, Simulation
 from tollhouse.policy.backtest_counter import Running, index_of
 from tollhouse.policy.backtest_report import run_backtest
 from tollhouse.policy.decide import Gate, Verdict, decide
-from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Decision, Violation, with_violations
 from tollhouse.policy.rules import MONTHLY, parse_count_window, parse_rules
 from tollhouse.policy.shadow import shadow_ids
 from tollhouse.pricing import PriceBook
@@ -105,15 +105,16 @@ def past(seq: int, ts_ms: int, who: int, model: str, inp: int, outp: int, record
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[list[Past], list[Past], int, int, list[dict[str, Any]], list[dict[str, Any]]]:
+def histories(draw: st.DrawFn, people: int = 5, models: Sequence[str] = tuple(sorted(RATES)), least: int = 1,
+              most: int = 60) -> tuple[list[Past], list[Past], int, int, list[dict[str, Any]], list[dict[str, Any]]]:
     billing_day = draw(st.integers(1, 28))
     # the window starts up to three days before a billing month begins (in the org's zone)
     start = datetime(2026, draw(st.integers(1, 11)), billing_day, tzinfo=TZ) - timedelta(hours=draw(st.integers(0, 72)))
     since_ms = int(start.timestamp() * 1000) // STEP_MS * STEP_MS
-    calls = st.tuples(st.integers(0, 4), st.sampled_from(sorted(RATES)), st.integers(1, 3000), st.integers(0, 3000),
+    calls = st.tuples(st.integers(0, people - 1), st.sampled_from(models), st.integers(1, 3000), st.integers(0, 3000),
                       st.sampled_from(["allow"] * 8 + ["refused", "blocked"]))
     gaps = st.integers(0, draw(st.sampled_from([10, 200, 2000, 20000])))  # in 6 s steps: seconds to a day apart
-    items = draw(st.lists(st.tuples(gaps, calls), min_size=1, max_size=60))
+    items = draw(st.lists(st.tuples(gaps, calls), min_size=least, max_size=most))
     before = draw(st.lists(st.tuples(st.integers(1, 900_000), calls), max_size=15))
     pre = sorted((past(-n, since_ms - back * STEP_MS, *c) for n, (back, c) in enumerate(before)),
                  key=lambda p: p.ts_ms)
@@ -271,6 +272,61 @@ def test_the_replay_decides_every_call_as_the_brute_force_reference(
         assert row["would_block"] == t["block"], row
         assert row["would_warn"] == t["warn"] + t["soft_cap"], row
         assert row["would_redirect"] == t["redirect"], row
+
+
+def _judgement(d: Decision | None) -> tuple[object, ...] | None:
+    """A decision as the backtest reads it: everything but the reasons' wording."""
+    if d is None:
+        return None
+    return (d.action, d.model, d.requested_model, d.redirect.rule.id if d.redirect is not None else None,
+            tuple((v.rule.id, v.level) for v in d.violations), d.caps, tuple(v.rule.id for v in d.waived))
+
+
+def _soft(rule: dict[str, Any]) -> dict[str, Any]:
+    """The rule warning instead of refusing (a call over it still counts, so further caps can be gone over)."""
+    return {**{k: v for k, v in rule.items() if k != "action"}, "severity": "SOFT_CAP"} \
+        if rule.get("action", {}).get("type") == "hard_stop" else rule
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(histories(), histories(people=1, models=("claude-3-5-haiku",), least=40, most=120)), st.booleans())
+def test_the_shortcut_judges_every_call_as_decide_with_the_counters_numbers(
+        case: tuple[list[Past], list[Past], int, int, list[dict[str, Any]], list[dict[str, Any]]], soft: bool) -> None:
+    """A call under every cap takes its shape's verdict, one over caps the verdict for the same caps gone over:
+    the same judgement, call by call, as decide() given every call's numbers. (Few people and models, and caps that
+    only warn, make calls of one shape go over different caps in turn.)"""
+    pre, window, since_ms, billing_day, proposed_raw, _ = case
+    proposed = CompiledPolicy(parse_rules([_soft(r) for r in proposed_raw] if soft else proposed_raw))
+    fast = Simulation(proposed, setting(billing_day), since_ms, loader(pre))
+    full = Simulation(proposed, setting(billing_day), since_ms, loader(pre), shortcut=False)
+    for p in window:
+        a, b = fast.judge(p), full.judge(p)
+        assert (a.charge, a.known, a.unevaluable, a.saved_nusd) == (b.charge, b.known, b.unevaluable, b.saved_nusd)
+        if a.verdict is None or b.verdict is None:
+            assert a.verdict is b.verdict is None
+            continue
+        assert (a.outcome, a.verdict.would, a.verdict.rule_id) == (b.outcome, b.verdict.would, b.verdict.rule_id), p
+        assert _judgement(a.verdict.decision) == _judgement(b.verdict.decision), p
+        assert _judgement(a.verdict.shadowed) == _judgement(b.verdict.shadowed), p
+
+
+def test_a_shape_going_over_one_cap_then_two_is_judged_on_each_set_of_caps() -> None:
+    """The same call ($0.0048), again and again: over the team's soft cap from the 3rd call, over the person's as well
+    from the 6th; the shortcut's verdicts name the caps decide() names for each."""
+    rules = [{"id": "team-soft", "scope": "team", "severity": "SOFT_CAP", "condition": {"type": "budget",
+                                                                                         "threshold": 0.01}},
+             {"id": "me-warn", "scope": "individual", "severity": "WARN",
+              "condition": {"type": "budget", "threshold": 0.025}}]
+    policy = CompiledPolicy(parse_rules(rules))
+    calls = [past(n, 1_780_000_000_000 + n * STEP_MS, 3, "claude-3-5-haiku", 1000, 1000, "allow") for n in range(7)]
+    fast = Simulation(policy, setting(1), calls[0].ts_ms, loader([]))
+    full = Simulation(policy, setting(1), calls[0].ts_ms, loader([]), shortcut=False)
+    got = [fast.judge(p).verdict for p in calls]
+    want = [full.judge(p).verdict for p in calls]
+    assert [_judgement(v.decision) for v in got if v] == [_judgement(v.decision) for v in want if v]
+    named = [sorted(x.rule.id for x in v.decision.violations) for v in got if v is not None and v.decision]
+    assert named == [[], [], ["team-soft"], ["team-soft"], ["team-soft"], ["me-warn", "team-soft"],
+                     ["me-warn", "team-soft"]]
 
 
 def test_a_redirect_is_repriced_at_the_substitute_and_its_saving_reported() -> None:

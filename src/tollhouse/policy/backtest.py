@@ -32,7 +32,7 @@ from tollhouse.ledger.types import CapUsage, Charge
 from tollhouse.ledger.windows import bucket_ms, window_bounds_ms
 from tollhouse.policy.backtest_counter import NOTHING, Program, Read, Running, index_of
 from tollhouse.policy.decide import Gate, Verdict, decide
-from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, counter_scope
 from tollhouse.policy.rules import MONTHLY, Kind
 from tollhouse.policy.shadow import shadow_caps, shadow_ids, with_shadow_usage
 from tollhouse.pricing import PriceBook
@@ -156,7 +156,7 @@ class Simulation:
         self._counters: dict[tuple[str, str, str], Running] = {}
         self._monthly: list[Running] = []
         self._month_end = 0  # the end of the billing month the monthly counters are at
-        self._reads = _reads_by_window(policy)
+        self._reads = _reads_by_counter(policy)
         self._shadow = shadow_ids(policy)
         self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
         # Time rules: a call's verdict depends on which of their windows it falls in (not on the minute itself,
@@ -358,7 +358,7 @@ class Simulation:
     def _load(self, cap: Cap, ts_ms: int) -> Running:
         """A counter used for the first time starts from what was stored before the window, as the gateway's do."""
         s = self.setting
-        counter = Running(cap.window, s.billing_day, s.tz, self._reads.get(cap.window.label, ()))
+        counter = Running(cap.window, s.billing_day, s.tz, self._reads.get((cap.counter[0], cap.window.label), ()))
         counter.advance(ts_ms)
         start, _ = window_bounds_ms(cap.window, ts_ms, s.billing_day, s.tz)
         if start < self.since_ms:
@@ -386,14 +386,14 @@ def _at(ts_ms: int) -> datetime:
     return datetime.fromtimestamp(ts_ms / 1000, UTC)
 
 
-def _reads_by_window(policy: CompiledPolicy) -> dict[str, tuple[Read, ...]]:
-    """Per counting window (by its label), every read the policy's caps on it make (shadow rules' included): what a
-    counter over that window keeps."""
-    out: dict[str, list[Read]] = {}
+def _reads_by_counter(policy: CompiledPolicy) -> dict[tuple[str, str], tuple[Read, ...]]:
+    """Per kind of counter and counting window (scope, window label), every read the policy's caps on such a counter
+    make (shadow rules' included): what a counter keeps."""
+    out: dict[tuple[str, str], list[Read]] = {}
     for rule in policy.rules:
         if rule.enabled and rule.kind in (Kind.spend, Kind.tokens):
             read = (index_of("spend" if rule.kind is Kind.spend else rule.metric), rule.providers)
-            found = out.setdefault(rule.count_window.label, [])
+            found = out.setdefault((counter_scope(rule), rule.count_window.label), [])
             if read not in found:
                 found.append(read)
-    return {label: tuple(reads) for label, reads in out.items()}
+    return {key: tuple(reads) for key, reads in out.items()}
