@@ -123,14 +123,15 @@ class _Shape:
     nothing else): its facts, the verdict, the content rules that cannot be judged, the shadow rules' caps, the
     model it goes to, who makes it; and, made on first use, its caps' plan."""
 
-    __slots__ = ("call", "capped", "extra", "over", "plan", "redirect", "subject", "unevaluable", "upstream",
-                 "verdict")
+    __slots__ = ("applied", "blocked", "call", "capped", "extra", "over", "plan", "redirect", "subject", "unevaluable",
+                 "upstream", "verdict")
 
     def __init__(self, call: CallFacts, verdict: Verdict, unevaluable: tuple[str, ...], extra: tuple[Cap, ...],
                  upstream: str | None, subject: Subject, judged: bool) -> None:
         self.call, self.verdict, self.unevaluable, self.extra = call, verdict, unevaluable, extra
         self.upstream, self.subject = upstream, subject
         d = verdict.decision
+        self.applied, self.blocked = verdict.applied, verdict.blocked
         self.redirect = d is not None and d.redirect is not None and not verdict.blocked
         self.capped = judged and not verdict.blocked and bool(verdict.caps or extra)  # the call is counted
         self.plan: _Plan | None = None
@@ -178,6 +179,27 @@ class Simulation:
                 self._subjects[key] = found
         return found
 
+    def outcome(self, p: Past) -> tuple[str, int]:
+        """What the policy does with one past call (`Judged.outcome`) and, when it refuses it, the cost the refusal
+        prevents: what comparing with another policy needs, without making a verdict when the call is not counted
+        (its shape's verdict is the verdict)."""
+        if p.decision == "block" and p.rule_id is None:
+            return "block", 0
+        key: tuple[object, ...] = p[2:11]
+        if self._windows:
+            ts_ms = p.ts_ms
+            key = (key, self._inside if ts_ms // _MINUTE_MS == self._minute else self._inside_at(ts_ms))
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(p, key)
+        if shape.capped:
+            judged = self.judge(p)
+            outcome = judged.outcome
+            return outcome, judged.charge.spend_nusd if outcome == "block" else 0
+        if shape.blocked:
+            return "block", self._charge(p, shape.upstream)[0].spend_nusd
+        return shape.applied, 0
+
     def judge(self, p: Past) -> Judged:
         """The verdict on one past call."""
         decision = p.decision
@@ -188,7 +210,7 @@ class Simulation:
         # for, which time windows it is in
         key: tuple[object, ...] = p[2:11]
         if self._windows:
-            key = (key, self._inside_at(ts_ms))
+            key = (key, self._inside if ts_ms // _MINUTE_MS == self._minute else self._inside_at(ts_ms))
         shape = self._shapes.get(key)
         if shape is None:
             shape = self._shape(p, key)
@@ -215,17 +237,26 @@ class Simulation:
             plan = shape.plan
             if plan is None:
                 plan = shape.plan = self._plan(verdict.caps, shape.extra, p.provider, ts_ms)
-            for counter in plan.rolling:
-                if ts_ms >= counter.expiry:
-                    counter.advance(ts_ms)
             if not self._shortcut:
+                _advance(plan.rolling, ts_ms)
                 verdict = self._judge_counted(verdict, plan, use, shape, ts_ms, self._gate)
             else:
+                # Under every cap, decide() with the numbers would give the judgement it gave before them. Rolling
+                # counters are read before letting go of what has left their windows (see Running.expiry): sums at
+                # least the true ones, so a call under every cap by them is under by the true sums too; else they
+                # let go and are read again.
                 for slots, j, k, limit in plan.limits:
                     if slots[j] + use[k] > limit:
+                        under = bool(plan.rolling) and _advance(plan.rolling, ts_ms) and _under(plan.limits, use)
                         break
-                else:  # under every cap: decide() with the numbers would give the judgement it gave before them
-                    _count(plan, ts_ms, use)
+                else:
+                    under = True
+                if under:
+                    if use[0] or use[4] or use[3]:  # counted (_count, inlined)
+                        for slots, j, k in plan.adds:
+                            slots[j] += use[k]
+                        for counter, program in plan.buckets:
+                            counter.bucket_add(ts_ms, program, use)
                     return _new(Judged, (verdict, charge, known, shape.unevaluable,
                                          self._saved(p, verdict, charge) if shape.redirect else 0))
                 # over some caps: decide() judges on which caps the call goes over (their numbers only word the
@@ -243,9 +274,7 @@ class Simulation:
             if verdict.blocked:
                 return Judged(verdict, charge, known, shape.unevaluable)
             plan = self._plan(verdict.caps, shape.extra, p.provider, ts_ms)
-            for counter in plan.rolling:
-                if ts_ms >= counter.expiry:
-                    counter.advance(ts_ms)
+            _advance(plan.rolling, ts_ms)
             verdict = self._judge_counted(verdict, plan, use, shape, ts_ms, gate)
         # counted, as the gateway settles a call that went (a refused one counts nothing)
         if not verdict.blocked:
@@ -370,6 +399,21 @@ class Simulation:
                                                                      bucket):
                 counter.add(ts, provider, (spend, inp, outp, reqs))
         return counter
+
+
+def _advance(rolling: Sequence[Running], ts_ms: int) -> bool:
+    """Rolling counters let go of what has left their windows by `ts_ms`; whether any had something to let go."""
+    moved = False
+    for counter in rolling:
+        if ts_ms >= counter.expiry:
+            counter.advance(ts_ms)
+            moved = True
+    return moved
+
+
+def _under(limits: Sequence[tuple[list[int], int, int, int]], use: tuple[int, ...]) -> bool:
+    """The call (`use`: its usage by place) is under every cap of `limits`: (slots, slot, place, limit)."""
+    return all(slots[j] + use[k] <= limit for slots, j, k, limit in limits)
 
 
 def _count(plan: _Plan, ts_ms: int, use: tuple[int, ...]) -> None:

@@ -40,8 +40,8 @@ def amounts(spend: int, input_tokens: int, output_tokens: int, requests: int) ->
 
 
 class Running:
-    __slots__ = ("_bucket", "_buckets", "_day", "_programs", "_span", "_start", "_tz", "_window", "end", "expiry",
-                 "monthly", "reads", "slots")
+    __slots__ = ("_bucket", "_buckets", "_day", "_most", "_programs", "_span", "_start", "_tz", "_window", "end",
+                 "expiry", "monthly", "reads", "slots")
 
     def __init__(self, window: Window, billing_day: int, tz: ZoneInfo, reads: Sequence[Read]) -> None:
         self._window = window
@@ -50,7 +50,11 @@ class Running:
         self._bucket = 0 if window.monthly else bucket_ms(window)
         self._day, self._tz = billing_day, tz
         self._start = self.end = 0  # the billing month counted: [start, end)
-        self.expiry = FOREVER  # rolling: when the oldest bucket leaves the window (advance() before reading then)
+        # Rolling: when the oldest bucket leaves the window. Until advance() lets it go the slots hold more than the
+        # window does (never less: usage is never negative); bucket_add lets go of what has left once the buckets
+        # are twice as many as a window holds, so memory stays bounded however long nothing reads the counter.
+        self.expiry = FOREVER
+        self._most = 0 if window.monthly else 2 * (self._span // self._bucket + 2)
         self.reads = tuple(reads)
         self.slots = [0] * len(self.reads)  # the window's sum per read; changed in place, never replaced
         self._programs: dict[str, Program] = {}
@@ -118,6 +122,8 @@ class Running:
             buckets.append((start, cell))
             if len(buckets) == 1:
                 self.expiry = start + self._bucket + self._span
+            elif len(buckets) > self._most:
+                self.advance(ts_ms)
         else:  # history read in bucket order never gets here; kept in order all the same
             found = next((c for s, c in buckets if s == start), None)
             if found is None:

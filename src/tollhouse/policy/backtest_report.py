@@ -89,7 +89,9 @@ class Tally:
     last_ms: int | None = None
     _effects: dict[int, _Effects] = field(default_factory=dict)
 
-    def add(self, p: Past, mine: Judged, theirs: Judged) -> None:
+    def add(self, p: Past, mine: Judged, before: str, before_nusd: int) -> None:
+        """One call: judged under the proposed rules (`mine`), and its outcome under the policy in force (`before`,
+        with the cost a refusal there prevented)."""
         self.calls += 1
         if self.first_ms is None:
             self.first_ms = p.ts_ms
@@ -102,7 +104,6 @@ class Tally:
         if effects is None or effects[0] is not verdict:
             effects = self._effects_of(verdict)
         _, now, would, hits = effects
-        before = theirs.outcome
         pair = (now, before)
         pairs = self.pairs
         pairs[pair] = pairs.get(pair, 0) + 1
@@ -111,7 +112,7 @@ class Tally:
         elif not mine.known:
             self.cost_unknown += 1
         if before == "block":
-            self.in_force_blocked_nusd += theirs.charge.spend_nusd
+            self.in_force_blocked_nusd += before_nusd
         if mine.unevaluable:
             self.not_evaluable += 1
             for rid in mine.unevaluable:
@@ -203,7 +204,11 @@ def run_backtest(calls: Iterable[Past], proposed: CompiledPolicy, in_force: Comp
     tally = Tally({r.id: RuleTally(r) for r in proposed.rules if r.enabled}, shadow_ids(proposed))
     for p in calls:
         judged = mine.judge(p)
-        tally.add(p, judged, judged if same else theirs.judge(p))
+        if same:
+            outcome = judged.outcome
+            tally.add(p, judged, outcome, judged.charge.spend_nusd if outcome == "block" else 0)
+        else:
+            tally.add(p, judged, *theirs.outcome(p))
     out = tally.json(since_ms, until_ms)
     out["content_rules"] = [r.id for r in proposed.rules if r.enabled and r.kind is Kind.content]
     return out
