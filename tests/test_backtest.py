@@ -3,21 +3,23 @@ report's tallies, and streaming calls back from the store (SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tallies
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tollhouse.config import DirectoryConfig, Person, PriceOverride, Project, Team
 from tollhouse.directory import Directory
-from tollhouse.events.history import settled_between, stream_calls
+from tollhouse.events.history import read_ahead, settled_between, stream_calls
 from tollhouse.events.model import CallEvent
-from tollhouse.events.store import Store
+from tollhouse.events.store import Store, StoreError
 from tollhouse.ledger.local import Counter as LedgerCounter
 from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
@@ -384,6 +386,25 @@ def test_calls_stream_back_in_time_order_across_pages_and_ties(store: Store) -> 
     assert len({p.seq for p in got}) == len(got)
     assert all(isinstance(p, Past) and p.subject == "ann" for p in got)
     assert [p.ts_ms for p in stream_calls(store, 0, 100_000, page=3)] == sorted(times)
+
+
+def test_a_page_read_ahead_is_handed_over_in_order_with_the_readers_error_and_stops_when_closed(store: Store) -> None:
+    def pages() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise StoreError("the store went away")
+
+    got = []
+    with pytest.raises(StoreError, match="went away"):
+        for n in read_ahead(pages(), 1):
+            got.append(n)
+    assert got == [1, 2]
+    store.insert_events([_event(n, 1_000 + n, "ann", "web") for n in range(10)])
+    calls = stream_calls(store, 0, 100_000, page=2)
+    assert [next(calls).ts_ms for _ in range(3)] == [1_000, 1_001, 1_002]
+    calls.close()  # stops the reading thread and waits for it
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+    assert [p.ts_ms for p in stream_calls(store, 0, 100_000, page=3, ahead=0)] == [1_000 + n for n in range(10)]
 
 
 def test_settled_usage_before_the_window_counts_a_team_and_the_teams_under_it(store: Store) -> None:
