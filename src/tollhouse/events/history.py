@@ -14,7 +14,7 @@ from tollhouse.ledger.local import HistoryRow
 from tollhouse.policy.backtest import Past
 
 PAGE = 20_000
-AHEAD = 2  # pages read ahead by a thread
+AHEAD = 1  # pages read ahead by a thread (each one more page held in memory)
 _COLUMNS = ", ".join(Past._fields)
 # Rows after (last ts, last seq) in (ts_ms, seq) order: a range on the ts_ms index, the few rows of the last
 # millisecond already read left out.

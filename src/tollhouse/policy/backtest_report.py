@@ -88,6 +88,8 @@ class Tally:
     first_ms: int | None = None
     last_ms: int | None = None
     _effects: dict[int, _Effects] = field(default_factory=dict)
+    # calls not evaluable for these content rules, not yet added to `not_evaluable` and the rules' tallies
+    _unevaluable: dict[tuple[str, ...], int] = field(default_factory=dict)
 
     def add(self, p: Past, mine: Judged, before: str, before_nusd: int) -> None:
         """One call: judged under the proposed rules (`mine`), and its outcome under the policy in force (`before`,
@@ -113,12 +115,10 @@ class Tally:
             self.cost_unknown += 1
         if before == "block":
             self.in_force_blocked_nusd += before_nusd
-        if mine.unevaluable:
-            self.not_evaluable += 1
-            for rid in mine.unevaluable:
-                found = self.rules.get(rid)
-                if found is not None:
-                    found.not_evaluable += 1
+        unevaluable = mine.unevaluable
+        if unevaluable:
+            pending = self._unevaluable
+            pending[unevaluable] = pending.get(unevaluable, 0) + 1
         if would is not None:
             self.shadow_would[would] += 1
         for t, how in hits:
@@ -168,6 +168,13 @@ class Tally:
                 hits.append((t, "redirect"))
 
     def json(self, since_ms: int, until_ms: int) -> dict[str, Any]:
+        for rule_ids, n in self._unevaluable.items():
+            self.not_evaluable += n
+            for rid in rule_ids:
+                found = self.rules.get(rid)
+                if found is not None:
+                    found.not_evaluable += n
+        self._unevaluable.clear()
         def outcomes(c: Counter[str]) -> dict[str, int]:
             return {k: c.get(k, 0) for k in ("allow", "warn", "redirect", "block")}
 
