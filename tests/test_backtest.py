@@ -400,7 +400,7 @@ def test_a_page_read_ahead_is_handed_over_in_order_with_the_readers_error_and_st
             got.append(n)
     assert got == [1, 2]
     store.insert_events([_event(n, 1_000 + n, "ann", "web") for n in range(10)])
-    calls = stream_calls(store, 0, 100_000, page=2)
+    calls = stream_calls(store, 0, 100_000, page=2, ahead=1)
     assert [next(calls).ts_ms for _ in range(3)] == [1_000, 1_001, 1_002]
     calls.close()  # stops the reading thread and waits for it
     assert not [t for t in threading.enumerate() if t.name == "read-ahead"]

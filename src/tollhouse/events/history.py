@@ -14,7 +14,6 @@ from tollhouse.ledger.local import HistoryRow
 from tollhouse.policy.backtest import Past
 
 PAGE = 20_000
-AHEAD = 1  # pages read ahead by a thread (each one more page held in memory)
 _COLUMNS = ", ".join(Past._fields)
 # Rows after (last ts, last seq) in (ts_ms, seq) order: a range on the ts_ms index, the few rows of the last
 # millisecond already read left out.
@@ -24,9 +23,14 @@ _TS, _SEQ = Past._fields.index("ts_ms"), Past._fields.index("seq")
 _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
 
 
-def stream_calls(store: Store, since_ms: int, until_ms: int, page: int = PAGE, ahead: int = AHEAD) -> Iterator[Past]:
+def stream_calls(store: Store, since_ms: int, until_ms: int, page: int = PAGE, ahead: int | None = None
+                 ) -> Iterator[Past]:
     """Every call stored with since_ms <= ts_ms < until_ms, oldest first (ties in the order stored). `ahead`: pages
-    read by a thread while the caller works on the one before (0: read in the caller's thread)."""
+    read by a thread while the caller works on the one before (0: read in the caller's thread; None: one page on
+    PostgreSQL, whose reads mostly wait for the server, none on SQLite, whose reads hold the interpreter and only
+    compete with the caller for it)."""
+    if ahead is None:
+        ahead = 1 if store.db.dialect == "postgresql" else 0
     make = Past._make
     pages = _pages(store, since_ms, until_ms, page)
     for rows in (read_ahead(pages, ahead) if ahead else pages):
