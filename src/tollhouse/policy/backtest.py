@@ -202,10 +202,10 @@ class Simulation:
 
     def judge(self, p: Past) -> Judged:
         """The verdict on one past call."""
-        decision = p.decision
-        if decision == "block" and p.rule_id is None:
+        (_, ts_ms, _, _, _, _, _, provider, endpoint_class, model, requested_model, status, inp, outp, _, _, cost,
+         decision, rule_id) = p
+        if decision == "block" and rule_id is None:
             return Judged(None, _NOTHING, True, ())
-        ts_ms = p.ts_ms
         # the call's shape: who (subject, kind, team, project, cost centre), where, the model answered and asked
         # for, which time windows it is in
         key: tuple[object, ...] = p[2:11]
@@ -217,26 +217,25 @@ class Simulation:
         verdict = shape.verdict
         # what the call uses going where the verdict sends it (_charge, inlined for a call that went as it was sent)
         upstream = shape.upstream
-        if decision != "block" and (upstream is None or p.endpoint_class != "metered"
-                                    or upstream == (p.model if decision == "redirect" else p.requested_model)):
-            cost = p.cost_nusd
-            priced = cost is not None or upstream is None or self._priced(p.provider, upstream)
-            charge = _new(Charge, (p.provider, cost or 0, p.input_tokens, p.output_tokens, 1 if p.status < 400 else 0,
-                                   True))
+        if decision != "block" and (upstream is None or endpoint_class != "metered"
+                                    or upstream == (model if decision == "redirect" else requested_model)):
+            priced = cost is not None or upstream is None or self._priced(provider, upstream)
+            spend, requests = cost or 0, 1 if status < 400 else 0
+            charge = _new(Charge, (provider, spend, inp, outp, requests, True))
             known = True
         else:
             charge, priced, known = self._charge(p, upstream)
+            spend, inp, outp, requests = charge.spend_nusd, charge.input_tokens, charge.output_tokens, charge.requests
         if not shape.capped:
             return _new(Judged, (verdict, charge, known, shape.unevaluable,
                                  self._saved(p, verdict, charge) if shape.redirect else 0))
         if ts_ms >= self._month_end:
             self._new_month(ts_ms)
-        use = (charge.spend_nusd, charge.input_tokens, charge.output_tokens, charge.requests,
-               charge.input_tokens + charge.output_tokens, 0)  # by place: see backtest_counter.amounts
+        use = (spend, inp, outp, requests, inp + outp, 0)  # by place: see backtest_counter.amounts
         if priced:
             plan = shape.plan
             if plan is None:
-                plan = shape.plan = self._plan(verdict.caps, shape.extra, p.provider, ts_ms)
+                plan = shape.plan = self._plan(verdict.caps, shape.extra, provider, ts_ms)
             if not self._shortcut:
                 _advance(plan.rolling, ts_ms)
                 verdict = self._judge_counted(verdict, plan, use, shape, ts_ms, self._gate)
@@ -273,7 +272,7 @@ class Simulation:
             verdict = decide(gate, self.policy, shape.call, shape.subject, _at(ts_ms))
             if verdict.blocked:
                 return Judged(verdict, charge, known, shape.unevaluable)
-            plan = self._plan(verdict.caps, shape.extra, p.provider, ts_ms)
+            plan = self._plan(verdict.caps, shape.extra, provider, ts_ms)
             _advance(plan.rolling, ts_ms)
             verdict = self._judge_counted(verdict, plan, use, shape, ts_ms, gate)
         # counted, as the gateway settles a call that went (a refused one counts nothing)
