@@ -143,9 +143,11 @@ class Simulation:
 
     `shortcut` (the default): a call that is under every cap that counts it, by the sums the counters keep, is
     given the verdict decide() gave its shape before counting, without calling decide() again with the ledger's
-    numbers: with no cap gone over, decide() returns that same judgement (only its `usage` would differ, which the
-    backtest does not read; tests/test_backtest.py checks the two ways agree on generated histories). False: every
-    counted call goes through decide() with its numbers."""
+    numbers: with no cap gone over, decide() returns that same judgement. A call over some caps is given the
+    verdict decide() gave, on its numbers, to the first call of its shape over the same caps: decide() judges on
+    which caps are gone over, the numbers only word the violations' reasons. (What differs, the verdict's `usage`
+    and those reasons, the backtest does not read; tests/test_backtest.py checks both ways give the same judgement
+    call by call on generated histories.) False: every counted call goes through decide() with its numbers."""
 
     def __init__(self, policy: CompiledPolicy, setting: Setting, since_ms: int, history: HistoryLoader,
                  shortcut: bool = True) -> None:
