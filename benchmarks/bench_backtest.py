@@ -50,6 +50,10 @@ Json = dict[str, Any]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DAY_MS = 86_400_000
 TARGET_S = 20.0
+EARLIER = ("Earlier runs of this benchmark (1,000,000 calls; wall / CPU s): before the replay's shortcut and slot "
+           "counters (commit 11d92c9, 2026-12-07 18:27) SQLite 44.98 / 29.07, PostgreSQL 43.36 / 32.64; with the "
+           "first forward-only counter 42 / 36 and 38 / 34; with the embedded ledger's own Counter (commit 692abc0) "
+           "62 / 41 and 84 / 42.")
 PRE_WINDOW = 50_000
 # (provider, model, nano-USD per input token, per output token)
 MODELS = (("openai", "gpt-4o-mini", 150, 600), ("openai", "gpt-4o", 2500, 10000),
@@ -227,14 +231,15 @@ def markdown(results: Json) -> str:
                      f"{t['teams_count']} |")
     m = results["machine"]
     lines += ["", "- Memory: the calls are streamed from the store a page (20,000 rows) at a time in (ts_ms, seq) "
-              "order; the replay keeps only counters and tallies, so peak RSS over 14 days is about the same as over "
-              "1 day.",
+              "order (on PostgreSQL a thread reads the next page while the replay works on one); the replay keeps "
+              "only counters, tallies and per-shape caches of bounded size, so peak RSS over 14 days is about the "
+              "same as over 1 day.",
               "- PostgreSQL: private server on 127.0.0.1, fsync off (the test suite's); SQLite: a file, WAL.",
               "", f"Run {m['date']}: tollhouse {m.get('tollhouse')} ({m.get('commit')}), Python {m['python']}, "
               f"{m['nproc']} CPUs ({m.get('cpu_model')}), shared with other work: before the run "
               f"{results['load_before']}, "
               f"after it {results['load_after']}. CPU s is the command's own user + system time: what it costs on an "
-              "idle core; the wall time includes waiting for the CPU on this shared machine.", ""]
+              "idle core; the wall time includes waiting for the CPU on this shared machine.", "", EARLIER, ""]
     return "\n".join(lines)
 
 

@@ -3,30 +3,32 @@ report's tallies, and streaming calls back from the store (SQLite and PostgreSQL
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tallies
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tollhouse.config import DirectoryConfig, Person, PriceOverride, Project, Team
 from tollhouse.directory import Directory
-from tollhouse.events.history import settled_between, stream_calls
+from tollhouse.events.history import read_ahead, settled_between, stream_calls
 from tollhouse.events.model import CallEvent
-from tollhouse.events.store import Store
+from tollhouse.events.store import Store, StoreError
 from tollhouse.ledger.local import Counter as LedgerCounter
 from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge, metric_of
 from tollhouse.money import cap_reason
 from tollhouse.policy.backtest import Past, Setting, Simulation
-from tollhouse.policy.backtest_counter import Running
+from tollhouse.policy.backtest_counter import Running, index_of
 from tollhouse.policy.backtest_report import run_backtest
 from tollhouse.policy.decide import Gate, Verdict, decide
-from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Violation, with_violations
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, Decision, Violation, with_violations
 from tollhouse.policy.rules import MONTHLY, parse_count_window, parse_rules
 from tollhouse.policy.shadow import shadow_ids
 from tollhouse.pricing import PriceBook
@@ -105,15 +107,16 @@ def past(seq: int, ts_ms: int, who: int, model: str, inp: int, outp: int, record
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[list[Past], list[Past], int, int, list[dict[str, Any]], list[dict[str, Any]]]:
+def histories(draw: st.DrawFn, people: int = 5, models: Sequence[str] = tuple(sorted(RATES)), least: int = 1,
+              most: int = 60) -> tuple[list[Past], list[Past], int, int, list[dict[str, Any]], list[dict[str, Any]]]:
     billing_day = draw(st.integers(1, 28))
     # the window starts up to three days before a billing month begins (in the org's zone)
     start = datetime(2026, draw(st.integers(1, 11)), billing_day, tzinfo=TZ) - timedelta(hours=draw(st.integers(0, 72)))
     since_ms = int(start.timestamp() * 1000) // STEP_MS * STEP_MS
-    calls = st.tuples(st.integers(0, 4), st.sampled_from(sorted(RATES)), st.integers(1, 3000), st.integers(0, 3000),
+    calls = st.tuples(st.integers(0, people - 1), st.sampled_from(models), st.integers(1, 3000), st.integers(0, 3000),
                       st.sampled_from(["allow"] * 8 + ["refused", "blocked"]))
     gaps = st.integers(0, draw(st.sampled_from([10, 200, 2000, 20000])))  # in 6 s steps: seconds to a day apart
-    items = draw(st.lists(st.tuples(gaps, calls), min_size=1, max_size=60))
+    items = draw(st.lists(st.tuples(gaps, calls), min_size=least, max_size=most))
     before = draw(st.lists(st.tuples(st.integers(1, 900_000), calls), max_size=15))
     pre = sorted((past(-n, since_ms - back * STEP_MS, *c) for n, (back, c) in enumerate(before)),
                  key=lambda p: p.ts_ms)
@@ -273,6 +276,61 @@ def test_the_replay_decides_every_call_as_the_brute_force_reference(
         assert row["would_redirect"] == t["redirect"], row
 
 
+def _judgement(d: Decision | None) -> tuple[object, ...] | None:
+    """A decision as the backtest reads it: everything but the reasons' wording."""
+    if d is None:
+        return None
+    return (d.action, d.model, d.requested_model, d.redirect.rule.id if d.redirect is not None else None,
+            tuple((v.rule.id, v.level) for v in d.violations), d.caps, tuple(v.rule.id for v in d.waived))
+
+
+def _soft(rule: dict[str, Any]) -> dict[str, Any]:
+    """The rule warning instead of refusing (a call over it still counts, so further caps can be gone over)."""
+    return {**{k: v for k, v in rule.items() if k != "action"}, "severity": "SOFT_CAP"} \
+        if rule.get("action", {}).get("type") == "hard_stop" else rule
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.one_of(histories(), histories(people=1, models=("claude-3-5-haiku",), least=40, most=120)), st.booleans())
+def test_the_shortcut_judges_every_call_as_decide_with_the_counters_numbers(
+        case: tuple[list[Past], list[Past], int, int, list[dict[str, Any]], list[dict[str, Any]]], soft: bool) -> None:
+    """A call under every cap takes its shape's verdict, one over caps the verdict for the same caps gone over:
+    the same judgement, call by call, as decide() given every call's numbers. (Few people and models, and caps that
+    only warn, make calls of one shape go over different caps in turn.)"""
+    pre, window, since_ms, billing_day, proposed_raw, _ = case
+    proposed = CompiledPolicy(parse_rules([_soft(r) for r in proposed_raw] if soft else proposed_raw))
+    fast = Simulation(proposed, setting(billing_day), since_ms, loader(pre))
+    full = Simulation(proposed, setting(billing_day), since_ms, loader(pre), shortcut=False)
+    for p in window:
+        a, b = fast.judge(p), full.judge(p)
+        assert (a.charge, a.known, a.unevaluable, a.saved_nusd) == (b.charge, b.known, b.unevaluable, b.saved_nusd)
+        if a.verdict is None or b.verdict is None:
+            assert a.verdict is b.verdict is None
+            continue
+        assert (a.outcome, a.verdict.would, a.verdict.rule_id) == (b.outcome, b.verdict.would, b.verdict.rule_id), p
+        assert _judgement(a.verdict.decision) == _judgement(b.verdict.decision), p
+        assert _judgement(a.verdict.shadowed) == _judgement(b.verdict.shadowed), p
+
+
+def test_a_shape_going_over_one_cap_then_two_is_judged_on_each_set_of_caps() -> None:
+    """The same call ($0.0048), again and again: over the team's soft cap from the 3rd call, over the person's as well
+    from the 6th; the shortcut's verdicts name the caps decide() names for each."""
+    rules = [{"id": "team-soft", "scope": "team", "severity": "SOFT_CAP", "condition": {"type": "budget",
+                                                                                         "threshold": 0.01}},
+             {"id": "me-warn", "scope": "individual", "severity": "WARN",
+              "condition": {"type": "budget", "threshold": 0.025}}]
+    policy = CompiledPolicy(parse_rules(rules))
+    calls = [past(n, 1_780_000_000_000 + n * STEP_MS, 3, "claude-3-5-haiku", 1000, 1000, "allow") for n in range(7)]
+    fast = Simulation(policy, setting(1), calls[0].ts_ms, loader([]))
+    full = Simulation(policy, setting(1), calls[0].ts_ms, loader([]), shortcut=False)
+    got = [fast.judge(p).verdict for p in calls]
+    want = [full.judge(p).verdict for p in calls]
+    assert [_judgement(v.decision) for v in got if v] == [_judgement(v.decision) for v in want if v]
+    named = [sorted(x.rule.id for x in v.decision.violations) for v in got if v is not None and v.decision]
+    assert named == [[], [], ["team-soft"], ["team-soft"], ["team-soft"], ["me-warn", "team-soft"],
+                     ["me-warn", "team-soft"]]
+
+
 def test_a_redirect_is_repriced_at_the_substitute_and_its_saving_reported() -> None:
     rules = [r for r in rule_pool({"org": 1, "team": 1, "person": 1, "tokens": 1}) if r["id"] == "web-to-mini"]
     policy = CompiledPolicy(parse_rules(rules))
@@ -330,6 +388,25 @@ def test_calls_stream_back_in_time_order_across_pages_and_ties(store: Store) -> 
     assert [p.ts_ms for p in stream_calls(store, 0, 100_000, page=3)] == sorted(times)
 
 
+def test_a_page_read_ahead_is_handed_over_in_order_with_the_readers_error_and_stops_when_closed(store: Store) -> None:
+    def pages() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise StoreError("the store went away")
+
+    got = []
+    with pytest.raises(StoreError, match="went away"):
+        for n in read_ahead(pages(), 1):
+            got.append(n)
+    assert got == [1, 2]
+    store.insert_events([_event(n, 1_000 + n, "ann", "web") for n in range(10)])
+    calls = stream_calls(store, 0, 100_000, page=2, ahead=1)
+    assert [next(calls).ts_ms for _ in range(3)] == [1_000, 1_001, 1_002]
+    calls.close()  # stops the reading thread and waits for it
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+    assert [p.ts_ms for p in stream_calls(store, 0, 100_000, page=3, ahead=0)] == [1_000 + n for n in range(10)]
+
+
 def test_settled_usage_before_the_window_counts_a_team_and_the_teams_under_it(store: Store) -> None:
     store.insert_events([_event(1, 1_000, "ann", "web"), _event(2, 1_500, "cy", "ml", cost=7),
                          _event(3, 1_700, "di", "sales"), _event(4, 1_800, "ann", "web", "block"),
@@ -348,7 +425,8 @@ def test_the_backtest_counter_holds_what_the_ledgers_counter_holds(
         window_text: str, billing_day: int, calls: list[tuple[int, str, int, int]]) -> None:
     """Calls in time order: the forward-only counter and the embedded ledger's Counter agree at every call."""
     window = parse_count_window(window_text, MONTHLY)
-    ours, ledgers = Running(window, billing_day, TZ), LedgerCounter(window, billing_day, TZ)
+    reads = [(index_of(m), p) for m in ("spend", "tokens", "input_tokens") for p in (None, frozenset({"openai"}))]
+    ours, ledgers = Running(window, billing_day, TZ, reads), LedgerCounter(window, billing_day, TZ)
     ts = 1_770_000_000_000
     for gap, provider, spend, tokens in calls:
         ts += gap // 100

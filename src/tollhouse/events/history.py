@@ -4,7 +4,10 @@ window that the simulated budget counters start from. SQLite and PostgreSQL, thr
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from tollhouse.events.store import Store
 from tollhouse.ledger.local import HistoryRow
@@ -16,20 +19,78 @@ _COLUMNS = ", ".join(Past._fields)
 # millisecond already read left out.
 _PAGE_SQL = (f"SELECT {_COLUMNS} FROM events WHERE ts_ms >= ? AND ts_ms < ? AND NOT (ts_ms = ? AND seq <= ?) "
              "ORDER BY ts_ms, seq LIMIT ?")
+_TS, _SEQ = Past._fields.index("ts_ms"), Past._fields.index("seq")
 _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
 
 
-def stream_calls(store: Store, since_ms: int, until_ms: int, page: int = PAGE) -> Iterator[Past]:
-    """Every call stored with since_ms <= ts_ms < until_ms, oldest first (ties in the order stored)."""
-    last_ts, last_seq = since_ms, -1
+def stream_calls(store: Store, since_ms: int, until_ms: int, page: int = PAGE, ahead: int | None = None
+                 ) -> Iterator[Past]:
+    """Every call stored with since_ms <= ts_ms < until_ms, oldest first (ties in the order stored). `ahead`: pages
+    read by a thread while the caller works on the one before (0: read in the caller's thread; None: one page on
+    PostgreSQL, whose reads mostly wait for the server, none on SQLite, whose reads hold the interpreter and only
+    compete with the caller for it)."""
+    if ahead is None:
+        ahead = 1 if store.db.dialect == "postgresql" else 0
     make = Past._make
+    pages = _pages(store, since_ms, until_ms, page)
+    for rows in (read_ahead(pages, ahead) if ahead else pages):
+        yield from map(make, rows)
+
+
+def _pages(store: Store, since_ms: int, until_ms: int, page: int) -> Iterator[list[tuple[Any, ...]]]:
+    last_ts, last_seq = since_ms, -1
     while True:
         rows = store.db.tuples(_PAGE_SQL, (last_ts, until_ms, last_ts, last_seq, page))
-        yield from map(make, rows)
+        if rows:
+            yield rows
         if len(rows) < page:
             return
-        last = make(rows[-1])
-        last_ts, last_seq = int(last.ts_ms), int(last.seq)
+        last = rows[-1]
+        last_ts, last_seq = int(last[_TS]), int(last[_SEQ])
+
+
+_Item = TypeVar("_Item")
+_END = object()
+
+
+def read_ahead(items: Iterator[_Item], depth: int) -> Iterator[_Item]:
+    """`items`, made by a thread up to `depth` ahead of the caller (the store's waits and reads overlap the
+    caller's work; memory holds at most depth + 2 items). An exception the thread meets is raised here, in order.
+    Closing the iterator early stops the thread (after the item it is making) and waits for it."""
+    box: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def run() -> None:
+        last: object = _END
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                box.put(item)
+        except BaseException as exc:  # handed to the caller, who raises it
+            last = _Failed(exc)
+        box.put(last)  # always the thread's last word: the caller reads up to it
+
+    thread = threading.Thread(target=run, name="read-ahead", daemon=True)
+    thread.start()
+    got: object = None
+    try:
+        while True:
+            got = box.get()
+            if got is _END:
+                return
+            if isinstance(got, _Failed):
+                raise got.exc
+            yield got  # type: ignore[misc]
+    finally:
+        stop.set()
+        while not (got is _END or isinstance(got, _Failed)):  # closed early: take what it still puts
+            got = box.get()
+        thread.join()
+
+
+class _Failed(NamedTuple):
+    exc: BaseException
 
 
 def settled_between(store: Store, scope: str, ids: Sequence[str], since_ms: int, until_ms: int, bucket_ms: int

@@ -42,6 +42,7 @@ from tollhouse.model_limits import worst_output_tokens
 from tollhouse.policy.decide import CountersDown, Gate, Outcome, Problem, Verdict, decide
 from tollhouse.policy.dlp import Inspection
 from tollhouse.policy.engine import CallFacts, CompiledPolicy
+from tollhouse.policy.shadow import reserve_caps, shadow_usage_of, with_shadow_usage
 from tollhouse.providers.base import Endpoint, RequestFacts
 from tollhouse.providers.classify import passthrough_allows
 from tollhouse.providers.family import Family
@@ -256,8 +257,8 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     decision = verdict.decision
     if decision is not None and decision.violations:
         enforce.count_violations(state, verdict, subject, facts.model)
-    if decision is None or not decision.caps or verdict.outcome is Outcome.block \
-            or where.endpoint_class not in _JUDGED:
+    caps, ceilings = reserve_caps(verdict, policy)  # shadow rules' caps too: counted, never refusing
+    if decision is None or not caps or verdict.outcome is Outcome.block or where.endpoint_class not in _JUDGED:
         # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
         return verdict, None, None
     charge, priced = _worst_case(state, route, got, verdict)
@@ -266,8 +267,8 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
         verdict = decide(gate, policy, call, subject, now, exemptions)
         if verdict.blocked:
             return verdict, None, None
+        caps, ceilings = reserve_caps(verdict, policy)
     try:
-        caps, ceilings = verdict.caps, verdict.ceilings
         reserved = state.ledger.try_reserve(caps, charge, ts_ms, ceilings)
         if reserved is None:  # a counter to load from the store first, or a Redis round trip
             reserved = await state.ledger.reserve(caps, charge, ts_ms, ceilings)
@@ -278,7 +279,10 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
         return verdict, None, None
     if state.outage.ongoing:
         state.outage.succeeded(ts_ms)
-    verdict = decide(gate, policy, call, subject, now, exemptions, reserved.usage, judged=verdict)
+    usage, shadow_usage = shadow_usage_of(verdict, reserved.usage)
+    verdict = decide(gate, policy, call, subject, now, exemptions, usage, judged=verdict)
+    if shadow_usage:
+        verdict = with_shadow_usage(verdict, shadow_usage)
     if verdict.outcome is Outcome.block:
         _release(state, reserved)
         return verdict, None, charge

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -30,10 +30,10 @@ from tollhouse.directory import Directory, Subject
 from tollhouse.ledger.local import HistoryRow
 from tollhouse.ledger.types import CapUsage, Charge
 from tollhouse.ledger.windows import bucket_ms, window_bounds_ms
-from tollhouse.policy.backtest_counter import TOKENS, Running, index_of
+from tollhouse.policy.backtest_counter import NOTHING, Program, Read, Running, index_of
 from tollhouse.policy.decide import Gate, Verdict, decide
-from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
-from tollhouse.policy.rules import Kind
+from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy, counter_scope
+from tollhouse.policy.rules import MONTHLY, Kind
 from tollhouse.policy.shadow import shadow_caps, shadow_ids, with_shadow_usage
 from tollhouse.pricing import PriceBook
 from tollhouse.providers.usage import Usage
@@ -100,35 +100,76 @@ class Judged(NamedTuple):
 
 
 _NOTHING = Charge("", 0, 0, 0, 0)
+_new = tuple.__new__  # a NamedTuple made from all its fields without its Python-level __new__ (the hot path's)
 _QUARTER_HOUR_MS = 900_000
-# What a call's shape decides before counting: its facts, the verdict, the content rules that cannot be judged,
-# the shadow rules' caps, the model it goes to, who makes it.
-_First = tuple[CallFacts, Verdict, tuple[str, ...], tuple[Cap, ...], str | None, Subject]
-# A call shape's caps resolved once to their counters: each cap with its counter, and every counter the call
-# counts in (each once): the caps' first, then the shadow caps'.
-_Reads = tuple[tuple[Cap, Running, int], ...]  # (cap, its counter, its metric's place in a usage vector)
-_Plan = tuple[_Reads, _Reads, tuple[Running, ...]]
+_MINUTE_MS = 60_000
+# One cap read for a call shape: the cap, its counter's slots (read in place), the cap's slot, the place of what the
+# call adds to it in `amounts` (NOTHING: its provider is not counted), and whether it is a shadow rule's cap.
+_Check = tuple[Cap, list[int], int, int, bool]
+
+
+class _Plan(NamedTuple):
+    """A call shape's caps resolved once to their counters."""
+
+    checks: tuple[_Check, ...]  # the caps in force, then the shadow rules' caps
+    limits: tuple[tuple[list[int], int, int, int], ...]  # per check: (slots, slot, place, limit), for the fast test
+    rolling: tuple[Running, ...]  # the rolling counters read (advanced before reading)
+    adds: tuple[tuple[list[int], int, int], ...]  # (slots, slot, place): every slot a call adds to, each once
+    buckets: tuple[tuple[Running, Program], ...]  # the rolling counters a call adds to, with what it adds
+
+
+class _Shape:
+    """What a call's shape decides before counting (see CompiledPolicy.evaluate: the rules' judgement depends on
+    nothing else): its facts, the verdict, the content rules that cannot be judged, the shadow rules' caps, the
+    model it goes to, who makes it; and, made on first use, its caps' plan."""
+
+    __slots__ = ("applied", "blocked", "call", "capped", "extra", "over", "plan", "redirect", "subject", "unevaluable",
+                 "upstream", "verdict")
+
+    def __init__(self, call: CallFacts, verdict: Verdict, unevaluable: tuple[str, ...], extra: tuple[Cap, ...],
+                 upstream: str | None, subject: Subject, judged: bool) -> None:
+        self.call, self.verdict, self.unevaluable, self.extra = call, verdict, unevaluable, extra
+        self.upstream, self.subject = upstream, subject
+        d = verdict.decision
+        self.applied, self.blocked = verdict.applied, verdict.blocked
+        self.redirect = d is not None and d.redirect is not None and not verdict.blocked
+        self.capped = judged and not verdict.blocked and bool(verdict.caps or extra)  # the call is counted
+        self.plan: _Plan | None = None
+        self.over: dict[tuple[int, ...], Verdict] = {}  # the verdict with these caps (by place in the plan) gone over
 
 
 class Simulation:
-    """One policy, enforcing, over past calls given in time order, with its own budget counters."""
+    """One policy, enforcing, over past calls given in time order, with its own budget counters.
 
-    def __init__(self, policy: CompiledPolicy, setting: Setting, since_ms: int, history: HistoryLoader) -> None:
+    `shortcut` (the default): a call that is under every cap that counts it, by the sums the counters keep, is
+    given the verdict decide() gave its shape before counting, without calling decide() again with the ledger's
+    numbers: with no cap gone over, decide() returns that same judgement. A call over some caps is given the
+    verdict decide() gave, on its numbers, to the first call of its shape over the same caps: decide() judges on
+    which caps are gone over, the numbers only word the violations' reasons. (What differs, the verdict's `usage`
+    and those reasons, the backtest does not read; tests/test_backtest.py checks both ways give the same judgement
+    call by call on generated histories.) False: every counted call goes through decide() with its numbers."""
+
+    def __init__(self, policy: CompiledPolicy, setting: Setting, since_ms: int, history: HistoryLoader,
+                 shortcut: bool = True) -> None:
         self.policy = policy
         self.setting = setting
         self.since_ms = since_ms
         self._history = history
+        self._shortcut = shortcut
         self._counters: dict[tuple[str, str, str], Running] = {}
+        self._monthly: list[Running] = []
+        self._month_end = 0  # the end of the billing month the monthly counters are at
+        self._reads = _reads_by_counter(policy)
         self._shadow = shadow_ids(policy)
         self._content = any(r.enabled and r.kind is Kind.content for r in policy.rules)
         # Time rules: a call's verdict depends on which of their windows it falls in (not on the minute itself,
         # but for the time shown in a violation's reason, which the backtest does not report).
         self._windows = tuple(r.window for r in policy.rules if r.enabled and r.kind is Kind.time and r.window)
+        self._minute = -1  # the minute `_inside` is for (-1: none; a zone off whole minutes is never cached)
+        self._inside: tuple[bool, ...] = ()
         self._gate = Gate(True, (), True, setting.unpriced, setting.counters_fail_open)
         self._subjects: dict[tuple[object, ...], Subject] = {}
-        # The verdict before counting, per call shape (it depends on nothing else: see CompiledPolicy.evaluate).
-        self._first: dict[tuple[object, ...], _First] = {}
-        self._plans: dict[tuple[object, ...], _Plan] = {}  # per call shape, for its priced verdict's caps
+        self._shapes: dict[tuple[object, ...], _Shape] = {}
 
     def subject(self, p: Past) -> Subject:
         key = (p.subject, p.subject_kind, p.team, p.project, p.cost_centre)
@@ -140,80 +181,181 @@ class Simulation:
                 self._subjects[key] = found
         return found
 
-    def judge(self, p: Past, now: datetime | None = None) -> Judged:
-        """The verdict on one past call (`now`: its time as a datetime, when the caller has it already)."""
+    def outcome(self, p: Past) -> tuple[str, int]:
+        """What the policy does with one past call (`Judged.outcome`) and, when it refuses it, the cost the refusal
+        prevents: what comparing with another policy needs, without making a verdict when the call is not counted
+        (its shape's verdict is the verdict)."""
         if p.decision == "block" and p.rule_id is None:
-            return Judged(None, _NOTHING, True, ())
-        policy = self.policy
-        judged_class = p.endpoint_class in JUDGED
-        model = p.requested_model if judged_class else None
-        now = now or datetime.fromtimestamp(p.ts_ms / 1000, UTC)
-        gate = self._gate
-        windows = self._windows
-        # the call's shape: who (subject, kind, team, project, cost centre), where, which time windows it is in
-        shape = (p[2:7], p.provider, model, p.endpoint_class,
-                 tuple([w.contains(now) for w in windows]) if windows else ())
-        first = self._first.get(shape)
-        if first is None:
-            subject = self.subject(p)
-            call = CallFacts(p.provider, self.setting.hosts.get(p.provider, ""), model)
-            unevaluable: tuple[str, ...] = ()
-            if self._content and model is not None and p.endpoint_class == "metered":
-                unevaluable = tuple(r.id for r in policy.content_rules(subject))
-            verdict = decide(gate, policy, call, subject, now)
-            first = (call, verdict, unevaluable, shadow_caps(verdict, self._shadow),
-                     verdict.decision.model if verdict.decision is not None else model, subject)
-            if len(self._first) >= 20_000:
-                self._first.clear()
-                self._plans.clear()
-            self._first[shape] = first
-        call, verdict, unevaluable, extra, upstream, subject = first
-        charge, priced, known = self._charge(p, upstream)
-        if verdict.blocked:
-            return Judged(verdict, charge, known, unevaluable)
-        caps = verdict.caps
-        if not judged_class or not (caps or extra):
-            return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
-        ts_ms = p.ts_ms
-        vec = charge.vector()
-        if priced:
-            plan = self._plans.get(shape)
-            if plan is None:
-                plan = self._plans[shape] = self._plan(caps, extra, ts_ms)
-            reads, shadow_reads, counters = plan
-            usage = _usage(reads, vec, charge.provider, ts_ms)
-        else:
-            verdict = decide(gate._replace(priced=False), policy, call, subject, now)
-            if verdict.blocked:
-                return Judged(verdict, charge, known, unevaluable)
-            gate = gate._replace(priced=False)
-            reads, shadow_reads, counters = self._plan(verdict.caps, extra, ts_ms)
-            usage = _usage(reads, vec, charge.provider, ts_ms)
-        verdict = decide(gate, policy, call, subject, now, usage=usage or None, judged=verdict)
-        if shadow_reads:
-            verdict = with_shadow_usage(verdict, _usage(shadow_reads, vec, charge.provider, ts_ms))
-        # counted, as the gateway settles a call that went (a refused one counts nothing)
-        if not verdict.blocked and any(vec):
-            provider = charge.provider
-            for counter in counters:
-                counter.add(ts_ms, provider, vec)
-        return Judged(verdict, charge, known, unevaluable, self._saved(p, verdict, charge))
+            return "block", 0
+        key: tuple[object, ...] = p[2:11]
+        if self._windows:
+            ts_ms = p.ts_ms
+            key = (key, self._inside if ts_ms // _MINUTE_MS == self._minute else self._inside_at(ts_ms))
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(p, key)
+        if shape.capped:
+            judged = self.judge(p)
+            outcome = judged.outcome
+            return outcome, judged.charge.spend_nusd if outcome == "block" else 0
+        if shape.blocked:
+            return "block", self._charge(p, shape.upstream)[0].spend_nusd
+        return shape.applied, 0
 
-    def _plan(self, caps: Sequence[Cap], extra: Sequence[Cap], ts_ms: int) -> _Plan:
+    def judge(self, p: Past) -> Judged:
+        """The verdict on one past call."""
+        (_, ts_ms, _, _, _, _, _, provider, endpoint_class, model, requested_model, status, inp, outp, _, _, cost,
+         decision, rule_id) = p
+        if decision == "block" and rule_id is None:
+            return Judged(None, _NOTHING, True, ())
+        # the call's shape: who (subject, kind, team, project, cost centre), where, the model answered and asked
+        # for, which time windows it is in
+        key: tuple[object, ...] = p[2:11]
+        if self._windows:
+            key = (key, self._inside if ts_ms // _MINUTE_MS == self._minute else self._inside_at(ts_ms))
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shape(p, key)
+        verdict = shape.verdict
+        # what the call uses going where the verdict sends it (_charge, inlined for a call that went as it was sent)
+        upstream = shape.upstream
+        if decision != "block" and (upstream is None or endpoint_class != "metered"
+                                    or upstream == (model if decision == "redirect" else requested_model)):
+            priced = cost is not None or upstream is None or self._priced(provider, upstream)
+            spend, requests = cost or 0, 1 if status < 400 else 0
+            charge = _new(Charge, (provider, spend, inp, outp, requests, True))
+            known = True
+        else:
+            charge, priced, known = self._charge(p, upstream)
+            spend, inp, outp, requests = charge.spend_nusd, charge.input_tokens, charge.output_tokens, charge.requests
+        if not shape.capped:
+            return _new(Judged, (verdict, charge, known, shape.unevaluable,
+                                 self._saved(p, verdict, charge) if shape.redirect else 0))
+        if ts_ms >= self._month_end:
+            self._new_month(ts_ms)
+        use = (spend, inp, outp, requests, inp + outp, 0)  # by place: see backtest_counter.amounts
+        if priced:
+            plan = shape.plan
+            if plan is None:
+                plan = shape.plan = self._plan(verdict.caps, shape.extra, provider, ts_ms)
+            if not self._shortcut:
+                _advance(plan.rolling, ts_ms)
+                verdict = self._judge_counted(verdict, plan, use, shape, ts_ms, self._gate)
+            else:
+                # Under every cap, decide() with the numbers would give the judgement it gave before them. Rolling
+                # counters are read before letting go of what has left their windows (see Running.expiry): sums at
+                # least the true ones, so a call under every cap by them is under by the true sums too; else they
+                # let go and are read again.
+                for slots, j, k, limit in plan.limits:
+                    if slots[j] + use[k] > limit:
+                        under = bool(plan.rolling) and _advance(plan.rolling, ts_ms) and _under(plan.limits, use)
+                        break
+                else:
+                    under = True
+                if under:
+                    if use[0] or use[4] or use[3]:  # counted (_count, inlined)
+                        for slots, j, k in plan.adds:
+                            slots[j] += use[k]
+                        for counter, program in plan.buckets:
+                            counter.bucket_add(ts_ms, program, use)
+                    return _new(Judged, (verdict, charge, known, shape.unevaluable,
+                                         self._saved(p, verdict, charge) if shape.redirect else 0))
+                # over some caps: decide() judges on which caps the call goes over (their numbers only word the
+                # reasons), so its verdict for this shape and these caps is reused
+                over = tuple([i for i, (slots, j, k, limit) in enumerate(plan.limits) if slots[j] + use[k] > limit])
+                found = shape.over.get(over)
+                if found is None:
+                    found = self._judge_counted(verdict, plan, use, shape, ts_ms, self._gate)
+                    if len(shape.over) < 64:
+                        shape.over[over] = found
+                verdict = found
+        else:
+            gate = self._gate._replace(priced=False)
+            verdict = decide(gate, self.policy, shape.call, shape.subject, _at(ts_ms))
+            if verdict.blocked:
+                return Judged(verdict, charge, known, shape.unevaluable)
+            plan = self._plan(verdict.caps, shape.extra, provider, ts_ms)
+            _advance(plan.rolling, ts_ms)
+            verdict = self._judge_counted(verdict, plan, use, shape, ts_ms, gate)
+        # counted, as the gateway settles a call that went (a refused one counts nothing)
+        if not verdict.blocked:
+            _count(plan, ts_ms, use)
+        return Judged(verdict, charge, known, shape.unevaluable, self._saved(p, verdict, charge))
+
+    def _judge_counted(self, verdict: Verdict, plan: _Plan, use: tuple[int, ...], shape: _Shape, ts_ms: int,
+                       gate: Gate) -> Verdict:
+        """decide() on the counters' numbers (what the ledger would tell it), the shadow caps' overruns added."""
+        usage = [CapUsage(cap, slots[j], use[k], cap.units, 0) for cap, slots, j, k, shadow in plan.checks
+                 if not shadow]
+        verdict = decide(gate, self.policy, shape.call, shape.subject, _at(ts_ms), usage=usage or None,
+                         judged=verdict)
+        shadow_usage = [CapUsage(cap, slots[j], use[k], cap.units, 0) for cap, slots, j, k, shadow in plan.checks
+                        if shadow]
+        return with_shadow_usage(verdict, shadow_usage) if shadow_usage else verdict
+
+    def _shape(self, p: Past, key: tuple[object, ...]) -> _Shape:
+        """A new call shape judged before counting (cached)."""
+        policy = self.policy
+        judged = p.endpoint_class in JUDGED
+        model = p.requested_model if judged else None
+        subject = self.subject(p)
+        call = CallFacts(p.provider, self.setting.hosts.get(p.provider, ""), model)
+        unevaluable: tuple[str, ...] = ()
+        if self._content and model is not None and p.endpoint_class == "metered":
+            unevaluable = tuple(r.id for r in policy.content_rules(subject))
+        verdict = decide(self._gate, policy, call, subject, _at(p.ts_ms))
+        shape = _Shape(call, verdict, unevaluable, shadow_caps(verdict, self._shadow),
+                       verdict.decision.model if verdict.decision is not None else model, subject, judged)
+        if len(self._shapes) >= 20_000:
+            self._shapes.clear()
+        self._shapes[key] = shape
+        return shape
+
+    def _inside_at(self, ts_ms: int) -> tuple[bool, ...]:
+        """Which of the time rules' windows `ts_ms` is in (the same for a whole minute: windows are in minutes of
+        the day, and a zone whose offset is whole minutes keeps a minute whole)."""
+        minute = ts_ms // _MINUTE_MS
+        if minute == self._minute:
+            return self._inside
+        now = _at(ts_ms)
+        inside = tuple([w.contains(now) for w in self._windows])
+        whole = all((now.astimezone(w.tz).utcoffset() or timedelta(0)).total_seconds() % 60 == 0
+                    for w in self._windows)
+        self._minute, self._inside = (minute if whole else -1), inside
+        return inside
+
+    def _new_month(self, ts_ms: int) -> None:
+        s = self.setting
+        _, self._month_end = window_bounds_ms(MONTHLY, ts_ms, s.billing_day, s.tz)
+        for counter in self._monthly:
+            counter.advance(ts_ms)
+
+    def _plan(self, caps: Sequence[Cap], extra: Sequence[Cap], provider: str, ts_ms: int) -> _Plan:
         """Each cap with its counter (a counter used for the first time is loaded now, at `ts_ms`), and the
         counters a call counted in adds to, each once."""
-        reads = tuple((cap, self._counter(cap, ts_ms), index_of(cap.metric)) for cap in caps)
-        shadow_reads = tuple((cap, self._counter(cap, ts_ms), index_of(cap.metric)) for cap in extra)
+        checks: list[_Check] = []
+        for cap, shadow in (*((c, False) for c in caps), *((c, True) for c in extra)):
+            counter = self._counter(cap, ts_ms)
+            index = index_of(cap.metric)
+            counted = cap.providers is None or provider in cap.providers
+            checks.append((cap, counter.slots, counter.slot((index, cap.providers)), index if counted else NOTHING,
+                           shadow))
         counters: list[Running] = []
-        for _, counter, _ in (*reads, *shadow_reads):
+        for cap, *_ in checks:
+            counter = self._counters[cap.key]
             if counter not in counters:
                 counters.append(counter)
-        return reads, shadow_reads, tuple(counters)
+        return _Plan(tuple(checks), tuple((slots, j, k, cap.units) for cap, slots, j, k, _ in checks),
+                     tuple(c for c in counters if not c.monthly),
+                     tuple((c.slots, j, k) for c in counters for j, k in c.program(provider)),
+                     tuple((c, c.program(provider)) for c in counters if not c.monthly))
 
     def _counter(self, cap: Cap, ts_ms: int) -> Running:
         counter = self._counters.get(cap.key)
         if counter is None:
             counter = self._counters[cap.key] = self._load(cap, ts_ms)
+            if counter.monthly:
+                self._monthly.append(counter)
         return counter
 
     def _saved(self, p: Past, verdict: Verdict, charge: Charge) -> int:
@@ -246,7 +388,7 @@ class Simulation:
     def _load(self, cap: Cap, ts_ms: int) -> Running:
         """A counter used for the first time starts from what was stored before the window, as the gateway's do."""
         s = self.setting
-        counter = Running(cap.window, s.billing_day, s.tz)
+        counter = Running(cap.window, s.billing_day, s.tz, self._reads.get((cap.counter[0], cap.window.label), ()))
         counter.advance(ts_ms)
         start, _ = window_bounds_ms(cap.window, ts_ms, s.billing_day, s.tz)
         if start < self.since_ms:
@@ -260,15 +402,43 @@ class Simulation:
         return counter
 
 
-def _usage(reads: _Reads, vec: tuple[int, int, int, int], provider: str, ts_ms: int) -> list[CapUsage]:
-    """What the ledger would tell decide() for each cap: used before this call, this call's need, the limit.
-    (Calls are replayed one at a time: no other call holds a reservation.)"""
-    usage: list[CapUsage] = []
-    for cap, counter, index in reads:
-        providers = cap.providers
-        if providers is not None and provider not in providers:
-            need = 0
-        else:
-            need = vec[index] if index != TOKENS else vec[1] + vec[2]
-        usage.append(CapUsage(cap, counter.used_at(index, providers, ts_ms), need, cap.units, 0))
-    return usage
+def _advance(rolling: Sequence[Running], ts_ms: int) -> bool:
+    """Rolling counters let go of what has left their windows by `ts_ms`; whether any had something to let go."""
+    moved = False
+    for counter in rolling:
+        if ts_ms >= counter.expiry:
+            counter.advance(ts_ms)
+            moved = True
+    return moved
+
+
+def _under(limits: Sequence[tuple[list[int], int, int, int]], use: tuple[int, ...]) -> bool:
+    """The call (`use`: its usage by place) is under every cap of `limits`: (slots, slot, place, limit)."""
+    return all(slots[j] + use[k] <= limit for slots, j, k, limit in limits)
+
+
+def _count(plan: _Plan, ts_ms: int, use: tuple[int, ...]) -> None:
+    """A call that went counted in every counter of its caps (`use`: its usage by place)."""
+    if not (use[0] or use[4] or use[3]):
+        return
+    for slots, j, k in plan.adds:
+        slots[j] += use[k]
+    for counter, program in plan.buckets:
+        counter.bucket_add(ts_ms, program, use)
+
+
+def _at(ts_ms: int) -> datetime:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC)
+
+
+def _reads_by_counter(policy: CompiledPolicy) -> dict[tuple[str, str], tuple[Read, ...]]:
+    """Per kind of counter and counting window (scope, window label), every read the policy's caps on such a counter
+    make (shadow rules' included): what a counter keeps."""
+    out: dict[tuple[str, str], list[Read]] = {}
+    for rule in policy.rules:
+        if rule.enabled and rule.kind in (Kind.spend, Kind.tokens):
+            read = (index_of("spend" if rule.kind is Kind.spend else rule.metric), rule.providers)
+            found = out.setdefault((counter_scope(rule), rule.count_window.label), [])
+            if read not in found:
+                found.append(read)
+    return {key: tuple(reads) for key, reads in out.items()}

@@ -392,16 +392,22 @@ def _check(rule: Rule, call: CallFacts, model: str | None, subject: Subject, now
     return ""
 
 
+def counter_scope(rule: Rule) -> str:
+    """The kind of counter a cap rule counts in: subject, org, team or project."""
+    if rule.scope in (ScopeKind.individual, ScopeKind.service) or rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT":
+        return "subject"  # a MONTHLY_SPEND_CAP_PER_SUBJECT at any scope: each subject their own
+    return "org" if rule.scope is ScopeKind.org else "team" if rule.scope is ScopeKind.team else "project"
+
+
 def _cap(rule: Rule, level: Level, subject: Subject) -> Cap:
     """Whose usage a cap counts: a named target's, or (untargeted) each subject's / team's / project's own."""
-    scope = rule.scope
-    if scope in (ScopeKind.individual, ScopeKind.service):
-        counter = ("subject", rule.target or subject.id)
-    elif rule.type_name == "MONTHLY_SPEND_CAP_PER_SUBJECT":  # per subject at any scope: each their own
-        counter = ("subject", subject.id)
-    elif scope is ScopeKind.org:
+    scope = counter_scope(rule)
+    if scope == "subject":
+        personal = rule.scope in (ScopeKind.individual, ScopeKind.service)  # else each subject's own
+        counter = ("subject", (rule.target if personal else None) or subject.id)
+    elif scope == "org":
         counter = ("org", "*")
-    elif scope is ScopeKind.team:
+    elif scope == "team":
         counter = ("team", rule.target or subject.team or "")
     else:
         counter = ("project", rule.target or subject.project or "")
