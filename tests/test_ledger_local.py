@@ -13,10 +13,12 @@ from hypothesis import strategies as st
 
 from tollhouse.config import DirectoryConfig
 from tollhouse.directory import Directory
-from tollhouse.ledger.local import Charge, Counter, HistoryRow, LocalLedger
+from tollhouse.events.store import Store
+from tollhouse.ledger.local import MONTH_LOAD_BUCKET_MS, Charge, Counter, HistoryRow, LocalLedger
 from tollhouse.ledger.windows import month_id
 from tollhouse.policy.engine import CallFacts, Cap, CompiledPolicy
 from tollhouse.policy.rules import Window, parse_count_window, parse_rules
+from usage_seed import event
 
 UTC_ZONE = ZoneInfo("UTC")
 MINUTE = parse_count_window("1m", Window(True))
@@ -175,3 +177,31 @@ def test_history_is_loaded_once_even_for_concurrent_first_calls() -> None:
 
     assert asyncio.run(run()) == [250_000_000]
     assert loads == ["alice"]
+
+
+def test_a_monthly_counter_loads_the_month_from_the_store_in_any_zone(store: Store) -> None:
+    """The month's history is read in 15-minute sums: none may fall before the billing month's start, even where
+    the month starts at a quarter past the UTC hour (Kathmandu, +5:45). SQLite and PostgreSQL."""
+    tz = ZoneInfo("Asia/Kathmandu")
+    start = _ms(2026, 12, 1, tz=tz)  # 30 November 18:15 UTC
+    calls = [event("2026-11-30T18:14:59+00:00", cost_nusd=1000),  # the month before
+             event("2026-11-30T18:15:00+00:00", cost_nusd=20),
+             event("2026-11-30T18:29:59+00:00", cost_nusd=300),
+             event("2026-12-04T09:00:00+00:00", cost_nusd=4000),
+             event("2026-12-04T09:00:01+00:00", cost_nusd=7, decision="block")]  # never settled
+    store.insert_events(calls)
+    assert calls[1].ts_ms == start
+    caps = _caps([{"id": "org", "scope": "org", "condition": {"type": "budget", "threshold": 1, "window": "monthly"},
+                   "action": {"type": "hard_stop"}}])
+    asked: list[int] = []
+
+    async def history(scope: str, ident: str, since: int, bucket: int) -> list[HistoryRow]:
+        asked.append(bucket)
+        return store.usage_history(scope, [ident], since, bucket)
+
+    async def run() -> int:
+        ledger = LocalLedger(history, 1, tz, 60)
+        return await ledger.cap_used(caps[0], _ms(2026, 12, 5, tz=tz))
+
+    assert asyncio.run(run()) == 4320
+    assert asked == [MONTH_LOAD_BUCKET_MS]

@@ -68,6 +68,7 @@ def test_the_migration_fills_the_rollups_from_the_stored_events(store_url: str, 
     # as a store of schema 9 was: events, no rollups
     for table in (*TABLES, "forward_hosts"):  # (forward_hosts: migration 11)
         store.db.execute(f"DROP TABLE {table}")
+    store.db.execute("DROP INDEX events_stopped")  # (migration 12)
     store.db.execute("DELETE FROM meta WHERE key = 'usage_day_zone'")
     store.db.execute("UPDATE schema_version SET version = 9")
     store.close()

@@ -1,16 +1,18 @@
 """Blocked and would-be-blocked calls over a range: counts by rule and the most recent ones, read from the
-events (the rollups count them but do not keep the rule)."""
+events (the rollups count them but do not keep the rule) through the partial index events_stopped (schema
+migration 12), which holds only those calls: the month's other events are not read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from tollhouse.events.schema import STOPPED
 from tollhouse.events.store import Store
 from tollhouse.gateway.state import GatewayState
 from tollhouse.gateway.storage import read_store
 
-_WHERE = "ts_ms >= ? AND ts_ms < ? AND (decision = 'block' OR would = 'block')"
+_WHERE = f"ts_ms >= ? AND ts_ms < ? AND {STOPPED}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from tollhouse.console import blocked, budgets
 from tollhouse.console.errors import failed
 from tollhouse.console.pages import ALL_ROLES, Page
 from tollhouse.console.render import render
-from tollhouse.console.usage_data import Series, chart, label, month_range, series, usd
+from tollhouse.console.usage_data import Series, chart, label, month_range, series, top_series, usd
 from tollhouse.gateway.admin import ApiError
 from tollhouse.gateway.console_session import ConsoleUser
 from tollhouse.gateway.http import Request, Response
@@ -60,9 +60,10 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
     last_month = _between(by_team, last.since_ms, this.since_ms)
     last_same = _between(by_team, last.since_ms, last_until)
     mtd_range = Range(this.since_ms, this.until_ms, tz, this.billing_day)
-    by_model = await series(state, ["model"], "day", mtd_range, Filters())
-    by_person = await series(state, ["person"], "day", mtd_range, Filters())
-    by_project = await series(state, ["project"], "day", mtd_range, Filters())
+    # only the totals of these are shown: each key's summed in the store, the days of the top few alone read
+    by_model = await top_series(state, ["model"], "day", mtd_range, Filters(), TOP)
+    by_person = await top_series(state, ["person"], "day", mtd_range, Filters(), TOP)
+    by_project = await top_series(state, ["project"], "day", mtd_range, Filters(), TOP)
     stopped = await blocked.blocked(state, this.since_ms, this.until_ms)
     active = [("org", "*")] + [("team", t.id) for t in state.directory.current.config.teams] + [
         ("project", p) for p in state.directory.current.project_ids()] + [

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from tollhouse.console.pages import MONEY, Page
 from tollhouse.console.render import error_page, render
-from tollhouse.console.usage_data import chart, label, series, usd
+from tollhouse.console.usage_data import chart, label, top_series, usd
 from tollhouse.gateway import usage_api
 from tollhouse.gateway import usage_params as params
 from tollhouse.gateway.admin import ApiError
@@ -22,6 +22,7 @@ from tollhouse.gateway.storage import StorageUnavailable
 FILTERS = ("team", "project", "cost_centre", "person", "provider", "model")
 PARAMS = ("group_by", "interval", "from", "to", *FILTERS)
 MAX_DAYS = {"day": 1100, "hour": 93}
+TOP = 10  # keys drawn in the chart (the rest as one); the table has them all
 
 
 def query_of(request: Request) -> dict[str, str]:
@@ -48,7 +49,7 @@ async def usage(request: Request, state: GatewayState, user: ConsoleUser) -> Res
         rng = params.time_range(query, state, MAX_DAYS[interval])
         found = await params.filters({k: v for k, v in query.items() if k in FILTERS}, state,
                                      state.directory.current)
-        data = await series(state, dims, interval, rng, found)
+        data = await top_series(state, dims, interval, rng, found, TOP)
     except ApiError as exc:
         return render(request, state, user, "usage.html", "Usage", exc.response.status, problem=str(exc),
                       rows=None, **base)
@@ -63,7 +64,7 @@ async def usage(request: Request, state: GatewayState, user: ConsoleUser) -> Res
     return render(request, state, user, "usage.html", "Usage", problem=None, rows=rows, total=total,
                   group=dims[0] if dims else None, interval=interval, since=rng.iso(rng.since_ms),
                   until=rng.iso(rng.until_ms), csv=f"/console/usage.csv?{urlencode(query)}",
-                  chart={**chart(data, top=10, now_ms=int(state.clock() * 1000)), "timezone": rng.tz.key}, **base)
+                  chart={**chart(data, top=TOP, now_ms=int(state.clock() * 1000)), "timezone": rng.tz.key}, **base)
 
 
 async def usage_csv(request: Request, state: GatewayState, user: ConsoleUser) -> Response:

@@ -275,9 +275,9 @@ class Store:
         return {r["provider"]: (int(r["c"]), int(r["i"]), int(r["o"]), int(r["n"])) for r in rows}
 
     def usage_rows(self, period: str, group_by: Sequence[str], since: int, until: int,
-                   filters: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-        """Usage per hour or local day from the rollups (see events/usage.py `rows`)."""
-        return usage.rows(self.db, period, group_by, since, until, filters)
+                   filters: Mapping[str, Sequence[str]], by_period: bool = True) -> list[dict[str, Any]]:
+        """Usage per hour or local day (or summed over them) from the rollups (see events/usage.py `rows`)."""
+        return usage.rows(self.db, period, group_by, since, until, filters, by_period)
 
     def usage_seen(self, column: str, value: str) -> bool:
         """Whether any stored call has `value` in rollup `column` (subject, team, project, ...)."""

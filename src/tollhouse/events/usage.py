@@ -22,10 +22,11 @@ def _table(period: str, columns: set[str]) -> str:
 
 
 def rows(db: Db, period: str, group_by: Sequence[str], since: int, until: int,
-         filters: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+         filters: Mapping[str, Sequence[str]], by_period: bool = True) -> list[dict[str, Any]]:
     """Rows {period_ms, <group_by columns>, <measures>} for the periods in [since, until) (an hour: its start, Unix
     ms; a day: its local date as midnight UTC, see rollup.py), keeping the rows whose column is one of
-    `filters[column]` for each filter. A column's '' is returned as None."""
+    `filters[column]` for each filter. A column's '' is returned as None. Not `by_period`: one row per key, the
+    sum of those periods (no period_ms)."""
     if period not in ("hour", "day"):
         raise ValueError(f"a usage period is hour or day, not {period!r}")
     unknown = (set(group_by) | set(filters)) - COLUMNS
@@ -38,11 +39,16 @@ def rows(db: Db, period: str, group_by: Sequence[str], since: int, until: int,
     for name, values in sorted(filters.items()):
         where.append(f"{name} IN ({', '.join('?' for _ in values)})")
         args.extend(v or "" for v in values)
-    cols = ", ".join([column, *group_by])
+    cols = ", ".join([column, *group_by] if by_period else group_by)
     sums = ", ".join(f"SUM({m}) AS {m}" for m in rollup.MEASURES)
-    found = db.query(f"SELECT {cols}, {sums} FROM {table} WHERE {' AND '.join(where)} GROUP BY {cols}", args)
+    group = f" GROUP BY {cols}" if cols else ""
+    found = db.query(f"SELECT {cols + ', ' if cols else ''}{sums} FROM {table} WHERE {' AND '.join(where)}{group}",
+                     args)
+    if not cols and found and found[0][rollup.MEASURES[0]] is None:
+        return []  # no row in the range: SUM over nothing
     for row in found:
-        row["period_ms"] = row.pop(column)
+        if by_period:
+            row["period_ms"] = row.pop(column)
         for name in group_by:
             if row[name] == "":
                 row[name] = None

@@ -20,10 +20,11 @@ _REPORT_PARAMS = (*_USAGE_PARAMS, "format")
 _MAX_DAYS = {"hour": 93, "day": 1100, "month": 1100, "total": 1100}
 
 
-async def rows(state: GatewayState, source: str, columns: list[str], rng: params.Range, filters: params.Filters
-               ) -> list[dict[str, Any]]:
+async def rows(state: GatewayState, source: str, columns: list[str], rng: params.Range, filters: params.Filters,
+               by_period: bool = True) -> list[dict[str, Any]]:
     """The rollup rows of a view (`source`: hour or day), after the events recorded so far are written (never
-    hanging). Hours: those starting in the range, and the one `from` falls in; days: the local dates it touches."""
+    hanging). Hours: those starting in the range, and the one `from` falls in; days: the local dates it touches.
+    Not `by_period`: a row per key, summed over those hours or days."""
     if source == "hour":
         since, until = rng.since_ms // HOUR_MS * HOUR_MS, rng.until_ms
     else:
@@ -31,7 +32,7 @@ async def rows(state: GatewayState, source: str, columns: list[str], rng: params
     try:
         found: list[dict[str, Any]]
         found, _ = await read_store(state.writer, state.runner.run,
-                                    lambda s: s.usage_rows(source, columns, since, until, filters.columns))
+                                    lambda s: s.usage_rows(source, columns, since, until, filters.columns, by_period))
     except StorageUnavailable as exc:
         raise ApiError(503, f"usage cannot be read right now: {exc}. Retry shortly.", "event_store_unavailable"
                        ) from None

@@ -28,6 +28,11 @@ log = logging.getLogger("tollhouse.ledger")
 
 _METRIC_INDEX = {"spend": 0, "input_tokens": 1, "output_tokens": 2, "requests": 3}
 
+# A monthly counter keeps one sum per billing month, so its history is read in 15-minute sums (every UTC offset in
+# use is a multiple of 15 minutes, so none straddles a month's start): a busy org's month is a few thousand rows to
+# add, not one per second.
+MONTH_LOAD_BUCKET_MS = 15 * 60_000
+
 
 CounterId = tuple[str, str, str]  # (scope kind, id, window label)
 
@@ -246,10 +251,11 @@ class LocalLedger:
             try:
                 start, _ = window_bounds_ms(cap.window, now_ms, self._billing_day, self._tz)
                 self._reload.discard(cid)
-                rows = await self._loader(cap.counter[0], cap.counter[1], start, counter.bucket_ms or 1000)
+                step = counter.bucket_ms or MONTH_LOAD_BUCKET_MS
+                rows = await self._loader(cap.counter[0], cap.counter[1], start, step)
                 while cid in self._reload:  # usage was stored during the read: it may or may not be in `rows`
                     self._reload.discard(cid)
-                    rows = await self._loader(cap.counter[0], cap.counter[1], start, counter.bucket_ms or 1000)
+                    rows = await self._loader(cap.counter[0], cap.counter[1], start, step)
                 for ts, provider, spend, inp, outp, reqs in rows:
                     counter.add_settled(ts, provider, (spend, inp, outp, reqs))
                 counter.loaded = True
