@@ -52,12 +52,14 @@ EVENT_FILTER_COLUMNS = frozenset({"subject", "team", "project", "cost_centre", "
 _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
 _INSERT_EVENT = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
                  "ON CONFLICT (id) DO NOTHING RETURNING id")
-# SQLite: a whole batch in one statement over a JSON array of rows. The sqlite3 module lets go of the GIL
-# around every step, so row-by-row inserts hand the GIL back and forth with the serving thread once per
-# event; this hands it over once per batch. (JSON keeps every value's type: text, integer, real, null.)
+# SQLite: a batch goes in as multi-row inserts (Db.insert_values: the GIL handed over once per statement, not per
+# row, as executemany would). A batch some of whose ids are stored already is inserted again in one statement over
+# a JSON array of rows, saying which ids it stored. (JSON keeps every value's type: text, integer, real, null.)
 _INSERT_EVENTS_JSON = (f"INSERT INTO events ({', '.join(COLUMNS)}) "
                        f"SELECT {', '.join(f'value ->> {i}' for i in range(len(COLUMNS)))} FROM json_each(?) "
                        "WHERE true ON CONFLICT (id) DO NOTHING RETURNING id")
+_INSERT_EVENTS_HEAD = f"INSERT INTO events ({', '.join(COLUMNS)})"
+_ON_NEW_EVENT = "ON CONFLICT (id) DO NOTHING"
 _INSERT_CAPTURE = ("INSERT INTO event_content (event_id, prompt, response) VALUES (?, ?, ?) "
                    "ON CONFLICT (event_id) DO NOTHING")
 # An event row with its captured content (NULL when nothing was captured).
@@ -210,16 +212,30 @@ class Store:
         budget counters."""
         with self.db.transaction():
             if not events:
-                inserted: list[dict[str, Any]] = []
+                fresh: Sequence[CallEvent] = events
             elif self.db.dialect == "sqlite":
-                inserted = self.db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
+                fresh = self._insert_sqlite(events)
             else:
-                inserted = self.db.executemany_returning(_INSERT_EVENT, events)
-            fresh = _inserted(events, {r["id"] for r in inserted})
+                fresh = _inserted(events, {r["id"] for r in self.db.executemany_returning(_INSERT_EVENT, events)})
             rollup.add(self.db, fresh, self.day_zone)
             if captures:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
             return fresh
+
+    def _insert_sqlite(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
+        """SQLite, in the caller's transaction: the batch's rows bound in multi-row inserts; when they all went in
+        (the usual case: new calls), that is the answer. Otherwise (an id stored before: a replayed or resent
+        batch) the insert is undone and made again reporting the ids it stores (RETURNING costs a returned row
+        per event, and the GIL handed over with each)."""
+        db = self.db
+        db.execute("SAVEPOINT new_events")
+        if db.insert_values(_INSERT_EVENTS_HEAD, events, _ON_NEW_EVENT) == len(events):
+            db.execute("RELEASE new_events")
+            return events
+        db.execute("ROLLBACK TO new_events")
+        db.execute("RELEASE new_events")
+        inserted = db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
+        return _inserted(events, {r["id"] for r in inserted})
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         """One event by id, with its captured `prompt` and `response` (None when not captured)."""
