@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -137,7 +138,7 @@ class SqliteDb(Db):
         with self._errors():
             while i < n:
                 size = min(most, 1 << ((n - i).bit_length() - 1))
-                args = [v for row in rows[i:i + size] for v in row]
+                args = list(chain.from_iterable(rows[i:i + size]))
                 changed += self._db.execute(_values_sql(head, width, size, tail), args).rowcount
                 i += size
         return changed
