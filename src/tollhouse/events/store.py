@@ -53,11 +53,7 @@ _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  #
 _INSERT_EVENT = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
                  "ON CONFLICT (id) DO NOTHING RETURNING id")
 # SQLite: a batch goes in as multi-row inserts (Db.insert_values: the GIL handed over once per statement, not per
-# row, as executemany would). A batch some of whose ids are stored already is inserted again in one statement over
-# a JSON array of rows, saying which ids it stored. (JSON keeps every value's type: text, integer, real, null.)
-_INSERT_EVENTS_JSON = (f"INSERT INTO events ({', '.join(COLUMNS)}) "
-                       f"SELECT {', '.join(f'value ->> {i}' for i in range(len(COLUMNS)))} FROM json_each(?) "
-                       "WHERE true ON CONFLICT (id) DO NOTHING RETURNING id")
+# row, as executemany would)
 _INSERT_EVENTS_HEAD = f"INSERT INTO events ({', '.join(COLUMNS)})"
 _ON_NEW_EVENT = "ON CONFLICT (id) DO NOTHING"
 _INSERT_CAPTURE = ("INSERT INTO event_content (event_id, prompt, response) VALUES (?, ?, ?) "
@@ -223,19 +219,15 @@ class Store:
             return fresh
 
     def _insert_sqlite(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
-        """SQLite, in the caller's transaction: the batch's rows bound in multi-row inserts; when they all went in
-        (the usual case: new calls), that is the answer. Otherwise (an id stored before: a replayed or resent
-        batch) the insert is undone and made again reporting the ids it stores (RETURNING costs a returned row
-        per event, and the GIL handed over with each)."""
+        """SQLite, in the caller's transaction (which holds the database's write lock): the batch's rows bound in
+        multi-row inserts. When they all went in (the usual case: new calls), that is the answer; otherwise (an
+        id stored before: a replayed or resent batch) the new events are the rows numbered after the last one
+        stored before. (No RETURNING row per event, and no savepoint, whose undo copies go to a temporary file.)"""
         db = self.db
-        db.execute("SAVEPOINT new_events")
+        last = db.tuples("SELECT MAX(seq) FROM events")[0][0] or 0
         if db.insert_values(_INSERT_EVENTS_HEAD, events, _ON_NEW_EVENT) == len(events):
-            db.execute("RELEASE new_events")
             return events
-        db.execute("ROLLBACK TO new_events")
-        db.execute("RELEASE new_events")
-        inserted = db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
-        return _inserted(events, {r["id"] for r in inserted})
+        return _inserted(events, {row[0] for row in db.tuples("SELECT id FROM events WHERE seq > ?", (last,))})
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         """One event by id, with its captured `prompt` and `response` (None when not captured)."""
