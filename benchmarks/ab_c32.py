@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shutil
 import statistics
 import sys
@@ -36,6 +37,15 @@ from bench_gateway import (
     write_wrk_script,
 )
 from suite import process_tree, start_upstream
+
+
+def thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process's main thread (the gateway's event loop), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -66,14 +76,17 @@ def main() -> int:
                 run_wrk(wrk, targets[name], script, 2)
             total = {"new": 0, "base": 0}
             cpu = {"new": 0.0, "base": 0.0}
+            loop_cpu = {"new": 0.0, "base": 0.0}  # the gateway's main thread (the event loop) alone
             ratios = []
             for i in range(args.pairs):
                 order = ("new", "base") if i % 2 == 0 else ("base", "new")
                 rps = {}
                 for name in order:
                     before = sum(cpu_seconds(p) for p in pids[name])
+                    loop_before = thread_cpu_seconds(pids[name][0])
                     result = run_wrk(wrk, targets[name], script, args.seconds)
                     cpu[name] += sum(cpu_seconds(p) for p in pids[name]) - before
+                    loop_cpu[name] += thread_cpu_seconds(pids[name][0]) - loop_before
                     n = int(result.get("requests") or 0)
                     total[name] += n
                     rps[name] = n / args.seconds
@@ -83,7 +96,10 @@ def main() -> int:
             print(f"summed requests ratio {total['new'] / total['base']:.3f}; median pair ratio "
                   f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); CPU ms per request "
                   f"new {cpu['new'] * 1000 / total['new']:.4f}, base {cpu['base'] * 1000 / total['base']:.4f} "
-                  f"(ratio {(cpu['new'] / total['new']) / (cpu['base'] / total['base']):.3f})")
+                  f"(ratio {(cpu['new'] / total['new']) / (cpu['base'] / total['base']):.3f}); of which the event loop "
+                  f"thread new {loop_cpu['new'] * 1000 / total['new']:.4f}, "
+                  f"base {loop_cpu['base'] * 1000 / total['base']:.4f} "
+                  f"(ratio {(loop_cpu['new'] / total['new']) / (loop_cpu['base'] / total['base']):.3f})")
         finally:
             for service in services:
                 stop_service(service)

@@ -54,7 +54,7 @@ def test_events_round_trip_identically(store: Store) -> None:
 
 
 def test_every_column_keeps_its_value_and_type_through_a_batch_insert(store: Store) -> None:
-    """SQLite takes a batch as one JSON array (one statement): text, integers, reals, nulls and flags must
+    """SQLite takes a batch as multi-row inserts of bound values: text, integers, reals, nulls and flags must
     come back exactly as a row-by-row insert would store them."""
     events = [e._replace(model="modèle-日本 \"quoted\"", cost_nusd=2**53 + n, latency_ms=n + 0.1, error=None,
                          client_disconnected=n % 2 == 1)

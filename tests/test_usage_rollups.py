@@ -47,6 +47,17 @@ def test_each_event_is_counted_once_however_often_it_is_written(store: Store) ->
                                                                              ("gpt-4o-mini", 1, 7)]
 
 
+def test_a_large_batch_with_old_ids_past_its_first_statements_is_counted_once(store: Store) -> None:
+    """SQLite inserts a batch in several multi-row statements (at most 256 rows each): old ids that only a later
+    statement meets still leave exactly the new events stored and counted, and the rows in every rollup."""
+    batch = [event(f"2026-12-01T{n % 24:02d}:{n % 60:02d}:00Z", subject=f"p{n}", cost_nusd=n) for n in range(700)]
+    assert store.insert_events(batch[:600:2]) == 300  # every other event of the first 600
+    assert [e.id for e in store.insert_new_events(batch)] == [e.id for e in batch[1:600:2] + batch[600:]]
+    _all_match(store)
+    assert _from_rollup(store, "usage_hourly") == {"calls": 700, "i": 70_000, "o": 35_000, "c": sum(range(700))}
+    assert len(store.db.query("SELECT 1 FROM usage_hourly")) == 700  # one row per person and hour
+
+
 def test_rollup_keeps_who_and_what(store: Store) -> None:
     store.insert_events([event("2026-12-01T10:00:00Z", team=None, project=None, cost_centre=None, status=429),
                          event("2026-12-01T10:10:00Z", decision="block", cost_nusd=0),

@@ -52,12 +52,10 @@ EVENT_FILTER_COLUMNS = frozenset({"subject", "team", "project", "cost_centre", "
 _SCOPE_COLUMNS = {"subject": "subject", "team": "team", "project": "project"}  # org: every event
 _INSERT_EVENT = (f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)}) "
                  "ON CONFLICT (id) DO NOTHING RETURNING id")
-# SQLite: a whole batch in one statement over a JSON array of rows. The sqlite3 module lets go of the GIL
-# around every step, so row-by-row inserts hand the GIL back and forth with the serving thread once per
-# event; this hands it over once per batch. (JSON keeps every value's type: text, integer, real, null.)
-_INSERT_EVENTS_JSON = (f"INSERT INTO events ({', '.join(COLUMNS)}) "
-                       f"SELECT {', '.join(f'value ->> {i}' for i in range(len(COLUMNS)))} FROM json_each(?) "
-                       "WHERE true ON CONFLICT (id) DO NOTHING RETURNING id")
+# SQLite: a batch goes in as multi-row inserts (Db.insert_values: the GIL handed over once per statement, not per
+# row, as executemany would)
+_INSERT_EVENTS_HEAD = f"INSERT INTO events ({', '.join(COLUMNS)})"
+_ON_NEW_EVENT = "ON CONFLICT (id) DO NOTHING"
 _INSERT_CAPTURE = ("INSERT INTO event_content (event_id, prompt, response) VALUES (?, ?, ?) "
                    "ON CONFLICT (event_id) DO NOTHING")
 # An event row with its captured content (NULL when nothing was captured).
@@ -145,6 +143,12 @@ class Store:
         self.db = db
         try:
             self._migrate()
+            if db.dialect == "sqlite":
+                # Temporary storage in memory once migrated (a migration's backfill may sort every event: on disk):
+                # the multi-row inserts of an event batch keep each statement's undo copies of the pages the
+                # batch's earlier statements dirtied (a few MB at most) out of a temporary file, which doubled the
+                # store thread's writes per event.
+                db.execute("PRAGMA temp_store = MEMORY")
             # the zone the usage day rollups are in (UTC until `use_day_zone` names the organisation's)
             row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
             self.day_zone = ZoneInfo(row["value"] if row else "UTC")
@@ -210,16 +214,26 @@ class Store:
         budget counters."""
         with self.db.transaction():
             if not events:
-                inserted: list[dict[str, Any]] = []
+                fresh: Sequence[CallEvent] = events
             elif self.db.dialect == "sqlite":
-                inserted = self.db.query(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
+                fresh = self._insert_sqlite(events)
             else:
-                inserted = self.db.executemany_returning(_INSERT_EVENT, events)
-            fresh = _inserted(events, {r["id"] for r in inserted})
+                fresh = _inserted(events, {r["id"] for r in self.db.executemany_returning(_INSERT_EVENT, events)})
             rollup.add(self.db, fresh, self.day_zone)
             if captures:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
             return fresh
+
+    def _insert_sqlite(self, events: Sequence[CallEvent]) -> Sequence[CallEvent]:
+        """SQLite, in the caller's transaction (which holds the database's write lock): the batch's rows bound in
+        multi-row inserts. When they all went in (the usual case: new calls), that is the answer; otherwise (an
+        id stored before: a replayed or resent batch) the new events are the rows numbered after the last one
+        stored before. (No RETURNING row per event, and no savepoint, whose undo copies go to a temporary file.)"""
+        db = self.db
+        last = db.tuples("SELECT MAX(seq) FROM events")[0][0] or 0
+        if db.insert_values(_INSERT_EVENTS_HEAD, events, _ON_NEW_EVENT) == len(events):
+            return events
+        return _inserted(events, {row[0] for row in db.tuples("SELECT id FROM events WHERE seq > ?", (last,))})
 
     def event(self, event_id: str) -> dict[str, Any] | None:
         """One event by id, with its captured `prompt` and `response` (None when not captured)."""
