@@ -31,11 +31,10 @@ from tollhouse.gateway import enforce, storage, tool_answers
 from tollhouse.gateway.capture import capturing
 from tollhouse.gateway.content import inspect_request, redact_answer
 from tollhouse.gateway.errors import error_response
-from tollhouse.gateway.exemption_use import exemption_ids
 from tollhouse.gateway.forward import Outbound, Progress, client_gone, forward
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, Streamed
 from tollhouse.gateway.identify import PROJECT_HEADER, USER_HEADER, Identity, identify
-from tollhouse.gateway.record import Finished, record
+from tollhouse.gateway.record import Columns, Finished, columns, record
 from tollhouse.gateway.state import GatewayState, ProviderRoute
 from tollhouse.ledger.types import Charge, LeaseUnavailable, ReserveResult
 from tollhouse.model_limits import worst_output_tokens
@@ -53,6 +52,7 @@ log = logging.getLogger("tollhouse.proxy")
 _NO_FACTS = RequestFacts(model=None, stream=False, max_output_tokens=None)
 _JUDGED = frozenset({"metered", "governed"})  # classes whose model is judged and whose worst case is reserved
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_ALLOWED: Columns = ("allow", None, None, None)  # the event columns of a call no rule judged
 
 
 class Classified(NamedTuple):
@@ -165,6 +165,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
     prompt: str | None = None
     capture = False
     inspection: Inspection | None = None  # what content inspection found (None: no content rule applies)
+    cols: Columns | None = None  # the verdict's event columns, once it is final
     try:
         # A path that cannot be forwarded first, then who is calling, then what the body says.
         problems: tuple[Problem, ...] = ()
@@ -205,11 +206,11 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
                        started, ident.redactor, tool_answers.notice(request, state, ident.subject, verdict))
         # The intent, journaled at the worst case before the provider can spend: a kill -9 from here on still
         # leaves the call counted (the final event replaces it).
+        decision, rule_id, would, exempted = cols = columns(verdict) if verdict is not None else _ALLOWED
         event_id = storage.begin_call(
             state.writer, ts_ms, ident.subject, route.id, where.endpoint_name, where.forward_path,
-            where.endpoint_class, seen.model, got.facts.model, got.facts.stream,
-            verdict.applied if verdict is not None else "allow", verdict.rule_id if verdict is not None else None,
-            verdict.would if verdict is not None else None, worst, exemption_ids(verdict))
+            where.endpoint_class, seen.model, got.facts.model, got.facts.stream, decision, rule_id, would, worst,
+            exempted)
         answer = await forward(request, state, out, body, got.facts.stream, seen)
         if inspection is not None and seen.response_text:  # captured, and content rules apply: redact it too
             seen.response_text = await redact_answer(state, policy, seen.response_text, ident.subject)
@@ -226,7 +227,7 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         record(state, Finished(route, where.endpoint_name, where.endpoint_class, where.forward_path, ident.subject,
                                got.facts.model, got.facts.stream, verdict, reservation, seen, len(got.body),
                                started, ts_ms, prompt, capture,
-                               None if worst is None else _charged_at_worst(where, got, worst), event_id))
+                               None if worst is None else _charged_at_worst(where, got, worst), event_id, cols))
 
 
 async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified, ident: Identity, got: Read,

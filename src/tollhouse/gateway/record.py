@@ -19,6 +19,15 @@ _COSTED = frozenset({UsageSource.response, UsageSource.partial, UsageSource.esti
 _SOURCE = {s: s.value for s in UsageSource}  # a dict read: an enum's .value is a descriptor call (hot path)
 
 
+Columns = tuple[str, str | None, str | None, str | None]
+
+
+def columns(verdict: Verdict) -> Columns:
+    """The verdict as the event's decision, rule_id, would and exemption_id columns (each a property call:
+    worked out once per call)."""
+    return verdict.applied, verdict.rule_id, verdict.would, exemption_ids(verdict)
+
+
 class Finished(NamedTuple):
     """Everything the record stage needs about one call, once it is over."""
 
@@ -39,6 +48,9 @@ class Finished(NamedTuple):
     capture: bool
     worst: Charge | None  # settle at this reserved worst case: the answer does not tell the usage
     event_id: str | None  # the id its journaled intent carries (None: refused before it was forwarded)
+    # The verdict's columns (applied, rule_id, would, exemption ids) when the request path has them already
+    # (worked out once, for the journaled intent); None: worked out here from `verdict`.
+    columns: Columns | None = None
 
 
 def record(state: GatewayState, call: Finished) -> None:
@@ -46,7 +58,7 @@ def record(state: GatewayState, call: Finished) -> None:
     every call is recorded, whatever happened to it."""
     # One unpacking, not a named field read each (each is a descriptor call on the hot path)
     (route, endpoint, endpoint_class, path, subject, requested_model, stream, verdict, reservation, seen,
-     request_bytes, started, ts_ms, prompt, captured, worst, event_id) = call
+     request_bytes, started, ts_ms, prompt, captured, worst, event_id, cols) = call
     elapsed = time.perf_counter() - started
     usage = seen.usage
     if usage is not None and seen.usage_source is UsageSource.estimate and usage.input_tokens == 0:
@@ -68,12 +80,11 @@ def record(state: GatewayState, call: Finished) -> None:
             m.unpriced.labels(route.id, m.model_label(model)).inc()
     decision, rule_id, would, error, exempted = "allow", None, None, seen.error, None
     if verdict is not None:
-        decision, rule_id, would = verdict.applied, verdict.rule_id, verdict.would
+        decision, rule_id, would, exempted = cols if cols is not None else columns(verdict)
         if decision == "block" and verdict.refusal is not None:
             error = verdict.refusal.message
         if verdict.counters_down is not None:
             error = f"budget counters unavailable: {verdict.counters_down}" + (f"; {error}" if error else "")
-        exempted = exemption_ids(verdict)
     # Positional, in column order (a tuple: built once per call, on the hot path).
     event = CallEvent(
         event_id or state.writer.new_id(ts_ms), ts_ms, subject.id, subject.kind, subject.team,
