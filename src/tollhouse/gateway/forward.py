@@ -83,6 +83,7 @@ class Outbound:
 
 
 _NOT_FORWARDED = _HOP_BY_HOP | {"accept-encoding"}  # (accept-encoding: we ask for identity, below)
+_RESPONSE = UsageSource.response  # (a module global: an enum member read is a class attribute lookup)
 
 
 def upstream_headers(request: Request, route: ProviderRoute, upstream_key: str | None) -> list[tuple[str, str]]:
@@ -158,7 +159,7 @@ def meter_response(out: Outbound, seen: Progress, data: bytes) -> None:
         seen.response_text = response_text(route.family, endpoint, obj)
     usage, model = route.protocol.usage(endpoint, obj)
     if usage is not None:
-        seen.usage, seen.usage_source = usage, UsageSource.response
+        seen.usage, seen.usage_source = usage, _RESPONSE
     if model:
         seen.model = model
 

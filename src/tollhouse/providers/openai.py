@@ -30,6 +30,7 @@ _CHOICE_KEYS: dict[Endpoint, tuple[str, ...]] = {
 _NO_STREAM = frozenset({Endpoint.embeddings, Endpoint.batches, Endpoint.fine_tuning})
 # Requests that name no model of their own (a batch's models are in its input file).
 _NO_MODEL = frozenset({Endpoint.batches, Endpoint.containers, Endpoint.evals})
+_IMAGES, _RESPONSES = Endpoint.images, Endpoint.responses  # module globals: cheaper than enum member reads
 
 
 class OpenAIProtocol:
@@ -38,7 +39,7 @@ class OpenAIProtocol:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             model = _azure_deployment(path)
-        if endpoint is Endpoint.images and model is None and "generations" in path:
+        if endpoint is _IMAGES and model is None and "generations" in path:
             model = "dall-e-2"  # what the API uses when none is named
         max_out = lenient.first_count(body, *_MAX_OUTPUT_KEYS.get(endpoint, ()))
         stream = body.get("stream") is True and endpoint not in _NO_STREAM
@@ -48,7 +49,7 @@ class OpenAIProtocol:
             stream,
             max_out,  # max_output_tokens
             lenient.choices(body, *_CHOICE_KEYS.get(endpoint, ())),  # choices
-            endpoint is Endpoint.responses and lenient.flag(body.get("background")),  # background
+            endpoint is _RESPONSES and lenient.flag(body.get("background")),  # background
             size if isinstance(size, str) and endpoint in (Endpoint.images, Endpoint.videos) else None,  # size
         )
 
@@ -101,15 +102,14 @@ def _azure_deployment(path: str) -> str | None:
 def _usage(raw: Any, endpoint: Endpoint) -> Usage | None:
     if not isinstance(raw, dict):
         return None
-    if endpoint is Endpoint.responses:
+    if endpoint is _RESPONSES:
         details = raw.get("input_tokens_details")
         cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
         return Usage(input_tokens=as_int(raw.get("input_tokens")), output_tokens=as_int(raw.get("output_tokens")),
                      cache_read_tokens=cached)
     details = raw.get("prompt_tokens_details")
     cached = as_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return Usage(input_tokens=as_int(raw.get("prompt_tokens")), output_tokens=as_int(raw.get("completion_tokens")),
-                 cache_read_tokens=cached)
+    return Usage(as_int(raw.get("prompt_tokens")), as_int(raw.get("completion_tokens")), cached)  # positional: cheaper
 
 
 class OpenAIStreamMeter:
