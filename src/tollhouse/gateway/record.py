@@ -75,6 +75,8 @@ def record(state: GatewayState, call: Finished) -> None:
             _RESERVED
     if usage is None:
         usage = Usage()
+    input_tokens, output_tokens, cache_read_tokens, cache_write_tokens = usage  # (one unpacking: hot path)
+    status = seen.status if seen.status else 499
     m = state.metrics
     metered = endpoint_class == "metered"
     if metered and model and seen.usage_source in _COSTED:
@@ -92,8 +94,8 @@ def record(state: GatewayState, call: Finished) -> None:
     event = CallEvent(
         event_id or state.writer.new_id(ts_ms), ts_ms, subject.id, subject.kind, subject.team,
         subject.project, subject.cost_centre, route.id, endpoint, path, metered, model,
-        requested_model, stream, seen.status if seen.status else 499, usage.input_tokens,
-        usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens, cost, _SOURCE[seen.usage_source],
+        requested_model, stream, status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost,
+        _SOURCE[seen.usage_source],
         decision, rule_id, would, round(elapsed * 1000, 3),
         round(seen.ttfb * 1000, 3) if seen.ttfb is not None else None, seen.client_disconnected, error,
         endpoint_class, exempted)
@@ -110,10 +112,10 @@ def record(state: GatewayState, call: Finished) -> None:
     # The event is durable (journaled) before the answer leaves; counting it is not on the answer's path:
     # the loop runs this right after the handler returns, in order, before it handles anything that
     # arrives later (such as this client's next call).
-    actual = None if reservation is None else Charge(route.id, cost or 0, usage.input_tokens,
-                                                          usage.output_tokens, 1 if event.status < 400 else 0)
-    state.loop.call_soon(_settle, state, reservation, actual, route.id, model, decision, event.status,
-                         usage.input_tokens, usage.output_tokens, cost or 0, elapsed)
+    actual = None if reservation is None else Charge(route.id, cost or 0, input_tokens, output_tokens,
+                                                          1 if status < 400 else 0)
+    state.loop.call_soon(_settle, state, reservation, actual, route.id, model, decision, status, input_tokens,
+                         output_tokens, cost or 0, elapsed)
 
 
 def _audit_block(state: GatewayState, event: CallEvent, verdict: Verdict) -> None:

@@ -172,9 +172,9 @@ class Verdict(NamedTuple):
     def budget_remaining_nusd(self) -> int | None:
         """The tightest spend cap's room after this call's worst case (None: no spend cap)."""
         left: int | None = None
-        for u in self.usage:
-            if u.cap.metric == "spend":
-                room = u.limit - u.used - u.need
+        for cap, used, need, limit, _ in self.usage:  # (unpacked: a field read each is a descriptor call)
+            if cap.metric == "spend":
+                room = limit - used - need
                 left = room if left is None else min(left, room)
         return None if left is None else max(left, 0)
 
@@ -233,12 +233,13 @@ def _rules(decision: Decision | None, enforced: bool, exemptions: Mapping[str, s
     if usage:
         over: list[Violation] | None = None
         for u in usage:
+            cap, used, need, limit, _ = u  # one unpacking, not a descriptor call per field read (hot path)
             # The call goes over the cap. A call with no price (let through by `pricing.unpriced: allow`) counts
             # as nothing, so it also goes over a spend cap that is already spent: its real cost is unknown, not 0.
-            if u.used + u.need > u.limit or (not priced and u.cap.metric == "spend" and u.used >= u.limit):
+            if used + need > limit or (not priced and cap.metric == "spend" and used >= limit):
                 if over is None:
                     over = []
-                over.append(Violation(u.cap.rule, u.cap.level, cap_reason(u)))
+                over.append(Violation(cap.rule, cap.level, cap_reason(u)))
         if over is not None:
             decision = with_violations(decision, over)
             if shadowed is not None:
