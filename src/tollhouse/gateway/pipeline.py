@@ -242,17 +242,18 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
     the verdict, the reservation and the worst case it holds. (Called when there are rules or problems.)"""
     subject = ident.subject
     route = where.route
+    facts = got.facts
+    model = facts.model
     enforced = enforce.enforced(state, subject)
     settings = state.settings
     gate = Gate(enforced, problems, True, settings.pricing.unpriced, settings.counters.fail_open)
-    call = CallFacts(route.id, route.host, got.facts.model) if inspection is None else \
-        CallFacts(route.id, route.host, got.facts.model, inspection.rule_ids, inspection.unchecked)
+    call = CallFacts(route.id, route.host, model) if inspection is None else \
+        CallFacts(route.id, route.host, model, inspection.rule_ids, inspection.unchecked)
     now = datetime.fromtimestamp(now_s, UTC)
     overrides = state.overrides.current  # an override covers the model and provider it was approved for
-    exemptions = overrides.for_call(subject.id, route.id, got.facts.model, ts_ms)
+    exemptions = overrides.for_call(subject.id, route.id, model, ts_ms)
     verdict = decide(gate, policy, call, subject, now, exemptions)
-    facts = got.facts
-    if facts.batch_models and not facts.model and not verdict.blocked:
+    if facts.batch_models and not model and not verdict.blocked:
         for name in facts.batch_models:
             # A batch is judged on every model its requests name: one the rules refuse refuses the batch.
             judged = decide(gate, policy, call._replace(model=name), subject, now,
@@ -262,7 +263,7 @@ async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified,
                 break
     decision = verdict.decision
     if decision is not None and decision.violations:
-        enforce.count_violations(state, verdict, subject, facts.model)
+        enforce.count_violations(state, verdict, subject, model)
     caps, ceilings = reserve_caps(verdict, policy)  # shadow rules' caps too: counted, never refusing
     if decision is None or not caps or verdict.outcome is _BLOCK or where.endpoint_class not in _JUDGED:
         # Free calls (and unknown ones let through) spend nothing: no worst case to price or reserve.
