@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 
 from tollhouse.config import DirectoryConfig
-from tollhouse.console.diffs import diff_view
+from tollhouse.console.diffs import diff_view, two_versions
 from tollhouse.console.forms import form_post, fragment, see_other
 from tollhouse.console.pages import ADMIN, ALL_ROLES, Page
-from tollhouse.console.render import error_page, render
+from tollhouse.console.render import render
 from tollhouse.gateway.console_session import ConsoleUser
 from tollhouse.gateway.directory_holder import KIND, DirectoryError
 from tollhouse.gateway.http import Request, Response
@@ -104,24 +104,16 @@ async def publish(request: Request, state: GatewayState, user: ConsoleUser, form
     return see_other(f"{PATH}?published={doc.version}")
 
 
-def _version(raw: str | None) -> int | None:
-    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
-
-
 async def diff_page(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
     """What changed from directory version `from` to `to` (0: empty; `to` defaults to the one in force)."""
-    query = request.query
-    a, b = _version(query.get("from")), _version(query.get("to") or str(state.directory.current.version))
-    if a is None or b is None:
-        return error_page(request, state, user, 400, "Give two version numbers: /console/directory/diff?from=N&to=M "
-                          "(from 0 = the empty directory).")
-    docs = [await state.docs.get(KIND, v) if v else None for v in (a, b)]
-    for v, doc in zip((a, b), docs, strict=True):
-        if v and doc is None:
-            return error_page(request, state, user, 404, f"There is no directory version {v}.")
+    found = await two_versions(request, state, user, KIND, "directory", state.directory.current.version)
+    if isinstance(found, Response):
+        return found
+    a, b, docs = found
     bodies = [d.body if d else {} for d in docs]
-    return render(request, state, user, "directory_diff.html", f"Directory: version {a} → {b}", a=a, b=b,
-                  docs=docs, diff=diff_view(bodies[0], bodies[1], items=False))
+    return render(request, state, user, "version_diff.html", f"Directory: version {a} → {b}", a=a, b=b,
+                  docs=docs, diff=diff_view(bodies[0], bodies[1], items=False), what="directory",
+                  back_href=f"{PATH}#history", back_label="Back to the directory", rollback=False)
 
 
 PAGES = (

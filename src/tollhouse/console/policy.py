@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from tollhouse.backtest import MAX_DAYS
-from tollhouse.console.diffs import diff_view
+from tollhouse.console.diffs import diff_view, two_versions, version_number
 from tollhouse.console.forms import form_post, fragment, see_other
 from tollhouse.console.pages import ALL_ROLES, POLICY, Page
 from tollhouse.console.policy_text import Checked, as_text, check
@@ -144,28 +144,20 @@ async def publish(request: Request, state: GatewayState, user: ConsoleUser, form
     return see_other(f"{PATH}?published={doc.version}#history")
 
 
-def _version(raw: str | None) -> int | None:
-    return int(raw) if raw is not None and raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
-
-
 async def diff_page(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
     """What changed from version `from` to `to` (0: the empty policy; `to` defaults to the current one)."""
-    query = request.query
-    a, b = _version(query.get("from")), _version(query.get("to") or str(state.policy.current.version))
-    if a is None or b is None:
-        return error_page(request, state, user, 400, "Give two version numbers: /console/policy/diff?from=N&to=M "
-                          "(from 0 = the empty policy).")
-    docs = [await _doc(state, v) for v in (a, b)]
-    for v, doc in zip((a, b), docs, strict=True):
-        if v and doc is None:
-            return error_page(request, state, user, 404, f"There is no policy version {v}.")
+    found = await two_versions(request, state, user, KIND, "policy", state.policy.current.version)
+    if isinstance(found, Response):
+        return found
+    a, b, docs = found
     bodies = [list(d.body.get("rules", [])) if d else [] for d in docs]
-    return render(request, state, user, "policy_diff.html", f"Policy: version {a} → {b}", a=a, b=b,
-                  docs=docs, diff=_diff(bodies[0], bodies[1]), can_edit=_can_edit(user))
+    return render(request, state, user, "version_diff.html", f"Policy: version {a} → {b}", a=a, b=b,
+                  docs=docs, diff=_diff(bodies[0], bodies[1]), what="policy", back_href=f"{PATH}#history",
+                  back_label="Back to the history", rollback=_can_edit(user))
 
 
 async def rollback_confirm(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
-    version = _version(request.params["version"])
+    version = version_number(request.params["version"])
     doc = await _doc(state, version) if version else None
     if doc is None or version is None:
         return error_page(request, state, user, 404, f"There is no policy version {request.params['version']}.")
@@ -176,7 +168,7 @@ async def rollback_confirm(request: Request, state: GatewayState, user: ConsoleU
 
 async def rollback(request: Request, state: GatewayState, user: ConsoleUser, form: dict[str, str]) -> Response:
     """Make an earlier version current again, as a new version (history is never rewritten)."""
-    version = _version(form.get("version"))
+    version = version_number(form.get("version"))
     doc = await _doc(state, version) if version else None
     if doc is None or version is None:
         return error_page(request, state, user, 404, f"There is no policy version {form.get('version', '')!r}.")

@@ -48,9 +48,9 @@ PUBLIC, AGENT, PAGE = Auth.public, Auth.agent, Auth.page
 
 
 def _versioned(base: str, what: str, read: frozenset[str], write: frozenset[str], get: Handler, put: Handler,
-               get_summary: str, put_summary: str, get_doc: Mapping[str, Any], put_doc: Mapping[str, Any]
-               ) -> tuple[Route, ...]:
-    """A versioned document's routes: itself, its history, one version, a diff."""
+               get_summary: str, put_summary: str, get_doc: Mapping[str, Any], put_doc: Mapping[str, Any],
+               diff_note: str = "") -> tuple[Route, ...]:
+    """A versioned document's routes: itself, its history, one version, a diff (`diff_note`: how it compares)."""
     return (
         Route("GET", base, get, roles=read, summary=get_summary, doc=get_doc),
         Route("PUT", base, put, roles=write, summary=put_summary, doc=put_doc),
@@ -58,6 +58,8 @@ def _versioned(base: str, what: str, read: frozenset[str], write: frozenset[str]
               summary=f"History of the {what}, newest first", doc=doc.VERSIONS),
         Route("GET", f"{base}/versions/{{version}}", policy_api.get_version, roles=read,
               summary=f"One version of the {what}", doc=doc.VERSION),
+        Route("GET", f"{base}/diff", policy_api.diff_versions, roles=read, doc=doc.DIFF,
+              summary=f"What changed between two {what} versions{diff_note}"),
     )
 
 
@@ -116,9 +118,8 @@ API: tuple[Route, ...] = (
     *_versioned("/api/v1/policy", "policy", POLICY_READ, POLICY, policy_api.get_policy, policy_api.put_policy,
                 "The current policy: {version, rules, source, actor, ts}",
                 "Replace the rules: the whole policy is validated (400 lists every problem by rule and field; "
-                "nothing changes), then stored as the next version and applied", doc.GET_POLICY, doc.PUT_POLICY),
-    Route("GET", "/api/v1/policy/diff", policy_api.diff_versions, roles=POLICY_READ, doc=doc.DIFF,
-          summary="What changed between two policy versions (rules matched by id)"),
+                "nothing changes), then stored as the next version and applied", doc.GET_POLICY, doc.PUT_POLICY,
+                " (rules matched by id)"),
     Route("POST", "/api/v1/policy/rollback", policy_api.rollback_policy, roles=POLICY, doc=doc.POST_POLICY_ROLLBACK,
           summary="Make an earlier version current again, as a new version"),
     Route("POST", "/api/v1/policy/backtest", backtest_api.backtest, roles=POLICY, doc=doc.POST_POLICY_BACKTEST,
@@ -130,15 +131,11 @@ API: tuple[Route, ...] = (
                 "The agent policy (seven settings + release_index), proxy passwords masked",
                 "Replace the agent policy (missing settings take their defaults); 400 names each invalid setting "
                 "with a valid example", doc.GET_AGENT_POLICY, doc.PUT_AGENT_POLICY),
-    Route("GET", "/api/v1/agent-policy/diff", policy_api.diff_versions, roles=POLICY_READ, doc=doc.DIFF,
-          summary="What changed between two agent policy versions"),
     *_versioned("/api/v1/directory", "directory", USAGE, ADMIN, policy_api.get_directory,
                 policy_api.put_directory,
                 "The directory in force: {version, directory: {org, teams, projects, people, services}}",
                 "Replace the directory: validated whole (400 lists each problem), refused if a rule of the current "
                 "policy would lose its target; a new version, audited", doc.GET_DIRECTORY, doc.PUT_DIRECTORY),
-    Route("GET", "/api/v1/directory/diff", policy_api.diff_versions, roles=USAGE, doc=doc.DIFF,
-          summary="What changed between two directory versions"),
     # agents: enrollment tokens (admin); the bundle, telemetry, notices and leases (an enrollment token)
     Route("POST", "/api/v1/agent/tokens", agent_api.create_token, roles=ADMIN, doc=doc.POST_AGENT_TOKENS,
           summary="Issue an enrollment token (shown once) for agents to use as their bearer token"),
