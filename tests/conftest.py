@@ -168,6 +168,15 @@ def gateway_factory(tmp_path: Path) -> Iterator[Any]:
         gw.stop()
 
 
+@pytest.fixture
+def token(control: Gateway) -> str:
+    """An enrollment token issued by the test module's `control` fixture (its control plane) for agents."""
+    status, body, _ = control.request("POST", "/api/v1/agent/tokens", {"label": "laptops"})
+    assert status == 201, body
+    enrollment: str = json.loads(body)["token"]
+    return enrollment
+
+
 def upstreams(url: str, **extra: Any) -> dict[str, Any]:
     return {"openai": {"upstream": url, **extra}, "anthropic": {"upstream": url, **extra},
             "gemini": {"upstream": url, **extra}}

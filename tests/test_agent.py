@@ -99,14 +99,6 @@ def control(gateway_factory: Any, mock: Mock) -> Gateway:
 
 
 @pytest.fixture
-def token(control: Gateway) -> str:
-    status, body, _ = control.request("POST", "/api/v1/agent/tokens", {"label": "laptops"})
-    assert status == 201
-    token: str = json.loads(body)["token"]
-    return token
-
-
-@pytest.fixture
 def agents(tmp_path: Path) -> Iterator[list[Agent]]:
     started: list[Agent] = []
     yield started

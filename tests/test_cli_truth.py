@@ -129,14 +129,6 @@ def control(gateway_factory: Any, mock: Mock) -> Gateway:
 
 
 @pytest.fixture
-def token(control: Gateway) -> str:
-    status, body, _ = control.request("POST", "/api/v1/agent/tokens", {"label": "laptops"})
-    assert status == 201, body
-    enrollment: str = json.loads(body)["token"]
-    return enrollment
-
-
-@pytest.fixture
 def agent_process(control: Gateway, token: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
     data, port = tmp_path / "agent-data", free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tollhouse", "agent", "--control-plane", control.url, "--token",
