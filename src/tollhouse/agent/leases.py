@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from pyreqwest.client import Client
 
+from tollhouse.agent.control_request import control_post
 from tollhouse.gateway.upstream import RequestError, build_client
 from tollhouse.ledger.stored import StoredUsage
 from tollhouse.ledger.types import CapUsage, Ceilings, Charge, LeaseUnavailable, ReserveResult, check_ceilings, need_of
@@ -352,10 +353,8 @@ class LeaseLedger:
         if self._client is None:
             self._client = build_client(30.0, self.proxy)
         self.requests += 1
-        response = await (self._client.post(self.control_plane.rstrip("/") + LEASE_PATH)
-                          .headers({"authorization": f"Bearer {self.token}", "x-tollhouse-agent-id": self.agent_id,
-                                    "content-type": "application/json"})
-                          .body_bytes(orjson.dumps(body)).build().send())
+        response = await control_post(self._client, self.control_plane.rstrip("/") + LEASE_PATH, self.token,
+                                      self.agent_id, orjson.dumps(body)).send()
         status, raw = response.status, bytes(await response.bytes())
         if status != 200:
             raise LeaseProtocolError(f"the control plane answered {status} to {LEASE_PATH}: {_message(raw)}")

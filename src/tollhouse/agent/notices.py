@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from tollhouse.agent.backoff import Backoff
+from tollhouse.agent.control_request import control_post
 from tollhouse.audit.log import AuditLog
 from tollhouse.gateway.upstream import RequestError, build_client
 
@@ -63,9 +64,7 @@ class NoticeSender:
                     await asyncio.sleep(backoff.next())
 
     async def _send(self, notice: dict[str, Any]) -> bool:
-        request = (self._client.post(self._url).header("authorization", f"Bearer {self._token}")
-                   .header("content-type", "application/json").header("x-tollhouse-agent-id", self._agent_id)
-                   .body_bytes(orjson.dumps(notice)).build())
+        request = control_post(self._client, self._url, self._token, self._agent_id, orjson.dumps(notice))
         try:
             response = await request.send()
             await response.bytes()

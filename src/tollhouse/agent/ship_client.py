@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import orjson
 from pyreqwest.client import Client
 
+from tollhouse.agent.control_request import control_post
 from tollhouse.gateway.upstream import ConnectError, RequestError, RequestTimeoutError, build_client
 
 INGEST_PATH = "/api/v1/agent/events"
@@ -81,11 +82,7 @@ class ShipClient:
         self._client: Client = build_client(timeout_s, proxy, ca_pem)
 
     async def post(self, body: bytes) -> Answer:
-        request = (self._client.post(self.url)
-                   .header("authorization", f"Bearer {self.token}")
-                   .header("content-type", "application/json")
-                   .header("x-tollhouse-agent-id", self.agent_id)
-                   .body_bytes(body).build())
+        request = control_post(self._client, self.url, self.token, self.agent_id, body)
         try:
             response = await request.send()
             status = response.status

@@ -13,6 +13,7 @@ import logging
 import orjson
 
 from tollhouse.agent.backoff import Backoff
+from tollhouse.agent.control_request import control_post
 from tollhouse.events.store import StoreError
 from tollhouse.events.writer import StoreRunner
 from tollhouse.forward.hosts import own_hosts_since
@@ -71,9 +72,7 @@ class HostReporter:
             if not rows:
                 return True
             body = orjson.dumps({"hosts": [r._asdict() for r in rows]})
-            request = (self._client.post(self._url).header("authorization", f"Bearer {self._token}")
-                       .header("content-type", "application/json").header("x-tollhouse-agent-id", self._agent_id)
-                       .body_bytes(body).build())
+            request = control_post(self._client, self._url, self._token, self._agent_id, body)
             try:
                 response = await request.send()
                 await response.bytes()
