@@ -153,7 +153,8 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     Background("tollhouse-follow-store", lambda: _follow_store(state)).add_to(lifespan)
     warmer = Background("tollhouse-ledger-warm", lambda: warm_counters(state)).add_to(lifespan)
     Background("tollhouse-ledger-sweeper", lambda: _expire_reservations(state)).add_to(lifespan)
-    server = HttpServer(GatewayApp(state), limits=server_limits(settings.limits),
+    app = GatewayApp(state)  # the gateway's server and the forward proxy's intercepted sessions share it
+    server = HttpServer(app, limits=server_limits(settings.limits),
                         on_refused=state.metrics.connections_refused.inc)
 
     async def listen() -> None:
@@ -164,7 +165,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
         except OSError as exc:
             raise OSError(f"could not listen on {host}:{port}: {exc.strerror or exc}") from None
 
-    add_forward_proxy(state, host, GatewayApp(state), worker is not None)  # forward_proxy.port (issue 21)
+    add_forward_proxy(state, host, app, worker is not None)  # forward_proxy.port (issue 21)
     lifespan.add("server", listen, lambda: server.stop(grace_s=10))
     lifespan.add("agent long-polls", stop=state.docs.feed.close)  # answered first, rather than hold the shutdown
     await lifespan.start()
