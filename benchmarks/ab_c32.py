@@ -48,6 +48,32 @@ def thread_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_sched(pid: int) -> tuple[float, int, int]:
+    """The main thread's seconds waiting for a CPU (schedstat run_delay) and its voluntary and involuntary
+    context switches: a thread that blocks on the GIL or on I/O switches voluntarily."""
+    try:
+        run_delay = int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+        status = Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0, 0, 0
+    counts = {line.split(":")[0]: int(line.split()[1]) for line in status if "ctxt_switches" in line}
+    return run_delay, counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
+
+
+def thread_table(pid: int) -> str:
+    """Each thread of a process with its name and CPU seconds so far, busiest first."""
+    rows = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        rows.append(((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), name, task.name))
+    rows.sort(reverse=True)
+    return ", ".join(f"{name}[{tid}] {seconds:.1f}" for seconds, name, tid in rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-src", type=Path, required=True)
@@ -77,6 +103,7 @@ def main() -> int:
             total = {"new": 0, "base": 0}
             cpu = {"new": 0.0, "base": 0.0}
             loop_cpu = {"new": 0.0, "base": 0.0}  # the gateway's main thread (the event loop) alone
+            sched: dict[str, list[float]] = {"new": [0.0, 0, 0], "base": [0.0, 0, 0]}
             ratios = []
             for i in range(args.pairs):
                 order = ("new", "base") if i % 2 == 0 else ("base", "new")
@@ -84,9 +111,12 @@ def main() -> int:
                 for name in order:
                     before = sum(cpu_seconds(p) for p in pids[name])
                     loop_before = thread_cpu_seconds(pids[name][0])
+                    sched_before = thread_sched(pids[name][0])
                     result = run_wrk(wrk, targets[name], script, args.seconds)
                     cpu[name] += sum(cpu_seconds(p) for p in pids[name]) - before
                     loop_cpu[name] += thread_cpu_seconds(pids[name][0]) - loop_before
+                    sched[name] = [a + b - c for a, b, c in zip(sched[name], thread_sched(pids[name][0]),
+                                                                sched_before, strict=True)]
                     n = int(result.get("requests") or 0)
                     total[name] += n
                     rps[name] = n / args.seconds
@@ -100,6 +130,16 @@ def main() -> int:
                   f"thread new {loop_cpu['new'] * 1000 / total['new']:.4f}, "
                   f"base {loop_cpu['base'] * 1000 / total['base']:.4f} "
                   f"(ratio {(loop_cpu['new'] / total['new']) / (loop_cpu['base'] / total['base']):.3f})")
+            wall = args.pairs * args.seconds
+            print(f"event loop thread busy: new {loop_cpu['new'] / wall:.0%}, base {loop_cpu['base'] / wall:.0%} "
+                  f"of the load windows")
+            for name in ("new", "base"):
+                delay, voluntary, involuntary = sched[name]
+                print(f"{name} event loop thread: waited for a CPU {delay / wall:.0%} of the windows; per 1000 "
+                      f"requests {voluntary * 1000 / total[name]:.0f} voluntary and "
+                      f"{involuntary * 1000 / total[name]:.0f} involuntary context switches")
+            for name in ("new", "base"):
+                print(f"{name} threads (CPU s since start): {thread_table(pids[name][0])}")
         finally:
             for service in services:
                 stop_service(service)

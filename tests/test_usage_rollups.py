@@ -3,12 +3,18 @@ the events already stored, and days kept in the organisation's local dates. On S
 
 from __future__ import annotations
 
+import itertools
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tollhouse.events.model import CallEvent, event_from_row
-from tollhouse.events.rollup import TABLES
+from tollhouse.events.rollup import TABLES, aggregate
 from tollhouse.events.store import Store, open_store
 from usage_seed import event, ms
 
@@ -27,6 +33,7 @@ def _from_rollup(store: Store, table: str) -> dict[str, int]:
 
 
 def _all_match(store: Store) -> None:
+    store.roll_up()  # (SQLite rolls up once a second and before its own reads; this test reads the tables)
     expected = _from_events(store)
     for table in TABLES:
         assert _from_rollup(store, table) == expected, table
@@ -48,8 +55,8 @@ def test_each_event_is_counted_once_however_often_it_is_written(store: Store) ->
 
 
 def test_a_large_batch_with_old_ids_past_its_first_statements_is_counted_once(store: Store) -> None:
-    """SQLite inserts a batch in several multi-row statements (at most 256 rows each): old ids that only a later
-    statement meets still leave exactly the new events stored and counted, and the rows in every rollup."""
+    """Old ids scattered through a large batch (ones stored before, between new ones) still leave exactly the new
+    events stored and counted, and their rows in every rollup."""
     batch = [event(f"2026-12-01T{n % 24:02d}:{n % 60:02d}:00Z", subject=f"p{n}", cost_nusd=n) for n in range(700)]
     assert store.insert_events(batch[:600:2]) == 300  # every other event of the first 600
     assert [e.id for e in store.insert_new_events(batch)] == [e.id for e in batch[1:600:2] + batch[600:]]
@@ -80,9 +87,9 @@ def test_the_migration_fills_the_rollups_from_the_stored_events(store_url: str, 
     for table in (*TABLES, "forward_hosts"):  # (forward_hosts: migration 11)
         store.db.execute(f"DROP TABLE {table}")
     store.db.execute("DROP INDEX events_stopped")  # (migration 12)
-    store.db.execute("DELETE FROM meta WHERE key = 'usage_day_zone'")
+    store.db.execute("DELETE FROM meta WHERE key IN ('usage_day_zone', 'usage_rolled_up_seq')")  # (10, 13)
     store.db.execute("UPDATE schema_version SET version = 9")
-    store.close()
+    store.db.close()  # (not Store.close, which would roll up into the rollups just dropped)
     reopened = open_store(store_url, tmp_path)
     try:
         assert reopened.schema_version() >= 10
@@ -184,3 +191,47 @@ def test_the_people_rollup_agrees_with_the_full_one(store: Store) -> None:
         return {k: (v[0], v[1]) for k, v in out.items()}
 
     assert sums(narrow) == sums(full) and len(narrow) == 6  # 30 Nov, 1 and 2 Dec in New York, two people
+
+
+# Events around New York's fall-back change (1 November 2026, 06:00 UTC) and a UTC midnight, with missing keys,
+# errors, blocks, would-blocks and unpriced calls; then written in batches, some events twice.
+_DST_EDGE = ms("2026-11-01T06:00:00Z")
+_an_event = st.builds(
+    lambda minutes, subject, team, model, status, decision, would, cost: event(
+        "2026-11-01T00:00:00Z", ts_ms=_DST_EDGE + minutes * 60_000, subject=subject, team=team, model=model,
+        status=status, decision=decision, would=would, cost_nusd=cost),
+    st.integers(-30 * 60, 30 * 60), st.sampled_from(["alice", "bob", ""]), st.sampled_from(["platform", None]),
+    st.sampled_from(["gpt-4o", None]), st.sampled_from([200, 429, 500]), st.sampled_from(["allow", "block"]),
+    st.sampled_from([None, "block"]), st.one_of(st.none(), st.integers(0, 10**12)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(_an_event, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4),
+       again=st.lists(st.integers(0, 39), max_size=5), rolls=st.sets(st.integers(0, 4)))
+def test_the_databases_sums_of_a_batch_agree_with_the_pythons(tmp_path_factory: pytest.TempPathFactory,
+                                                               events: list[CallEvent], cuts: list[int],
+                                                               again: list[int], rolls: set[int]) -> None:
+    """SQLite adds events to the rollups in SQL, a second's worth at a time (the GIL let go while it sums);
+    PostgreSQL's path sums each batch in Python (`aggregate`). For any events in any batches, rolled up after any of
+    them (an event written twice, a roll-up across a DST change, keys missing) every rollup row equals the Python
+    sums of the distinct events."""
+    zone = ZoneInfo("America/New_York")
+    where = tmp_path_factory.mktemp("rollup")
+    store = open_store(f"sqlite:///{where / 'store.db'}", where)
+    try:
+        store.use_day_zone(zone.key)
+        bounds = sorted({0, len(events), *(min(c, len(events)) for c in cuts)})
+        for n, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            repeat = [events[i] for i in again if i < lo]  # events of earlier batches, written again
+            store.insert_events([*events[lo:hi], *repeat])
+            if n in rolls:  # (an insert rolls up at most once a second: here, the first one)
+                store.roll_up()
+        store.roll_up()
+        expected = aggregate(events, zone)
+        for table, (period, key) in TABLES.items():
+            columns = ", ".join((period, *key, "calls", "errors", "blocked", "would_block", "input_tokens",
+                                 "output_tokens", "cost_nusd"))
+            got = store.db.tuples(f"SELECT {columns} FROM {table} ORDER BY {', '.join((period, *key))}")
+            assert [tuple(r) for r in got] == [tuple(r) for r in expected[table]], table
+    finally:
+        store.close()

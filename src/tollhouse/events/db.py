@@ -17,7 +17,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,13 +57,6 @@ class Db(ABC):
     def executemany_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """Run one statement with a RETURNING clause per row; every row they returned."""
 
-    def insert_values(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> int:
-        """`head VALUES (?, ...) tail` for every row (rows of equal length: one `?` per value); the number of rows
-        changed in all. (`tail`: e.g. an ON CONFLICT clause.)"""
-        if not rows:
-            return 0
-        return self.executemany(_values_sql(head, len(rows[0]), 1, tail), rows)
-
     @abstractmethod
     def transaction(self, lock: str | None = None) -> Any:
         """A context manager: one write transaction, committed at the end, rolled back on error.
@@ -88,7 +80,6 @@ class SqliteDb(Db):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._max_variables = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store at {path}: {exc}") from None
 
@@ -124,25 +115,6 @@ class SqliteDb(Db):
         with self._errors():
             return [dict(r) for row in rows for r in self._db.execute(sql, row).fetchall()]
 
-    def insert_values(self, head: str, rows: Sequence[Sequence[Any]], tail: str = "") -> int:
-        """Many rows per statement, bound as parameters: the sqlite3 module lets go of the GIL once per statement
-        (not once per row, as executemany), and binding costs a third of what reading each value back out of a
-        JSON array does. Chunks of a power of two rows, so a few prepared statements serve every batch size."""
-        n = len(rows)
-        if not n:
-            return 0
-        width = len(rows[0])
-        most = _chunk_rows(self._max_variables, width)
-        changed = 0
-        i = 0
-        with self._errors():
-            while i < n:
-                size = min(most, 1 << ((n - i).bit_length() - 1))
-                args = list(chain.from_iterable(rows[i:i + size]))
-                changed += self._db.execute(_values_sql(head, width, size, tail), args).rowcount
-                i += size
-        return changed
-
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator[None]:
         """BEGIN IMMEDIATE takes the database's write lock: every writer is serialized, named or not."""
@@ -163,22 +135,6 @@ class SqliteDb(Db):
 
     def close(self) -> None:
         self._db.close()
-
-
-_MOST_ROWS = 256  # rows per multi-row INSERT at most (the statement's text grows with them)
-
-
-def _chunk_rows(max_variables: int, width: int) -> int:
-    """The largest power of two rows, at most _MOST_ROWS, whose values fit in one statement."""
-    fits = max(max_variables // width, 1)
-    return min(_MOST_ROWS, 1 << (fits.bit_length() - 1))
-
-
-@lru_cache(maxsize=128)
-def _values_sql(head: str, width: int, rows: int, tail: str) -> str:
-    """`head VALUES (?, ...), ... tail`: `rows` rows of `width` placeholders."""
-    one = f"({', '.join('?' * width)})"
-    return f"{head} VALUES {', '.join([one] * rows)} {tail}".rstrip()
 
 
 @lru_cache(maxsize=256)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import get_type_hints
 
 from tollhouse.events.model import CallEvent
-from tollhouse.events.rollup import migration_sql
+from tollhouse.events.rollup import ROLLED_UP_KEY, migration_sql
 
 # The partial index events_stopped (migration 12) holds the rows matching this; a query uses it only when its WHERE
 # has this very term (SQLite matches the text of the expression).
@@ -236,6 +236,12 @@ _SCRIPTS: tuple[str, ...] = (
     # counts them by: the overview reads them without scanning the month's events (console/blocked.py)
     f"""
     CREATE INDEX events_stopped ON events (ts_ms, seq, rule_id, decision, would) WHERE {STOPPED}
+    """,
+    # 13: SQLite adds events to the usage rollups a second at a time, and before any read of them (rollup.roll_up):
+    # the last event seq they count, which until now was every stored event (PostgreSQL adds each batch as it is
+    # written and does not read it)
+    f"""
+    INSERT INTO meta (key, value) SELECT '{ROLLED_UP_KEY}', CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM events
     """,
 )
 
