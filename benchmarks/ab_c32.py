@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--base-src", type=Path, required=True)
     parser.add_argument("--pairs", type=int, default=12)
     parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--scenario", default="rules-1000+budget",
+                        help="bench_gateway's scenario: rules-1000+budget (the suite's enforcing config), observe, ...")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     assert wrk is not None
@@ -88,7 +90,7 @@ def main() -> int:
         upstream = start_upstream(work, up_port)
         services = []
         try:
-            scenario = build_scenarios(["rules-1000+budget"], datetime.datetime.now(datetime.UTC))[0]
+            scenario = build_scenarios([args.scenario], datetime.datetime.now(datetime.UTC))[0]
             targets: dict[str, Target] = {}
             pids: dict[str, list[int]] = {}
             for name, src in (("new", None), ("base", args.base_src)):

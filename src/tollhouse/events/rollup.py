@@ -1,4 +1,4 @@
-"""Usage rollups: calls, tokens and cost per hour and per local day, kept up to date as events are written.
+"""Usage rollups: calls, tokens and cost per hour and per local day, kept up to date with the stored events.
 
 Five tables (schema migration 10), one row per period and key, a key's missing values stored as '':
 
@@ -11,9 +11,13 @@ An hour is keyed by its start (``hour_ms``, Unix ms). A day is a local date of t
 store's `day zone`), keyed by ``day_ms``: that date's midnight *UTC* in Unix ms (a calendar date, not an instant:
 the local midnight is another instant, and not 24 hours from the next one across a DST change).
 
-`Store.insert_events` adds the events it actually inserted (never a replayed or duplicated one) in the same
-transaction, so a rollup always equals its events. When the day zone changes, the day tables are rebuilt from the
-hours, each hour on the local date it starts on (`rebuild_days`).
+Every stored event is counted once (never a replayed or duplicated one), and every read of the rollups counts every
+stored event. PostgreSQL: `Store.insert_events` sums the events it actually inserted in Python (`add`) in the same
+transaction (gateways sharing the database commit out of seq order, so a batch is added as it is written). SQLite
+(one writer at a time: commits in seq order): the events after a mark (meta `usage_rolled_up_seq`) are summed by
+the database (`roll_up`), from an insert at most once a second and before any read of the rollups, so the store
+thread holds the GIL for none of it and a second's events share their rows. When the day zone changes, the day
+tables are rebuilt from the hours, each hour on the local date it starts on (`rebuild_days`).
 """
 
 from __future__ import annotations
