@@ -273,6 +273,8 @@ def test_a_read_only_data_dir_loses_nothing_and_reads_never_hang(mock: Mock, tmp
             degraded_at = traffic.count()
             wait_for("calls while read-only", lambda: traffic.count() >= degraded_at + 60)
             assert read_within(gw, 8) == 200  # the store still answers (its files were open before)
+            status, usage = gw.get("/api/v1/usage?group_by=person", timeout=13)  # the rollups too
+            assert status == 200 and usage["totals"]["calls"] >= 20, usage
             subprocess.run(["umount", str(mnt)], check=True)  # back to read-write
             read_only = False
             statuses = traffic.stop()

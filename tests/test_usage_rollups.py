@@ -4,6 +4,8 @@ the events already stored, and days kept in the organisation's local dates. On S
 from __future__ import annotations
 
 import itertools
+import logging
+import sqlite3
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -233,5 +235,32 @@ def test_the_databases_sums_of_a_batch_agree_with_the_pythons(tmp_path_factory: 
                                  "output_tokens", "cost_nusd"))
             got = store.db.tuples(f"SELECT {columns} FROM {table} ORDER BY {', '.join((period, *key))}")
             assert [tuple(r) for r in got] == [tuple(r) for r in expected[table]], table
+    finally:
+        store.close()
+
+
+def test_sqlite_reads_count_the_events_not_yet_rolled_up_and_still_answer_when_the_store_is_locked(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite rolls up from inserts at most once per `roll_up_every_s`; a read adds what is missing first. When it
+    cannot (another writer holds the store past the busy timeout), the read answers from the rollups as they are
+    and the log says so, rather than failing."""
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", tmp_path)
+    try:
+        store.roll_up_every_s = 3600.0
+        store.insert_events([event("2026-12-01T10:15:00Z")])  # the first insert rolls up
+        store.insert_events([event("2026-12-01T10:20:00Z"), event("2026-12-01T10:25:00Z")])  # not yet
+        assert _from_rollup(store, "usage_hourly")["calls"] == 1
+        store.db.execute("PRAGMA busy_timeout = 50")
+        other = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with caplog.at_level(logging.WARNING, logger="tollhouse.store"):
+            rows = store.usage_rows("hour", [], 0, ms("2030-01-01T00:00:00Z"), {})
+        assert [r["calls"] for r in rows] == [1]
+        assert "usage is read without the latest events" in caplog.text and "locked" in caplog.text
+        other.execute("ROLLBACK")
+        other.close()
+        rows = store.usage_rows("hour", [], 0, ms("2030-01-01T00:00:00Z"), {})
+        assert [r["calls"] for r in rows] == [3]  # the read rolled up first
+        assert _from_rollup(store, "usage_hourly")["calls"] == 3
     finally:
         store.close()

@@ -160,6 +160,7 @@ class Store:
             row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
             self.day_zone = ZoneInfo(row["value"] if row else "UTC")
             self._roll_up_due = 0.0  # (monotonic) SQLite: when an event insert next rolls up (`roll_up`)
+            self.roll_up_every_s = ROLL_UP_EVERY_S
         except BaseException:
             db.close()
             raise
@@ -198,7 +199,7 @@ class Store:
 
     def roll_up(self) -> int:
         """Add the events stored since the last roll-up to the usage rollups; how many that was. SQLite rolls up
-        from its event inserts at most once per `ROLL_UP_EVERY_S` and before any read of the rollups (so a read
+        from its event inserts at most once per `roll_up_every_s` and before any read of the rollups (so a read
         always counts every stored event); PostgreSQL adds each batch as it is written (gateways sharing it commit
         out of seq order) and has nothing to do here."""
         if self.db.dialect != "sqlite":
@@ -207,9 +208,17 @@ class Store:
             return rollup.roll_up(self.db, self.day_zone)
 
     def _rollups_current(self) -> None:
-        """Before reading the rollups: every stored event counted (a roll-up only when some are not)."""
+        """Before reading the rollups: every stored event counted (a roll-up only when some are not). When the
+        store cannot be written (a full or read-only disk), the rollups are read as they are, short of the events
+        of the last second or so before the fault, and the log says so: reading usage must not fail with the disk."""
         if self.db.dialect == "sqlite" and not rollup.rolled_up(self.db):
-            self.roll_up()
+            try:
+                self.roll_up()
+            except StoreError as exc:
+                if isinstance(exc, StoreConflict):
+                    raise
+                log.warning("usage is read without the latest events, which cannot be added to the rollups: %s",
+                            exc)
 
     def close(self) -> None:
         if self.db.dialect == "sqlite":
@@ -266,7 +275,7 @@ class Store:
         stored = db.execute(_INSERT_EVENTS_JSON, (orjson.dumps([tuple(e) for e in events]),))
         now = time.monotonic()
         if now >= self._roll_up_due:
-            self._roll_up_due = now + ROLL_UP_EVERY_S
+            self._roll_up_due = now + self.roll_up_every_s
             rollup.roll_up(db, self.day_zone)
         if stored == len(events):
             return events
