@@ -163,7 +163,6 @@ class _Connection(asyncio.Protocol):
         "_client",
         "_deadline",
         "_head",
-        "_head_bytes",
         "_head_raw",
         "_headers",
         "_in_head",
@@ -216,7 +215,6 @@ class _Connection(asyncio.Protocol):
         self.max_response_bytes = limits.max_response_bytes
         self._in_head = False
         self._head_raw = 0  # bytes of whole reads that arrived while the head was incomplete
-        self._head_bytes = 0  # header names and values parsed
         self._started = self._deadline = 0.0
         self.received = 0  # body bytes of the current response
         self.streaming = False
@@ -235,7 +233,7 @@ class _Connection(asyncio.Protocol):
         self.error = None
         self.in_use = True
         self._in_head = True
-        self._head_raw = self._head_bytes = self.received = 0
+        self._head_raw = self.received = 0
         self.streaming = False
         now = self._loop.time()
         self._last_rx = self._started = now
@@ -385,23 +383,27 @@ class _Connection(asyncio.Protocol):
                                                  f"bytes (limits.max_header_bytes in the Tollhouse config)")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > self._max_header_bytes:
-            raise self._head_too_large()
-        if len(self._headers) >= self._max_headers:
-            raise _limit_error(self._client.origin, f"the upstream's response has more than {self._max_headers} "
-                                                    f"headers (limits.max_headers in the Tollhouse config)")
+        # The head's limits are checked once it is complete (`on_headers_complete`), not per header: until then
+        # `data_received` bounds the raw bytes of an unfinished head, so one read (at most the transport's read
+        # size) is all a head can add before it is judged.
         key = name.decode("latin-1").lower()
         if key == "content-length" or key == "transfer-encoding":
             self._body_by_eof = False
         self._headers.append((key, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        headers = self._headers
+        if len(headers) > self._max_headers:
+            raise _limit_error(self._client.origin, f"the upstream's response has more than {self._max_headers} "
+                                                    f"headers (limits.max_headers in the Tollhouse config)")
+        # names and values are at most the raw bytes read so far: summed only when those exceed the limit
+        if self._head_raw > self._max_header_bytes and \
+                sum(len(k) + len(v) for k, v in headers) > self._max_header_bytes:
+            raise self._head_too_large()
         head = self._head
         status = self._parser.get_status_code()
         if status < 200:  # an interim response (100 Continue): the real one follows
             self._headers = []
-            self._head_bytes = 0
             return
         self._in_head = False
         if self._is_head or status in (204, 304):
