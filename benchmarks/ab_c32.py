@@ -5,9 +5,13 @@ Both gateways run at once against one nginx upstream (the suite's canned complet
 config: 1,000 rules + personal budget + team token window, 1,000 people); wrk's c=32 load then alternates
 between them in short windows (A B, B A, A B, ...), so a change in the machine's background load falls on
 both alike. Per window pair it prints req/s of each and their ratio; at the end the ratio of the summed
-requests, the median of the pair ratios and the gateways' CPU per request.
+requests, the median of the pair ratios and the gateways' CPU per request; then, for each gateway's event-loop
+thread, how busy it was, how long it waited for a CPU, and its voluntary context switches per 1,000 requests (a
+thread that blocks on the GIL switches voluntarily: that is how the store thread holding the GIL was found),
+and every thread's CPU.
 
     PYTHONPATH=NEW/src python benchmarks/ab_c32.py --base-src BASE/src [--pairs 12] [--seconds 3]
+                                                  [--scenario rules-1000+budget|observe|...]
 
 (BASE/src: e.g. a worktree of the old commit: git worktree add --detach /tmp/old b841367.) Written because
 the suite's c32 runs, target then baseline 10 s each, swing 0.6x-1.4x on this shared two-core machine.
