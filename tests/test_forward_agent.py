@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import openai
 from conftest import Gateway, Mock, free_port, upstreams
 from forward_helpers import EchoTLSServer, connect, read_head, self_signed
 from test_agent import DIRECTORY, Agent, _until
+
+DAY_MS = 86_400_000
 
 
 def _hosts(gw: Gateway) -> dict[str, dict[str, Any]]:
@@ -80,3 +83,24 @@ def test_agent_host_reports_are_checked_and_replace_the_last(gateway_factory: An
     assert seen["connections"] == 5 and seen["vendor"] == "Mistral" and seen["known_ai"] and not seen["managed"]
     status, body, _ = control.get("/api/v1/hosts?known_ai=true&managed=false")
     assert [h["host"] for h in json.loads(body)["hosts"]] == ["api.mistral.ai"]
+
+
+def test_hosts_not_seen_for_the_retention_are_deleted(gateway_factory: Any, mock: Mock, tmp_path: Path) -> None:
+    """forward_proxy.hosts_retention_days: a gateway deletes host rows (its own and agents' reports) not seen for
+    that long, at start and hourly, so names a client made up long ago do not pile up in the store."""
+    config = {"providers": upstreams(mock.url), "directory": DIRECTORY,
+              "forward_proxy": {"hosts_retention_days": 1}}
+    control: Gateway = gateway_factory(config, tmp_path / "control")
+    token = json.loads(control.request("POST", "/api/v1/agent/tokens", {"label": "laptops"})[1])["token"]
+    now_ms = int(time.time() * 1000)
+    old = {"host": "made-up-3-days-ago.example", "person": "bob", "connections": 1, "intercepted": 0,
+           "denied": 1, "bytes_up": 0, "bytes_down": 0, "first_ms": now_ms - 3 * DAY_MS,
+           "last_ms": now_ms - 3 * DAY_MS}
+    recent = {**old, "host": "api.mistral.ai", "denied": 0, "first_ms": now_ms - 3 * DAY_MS, "last_ms": now_ms}
+    status, body, _ = control.request("POST", "/api/v1/agent/hosts", {"hosts": [old, recent]}, token=token,
+                                      headers={"X-Tollhouse-Agent-Id": "laptop-1"})
+    assert status == 200, body
+    assert set(_hosts(control)) == {"made-up-3-days-ago.example", "api.mistral.ai"}  # until the next prune
+    control.stop()
+    again: Gateway = gateway_factory(config, tmp_path / "control")  # the same store; prunes as it starts
+    _until(lambda: set(_hosts(again)) == {"api.mistral.ai"}, 10)

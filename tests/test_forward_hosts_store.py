@@ -4,7 +4,15 @@ its rows (a late, older one does not), and the listing sums per host."""
 from __future__ import annotations
 
 from tollhouse.events.store import Store
-from tollhouse.forward.hosts import HostBook, HostRow, list_hosts, own_hosts_since, save_agent_hosts, save_hosts
+from tollhouse.forward.hosts import (
+    HostBook,
+    HostRow,
+    list_hosts,
+    own_hosts_since,
+    prune_hosts,
+    save_agent_hosts,
+    save_hosts,
+)
 
 
 def test_tallies_add_reports_replace_and_hosts_sum(store: Store) -> None:
@@ -43,3 +51,12 @@ def test_a_failed_flush_is_put_back() -> None:
     book.restore(taken)
     (row,) = book.take()
     assert (row.connections, row.first_ms, row.last_ms) == (2, 1000, 2000)
+
+
+def test_rows_not_seen_since_a_time_are_pruned(store: Store) -> None:
+    save_hosts(store, [HostRow("old.example", "alice", 1, 0, 1, 0, 0, 1000, 2000),
+                       HostRow("api.mistral.ai", "alice", 1, 0, 0, 5, 5, 1000, 9000)])
+    save_agent_hosts(store, "laptop-1", [HostRow("old.example", "bob", 2, 0, 2, 0, 0, 1500, 2500)])
+    assert prune_hosts(store, 5000) == 2  # the gateway's row and the agent's, both last seen before 5000
+    assert [h["host"] for h in list_hosts(store)] == ["api.mistral.ai"]
+    assert prune_hosts(store, 5000) == 0

@@ -154,6 +154,8 @@ class ForwardProxyConfig(_Frozen):
     connect_timeout_s: float = Field(default=10.0, gt=0)  # reaching a tunnelled host
     idle_timeout_s: float = Field(default=300.0, gt=0)  # a tunnel with no byte either way
     leaf_cache: int = Field(default=256, gt=0)  # leaf certificates kept minted
+    # hosts (GET /api/v1/hosts) not seen for this long are deleted, this gateway's tallies and agents' reports alike
+    hosts_retention_days: int = Field(default=90, ge=1, le=3650)
     # CONNECTs must carry a gateway key in Proxy-Authorization; None: when bound to other than a loopback address
     require_auth: bool | None = None
 

@@ -2,7 +2,9 @@
 
 The proxy notes each connection in a `HostBook` (in memory, on the event loop); a flusher adds the book's
 tallies to the store's `forward_hosts` table in one batch every few seconds (not a write per connection).
-`list_hosts` reads them back per host, for `GET /api/v1/hosts`.
+`list_hosts` reads them back per host, for `GET /api/v1/hosts`. Rows not seen for
+`forward_proxy.hosts_retention_days` are deleted (`prune_hosts`, hourly): a client that CONNECTs to ever new
+names (denied ones included) cannot grow the table, or the listing's work, without bound over time.
 """
 
 from __future__ import annotations
@@ -126,6 +128,12 @@ def save_agent_hosts(store: Store, agent: str, rows: Sequence[HostRow]) -> None:
     if rows:
         with store.db.transaction():
             store.db.executemany(_REPLACE, [(r.host, r.person, agent, *tuple(r)[2:]) for r in rows])
+
+
+def prune_hosts(store: Store, before_ms: int) -> int:
+    """Delete the rows (this gateway's and agents') last seen before `before_ms`; how many."""
+    with store.db.transaction():
+        return store.db.execute("DELETE FROM forward_hosts WHERE last_ms < ?", (before_ms,))
 
 
 def own_hosts_since(store: Store, since_ms: int, limit: int) -> list[HostRow]:

@@ -13,6 +13,7 @@ from tollhouse.alerts import service as alerts
 from tollhouse.config import Settings
 from tollhouse.console import render
 from tollhouse.events.store import StoreError
+from tollhouse.forward.hosts import prune_hosts
 from tollhouse.forward.service import add_forward_proxy
 from tollhouse.gateway import access, admin, pipeline
 from tollhouse.gateway.console_session import sign_in_redirect, signed_in
@@ -153,6 +154,7 @@ async def serve(settings: Settings, data_dir: Path, host: str, port: int,
     Background("tollhouse-follow-store", lambda: _follow_store(state)).add_to(lifespan)
     warmer = Background("tollhouse-ledger-warm", lambda: warm_counters(state)).add_to(lifespan)
     Background("tollhouse-ledger-sweeper", lambda: _expire_reservations(state)).add_to(lifespan)
+    Background("tollhouse-hosts-prune", lambda: _prune_hosts(state)).add_to(lifespan)
     app = GatewayApp(state)  # the gateway's server and the forward proxy's intercepted sessions share it
     server = HttpServer(app, limits=server_limits(settings.limits),
                         on_refused=state.metrics.connections_refused.inc)
@@ -236,6 +238,24 @@ async def _audit_mode_switch(state: GatewayState) -> None:
     if before != now:
         state.audit.record("enforcement.changed", "config", {
             "before": before, "after": now, "changed": sorted(k for k in now if before[k] != now[k])})
+
+
+async def _prune_hosts(state: GatewayState, every_s: float = 3600.0) -> None:
+    """Delete the forward proxy's host rows not seen for `forward_proxy.hosts_retention_days` (at start, then
+    hourly): this gateway's tallies and the agents' reports alike (a control plane takes reports without running
+    a proxy of its own)."""
+    days = state.settings.forward_proxy.hosts_retention_days
+    while True:
+        before_ms = int((state.clock() - days * 86400) * 1000)
+        try:
+            removed = await state.runner.run(lambda s, b=before_ms: prune_hosts(s, b))  # type: ignore[misc]
+        except StoreError as exc:
+            log.warning("could not delete forward-proxy hosts not seen for %d days: %s", days, exc)
+        else:
+            if removed:
+                log.info("deleted %d forward-proxy host rows not seen for %d days "
+                         "(forward_proxy.hosts_retention_days)", removed, days)
+        await asyncio.sleep(every_s)
 
 
 async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
