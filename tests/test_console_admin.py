@@ -190,3 +190,34 @@ def test_an_agent_silent_for_ten_minutes_is_stale() -> None:
     assert row["stale"] and row["behind"] and row["policy"] == 2
     fresh = _row(AgentRecord("a", "h", "1", None, 0, now - 1000, {"policy_version": 3}), now, current=3)
     assert not fresh["stale"] and not fresh["behind"]
+
+
+def test_hosts_page_shows_what_the_forward_proxy_saw_and_flags_unmanaged_ai(gw: Gateway) -> None:
+    """/console/hosts: the rows of GET /api/v1/hosts (here an agent's report), the known AI services not managed
+    counted and filterable, for admin and auditor only; a bad view or window is a 400 that says what is allowed."""
+    token = _api(gw, "POST", "/api/v1/agent/tokens", {"label": "laptops"})["token"]
+    now_ms = _api(gw, "GET", "/api/v1/agent/tokens")["tokens"][0]["created_ms"]
+    rows = [{"host": "api.mistral.ai", "person": "carol", "connections": 7, "intercepted": 0, "denied": 0,
+             "bytes_up": 2048, "bytes_down": 3 * 1024 * 1024, "first_ms": now_ms - 1000, "last_ms": now_ms},
+            {"host": "api.openai.com", "person": "bob", "connections": 2, "intercepted": 2, "denied": 0,
+             "bytes_up": 10, "bytes_down": 20, "first_ms": now_ms - 1000, "last_ms": now_ms},
+            {"host": "intranet.example", "person": "bob", "connections": 1, "intercepted": 0, "denied": 1,
+             "bytes_up": 0, "bytes_down": 0, "first_ms": now_ms - 1000, "last_ms": now_ms}]
+    status, body, _ = gw.request("POST", "/api/v1/agent/hosts", {"hosts": rows}, token=token,
+                                 headers={"X-Tollhouse-Agent-Id": "laptop-1"})
+    assert status == 200, body
+    for role in ("admin", "auditor"):
+        status, page, _ = Browser(gw, role).get("/console/hosts")
+        words = text(page)
+        assert status == 200 and "3 hosts, of which 1 known AI service not managed" in words, words
+        assert "api.mistral.ai Mistral no 7 0 2.0 kB 3.0 MB carol 1" in words, words
+        assert "api.openai.com" in words and "intranet.example" in words
+    shadow = text(Browser(gw, "auditor").get("/console/hosts?view=shadow&days=7")[1])
+    assert "api.mistral.ai" in shadow and "api.openai.com" not in shadow and "intranet.example" not in shadow
+    managed = text(Browser(gw, "auditor").get("/console/hosts?view=managed")[1])
+    assert "api.openai.com" in managed and "api.mistral.ai" not in managed
+    status, page, _ = Browser(gw, "admin").get("/console/hosts?view=everything&days=5")
+    assert status == 400 and "view must be one of all, shadow, managed; got 'everything'" in text(page)
+    assert "days must be one of 1, 7, 30, 90; got '5'" in text(page)
+    for role in ("finance", "policy_owner"):
+        assert Browser(gw, role).get("/console/hosts")[0] == 403

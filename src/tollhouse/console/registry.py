@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from tollhouse.console import agents, audit, directory, events, exemptions, keys, overview, policy, teams, usage
+from tollhouse.console import (
+    agents,
+    audit,
+    directory,
+    events,
+    exemptions,
+    hosts,
+    keys,
+    overview,
+    policy,
+    teams,
+    usage,
+)
 from tollhouse.console.pages import Page
 
 PAGES: tuple[Page, ...] = (
@@ -14,6 +26,7 @@ PAGES: tuple[Page, ...] = (
     *exemptions.PAGES,
     *audit.PAGES,
     *agents.PAGES,
+    *hosts.PAGES,
     *keys.PAGES,
     *directory.PAGES,
 )

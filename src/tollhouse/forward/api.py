@@ -42,19 +42,25 @@ async def hosts(request: Request, state: GatewayState) -> Response:
     except BadParameter as exc:
         raise params.bad(str(exc)) from None
     known, managed = _flag(query, "known_ai"), _flag(query, "managed")
-    await flush_hosts(state)  # what the proxy saw up to now, not only what the flusher stored
-    rows, _ = await read(state, lambda s: list_hosts(s, since, 100_000))
+    rows = await host_rows(state, since)
+    out = [row for row in rows
+           if (known is None or row["known_ai"] == known) and (managed is None or row["managed"] == managed)]
+    return json_response({"hosts": out[:limit]})
+
+
+async def host_rows(state: GatewayState, since_ms: int) -> list[dict[str, Any]]:
+    """Every host seen since `since_ms` (most recently seen first, at most 100,000), with its `vendor` (the known
+    AI service it belongs to, or None), `known_ai`, and `managed` (intercepted here, or by an agent whose own
+    intercept list names it). What the proxy saw up to now counts, not only what the flusher stored."""
+    await flush_hosts(state)
+    rows, _ = await read(state, lambda s: list_hosts(s, since_ms, 100_000))
     intercepted = HostList.of(state.settings.forward_proxy.intercept)
-    out: list[dict[str, Any]] = []
     for row in rows:
         vendor = vendor_of(row["host"])
         row["known_ai"] = vendor is not None
         row["vendor"] = vendor
-        # intercepted here, or by an agent whose own intercept list names it
         row["managed"] = intercepted.name_match(row["host"]) is not None or row["intercepted"] > 0
-        if (known is None or row["known_ai"] == known) and (managed is None or row["managed"] == managed):
-            out.append(row)
-    return json_response({"hosts": out[:limit]})
+    return rows
 
 
 MAX_REPORTED = 5000  # rows in one agent report
