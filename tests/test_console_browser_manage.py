@@ -147,6 +147,13 @@ def test_admin_pages_draw_and_act(gw: Gateway, page: Page) -> None:
     expect(page.locator("#new-token")).to_contain_text("shown only this once")
     expect(page.locator("#tokens table")).to_contain_text("laptops")
 
+    page.click("header nav a:text-is('Hosts')")
+    expect(page.locator("#hosts")).to_contain_text("0 hosts, of which 0 known AI services not managed")
+    page.select_option("select[name=view]", "shadow")
+    page.click("#hosts button:text-is('Show')")
+    expect(page.locator("#hosts")).to_contain_text("No host in this view was seen in the last 30 days")
+    assert "view=shadow" in page.url
+
     page.click("header nav a:text-is('Directory')")
     expect(page.locator("#cost-centres")).to_contain_text("CC-100")
     page.fill("textarea[name=directory]", "teams:\n  - id: a\n    parent: nowhere\n")
