@@ -3,6 +3,7 @@ were enforced, and a call over it is recorded as `would` block, never refused.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import openai
@@ -51,6 +52,16 @@ def test_a_shadow_cap_is_counted_on_live_traffic_and_recorded_as_would_never_app
     else:  # counted call by call as if enforced: the 4th and 5th go over three an hour
         assert [e["would"] for e in events] == [None, None, None, "block", "block"]
         assert [e["rule_id"] for e in events] == [None, None, None, "three-an-hour", "three-an-hour"]
+    # GET /api/v1/spend shows the shadow cap beside the enforced ones, marked, with what it counted
+    scope, ident = ("org", "*") if spend else ("person", "alice")
+    status, body, _ = gw.get(f"/api/v1/spend?scope={scope}&id={ident}")
+    assert status == 200, body
+    (cap,) = [c for c in json.loads(body)["caps"] if c["rule_id"] == ("no-spend" if spend else "three-an-hour")]
+    assert cap["shadow"] is True
+    if spend:
+        assert cap["used"] > cap["limit"] and cap["remaining"] == 0
+    else:
+        assert (cap["used"], cap["limit"], cap["remaining"]) == (5, 3, 0)
 
 
 def test_the_same_cap_enforced_refuses_the_calls_the_shadow_one_says_it_would(

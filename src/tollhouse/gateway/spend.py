@@ -12,6 +12,7 @@ from tollhouse.gateway.usage_params import check_names, known_ids
 from tollhouse.ledger.local import NANO_PER_USD
 from tollhouse.ledger.windows import window_bounds_ms
 from tollhouse.policy.rules import MONTHLY, parse_count_window
+from tollhouse.policy.shadow import shadow_ids
 from tollhouse.policy.timewindow import zone
 
 _CHECKED = {"subject": "person", "team": "team", "project": "project"}
@@ -48,6 +49,9 @@ async def spend(request: Request, state: GatewayState) -> Response:
         totals = {p: v for p, v in totals.items() if p == provider}
     subject = directory.subject(ident) if scope == "subject" else None
     caps = policy.caps_counting(scope, ident, subject)
+    shadow = shadow_ids(policy) if policy.shadow is not None else frozenset()
+    if shadow and policy.shadow is not None:  # shadow rules' caps are counted too (never refusing): shown, marked
+        caps += [c for c in policy.shadow.caps_counting(scope, ident, subject) if c.rule.id in shadow]
     cap_rows = []
     lease_rows: list[dict[str, object]] = []  # budget leases agents hold on these caps (counted in `used`)
     for cap in caps:
@@ -67,7 +71,7 @@ async def spend(request: Request, state: GatewayState) -> Response:
             "rule_id": cap.rule.id, "type": cap.rule.type_name, "metric": cap.metric,
             "window": cap.window.label, "providers": sorted(cap.providers) if cap.providers else None,
             "limit": limit / scale, "used": used / scale, "remaining": max(limit - used, 0) / scale,
-            "severity": cap.rule.severity.name,
+            "severity": cap.rule.severity.name, "shadow": cap.rule.id in shadow,
             "leases_outstanding": sum(lease.held for lease in leased) / scale,
         })
     spend_nusd = sum(v[0] for v in totals.values())
