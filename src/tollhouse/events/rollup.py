@@ -12,11 +12,12 @@ store's `day zone`), keyed by ``day_ms``: that date's midnight *UTC* in Unix ms 
 the local midnight is another instant, and not 24 hours from the next one across a DST change).
 
 Every stored event is counted once (never a replayed or duplicated one), and every read of the rollups counts every
-stored event. PostgreSQL: `Store.insert_events` sums the events it actually inserted in Python (`add`) in the same
-transaction (gateways sharing the database commit out of seq order, so a batch is added as it is written). SQLite
+stored event; the database does the summing, so the store thread holds the GIL for none of it. PostgreSQL:
+`Store.insert_events` adds the events it actually inserted in the same transaction (`add_new_pg`: gateways sharing
+the database commit out of seq order, so a batch is added as it is written). SQLite
 (one writer at a time: commits in seq order): the events after a mark (meta `usage_rolled_up_seq`) are summed by
-the database (`roll_up`), from an insert at most once a second and before any read of the rollups, so the store
-thread holds the GIL for none of it and a second's events share their rows. When the day zone changes, the day
+the database (`roll_up`), from an insert at most once a second and before any read of the rollups (a second's
+events share their rows). When the day zone changes, the day
 tables are rebuilt from the hours, each hour on the local date it starts on (`rebuild_days`).
 """
 
@@ -89,13 +90,6 @@ def migration_sql() -> str:
                        f"INSERT INTO meta (key, value) VALUES ('{DAY_ZONE_KEY}', 'UTC')"])
 
 
-def _upsert_sql(table: str) -> str:
-    period, key = TABLES[table]
-    cols = (period, *key, *MEASURES)
-    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)}) " + _accumulate(table)
-
-
-UPSERT = {table: _upsert_sql(table) for table in TABLES}
 
 
 # SQLite: the events stored since the last roll-up, summed per hour and person key once into a temporary table; each
@@ -122,6 +116,25 @@ def _from_batch_sql(table: str) -> str:
 
 
 FROM_BATCH = {table: _from_batch_sql(table) for table in TABLES}
+
+
+def _pg_new_sql(table: str) -> str:
+    """PostgreSQL: add the events whose ids are given (just inserted) to `table`, summed by the database; a day is
+    the local date in the zone given (`AT TIME ZONE`), as its midnight UTC in ms. Parameters: hour table (ids); day
+    table (zone, ids). Rows are upserted in key order (ORDER BY): writers sharing the database lock the rows they
+    update in one order, so they wait for each other rather than deadlock."""
+    period, key = TABLES[table]
+    keyed = ", ".join(f"COALESCE({k}, '')" for k in key)
+    n = len(key) + 1
+    span = ("CAST(EXTRACT(EPOCH FROM CAST(to_timestamp(ts_ms / 1000.0) AT TIME ZONE ? AS date)) * 1000 AS BIGINT)"
+            if period == "day_ms" else f"(ts_ms / {HOUR_MS}) * {HOUR_MS}")
+    columns = ", ".join(str(i) for i in range(1, n + 1))
+    return (f"INSERT INTO {table} ({period}, {', '.join(key)}, {', '.join(MEASURES)}) "
+            f"SELECT {span}, {keyed}, {_MEASURES_SQL} FROM events WHERE id = ANY(?) "
+            f"GROUP BY {columns} ORDER BY {columns} " + _accumulate(table))
+
+
+PG_NEW = {table: _pg_new_sql(table) for table in TABLES}
 ROLLED_UP_KEY = "usage_rolled_up_seq"  # meta (SQLite): the last event seq the rollups count
 
 
@@ -146,7 +159,8 @@ def local_date_ms(ts_ms: int, zone: ZoneInfo) -> int:
 
 
 def aggregate(events: Iterable[CallEvent], zone: ZoneInfo) -> dict[str, list[tuple[Any, ...]]]:
-    """table -> rows to upsert (period, key..., measures...) summing `events`; days are local dates in `zone`."""
+    """table -> rows (period, key..., measures...) summing `events`, in key order; days are local dates in `zone`.
+    The rollups' definition in Python: the database's sums (`roll_up`, `add_new_pg`) are checked against it."""
     person_hours: dict[tuple[Any, ...], list[int]] = {}
     person_days: dict[tuple[Any, ...], list[int]] = {}
     # each hour's UTC offset (offsets change on the hour in every zone there is)
@@ -178,12 +192,14 @@ def aggregate(events: Iterable[CallEvent], zone: ZoneInfo) -> dict[str, list[tup
     return out
 
 
-def add(db: Db, events: Sequence[CallEvent], zone: ZoneInfo) -> None:
-    """Add `events` (just inserted, in the caller's transaction) to the rollups, summed here."""
-    if not events:
+def add_new_pg(db: Db, ids: Sequence[str], zone: ZoneInfo) -> None:
+    """PostgreSQL: add the events `ids` names (just inserted, in the caller's transaction) to the rollups, summed by
+    the database: one statement per rollup, whatever the batch's size, and no Python summing under the GIL."""
+    if not ids:
         return
-    for table, rows in aggregate(events, zone).items():
-        db.executemany(UPSERT[table], rows)
+    id_list = list(ids)
+    for table, sql in PG_NEW.items():
+        db.execute(sql, (zone.key, id_list) if TABLES[table][0] == "day_ms" else (id_list,))
 
 
 def roll_up(db: Db, zone: ZoneInfo) -> int:
