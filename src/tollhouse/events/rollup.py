@@ -118,23 +118,25 @@ def _from_batch_sql(table: str) -> str:
 FROM_BATCH = {table: _from_batch_sql(table) for table in TABLES}
 
 
-def _pg_new_sql(table: str) -> str:
-    """PostgreSQL: add the events whose ids are given (just inserted) to `table`, summed by the database; a day is
-    the local date in the zone given (`AT TIME ZONE`), as its midnight UTC in ms. Parameters: hour table (ids); day
-    table (zone, ids). Rows are upserted in key order (ORDER BY): writers sharing the database lock the rows they
+def _pg_new_sql(table: str, ranged: bool) -> str:
+    """PostgreSQL: add the events whose ids are given (just inserted) to `table`, summed by the database, a day table's
+    dates at one UTC offset (computed here from the zone, as for SQLite: the database's own time-zone data is never
+    asked). Parameters: hour table (ids); day table (offset_ms, ids[, start_ms, end_ms]: `ranged`, for a batch across
+    an offset change). Rows are upserted in key order (ORDER BY): writers sharing the database lock the rows they
     update in one order, so they wait for each other rather than deadlock."""
     period, key = TABLES[table]
     keyed = ", ".join(f"COALESCE({k}, '')" for k in key)
-    n = len(key) + 1
-    span = ("CAST(EXTRACT(EPOCH FROM CAST(to_timestamp(ts_ms / 1000.0) AT TIME ZONE ? AS date)) * 1000 AS BIGINT)"
-            if period == "day_ms" else f"(ts_ms / {HOUR_MS}) * {HOUR_MS}")
-    columns = ", ".join(str(i) for i in range(1, n + 1))
+    columns = ", ".join(str(i) for i in range(1, len(key) + 2))
+    day = period == "day_ms"
+    span = f"((ts_ms + ?) / {DAY_MS}) * {DAY_MS}" if day else f"(ts_ms / {HOUR_MS}) * {HOUR_MS}"
+    where = "id = ANY(?)" + (" AND ts_ms >= ? AND ts_ms < ?" if day and ranged else "")
     return (f"INSERT INTO {table} ({period}, {', '.join(key)}, {', '.join(MEASURES)}) "
-            f"SELECT {span}, {keyed}, {_MEASURES_SQL} FROM events WHERE id = ANY(?) "
+            f"SELECT {span}, {keyed}, {_MEASURES_SQL} FROM events WHERE {where} "
             f"GROUP BY {columns} ORDER BY {columns} " + _accumulate(table))
 
 
-PG_NEW = {table: _pg_new_sql(table) for table in TABLES}
+PG_NEW = {table: _pg_new_sql(table, False) for table in TABLES}
+PG_NEW_RANGED = {table: _pg_new_sql(table, True) for table in DAY_TABLES}
 ROLLED_UP_KEY = "usage_rolled_up_seq"  # meta (SQLite): the last event seq the rollups count
 
 
@@ -192,14 +194,23 @@ def aggregate(events: Iterable[CallEvent], zone: ZoneInfo) -> dict[str, list[tup
     return out
 
 
-def add_new_pg(db: Db, ids: Sequence[str], zone: ZoneInfo) -> None:
-    """PostgreSQL: add the events `ids` names (just inserted, in the caller's transaction) to the rollups, summed by
-    the database: one statement per rollup, whatever the batch's size, and no Python summing under the GIL."""
-    if not ids:
+def add_new_pg(db: Db, events: Sequence[CallEvent], zone: ZoneInfo) -> None:
+    """PostgreSQL: add `events` (just inserted, in the caller's transaction) to the rollups, summed by the database
+    over their ids: one statement per rollup (per run of hours at one UTC offset), whatever the batch's size, and no
+    Python summing under the GIL."""
+    if not events:
         return
-    id_list = list(ids)
-    for table, sql in PG_NEW.items():
-        db.execute(sql, (zone.key, id_list) if TABLES[table][0] == "day_ms" else (id_list,))
+    ids = sorted(e.id for e in events)
+    times = [e.ts_ms for e in events]
+    for table in HOUR_TABLES:
+        db.execute(PG_NEW[table], (ids,))
+    stretches = _offset_stretches(min(times) // HOUR_MS * HOUR_MS, max(times) // HOUR_MS * HOUR_MS + HOUR_MS, zone)
+    for start, end, offset in stretches:
+        for table in DAY_TABLES:
+            if len(stretches) == 1:
+                db.execute(PG_NEW[table], (offset, ids))
+            else:
+                db.execute(PG_NEW_RANGED[table], (offset, ids, start, end))
 
 
 def roll_up(db: Db, zone: ZoneInfo) -> int:

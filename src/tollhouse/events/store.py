@@ -257,9 +257,8 @@ class Store:
             elif self.db.dialect == "sqlite":
                 fresh = self._insert_sqlite(events)  # the rollups too
             else:
-                new_ids = {r["id"] for r in self.db.executemany_returning(_INSERT_EVENT, events)}
-                rollup.add_new_pg(self.db, sorted(new_ids), self.day_zone)
-                fresh = _inserted(events, new_ids)
+                fresh = _inserted(events, {r["id"] for r in self.db.executemany_returning(_INSERT_EVENT, events)})
+                rollup.add_new_pg(self.db, fresh, self.day_zone)
             if captures:
                 self.db.executemany(_INSERT_CAPTURE, [(event_id, *c) for event_id, c in captures.items()])
             return fresh
