@@ -17,23 +17,12 @@ own) differ by ±15 % between sets of runs on this shared two-core machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
-import tempfile
 from pathlib import Path
 
-from bench_gateway import (
-    CHAT_BODY,
-    STREAM_BODY,
-    Target,
-    build_scenarios,
-    free_port,
-    gateway_config,
-    run_interleaved,
-    start_gateway,
-    stop_service,
-)
-from suite import start_upstream, user_pool
+from ab_c32 import side_by_side
+from bench_gateway import CHAT_BODY, STREAM_BODY, run_interleaved
+from suite import user_pool
 
 
 def _percentiles(ns: list[int]) -> tuple[float, float, float]:
@@ -50,36 +39,22 @@ def main() -> int:
     parser.add_argument("--scenario", default="rules-1000+budget")
     args = parser.parse_args()
     body = STREAM_BODY if args.body == "stream" else CHAT_BODY
-    with tempfile.TemporaryDirectory(prefix="tollhouse-ab-c1-") as tmp:
-        work = Path(tmp)
-        up_port = free_port()
-        upstream = start_upstream(work, up_port)
-        services = []
-        try:
-            scenario = build_scenarios([args.scenario], datetime.datetime.now(datetime.UTC))[0]
-            targets = [Target("direct", up_port, "/v1/chat/completions")]
-            for name, src in (("new", None), ("base", args.base_src)):
-                port = free_port()
-                services.append(start_gateway(port, gateway_config(up_port, scenario.config), work, name, src=src))
-                targets.append(Target(name, port, "/openai/v1/chat/completions"))
-            pools = {t.name: user_pool(t, body, scenario.users) for t in targets}
-            runs = run_interleaved(targets, pools, args.warmup, args.requests)
-            bad = {t.name: sum(1 for r in runs[t.name] if r.status != 200) for t in targets}
-            direct = _percentiles([r.ttfb_ns for r in runs["direct"]])
-            print(f"{args.body}, {args.scenario}, {args.requests} requests after {args.warmup} warm-up; time to the "
-                  f"first body byte, ms (non-200: {bad})")
-            added: dict[str, tuple[float, ...]] = {}
-            for t in targets:
-                p = _percentiles([r.ttfb_ns for r in runs[t.name]])
-                added[t.name] = tuple(a - d for a, d in zip(p, direct, strict=True))
-                print(f"  {t.name:6s} p50 {p[0]:.3f} p90 {p[1]:.3f} p99 {p[2]:.3f}   added p50 {added[t.name][0]:+.3f} "
-                      f"p90 {added[t.name][1]:+.3f} p99 {added[t.name][2]:+.3f}")
-            print(f"added p50 new/base {added['new'][0] / added['base'][0]:.3f}, "
-                  f"p90 {added['new'][1] / added['base'][1]:.3f}")
-        finally:
-            for service in services:
-                stop_service(service)
-            stop_service(upstream)
+    with side_by_side(args.base_src, args.scenario) as both:
+        targets = [both.direct, both.gateways["new"], both.gateways["base"]]
+        pools = {t.name: user_pool(t, body, both.scenario.users) for t in targets}
+        runs = run_interleaved(targets, pools, args.warmup, args.requests)
+    bad = {t.name: sum(1 for r in runs[t.name] if r.status != 200) for t in targets}
+    direct = _percentiles([r.ttfb_ns for r in runs["direct"]])
+    print(f"{args.body}, {args.scenario}, {args.requests} requests after {args.warmup} warm-up; time to the "
+          f"first body byte, ms (non-200: {bad})")
+    added: dict[str, tuple[float, ...]] = {}
+    for t in targets:
+        p = _percentiles([r.ttfb_ns for r in runs[t.name]])
+        added[t.name] = tuple(a - d for a, d in zip(p, direct, strict=True))
+        print(f"  {t.name:6s} p50 {p[0]:.3f} p90 {p[1]:.3f} p99 {p[2]:.3f}   added p50 {added[t.name][0]:+.3f} "
+              f"p90 {added[t.name][1]:+.3f} p99 {added[t.name][2]:+.3f}")
+    print(f"added p50 new/base {added['new'][0] / added['base'][0]:.3f}, "
+          f"p90 {added['new'][1] / added['base'][1]:.3f}")
     return 0
 
 

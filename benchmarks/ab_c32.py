@@ -20,16 +20,20 @@ the suite's c32 runs, target then baseline 10 s each, swing 0.6x-1.4x on this sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench_gateway import (
     CHAT_BODY,
+    Scenario,
     Target,
     build_scenarios,
     cpu_seconds,
@@ -41,6 +45,43 @@ from bench_gateway import (
     write_wrk_script,
 )
 from suite import process_tree, start_upstream
+
+
+@dataclass(frozen=True)
+class SideBySide:
+    """Two gateways up at once on one upstream: `new` (this tree's sources) and `base` (another tree's)."""
+
+    work: Path
+    direct: Target  # the upstream itself
+    scenario: Scenario
+    gateways: dict[str, Target]  # "new", "base"
+    pids: dict[str, list[int]]  # each gateway's processes, the main one first
+
+
+@contextlib.contextmanager
+def side_by_side(base_src: Path, scenario_name: str) -> Iterator[SideBySide]:
+    """The suite's nginx upstream and both gateways on the scenario's config, each in its own data dir; all stopped
+    on the way out. (Shared by ab_c32.py and ab_c1.py.)"""
+    with tempfile.TemporaryDirectory(prefix="tollhouse-ab-") as tmp:
+        work = Path(tmp)
+        up_port = free_port()
+        upstream = start_upstream(work, up_port)
+        services = []
+        try:
+            scenario = build_scenarios([scenario_name], datetime.datetime.now(datetime.UTC))[0]
+            gateways: dict[str, Target] = {}
+            pids: dict[str, list[int]] = {}
+            for name, src in (("new", None), ("base", base_src)):
+                port = free_port()
+                service = start_gateway(port, gateway_config(up_port, scenario.config), work, name, src=src)
+                services.append(service)
+                gateways[name] = Target(name, port, "/openai/v1/chat/completions")
+                pids[name] = process_tree(service.proc.pid)
+            yield SideBySide(work, Target("direct", up_port, "/v1/chat/completions"), scenario, gateways, pids)
+        finally:
+            for service in services:
+                stop_service(service)
+            stop_service(upstream)
 
 
 def thread_cpu_seconds(pid: int) -> float:
@@ -88,68 +129,51 @@ def main() -> int:
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     assert wrk is not None
-    with tempfile.TemporaryDirectory(prefix="tollhouse-ab-") as tmp:
-        work = Path(tmp)
-        up_port = free_port()
-        upstream = start_upstream(work, up_port)
-        services = []
-        try:
-            scenario = build_scenarios([args.scenario], datetime.datetime.now(datetime.UTC))[0]
-            targets: dict[str, Target] = {}
-            pids: dict[str, list[int]] = {}
-            for name, src in (("new", None), ("base", args.base_src)):
-                port = free_port()
-                service = start_gateway(port, gateway_config(up_port, scenario.config), work, name, src=src)
-                services.append(service)
-                targets[name] = Target(name, port, "/openai/v1/chat/completions")
-                pids[name] = process_tree(service.proc.pid)
-            script = write_wrk_script(work / "c32.lua", CHAT_BODY, scenario.users)
-            for name in ("new", "base"):  # warm: every subject's counters loaded
-                run_wrk(wrk, targets[name], script, 2)
-            total = {"new": 0, "base": 0}
-            cpu = {"new": 0.0, "base": 0.0}
-            loop_cpu = {"new": 0.0, "base": 0.0}  # the gateway's main thread (the event loop) alone
-            sched: dict[str, list[float]] = {"new": [0.0, 0, 0], "base": [0.0, 0, 0]}
-            ratios = []
-            for i in range(args.pairs):
-                order = ("new", "base") if i % 2 == 0 else ("base", "new")
-                rps = {}
-                for name in order:
-                    before = sum(cpu_seconds(p) for p in pids[name])
-                    loop_before = thread_cpu_seconds(pids[name][0])
-                    sched_before = thread_sched(pids[name][0])
-                    result = run_wrk(wrk, targets[name], script, args.seconds)
-                    cpu[name] += sum(cpu_seconds(p) for p in pids[name]) - before
-                    loop_cpu[name] += thread_cpu_seconds(pids[name][0]) - loop_before
-                    sched[name] = [a + b - c for a, b, c in zip(sched[name], thread_sched(pids[name][0]),
-                                                                sched_before, strict=True)]
-                    n = int(result.get("requests") or 0)
-                    total[name] += n
-                    rps[name] = n / args.seconds
-                ratios.append(rps["new"] / rps["base"])
-                print(f"pair {i + 1:2d} ({order[0]} first): new {rps['new']:7.0f} req/s, base {rps['base']:7.0f} "
-                      f"req/s, ratio {ratios[-1]:.3f}", flush=True)
-            print(f"summed requests ratio {total['new'] / total['base']:.3f}; median pair ratio "
-                  f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); CPU ms per request "
-                  f"new {cpu['new'] * 1000 / total['new']:.4f}, base {cpu['base'] * 1000 / total['base']:.4f} "
-                  f"(ratio {(cpu['new'] / total['new']) / (cpu['base'] / total['base']):.3f}); of which the event loop "
-                  f"thread new {loop_cpu['new'] * 1000 / total['new']:.4f}, "
-                  f"base {loop_cpu['base'] * 1000 / total['base']:.4f} "
-                  f"(ratio {(loop_cpu['new'] / total['new']) / (loop_cpu['base'] / total['base']):.3f})")
-            wall = args.pairs * args.seconds
-            print(f"event loop thread busy: new {loop_cpu['new'] / wall:.0%}, base {loop_cpu['base'] / wall:.0%} "
-                  f"of the load windows")
-            for name in ("new", "base"):
-                delay, voluntary, involuntary = sched[name]
-                print(f"{name} event loop thread: waited for a CPU {delay / wall:.0%} of the windows; per 1000 "
-                      f"requests {voluntary * 1000 / total[name]:.0f} voluntary and "
-                      f"{involuntary * 1000 / total[name]:.0f} involuntary context switches")
-            for name in ("new", "base"):
-                print(f"{name} threads (CPU s since start): {thread_table(pids[name][0])}")
-        finally:
-            for service in services:
-                stop_service(service)
-            stop_service(upstream)
+    with side_by_side(args.base_src, args.scenario) as both:
+        targets, pids = both.gateways, both.pids
+        script = write_wrk_script(both.work / "c32.lua", CHAT_BODY, both.scenario.users)
+        for name in ("new", "base"):  # warm: every subject's counters loaded
+            run_wrk(wrk, targets[name], script, 2)
+        total = {"new": 0, "base": 0}
+        cpu = {"new": 0.0, "base": 0.0}
+        loop_cpu = {"new": 0.0, "base": 0.0}  # the gateway's main thread (the event loop) alone
+        sched: dict[str, list[float]] = {"new": [0.0, 0, 0], "base": [0.0, 0, 0]}
+        ratios = []
+        for i in range(args.pairs):
+            order = ("new", "base") if i % 2 == 0 else ("base", "new")
+            rps = {}
+            for name in order:
+                before = sum(cpu_seconds(p) for p in pids[name])
+                loop_before = thread_cpu_seconds(pids[name][0])
+                sched_before = thread_sched(pids[name][0])
+                result = run_wrk(wrk, targets[name], script, args.seconds)
+                cpu[name] += sum(cpu_seconds(p) for p in pids[name]) - before
+                loop_cpu[name] += thread_cpu_seconds(pids[name][0]) - loop_before
+                sched[name] = [a + b - c for a, b, c in zip(sched[name], thread_sched(pids[name][0]),
+                                                            sched_before, strict=True)]
+                n = int(result.get("requests") or 0)
+                total[name] += n
+                rps[name] = n / args.seconds
+            ratios.append(rps["new"] / rps["base"])
+            print(f"pair {i + 1:2d} ({order[0]} first): new {rps['new']:7.0f} req/s, base {rps['base']:7.0f} "
+                  f"req/s, ratio {ratios[-1]:.3f}", flush=True)
+        print(f"summed requests ratio {total['new'] / total['base']:.3f}; median pair ratio "
+              f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}); CPU ms per request "
+              f"new {cpu['new'] * 1000 / total['new']:.4f}, base {cpu['base'] * 1000 / total['base']:.4f} "
+              f"(ratio {(cpu['new'] / total['new']) / (cpu['base'] / total['base']):.3f}); of which the event loop "
+              f"thread new {loop_cpu['new'] * 1000 / total['new']:.4f}, "
+              f"base {loop_cpu['base'] * 1000 / total['base']:.4f} "
+              f"(ratio {(loop_cpu['new'] / total['new']) / (loop_cpu['base'] / total['base']):.3f})")
+        wall = args.pairs * args.seconds
+        print(f"event loop thread busy: new {loop_cpu['new'] / wall:.0%}, base {loop_cpu['base'] / wall:.0%} "
+              f"of the load windows")
+        for name in ("new", "base"):
+            delay, voluntary, involuntary = sched[name]
+            print(f"{name} event loop thread: waited for a CPU {delay / wall:.0%} of the windows; per 1000 "
+                  f"requests {voluntary * 1000 / total[name]:.0f} voluntary and "
+                  f"{involuntary * 1000 / total[name]:.0f} involuntary context switches")
+        for name in ("new", "base"):
+            print(f"{name} threads (CPU s since start): {thread_table(pids[name][0])}")
     return 0
 
 
