@@ -71,17 +71,18 @@ def _accumulate(table: str) -> str:
             + ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES))
 
 
-def backfill_sql(table: str, where: str = "", day_offset_ms: int = 0) -> str:
+def backfill_sql(table: str, where: str = "", day_offset: str = "0", ordered: bool = False) -> str:
     """Add the rollup of the stored events (those matching `where`, SQL) to `table`, in one statement; a day table's
-    dates at a fixed UTC offset (`day_offset_ms`; 0: UTC)."""
+    dates at a fixed UTC offset (`day_offset`, SQL: ms, or `?` for a parameter ahead of those in `where`; 0: UTC).
+    `ordered`: rows upserted in key order (writers sharing PostgreSQL then lock them in one order)."""
     period, key = TABLES[table]
     keyed = ", ".join(f"COALESCE({k}, '')" for k in key)
     groups = ", ".join(str(i) for i in range(1, len(key) + 2))
-    span = f"((ts_ms + {day_offset_ms}) / {DAY_MS}) * {DAY_MS}" if period == "day_ms" else \
+    span = f"((ts_ms + {day_offset}) / {DAY_MS}) * {DAY_MS}" if period == "day_ms" else \
         f"(ts_ms / {HOUR_MS}) * {HOUR_MS}"
     return (f"INSERT INTO {table} ({period}, {', '.join(key)}, {', '.join(MEASURES)}) "
             f"SELECT {span}, {keyed}, {_MEASURES_SQL} FROM events WHERE {where or 'true'} GROUP BY {groups} "
-            + _accumulate(table))
+            + (f"ORDER BY {groups} " if ordered else "") + _accumulate(table))
 
 
 def migration_sql() -> str:
@@ -122,17 +123,11 @@ def _pg_new_sql(table: str, ranged: bool) -> str:
     """PostgreSQL: add the events whose ids are given (just inserted) to `table`, summed by the database, a day table's
     dates at one UTC offset (computed here from the zone, as for SQLite: the database's own time-zone data is never
     asked). Parameters: hour table (ids); day table (offset_ms, ids[, start_ms, end_ms]: `ranged`, for a batch across
-    an offset change). Rows are upserted in key order (ORDER BY): writers sharing the database lock the rows they
-    update in one order, so they wait for each other rather than deadlock."""
-    period, key = TABLES[table]
-    keyed = ", ".join(f"COALESCE({k}, '')" for k in key)
-    columns = ", ".join(str(i) for i in range(1, len(key) + 2))
-    day = period == "day_ms"
-    span = f"((ts_ms + ?) / {DAY_MS}) * {DAY_MS}" if day else f"(ts_ms / {HOUR_MS}) * {HOUR_MS}"
+    an offset change). Rows are upserted in key order: writers sharing the database lock the rows they update in one
+    order, so they wait for each other rather than deadlock."""
+    day = TABLES[table][0] == "day_ms"
     where = "id = ANY(?)" + (" AND ts_ms >= ? AND ts_ms < ?" if day and ranged else "")
-    return (f"INSERT INTO {table} ({period}, {', '.join(key)}, {', '.join(MEASURES)}) "
-            f"SELECT {span}, {keyed}, {_MEASURES_SQL} FROM events WHERE {where} "
-            f"GROUP BY {columns} ORDER BY {columns} " + _accumulate(table))
+    return backfill_sql(table, where, "?", ordered=True)
 
 
 PG_NEW = {table: _pg_new_sql(table, False) for table in TABLES}

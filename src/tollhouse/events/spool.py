@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from tollhouse.events import rollup
 from tollhouse.events.model import CallEvent, Capture, event_from_row
 from tollhouse.events.store import EVENTS_WITH_CONTENT, Store
 
@@ -90,8 +89,7 @@ def prune(store: Store, before_ms: int) -> int:
     `before_ms`, with their captured content; returns how many. Unshipped events are never pruned."""
     with store.db.transaction():
         mark = watermark(store)
-        if store.db.dialect == "sqlite":
-            rollup.roll_up(store.db, store.day_zone)  # the usage rollups count what is deleted
+        store.roll_up()  # (SQLite) the usage rollups count what is deleted
         store.db.execute("DELETE FROM event_content WHERE event_id IN (SELECT id FROM events WHERE seq <= ? AND "
                          "ts_ms < ?)", (mark, before_ms))
         rows = store.db.query("SELECT COUNT(*) AS n FROM events WHERE seq <= ? AND ts_ms < ?", (mark, before_ms))

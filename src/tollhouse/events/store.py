@@ -172,8 +172,7 @@ class Store:
         with self.db.transaction(lock="usage-day-zone"):
             row = self._row("SELECT value FROM meta WHERE key = ?", (rollup.DAY_ZONE_KEY,))
             if row is None or row["value"] != zone.key:
-                if self.db.dialect == "sqlite":
-                    rollup.roll_up(self.db, self.day_zone)  # the hours complete before the days are rebuilt
+                self.roll_up()  # (SQLite) the hours complete before the days are rebuilt
                 rollup.rebuild_days(self.db, zone)
         self.day_zone = zone
 
