@@ -6,18 +6,19 @@ or managed ones, seen in the last 1, 7, 30 or 90 days."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tollhouse.console.pages import AUDIT, Page
 from tollhouse.console.render import render
-from tollhouse.forward.api import host_rows
+from tollhouse.forward.api import host_rows, matching
 from tollhouse.gateway.console_session import ConsoleUser
 from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.state import GatewayState
 
 PATH = "/console/hosts"
 DAYS = (1, 7, 30, 90)
-VIEWS = {"all": "every host", "shadow": "AI services not managed (shadow AI)", "managed": "managed AI services"}
+# view -> (label, known_ai, managed): the filters of GET /api/v1/hosts (None: either)
+VIEWS: dict[str, tuple[str, bool | None, bool | None]] = {
+    "all": ("every host", None, None), "shadow": ("AI services not managed (shadow AI)", True, False),
+    "managed": ("managed AI services", None, True)}
 SHOWN = 1000  # rows on the page at most (the API pages further)
 PEOPLE_SHOWN = 5
 
@@ -27,14 +28,6 @@ def _size(n: int) -> str:
         if n >= step:
             return f"{n / step:.1f} {unit}"
     return f"{n} B"
-
-
-def _keep(row: dict[str, Any], view: str) -> bool:
-    if view == "shadow":
-        return bool(row["known_ai"]) and not row["managed"]
-    if view == "managed":
-        return bool(row["managed"])
-    return True
 
 
 async def hosts_page(request: Request, state: GatewayState, user: ConsoleUser) -> Response:
@@ -50,13 +43,14 @@ async def hosts_page(request: Request, state: GatewayState, user: ConsoleUser) -
         days = 30
     since_ms = int((state.clock() - days * 86400) * 1000)
     rows = await host_rows(state, since_ms)
-    shadow = sum(1 for r in rows if r["known_ai"] and not r["managed"])
-    kept = [r for r in rows if _keep(r, view)]
+    shadow = len(matching(rows, *VIEWS["shadow"][1:]))
+    kept = matching(rows, *VIEWS[view][1:])
     shown = [{**r, "up": _size(r["bytes_up"]), "down": _size(r["bytes_down"]),
               "people_shown": r["people"][:PEOPLE_SHOWN], "people_more": max(len(r["people"]) - PEOPLE_SHOWN, 0)}
              for r in kept[:SHOWN]]
     return render(request, state, user, "hosts.html", "Hosts", 400 if problems else 200, rows=shown,
-                  total=len(kept), seen=len(rows), shadow=shadow, view=view, views=VIEWS, days=days,
+                  total=len(kept), seen=len(rows), shadow=shadow, view=view,
+                  views={key: label for key, (label, _, _) in VIEWS.items()}, days=days,
                   day_choices=DAYS, problems=problems, proxy_on=state.settings.forward_proxy.port is not None,
                   shown_max=SHOWN)
 

@@ -43,9 +43,13 @@ async def hosts(request: Request, state: GatewayState) -> Response:
         raise params.bad(str(exc)) from None
     known, managed = _flag(query, "known_ai"), _flag(query, "managed")
     rows = await host_rows(state, since)
-    out = [row for row in rows
-           if (known is None or row["known_ai"] == known) and (managed is None or row["managed"] == managed)]
-    return json_response({"hosts": out[:limit]})
+    return json_response({"hosts": matching(rows, known, managed)[:limit]})
+
+
+def matching(rows: list[dict[str, Any]], known: bool | None, managed: bool | None) -> list[dict[str, Any]]:
+    """The `host_rows` whose `known_ai` is `known` and whose `managed` is `managed` (None: either)."""
+    return [row for row in rows
+            if (known is None or row["known_ai"] == known) and (managed is None or row["managed"] == managed)]
 
 
 async def host_rows(state: GatewayState, since_ms: int) -> list[dict[str, Any]]:
