@@ -49,8 +49,8 @@ async def spend(request: Request, state: GatewayState) -> Response:
         totals = {p: v for p, v in totals.items() if p == provider}
     subject = directory.subject(ident) if scope == "subject" else None
     caps = policy.caps_counting(scope, ident, subject)
-    shadow = shadow_ids(policy) if policy.shadow is not None else frozenset()
-    if shadow and policy.shadow is not None:  # shadow rules' caps are counted too (never refusing): shown, marked
+    shadow = shadow_ids(policy)
+    if policy.shadow is not None:  # shadow rules' caps are counted too (never refusing): shown, marked
         caps += [c for c in policy.shadow.caps_counting(scope, ident, subject) if c.rule.id in shadow]
     cap_rows = []
     lease_rows: list[dict[str, object]] = []  # budget leases agents hold on these caps (counted in `used`)
