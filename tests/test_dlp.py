@@ -277,3 +277,19 @@ def test_what_dlp_matches_in_the_answer_is_redacted_too(mock: Mock, gateway_fact
     assert event["prompt"] == "hello"
     assert "ipsum" not in event["response"] and "[redacted:codeword]" in event["response"]
     assert event["response"].startswith("lorem")
+
+
+def test_a_stream_whose_answer_takes_long_to_inspect_is_listed_by_a_read_right_after_it_ends(
+        mock: Mock, gateway_factory: Any) -> None:
+    """The caller's SDK stops at the stream's last event; the gateway then still inspects the captured answer
+    (here for the whole budget: a pattern that backtracks on 5,000 words) before it records the call. A read of
+    events the caller makes right away waits for the call rather than answer without it."""
+    gw = _gateway(gateway_factory, mock, [dlp("slow", "INFO", patterns=[r"(\w+\s?)+\d"])],
+                  capture_mode="enterprise", limits={"dlp_time_ms": 400})
+    chunks = oai(gw).chat.completions.create(model="gpt-4o-mini", max_tokens=5000, stream=True,
+                                             messages=[{"role": "user", "content": "hello"}],
+                                             extra_headers={"X-Mock-Output-Tokens": "5000"})
+    assert len("".join(c.choices[0].delta.content or "" for c in chunks if c.choices).split()) == 5000
+    [event] = json.loads(gw.get("/api/v1/events?include=content")[1])["events"]
+    assert event["stream"] and event["output_tokens"] == 5000 and not event["client_disconnected"]
+    assert event["response"] == "[redacted:content inspection exceeded limits.dlp_time_ms]"

@@ -161,3 +161,30 @@ def test_leftovers_the_store_cannot_take_at_start_are_adopted_and_stored_later(t
         runner.close()
 
     asyncio.run(main())
+
+
+def test_a_read_waits_for_a_stream_its_client_has_seen_end_and_only_for_those_answered_before_it(
+        tmp_path: Path) -> None:
+    """A stream's client can have its last event while the gateway still works on the call (redacting the
+    captured answer off the loop): a read of the store started then waits for the call's event; a stream that
+    ends after the read began does not hold the read up."""
+    async def main() -> None:
+        runner = StoreRunner(open_store("", tmp_path))
+        writer = EventWriter(runner, 30.0, 500)  # never written on the interval: only a flush writes
+        writer.start()
+        ticket = writer.hold_reads()
+        read = asyncio.create_task(writer.flush(10))
+        done, _ = await asyncio.wait({read}, timeout=0.2)
+        assert not done  # the answered call is not recorded yet: the read must not go ahead without it
+        later = writer.hold_reads()  # a stream ending now belongs to reads started from now
+        writer.record(call(1))
+        writer.release_reads(ticket)
+        assert await read
+        assert await _stored(runner) == [call(1).id]
+        assert not await writer.flush(0.1)  # `later` is still being recorded
+        writer.release_reads(later)
+        assert await writer.flush(1)
+        await writer.close()
+        runner.close()
+
+    asyncio.run(main())

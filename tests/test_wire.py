@@ -31,7 +31,7 @@ from tollhouse.wire.client import (
     RequestTimeoutError,
     UpstreamResponse,
 )
-from tollhouse.wire.server import Exchange, Head, HttpServer, ProtocolClosed
+from tollhouse.wire.server import DISCONNECT_GRACE_S, Exchange, Head, HttpServer, ProtocolClosed
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -342,6 +342,47 @@ def test_a_streamed_response_is_chunked_and_ends_with_a_zero_chunk() -> None:
                 reply = await read_reply(reader)
                 assert reply.headers["transfer-encoding"] == "chunked" and "content-length" not in reply.headers
                 assert reply.raw_body == b"5\r\nhello\r\n6\r\n world\r\n12c\r\n" + b"x" * 300 + b"\r\n0\r\n\r\n"
+
+    run(main())
+
+
+def test_an_ended_stream_reaches_its_client_whole_while_the_handler_finishes_and_a_hang_up_does_not_cancel_it(
+        ) -> None:
+    """`end()`: the client has the body's end at once; the handler's remaining work (recording the call) is
+    neither waited for by the client nor cancelled when it hangs up; the connection then carries on."""
+    async def main() -> None:
+        release, hung_up = asyncio.Event(), asyncio.Event()
+        finished: asyncio.Queue[str] = asyncio.Queue()
+
+        async def handler(head: Head, exchange: Exchange) -> None:
+            stream = exchange.response_stream(200, [])
+            await stream.send_bytes(b"all of it")
+            stream.end()
+            stream.end()  # once only
+            with pytest.raises(RuntimeError, match="already ended"):
+                await stream.send_bytes(b"more")
+            if head.path == "/hang-up":
+                await hung_up.wait()
+                await asyncio.sleep(DISCONNECT_GRACE_S * 2)  # past the grace for clients that hang up mid-stream
+            else:
+                await release.wait()
+            finished.put_nowait(head.path)
+
+        async with serving(handler) as port:
+            async with connection(port) as (reader, writer):
+                writer.write(b"GET /keep HTTP/1.1\r\nHost: x\r\n\r\n")
+                reply = await read_reply(reader)  # while the handler still waits
+                assert reply.raw_body == b"9\r\nall of it\r\n0\r\n\r\n" and finished.empty()
+                writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")  # queued behind the first
+                release.set()
+                assert await asyncio.wait_for(finished.get(), 2) == "/keep"
+                assert (await read_reply(reader)).raw_body == b"9\r\nall of it\r\n0\r\n\r\n"
+                assert await asyncio.wait_for(finished.get(), 2) == "/next"
+            async with connection(port) as (reader, writer):
+                writer.write(b"GET /hang-up HTTP/1.1\r\nHost: x\r\n\r\n")
+                await read_reply(reader)
+            hung_up.set()
+            assert await asyncio.wait_for(finished.get(), 3) == "/hang-up"  # not cancelled
 
     run(main())
 

@@ -73,6 +73,10 @@ class EventWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._answering: set[int] = set()  # calls whose client may have seen their end, not yet recorded
+        self._answer_seq = itertools.count(1)
+        self._answers_changed = asyncio.Event()  # set and replaced when one of them is, while reads wait
+        self._reads_waiting = 0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._on_error = on_write_error
@@ -189,15 +193,39 @@ class EventWriter:
                       self._max, self.dropped, event.id, event.decision)
         return False
 
+    def hold_reads(self) -> int:
+        """The client may have all of a call's answer (a stream's last event) while the call is not recorded:
+        a `flush` started from now waits (within its timeout) until `release_reads(ticket)`, which every
+        ticket gets exactly once, after the call is recorded. Later tickets never hold up an earlier flush."""
+        ticket = next(self._answer_seq)
+        self._answering.add(ticket)
+        return ticket
+
+    def release_reads(self, ticket: int) -> None:
+        self._answering.discard(ticket)
+        if self._reads_waiting:
+            changed, self._answers_changed = self._answers_changed, asyncio.Event()
+            changed.set()
+
     async def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until everything recorded so far is in the store; False if it is not after `timeout_s`."""
-        if self._pending:
-            self._wake.set()
+        """Wait until everything recorded so far, and every call whose client has been answered so far, is in
+        the store; False if it is not after `timeout_s`."""
+        answered = set(self._answering)
         try:
             async with asyncio.timeout(timeout_s):
+                while not answered.isdisjoint(self._answering):
+                    self._reads_waiting += 1
+                    try:
+                        await self._answers_changed.wait()
+                    finally:
+                        self._reads_waiting -= 1
+                if self._pending:
+                    self._wake.set()
                 while not self._idle.is_set():
                     await self._idle.wait()
         except TimeoutError:
+            if self._pending:
+                self._wake.set()
             return False
         return True
 

@@ -45,7 +45,7 @@ BUDGET_HEADER = "x-tollhouse-budget-remaining"
 class Progress:
     """What the forward stage has seen of one call's answer so far."""
 
-    __slots__ = ("client_disconnected", "error", "model", "response_text", "status", "ttfb", "usage",
+    __slots__ = ("answered", "client_disconnected", "error", "model", "response_text", "status", "ttfb", "usage",
                  "usage_source")
 
     def __init__(self, model: str | None, usage_source: UsageSource) -> None:
@@ -57,6 +57,7 @@ class Progress:
         self.client_disconnected = False
         self.error: str | None = None
         self.response_text: str | None = None  # captured (enterprise capture mode)
+        self.answered = 0  # the read hold of a stream whose end the client may have seen (EventWriter.hold_reads)
 
 
 class Outbound:
@@ -194,12 +195,16 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
             if noted is not None:
                 data = noted.feed(data)
             if data:
+                if upstream.ended:  # the last of the answer: the client may stop reading here
+                    _answering(state, seen)
                 await transport.send_bytes(data)
+        _answering(state, seen)
         if meter is not None and (tail := meter.finish()):
             await transport.send_bytes(noted.feed(tail) if noted is not None else tail)
         if noted is not None and (held := noted.finish()):
             await transport.send_bytes(held)
         await redact.flush(transport)
+        transport.end()  # the client has its whole answer now; recording the call may take a moment more
         finished = True
     except ProtocolClosed:
         client_gone(state, route, seen)
@@ -211,6 +216,7 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
         seen.error = f"upstream stream ended abnormally: {type(exc).__name__}"
         state.metrics.upstream_errors.labels(route.id, "stream").inc()
         # Tell the client in-band, in its SDK's own error form, rather than end the stream cleanly.
+        _answering(state, seen)
         message = (f"Tollhouse: the stream from provider '{route.id}' ended abnormally "
                    f"({type(exc).__name__}); the answer is incomplete.")
         try:
@@ -225,6 +231,14 @@ async def _stream(request: Request, state: GatewayState, out: Outbound, upstream
         if text is not None:
             seen.response_text = text.text()
     return STREAMED
+
+
+def _answering(state: GatewayState, seen: Progress) -> None:
+    """What is sent from here may end the stream for its client while the call is not yet recorded: reads of
+    the store (`EventWriter.flush`) wait for the call's event, so a caller who lists events once its stream
+    ended sees the call. The pipeline releases the hold after `record`."""
+    if not seen.answered:
+        seen.answered = state.writer.hold_reads()
 
 
 def meter_stream(meter: StreamMeter, seen: Progress, complete: bool) -> None:

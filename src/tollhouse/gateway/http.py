@@ -27,6 +27,10 @@ class Headers(Protocol):
 class StreamTransport(Protocol):
     async def send_bytes(self, data: bytes) -> None: ...
 
+    def end(self) -> None:
+        """The body is complete: the client gets its end now, while the handler may still finish its work."""
+        ...
+
 
 class HTTPProtocol(Protocol):
     async def __call__(self) -> bytes: ...

@@ -228,11 +228,17 @@ async def handle(request: Request, state: GatewayState) -> Response | Streamed:
         if inspection is not None and seen.response_text:
             seen.response_text = None  # an answer never inspected is not kept (the call ended before it could be)
         # Recorded (journaled) before the response leaves: the server sends it when the handler returns, so a
-        # kill -9 can never lose a call the client has already been answered.
-        record(state, Finished(route, endpoint_name, endpoint_class, forward_path, subject,
-                               facts.model, facts.stream, verdict, reservation, seen, len(body_read),
-                               started, ts_ms, prompt, capture,
-                               None if worst is None else _charged_at_worst(where, got, worst), event_id, cols))
+        # kill -9 can never lose a call the client has already been answered. (A stream's client has its answer
+        # as it comes; until the call is recorded its intent, journaled before forwarding, stands for it, and
+        # reads of the store wait for it: Progress.answered.)
+        try:
+            record(state, Finished(route, endpoint_name, endpoint_class, forward_path, subject,
+                                   facts.model, facts.stream, verdict, reservation, seen, len(body_read),
+                                   started, ts_ms, prompt, capture,
+                                   None if worst is None else _charged_at_worst(where, got, worst), event_id, cols))
+        finally:
+            if seen.answered:
+                state.writer.release_reads(seen.answered)
 
 
 async def _judge(state: GatewayState, policy: CompiledPolicy, where: Classified, ident: Identity, got: Read,

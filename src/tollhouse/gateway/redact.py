@@ -135,6 +135,9 @@ class RedactedStream:
         if tail:
             await self._inner.send_bytes(tail)
 
+    def end(self) -> None:
+        self._inner.end()
+
 
 # What the request path calls, with the redactor of the key the gateway injected (None when it injected none:
 # then each is one comparison and returns its input unchanged).

@@ -148,6 +148,12 @@ class UpstreamResponse:
             conn.resume()
         return chunk
 
+    @property
+    def ended(self) -> bool:
+        """The upstream has sent the whole body and every piece of it has been taken (`next_chunk`): the last
+        one taken was the end."""
+        return self._conn.done and not self._conn.chunks
+
     def close(self) -> None:
         """Stop reading: a connection with an unread body left is not reused."""
         self._conn.release()

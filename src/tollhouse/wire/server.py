@@ -87,10 +87,11 @@ Handler = Callable[[Head, "Exchange"], Awaitable[None]]
 class _Stream:
     """A chunked response body."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_exchange")
 
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: _Connection, exchange: Exchange) -> None:
         self._conn = conn
+        self._exchange = exchange
 
     async def send_bytes(self, data: bytes) -> None:
         conn = self._conn
@@ -99,15 +100,29 @@ class _Stream:
         if not data:
             return
         assert conn.transport is not None
+        if self._exchange.ended:
+            raise RuntimeError("this response's body was already ended")
         conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data) if conn.chunked_out else data)
         if conn.write_paused:
             await conn.drained()
+
+    def end(self) -> None:
+        """The body is complete: the client gets its end now, not when the handler returns, and a client that
+        hangs up from here no longer cancels the handler (it may still be finishing its work on the call). An
+        HTTP/1.0 body ends when the connection closes, after the handler."""
+        conn, exchange = self._conn, self._exchange
+        if exchange.ended or not conn.chunked_out:
+            return
+        exchange.ended = True
+        if not conn.closed:
+            assert conn.transport is not None
+            conn.transport.write(b"0\r\n\r\n")
 
 
 class Exchange:
     """One request's body and its one response."""
 
-    __slots__ = ("_body", "_body_done", "_body_size", "_conn", "_waiter", "expect_continue", "http11",
+    __slots__ = ("_body", "_body_done", "_body_size", "_conn", "_waiter", "ended", "expect_continue", "http11",
                  "keep_alive", "responded", "streamed")
 
     def __init__(self, conn: _Connection, keep_alive: bool, expect_continue: bool) -> None:
@@ -121,6 +136,7 @@ class Exchange:
         self.http11 = True  # the request's HTTP version, taken when its head is parsed
         self.responded = False
         self.streamed = False
+        self.ended = False  # a streamed body's end was sent (`_Stream.end`)
 
     # --- the request body ---
 
@@ -227,7 +243,7 @@ class Exchange:
         conn = self._conn
         if conn.closed:
             self.responded = self.streamed = True
-            return _Stream(conn)
+            return _Stream(conn, self)
         if self.responded:
             raise RuntimeError("this request was already answered")
         self.responded = self.streamed = True
@@ -239,7 +255,7 @@ class Exchange:
         extra = [("transfer-encoding", "chunked")] if conn.chunked_out else []
         assert conn.transport is not None
         conn.transport.write(self._head(status, [*headers, *extra], None).encode("latin-1"))
-        return _Stream(conn)
+        return _Stream(conn, self)
 
 
 DISCONNECT_GRACE_S = 0.25
@@ -345,7 +361,7 @@ class _Connection(asyncio.Protocol):
         if exchange is not None:
             exchange._wake()  # a handler waiting for more body finds the connection closed
         self._pending.clear()
-        if serving is not None and serving.streamed and task is not None and not task.done():
+        if serving is not None and serving.streamed and not serving.ended and task is not None and not task.done():
             # The server owns cancellation: a handler still streaming to a client that is gone is cancelled
             # (it sees `client_gone`). A moment's grace first: a client may hang up the moment it has the last
             # event, while the upstream's end of stream is still on its way.
@@ -514,7 +530,7 @@ class _Connection(asyncio.Protocol):
             exchange.keep_alive = False
             exchange.response_bytes(500, [("content-type", "application/json")],
                                     b'{"error": {"message": "no response", "code": "internal_error"}}')
-        elif exchange.streamed and self.chunked_out:
+        elif exchange.streamed and self.chunked_out and not exchange.ended:
             transport.write(b"0\r\n\r\n")
         if not exchange.keep_alive or self._server.stopping:
             transport.close()
