@@ -13,11 +13,15 @@ import time
 SESSION_S = 12 * 3600
 
 
-def role_cookie(admin_token: str, name: str, role: str, now: float | None = None) -> str:
-    """"tollhouse_console=<value>": a session for `name` with `role`, valid 12 hours from `now` (default: now)."""
-    expires = int(time.time() if now is None else now) + SESSION_S
+def role_cookie(admin_token: str, name: str, role: str, now: float | None = None, session_id: str | None = None
+                ) -> str:
+    """"tollhouse_console=<value>": a session for `name` with `role`, valid 12 hours from `now` (default: now). The
+    same arguments within one second give the same cookie (its CSRF token is the same), unless `session_id` is
+    given: a session of its own."""
+    issued = int(time.time() if now is None else now)
     encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
-    payload = f"{expires}.{role}.{encoded}"
+    sid = session_id or hashlib.sha256(f"{name}\0{role}\0{issued}".encode()).hexdigest()[:16]
+    payload = f"{issued + SESSION_S}.{role}.{encoded}.{issued * 1000}.{sid}"
     signature = hmac.new(admin_token.encode(), b"tollhouse-console-session\0" + payload.encode(),
                          hashlib.sha256).hexdigest()
     return f"tollhouse_console={payload}.{signature}"

@@ -80,8 +80,11 @@ class OidcConfig(_Frozen):
         return self.client_secret.get_secret_value() if self.client_secret else None
 
 
+MAX_SESSION_HOURS = 24 * 31
+
+
 class ConsoleConfig(_Frozen):
-    session_hours: float = Field(default=12, gt=0, le=24 * 31)  # a sign-in lasts this long, then ends
+    session_hours: float = Field(default=12, gt=0, le=MAX_SESSION_HOURS)  # a sign-in lasts this long, then ends
     oidc: OidcConfig | None = None  # single sign-on; the admin token sign-in always stays
     # role -> who has it: email addresses (case-insensitive) or "group:NAME" (from the ID token's groups claim)
     roles: dict[Role, tuple[str, ...]] = Field(default_factory=dict)

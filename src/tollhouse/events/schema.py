@@ -243,6 +243,18 @@ _SCRIPTS: tuple[str, ...] = (
     f"""
     INSERT INTO meta (key, value) SELECT '{ROLLED_UP_KEY}', CAST(COALESCE(MAX(seq), 0) AS TEXT) FROM events
     """,
+    # 14: console sessions revoked before their cookie expires (gateway/session_revocations.py): one signed out
+    # ('session', its id), or all of a user's signed in until a moment ('user', the name; at_ms); kept until
+    # every cookie they refuse has expired (until_ms)
+    """
+    CREATE TABLE console_revocations (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at_ms {int} NOT NULL,
+        until_ms {int} NOT NULL,
+        PRIMARY KEY (kind, key)
+    )
+    """,
 )
 
 

@@ -259,7 +259,8 @@ async def _prune_hosts(state: GatewayState, every_s: float = 3600.0) -> None:
 
 
 async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
-    """Adopt policy, directory and agent-policy versions other gateways sharing the store published."""
+    """Adopt policy, directory and agent-policy versions other gateways sharing the store published, and the
+    console sessions they signed out or revoked."""
     while True:
         await asyncio.sleep(every_s)
         try:
@@ -267,5 +268,6 @@ async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
             await state.policies.poll(versions)
             await state.directories.poll(versions)
             await state.docs.refresh(versions)
+            await state.sessions.refresh()
         except StoreError as exc:
             log.warning("cannot check the store for control-plane changes: %s", exc)

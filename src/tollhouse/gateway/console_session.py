@@ -1,7 +1,9 @@
 """Who is signed in to the console, and the session cookie that says so.
 
-A session is a signed cookie (HMAC-SHA256 keyed by the admin token) naming the user and their role and when it
-ends (console.session_hours, default 12). It is set by the admin token sign-in (POST /console/login, role
+A session is a signed cookie (HMAC-SHA256 keyed by the admin token) naming the user and their role, when it
+ends (console.session_hours, default 12), when it began and its random id. Signing out revokes the id on every
+gateway sharing the store, and an admin can revoke all of a user's sessions (gateway/session_revocations.py):
+a copy of the cookie then no longer works either. It is set by the admin token sign-in (POST /console/login, role
 admin) or by single sign-on (console/sso: role from console.roles), HttpOnly and SameSite=Strict, once for
 /console/ (the pages) and once for /api/v1/ (the JSON and CSV the pages fetch); never for the provider paths,
 so it never travels to a provider. The admin token as a bearer token is role admin too. Which routes are open
@@ -15,11 +17,13 @@ import base64
 import binascii
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from tollhouse.gateway.admin import authorized
 from tollhouse.gateway.http import Request, Response
+from tollhouse.gateway.session_revocations import Session
 from tollhouse.gateway.state import GatewayState
 
 COOKIE = "tollhouse_console"
@@ -36,6 +40,7 @@ _CONSOLE = "/console/"
 class ConsoleUser:
     name: str
     role: str  # one of ROLES
+    session: Session | None = None  # the console session signed in (None: the admin token as a bearer token)
 
 
 def sign_in_redirect(target: str) -> Response:
@@ -65,11 +70,13 @@ def session_seconds(state: GatewayState) -> int:
 
 
 def session_value(state: GatewayState, user: ConsoleUser) -> str:
-    """The cookie's value: expiry, role and name (base64url), signed with the admin token."""
+    """The cookie's value: expiry (s), role, name (base64url), when it was issued (ms) and a new random session
+    id, signed with the admin token."""
     if user.role not in ROLES:
         raise ValueError(f"unknown console role {user.role!r}; one of {', '.join(ROLES)}")
     name = base64.urlsafe_b64encode(user.name.encode()).decode().rstrip("=")
-    payload = f"{int(state.clock()) + session_seconds(state)}.{user.role}.{name}"
+    now = state.clock()
+    payload = f"{int(now) + session_seconds(state)}.{user.role}.{name}.{int(now * 1000)}.{secrets.token_urlsafe(12)}"
     return f"{payload}.{_sign(state, payload)}"
 
 
@@ -89,21 +96,28 @@ def cookie_value(request: Request, name: str) -> str | None:
 
 
 def session_user(request: Request, state: GatewayState) -> ConsoleUser | None:
-    """The user a valid, unexpired session cookie names; None for no cookie, a bad signature, or expiry."""
+    """The user a valid, unexpired, unrevoked session cookie names; None for no cookie, a bad signature, a
+    cookie of an earlier format, expiry, or a session signed out or revoked."""
     value = cookie_value(request, COOKIE)
     if not value:
         return None
     payload, _, signature = value.rpartition(".")
     if not payload or not hmac.compare_digest(signature.encode(), _sign(state, payload).encode()):
         return None
-    expires, _, rest = payload.partition(".")
-    role, _, name = rest.partition(".")
-    if not expires.isdigit() or int(expires) <= state.clock() or role not in ROLES:
+    parts = payload.split(".")
+    if len(parts) != 5:
+        return None
+    expires, role, name, issued, session_id = parts
+    if not expires.isdigit() or int(expires) <= state.clock() or role not in ROLES or not issued.isdigit():
         return None
     try:
-        return ConsoleUser(base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode(), role)
+        decoded = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
+    session = Session(session_id, int(issued), int(expires))
+    if state.sessions.published.current.refuses(decoded, session):
+        return None
+    return ConsoleUser(decoded, role, session)
 
 
 def signed_in(request: Request, state: GatewayState, actor: str = ADMIN_ROLE) -> ConsoleUser | None:

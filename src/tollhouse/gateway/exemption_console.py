@@ -31,7 +31,14 @@ from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKE
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console import STYLE
-from tollhouse.gateway.console_session import ADMIN_ROLE, LOGIN_PATH, ConsoleUser, safe_next, session_cookies
+from tollhouse.gateway.console_session import (
+    ADMIN_ROLE,
+    LOGIN_PATH,
+    ConsoleUser,
+    safe_next,
+    session_cookies,
+    session_user,
+)
 from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
 from tollhouse.gateway.sso import START_PATH
 from tollhouse.gateway.state import GatewayState
@@ -238,4 +245,8 @@ async def logout(request: Request, state: GatewayState) -> Response:
         return _page("Not signed out", _errors(["The sign-out form is missing its security token or it is stale "
                                                 "(signed in again since?). Reload the page and sign out again."]),
                      400)
+    user = session_user(request, state)
+    if user is not None and user.session is not None:  # the session ends everywhere, copies of the cookie too
+        await state.sessions.sign_out(user.session)
+        state.audit.record("console.sign_out", user.name, {"role": user.role})
     return _see_other(LOGIN_PATH, session_cookies(state, None))

@@ -347,6 +347,15 @@ GET_EVENTS_ID: dict[str, Any] = {
 POST_AGENT_NOTICES: dict[str, Any] = {
             "responses": {"200": {"description": "recorded"}, "400": {"description": "unknown kind"}}}
 
+POST_CONSOLE_SESSIONS_REVOKE: dict[str, Any] = {
+    "requestBody": {"content": {"application/json": {"schema": {
+        "type": "object", "required": ["user"], "additionalProperties": False,
+        "properties": {"user": {"type": "string", "maxLength": 320,
+                                "description": "the name the user signs in to the console as"}}}}}},
+    "responses": {"200": {"description": "{user, revoked_before}: sessions begun until then no longer work"},
+                  "400": {"description": "bad body"}},
+}
+
 DELETE_KEYS_PREFIX: dict[str, Any] = {
     "parameters": [{"name": "prefix", "in": "path", "required": True, "schema": {"type": "string"}}],
     "responses": {"200": {"description": "revoked"}, "404": {"description": "no such key"}},

@@ -26,6 +26,7 @@ from tollhouse.gateway import (
     events_api,
     lease_api,
     policy_api,
+    sessions_api,
     spend,
     sso,
     usage_api,
@@ -114,6 +115,11 @@ API: tuple[Route, ...] = (
           summary="Create a gateway key for a person or service of the directory; the key is shown once"),
     Route("DELETE", "/api/v1/keys/{prefix}", admin.revoke_gateway_key, roles=ADMIN, doc=doc.DELETE_KEYS_PREFIX,
           summary="Revoke a gateway key"),
+    # console sessions
+    Route("POST", "/api/v1/console/sessions/revoke", sessions_api.revoke_sessions, roles=ADMIN,
+          doc=doc.POST_CONSOLE_SESSIONS_REVOKE,
+          summary="End every console session of a user (signed in until now) on every gateway sharing the store; "
+                  "audited"),
     # versioned policy, agent policy and directory
     *_versioned("/api/v1/policy", "policy", POLICY_READ, POLICY, policy_api.get_policy, policy_api.put_policy,
                 "The current policy: {version, rules, source, actor, ts}",

@@ -38,6 +38,7 @@ from tollhouse.gateway.overrides import EXEMPTIONS_FEED, OverrideHolder
 from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.routes_memo import RouteMemo
+from tollhouse.gateway.session_revocations import Revocations
 from tollhouse.gateway.wire_limits import client_limits
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
@@ -89,6 +90,8 @@ class GatewayState:
         the upstream proxy changes; calls in flight keep the route (and client) they started with.
       - `overrides`: the approved exemption overrides (OverrideSet). Published by `override_loader`.
       - `health`: extra /healthz sections by name (a MappingProxyType). Published by `add_health_section`.
+      - `sessions.published`: the console sessions signed out or revoked (Revoked). Published by `sessions`
+        (a sign-out, an admin's revocation, each second's reload of the store's).
 
     Long-lived services (internally synchronised, started and stopped by `lifespan`): metrics, runner, writer,
     keys, ledger, audit, docs, enrollment, outage, and the snapshot writers above.
@@ -123,6 +126,7 @@ class GatewayState:
     docs: Documents  # versioned control-plane documents (policy, directory, agent policy)
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
+    sessions: Revocations  # console sessions signed out or revoked (published: Revoked)
     lifespan: Lifespan  # every component with background work or resources, started and stopped in order
     routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
     alerts: AlertQueue = field(default_factory=AlertQueue)  # finished calls handed to the alert service
@@ -343,6 +347,8 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
                                lambda generation: docs.feed.set(EXEMPTIONS_FEED, generation))
     lifespan.add("exemption overrides", overrides.start, overrides.stop)
     lifespan.add("policy file watch", policy.start, policy.stop)
+    sessions = Revocations(runner, clock)
+    await sessions.refresh()  # sessions signed out before this start stay signed out
     return GatewayState(
         settings=settings,
         data_dir=data_dir,
@@ -370,6 +376,7 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
         docs=docs,
         enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
+        sessions=sessions,
         lifespan=lifespan,
     )
 

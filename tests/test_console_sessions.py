@@ -1,0 +1,173 @@
+"""Console sessions end when they are ended, not only when their cookie expires: a sign-out ends the session on
+every gateway sharing the store (a copy of the cookie with it), an admin can end every session of a user, and
+both hold across restarts and while the store cannot be written."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import raw_http
+from conftest import ADMIN, Gateway
+from console_roles import role_cookie
+
+USAGE = "/api/v1/usage"
+REVOKE = "/api/v1/console/sessions/revoke"
+_CSRF = re.compile(rb'name="csrf" value="([0-9a-f]+)"')
+
+
+def sign_in(gw: Gateway, name: str) -> str:
+    """The admin-token sign-in of the console's login form; the session cookie it sets ("name=value")."""
+    status, _, headers = raw_http.request(gw.port, "POST", "/console/login", urlencode(
+        {"token": ADMIN, "name": name, "next": "/console/"}).encode(),
+        {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 303, status
+    return headers["set-cookie"].split(";", 1)[0]
+
+
+def sign_out(gw: Gateway, cookie: str) -> int:
+    _, page, _ = raw_http.request(gw.port, "GET", "/console/", None, {"Cookie": cookie})
+    found = _CSRF.search(page)
+    assert found is not None, page[:300]
+    status, _, headers = raw_http.request(gw.port, "POST", "/console/logout",
+                                          urlencode({"csrf": found.group(1).decode()}).encode(),
+                                          {"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})
+    assert "Max-Age=0" in headers.get("set-cookie", "")
+    return status
+
+
+def works(gw: Gateway, cookie: str) -> bool:
+    """Whether the session opens both a console page and the API (and never only one of them)."""
+    page = raw_http.request(gw.port, "GET", "/console/", None, {"Cookie": cookie})[0]
+    api = raw_http.request(gw.port, "GET", USAGE, None, {"Cookie": cookie})[0]
+    assert (page, api) in ((200, 200), (303, 401)), (page, api)
+    return api == 200
+
+
+def eventually(what: str, check: Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {within_s} s"
+        time.sleep(0.05)
+
+
+def audit(gw: Gateway, kind: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = json.loads(gw.get("/api/v1/audit")[1])["entries"]
+    return [e for e in entries if e["kind"] == kind]
+
+
+def revoke(gw: Gateway, body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    status, raw, _ = raw_http.request(gw.port, "POST", REVOKE, data, {
+        "Content-Type": "application/json", **({"Authorization": f"Bearer {ADMIN}"} if headers is None else headers)})
+    reply: dict[str, Any] = json.loads(raw)
+    return status, reply
+
+
+def test_a_copied_cookie_stops_working_everywhere_once_its_user_signs_out(store_url: str, tmp_path: Path) -> None:
+    config = {"store": {"url": store_url}}
+    one = Gateway(config, tmp_path / "one").start()
+    two = Gateway(config, tmp_path / "two").start()
+    try:
+        cookie = sign_in(one, "ada")
+        copy = cookie  # what a shared machine, a synced profile or a leaked header keeps
+        other = sign_in(two, "ada")  # the same user's session on another browser
+        assert works(one, copy) and works(two, copy) and works(one, other)
+        assert sign_out(one, cookie) == 303
+        assert not works(one, copy)  # here: at once
+        eventually("the other gateway refuses the signed-out session", lambda: not works(two, copy))
+        assert works(one, other) and works(two, other)  # signing out ends that session only
+        [entry] = audit(one, "console.sign_out")
+        assert entry["actor"] == "ada" and entry["data"] == {"role": "admin"}
+        one.stop()
+        one = Gateway(config, tmp_path / "one").start()  # and after a restart
+        assert not works(one, copy) and works(one, other)
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_an_admin_ends_every_session_of_a_user(store_url: str, tmp_path: Path) -> None:
+    config = {"store": {"url": store_url}}
+    one = Gateway(config, tmp_path / "one").start()
+    two = Gateway(config, tmp_path / "two").start()
+    try:
+        ada = [sign_in(one, "ada@example.com"), sign_in(two, "ada@example.com"),
+               role_cookie(ADMIN, "ada@example.com", "finance", session_id="sso-session")]
+        bob = sign_in(one, "bob@example.com")
+        assert all(works(one, c) and works(two, c) for c in [*ada, bob])
+        # who may: the admin only; a session needs the CSRF header as for every write
+        finance = role_cookie(ADMIN, "fred", "finance")
+        assert revoke(one, {"user": "ada@example.com"}, {"Cookie": finance})[0] == 403
+        for bad, says in (({}, '"user"'), ({"user": "  "}, '"user"'), ({"user": "ada", "who": 1}, "'who'"),
+                          ([1], '"user"'), ({"user": "x" * 321}, "at most 320"), (b"{nope", "not valid JSON")):
+            status, reply = revoke(one, bad)
+            assert status == 400 and says in reply["error"]["message"], (bad, reply)
+        assert all(works(one, c) for c in ada)  # nothing changed
+        status, reply = revoke(two, {"user": "ada@example.com"}, {"Authorization": f"Bearer {ADMIN}",
+                                                                   "X-Tollhouse-Actor": "carol"})
+        assert status == 200 and reply["user"] == "ada@example.com"
+        assert abs(datetime.fromisoformat(reply["revoked_before"]).timestamp() - time.time()) < 60
+        assert not any(works(two, c) for c in ada)
+        eventually("the other gateway ends ada's sessions", lambda: not any(works(one, c) for c in ada))
+        assert works(one, bob) and works(two, bob)
+        again = sign_in(one, "ada@example.com")  # signing in again starts a session that works
+        assert works(one, again) and works(two, again)
+        [entry] = audit(one, "console.sessions_revoked")
+        assert entry["actor"] == "carol" and entry["data"] == {"user": "ada@example.com",
+                                                               "before": reply["revoked_before"]}
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_a_sign_out_holds_at_once_while_the_store_is_locked_and_is_stored_when_it_frees(tmp_path: Path) -> None:
+    """Another process holds SQLite's write lock past the store's 5 s wait: the sign-out still answers and
+    holds on this gateway; it is written once the lock is released, and the other gateway then refuses it."""
+    db = tmp_path / "shared.db"
+    config = {"store": {"url": f"sqlite:///{db}"}}
+    one = Gateway(config, tmp_path / "one").start()
+    two = Gateway(config, tmp_path / "two").start()
+    try:
+        cookie = sign_in(one, "ada")
+        assert works(two, cookie)
+        locker = sqlite3.connect(db, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            assert sign_out(one, cookie) == 303
+            assert not works(one, cookie)
+            assert works(two, cookie)  # not stored yet: the other gateway cannot know
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        eventually("the sign-out is stored and the other gateway refuses it", lambda: not works(two, cookie),
+                   within_s=10)
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT kind FROM console_revocations").fetchall() == [("session",)]
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_a_cookie_of_the_earlier_format_is_refused(tmp_path: Path) -> None:
+    """Cookies issued before sessions had ids (expiry.role.name, validly signed) cannot be signed out, so they
+    are not accepted: their users sign in again."""
+    gw = Gateway({}, tmp_path / "gw").start()
+    try:
+        payload = f"{int(time.time()) + 3600}.admin.{base64.urlsafe_b64encode(b'ada').decode().rstrip('=')}"
+        signature = hmac.new(ADMIN.encode(), b"tollhouse-console-session\0" + payload.encode(),
+                             hashlib.sha256).hexdigest()
+        assert not works(gw, f"tollhouse_console={payload}.{signature}")
+        assert works(gw, sign_in(gw, "ada"))
+    finally:
+        gw.stop()
