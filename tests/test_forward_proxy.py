@@ -259,6 +259,35 @@ def test_http2_only_clients_get_no_h2(mock: Mock, gateway_factory: Any) -> None:
     assert answer.startswith(b"HTTP/1.1 505") and b"HTTP/2 is not served here" in answer, answer
 
 
+_WEBSOCKET = (b"GET /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Authorization: Bearer sk-client\r\nOpenAI-Beta: responses_websockets=2026-02-06\r\n\r\n")
+
+
+def test_a_websocket_to_a_provider_gets_426_in_its_error_shape_so_codex_switches_to_https_at_once(
+        mock: Mock, gateway_factory: Any) -> None:
+    """Codex's built-in openai provider first opens a Responses WebSocket. Only an HTTP 426 makes it switch to
+    HTTPS at once (anything else costs it five attempts, ~8 s): through the proxy and on the base-URL path alike,
+    the upgrade gets a 426 saying why, leaves an event, and never reaches the provider."""
+    gw: Gateway = gateway_factory(proxy_config(mock))
+    sock = connect(proxy_info(gw)["port"], b"CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n")
+    assert read_head(sock).startswith(b"HTTP/1.1 200")
+    tls = _trusting(gw).wrap_socket(sock, server_hostname="api.openai.com")
+    tls.sendall(_WEBSOCKET)
+    proxied = read_all(tls)  # answered, then closed
+    direct = connect(gw.port, _WEBSOCKET.replace(b"GET /v1/", b"GET /openai/v1/"))
+    base_url = read_all(direct)
+    for answer in (proxied, base_url):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 426 ") and b"connection: close" in head.lower(), answer
+        error = json.loads(body)["error"]
+        assert error["code"] == "websocket_not_carried" and "over HTTP(S)" in error["message"], error
+    events = gw.events()
+    assert [(e["status"], e["decision"], e["path"], e["subject"]) for e in events] == \
+        [(426, "block", "/v1/responses", "alice")] * 2, events
+    assert mock.stats.total == 0
+
+
 def test_proxy_authorization_with_a_gateway_key_names_the_person(mock: Mock, gateway_factory: Any,
                                                                  tmp_path: Path) -> None:
     config = proxy_config(mock)

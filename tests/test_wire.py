@@ -387,6 +387,52 @@ def test_an_ended_stream_reaches_its_client_whole_while_the_handler_finishes_and
     run(main())
 
 
+_WEBSOCKET = (b"GET /v1/responses HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def test_a_websocket_upgrade_is_answered_in_http_by_its_handler_and_the_connection_then_closes() -> None:
+    """No protocol is switched: the handler answers the upgrade request like any other (the gateway says why
+    in the provider's error shape) and the connection closes; what follows the head is never parsed as HTTP."""
+    async def main() -> None:
+        seen: list[tuple[str, str, bytes]] = []
+
+        async def handler(head: Head, exchange: Exchange) -> None:
+            seen.append((head.method, head.path, await exchange()))
+            exchange.response_bytes(426, [("content-type", "text/plain")], b"use HTTP")
+
+        async with serving(handler) as port, connection(port) as (reader, writer):
+            smuggled = b"POST /spend HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+            writer.write(_WEBSOCKET + b"\x81\x85frame" + smuggled)
+            reply = await read_reply(reader)
+            assert (reply.status, reply.body, reply.headers["connection"]) == (426, b"use HTTP", "close")
+            assert await at_eof(reader)
+        assert seen == [("GET", "/v1/responses", b"")]
+
+    run(main())
+
+
+def test_an_upgrade_request_with_a_body_is_refused_before_any_handler_runs() -> None:
+    """llhttp hands the body of an upgrade request to the next protocol: the handler would see none. So such a
+    request is refused (400, saying why) and never handled on a body it did not get."""
+    async def main() -> None:
+        handled: list[str] = []
+
+        async def handler(head: Head, exchange: Exchange) -> None:
+            handled.append(head.path)
+            exchange.response_bytes(200, [], b"")
+
+        async with serving(handler) as port, connection(port) as (reader, writer):
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                         b"Upgrade: h2c\r\nContent-Length: 13\r\n\r\n{\"model\": \"x\"}")
+            reply = await read_reply(reader)
+            assert reply.status == 400 and b"cannot carry a body" in reply.body
+            assert await at_eof(reader)
+        assert handled == []
+
+    run(main())
+
+
 def test_an_http10_client_gets_the_raw_streamed_body_and_then_the_connection_closes() -> None:
     async def handler(head: Head, exchange: Exchange) -> None:
         stream = exchange.response_stream(200, [("content-type", "text/plain")])

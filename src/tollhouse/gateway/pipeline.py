@@ -93,7 +93,12 @@ def classify(request: Request, state: GatewayState) -> Classified | Response:
     method = request.method
     rc = state.routes.classify(route.family, method, forward_path)
     problem: Problem | None = None
-    if rc.unknown and method not in _BODILESS \
+    upgrade = request.header("upgrade")
+    if upgrade is not None and "websocket" in upgrade.lower():
+        problem = Problem("websocket_not_carried", 426, f"Tollhouse carries calls to provider '{route.id}' as HTTP "
+                          "requests, each judged and metered; a WebSocket transport is not carried. Send the call "
+                          "over HTTP(S): Codex and the OpenAI SDKs switch to it on this answer.", always=True)
+    elif rc.unknown and method not in _BODILESS \
             and not passthrough_allows(state.settings.providers[route.id].passthrough, forward_path):
         problem = Problem("unknown_endpoint", 403,
                           f"Tollhouse does not know what {method} {forward_path} on provider '{route.id}' does, so "

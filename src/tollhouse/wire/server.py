@@ -269,8 +269,9 @@ def _cancel_if_running(task: asyncio.Task[None]) -> None:
 class _Connection(asyncio.Protocol):
     __slots__ = ("_current", "_disconnected", "_drain", "_exchange", "_handler", "_head_bytes", "_head_raw",
                  "_headers", "_hosts", "_in_head", "_max_head_bytes", "_max_headers", "_paused_at", "_paused_size",
-                 "_pending", "_read_deadline", "_read_paused", "_server", "_serving", "_url", "chunked_out",
-                 "closed", "head_request", "http11", "last_active", "loop", "parser", "transport", "write_paused")
+                 "_pending", "_read_deadline", "_read_paused", "_server", "_serving", "_upgraded", "_url",
+                 "chunked_out", "closed", "head_request", "http11", "last_active", "loop", "parser", "transport",
+                 "write_paused")
 
     def __init__(self, server: HttpServer) -> None:
         self._server = server
@@ -298,6 +299,7 @@ class _Connection(asyncio.Protocol):
         self.chunked_out = False
         self.head_request = False
         self.http11 = True
+        self._upgraded = False  # a request asked to switch protocols: what follows its head is not HTTP
         self.last_active = now = self.loop.time()
         # A fresh connection's first request must have its head in within the head timeout of the accept;
         # later ones, of their own first byte (on_message_begin). _NEVER: no request being read.
@@ -318,6 +320,8 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = self.loop.time()
+        if self._upgraded:
+            return  # (a client that waits for 101 sends nothing more; the connection closes after the answer)
         try:
             if self._in_head:  # llhttp holds a header line until it ends: bound what a head may make it hold
                 self._head_raw += len(data)
@@ -325,7 +329,10 @@ class _Connection(asyncio.Protocol):
             if self._in_head:
                 self._check_partial_head(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "protocol upgrades are not supported here")
+            # A bodiless request asking to switch protocols (WebSocket): its handler answers it in HTTP/1.1 (no
+            # protocol is switched here) and the connection then closes (on_headers_complete). Anything after
+            # its head is the other protocol's and is not read.
+            self._upgraded = True
         except httptools.HttpParserError as exc:
             refusal = exc.__context__  # raised in a callback: httptools wraps it
             if isinstance(refusal, _Refusal):
@@ -462,7 +469,13 @@ class _Connection(asyncio.Protocol):
         headers = Headers(self._headers)
         self._in_head = False
         self._read_deadline = self.last_active + self._server.body_timeout_s
-        exchange = Exchange(self, parser.should_keep_alive(), self._expects_continue())
+        keep_alive = parser.should_keep_alive()
+        if self._asks_upgrade():
+            if self._declares_body():  # llhttp would take the body for the new protocol's: never half-read it
+                raise _Refusal(400, "a request that asks to switch protocols (Upgrade) cannot carry a body here; "
+                                    "send it without the Upgrade header")
+            keep_alive = False  # what would follow is not HTTP/1.1
+        exchange = Exchange(self, keep_alive, self._expects_continue())
         exchange.http11 = version == "1.1"  # by its turn the parser may be on a later request
         self._exchange = exchange
         head = Head(method, path, query, headers)
@@ -472,6 +485,22 @@ class _Connection(asyncio.Protocol):
             self._pending.append((head, exchange))
             if len(self._pending) >= _MAX_PIPELINED:
                 self._pause_reading()
+
+    def _asks_upgrade(self) -> bool:
+        """Connection: upgrade with an Upgrade header (what makes llhttp stop parsing after the head)."""
+        upgrade = connection = False
+        for name, value in self._headers:
+            if name == "upgrade":
+                upgrade = True
+            elif name == "connection" and "upgrade" in (t.strip().lower() for t in value.split(",")):
+                connection = True
+        return upgrade and connection
+
+    def _declares_body(self) -> bool:
+        for name, value in self._headers:
+            if name == "transfer-encoding" or (name == "content-length" and value.strip() not in ("", "0")):
+                return True
+        return False
 
     def _expects_continue(self) -> bool:
         for name, value in self._headers:
