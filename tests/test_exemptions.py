@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import openai
 import pytest
@@ -394,6 +394,28 @@ def test_console_queue_needs_the_admin_token(enforcing: Gateway, clock: FakeCloc
     assert status == 303 and "Max-Age=0" in headers["set-cookie"]
     clock.now = T0.timestamp() + 12 * 3600 + 1
     assert _http(gw, "GET", "/console/exemptions", headers=cookie)[0] == 303
+
+
+def test_the_requesters_pages_are_console_pages_that_show_nothing_of_the_org(enforcing: Gateway) -> None:
+    """The form a block's link opens, its status page and the sign-in are on the console's layout and style sheet,
+    under its Content-Security-Policy (no inline style or script), every value escaped; open to anyone, so they
+    show no navigation, enforcement mode or organisation."""
+    gw = enforcing
+    hostile = "<script>alert(1)</script>"
+    status, form, headers = _http(gw, "GET", f"/console/exemptions/new?subject={quote(hostile)}&rule=approved-models")
+    assert status == 200 and "script-src 'self'" in headers["content-security-policy"]
+    assert b"<script>alert(1)" not in form and b'value="&lt;script&gt;alert(1)&lt;/script&gt;"' in form
+    assert b"Rule <b>approved-models</b>" in form  # what blocked the call, said before the form
+    exemption_id = _file(gw, justification=hostile)
+    _, status_page, _ = _http(gw, "GET", f"/console/exemptions/{exemption_id}?filed=1")
+    _, sign_in, _ = _http(gw, "GET", "/console/login")
+    _, missing, _ = _http(gw, "GET", "/console/exemptions/nope")
+    for page in (form, status_page, sign_in, missing):
+        assert b'href="/console/static/console.css"' in page and b"<style" not in page and b"<script" not in page
+        assert b"enforcement" not in page and b"acme" not in page and b"<nav>\n  </nav>" in page
+    assert b"Your request was filed" in status_page and b'<b class="pending">pending</b>' in status_page
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in status_page
+    assert b"No exemption request has the id nope." in missing
 
 
 def test_gateways_sharing_a_store_converge(mock: Mock, tmp_path: Path) -> None:

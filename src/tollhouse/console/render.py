@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import mimetypes
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from functools import cache
 from importlib import resources
@@ -87,6 +88,24 @@ def render(request: Request, state: GatewayState, user: ConsoleUser | None, temp
     resp = text_response(html, "text/html; charset=utf-8", status)
     resp.headers += PAGE_HEADERS
     return resp
+
+
+def public_page(request: Request, state: GatewayState, template: str, title: str, status: int = 200,
+                headers: Sequence[tuple[str, str]] = (), **context: Any) -> Response:
+    """A page anyone may open (the exemption requester's pages, the sign-in and what it answers): the console's
+    layout, without navigation or the organisation's settings."""
+    resp = render(request, state, None, template, title, status, **context)
+    resp.headers += headers
+    return resp
+
+
+def notice(request: Request, state: GatewayState, title: str, status: int = 200, *, errors: Sequence[str] = (),
+           paragraphs: Sequence[str] = (), links: Sequence[Mapping[str, str]] = (), refresh: str | None = None,
+           headers: Sequence[tuple[str, str]] = ()) -> Response:
+    """A short public page: what went wrong (`errors`), what to know (`paragraphs`), where to go (`links`: label,
+    href and an optional id, joined by "or"); `refresh`: a same-site path the browser moves on to at once."""
+    return public_page(request, state, "notice.html", title, status, headers, errors=errors, paragraphs=paragraphs,
+                       links=links, refresh=refresh)
 
 
 def error_page(request: Request, state: GatewayState, user: ConsoleUser | None, status: int,

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from html import escape
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from tollhouse.console import csrf
+from tollhouse.console import csrf, render
 from tollhouse.control.exemptions import (
     MAX_FIELD,
     MAX_JUSTIFICATION,
@@ -30,7 +29,6 @@ from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKED, Exemption
 from tollhouse.gateway import exemptions
 from tollhouse.gateway.client_address import client_address
-from tollhouse.gateway.console import STYLE
 from tollhouse.gateway.console_session import (
     ADMIN_ROLE,
     LOGIN_PATH,
@@ -39,7 +37,7 @@ from tollhouse.gateway.console_session import (
     session_cookies,
     session_user,
 )
-from tollhouse.gateway.http import BodyTooLarge, Request, Response, text_response
+from tollhouse.gateway.http import BodyTooLarge, Request, Response
 from tollhouse.gateway.sso import START_PATH
 from tollhouse.gateway.state import GatewayState
 
@@ -48,17 +46,6 @@ _MAX_FORM = 64 * 1024
 _PREFILL = ("subject", "rule", "provider", "model", "team", "project", "ts")
 _LABELS = {"subject": "Who was blocked", "rule": "Rule", "provider": "Provider", "model": "Model", "team": "Team",
            "project": "Project", "ts": "Time of the call", "requester": "Your name (if not the subject)"}
-_EXTRA_STYLE = """form.inline{display:inline}input,textarea{font:inherit}textarea{width:40em;height:8em}
-.err{color:#a00}.note{background:#f4f4f4;padding:.5em 1em}.pending{color:#a60}.approved{color:#070}
-.denied{color:#a00}.revoked{color:#a00}td.wrap{max-width:30em;white-space:pre-wrap}"""
-
-
-def _page(title: str, body: str, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
-    html = (f"<!doctype html><html><head><meta charset=utf-8><title>{escape(title)} · Tollhouse</title>"
-            f"<style>{STYLE}{_EXTRA_STYLE}</style></head><body>{body}</body></html>")
-    resp = text_response(html, "text/html; charset=utf-8", status)
-    resp.headers += [("cache-control", "no-store"), ("x-frame-options", "DENY"), *(headers or [])]
-    return resp
 
 
 def _see_other(location: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -67,16 +54,6 @@ def _see_other(location: str, headers: list[tuple[str, str]] | None = None) -> R
 
 def _ts(ts_ms: int | None) -> str:
     return iso_ts(ts_ms) if ts_ms is not None else ""
-
-
-def _errors(messages: list[str]) -> str:
-    if not messages:
-        return ""
-    return '<ul class="err">' + "".join(f"<li>{escape(m)}</li>" for m in messages) + "</ul>"
-
-
-def _rows(pairs: list[tuple[str, str | None]]) -> str:
-    return "".join(f'<tr><th>{escape(k)}</th><td class="wrap">{escape(v or "")}</td></tr>' for k, v in pairs)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -90,34 +67,19 @@ async def _form(request: Request) -> dict[str, str]:
 # requesters: the pre-filled form, filing it, the status page
 
 
-def _request_form(state: GatewayState, values: Mapping[str, str], problems: list[str], status: int = 200
-                  ) -> Response:
-    rules = state.policy.current.rules
-    rule = next((r for r in rules if r.id == values.get("rule")), None)
-    about = ""
-    if rule is not None:
-        own = f" {rule.message}" if rule.message else ""
-        about = (f'<p class="note">Rule <b>{escape(rule.id)}</b> ({escape(rule.type_name)}) blocked this call.'
-                 f"{escape(own)}</p>")
-    fields = "".join(
-        f'<tr><th><label for="{name}">{_LABELS[name]}</label></th><td><input id="{name}" name="{name}" '
-        f'value="{escape(values.get(name, ""))}" maxlength="{MAX_FIELD}"'
-        f'{" required" if name in ("subject", "rule") else ""}></td></tr>'
-        for name in (*_PREFILL, "requester"))
-    body = (f"<h1>Request an exemption</h1>{about}{_errors(problems)}"
-            "<p>Tell the AI policy owner why you need this call. They can allow it for you for a limited time, "
-            "or change the rule. You get a page that shows the decision.</p>"
-            f'<form method="post" action="{QUEUE_PATH}"><table>{fields}'
-            f'<tr><th><label for="justification">Justification</label></th><td><textarea id="justification" '
-            f'name="justification" required maxlength="{MAX_JUSTIFICATION}">'
-            f'{escape(values.get("justification", ""))}</textarea></td></tr></table>'
-            "<p><button>Request exemption</button></p></form>")
-    return _page("Request an exemption", body, status)
+def _request_form(request: Request, state: GatewayState, values: Mapping[str, str], problems: list[str],
+                  status: int = 200) -> Response:
+    rule = next((r for r in state.policy.current.rules if r.id == values.get("rule")), None)
+    fields = [{"name": name, "label": _LABELS[name], "value": values.get(name, ""),
+               "required": name in ("subject", "rule")} for name in (*_PREFILL, "requester")]
+    return render.public_page(request, state, "exemption_request.html", "Request an exemption", status,
+                              rule=rule, problems=problems, fields=fields, action=QUEUE_PATH, max_field=MAX_FIELD,
+                              justification=values.get("justification", ""), max_justification=MAX_JUSTIFICATION)
 
 
 async def new_request(request: Request, state: GatewayState) -> Response:
     query = request.query
-    return _request_form(state, {k: query.get(k, "") for k in _PREFILL}, [])
+    return _request_form(request, state, {k: query.get(k, "") for k in _PREFILL}, [])
 
 
 async def file_request(request: Request, state: GatewayState) -> Response:
@@ -127,11 +89,11 @@ async def file_request(request: Request, state: GatewayState) -> Response:
         filed = await exemptions.file_request(state, form,
                                               client_address(request, state.settings.identity.trusted_proxies))
     except ExemptionProblems as exc:
-        return _request_form(state, form, exc.messages, 400)
+        return _request_form(request, state, form, exc.messages, 400)
     except ExemptionError as exc:
         if exc.existing is not None:
             return _see_other(f"{QUEUE_PATH}/{exc.existing.id}?existing=1")
-        return _page("Not filed", f"<h1>Not filed</h1>{_errors(exc.messages)}", exc.status)
+        return render.notice(request, state, "Not filed", exc.status, errors=exc.messages)
     return _see_other(f"{QUEUE_PATH}/{filed.exemption.id}?filed=1")
 
 
@@ -167,21 +129,18 @@ async def status_page(request: Request, state: GatewayState) -> Response:
     exemption_id = request.params["id"]
     x = await state.runner.run(lambda s: s.exemption(exemption_id))
     if x is None:
-        return _page("Not found", f"<h1>Not found</h1><p>No exemption request has the id "
-                     f"{escape(exemption_id)}.</p>", 404)
-    banner = ""
+        return render.notice(request, state, "Not found", 404,
+                             paragraphs=[f"No exemption request has the id {exemption_id}."])
+    banner = None
     if request.query.get("filed"):
-        banner = '<p class="note">Your request was filed. Keep this page\'s address to follow it.</p>'
+        banner = "Your request was filed. Keep this page's address to follow it."
     elif request.query.get("existing"):
-        banner = '<p class="note">You already have a pending request for this rule; here it is.</p>'
-    details = _rows([("Id", x.id), ("Subject", x.subject), ("Rule", x.rule_id), ("Provider", x.provider),
-                     ("Model", x.model), ("Team", x.team), ("Project", x.project), ("Time of the call",
-                     _ts(x.call_ts_ms)), ("Requested", _ts(x.created_ms)), ("Requested by", x.requester),
-                     ("Justification", x.justification)])
-    body = (f"<h1>Exemption request {escape(x.id)}</h1>{banner}"
-            f'<p>Status: <b class="{escape(x.status)}">{escape(x.status)}</b>. {escape(outcome(state, x))}</p>'
-            f"<table>{details}</table>")
-    return _page(f"Exemption {x.id}", body)
+        banner = "You already have a pending request for this rule; here it is."
+    details = [("Id", x.id), ("Subject", x.subject), ("Rule", x.rule_id), ("Provider", x.provider),
+               ("Model", x.model), ("Team", x.team), ("Project", x.project), ("Time of the call", _ts(x.call_ts_ms)),
+               ("Requested", _ts(x.created_ms)), ("Requested by", x.requester), ("Justification", x.justification)]
+    return render.public_page(request, state, "exemption_status.html", f"Exemption request {x.id}", banner=banner,
+                              decision=x.status, outcome=outcome(state, x), details=details)
 
 
 # the console sign-in
@@ -195,38 +154,32 @@ def cross_site(request: Request) -> bool:
     return origin == "null" or urlsplit(origin).netloc != (request.header("host") or "")
 
 
-def _login_page(state: GatewayState, problem: str | None = None, status: int = 401, next_path: str | None = None
-                ) -> Response:
+def _login_page(request: Request, state: GatewayState, problem: str | None = None, status: int = 401,
+                next_path: str | None = None) -> Response:
     oidc = state.settings.console.oidc
-    sso = "" if oidc is None else (
-        f'<p><a id="sso" href="{START_PATH}?next={quote(safe_next(next_path), safe="/")}">{escape(oidc.label)}</a>'
-        "</p><p>Or sign in with the admin token:</p>")
-    body = (f"<h1>Sign in to the Tollhouse console</h1>{_errors([problem] if problem else [])}{sso}"
-            f'<form method="post" action="{LOGIN_PATH}"><table>'
-            '<tr><th><label for="token">Admin token</label></th><td><input id="token" name="token" '
-            'type="password" required autocomplete="current-password"></td></tr>'
-            '<tr><th><label for="name">Your name (shown as the reviewer)</label></th><td><input id="name" '
-            f'name="name" maxlength="{MAX_FIELD}"></td></tr></table>'
-            f'<input type="hidden" name="next" value="{escape(safe_next(next_path))}">'
-            "<p><button>Sign in</button></p></form>")
-    return _page("Sign in", body, status)
+    sso = None if oidc is None else {"label": oidc.label,
+                                     "href": f"{START_PATH}?next={quote(safe_next(next_path), safe='/')}"}
+    return render.public_page(request, state, "login.html", "Sign in to the Tollhouse console", status,
+                              problem=problem, sso=sso, action=LOGIN_PATH, max_field=MAX_FIELD,
+                              next=safe_next(next_path))
 
 
 async def login_form(request: Request, state: GatewayState) -> Response:
-    return _login_page(state, status=200, next_path=request.query.get("next"))
+    return _login_page(request, state, status=200, next_path=request.query.get("next"))
 
 
 async def login(request: Request, state: GatewayState) -> Response:
     """The admin token signs in with role admin (the role is kept in the session for roles to come)."""
     if cross_site(request):
-        return _page("Refused", "<p class=err>Sign-in from another site is refused.</p>", 403)
+        return render.notice(request, state, "Refused", 403, errors=["Sign-in from another site is refused."])
     try:
         form = await _form(request)
     except ExemptionError as exc:
-        return _login_page(state, str(exc), exc.status)
+        return _login_page(request, state, str(exc), exc.status)
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
-        return _login_page(state, "That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
+        return _login_page(request, state,
+                           "That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
                            next_path=form.get("next"))
     name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
     state.audit.record("console.sign_in", name, {"via": "admin_token", "role": ADMIN_ROLE})
@@ -236,15 +189,15 @@ async def login(request: Request, state: GatewayState) -> Response:
 async def logout(request: Request, state: GatewayState) -> Response:
     """Sign out: the session cookies are cleared. A signed-in browser must send the form's CSRF token."""
     if cross_site(request):
-        return _page("Refused", "<p class=err>Refused: the request came from another site.</p>", 403)
+        return render.notice(request, state, "Refused", 403, errors=["Refused: the request came from another site."])
     try:
         form = await _form(request)
     except ExemptionError as exc:
-        return _page("Not signed out", _errors(exc.messages), exc.status)
+        return render.notice(request, state, "Not signed out", exc.status, errors=exc.messages)
     if not csrf.valid(request, state, form):
-        return _page("Not signed out", _errors(["The sign-out form is missing its security token or it is stale "
-                                                "(signed in again since?). Reload the page and sign out again."]),
-                     400)
+        return render.notice(request, state, "Not signed out", 400, errors=[
+            "The sign-out form is missing its security token or it is stale (signed in again since?). Reload the "
+            "page and sign out again."])
     user = session_user(request, state)
     if user is not None and user.session is not None:  # the session ends everywhere, copies of the cookie too
         await state.sessions.sign_out(user.session)

@@ -17,14 +17,13 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Iterable, Mapping
-from html import escape
 from typing import Any
 from urllib.parse import quote
 
 import orjson
 
+from tollhouse.console import render
 from tollhouse.console.settings import ROLE_ORDER, ConsoleConfig, OidcConfig
-from tollhouse.gateway.console import STYLE
 from tollhouse.gateway.console_session import (
     ConsoleUser,
     cookie_attributes,
@@ -32,7 +31,7 @@ from tollhouse.gateway.console_session import (
     safe_next,
     session_cookies,
 )
-from tollhouse.gateway.http import Request, Response, text_response
+from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.oidc_client import OidcError, Pending, authorization_url
 from tollhouse.gateway.state import GatewayState
 
@@ -131,17 +130,12 @@ def read_pending(request: Request, state: GatewayState) -> Pending | None:
 # the two routes
 
 
-def _page(title: str, body: str, status: int, headers: list[tuple[str, str]] | None = None) -> Response:
-    html = (f"<!doctype html><html><head><meta charset=utf-8><title>{escape(title)} · Tollhouse</title>"
-            f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{body}</body></html>")
-    resp = text_response(html, "text/html; charset=utf-8", status)
-    resp.headers += [("cache-control", "no-store"), ("x-frame-options", "DENY"), *(headers or [])]
-    return resp
+def _again(next_path: str) -> list[dict[str, str]]:
+    return [{"label": "Sign in again", "href": f"{START_PATH}?next={quote(next_path, safe='/')}"},
+            {"label": "use the admin token", "href": f"/console/login?next={quote(next_path, safe='/')}"}]
 
 
-def _again(next_path: str) -> str:
-    return (f'<p><a href="{START_PATH}?next={escape(quote(next_path, safe="/"))}">Sign in again</a> or '
-            f'<a href="/console/login?next={escape(quote(next_path, safe="/"))}">use the admin token</a>.</p>')
+_NOT_SET_UP = "This gateway has no console.oidc configuration."
 
 
 def _redirect_uri(request: Request, state: GatewayState, oidc: OidcConfig) -> str:
@@ -155,14 +149,15 @@ async def start(request: Request, state: GatewayState) -> Response:
     """Send the browser to the identity provider."""
     oidc = state.settings.console.oidc
     if oidc is None:
-        return _page("Single sign-on is not set up", "<p>This gateway has no <code>console.oidc</code> "
-                     'configuration. <a href="/console/login">Sign in with the admin token</a>.</p>', 404)
+        return render.notice(request, state, "Single sign-on is not set up", 404, paragraphs=[_NOT_SET_UP],
+                             links=[{"label": "Sign in with the admin token", "href": "/console/login"}])
     next_path = safe_next(request.query.get("next"))
     try:
         provider = await state.sso.provider(oidc.issuer, state.clock())
     except OidcError as exc:
         log.warning("console single sign-on: %s", exc)
-        return _page("Single sign-on is unavailable", f"<p>{escape(str(exc))}.</p>{_again(next_path)}", 502)
+        return render.notice(request, state, "Single sign-on is unavailable", 502, paragraphs=[f"{exc}."],
+                             links=_again(next_path))
     pending = Pending.new(_redirect_uri(request, state, oidc), next_path)
     location = authorization_url(provider, oidc.client_id, oidc.scopes, pending)
     return Response(303, b"", [("location", location), ("cache-control", "no-store"),
@@ -173,22 +168,23 @@ async def callback(request: Request, state: GatewayState) -> Response:
     """The provider sends the browser back: check everything, then sign the person in (or say why not)."""
     oidc = state.settings.console.oidc
     if oidc is None:
-        return _page("Single sign-on is not set up", "<p>This gateway has no <code>console.oidc</code> "
-                     "configuration.</p>", 404)
+        return render.notice(request, state, "Single sign-on is not set up", 404, paragraphs=[_NOT_SET_UP])
     query = request.query
     pending = read_pending(request, state)
     next_path = pending.next if pending is not None else safe_next(None)
     clear = [_clear_pending(state)]
     if "error" in query:
         reason = query.get("error_description") or query["error"]
-        return _page("Not signed in", f"<p>The identity provider did not sign you in: {escape(reason)}.</p>"
-                     f"{_again(next_path)}", 401, clear)
+        return render.notice(request, state, "Not signed in", 401, links=_again(next_path), headers=clear,
+                             paragraphs=[f"The identity provider did not sign you in: {reason}."])
     if pending is None:
-        return _page("Not signed in", "<p>This sign-in was not started here, or it took longer than 10 minutes "
-                     f"(the browser has no pending sign-in).</p>{_again(next_path)}", 400, clear)
+        return render.notice(request, state, "Not signed in", 400, links=_again(next_path), headers=clear,
+                             paragraphs=["This sign-in was not started here, or it took longer than 10 minutes "
+                                         "(the browser has no pending sign-in)."])
     if not hmac.compare_digest(query.get("state", "").encode(), pending.state.encode()):
-        return _page("Not signed in", "<p>The answer from the identity provider does not belong to this sign-in "
-                     f"(its state does not match).</p>{_again(next_path)}", 400, clear)
+        return render.notice(request, state, "Not signed in", 400, links=_again(next_path), headers=clear,
+                             paragraphs=["The answer from the identity provider does not belong to this sign-in "
+                                         "(its state does not match)."])
     try:
         provider = await state.sso.provider(oidc.issuer, state.clock())
         tokens = await state.sso.exchange(provider, oidc.client_id, oidc.secret(), query.get("code", ""), pending)
@@ -197,21 +193,21 @@ async def callback(request: Request, state: GatewayState) -> Response:
                                         access if isinstance(access, str) else None, state.clock())
     except OidcError as exc:
         log.warning("console single sign-on refused: %s", exc)
-        return _page("Not signed in", f"<p>{escape(str(exc))}.</p>{_again(next_path)}", 401, clear)
+        return render.notice(request, state, "Not signed in", 401, paragraphs=[f"{exc}."], links=_again(next_path),
+                             headers=clear)
     role = role_of(state.settings.console, claims)
     name = user_name(state, claims)
     state.audit.record("console.sign_in", name, {"via": "oidc", "role": role, "email": _email(claims),
                                                  "sub": str(claims.get("sub", ""))[:_MAX_CLAIM]})
     if role is None:
-        return _page("No role in the console", f"<p>You are signed in as <b>{escape(name)}</b>, but you have no "
-                     "role in the Tollhouse console, so there is nothing to show you. Ask a Tollhouse admin to give "
-                     "you one (console.roles in the configuration: your email address or one of your groups).</p>",
-                     403, clear)
+        return render.notice(request, state, "No role in the console", 403, headers=clear, paragraphs=[
+            f"You are signed in as {name}, but you have no role in the Tollhouse console, so there is nothing to "
+            "show you. Ask a Tollhouse admin to give you one (console.roles in the configuration: your email "
+            "address or one of your groups)."])
     # A page that moves on by itself rather than a redirect: the session cookie is SameSite=Strict, and a
     # browser leaves it off a request the provider's (cross-site) redirect chain led to.
-    target = escape(next_path)
     headers = [*clear, *session_cookies(state, ConsoleUser(name, role))]
-    return _page("Signed in", f'<meta http-equiv="refresh" content="0;url={target}"><p>Signed in as '
-                 f'<b>{escape(name)}</b> ({escape(role)}). <a id="continue" href="{target}">Continue</a>.</p>', 200,
-                 headers)
+    return render.notice(request, state, "Signed in", 200, paragraphs=[f"Signed in as {name} ({role})."],
+                         links=[{"label": "Continue", "href": next_path, "id": "continue"}], refresh=next_path,
+                         headers=headers)
 
