@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import raw_http
 from conftest import ADMIN, Gateway
+from console_http import Browser
 from console_roles import role_cookie
 
 USAGE = "/api/v1/usage"
@@ -172,3 +173,56 @@ def test_a_cookie_of_the_earlier_format_is_refused(tmp_path: Path) -> None:
         assert works(gw, sign_in(gw, "ada"))
     finally:
         gw.stop()
+
+
+def session_id(cookie: str) -> str:
+    return cookie.split("=", 1)[1].split(".")[4]
+
+
+def listed(gw: Gateway) -> list[tuple[str, str, str]]:
+    status, body, _ = gw.get("/api/v1/console/sessions")
+    assert status == 200, body
+    return [(s["id"], s["user"], s["via"]) for s in json.loads(body)["sessions"]]
+
+
+def test_admins_see_who_is_signed_in_and_end_one_session_or_all_of_a_persons(store_url: str,
+                                                                              tmp_path: Path) -> None:
+    config = {"store": {"url": store_url}}
+    one = Gateway(config, tmp_path / "one").start()
+    two = Gateway(config, tmp_path / "two").start()
+    try:
+        first, second = sign_in(one, "ada"), sign_in(one, "ada")
+        bob = sign_in(two, "bob")  # on the other gateway: listed from the shared store
+        assert listed(one) == [(session_id(c), n, "admin_token") for c, n in ((bob, "bob"), (second, "ada"),
+                                                                               (first, "ada"))]
+        admin = Browser(one, "admin", "carol")
+        page = admin.get("/console/sessions")[1]
+        assert page.count(b"End this session") == 3 and b"the admin token" in page
+        auditor = Browser(one, "auditor", "aud")
+        status, seen, _ = auditor.get("/console/sessions")
+        assert status == 200 and b"bob" in seen and b"End this session" not in seen  # reads, changes nothing
+        assert auditor.post(f"/console/sessions/{session_id(bob)}/end", {})[0] == 403
+        assert admin.post(f"/console/sessions/{session_id(bob)}/end", {}, csrf=False)[0] == 400  # no CSRF token
+        assert works(two, bob)
+        status, _, headers = admin.post(f"/console/sessions/{session_id(first)}/end", {})
+        assert status == 303 and headers["location"] == "/console/sessions?ended=ada"
+        assert not works(one, first) and works(one, second)  # that session only
+        status, _, _ = admin.post("/console/sessions/end-user", {"user": "bob"})
+        assert status == 303 and not works(one, bob)
+        eventually("the other gateway ends bob's session", lambda: not works(two, bob))
+        assert listed(two) == [(session_id(second), "ada", "admin_token")]
+        assert revoke(one, {}, {"Authorization": f"Bearer {ADMIN}"})[0] == 400
+        status, raw, _ = raw_http.request(one.port, "POST", "/api/v1/console/sessions/nope/revoke", b"",
+                                          {"Authorization": f"Bearer {ADMIN}"})
+        assert status == 404 and b"GET /api/v1/console/sessions" in raw
+        status, raw, _ = raw_http.request(two.port, "POST", f"/api/v1/console/sessions/{session_id(second)}/revoke",
+                                          b"", {"Authorization": f"Bearer {ADMIN}"})
+        assert status == 200 and json.loads(raw)["session"]["user"] == "ada"
+        assert not works(two, second) and listed(two) == []
+        eventually("the other gateway no longer lists it", lambda: listed(one) == [])
+        ended = audit(one, "console.session_revoked")
+        assert [(e["actor"], e["data"]["user"]) for e in ended] == [("carol", "ada"), ("admin", "ada")]
+        assert [e["data"]["user"] for e in audit(one, "console.sessions_revoked")] == ["bob"]
+    finally:
+        one.stop()
+        two.stop()

@@ -87,7 +87,7 @@ def test_the_migration_fills_the_rollups_from_the_stored_events(store_url: str, 
     store.insert_events([event(f"2026-11-{d:02d}T{h:02d}:30:00Z", subject=s, cost_nusd=d * h)
                          for d in (3, 4, 30) for h in (1, 9, 23) for s in ("alice", "bob")])
     # as a store of schema 9 was: events, no rollups
-    for table in (*TABLES, "forward_hosts", "console_revocations"):  # (migrations 11 and 14)
+    for table in (*TABLES, "forward_hosts", "console_revocations", "console_sessions"):  # (migrations 11, 14, 15)
         store.db.execute(f"DROP TABLE {table}")
     store.db.execute("DROP INDEX events_stopped")  # (migration 12)
     store.db.execute("DELETE FROM meta WHERE key IN ('usage_day_zone', 'usage_rolled_up_seq')")  # (10, 13)

@@ -12,6 +12,7 @@ from tollhouse.console import (
     keys,
     overview,
     policy,
+    sessions,
     teams,
     usage,
 )
@@ -28,6 +29,7 @@ PAGES: tuple[Page, ...] = (
     *agents.PAGES,
     *hosts.PAGES,
     *keys.PAGES,
+    *sessions.PAGES,
     *directory.PAGES,
 )
 

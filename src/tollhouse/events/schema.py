@@ -255,6 +255,18 @@ _SCRIPTS: tuple[str, ...] = (
         PRIMARY KEY (kind, key)
     )
     """,
+    # 15: console sessions as signed in (the cookie stays the proof; this is the list an admin reads and ends
+    # sessions from), deleted once expired
+    """
+    CREATE TABLE console_sessions (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL,
+        via TEXT NOT NULL,
+        issued_ms {int} NOT NULL,
+        expires_ms {int} NOT NULL
+    )
+    """,
 )
 
 

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 from tollhouse.gateway.admin import authorized
 from tollhouse.gateway.http import Request, Response
-from tollhouse.gateway.session_revocations import Session
+from tollhouse.gateway.session_revocations import Session, SignedIn
 from tollhouse.gateway.state import GatewayState
 
 COOKIE = "tollhouse_console"
@@ -69,22 +69,33 @@ def session_seconds(state: GatewayState) -> int:
     return int(state.settings.console.session_hours * 3600)
 
 
-def session_value(state: GatewayState, user: ConsoleUser) -> str:
-    """The cookie's value: expiry (s), role, name (base64url), when it was issued (ms) and a new random session
-    id, signed with the admin token."""
-    if user.role not in ROLES:
-        raise ValueError(f"unknown console role {user.role!r}; one of {', '.join(ROLES)}")
-    name = base64.urlsafe_b64encode(user.name.encode()).decode().rstrip("=")
-    now = state.clock()
-    payload = f"{int(now) + session_seconds(state)}.{user.role}.{name}.{int(now * 1000)}.{secrets.token_urlsafe(12)}"
+def _value(state: GatewayState, role: str, name: str, session: Session) -> str:
+    """The cookie's value: expiry (s), role, name (base64url), when it was issued (ms) and the session id, signed
+    with the admin token."""
+    encoded = base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+    payload = f"{session.expires_s}.{role}.{encoded}.{session.issued_ms}.{session.id}"
     return f"{payload}.{_sign(state, payload)}"
 
 
-def session_cookies(state: GatewayState, user: ConsoleUser | None) -> list[tuple[str, str]]:
-    """The Set-Cookie headers that sign `user` in (None: that sign out), for the pages and the API."""
-    value = session_value(state, user) if user is not None else ""
-    max_age = session_seconds(state) if user is not None else 0
+def _cookies(state: GatewayState, value: str, max_age: int) -> list[tuple[str, str]]:
     return [("set-cookie", f"{COOKIE}={value}; {cookie_attributes(state, max_age, path)}") for path in COOKIE_PATHS]
+
+
+def begin_session(state: GatewayState, user: ConsoleUser, via: str) -> tuple[list[tuple[str, str]], SignedIn]:
+    """A new session for `user` (a new random id): the Set-Cookie headers that sign them in, for the pages and the
+    API, and the session as the admins' list keeps it (`Revocations.began`)."""
+    if user.role not in ROLES:
+        raise ValueError(f"unknown console role {user.role!r}; one of {', '.join(ROLES)}")
+    now = state.clock()
+    seconds = session_seconds(state)
+    session = Session(secrets.token_urlsafe(12), int(now * 1000), int(now) + seconds)
+    row = SignedIn(session.id, user.name, user.role, via, session.issued_ms, session.expires_s * 1000)
+    return _cookies(state, _value(state, user.role, user.name, session), seconds), row
+
+
+def signed_out_cookies(state: GatewayState) -> list[tuple[str, str]]:
+    """The Set-Cookie headers that clear the session cookies."""
+    return _cookies(state, "", 0)
 
 
 def cookie_value(request: Request, name: str) -> str | None:

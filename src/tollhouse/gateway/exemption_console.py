@@ -33,9 +33,10 @@ from tollhouse.gateway.console_session import (
     ADMIN_ROLE,
     LOGIN_PATH,
     ConsoleUser,
+    begin_session,
     safe_next,
-    session_cookies,
     session_user,
+    signed_out_cookies,
 )
 from tollhouse.gateway.http import BodyTooLarge, Request, Response
 from tollhouse.gateway.sso import START_PATH
@@ -183,7 +184,9 @@ async def login(request: Request, state: GatewayState) -> Response:
                            next_path=form.get("next"))
     name = form.get("name", "").strip()[:MAX_FIELD] or "admin"
     state.audit.record("console.sign_in", name, {"via": "admin_token", "role": ADMIN_ROLE})
-    return _see_other(safe_next(form.get("next")), session_cookies(state, ConsoleUser(name, ADMIN_ROLE)))
+    cookies, began = begin_session(state, ConsoleUser(name, ADMIN_ROLE), "admin_token")
+    await state.sessions.began(began)
+    return _see_other(safe_next(form.get("next")), cookies)
 
 
 async def logout(request: Request, state: GatewayState) -> Response:
@@ -202,4 +205,4 @@ async def logout(request: Request, state: GatewayState) -> Response:
     if user is not None and user.session is not None:  # the session ends everywhere, copies of the cookie too
         await state.sessions.sign_out(user.session)
         state.audit.record("console.sign_out", user.name, {"role": user.role})
-    return _see_other(LOGIN_PATH, session_cookies(state, None))
+    return _see_other(LOGIN_PATH, signed_out_cookies(state))

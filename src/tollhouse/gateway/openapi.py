@@ -347,6 +347,15 @@ GET_EVENTS_ID: dict[str, Any] = {
 POST_AGENT_NOTICES: dict[str, Any] = {
             "responses": {"200": {"description": "recorded"}, "400": {"description": "unknown kind"}}}
 
+GET_CONSOLE_SESSIONS: dict[str, Any] = {"responses": {"200": {"description": "{sessions: [{id, user, role, via, "
+                                                                  "signed_in, expires}]}"}}}
+
+POST_CONSOLE_SESSION_REVOKE: dict[str, Any] = {
+    "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+    "responses": {"200": {"description": "{session, revoked: true}"},
+                  "404": {"description": "no session that still works has this id"}},
+}
+
 POST_CONSOLE_SESSIONS_REVOKE: dict[str, Any] = {
     "requestBody": {"content": {"application/json": {"schema": {
         "type": "object", "required": ["user"], "additionalProperties": False,

@@ -116,6 +116,11 @@ API: tuple[Route, ...] = (
     Route("DELETE", "/api/v1/keys/{prefix}", admin.revoke_gateway_key, roles=ADMIN, doc=doc.DELETE_KEYS_PREFIX,
           summary="Revoke a gateway key"),
     # console sessions
+    Route("GET", "/api/v1/console/sessions", sessions_api.list_sessions, roles=READ_ALL, doc=doc.GET_CONSOLE_SESSIONS,
+          summary="The console sessions that still work, newest first: id, user, role, via, signed_in, expires"),
+    Route("POST", "/api/v1/console/sessions/{id}/revoke", sessions_api.revoke_session, roles=ADMIN,
+          doc=doc.POST_CONSOLE_SESSION_REVOKE,
+          summary="End one console session on every gateway sharing the store; audited"),
     Route("POST", "/api/v1/console/sessions/revoke", sessions_api.revoke_sessions, roles=ADMIN,
           doc=doc.POST_CONSOLE_SESSIONS_REVOKE,
           summary="End every console session of a user (signed in until now) on every gateway sharing the store; "

@@ -98,6 +98,37 @@ def load_rows(store: Store, now_ms: int) -> list[Row]:
     return [Row(r["kind"], r["key"], int(r["at_ms"]), int(r["until_ms"])) for r in rows]
 
 
+class SignedIn(NamedTuple):
+    """A console session as it began (`console_sessions`): listed for admins, who can end it."""
+
+    id: str
+    name: str
+    role: str
+    via: str  # admin_token | oidc
+    issued_ms: int
+    expires_ms: int
+
+    @property
+    def session(self) -> Session:
+        return Session(self.id, self.issued_ms, self.expires_ms // 1000)
+
+
+def save_signed_in(store: Store, row: SignedIn) -> None:
+    """Note a session that began, and forget the ones that have ended by expiry."""
+    with store.db.transaction():
+        store.db.execute("INSERT INTO console_sessions (id, name, role, via, issued_ms, expires_ms) "
+                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING", tuple(row))
+        store.db.execute("DELETE FROM console_sessions WHERE expires_ms < ?", (row.issued_ms,))
+
+
+def load_signed_in(store: Store, now_ms: int) -> list[SignedIn]:
+    """The sessions not yet expired, newest first (revoked ones included: `Revoked.refuses` tells them apart)."""
+    rows = store.db.query("SELECT id, name, role, via, issued_ms, expires_ms FROM console_sessions "
+                          "WHERE expires_ms > ? ORDER BY issued_ms DESC, id", (now_ms,))
+    return [SignedIn(r["id"], r["name"], r["role"], r["via"], int(r["issued_ms"]), int(r["expires_ms"]))
+            for r in rows]
+
+
 class Revocations:
     """Publishes `Revoked` (`published`) from the store and from this gateway's own revocations."""
 
@@ -111,6 +142,22 @@ class Revocations:
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    async def began(self, row: SignedIn) -> None:
+        """Note a new session for the admins' list. A store that cannot take it costs the listing only (the
+        cookie is what signs in, and it can still be ended by its user's name)."""
+        try:
+            await self._runner.run(lambda s: save_signed_in(s, row))
+        except StoreError as exc:
+            log.error("the console session of %s could not be noted in the store (%s); it works, but is not "
+                      "listed on /console/sessions", row.name, exc)
+
+    async def signed_in(self) -> list[SignedIn]:
+        """The sessions that still work (not expired, not ended), newest first. Raises StoreError."""
+        now_ms = self._now_ms()
+        rows = await self._runner.run(lambda s: load_signed_in(s, now_ms))
+        revoked = self.published.current
+        return [r for r in rows if not revoked.refuses(r.name, r.session)]
 
     async def sign_out(self, session: Session) -> None:
         """Revoke one session (its user signed out) until its cookie expires."""

@@ -26,10 +26,10 @@ from tollhouse.console import render
 from tollhouse.console.settings import ROLE_ORDER, ConsoleConfig, OidcConfig
 from tollhouse.gateway.console_session import (
     ConsoleUser,
+    begin_session,
     cookie_attributes,
     cookie_value,
     safe_next,
-    session_cookies,
 )
 from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.oidc_client import OidcError, Pending, authorization_url
@@ -206,7 +206,9 @@ async def callback(request: Request, state: GatewayState) -> Response:
             "address or one of your groups)."])
     # A page that moves on by itself rather than a redirect: the session cookie is SameSite=Strict, and a
     # browser leaves it off a request the provider's (cross-site) redirect chain led to.
-    headers = [*clear, *session_cookies(state, ConsoleUser(name, role))]
+    cookies, began = begin_session(state, ConsoleUser(name, role), "oidc")
+    await state.sessions.began(began)
+    headers = [*clear, *cookies]
     return render.notice(request, state, "Signed in", 200, paragraphs=[f"Signed in as {name} ({role})."],
                          links=[{"label": "Continue", "href": next_path, "id": "continue"}], refresh=next_path,
                          headers=headers)
