@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from browser import PageProblems, sign_in_cookie
+from browser import PageProblems, sign_in_admin, sign_in_cookie
 from conftest import ADMIN, Gateway, Mock, upstreams
 from console_roles import role_cookie
 from test_exemptions import _blocked, _file, _passes
@@ -164,3 +164,24 @@ def test_admin_pages_draw_and_act(gw: Gateway, page: Page) -> None:
     page.click("#editor button")
     expect(page.locator("[role=status]").first).to_contain_text("Published directory version 2")
     expect(page.locator("#people")).to_contain_text("zed")
+
+
+def test_an_admin_ends_the_session_of_another_browser(gw: Gateway, page: Page, browser: Browser) -> None:
+    """Bob signs in with the login form in a browser of his own; Ada, an admin, finds him on the sessions page
+    and ends his session: his next page sends him to the sign-in, while hers goes on."""
+    other = browser.new_context()
+    try:
+        bob = other.new_page()
+        sign_in_admin(bob, gw.url, ADMIN, "bob", "/console/audit")
+        expect(bob.locator("header .who")).to_contain_text("bob (admin)")
+        sign_in_admin(page, gw.url, ADMIN, "ada", "/console/sessions")
+        expect(page.locator("#sessions")).to_contain_text("ada (this session)")
+        page.click("#sessions tr:has-text('bob') button:text-is('End this session')")
+        expect(page.locator("[role=status]")).to_contain_text("Ended: bob")
+        assert "bob" not in page.inner_text("#sessions")
+        bob.goto(f"{gw.url}/console/audit")
+        assert bob.url.startswith(f"{gw.url}/console/login?next=/console/audit")
+        page.click("header nav a:text-is('Audit')")
+        expect(page.locator("#entries")).to_contain_text("console.session_revoked")
+    finally:
+        other.close()
