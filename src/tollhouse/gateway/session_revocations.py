@@ -14,6 +14,10 @@ on every request (a set and a dict lookup: no I/O).
   until it is stored (the log says so meanwhile).
 - Rows are deleted once every cookie they refuse has expired, so the table holds at most one session
   lifetime's sign-outs.
+
+Each sign-in is also noted (`SignedIn`, table `console_sessions`, deleted once expired) so that admins can see who
+is signed in and end one session or all of a person's (console/sessions.py, gateway/sessions_api.py). The list is
+for people only: a session works whether or not it is listed.
 """
 
 from __future__ import annotations
