@@ -466,6 +466,7 @@ rule_like = st.fixed_dictionaries({}, optional={
 @example([{"id": "p", "condition": {"type": "CONTENT_DLP", "patterns": 5}}])
 @example([{"id": "d", "condition": {"type": "CONTENT_DLP", "detectors": [["email"]]}}])
 @example([{"id": "r", "condition": {"type": "CONTENT_DLP", "patterns": ["a{4294967296}"]}}])
+@example([{"id": ":"}, {"id": "team:budget", "condition": {"type": "budget"}}])  # named by position
 def test_parse_rules_returns_rules_or_policy_error(raw: object) -> None:
     try:
         rules = parse_rules(raw)

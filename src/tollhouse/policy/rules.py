@@ -40,9 +40,11 @@ class PolicyError(ValueError):
 
 
 def _label(index: int, item: object) -> str:
+    """How problem lines name a rule: its id, or its position when it has none (or one with a colon, which
+    would read as the end of the name in "rule NAME: field: problem")."""
     if isinstance(item, dict):
         rid = item.get("id")
-        if isinstance(rid, str) and rid:
+        if isinstance(rid, str) and rid and ":" not in rid:
             return rid
     return f"#{index}"
 
