@@ -60,12 +60,12 @@ class Revoked:
     """The sessions that no longer count (an immutable snapshot)."""
 
     sessions: frozenset[str] = frozenset()
-    users: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # name → sessions issued up to this ms
+    users: Mapping[str, int] = field(default_factory=lambda: _EMPTY)  # casefolded name → sessions issued up to ms
 
     def refuses(self, name: str, session: Session) -> bool:
         if session.id in self.sessions:
             return True
-        until = self.users.get(name)
+        until = self.users.get(name.casefold()) if self.users else None
         return until is not None and session.issued_ms <= until
 
     @staticmethod
@@ -75,8 +75,9 @@ class Revoked:
         for row in rows:
             if row.kind == SESSION:
                 sessions.add(row.key)
-            elif row.kind == USER:
-                users[row.key] = max(users.get(row.key, row.at_ms), row.at_ms)
+            elif row.kind == USER:  # names as people type them: "Ada@Acme.example" ends ada@acme.example's
+                key = row.key.casefold()
+                users[key] = max(users.get(key, row.at_ms), row.at_ms)
         return Revoked(frozenset(sessions), MappingProxyType(users))
 
 
