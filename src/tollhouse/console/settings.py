@@ -85,6 +85,9 @@ MAX_SESSION_HOURS = 24 * 31
 
 class ConsoleConfig(_Frozen):
     session_hours: float = Field(default=12, gt=0, le=MAX_SESSION_HOURS)  # a sign-in lasts this long, then ends
+    # wrong admin tokens an address may try within lockout_minutes before it may not try again for a while
+    failed_sign_ins: int = Field(default=10, ge=1, le=10_000)
+    lockout_minutes: float = Field(default=5, gt=0, le=24 * 60)
     oidc: OidcConfig | None = None  # single sign-on; the admin token sign-in always stays
     # role -> who has it: email addresses (case-insensitive) or "group:NAME" (from the ID token's groups claim)
     roles: dict[Role, tuple[str, ...]] = Field(default_factory=dict)

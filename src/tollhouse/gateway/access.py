@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 
 from tollhouse.console import csrf, render
-from tollhouse.gateway.admin import api_error, authorized
+from tollhouse.gateway.admin import api_error, authorized, locked_message, locked_out
 from tollhouse.gateway.console_session import ADMIN_ROLE, ConsoleUser, session_user, sign_in_redirect, signed_in
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import actor_header
@@ -35,6 +35,10 @@ def refusal(route: Route, request: Request, state: GatewayState) -> Response | N
     if auth is Auth.page:
         return _page(route, request, state)
     if request.header("authorization") is not None:
+        if (wait := locked_out(request, state)) is not None:
+            resp = api_error(429, locked_message(wait), "too_many_failed_sign_ins")
+            resp.headers.append(("retry-after", str(wait)))
+            return resp
         if not authorized(request, state):
             return api_error(401, UNAUTHORIZED, "unauthorized")
         request.user = ConsoleUser(actor_header(request), ADMIN_ROLE)

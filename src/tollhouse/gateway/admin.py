@@ -14,6 +14,7 @@ from tollhouse import __version__
 from tollhouse.events.model import event_json
 from tollhouse.events.store import Store
 from tollhouse.gateway import storage
+from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.state import GatewayState
 from tollhouse.keys import create_key
@@ -26,10 +27,34 @@ def api_error(status: int, message: str, code: str) -> Response:
     return json_response({"error": {"message": message, "code": code}}, status)
 
 
+ENROLLMENT_PREFIX = "the-"  # agents' enrollment tokens (gateway/agent_api.py)
+
+
 def authorized(request: Request, state: GatewayState) -> bool:
+    """The request carries the admin token as its bearer token. A wrong one counts against the client's address
+    (gateway/sign_in_guard.py), and an address locked out is never let in, even with the right one."""
     auth = request.header("authorization") or ""
     token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    return bool(token) and hmac.compare_digest(token.encode(), state.admin_token.encode())
+    if not token:
+        return False
+    address = client_address(request, state.settings.identity.trusted_proxies)
+    if state.guard.locked(address) is not None:
+        return False
+    if hmac.compare_digest(token.encode(), state.admin_token.encode()):
+        return True
+    if not token.startswith(ENROLLMENT_PREFIX) or state.admin_token.startswith(ENROLLMENT_PREFIX):
+        state.guard.failed(address, f"bearer token on {request.path[:200]}")  # (an agent's token is not a guess)
+    return False
+
+
+def locked_out(request: Request, state: GatewayState) -> int | None:
+    """Seconds until this client may try the admin token again (None: it may now)."""
+    return state.guard.locked(client_address(request, state.settings.identity.trusted_proxies))
+
+
+def locked_message(seconds: int) -> str:
+    return (f"too many wrong admin tokens from this address: it may not try again for {seconds} s "
+            "(console.failed_sign_ins within console.lockout_minutes); every attempt is in the audit trail")
 
 
 class BadParameter(ValueError):

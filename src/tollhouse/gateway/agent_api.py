@@ -13,7 +13,7 @@ from tollhouse.events.model import CallEvent
 from tollhouse.events.records import EnrollmentToken
 from tollhouse.events.store import StoreError
 from tollhouse.events.wire import BatchError, from_wire
-from tollhouse.gateway.admin import BadParameter, api_error, authorized, int_param, revoke
+from tollhouse.gateway.admin import ENROLLMENT_PREFIX, BadParameter, api_error, authorized, int_param, revoke
 from tollhouse.gateway.exemption_use import audit_agent_uses
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import AGENT_POLICY, actor, agent_policy_json, json_body
@@ -23,7 +23,7 @@ from tollhouse.ledger.stored import stored_usage
 
 log = logging.getLogger("tollhouse.agents")
 
-TOKEN_PREFIX = "the-"  # Tollhouse enrollment
+TOKEN_PREFIX = ENROLLMENT_PREFIX  # Tollhouse enrollment
 MAX_WAIT_S = 60
 _AGENT_HEADERS = ("x-tollhouse-agent-id", "x-tollhouse-agent-version", "x-tollhouse-hostname")
 

@@ -28,6 +28,7 @@ from tollhouse.control.overrides import grant_of
 from tollhouse.events.model import iso_ts
 from tollhouse.events.records import APPROVED, DENIED, OVERRIDE, PENDING, REVOKED, Exemption
 from tollhouse.gateway import exemptions
+from tollhouse.gateway.admin import locked_message
 from tollhouse.gateway.client_address import client_address
 from tollhouse.gateway.console_session import (
     ADMIN_ROLE,
@@ -156,12 +157,12 @@ def cross_site(request: Request) -> bool:
 
 
 def _login_page(request: Request, state: GatewayState, problem: str | None = None, status: int = 401,
-                next_path: str | None = None) -> Response:
+                next_path: str | None = None, headers: list[tuple[str, str]] | None = None) -> Response:
     oidc = state.settings.console.oidc
     sso = None if oidc is None else {"label": oidc.label,
                                      "href": f"{START_PATH}?next={quote(safe_next(next_path), safe='/')}"}
     return render.public_page(request, state, "login.html", "Sign in to the Tollhouse console", status,
-                              problem=problem, sso=sso, action=LOGIN_PATH, max_field=MAX_FIELD,
+                              headers or [], problem=problem, sso=sso, action=LOGIN_PATH, max_field=MAX_FIELD,
                               next=safe_next(next_path))
 
 
@@ -177,8 +178,13 @@ async def login(request: Request, state: GatewayState) -> Response:
         form = await _form(request)
     except ExemptionError as exc:
         return _login_page(request, state, str(exc), exc.status)
+    address = client_address(request, state.settings.identity.trusted_proxies)
+    if (wait := state.guard.locked(address)) is not None:
+        return _login_page(request, state, f"Not signed in: {locked_message(wait)}.", 429,
+                           form.get("next"), [("retry-after", str(wait))])
     token = form.get("token", "")
     if not token or not hmac.compare_digest(token.encode(), state.admin_token.encode()):
+        state.guard.failed(address, "console sign-in form")
         return _login_page(request, state,
                            "That is not the admin token (config admin_token or TOLLHOUSE_ADMIN_TOKEN).",
                            next_path=form.get("next"))

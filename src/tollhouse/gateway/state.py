@@ -39,6 +39,7 @@ from tollhouse.gateway.policy_holder import PolicyHolder, initial_policy
 from tollhouse.gateway.redact import Redactor
 from tollhouse.gateway.routes_memo import RouteMemo
 from tollhouse.gateway.session_revocations import Revocations
+from tollhouse.gateway.sign_in_guard import SignInGuard
 from tollhouse.gateway.wire_limits import client_limits
 from tollhouse.keys import EnrollmentCache, KeyCache
 from tollhouse.ledger.base import Ledger
@@ -127,6 +128,7 @@ class GatewayState:
     enrollment: EnrollmentCache  # agents' enrollment tokens
     outage: OutageTracker  # counter-store outages, audited once each (not once per call)
     sessions: Revocations  # console sessions signed out or revoked (published: Revoked)
+    guard: SignInGuard  # wrong admin tokens per client address, and the lockouts they cause
     lifespan: Lifespan  # every component with background work or resources, started and stopped in order
     routes: RouteMemo = field(default_factory=RouteMemo)  # paths already split and classified (a memo)
     alerts: AlertQueue = field(default_factory=AlertQueue)  # finished calls handed to the alert service
@@ -347,6 +349,8 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
                                lambda generation: docs.feed.set(EXEMPTIONS_FEED, generation))
     lifespan.add("exemption overrides", overrides.start, overrides.stop)
     lifespan.add("policy file watch", policy.start, policy.stop)
+    guard = SignInGuard(settings.console.failed_sign_ins, settings.console.lockout_minutes * 60, clock,
+                        audit.record)
     sessions = Revocations(runner, clock)
     await sessions.refresh()  # sessions signed out before this start stay signed out
     return GatewayState(
@@ -377,6 +381,7 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
         enrollment=EnrollmentCache(),
         outage=OutageTracker(lambda kind, data: audit.record(kind, "gateway", data)),
         sessions=sessions,
+        guard=guard,
         lifespan=lifespan,
     )
 

@@ -1,0 +1,91 @@
+"""Guessing the admin token: after `console.failed_sign_ins` wrong ones from an address within
+`console.lockout_minutes`, that address may not try again (not even the right token) until the window has passed;
+other addresses are not affected; every failure and lockout is audited."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import raw_http
+from conftest import ADMIN, Gateway
+from tollhouse.gateway.sign_in_guard import MAX_ADDRESSES, SignInGuard
+
+USAGE = "/api/v1/usage"
+OTHER = "127.0.0.2"  # another machine, as far as the gateway can tell
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bearer(gw: Gateway, token: str, path: str = USAGE, source: str | None = None) -> raw_http.Reply:
+    return raw_http.request(gw.port, "GET", path, None, {"Authorization": f"Bearer {token}"}, source)
+
+
+def sign_in_form(gw: Gateway, token: str) -> raw_http.Reply:
+    return raw_http.request(gw.port, "POST", "/console/login", urlencode({"token": token, "name": "mallory"}).encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def audit(gw: Gateway, kind: str) -> list[dict[str, Any]]:
+    status, body, _ = bearer(gw, ADMIN, "/api/v1/audit", OTHER)
+    assert status == 200, body
+    return [e for e in json.loads(body)["entries"] if e["kind"] == kind]
+
+
+def test_wrong_admin_tokens_lock_their_address_out_for_the_window(tmp_path: Path) -> None:
+    clock = Clock()
+    gw = Gateway({"console": {"failed_sign_ins": 3, "lockout_minutes": 1}}, tmp_path / "gw", clock=clock).start()
+    try:
+        assert bearer(gw, "guess-1")[0] == 401
+        assert sign_in_form(gw, "guess-2")[0] == 401  # the sign-in form counts
+        assert bearer(gw, "guess-3", "/console/")[0] == 303  # and a bearer token on a page
+        status, body, headers = bearer(gw, ADMIN)  # the right token, from the locked address
+        error = json.loads(body)["error"]
+        assert status == 429 and error["code"] == "too_many_failed_sign_ins" and "60 s" in error["message"]
+        assert headers["retry-after"] == "60"
+        status, page, headers = sign_in_form(gw, ADMIN)
+        assert status == 429 and b"too many wrong admin tokens" in page and "set-cookie" not in headers
+        assert bearer(gw, ADMIN, source=OTHER)[0] == 200  # another address is not affected
+        failed = audit(gw, "console.sign_in_failed")
+        assert [(e["actor"], e["data"]["failures"]) for e in failed] == [("127.0.0.1", 1), ("127.0.0.1", 2),
+                                                                         ("127.0.0.1", 3)]
+        assert [e["data"]["via"] for e in failed] == ["bearer token on /api/v1/usage", "console sign-in form",
+                                                      "bearer token on /console/"]
+        [locked] = audit(gw, "console.sign_in_locked")
+        assert locked["actor"] == "127.0.0.1" and locked["data"] == {"failures": 3, "for_s": 60.0}
+        clock.now += 30
+        assert bearer(gw, ADMIN)[0] == 429  # still within the window
+        clock.now += 31
+        assert bearer(gw, ADMIN)[0] == 200  # the oldest failure is a minute old: it may try again
+        assert "guess" not in json.dumps(audit(gw, "console.sign_in_failed"))  # what was tried is never kept
+    finally:
+        gw.stop()
+
+
+def test_an_agents_wrong_enrollment_token_is_not_an_admin_token_guess(tmp_path: Path) -> None:
+    gw = Gateway({"console": {"failed_sign_ins": 2}}, tmp_path / "gw").start()
+    try:
+        for _ in range(4):
+            assert bearer(gw, "the-not-a-real-enrollment-token", "/api/v1/agent/bundle")[0] == 401
+        assert bearer(gw, ADMIN)[0] == 200 and audit(gw, "console.sign_in_failed") == []
+    finally:
+        gw.stop()
+
+
+def test_the_guard_remembers_a_bounded_number_of_addresses() -> None:
+    entries: list[tuple[str, str]] = []
+    guard = SignInGuard(1, 60, lambda: 1000.0, lambda kind, actor, data: entries.append((kind, actor)))
+    for n in range(MAX_ADDRESSES + 1):
+        guard.failed(f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", "test")
+    assert guard.locked("10.0.0.0") is None  # the least recently failing address was forgotten
+    assert guard.locked("10.0.0.1") == 60 and guard.locked(None) is None
+    assert entries.count(("console.sign_in_locked", "10.0.0.1")) == 1
