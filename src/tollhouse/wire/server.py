@@ -470,7 +470,7 @@ class _Connection(asyncio.Protocol):
         self._in_head = False
         self._read_deadline = self.last_active + self._server.body_timeout_s
         keep_alive = parser.should_keep_alive()
-        if self._asks_upgrade():
+        if parser.should_upgrade():  # Connection: upgrade with an Upgrade header (llhttp stops after the head)
             if self._declares_body():  # llhttp would take the body for the new protocol's: never half-read it
                 raise _Refusal(400, "a request that asks to switch protocols (Upgrade) cannot carry a body here; "
                                     "send it without the Upgrade header")
@@ -485,16 +485,6 @@ class _Connection(asyncio.Protocol):
             self._pending.append((head, exchange))
             if len(self._pending) >= _MAX_PIPELINED:
                 self._pause_reading()
-
-    def _asks_upgrade(self) -> bool:
-        """Connection: upgrade with an Upgrade header (what makes llhttp stop parsing after the head)."""
-        upgrade = connection = False
-        for name, value in self._headers:
-            if name == "upgrade":
-                upgrade = True
-            elif name == "connection" and "upgrade" in (t.strip().lower() for t in value.split(",")):
-                connection = True
-        return upgrade and connection
 
     def _declares_body(self) -> bool:
         for name, value in self._headers:
