@@ -98,8 +98,8 @@ def save_rows(store: Store, rows: Sequence[Row], now_ms: int) -> None:
 
 
 def load_rows(store: Store, now_ms: int) -> list[Row]:
-    rows = store.db.query("SELECT kind, key, at_ms, until_ms FROM console_revocations WHERE until_ms >= ?",
-                          (now_ms,))
+    rows = store.db.query("SELECT kind, key, at_ms, until_ms FROM console_revocations WHERE until_ms >= ? "
+                          "ORDER BY kind, key", (now_ms,))
     return [Row(r["kind"], r["key"], int(r["at_ms"]), int(r["until_ms"])) for r in rows]
 
 
@@ -180,10 +180,13 @@ class Revocations:
         (the snapshot in force stays, this gateway's own revocations in it)."""
         await self._write()
         now_ms = self._now_ms()
-        stored = await self._runner.run(lambda s: load_rows(s, now_ms))
+        stored = tuple(await self._runner.run(lambda s: load_rows(s, now_ms)))
+        local = [r for r in self._local if r.until_ms >= now_ms]
+        if stored == self._stored and local == self._local:
+            return  # (every second, usually: nothing to republish)
         have = set(stored)
-        self._stored = tuple(stored)
-        self._local = [r for r in self._local if r not in have and r.until_ms >= now_ms]
+        self._stored = stored
+        self._local = [r for r in local if r not in have]
         self._publish()
 
     async def _add(self, row: Row) -> None:
