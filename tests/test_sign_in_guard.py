@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 import raw_http
 from conftest import ADMIN, Gateway
 from tollhouse.gateway.sign_in_guard import MAX_ADDRESSES, SignInGuard
@@ -89,3 +92,24 @@ def test_the_guard_remembers_a_bounded_number_of_addresses() -> None:
     assert guard.locked("10.0.0.0") is None  # the least recently failing address was forgotten
     assert guard.locked("10.0.0.1") == 60 and guard.locked(None) is None
     assert entries.count(("console.sign_in_locked", "10.0.0.1")) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(attempts=st.integers(1, 4), window=st.integers(1, 50),
+       steps=st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["a", "b", None])), max_size=40))
+def test_the_guard_agrees_with_counting_failures_in_the_window(attempts: int, window: int,
+                                                               steps: list[tuple[int, str | None]]) -> None:
+    """A model: an address is locked while at least `attempts` of its recorded failures are within the last
+    `window` seconds; a locked address's tries are refused before they are compared, so they are not failures."""
+    now = [0.0]
+    guard = SignInGuard(attempts, window, lambda: now[0], lambda kind, actor, data: None)
+    failures: dict[str, list[float]] = {}
+    for dt, address in steps:
+        now[0] += dt
+        key = address or "unknown"
+        in_window = [t for t in failures.get(key, []) if t > now[0] - window]
+        locked = len(in_window) >= attempts
+        assert (guard.locked(address) is not None) == locked
+        if not locked:
+            guard.failed(address, "test")
+            failures.setdefault(key, []).append(now[0])
