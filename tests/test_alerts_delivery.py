@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import raw_http
 from alert_receivers import HttpReceiver, SmtpReceiver, messages, new_secret, wait_until
 from conftest import Gateway, Mock, upstreams
 from test_gateway_sdks import oai
@@ -215,3 +216,24 @@ def test_an_anomaly_in_the_store_reaches_the_anomaly_channel(mock: Mock, gateway
         assert kinds == ["anomaly", "anomaly"]
     finally:
         slack.stop()
+
+
+def test_an_address_locked_out_for_guessing_the_admin_token_reaches_the_security_channel(
+        mock: Mock, gateway_factory: Any, tmp_path: Path) -> None:
+    """Read from the audit trail like exemptions: one alert per address and hour, to alerts.security."""
+    slack, hook, smtp = HttpReceiver().start(), HttpReceiver(new_secret()).start(), SmtpReceiver(tmp_path)
+    try:
+        cfg = _config(mock, slack, hook, smtp, security=["siem"])
+        gw: Gateway = gateway_factory({**cfg, "console": {"failed_sign_ins": 2}})
+        for guess in ("guess-1", "guess-2", "guess-3"):  # from another machine; the third is refused unread
+            assert raw_http.request(gw.port, "GET", "/api/v1/usage", None, {"Authorization": f"Bearer {guess}"},
+                                    "127.0.0.2")[0] in (401, 429)
+        [(_, delivered)] = hook.log.wait_for(lambda items: len(items) >= 1)
+        text = json.dumps(delivered)
+        assert "Admin token guessed wrongly from 127.0.0.2" in text and "2 wrong admin tokens" in text
+        assert "guess-" not in text  # the guesses themselves are never kept or sent
+        wait_until(lambda: [a["state"] for a in _alerts(gw, "security")] == ["delivered"], what="delivered")
+        assert slack.log.items == []  # only the security channel
+    finally:
+        slack.stop()
+        hook.stop()

@@ -157,6 +157,7 @@ class AlertsConfig(_Frozen):
     channels: dict[str, Channel] = Field(default_factory=dict)
     default: tuple[str, ...] = ()  # where alert rules without notify (and everything else) go
     policy_owners: tuple[str, ...] = ()  # channels or addresses told of new exemption requests (default: default)
+    security: tuple[str, ...] = ()  # channels or addresses told of admin-token lockouts (default: default)
     budget_thresholds: tuple[float, ...] = (0.5, 0.8, 1.0)
     anomaly: AnomalyConfig = AnomalyConfig()
     dedup_window_s: float = Field(default=600.0, gt=0)  # one message per rule and subject per window, then a count
@@ -178,6 +179,7 @@ class AlertsConfig(_Frozen):
     @model_validator(mode="after")
     def _names(self) -> AlertsConfig:
         for where, names in (("default", self.default), ("policy_owners", self.policy_owners),
+                             ("security", self.security),
                              ("anomaly.channels", self.anomaly.channels)):
             for name in names:
                 check_target(self, name, f"alerts.{where}")

@@ -1,6 +1,9 @@
-"""Exemption requests and decisions, read from the audit trail (so none is missed whoever filed or decided it,
-whichever gateway, however it restarted): a request goes to the policy owners; a decision goes to the requester
-when an address is known for them (the requester field is an address, or the directory gives the person's)."""
+"""Alerts read from the audit trail (so none is missed whoever caused it, whichever gateway, however it restarted):
+
+- exemption requests go to the policy owners; a decision goes to the requester when an address is known for them
+  (the requester field is an address, or the directory gives the person's);
+- an address locked out for guessing the admin token (`console.sign_in_locked`) goes to `alerts.security`, at
+  most once per address and hour."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from tollhouse.audit.chain import AuditEntry
 from tollhouse.events.store import Store
 
 WATERMARK = "alerts.audit_seq"
-KINDS = ("exemption.requested", "exemption.approved", "exemption.denied")
+KINDS = ("exemption.requested", "exemption.approved", "exemption.denied", "console.sign_in_locked")
+LOCKED = "console.sign_in_locked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +75,17 @@ def notice(e: AuditEntry, requester: str | None, email_of: dict[str, str], conso
     fields = (("Rule", str(d.get("rule_id") or "-")), ("Decision", verdict), ("Reviewer", e.actor))
     return ExemptionNotice(Alert(f"exemption:{xid}:decided", "exemption.decided", "info",
                                  f"Exemption {xid} {verdict}", text, fields, link), False, address)
+
+
+def lockout_alert(e: AuditEntry, console_url: str) -> Alert:
+    """An address guessed the admin token wrongly too often (one alert per address and hour)."""
+    d = e.data
+    minutes = float(d.get("for_s", 0)) / 60
+    text = (f"{d.get('failures')} wrong admin tokens came from {e.actor} within {minutes:g} minutes; it may not "
+            "try the admin token again until that window has passed. If it was not one of your admins, someone is "
+            "guessing the admin token: choose a long random one (admin_token) and look at the audit trail.")
+    fields = (("Address", e.actor), ("Failures", str(d.get("failures"))), ("Window", f"{minutes:g} minutes"))
+    link = (("Audit trail", console_url + "audit?kind=" + quote("console.sign_in_failed")),)
+    return Alert(f"security:sign_in_locked:{e.actor}:{e.ts_ms // 3_600_000}", "security", "warning",
+                 f"Admin token guessed wrongly from {e.actor}", text, fields, link)
+

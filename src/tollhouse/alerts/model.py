@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-KINDS = ("rule", "rule.summary", "budget", "anomaly", "exemption.requested", "exemption.decided", "test")
+KINDS = ("rule", "rule.summary", "budget", "anomaly", "exemption.requested", "exemption.decided", "security", "test")
 
 
 def alert_id(key: str) -> str:

@@ -182,6 +182,10 @@ class AlertService:
             emails = {p.id: p.email for p in self.state.directory.current.config.people if p.email}
             raised: list[Raised] = []
             for e in entries:
+                if e.kind == exemption_alerts.LOCKED:
+                    raised.append(Raised(exemption_alerts.lockout_alert(e, self.console),
+                                         self.router.targets(self.cfg.security)))
+                    continue
                 found = exemption_alerts.notice(e, requesters.get(str(e.data.get("id"))), emails, self.console)
                 if found is None:
                     continue
