@@ -113,3 +113,25 @@ def test_the_guard_agrees_with_counting_failures_in_the_window(attempts: int, wi
         if not locked:
             guard.failed(address, "test")
             failures.setdefault(key, []).append(now[0])
+
+
+def test_tries_spread_over_gateways_sharing_a_store_count_together(store_url: str, tmp_path: Path) -> None:
+    config = {"store": {"url": store_url}, "console": {"failed_sign_ins": 3}}
+    one = Gateway(config, tmp_path / "one").start()
+    two = Gateway(config, tmp_path / "two").start()
+    try:
+        assert bearer(one, "guess-1", source=OTHER)[0] == 401
+        assert bearer(one, "guess-2", source=OTHER)[0] == 401
+        assert bearer(two, "guess-3", source=OTHER)[0] == 401  # neither gateway saw three
+        deadline = time.monotonic() + 10
+        while any(bearer(gw, ADMIN, source=OTHER)[0] != 429 for gw in (one, two)):  # each reloads every second
+            assert time.monotonic() < deadline, "the gateways never counted the tries together"
+            time.sleep(0.1)
+        assert bearer(one, ADMIN)[0] == 200 and bearer(two, ADMIN)[0] == 200  # other addresses are not affected
+        status, body, _ = bearer(one, ADMIN, "/api/v1/audit")
+        assert status == 200, body
+        locked = [e for e in json.loads(body)["entries"] if e["kind"] == "console.sign_in_locked"]
+        assert locked and all(e["actor"] == OTHER and e["data"]["across_gateways"] for e in locked), locked
+    finally:
+        one.stop()
+        two.stop()

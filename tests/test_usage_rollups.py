@@ -90,6 +90,7 @@ def test_the_migration_fills_the_rollups_from_the_stored_events(store_url: str, 
     for table in (*TABLES, "forward_hosts", "console_revocations", "console_sessions"):  # (migrations 11, 14, 15)
         store.db.execute(f"DROP TABLE {table}")
     store.db.execute("DROP INDEX events_stopped")  # (migration 12)
+    store.db.execute("DROP INDEX audit_kind_ts")  # (migration 16)
     store.db.execute("DELETE FROM meta WHERE key IN ('usage_day_zone', 'usage_rolled_up_seq')")  # (10, 13)
     store.db.execute("UPDATE schema_version SET version = 9")
     store.db.close()  # (not Store.close, which would roll up into the rollups just dropped)

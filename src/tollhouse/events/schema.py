@@ -267,6 +267,11 @@ _SCRIPTS: tuple[str, ...] = (
         expires_ms {int} NOT NULL
     )
     """,
+    # 16: the audit trail by kind and time: what gateways sharing the store read of each other's wrong admin tokens
+    # every second (gateway/sign_in_guard.py), without scanning the trail
+    """
+    CREATE INDEX audit_kind_ts ON audit (kind, ts_ms)
+    """,
 )
 
 

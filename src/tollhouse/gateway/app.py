@@ -260,7 +260,8 @@ async def _prune_hosts(state: GatewayState, every_s: float = 3600.0) -> None:
 
 async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
     """Adopt policy, directory and agent-policy versions other gateways sharing the store published, and the
-    console sessions they signed out or revoked."""
+    console sessions they signed out or revoked, and the addresses locked out for wrong admin tokens over all of
+    them."""
     while True:
         await asyncio.sleep(every_s)
         try:
@@ -269,5 +270,6 @@ async def _follow_store(state: GatewayState, every_s: float = 1.0) -> None:
             await state.directories.poll(versions)
             await state.docs.refresh(versions)
             await state.sessions.refresh()
+            state.guard.adopt(await state.runner.run(state.guard.read_shared))
         except StoreError as exc:
             log.warning("cannot check the store for control-plane changes: %s", exc)
