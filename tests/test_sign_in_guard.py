@@ -5,6 +5,7 @@ other addresses are not affected; every failure and lockout is audited."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 import raw_http
 from conftest import ADMIN, Gateway
+from console_roles import role_cookie
 from tollhouse.gateway.sign_in_guard import MAX_ADDRESSES, SignInGuard
 
 USAGE = "/api/v1/usage"
@@ -135,3 +137,26 @@ def test_tries_spread_over_gateways_sharing_a_store_count_together(store_url: st
     finally:
         one.stop()
         two.stop()
+
+
+def test_the_overview_shows_admins_and_auditors_the_consoles_security(tmp_path: Path) -> None:
+    gw = Gateway({}, tmp_path / "gw").start()
+    try:
+        for guess in ("guess-1", "guess-2"):
+            assert bearer(gw, guess, source=OTHER)[0] == 401
+        status, _, headers = sign_in_form(gw, ADMIN)  # a console session, from the form
+        assert status == 303
+        admin_cookie = headers["set-cookie"].split(";", 1)[0]
+        page = raw_http.request(gw.port, "GET", "/console/", None, {"Cookie": admin_cookie})[1].decode()
+        section = page[page.index('<section id="security">'):]
+        text = " ".join(re.sub(r"<[^>]+>", " ", section).split())
+        assert "1 console session signed in now" in text, text
+        assert "In the last 24 hours: 2 wrong admin tokens , 0 lockouts" in text, text
+        auditor = raw_http.request(gw.port, "GET", "/console/", None,
+                                   {"Cookie": role_cookie(ADMIN, "aud", "auditor")})[1]
+        assert b'id="security"' in auditor
+        finance = raw_http.request(gw.port, "GET", "/console/", None,
+                                   {"Cookie": role_cookie(ADMIN, "fiona", "finance")})[1]
+        assert b"Console security" not in finance  # not for finance
+    finally:
+        gw.stop()

@@ -10,12 +10,15 @@ from typing import Any
 from tollhouse.alerts.console_banner import alert_banner
 from tollhouse.console import blocked, budgets
 from tollhouse.console.errors import failed
-from tollhouse.console.pages import ALL_ROLES, Page
+from tollhouse.console.pages import ALL_ROLES, AUDIT, Page
 from tollhouse.console.render import render
 from tollhouse.console.usage_data import Series, chart, label, month_range, series, top_series, usd
-from tollhouse.gateway.admin import ApiError
+from tollhouse.events.audit_search import count_kinds
+from tollhouse.events.store import Store
+from tollhouse.gateway.admin import ApiError, read
 from tollhouse.gateway.console_session import ConsoleUser
 from tollhouse.gateway.http import Request, Response
+from tollhouse.gateway.session_revocations import SignedIn, load_signed_in
 from tollhouse.gateway.state import GatewayState
 from tollhouse.gateway.storage import StorageUnavailable
 from tollhouse.gateway.usage_params import Filters, Range
@@ -69,6 +72,7 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
         ("project", p) for p in state.directory.current.project_ids()] + [
         ("subject", k[0]) for k in by_person.totals if k[0]]
     caps = await budgets.statuses(state, active, now_ms)
+    security = await _security(state, now_ms) if user.role in AUDIT else None
     change = None
     if last_same.cost_nusd:
         change = (mtd.cost_nusd - last_same.cost_nusd) / last_same.cost_nusd
@@ -81,7 +85,23 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
         chart={**chart(by_team, top=TOP, now_ms=now_ms), "timezone": tz.key},
         top_models=_top(by_model), top_people=_top(by_person), top_projects=_top(by_project),
         by_rule=stopped.by_rule, recent_blocked=stopped.recent,
-        at_risk=[c for c in caps if c.at_risk], caps_count=len(caps))
+        at_risk=[c for c in caps if c.at_risk], caps_count=len(caps), security=security)
+
+
+_SECURITY_KINDS = ("console.sign_in_failed", "console.sign_in_locked")
+
+
+async def _security(state: GatewayState, now_ms: int) -> dict[str, int]:
+    """For admins and auditors: console sessions signed in now, wrong admin tokens and lockouts in 24 hours."""
+    since_ms = now_ms - 86_400_000
+
+    def counts(s: Store) -> tuple[list[SignedIn], dict[str, int]]:
+        return load_signed_in(s, now_ms), count_kinds(s, _SECURITY_KINDS, since_ms)
+
+    (rows, kinds), _ = await read(state, counts)
+    revoked = state.sessions.published.current
+    return {"sessions": sum(1 for r in rows if not revoked.refuses(r.name, r.session)),
+            "failed": kinds["console.sign_in_failed"], "locked": kinds["console.sign_in_locked"]}
 
 
 PAGES = (
