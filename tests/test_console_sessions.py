@@ -4,6 +4,7 @@ both hold across restarts and while the store cannot be written."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -21,6 +22,9 @@ import raw_http
 from conftest import ADMIN, Gateway
 from console_http import Browser
 from console_roles import role_cookie
+from tollhouse.events.store import open_store
+from tollhouse.events.writer import StoreRunner
+from tollhouse.gateway.session_revocations import Revocations, Session
 
 USAGE = "/api/v1/usage"
 REVOKE = "/api/v1/console/sessions/revoke"
@@ -226,3 +230,31 @@ def test_admins_see_who_is_signed_in_and_end_one_session_or_all_of_a_persons(sto
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_sign_out_the_store_refused_survives_a_restart_before_the_store_is_back(tmp_path: Path) -> None:
+    """The revocation is kept in the data dir while the store refuses it: a gateway started again (or killed
+    and started) before the store is back still refuses the session, and stores it once the store takes it."""
+    async def main() -> None:
+        store_path, spill = tmp_path / "store.db", tmp_path / "console-revocations.jsonl"
+        session = Session("the-session-id", int(time.time() * 1000), int(time.time()) + 3600)
+        runner = StoreRunner(open_store(f"sqlite:///{store_path}", tmp_path))
+        first = Revocations(runner, time.time, spill)
+        locker = sqlite3.connect(store_path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            await first.sign_out(session)  # the store waits 5 s for the lock, then refuses
+            assert first.published.current.refuses("ada", session) and spill.exists()
+            again = Revocations(runner, time.time, spill)  # as a restarted gateway builds it
+            assert again.published.current.refuses("ada", session)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        await again.refresh()  # the store is back: written, and the file is gone
+        assert not spill.exists()
+        fresh = Revocations(runner, time.time)  # knows only the store
+        await fresh.refresh()
+        assert fresh.published.current.refuses("ada", session)
+        await asyncio.get_running_loop().run_in_executor(None, runner.close)
+
+    asyncio.run(main())

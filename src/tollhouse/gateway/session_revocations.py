@@ -23,10 +23,14 @@ for people only: a session works whether or not it is listed.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import NamedTuple
+
+import orjson
 
 from tollhouse.events.store import Store, StoreError
 from tollhouse.events.writer import StoreRunner
@@ -137,13 +141,21 @@ def load_signed_in(store: Store, now_ms: int) -> list[SignedIn]:
 class Revocations:
     """Publishes `Revoked` (`published`) from the store and from this gateway's own revocations."""
 
-    def __init__(self, runner: StoreRunner, clock: Callable[[], float]) -> None:
+    def __init__(self, runner: StoreRunner, clock: Callable[[], float], spill: Path | None = None) -> None:
         self.published: Published[Revoked] = Published(Revoked())
         self._runner = runner
         self._clock = clock
         self._stored: tuple[Row, ...] = ()  # as last loaded
         self._local: list[Row] = []  # made here, not yet seen in a load (kept until one shows them stored)
         self._unsaved: list[Row] = []  # made here, not yet written (the store refused)
+        # Revocations the store refused, kept in the data dir too, so that a restart (or a kill) before the store
+        # is back loses none: read at start, written to the store first, then the file is removed.
+        self._spill = spill
+        for row in _read_spill(spill):
+            self._local.append(row)
+            self._unsaved.append(row)
+        if self._unsaved:
+            self._publish()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -196,8 +208,10 @@ class Revocations:
         try:
             await self._write()
         except StoreError as exc:
+            kept = _append_spill(self._spill, row)
             log.error("a console session revocation could not be stored (%s); it holds on this gateway and is "
-                      "written when the store is back", exc)
+                      "written when the store is back%s", exc,
+                      f" (kept in {self._spill} meanwhile)" if kept else "; it is lost if this gateway stops first")
 
     async def _write(self) -> None:
         if not self._unsaved:
@@ -205,6 +219,40 @@ class Revocations:
         rows, now_ms = list(self._unsaved), self._now_ms()
         await self._runner.run(lambda s: save_rows(s, rows, now_ms))
         self._unsaved = [r for r in self._unsaved if r not in rows]
+        if not self._unsaved and self._spill is not None:
+            self._spill.unlink(missing_ok=True)
 
     def _publish(self) -> None:
         self.published.publish(Revoked.of([*self._stored, *self._local]))
+
+
+def _read_spill(path: Path | None) -> list[Row]:
+    if path is None or not path.exists():
+        return []
+    rows: list[Row] = []
+    try:
+        for line in path.read_text().splitlines():
+            try:
+                kind, key, at_ms, until_ms = orjson.loads(line)
+                rows.append(Row(str(kind), str(key), int(at_ms), int(until_ms)))
+            except (orjson.JSONDecodeError, ValueError, TypeError):
+                log.error("skipping an unreadable line of %s (a write cut short?)", path)
+    except OSError as exc:
+        log.error("cannot read the console session revocations kept in %s: %s", path, exc)
+    return rows
+
+
+def _append_spill(path: Path | None, row: Row) -> bool:
+    """Append a revocation the store refused to the data dir's file (synced); False if that fails too."""
+    if path is None:
+        return False
+    try:
+        with path.open("ab") as out:
+            out.write(orjson.dumps(list(row)) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return True
+    except OSError as exc:
+        log.error("cannot keep a console session revocation in %s either: %s", path, exc)
+        return False
+

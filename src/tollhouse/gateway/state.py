@@ -351,7 +351,7 @@ async def _build(settings: Settings, data_dir: Path, public_url: str, clock: Cal
     lifespan.add("policy file watch", policy.start, policy.stop)
     guard = SignInGuard(settings.console.failed_sign_ins, settings.console.lockout_minutes * 60, clock,
                         audit.record)
-    sessions = Revocations(runner, clock)
+    sessions = Revocations(runner, clock, data_dir / "console-revocations.jsonl")
     await sessions.refresh()  # sessions signed out before this start stay signed out
     return GatewayState(
         settings=settings,
