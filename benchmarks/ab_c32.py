@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import os
 import shutil
 import statistics
 import sys
@@ -84,15 +83,6 @@ def side_by_side(base_src: Path, scenario_name: str) -> Iterator[SideBySide]:
             stop_service(upstream)
 
 
-def thread_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process's main thread (the gateway's event loop), from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def thread_sched(pid: int) -> tuple[float, int, int]:
     """The main thread's seconds waiting for a CPU (schedstat run_delay) and its voluntary and involuntary
     context switches: a thread that blocks on the GIL or on I/O switches voluntarily."""
@@ -111,10 +101,9 @@ def thread_table(pid: int) -> str:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            continue
-        rows.append(((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), name, task.name))
+            continue  # the thread ended
+        rows.append((cpu_seconds(pid, int(task.name)), name, task.name))
     rows.sort(reverse=True)
     return ", ".join(f"{name}[{tid}] {seconds:.1f}" for seconds, name, tid in rows)
 
@@ -144,11 +133,11 @@ def main() -> int:
             rps = {}
             for name in order:
                 before = sum(cpu_seconds(p) for p in pids[name])
-                loop_before = thread_cpu_seconds(pids[name][0])
+                loop_before = cpu_seconds(pids[name][0], pids[name][0])  # the main thread: the event loop
                 sched_before = thread_sched(pids[name][0])
                 result = run_wrk(wrk, targets[name], script, args.seconds)
                 cpu[name] += sum(cpu_seconds(p) for p in pids[name]) - before
-                loop_cpu[name] += thread_cpu_seconds(pids[name][0]) - loop_before
+                loop_cpu[name] += cpu_seconds(pids[name][0], pids[name][0]) - loop_before
                 sched[name] = [a + b - c for a, b, c in zip(sched[name], thread_sched(pids[name][0]),
                                                             sched_before, strict=True)]
                 n = int(result.get("requests") or 0)

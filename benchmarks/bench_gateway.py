@@ -825,10 +825,12 @@ def run_async_load(target: Target, pool: list[bytes], seconds: int) -> Json:
 # --------------------------------------------------------------------------- process CPU
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (0.0 where that is unavailable)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process, or of one of its threads, from /proc (0.0 where that is
+    unavailable)."""
+    path = Path(f"/proc/{pid}/stat") if thread is None else Path(f"/proc/{pid}/task/{thread}/stat")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = path.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
