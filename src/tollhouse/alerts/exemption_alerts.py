@@ -13,10 +13,10 @@ from urllib.parse import quote
 from tollhouse.alerts.model import Alert
 from tollhouse.audit.chain import AuditEntry
 from tollhouse.events.store import Store
+from tollhouse.gateway.sign_in_guard import FAILED, LOCKED
 
 WATERMARK = "alerts.audit_seq"
-KINDS = ("exemption.requested", "exemption.approved", "exemption.denied", "console.sign_in_locked")
-LOCKED = "console.sign_in_locked"
+KINDS = ("exemption.requested", "exemption.approved", "exemption.denied", LOCKED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +85,7 @@ def lockout_alert(e: AuditEntry, console_url: str) -> Alert:
             "try the admin token again until that window has passed. If it was not one of your admins, someone is "
             "guessing the admin token: choose a long random one (admin_token) and look at the audit trail.")
     fields = (("Address", e.actor), ("Failures", str(d.get("failures"))), ("Window", f"{minutes:g} minutes"))
-    link = (("Audit trail", console_url + "audit?kind=" + quote("console.sign_in_failed")),)
+    link = (("Audit trail", console_url + "audit?kind=" + quote(FAILED)),)
     return Alert(f"security:sign_in_locked:{e.actor}:{e.ts_ms // 3_600_000}", "security", "warning",
                  f"Admin token guessed wrongly from {e.actor}", text, fields, link)
 

@@ -27,6 +27,7 @@ from tollhouse.alerts.model import Alert, Delivery
 from tollhouse.alerts.routing import Router
 from tollhouse.events.db import StoreError
 from tollhouse.events.store import Store
+from tollhouse.gateway.sign_in_guard import LOCKED
 from tollhouse.gateway.state import GatewayState, add_health_section
 from tollhouse.lifespan import Background
 from tollhouse.policy.timewindow import zone
@@ -182,7 +183,7 @@ class AlertService:
             emails = {p.id: p.email for p in self.state.directory.current.config.people if p.email}
             raised: list[Raised] = []
             for e in entries:
-                if e.kind == exemption_alerts.LOCKED:
+                if e.kind == LOCKED:
                     raised.append(Raised(exemption_alerts.lockout_alert(e, self.console),
                                          self.router.targets(self.cfg.security)))
                     continue

@@ -19,6 +19,7 @@ from tollhouse.gateway.admin import ApiError, read
 from tollhouse.gateway.console_session import ConsoleUser
 from tollhouse.gateway.http import Request, Response
 from tollhouse.gateway.session_revocations import SignedIn, load_signed_in
+from tollhouse.gateway.sign_in_guard import FAILED, LOCKED
 from tollhouse.gateway.state import GatewayState
 from tollhouse.gateway.storage import StorageUnavailable
 from tollhouse.gateway.usage_params import Filters, Range
@@ -88,7 +89,7 @@ async def _overview(request: Request, state: GatewayState, user: ConsoleUser) ->
         at_risk=[c for c in caps if c.at_risk], caps_count=len(caps), security=security)
 
 
-_SECURITY_KINDS = ("console.sign_in_failed", "console.sign_in_locked")
+_SECURITY_KINDS = (FAILED, LOCKED)
 
 
 async def _security(state: GatewayState, now_ms: int) -> dict[str, int]:
@@ -99,9 +100,8 @@ async def _security(state: GatewayState, now_ms: int) -> dict[str, int]:
         return load_signed_in(s, now_ms), count_kinds(s, _SECURITY_KINDS, since_ms)
 
     (rows, kinds), _ = await read(state, counts)
-    revoked = state.sessions.published.current
-    return {"sessions": sum(1 for r in rows if not revoked.refuses(r.name, r.session)),
-            "failed": kinds["console.sign_in_failed"], "locked": kinds["console.sign_in_locked"]}
+    return {"sessions": len(state.sessions.working(rows)),
+            "failed": kinds[FAILED], "locked": kinds[LOCKED]}
 
 
 PAGES = (

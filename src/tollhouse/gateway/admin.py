@@ -30,11 +30,16 @@ def api_error(status: int, message: str, code: str) -> Response:
 ENROLLMENT_PREFIX = "the-"  # agents' enrollment tokens (gateway/agent_api.py)
 
 
+def bearer_token(request: Request) -> str:
+    """The token of `Authorization: Bearer <token>` ("" without one)."""
+    auth = request.header("authorization") or ""
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
 def authorized(request: Request, state: GatewayState) -> bool:
     """The request carries the admin token as its bearer token. A wrong one counts against the client's address
     (gateway/sign_in_guard.py), and an address locked out is never let in, even with the right one."""
-    auth = request.header("authorization") or ""
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+    token = bearer_token(request)
     if not token:
         return False
     address = client_address(request, state.settings.identity.trusted_proxies)

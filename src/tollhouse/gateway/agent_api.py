@@ -13,7 +13,15 @@ from tollhouse.events.model import CallEvent
 from tollhouse.events.records import EnrollmentToken
 from tollhouse.events.store import StoreError
 from tollhouse.events.wire import BatchError, from_wire
-from tollhouse.gateway.admin import ENROLLMENT_PREFIX, BadParameter, api_error, authorized, int_param, revoke
+from tollhouse.gateway.admin import (
+    ENROLLMENT_PREFIX,
+    BadParameter,
+    api_error,
+    authorized,
+    bearer_token,
+    int_param,
+    revoke,
+)
 from tollhouse.gateway.exemption_use import audit_agent_uses
 from tollhouse.gateway.http import Request, Response, json_response
 from tollhouse.gateway.policy_api import AGENT_POLICY, actor, agent_policy_json, json_body
@@ -23,7 +31,6 @@ from tollhouse.ledger.stored import stored_usage
 
 log = logging.getLogger("tollhouse.agents")
 
-TOKEN_PREFIX = ENROLLMENT_PREFIX  # Tollhouse enrollment
 MAX_WAIT_S = 60
 _AGENT_HEADERS = ("x-tollhouse-agent-id", "x-tollhouse-agent-version", "x-tollhouse-hostname")
 
@@ -32,9 +39,8 @@ async def agent_identity(request: Request, state: GatewayState) -> str | Respons
     """'admin' or the enrollment token's prefix; else a 401 that says what to send."""
     if authorized(request, state):
         return "admin"
-    auth = request.header("authorization") or ""
-    token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-    if token.startswith(TOKEN_PREFIX):
+    token = bearer_token(request)
+    if token.startswith(ENROLLMENT_PREFIX):
         digest = sha256_hex(token)
         cached, record = state.enrollment.get(digest)
         if not cached:
@@ -60,7 +66,7 @@ async def create_token(request: Request, state: GatewayState) -> Response:
 
 async def issue_token(state: GatewayState, label: str | None, by: str) -> tuple[str, EnrollmentToken]:
     """A new enrollment token (the secret, returned once) and its stored record; audited."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(24)
+    token = ENROLLMENT_PREFIX + secrets.token_urlsafe(24)
     record = await state.runner.run(lambda s: s.add_enrollment_token(sha256_hex(token), token[:12], label))
     state.audit.record("agent.token_created", by, {"prefix": record.prefix, "label": label})
     return token, record

@@ -172,7 +172,10 @@ class Revocations:
     async def signed_in(self) -> list[SignedIn]:
         """The sessions that still work (not expired, not ended), newest first. Raises StoreError."""
         now_ms = self._now_ms()
-        rows = await self._runner.run(lambda s: load_signed_in(s, now_ms))
+        return self.working(await self._runner.run(lambda s: load_signed_in(s, now_ms)))
+
+    def working(self, rows: Sequence[SignedIn]) -> list[SignedIn]:
+        """Of the sessions `load_signed_in` read, those not ended."""
         revoked = self.published.current
         return [r for r in rows if not revoked.refuses(r.name, r.session)]
 

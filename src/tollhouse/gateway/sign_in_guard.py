@@ -23,6 +23,7 @@ from tollhouse.events.store import Store
 MAX_ADDRESSES = 10_000
 UNKNOWN = "unknown"  # a request whose peer is gone
 FAILED = "console.sign_in_failed"
+LOCKED = "console.sign_in_locked"
 
 
 def shared_failures(store: Store, since_ms: int, at_least: int) -> list[tuple[str, int, int]]:
@@ -54,26 +55,26 @@ class SignInGuard:
         shared = {address: first_ms / 1000 for address, _, first_ms in rows}
         for address, count, _ in rows:
             if address not in self._shared and self._local_lock(address) is None:
-                self._audit("console.sign_in_locked", address, {"failures": count, "for_s": self._window,
-                                                                "across_gateways": True})
+                self._audit(LOCKED, address, {"failures": count, "for_s": self._window, "across_gateways": True})
         self._shared = shared
 
     def locked(self, address: str | None) -> int | None:
         """Seconds (rounded up) until `address` may try the admin token again; None if it may now."""
         key = address or UNKNOWN
-        here = self._local_lock(key)
         first = self._shared.get(key) if self._shared else None
         if first is None:
-            return here
-        left = first + self._window - self._clock()
-        shared = math.ceil(left) if left > 0 else None
-        return max(here or 0, shared or 0) or None
+            return self._local_lock(key)
+        return max(self._local_lock(key) or 0, self._left(first) or 0) or None
 
     def _local_lock(self, key: str) -> int | None:
         times = self._failures.get(key)
         if times is None or len(times) < self._attempts:
             return None
-        left = times[0] + self._window - self._clock()
+        return self._left(times[0])
+
+    def _left(self, first: float) -> int | None:
+        """Seconds (rounded up) until a failure at `first` leaves the window; None once it has."""
+        left = first + self._window - self._clock()
         return math.ceil(left) if left > 0 else None
 
     def failed(self, address: str | None, via: str) -> None:
@@ -86,7 +87,6 @@ class SignInGuard:
         while len(self._failures) > MAX_ADDRESSES:
             self._failures.popitem(last=False)
         if len(times) <= self._attempts:
-            self._audit(FAILED, key, {"via": via, "failures": len(times),
-                                                        "window_s": self._window})
+            self._audit(FAILED, key, {"via": via, "failures": len(times), "window_s": self._window})
         if len(times) == self._attempts:
-            self._audit("console.sign_in_locked", key, {"failures": len(times), "for_s": self._window})
+            self._audit(LOCKED, key, {"failures": len(times), "for_s": self._window})
