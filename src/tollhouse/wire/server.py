@@ -110,13 +110,7 @@ class _Stream:
         """The body is complete: the client gets its end now, not when the handler returns, and a client that
         hangs up from here no longer cancels the handler (it may still be finishing its work on the call). An
         HTTP/1.0 body ends when the connection closes, after the handler."""
-        conn, exchange = self._conn, self._exchange
-        if exchange.ended or not conn.chunked_out:
-            return
-        exchange.ended = True
-        if not conn.closed:
-            assert conn.transport is not None
-            conn.transport.write(b"0\r\n\r\n")
+        self._exchange.end_body()
 
 
 class Exchange:
@@ -137,6 +131,16 @@ class Exchange:
         self.responded = False
         self.streamed = False
         self.ended = False  # a streamed body's end was sent (`_Stream.end`)
+
+    def end_body(self) -> None:
+        """Send the end of a chunked (streamed) body, once: `_Stream.end`, or when the handler returns."""
+        conn = self._conn
+        if self.ended or not self.streamed or not conn.chunked_out:
+            return
+        self.ended = True
+        if not conn.closed:
+            assert conn.transport is not None
+            conn.transport.write(b"0\r\n\r\n")
 
     # --- the request body ---
 
@@ -549,8 +553,8 @@ class _Connection(asyncio.Protocol):
             exchange.keep_alive = False
             exchange.response_bytes(500, [("content-type", "application/json")],
                                     b'{"error": {"message": "no response", "code": "internal_error"}}')
-        elif exchange.streamed and self.chunked_out and not exchange.ended:
-            transport.write(b"0\r\n\r\n")
+        else:
+            exchange.end_body()
         if not exchange.keep_alive or self._server.stopping:
             transport.close()
             self.closed = True
